@@ -1,0 +1,169 @@
+/*
+ * cubebox-helper: the few host operations Node cannot do itself.
+ *
+ *   cubebox-helper exec-private-cgroupv1 <runtime> [args...]
+ *       Runs an OCI runtime in a private mount namespace where the cgroup2 mount at
+ *       /sys/fs/cgroup/unified is gone, so that crun sees a pure cgroup v1 host on a
+ *       hybrid-cgroup machine (crun refuses hybrid layouts).
+ *
+ *   cubebox-helper mount-rootfs <name> <target> <upper> <work> <hostid> <count> <src> <view> [<src> <view>...]
+ *       Mounts each read-only layer <src> at <view>, idmapped so that uid/gid N on disk
+ *       appears as <hostid>+N (when <hostid> is not 0), then mounts an overlay named
+ *       <name> at <target> with the views as lower layers (first pair = topmost).
+ *
+ *   cubebox-helper umount <path>...
+ *       Unmounts each path; a path that is not mounted (or missing) is not an error.
+ *
+ * Exit status 0 on success; otherwise a one-line error on stderr naming the step.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/mount.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int fail(const char *step, const char *what) {
+  fprintf(stderr, "cubebox-helper: %s %s: %s\n", step, what, strerror(errno));
+  return 1;
+}
+
+static int exec_private_cgroupv1(int argc, char **argv) {
+  if (argc < 1) { fprintf(stderr, "cubebox-helper: exec-private-cgroupv1 needs a runtime\n"); return 2; }
+  if (unshare(CLONE_NEWNS) < 0) return fail("unshare", "mount namespace");
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return fail("mount", "make / private");
+  if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
+    return fail("umount", "/sys/fs/cgroup/unified");
+  execv(argv[0], argv);
+  return fail("exec", argv[0]);
+}
+
+/* A user namespace with the mapping 0 -> hostid (count ids), held open as an fd. */
+static int make_userns(unsigned long hostid, unsigned long count) {
+  int sync[2];
+  if (pipe2(sync, O_CLOEXEC) < 0) return -1;
+  pid_t child = fork();
+  if (child < 0) return -1;
+  if (child == 0) {
+    char b = 0;
+    close(sync[0]);
+    if (unshare(CLONE_NEWUSER) < 0) _exit(1);
+    if (write(sync[1], &b, 1) != 1) _exit(1);
+    pause();
+    _exit(0);
+  }
+  close(sync[1]);
+  char b;
+  int ok = read(sync[0], &b, 1) == 1;
+  close(sync[0]);
+  int ns = -1;
+  if (ok) {
+    char path[64], map[96];
+    snprintf(map, sizeof map, "0 %lu %lu\n", hostid, count);
+    const char *files[] = {"uid_map", "gid_map"};
+    for (int i = 0; i < 2 && ok; i++) {
+      snprintf(path, sizeof path, "/proc/%d/%s", child, files[i]);
+      int fd = open(path, O_WRONLY | O_CLOEXEC);
+      ok = fd >= 0 && write(fd, map, strlen(map)) == (ssize_t)strlen(map);
+      if (fd >= 0) close(fd);
+    }
+    if (ok) {
+      snprintf(path, sizeof path, "/proc/%d/ns/user", child);
+      ns = open(path, O_RDONLY | O_CLOEXEC);
+    }
+  }
+  /* The child is ours (just forked, not yet reaped), so its PID cannot be stale. */
+  kill(child, SIGKILL);
+  waitpid(child, NULL, 0);
+  return ns;
+}
+
+static int bind_layer(const char *src, const char *view, int userns) {
+  int tree = syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+  if (tree < 0) return fail("open_tree", src);
+  struct mount_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
+  if (userns >= 0) {
+    attr.attr_set |= MOUNT_ATTR_IDMAP;
+    attr.userns_fd = userns;
+  }
+  if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
+    close(tree);
+    return fail("mount_setattr", src);
+  }
+  if (syscall(SYS_move_mount, tree, "", AT_FDCWD, view, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+    close(tree);
+    return fail("move_mount", view);
+  }
+  close(tree);
+  return 0;
+}
+
+static int unmount_quiet(const char *path) {
+  if (umount2(path, UMOUNT_NOFOLLOW) == 0) return 0;
+  if (errno == EINVAL || errno == ENOENT) return 0; /* not a mount point (any more) */
+  if (errno == EBUSY && umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) == 0) return 0;
+  return fail("umount", path);
+}
+
+static int mount_rootfs(int argc, char **argv) {
+  if (argc < 8 || (argc - 6) % 2 != 0) {
+    fprintf(stderr, "cubebox-helper: usage: mount-rootfs <name> <target> <upper> <work> <hostid> <count> <src> <view>...\n");
+    return 2;
+  }
+  const char *name = argv[0], *target = argv[1], *upper = argv[2], *work = argv[3];
+  unsigned long hostid = strtoul(argv[4], NULL, 10), count = strtoul(argv[5], NULL, 10);
+  int userns = -1;
+  if (hostid != 0) {
+    userns = make_userns(hostid, count);
+    if (userns < 0) return fail("userns", "for idmapped layers");
+  }
+  size_t optlen = strlen(upper) + strlen(work) + 64;
+  for (int i = 6; i < argc; i += 2) optlen += strlen(argv[i + 1]) + 1;
+  char *opts = malloc(optlen);
+  if (!opts) return fail("malloc", "options");
+  strcpy(opts, "lowerdir=");
+  for (int i = 6; i < argc; i += 2) {
+    if (bind_layer(argv[i], argv[i + 1], userns) != 0) {
+      for (int j = 6; j < i; j += 2) unmount_quiet(argv[j + 1]);
+      return 1;
+    }
+    if (i > 6) strcat(opts, ":");
+    strcat(opts, argv[i + 1]);
+  }
+  strcat(opts, ",upperdir=");
+  strcat(opts, upper);
+  strcat(opts, ",workdir=");
+  strcat(opts, work);
+  if (mount(name, target, "overlay", MS_NODEV, opts) < 0) {
+    int e = errno;
+    for (int j = 6; j < argc; j += 2) unmount_quiet(argv[j + 1]);
+    errno = e;
+    return fail("mount overlay", target);
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: cubebox-helper exec-private-cgroupv1|mount-rootfs|umount ...\n");
+    return 2;
+  }
+  if (strcmp(argv[1], "exec-private-cgroupv1") == 0) return exec_private_cgroupv1(argc - 2, argv + 2);
+  if (strcmp(argv[1], "mount-rootfs") == 0) return mount_rootfs(argc - 2, argv + 2);
+  if (strcmp(argv[1], "umount") == 0) {
+    int rc = 0;
+    for (int i = 2; i < argc; i++) rc |= unmount_quiet(argv[i]);
+    return rc;
+  }
+  fprintf(stderr, "cubebox-helper: unknown command %s\n", argv[1]);
+  return 2;
+}

@@ -1,0 +1,65 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomId } from './util/ids.js';
+
+export const DEFAULT_DATA_DIR = '/var/lib/cubebox';
+
+/** The project root (where dist/ and native/ live), found from this file's location. */
+export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const HELPER_BIN = join(PROJECT_ROOT, 'dist', 'native', 'cubebox-helper');
+
+export type RuntimeName = 'crun' | 'runc' | 'runsc';
+
+/**
+ * Where one cubebox instance keeps everything. Every host resource an instance creates
+ * carries its instance id (cgroups, runtime state root, mount names), so several
+ * instances can share a host and an operator can tell whose a resource is.
+ */
+export interface Paths {
+  dataDir: string;
+  instanceId: string;
+  db: string;
+  lockFile: string;
+  socket: string;
+  sandboxesDir: string;
+  layersDir: string;
+  runRoot: string; // tmpfs: runtime state roots, gone after a reboot like the sandboxes
+}
+
+export function resolveDataDir(flag?: string): string {
+  return resolve(flag ?? process.env.CUBEBOX_DATA_DIR ?? DEFAULT_DATA_DIR);
+}
+
+/** Reads (or on first use creates) the instance id of a data directory. */
+export function openPaths(dataDir: string, create = true): Paths {
+  const idFile = join(dataDir, 'instance-id');
+  let instanceId: string;
+  if (existsSync(idFile)) {
+    instanceId = readFileSync(idFile, 'utf8').trim();
+  } else {
+    if (!create) throw new Error(`${dataDir} is not a cubebox data directory (no instance-id)`);
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    instanceId = randomId(8);
+    writeFileSync(idFile, instanceId + '\n', { flag: 'wx' });
+  }
+  if (!/^[a-z0-9]{8}$/.test(instanceId)) throw new Error(`bad instance id in ${idFile}`);
+  return {
+    dataDir,
+    instanceId,
+    db: join(dataDir, 'cubebox.db'),
+    lockFile: join(dataDir, 'manager.lock'),
+    socket: join(dataDir, 'manager.sock'),
+    sandboxesDir: join(dataDir, 'sandboxes'),
+    layersDir: join(dataDir, 'layers'),
+    runRoot: join('/run/cubebox', instanceId),
+  };
+}
+
+/** Names of host resources, derived from the instance and sandbox ids only. */
+export const naming = {
+  cgroupParent: (inst: string) => `cubebox-${inst}`,
+  cgroupPath: (inst: string, sbx: string) => `/cubebox-${inst}/${sbx}`,
+  containerId: (inst: string, sbx: string) => `cubebox-${inst}-${sbx}`,
+  mountSource: (inst: string, sbx: string) => `cubebox-${inst}-${sbx}`,
+};

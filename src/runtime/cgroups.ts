@@ -1,0 +1,201 @@
+import { existsSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export type CgroupMode = 'v1' | 'v2' | 'hybrid';
+const ROOT = '/sys/fs/cgroup';
+
+interface MountInfo {
+  mountPoint: string;
+  fsType: string;
+  superOptions: string;
+}
+
+function mounts(): MountInfo[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [pre, post] = line.split(' - ');
+      const fields = pre!.split(' ');
+      const postFields = post!.split(' ');
+      return { mountPoint: unescapeMount(fields[4]!), fsType: postFields[0]!, superOptions: postFields[2] ?? '' };
+    });
+}
+
+export function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** cgroup v2 only, v1 only, or hybrid (v1 controllers plus a controller-less cgroup2 mount). */
+export function detectCgroupMode(): CgroupMode {
+  const all = mounts();
+  const root = all.find((m) => m.mountPoint === ROOT);
+  if (root?.fsType === 'cgroup2') return 'v2';
+  const hasUnified = all.some((m) => m.fsType === 'cgroup2' && m.mountPoint.startsWith(ROOT + '/'));
+  return hasUnified ? 'hybrid' : 'v1';
+}
+
+/** The v1 hierarchies mounted on this host, as directory names under /sys/fs/cgroup. */
+export function v1Hierarchies(): string[] {
+  return mounts()
+    .filter((m) => m.fsType === 'cgroup' && m.mountPoint.startsWith(ROOT + '/'))
+    .map((m) => m.mountPoint.slice(ROOT.length + 1));
+}
+
+/**
+ * The cgroup directories of one sandbox as the runtime creates them from its
+ * cgroupsPath: one per v1 hierarchy, or one in the v2 tree.
+ */
+export class SandboxCgroup {
+  constructor(
+    readonly mode: CgroupMode,
+    readonly relPath: string, // e.g. /cubebox-<inst>/<sbx>
+    private readonly hierarchies: string[] = mode === 'v2' ? [] : v1Hierarchies(),
+  ) {}
+
+  dirs(): string[] {
+    if (this.mode === 'v2') return [join(ROOT, this.relPath)];
+    return this.hierarchies.map((h) => join(ROOT, h, this.relPath));
+  }
+
+  existing(): string[] {
+    return this.dirs().filter((d) => existsSync(d));
+  }
+
+  /** The directory that decides process membership and freezing. */
+  private controlDir(): string | undefined {
+    if (this.mode === 'v2') return join(ROOT, this.relPath);
+    const freezer = this.hierarchies.find((h) => h === 'freezer');
+    return freezer ? join(ROOT, freezer, this.relPath) : this.dirs()[0];
+  }
+
+  /** PIDs of every process in the sandbox's cgroup (all hierarchies), as of now. */
+  pids(): number[] {
+    const seen = new Set<number>();
+    for (const dir of this.existing()) {
+      for (const p of readList(join(dir, 'cgroup.procs'))) seen.add(p);
+    }
+    return [...seen];
+  }
+
+  memoryLimitFile(): string | undefined {
+    if (this.mode === 'v2') return join(ROOT, this.relPath, 'memory.max');
+    return this.hierarchies.includes('memory') ? join(ROOT, 'memory', this.relPath, 'memory.limit_in_bytes') : undefined;
+  }
+
+  /**
+   * Kills every process in the cgroup tree. v2: cgroup.kill, atomic and works on a frozen
+   * tree. v1: freeze first so that no listed process can exit and have its PID reused,
+   * SIGKILL the listed PIDs (proven ours by membership while frozen), then thaw: v1-frozen
+   * tasks only die once thawed.
+   */
+  async killAll(): Promise<void> {
+    const dir = this.controlDir();
+    if (!dir || !existsSync(dir)) return;
+    if (this.mode === 'v2') {
+      const killFile = join(dir, 'cgroup.kill');
+      if (existsSync(killFile)) {
+        writeFileSync(killFile, '1');
+        await this.waitEmpty(2000);
+        return;
+      }
+    }
+    const freezer = this.mode === 'v2' ? undefined : this.existing().find((d) => d.includes('/freezer/'));
+    if (freezer) await setFrozen(freezer, true);
+    try {
+      for (const pid of this.pids()) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+      }
+    } finally {
+      if (freezer) await setFrozen(freezer, false);
+    }
+    await this.waitEmpty(2000);
+  }
+
+  private async waitEmpty(timeoutMs: number): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (this.pids().length > 0 && Date.now() < until) await sleep(10);
+  }
+
+  /**
+   * Removes the sandbox's cgroup directories (deepest first) and then the instance
+   * parent when it is empty. Throws when a directory cannot go (processes remain).
+   */
+  async remove(): Promise<void> {
+    for (const dir of this.existing()) {
+      await removeTree(dir);
+      const parent = join(dir, '..');
+      try {
+        rmdirSync(parent); // only succeeds when no other sandbox of this instance remains
+      } catch {
+        /* in use by other sandboxes, or gone */
+      }
+    }
+  }
+}
+
+async function removeTree(dir: string): Promise<void> {
+  let entries: string[] = [];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name);
+  } catch {
+    return;
+  }
+  for (const e of entries) await removeTree(join(dir, e));
+  for (let attempt = 0; ; attempt++) {
+    try {
+      rmdirSync(dir);
+      return;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return;
+      // EBUSY right after a kill: the kernel releases the last tasks asynchronously.
+      if (attempt >= 100) throw new Error(`cannot remove cgroup ${dir}: ${code}`);
+      await sleep(10);
+    }
+  }
+}
+
+async function setFrozen(dir: string, frozen: boolean): Promise<void> {
+  const state = join(dir, 'freezer.state');
+  if (!existsSync(state)) return;
+  writeFileSync(state, frozen ? 'FROZEN' : 'THAWED');
+  if (!frozen) return;
+  for (let i = 0; i < 200; i++) {
+    if (readFileSync(state, 'utf8').trim() === 'FROZEN') return;
+    await sleep(5);
+  }
+}
+
+function readList(file: string): number[] {
+  try {
+    return readFileSync(file, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Names of the sandbox cgroups under an instance's parent, for the reconciler. */
+export function listInstanceCgroups(mode: CgroupMode, parent: string): string[] {
+  const bases = mode === 'v2' ? [ROOT] : v1Hierarchies().map((h) => join(ROOT, h));
+  const names = new Set<string>();
+  for (const b of bases) {
+    try {
+      for (const e of readdirSync(join(b, parent), { withFileTypes: true })) if (e.isDirectory()) names.add(e.name);
+    } catch {
+      /* no parent in this hierarchy */
+    }
+  }
+  return [...names];
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

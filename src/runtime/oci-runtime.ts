@@ -1,0 +1,146 @@
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { HELPER_BIN, type RuntimeName } from '../config.js';
+import { run } from '../util/exec.js';
+import type { CgroupMode } from './cgroups.js';
+
+export type ContainerStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
+
+export interface ContainerState {
+  status: ContainerStatus;
+  pid: number;
+}
+
+export interface ExecOptions {
+  tty?: boolean;
+  cwd?: string;
+  env?: Record<string, string>;
+  user?: { uid: number; gid: number };
+  stdio?: StdioOptions;
+}
+
+/**
+ * The one seam between cubebox and whatever runs a sandbox. An OCI runtime binary
+ * implements it here; a VM runtime would implement the same operations.
+ */
+export interface SandboxRuntime {
+  readonly name: RuntimeName;
+  /** Whether sandboxes should get a user namespace (runsc is its own isolation layer). */
+  readonly userNamespaces: boolean;
+  /** Starts the container described by bundleDir/config.json in the background. */
+  run(containerId: string, bundleDir: string, logFile: string): Promise<void>;
+  exec(containerId: string, args: string[], opts?: ExecOptions): ChildProcess;
+  pause(containerId: string): Promise<void>;
+  resume(containerId: string): Promise<void>;
+  /** null when the runtime has no such container. */
+  state(containerId: string): Promise<ContainerState | null>;
+  /** Out-of-band teardown that works from every state, including frozen; idempotent. */
+  forceDelete(containerId: string): Promise<void>;
+  /** Ids of every container in this instance's runtime state root. */
+  list(): Promise<string[]>;
+}
+
+const GONE_RE = /does not exist|no such file or directory|not found|container .* not exist/i;
+
+/** crun, runc and runsc share the OCI command line; only a few flags differ. */
+export class OciRuntime implements SandboxRuntime {
+  readonly userNamespaces: boolean;
+  private readonly binary: string;
+  private readonly globalArgs: string[];
+  private readonly wrap: boolean;
+
+  constructor(
+    readonly name: RuntimeName,
+    private readonly stateRoot: string,
+    cgroupMode: CgroupMode,
+    binary?: string,
+  ) {
+    this.binary = binary ?? `/usr/bin/${name}`;
+    this.globalArgs = ['--root', stateRoot];
+    if (name === 'runsc') this.globalArgs.push('--platform=ptrace', '--network=none', '--ignore-cgroups=false');
+    // crun refuses hybrid hosts; in a mount namespace without the cgroup2 mount it sees pure v1.
+    this.wrap = name === 'crun' && cgroupMode === 'hybrid';
+    this.userNamespaces = name !== 'runsc';
+    mkdirSync(stateRoot, { recursive: true, mode: 0o700 });
+  }
+
+  /** The argv that runs the runtime with the given command, through the hybrid wrapper if needed. */
+  command(args: string[]): [string, string[]] {
+    const full = [...this.globalArgs, ...args];
+    return this.wrap ? [HELPER_BIN, ['exec-private-cgroupv1', this.binary, ...full]] : [this.binary, full];
+  }
+
+  private async call(args: string[], timeoutMs = 60_000): Promise<{ code: number; out: string; err: string }> {
+    const [file, argv] = this.command(args);
+    const r = await run(file, argv, { timeoutMs });
+    return { code: r.code, out: r.stdout, err: r.stderr.trim() };
+  }
+
+  private async callOk(args: string[]): Promise<string> {
+    const r = await this.call(args);
+    if (r.code !== 0) throw new Error(`${this.name} ${args[0]}: ${r.err || `exit ${r.code}`}`);
+    return r.out;
+  }
+
+  async run(containerId: string, bundleDir: string, logFile: string): Promise<void> {
+    // The detached container inherits our stdio: give it a log file, never a pipe we wait on.
+    const fd = openSync(logFile, 'a', 0o600);
+    try {
+      const [file, argv] = this.command(['run', '--detach', '--bundle', bundleDir, containerId]);
+      const child = spawn(file, argv, { stdio: ['ignore', fd, fd] });
+      const code = await new Promise<number>((resolve, reject) => {
+        child.on('error', reject);
+        child.on('close', (c) => resolve(c ?? -1));
+      });
+      if (code !== 0) throw new Error(`${this.name} run failed (exit ${code}); see ${logFile}`);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  exec(containerId: string, args: string[], opts: ExecOptions = {}): ChildProcess {
+    const flags: string[] = [];
+    if (opts.tty) flags.push('--tty');
+    if (opts.cwd) flags.push('--cwd', opts.cwd);
+    for (const [k, v] of Object.entries(opts.env ?? {})) flags.push('--env', `${k}=${v}`);
+    if (opts.user) flags.push('--user', `${opts.user.uid}:${opts.user.gid}`);
+    const [file, argv] = this.command(['exec', ...flags, containerId, ...args]);
+    return spawn(file, argv, { stdio: opts.stdio ?? 'pipe' });
+  }
+
+  async pause(containerId: string): Promise<void> {
+    await this.callOk(['pause', containerId]);
+  }
+
+  async resume(containerId: string): Promise<void> {
+    await this.callOk(['resume', containerId]);
+  }
+
+  async state(containerId: string): Promise<ContainerState | null> {
+    if (!existsSync(join(this.stateRoot, containerId))) return null;
+    const r = await this.call(['state', containerId]);
+    if (r.code !== 0) {
+      if (GONE_RE.test(r.err)) return null;
+      throw new Error(`${this.name} state: ${r.err}`);
+    }
+    const s = JSON.parse(r.out) as { status: ContainerStatus; pid?: number };
+    return { status: s.status, pid: s.pid ?? 0 };
+  }
+
+  async forceDelete(containerId: string): Promise<void> {
+    if (!existsSync(join(this.stateRoot, containerId))) return;
+    const r = await this.call(['delete', '--force', containerId]);
+    if (r.code !== 0 && !GONE_RE.test(r.err)) throw new Error(`${this.name} delete --force: ${r.err}`);
+  }
+
+  async list(): Promise<string[]> {
+    try {
+      return readdirSync(this.stateRoot, { withFileTypes: true })
+        .filter((e) => e.isDirectory())
+        .map((e) => e.name);
+    } catch {
+      return [];
+    }
+  }
+}

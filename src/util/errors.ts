@@ -1,0 +1,26 @@
+/** Errors that carry a kind the CLI and the API map to exit codes and HTTP statuses. */
+export type ErrorKind =
+  | 'not_found'
+  | 'invalid_argument'
+  | 'conflict' // wrong state for the operation
+  | 'unavailable'
+  | 'internal';
+
+export class CubeboxError extends Error {
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'CubeboxError';
+  }
+}
+
+export const notFound = (msg: string) => new CubeboxError('not_found', msg);
+export const invalid = (msg: string) => new CubeboxError('invalid_argument', msg);
+export const conflict = (msg: string) => new CubeboxError('conflict', msg);
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
