@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HELPER_BIN, type RuntimeName } from '../config.js';
 import { run } from '../util/exec.js';
@@ -93,7 +93,10 @@ export class OciRuntime implements SandboxRuntime {
         child.on('error', reject);
         child.on('close', (c) => resolve(c ?? -1));
       });
-      if (code !== 0) throw new Error(`${this.name} run failed (exit ${code}); see ${logFile}`);
+      if (code !== 0) {
+        const tail = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
+        throw new Error(`${this.name} run failed (exit ${code}): ${tail || 'no output'}`);
+      }
     } finally {
       closeSync(fd);
     }

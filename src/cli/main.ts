@@ -1,0 +1,210 @@
+import { Command, Option } from 'commander';
+import pino from 'pino';
+import { openPaths, resolveDataDir, type RuntimeName } from '../config.js';
+import { formatReport, probeHost } from '../runtime/probe.js';
+import { ControlServer, LocalApi, RemoteApi, type ManagerApi } from '../sandbox/control.js';
+import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
+import { SandboxManager } from '../sandbox/manager.js';
+import { Store } from '../store/store.js';
+import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
+import { existsSync } from 'node:fs';
+
+const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5 };
+
+function dataDirOf(cmd: Command): string {
+  return resolveDataDir((cmd.optsWithGlobals() as { dataDir?: string }).dataDir);
+}
+
+/**
+ * Runs fn against the manager of a data directory: through a running manager's control
+ * socket when there is one, otherwise as a short-lived manager in this process (which
+ * serves the socket meanwhile, so concurrent CLI calls queue behind it).
+ */
+async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>): Promise<T> {
+  const paths = openPaths(dataDir);
+  for (let attempt = 0; ; attempt++) {
+    if (await RemoteApi.reachable(paths.socket)) return fn(new RemoteApi(paths.socket));
+    let manager: SandboxManager;
+    try {
+      manager = await SandboxManager.open({ dataDir });
+    } catch (err) {
+      // Another manager holds the lock but has not bound its socket yet: wait for it.
+      if (err instanceof CubeboxError && err.kind === 'unavailable' && /another cubebox manager/.test(err.message) && attempt < 100) {
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      throw err;
+    }
+    const api = new LocalApi(manager);
+    const server = new ControlServer(api, paths.socket);
+    try {
+      await server.listen();
+      return await fn(api);
+    } finally {
+      await server.close();
+      await manager.close();
+    }
+  }
+}
+
+function parseEnv(pairs: string[] = []): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const p of pairs) {
+    const i = p.indexOf('=');
+    if (i <= 0) throw new CubeboxError('invalid_argument', `bad --env '${p}': use KEY=VALUE`);
+    env[p.slice(0, i)] = p.slice(i + 1);
+  }
+  return env;
+}
+
+function num(name: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new CubeboxError('invalid_argument', `${name} must be a number, got '${v}'`);
+    return n;
+  };
+}
+
+const program = new Command();
+program
+  .name('cubebox')
+  .description('Self-hosted, E2B-compatible sandboxes on OCI runtimes')
+  .addOption(new Option('--data-dir <dir>', 'data directory (env CUBEBOX_DATA_DIR, default /var/lib/cubebox)'))
+  .showHelpAfterError();
+
+program
+  .command('doctor')
+  .description('probe this host and report what cubebox can use')
+  .option('--leaks', 'list host resources left by sandboxes of this data directory that no live sandbox owns')
+  .option('--json', 'print the report as JSON')
+  .action(async (opts: { leaks?: boolean; json?: boolean }, cmd: Command) => {
+    if (opts.leaks) {
+      const dataDir = dataDirOf(cmd);
+      if (!existsSync(dataDir)) throw new CubeboxError('not_found', `${dataDir} is not a cubebox data directory`);
+      const paths = openPaths(dataDir, false);
+      const store = existsSync(paths.db) ? new Store(paths.db) : undefined;
+      try {
+        const known = new Set((store?.listSandboxes() ?? []).filter((r) => r.state !== 'deleting' && r.state !== 'failed').map((r) => r.id));
+        const leaks = new LeakChecker(paths, store).instance(known);
+        if (opts.json) console.log(JSON.stringify(leaks, null, 2));
+        else console.log(leaks.length ? formatLeaks(leaks) : `no leaks for instance ${paths.instanceId} (${dataDir})`);
+        process.exitCode = leaks.length ? 1 : 0;
+      } finally {
+        store?.close();
+      }
+      return;
+    }
+    const report = await probeHost();
+    console.log(opts.json ? JSON.stringify(report, null, 2) : formatReport(report));
+    process.exitCode = report.ready ? 0 : 1;
+  });
+
+const template = program.command('template').description('manage templates (read-only root filesystems)');
+template
+  .command('add <name> <source>')
+  .description('register a root filesystem directory or tarball as a template')
+  .option('--user <user>', 'default user for commands')
+  .action(async (name: string, source: string, opts: { user?: string }, cmd: Command) => {
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, { dir: source }, opts.user ? { user: opts.user } : {}));
+    console.log(t.id);
+  });
+template
+  .command('build <kind>')
+  .description('build a template: busybox (tiny, for tests)')
+  .option('--name <name>', 'template name (default: the kind)')
+  .action(async (kind: string, opts: { name?: string }, cmd: Command) => {
+    if (kind !== 'busybox') throw new CubeboxError('invalid_argument', `unknown template kind '${kind}' (known: busybox)`);
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(opts.name ?? kind, { busybox: true }));
+    console.log(t.id);
+  });
+template
+  .command('list')
+  .option('--json')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    const list = await withApi(dataDirOf(cmd), (api) => api.listTemplates());
+    if (opts.json) return console.log(JSON.stringify(list, null, 2));
+    for (const t of list) console.log(`${t.id}  ${t.name.padEnd(20)} ${t.layers.length} layer(s)`);
+  });
+template
+  .command('rm <name>')
+  .description('delete a template (refused while sandboxes use it)')
+  .action(async (name: string, _opts: unknown, cmd: Command) => {
+    await withApi(dataDirOf(cmd), (api) => api.removeTemplate(name));
+  });
+
+const sandbox = program.command('sandbox').description('manage sandboxes');
+sandbox
+  .command('create')
+  .description('create and start a sandbox; prints its id on the last line')
+  .requiredOption('--template <name>', 'template name or id')
+  .option('--memory <MB>', 'memory limit in MB', num('--memory'))
+  .option('--cpus <n>', 'CPU limit', num('--cpus'))
+  .option('--pids <n>', 'process limit', num('--pids'))
+  .option('--env <KEY=VALUE...>', 'environment variables')
+  .action(async (opts: { template: string; memory?: number; cpus?: number; pids?: number; env?: string[] }, cmd: Command) => {
+    const info = await withApi(dataDirOf(cmd), (api) =>
+      api.create({ template: opts.template, limits: { memoryMB: opts.memory, cpuCount: opts.cpus, pids: opts.pids }, env: parseEnv(opts.env) }),
+    );
+    console.log(info.id);
+  });
+sandbox
+  .command('list')
+  .option('--json')
+  .action(async (opts: { json?: boolean }, cmd: Command) => {
+    const list = await withApi(dataDirOf(cmd), (api) => api.list());
+    if (opts.json) return console.log(JSON.stringify(list, null, 2));
+    for (const s of list) console.log(`${s.id}  ${s.state.padEnd(9)} ${new Date(s.createdAt).toISOString()}${s.lastError ? `  (${s.lastError})` : ''}`);
+  });
+sandbox
+  .command('inspect <id>')
+  .action(async (id: string, _o: unknown, cmd: Command) => {
+    console.log(JSON.stringify(await withApi(dataDirOf(cmd), (api) => api.get(id)), null, 2));
+  });
+sandbox
+  .command('exec <id> <command...>')
+  .description('run a command in a sandbox (use -- before the command); passes output and exit code through')
+  .option('--env <KEY=VALUE...>', 'environment variables')
+  .option('--cwd <dir>', 'working directory')
+  .action(async (id: string, command: string[], opts: { env?: string[]; cwd?: string }, cmd: Command) => {
+    const code = await withApi(dataDirOf(cmd), (api) => api.exec(id, command, process.stdout, process.stderr, { env: parseEnv(opts.env), cwd: opts.cwd }));
+    process.exitCode = code;
+  });
+for (const op of ['pause', 'resume', 'rm'] as const) {
+  sandbox
+    .command(`${op} <id>`)
+    .description(op === 'rm' ? 'delete a sandbox from any state' : `${op} a sandbox`)
+    .action(async (id: string, _o: unknown, cmd: Command) => {
+      await withApi(dataDirOf(cmd), async (api) => {
+        if (op === 'pause') await api.pause(id);
+        else if (op === 'resume') await api.resume(id);
+        else await api.delete(id);
+      });
+    });
+}
+
+program
+  .command('serve')
+  .description('run the sandbox manager (control socket, reconciler) until SIGTERM; sandboxes survive restarts')
+  .addOption(new Option('--runtime <name>', 'OCI runtime').choices(['crun', 'runc', 'runsc']))
+  .action(async (opts: { runtime?: RuntimeName }, cmd: Command) => {
+    const dataDir = dataDirOf(cmd);
+    const logger = pino({ level: process.env.CUBEBOX_LOG_LEVEL ?? 'info' });
+    const manager = await SandboxManager.open({ dataDir, runtime: opts.runtime, logger, reconcileIntervalMs: 5000 });
+    const server = new ControlServer(new LocalApi(manager), manager.paths.socket);
+    await server.listen();
+    logger.info({ dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox manager ready');
+    const stop = async (signal: string) => {
+      logger.info({ signal }, 'shutting down; sandboxes keep running');
+      await server.close();
+      await manager.close();
+      process.exit(0);
+    };
+    process.once('SIGTERM', () => void stop('SIGTERM'));
+    process.once('SIGINT', () => void stop('SIGINT'));
+  });
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  const kind: ErrorKind = err instanceof CubeboxError ? err.kind : 'internal';
+  console.error(`cubebox: ${errorMessage(err)}`);
+  process.exit(EXIT[kind]);
+});

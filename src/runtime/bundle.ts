@@ -1,0 +1,153 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { RuntimeName } from '../config.js';
+import { defaultSeccomp } from './seccomp.js';
+
+/** The capabilities a sandbox's root keeps (podman's default set, without MKNOD, NET_RAW, AUDIT_WRITE). */
+export const SANDBOX_CAPABILITIES = [
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_KILL',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_SETFCAP',
+  'CAP_SETGID',
+  'CAP_SETPCAP',
+  'CAP_SETUID',
+  'CAP_SYS_CHROOT',
+];
+
+export const MASKED_PATHS = [
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+  '/sys/fs/selinux',
+  '/sys/dev/block',
+];
+
+export const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+
+export interface Limits {
+  memoryMB: number;
+  cpuCount: number;
+  pids: number;
+}
+
+export interface BindMount {
+  source: string;
+  destination: string;
+  readonly: boolean;
+}
+
+export interface BundleSpec {
+  runtime: RuntimeName;
+  hostname: string;
+  rootfs: string;
+  /** The sandbox's main process; tini (PID 1) runs it and reaps every orphan. */
+  command: string[];
+  env: string[];
+  cwd: string;
+  /** Sandbox root maps to hostId..hostId+size-1; undefined = no user namespace. */
+  idMap?: { hostId: number; size: number };
+  limits: Limits;
+  binds: BindMount[];
+  cgroupsPath: string;
+  tiniPath: string; // path of tini inside the sandbox
+}
+
+/** Builds an OCI config.json with cubebox's secure defaults. */
+export function buildConfig(spec: BundleSpec): Record<string, unknown> {
+  const gvisor = spec.runtime === 'runsc';
+  const caps = SANDBOX_CAPABILITIES;
+  const namespaces: { type: string }[] = [
+    { type: 'pid' },
+    { type: 'network' }, // loopback only until networking is configured
+    { type: 'ipc' },
+    { type: 'uts' },
+    { type: 'mount' },
+  ];
+  if (!gvisor) namespaces.push({ type: 'cgroup' });
+  if (spec.idMap) namespaces.push({ type: 'user' });
+
+  const mounts: Record<string, unknown>[] = [
+    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
+    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+  ];
+  if (!gvisor) {
+    mounts.push({ destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] });
+  }
+  for (const b of spec.binds) {
+    mounts.push({
+      destination: b.destination,
+      type: 'bind',
+      source: b.source,
+      options: ['rbind', 'nosuid', 'nodev', b.readonly ? 'ro' : 'rw'],
+    });
+  }
+
+  const linux: Record<string, unknown> = {
+    namespaces,
+    cgroupsPath: spec.cgroupsPath,
+    resources: {
+      devices: [{ allow: false, access: 'rwm' }],
+      memory: { limit: spec.limits.memoryMB * 1024 * 1024 },
+      cpu: { period: 100000, quota: Math.round(spec.limits.cpuCount * 100000) },
+      pids: { limit: spec.limits.pids },
+    },
+    maskedPaths: MASKED_PATHS,
+    readonlyPaths: READONLY_PATHS,
+  };
+  if (spec.idMap) {
+    const map = [{ containerID: 0, hostID: spec.idMap.hostId, size: spec.idMap.size }];
+    linux.uidMappings = map;
+    linux.gidMappings = map;
+  }
+  if (!gvisor) {
+    const seccomp = defaultSeccomp(caps);
+    if (seccomp) linux.seccomp = seccomp;
+  }
+
+  return {
+    ociVersion: '1.0.2',
+    process: {
+      terminal: false,
+      user: { uid: 0, gid: 0 },
+      args: [spec.tiniPath, '-s', '-g', '--', ...spec.command],
+      env: spec.env,
+      cwd: spec.cwd,
+      capabilities: { bounding: caps, effective: caps, permitted: caps },
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: nofile(), soft: nofile() }],
+      // Left off on purpose: `sudo` in templates needs setuid to work (the user namespace
+      // and the bounding set above still cap what it can gain).
+      noNewPrivileges: false,
+      oomScoreAdj: 500, // the kernel prefers sandboxes over host services when memory runs out
+    },
+    root: { path: spec.rootfs, readonly: false },
+    hostname: spec.hostname,
+    mounts,
+    linux,
+  };
+}
+
+export function writeBundle(bundleDir: string, spec: BundleSpec): void {
+  writeFileSync(join(bundleDir, 'config.json'), JSON.stringify(buildConfig(spec), null, 1), { mode: 0o600 });
+}
+
+/** 65536 open files, or the host's hard limit when lower (raising it needs CAP_SYS_RESOURCE). */
+function nofile(): number {
+  const m = readFileSync('/proc/self/limits', 'utf8').match(/Max open files\s+\S+\s+(\S+)/);
+  const hard = m && m[1] !== 'unlimited' ? Number(m[1]) : Infinity;
+  return Math.min(65536, hard);
+}

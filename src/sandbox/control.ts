@@ -1,0 +1,270 @@
+import { existsSync, unlinkSync } from 'node:fs';
+import http from 'node:http';
+import type { Writable } from 'node:stream';
+import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
+import type { Template, TemplateConfig } from '../template/store.js';
+import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from './manager.js';
+
+/**
+ * The operations the CLI needs, whether the manager runs in this process or in a
+ * running `cubebox serve` reached over the data directory's control socket.
+ */
+export interface ManagerApi {
+  create(req: CreateRequest): Promise<SandboxInfo>;
+  list(): Promise<SandboxInfo[]>;
+  get(id: string): Promise<SandboxInfo>;
+  pause(id: string): Promise<SandboxInfo>;
+  resume(id: string): Promise<SandboxInfo>;
+  delete(id: string): Promise<void>;
+  /** Runs a command, copying its output to the given streams; resolves to its exit code. */
+  exec(id: string, args: string[], out: Writable, err: Writable, opts?: { env?: Record<string, string>; cwd?: string }): Promise<number>;
+  addTemplate(name: string, source: { dir?: string; busybox?: boolean }, config?: Partial<TemplateConfig>): Promise<Template>;
+  listTemplates(): Promise<Template[]>;
+  removeTemplate(name: string): Promise<void>;
+  reconcile(): Promise<ReconcileReport>;
+}
+
+export class LocalApi implements ManagerApi {
+  constructor(readonly manager: SandboxManager) {}
+  async create(req: CreateRequest) {
+    return this.manager.create(req);
+  }
+  async list() {
+    return this.manager.list();
+  }
+  async get(id: string) {
+    return this.manager.get(id);
+  }
+  async pause(id: string) {
+    return this.manager.pause(id);
+  }
+  async resume(id: string) {
+    return this.manager.resume(id);
+  }
+  async delete(id: string) {
+    return this.manager.delete(id);
+  }
+  async exec(id: string, args: string[], out: Writable, err: Writable, opts: { env?: Record<string, string>; cwd?: string } = {}) {
+    const child = await this.manager.exec(id, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+    child.stdout!.pipe(out, { end: false });
+    child.stderr!.pipe(err, { end: false });
+    return new Promise<number>((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (code, signal) => resolve(code ?? (signal ? 128 + 9 : 1)));
+    });
+  }
+  async addTemplate(name: string, source: { dir?: string; busybox?: boolean }, config?: Partial<TemplateConfig>) {
+    if (source.busybox) return this.manager.templates.addBusybox(name);
+    if (!source.dir) throw new CubeboxError('invalid_argument', 'a template needs a rootfs directory or tarball');
+    return this.manager.templates.add(name, source.dir, config);
+  }
+  async listTemplates() {
+    return this.manager.templates.list();
+  }
+  async removeTemplate(name: string) {
+    this.manager.templates.remove(name);
+  }
+  async reconcile() {
+    return this.manager.reconcile();
+  }
+}
+
+const STATUS: Record<ErrorKind, number> = { not_found: 404, invalid_argument: 400, conflict: 409, unavailable: 503, internal: 500 };
+
+/** Serves a LocalApi on the data directory's unix socket (root-only: the socket is 0600). */
+export class ControlServer {
+  private server: http.Server | undefined;
+
+  constructor(
+    private readonly api: LocalApi,
+    private readonly socketPath: string,
+  ) {}
+
+  async listen(): Promise<void> {
+    // We hold the manager lock, so a socket file left here belongs to a dead manager.
+    if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
+    this.server = http.createServer((req, res) => void this.handle(req, res));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen({ path: this.socketPath, readableAll: false, writableAll: false }, () => resolve());
+    });
+  }
+
+  async close(): Promise<void> {
+    if (!this.server) return;
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server!.close(() => r()));
+    try {
+      unlinkSync(this.socketPath);
+    } catch {
+      /* already gone */
+    }
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    try {
+      const body = await readJson(req);
+      const url = new URL(req.url ?? '/', 'http://cubebox');
+      const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+      const m = req.method ?? 'GET';
+      const send = (status: number, value: unknown) => {
+        res.writeHead(status, { 'content-type': 'application/json' });
+        res.end(value === undefined ? '' : JSON.stringify(value));
+      };
+      const [a, id, op] = parts;
+      if (a === 'sandboxes') {
+        if (!id && m === 'GET') return send(200, await this.api.list());
+        if (!id && m === 'POST') return send(201, await this.api.create(body as unknown as CreateRequest));
+        if (id && !op && m === 'GET') return send(200, await this.api.get(id));
+        if (id && !op && m === 'DELETE') return send(204, await this.api.delete(id));
+        if (id && op === 'pause' && m === 'POST') return send(200, await this.api.pause(id));
+        if (id && op === 'resume' && m === 'POST') return send(200, await this.api.resume(id));
+        if (id && op === 'exec' && m === 'POST') return await this.exec(id, body, res);
+      }
+      if (a === 'templates') {
+        if (!id && m === 'GET') return send(200, await this.api.listTemplates());
+        if (!id && m === 'POST') {
+          const b = body as { name: string; dir?: string; busybox?: boolean; config?: Partial<TemplateConfig> };
+          return send(201, await this.api.addTemplate(b.name, { dir: b.dir, busybox: b.busybox }, b.config));
+        }
+        if (id && m === 'DELETE') return send(204, await this.api.removeTemplate(id));
+      }
+      if (a === 'reconcile' && m === 'POST') return send(200, await this.api.reconcile());
+      send(404, { kind: 'not_found', message: `no route ${m} ${url.pathname}` });
+    } catch (err) {
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      const kind: ErrorKind = err instanceof CubeboxError ? err.kind : 'internal';
+      res.writeHead(STATUS[kind], { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ kind, message: errorMessage(err) }));
+    }
+  }
+
+  /** Streams a command's output as NDJSON frames: {o: base64} / {e: base64}, then {exit}. */
+  private async exec(id: string, body: Record<string, unknown>, res: http.ServerResponse): Promise<void> {
+    const args = body.args as string[];
+    const child = await this.api.manager.exec(id, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: body.env as Record<string, string> | undefined,
+      cwd: body.cwd as string | undefined,
+    });
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    child.stdout!.on('data', (d: Buffer) => res.write(JSON.stringify({ o: d.toString('base64') }) + '\n'));
+    child.stderr!.on('data', (d: Buffer) => res.write(JSON.stringify({ e: d.toString('base64') }) + '\n'));
+    res.on('close', () => {
+      if (child.exitCode === null) child.kill('SIGKILL'); // the runtime exec process, which we spawned
+    });
+    const code = await new Promise<number>((resolve) => child.on('close', (c, s) => resolve(c ?? (s ? 137 : 1))));
+    res.end(JSON.stringify({ exit: code }) + '\n');
+  }
+}
+
+async function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  if (!chunks.length) return {};
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
+  } catch {
+    throw new CubeboxError('invalid_argument', 'request body is not valid JSON');
+  }
+}
+
+/** A ManagerApi that talks to a running manager over its control socket. */
+export class RemoteApi implements ManagerApi {
+  constructor(private readonly socketPath: string) {}
+
+  /** Whether a manager answers on the socket. */
+  static async reachable(socketPath: string): Promise<boolean> {
+    if (!existsSync(socketPath)) return false;
+    return new Promise((resolve) => {
+      const req = http.request({ socketPath, path: '/sandboxes', method: 'HEAD', timeout: 2000 }, (res) => {
+        res.resume();
+        resolve(true);
+      });
+      req.on('error', () => resolve(false));
+      req.on('timeout', () => {
+        req.destroy();
+        resolve(false);
+      });
+      req.end();
+    });
+  }
+
+  private request(method: string, path: string, body?: unknown): Promise<http.IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      const req = http.request({ socketPath: this.socketPath, path, method, headers: { 'content-type': 'application/json' } }, resolve);
+      req.on('error', (e) => reject(new CubeboxError('unavailable', `cannot reach the cubebox manager: ${e.message}`)));
+      req.end(body === undefined ? undefined : JSON.stringify(body));
+    });
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.request(method, path, body);
+    const chunks: Buffer[] = [];
+    for await (const c of res) chunks.push(c as Buffer);
+    const text = Buffer.concat(chunks).toString('utf8');
+    if ((res.statusCode ?? 500) >= 400) {
+      const e = (text ? JSON.parse(text) : {}) as { kind?: ErrorKind; message?: string };
+      throw new CubeboxError(e.kind ?? 'internal', e.message ?? `manager answered ${res.statusCode}`);
+    }
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  create(req: CreateRequest) {
+    return this.call<SandboxInfo>('POST', '/sandboxes', req);
+  }
+  list() {
+    return this.call<SandboxInfo[]>('GET', '/sandboxes');
+  }
+  get(id: string) {
+    return this.call<SandboxInfo>('GET', `/sandboxes/${encodeURIComponent(id)}`);
+  }
+  pause(id: string) {
+    return this.call<SandboxInfo>('POST', `/sandboxes/${encodeURIComponent(id)}/pause`);
+  }
+  resume(id: string) {
+    return this.call<SandboxInfo>('POST', `/sandboxes/${encodeURIComponent(id)}/resume`);
+  }
+  delete(id: string) {
+    return this.call<void>('DELETE', `/sandboxes/${encodeURIComponent(id)}`);
+  }
+  async exec(id: string, args: string[], out: Writable, err: Writable, opts: { env?: Record<string, string>; cwd?: string } = {}) {
+    const res = await this.request('POST', `/sandboxes/${encodeURIComponent(id)}/exec`, { args, ...opts });
+    if ((res.statusCode ?? 500) >= 400) {
+      const chunks: Buffer[] = [];
+      for await (const c of res) chunks.push(c as Buffer);
+      const e = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as { kind?: ErrorKind; message?: string };
+      throw new CubeboxError(e.kind ?? 'internal', e.message ?? `manager answered ${res.statusCode}`);
+    }
+    let buf = '';
+    let exit: number | undefined;
+    for await (const c of res) {
+      buf += (c as Buffer).toString('utf8');
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const frame = JSON.parse(buf.slice(0, nl)) as { o?: string; e?: string; exit?: number };
+        buf = buf.slice(nl + 1);
+        if (frame.o) out.write(Buffer.from(frame.o, 'base64'));
+        if (frame.e) err.write(Buffer.from(frame.e, 'base64'));
+        if (frame.exit !== undefined) exit = frame.exit;
+      }
+    }
+    if (exit === undefined) throw new CubeboxError('unavailable', 'the manager closed the exec stream before the command ended');
+    return exit;
+  }
+  addTemplate(name: string, source: { dir?: string; busybox?: boolean }, config?: Partial<TemplateConfig>) {
+    return this.call<Template>('POST', '/templates', { name, ...source, config });
+  }
+  listTemplates() {
+    return this.call<Template[]>('GET', '/templates');
+  }
+  removeTemplate(name: string) {
+    return this.call<void>('DELETE', `/templates/${encodeURIComponent(name)}`);
+  }
+  reconcile() {
+    return this.call<ReconcileReport>('POST', '/reconcile');
+  }
+}

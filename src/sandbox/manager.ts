@@ -1,0 +1,533 @@
+import { createHash } from 'node:crypto';
+import type { ChildProcess, StdioOptions } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import pino, { type Logger } from 'pino';
+import { naming, openPaths, type Paths, type RuntimeName } from '../config.js';
+import { buildConfig, type Limits, writeBundle } from '../runtime/bundle.js';
+import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
+import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
+import { mountRootfs, mountsUnder, mountTable, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
+import { ManagerLock, Store, type SandboxRow, type SandboxState } from '../store/store.js';
+import { TemplateStore, type Template } from '../template/store.js';
+import { conflict, CubeboxError, errorMessage, invalid, notFound } from '../util/errors.js';
+import { faultPoint } from '../util/fault.js';
+import { randomId, SANDBOX_ID_RE } from '../util/ids.js';
+import { KeyedMutex } from '../util/lock.js';
+
+export const TINI_HOST_PATH = '/usr/bin/tini-static';
+const SUPPORT_DIR = '/.cubebox';
+
+/** How long each transitional state may last before the reconciler resolves it. */
+const STATE_DEADLINE_MS: Partial<Record<SandboxState, number>> = {
+  creating: 120_000,
+  pausing: 30_000,
+  resuming: 30_000,
+  deleting: 60_000,
+};
+
+/** Each sandbox's root maps to its own block of 65536 host ids. */
+const ID_BLOCK = 65536;
+const ID_SLOTS = 512;
+
+export interface CreateRequest {
+  template: string;
+  limits?: Partial<Limits>;
+  env?: Record<string, string>;
+  metadata?: Record<string, string>;
+  /** The sandbox's main process (default: one that keeps the sandbox alive). */
+  command?: string[];
+}
+
+export interface SandboxInfo {
+  id: string;
+  templateId: string;
+  state: SandboxState;
+  runtime: string;
+  createdAt: number;
+  startedAt: number | null;
+  endAt: number | null;
+  limits: Limits;
+  metadata: Record<string, string>;
+  lastError: string | null;
+}
+
+interface StoredSpec {
+  limits: Limits;
+  env: Record<string, string>;
+  metadata: Record<string, string>;
+  layers: string[];
+  command: string[];
+}
+
+export interface ManagerOptions {
+  dataDir: string;
+  runtime?: RuntimeName;
+  logger?: Logger;
+  /** Run the reconciler every this many ms (0 = only at start-up). */
+  reconcileIntervalMs?: number;
+}
+
+export interface ReconcileReport {
+  adopted: string[];
+  tornDown: string[];
+  orphansRemoved: string[];
+  errors: string[];
+}
+
+/**
+ * The sandbox manager: the lifecycle state machine, per-sandbox locks, the ledger of
+ * host resources, and the reconciler. Every operation on a sandbox (API, reaper,
+ * reconciler) runs under that sandbox's lock.
+ */
+export class SandboxManager {
+  readonly locks = new KeyedMutex();
+  readonly templates: TemplateStore;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private reconciling: Promise<ReconcileReport> | undefined;
+
+  private constructor(
+    readonly paths: Paths,
+    readonly store: Store,
+    readonly runtime: SandboxRuntime,
+    readonly cgroupMode: CgroupMode,
+    readonly log: Logger,
+    private readonly lock: ManagerLock,
+  ) {
+    this.templates = new TemplateStore(paths, store);
+  }
+
+  /**
+   * Opens a data directory as its one manager: takes the lock, opens the store and runs
+   * the start-up reconciliation. Throws a 'unavailable' error when another manager owns it.
+   */
+  static async open(opts: ManagerOptions): Promise<SandboxManager> {
+    if (process.getuid?.() !== 0) throw new CubeboxError('unavailable', 'cubebox must run as root (it creates namespaces, cgroups and mounts)');
+    const paths = openPaths(opts.dataDir);
+    // Traversable but not listable: the runtime reaches the rootfs as the sandbox's unprivileged root.
+    chmodSync(paths.dataDir, 0o711);
+    mkdirSync(paths.sandboxesDir, { recursive: true });
+    chmodSync(paths.sandboxesDir, 0o711);
+    const lock = new ManagerLock(paths.lockFile);
+    if (!lock.tryAcquire()) throw new CubeboxError('unavailable', `another cubebox manager owns ${paths.dataDir}`);
+    const log = opts.logger ?? pino({ level: process.env.CUBEBOX_LOG_LEVEL ?? 'warn' }, pino.destination(2));
+    const store = new Store(paths.db);
+    const cgroupMode = detectCgroupMode();
+    const runtimeName = opts.runtime ?? (process.env.CUBEBOX_RUNTIME as RuntimeName | undefined) ?? 'crun';
+    if (!['crun', 'runc', 'runsc'].includes(runtimeName)) throw invalid(`unknown runtime '${runtimeName}' (crun, runc or runsc)`);
+    const runtime = new OciRuntime(runtimeName, join(paths.runRoot, runtimeName), cgroupMode);
+    const m = new SandboxManager(paths, store, runtime, cgroupMode, log, lock);
+    const report = await m.reconcile({ startup: true });
+    if (report.errors.length) log.warn({ errors: report.errors }, 'start-up reconciliation left errors');
+    if (opts.reconcileIntervalMs) {
+      m.timer = setInterval(() => void m.reconcile().catch((e) => log.error({ err: e }, 'reconcile failed')), opts.reconcileIntervalMs);
+      m.timer.unref();
+    }
+    return m;
+  }
+
+  /** Stops background work and releases the data directory. Sandboxes keep running. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    await this.reconciling?.catch(() => undefined);
+    this.store.close();
+    this.lock.release();
+  }
+
+  // ---------------------------------------------------------------- queries
+
+  get(id: string): SandboxInfo {
+    const row = this.store.getSandbox(id);
+    if (!row) throw notFound(`sandbox '${id}' not found`);
+    return this.info(row);
+  }
+
+  list(): SandboxInfo[] {
+    return this.store.listSandboxes().map((r) => this.info(r));
+  }
+
+  private info(row: SandboxRow): SandboxInfo {
+    const spec = JSON.parse(row.spec) as StoredSpec;
+    return {
+      id: row.id,
+      templateId: row.templateId,
+      state: row.state,
+      runtime: row.runtime,
+      createdAt: row.createdAt,
+      startedAt: row.startedAt,
+      endAt: row.endAt,
+      limits: spec.limits,
+      metadata: spec.metadata,
+      lastError: row.lastError,
+    };
+  }
+
+  containerId(id: string): string {
+    return naming.containerId(this.paths.instanceId, id);
+  }
+
+  sandboxDir(id: string): string {
+    return join(this.paths.sandboxesDir, id);
+  }
+
+  cgroup(id: string): SandboxCgroup {
+    return new SandboxCgroup(this.cgroupMode, naming.cgroupPath(this.paths.instanceId, id));
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async create(req: CreateRequest): Promise<SandboxInfo> {
+    const template = this.templates.get(req.template);
+    const limits = resolveLimits(template, req.limits);
+    const id = randomId(20);
+    return this.locks.run(id, async () => {
+      const now = Date.now();
+      const spec: StoredSpec = {
+        limits,
+        env: { ...template.config.env, ...(req.env ?? {}) },
+        metadata: req.metadata ?? {},
+        layers: template.layers,
+        command: req.command ?? ['/bin/sh', '-c', 'exec sleep 2147483647'],
+      };
+      this.store.transaction(() => {
+        const slot = this.runtime.userNamespaces ? this.allocateIdSlot() : null;
+        this.store.insertSandbox({
+          id,
+          templateId: template.id,
+          state: 'creating',
+          stateDeadline: now + STATE_DEADLINE_MS.creating!,
+          runtime: this.runtime.name,
+          uidSlot: slot,
+          pid: null,
+          createdAt: now,
+          startedAt: null,
+          endAt: null,
+          spec: JSON.stringify(spec),
+          lastError: null,
+          attempts: 0,
+          nextAttemptAt: null,
+        });
+      });
+      try {
+        await this.provision(id, spec);
+      } catch (err) {
+        this.log.warn({ sandbox: id, err: errorMessage(err) }, 'create failed; tearing down');
+        try {
+          await this.teardown(id);
+        } catch (e2) {
+          this.store.updateSandbox(id, { state: 'failed', lastError: `create: ${errorMessage(err)}; teardown: ${errorMessage(e2)}` });
+        }
+        throw new CubeboxError('internal', `creating a sandbox from template '${template.name}' failed: ${errorMessage(err)}`, { cause: err });
+      }
+      return this.get(id);
+    });
+  }
+
+  /** Host ids for a sandbox's user namespace: a per-instance region, one block per slot. */
+  private idMapFor(slot: number | null): { hostId: number; size: number } | undefined {
+    if (slot === null || !this.runtime.userNamespaces) return undefined;
+    return { hostId: idRegionBase(this.paths.instanceId) + slot * ID_BLOCK, size: ID_BLOCK };
+  }
+
+  private allocateIdSlot(): number {
+    const used = this.store.usedUidSlots();
+    for (let s = 0; s < ID_SLOTS; s++) if (!used.has(s)) return s;
+    throw new CubeboxError('unavailable', `no free user-id range: ${ID_SLOTS} sandboxes exist on this instance`);
+  }
+
+  /** Creates every host resource of a sandbox, recording each in the ledger first. */
+  private async provision(id: string, spec: StoredSpec): Promise<void> {
+    const inst = this.paths.instanceId;
+    const row = this.store.getSandbox(id)!;
+    const idMap = this.idMapFor(row.uidSlot);
+    const dir = this.sandboxDir(id);
+
+    this.store.recordResource(id, 'dir', dir);
+    mkdirSync(dir, { mode: 0o711 });
+    faultPoint('create:after-dir');
+
+    const layout = rootfsLayout(dir, naming.mountSource(inst, id), spec.layers.length);
+    for (const m of [layout.target, ...layout.views]) this.store.recordResource(id, 'mount', m);
+    await mountRootfs(layout, spec.layers, idMap);
+    faultPoint('create:after-mount');
+
+    const bundleDir = join(dir, 'bundle');
+    mkdirSync(bundleDir, { mode: 0o700 });
+    writeBundle(bundleDir, {
+      runtime: this.runtime.name,
+      hostname: id,
+      rootfs: layout.target,
+      command: spec.command,
+      env: envList({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root', ...spec.env }),
+      cwd: '/',
+      idMap,
+      limits: spec.limits,
+      binds: [{ source: TINI_HOST_PATH, destination: `${SUPPORT_DIR}/tini`, readonly: true }],
+      cgroupsPath: naming.cgroupPath(inst, id),
+      tiniPath: `${SUPPORT_DIR}/tini`,
+    });
+
+    const cid = this.containerId(id);
+    this.store.recordResource(id, 'cgroup', naming.cgroupPath(inst, id));
+    this.store.recordResource(id, 'container', cid);
+    faultPoint('create:before-run');
+    await this.runtime.run(cid, bundleDir, join(dir, 'console.log'));
+    faultPoint('create:after-run');
+    const st = await this.runtime.state(cid);
+    if (!st || st.status !== 'running') throw new Error(`sandbox did not start (runtime reports ${st?.status ?? 'no container'})`);
+    this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid: st.pid, startedAt: Date.now() });
+  }
+
+  /**
+   * Runs a command inside a running sandbox through the runtime. The caller owns the
+   * returned process (its stdio and exit status).
+   */
+  async exec(id: string, args: string[], opts: { stdio?: StdioOptions; env?: Record<string, string>; cwd?: string; tty?: boolean } = {}): Promise<ChildProcess> {
+    if (!args.length) throw invalid('exec needs a command');
+    return this.locks.run(id, async () => {
+      const row = this.requireRow(id);
+      if (row.state === 'paused') throw conflict(`sandbox '${id}' is paused; resume it before running commands`);
+      if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}; commands need a running sandbox`);
+      const spec = JSON.parse(row.spec) as StoredSpec;
+      return this.runtime.exec(this.containerId(id), args, { stdio: opts.stdio, env: { ...spec.env, ...(opts.env ?? {}) }, cwd: opts.cwd, tty: opts.tty });
+    });
+  }
+
+  async pause(id: string): Promise<SandboxInfo> {
+    return this.locks.run(id, async () => {
+      const row = this.requireRow(id);
+      if (row.state === 'paused') throw conflict(`sandbox '${id}' is already paused`);
+      if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}; only a running sandbox can be paused`);
+      this.setState(id, 'pausing');
+      try {
+        await this.runtime.pause(this.containerId(id));
+        this.setState(id, 'paused');
+      } catch (err) {
+        await this.settleFromHost(id, `pause: ${errorMessage(err)}`);
+        throw new CubeboxError('internal', `pausing sandbox '${id}' failed: ${errorMessage(err)}`);
+      }
+      return this.get(id);
+    });
+  }
+
+  async resume(id: string): Promise<SandboxInfo> {
+    return this.locks.run(id, async () => {
+      const row = this.requireRow(id);
+      if (row.state === 'running') throw conflict(`sandbox '${id}' is already running`);
+      if (row.state !== 'paused') throw conflict(`sandbox '${id}' is ${row.state}; only a paused sandbox can be resumed`);
+      this.setState(id, 'resuming');
+      try {
+        await this.runtime.resume(this.containerId(id));
+        this.setState(id, 'running');
+      } catch (err) {
+        await this.settleFromHost(id, `resume: ${errorMessage(err)}`);
+        throw new CubeboxError('internal', `resuming sandbox '${id}' failed: ${errorMessage(err)}`);
+      }
+      return this.get(id);
+    });
+  }
+
+  /** Deletes a sandbox from any state. Unknown ids (with no ledger left) are not found. */
+  async delete(id: string): Promise<void> {
+    if (!SANDBOX_ID_RE.test(id)) throw notFound(`sandbox '${id}' not found`);
+    await this.locks.run(id, async () => {
+      const row = this.store.getSandbox(id);
+      if (!row && this.store.resources(id).length === 0) throw notFound(`sandbox '${id}' not found`);
+      await this.teardown(id);
+    });
+  }
+
+  private requireRow(id: string): SandboxRow {
+    const row = this.store.getSandbox(id);
+    if (!row) throw notFound(`sandbox '${id}' not found`);
+    return row;
+  }
+
+  private setState(id: string, state: SandboxState, extra: Partial<SandboxRow> = {}): void {
+    const d = STATE_DEADLINE_MS[state];
+    this.store.updateSandbox(id, { state, stateDeadline: d ? Date.now() + d : null, ...extra });
+  }
+
+  /** After a failed or interrupted operation: make the stored state what the host shows. */
+  private async settleFromHost(id: string, error?: string): Promise<void> {
+    let state: SandboxState = 'stopped';
+    try {
+      const st = await this.runtime.state(this.containerId(id));
+      if (st?.status === 'running') state = 'running';
+      else if (st?.status === 'paused') state = 'paused';
+    } catch (err) {
+      state = 'failed';
+      error = `${error ?? ''} state: ${errorMessage(err)}`.trim();
+    }
+    this.setState(id, state, error ? { lastError: error } : {});
+  }
+
+  /**
+   * Reclaims everything a sandbox owns, in dependency order, then forgets it. Call under
+   * the sandbox's lock. Teardown never asks anything inside the sandbox: the runtime's
+   * force delete works on a frozen container, and the cgroup kill catches what it missed.
+   * If processes cannot be killed the sandbox stays recorded (with the error) for a retry.
+   */
+  private async teardown(id: string): Promise<void> {
+    const inst = this.paths.instanceId;
+    if (this.store.getSandbox(id)) this.setState(id, 'deleting');
+    const cid = this.containerId(id);
+    const cg = this.cgroup(id);
+    const dir = this.sandboxDir(id);
+
+    let runtimeError: unknown;
+    try {
+      await this.runtime.forceDelete(cid);
+    } catch (err) {
+      runtimeError = err;
+    }
+    if (cg.pids().length) await cg.killAll();
+    if (cg.pids().length) throw new Error(`processes of sandbox '${id}' survived the kill: ${cg.pids().join(', ')}`);
+    if (runtimeError) await this.runtime.forceDelete(cid); // retry now that nothing runs; throws if it still fails
+    this.store.forgetResource(id, 'container', cid);
+
+    await cg.remove();
+    this.store.forgetResource(id, 'cgroup', naming.cgroupPath(inst, id));
+
+    const mounts = new Set([...mountsUnder(dir), ...this.store.resources(id).filter((r) => r.kind === 'mount').map((r) => r.name)]);
+    // also anything carrying this sandbox's mount name, wherever it is mounted
+    for (const m of mountTable()) if (m.source === naming.mountSource(inst, id)) mounts.add(m.mountPoint);
+    await unmountRootfs([...mounts].sort((a, b) => b.length - a.length));
+    for (const m of mounts) this.store.forgetResource(id, 'mount', m);
+
+    if (mountsUnder(dir).length) throw new Error(`mounts remain under ${dir}`);
+    rmSync(dir, { recursive: true, force: true });
+    this.store.deleteSandbox(id); // the row and the rest of its ledger, in one transaction
+    this.log.info({ sandbox: id }, 'sandbox deleted');
+  }
+
+  // ---------------------------------------------------------------- reconciler
+
+  /**
+   * Compares the store with the host and converges: adopts healthy sandboxes, resolves
+   * transitional states past their deadline, finishes interrupted teardowns, and removes
+   * orphans carrying this instance's naming. Never touches another instance's resources.
+   */
+  async reconcile(opts: { startup?: boolean } = {}): Promise<ReconcileReport> {
+    if (this.reconciling) return this.reconciling;
+    this.reconciling = this.reconcileOnce(opts.startup ?? false).finally(() => (this.reconciling = undefined));
+    return this.reconciling;
+  }
+
+  private async reconcileOnce(startup: boolean): Promise<ReconcileReport> {
+    const report: ReconcileReport = { adopted: [], tornDown: [], orphansRemoved: [], errors: [] };
+    const now = Date.now();
+    for (const row of this.store.listSandboxes()) {
+      if (this.closed) break;
+      await this.locks.run(row.id, async () => {
+        const r = this.store.getSandbox(row.id);
+        if (!r) return;
+        try {
+          const expired = r.stateDeadline !== null && r.stateDeadline < now;
+          if (r.state === 'deleting' || r.state === 'failed' || (r.state === 'creating' && (startup || expired))) {
+            if (r.nextAttemptAt && r.nextAttemptAt > now && !startup) return;
+            await this.teardown(r.id);
+            report.tornDown.push(r.id);
+          } else if (r.state === 'pausing' || r.state === 'resuming') {
+            if (startup || expired) await this.settleFromHost(r.id, `interrupted while ${r.state}`);
+          } else if (r.state === 'running' || r.state === 'paused') {
+            const st = await this.runtime.state(this.containerId(r.id));
+            const hostState: SandboxState = st?.status === 'running' ? 'running' : st?.status === 'paused' ? 'paused' : 'stopped';
+            if (hostState !== r.state) {
+              this.log.warn({ sandbox: r.id, stored: r.state, host: hostState }, 'sandbox state differs from the host; taking the host state');
+              this.setState(r.id, hostState, hostState === 'stopped' ? { lastError: 'the sandbox stopped (its main process exited or was killed)' } : {});
+            }
+            if (startup) report.adopted.push(r.id);
+          }
+        } catch (err) {
+          const attempts = r.attempts + 1;
+          this.store.updateSandbox(r.id, {
+            attempts,
+            lastError: errorMessage(err),
+            nextAttemptAt: now + Math.min(2 ** attempts * 1000, 300_000),
+          });
+          report.errors.push(`${r.id}: ${errorMessage(err)}`);
+        }
+      });
+    }
+    await this.removeOrphans(report);
+    return report;
+  }
+
+  /** Host resources named for this instance that no stored sandbox owns. */
+  private async removeOrphans(report: ReconcileReport): Promise<void> {
+    const inst = this.paths.instanceId;
+    const known = new Set(this.store.listSandboxes().map((r) => r.id));
+    const prefix = `cubebox-${inst}-`;
+    const candidates = new Set<string>(this.store.orphanLedgerIds());
+    for (const cid of await this.runtime.list()) if (cid.startsWith(prefix)) candidates.add(cid.slice(prefix.length));
+    for (const name of listInstanceCgroups(this.cgroupMode, naming.cgroupParent(inst))) candidates.add(name);
+    for (const m of mountTable()) if (m.source.startsWith(prefix)) candidates.add(m.source.slice(prefix.length));
+    try {
+      for (const d of readdirSync(this.paths.sandboxesDir)) candidates.add(d);
+    } catch {
+      /* no sandboxes dir yet */
+    }
+    for (const id of candidates) {
+      if (known.has(id) || !SANDBOX_ID_RE.test(id)) continue;
+      await this.locks.run(id, async () => {
+        if (this.store.getSandbox(id)) return;
+        try {
+          await this.teardown(id);
+          report.orphansRemoved.push(id);
+          this.log.warn({ sandbox: id }, 'removed orphaned sandbox resources');
+        } catch (err) {
+          report.errors.push(`orphan ${id}: ${errorMessage(err)}`);
+        }
+      });
+    }
+  }
+
+  /** The rendered OCI config for a sandbox (for `cubebox sandbox inspect` and tests). */
+  renderConfig(id: string): Record<string, unknown> {
+    const row = this.requireRow(id);
+    const spec = JSON.parse(row.spec) as StoredSpec;
+    return buildConfig({
+      runtime: this.runtime.name,
+      hostname: id,
+      rootfs: join(this.sandboxDir(id), 'rootfs'),
+      command: spec.command,
+      env: envList(spec.env),
+      cwd: '/',
+      idMap: this.idMapFor(row.uidSlot),
+      limits: spec.limits,
+      binds: [],
+      cgroupsPath: naming.cgroupPath(this.paths.instanceId, id),
+      tiniPath: `${SUPPORT_DIR}/tini`,
+    });
+  }
+
+  hasSandboxDir(id: string): boolean {
+    return existsSync(this.sandboxDir(id));
+  }
+}
+
+function envList(env: Record<string, string>): string[] {
+  return Object.entries(env).map(([k, v]) => `${k}=${v}`);
+}
+
+/** Per-instance region of host ids above 2^31, so instances on one host rarely overlap. */
+export function idRegionBase(instanceId: string): number {
+  const region = createHash('sha256').update(instanceId).digest().readUInt32BE(0) % 63;
+  return 2 ** 31 + region * ID_SLOTS * ID_BLOCK;
+}
+
+export function resolveLimits(template: Template, req: Partial<Limits> = {}): Limits {
+  const limits: Limits = {
+    memoryMB: req.memoryMB ?? template.config.memoryMB,
+    cpuCount: req.cpuCount ?? template.config.cpuCount,
+    pids: req.pids ?? 1024,
+  };
+  if (!Number.isFinite(limits.memoryMB) || limits.memoryMB < 16 || limits.memoryMB > 1024 * 1024) throw invalid(`memory must be between 16 MB and 1 TB, got ${limits.memoryMB}`);
+  if (!Number.isFinite(limits.cpuCount) || limits.cpuCount <= 0 || limits.cpuCount > 1024) throw invalid(`cpu count must be > 0, got ${limits.cpuCount}`);
+  if (!Number.isInteger(limits.pids) || limits.pids < 8 || limits.pids > 1_000_000) throw invalid(`pids limit must be an integer >= 8, got ${limits.pids}`);
+  return limits;
+}

@@ -1,0 +1,144 @@
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Paths } from '../config.js';
+import type { Store, TemplateRow } from '../store/store.js';
+import { conflict, invalid, notFound } from '../util/errors.js';
+import { run, runOk } from '../util/exec.js';
+import { NAME_RE, randomId } from '../util/ids.js';
+
+/** Settings a template gives its sandboxes. */
+export interface TemplateConfig {
+  user: string; // default user for commands
+  workdir?: string;
+  env: Record<string, string>;
+  cpuCount: number;
+  memoryMB: number;
+  diskSizeMB: number;
+}
+
+export const DEFAULT_TEMPLATE_CONFIG: TemplateConfig = { user: 'root', env: {}, cpuCount: 2, memoryMB: 512, diskSizeMB: 1024 };
+
+export interface Template {
+  id: string;
+  name: string;
+  layers: string[]; // absolute layer directories, topmost first
+  config: TemplateConfig;
+  createdAt: number;
+}
+
+/**
+ * Templates in their minimal form: an ordered stack of read-only layer directories plus
+ * settings. A layer is written under a temporary name and renamed into place only when
+ * complete, so a failed import leaves nothing behind.
+ */
+export class TemplateStore {
+  constructor(
+    private readonly paths: Paths,
+    private readonly store: Store,
+  ) {
+    mkdirSync(paths.layersDir, { recursive: true, mode: 0o700 });
+  }
+
+  private toTemplate(row: TemplateRow): Template {
+    return {
+      id: row.id,
+      name: row.name,
+      layers: row.layers.map((l) => join(this.paths.layersDir, l)),
+      config: { ...DEFAULT_TEMPLATE_CONFIG, ...(JSON.parse(row.config) as Partial<TemplateConfig>) },
+      createdAt: row.createdAt,
+    };
+  }
+
+  get(idOrName: string): Template {
+    const row = this.store.getTemplate(idOrName);
+    if (!row) throw notFound(`template '${idOrName}' not found`);
+    return this.toTemplate(row);
+  }
+
+  find(idOrName: string): Template | undefined {
+    const row = this.store.getTemplate(idOrName);
+    return row ? this.toTemplate(row) : undefined;
+  }
+
+  list(): Template[] {
+    return this.store.listTemplates().map((r) => this.toTemplate(r));
+  }
+
+  /** Registers a root filesystem directory or tarball (.tar, .tar.gz, .tar.xz, .tar.zst) as a template. */
+  async add(name: string, source: string, config: Partial<TemplateConfig> = {}): Promise<Template> {
+    this.checkNewName(name);
+    if (!existsSync(source)) throw invalid(`template source ${source} does not exist`);
+    const isDir = statSync(source).isDirectory();
+    return this.addLayer(name, config, async (dir) => {
+      if (isDir) {
+        await runOk('cp', ['-a', '--reflink=auto', source + '/.', dir]);
+      } else {
+        const r = await run('tar', ['-x', '--numeric-owner', '-f', source, '-C', dir]);
+        if (r.code !== 0) throw invalid(`cannot extract ${source} as a tarball: ${r.stderr.trim().split('\n').slice(-2).join(' ')}`);
+      }
+      if (readdirSync(dir).length === 0) throw invalid(`template source ${source} is empty`);
+    });
+  }
+
+  /** A tiny template of busybox-static: sh and the usual applets, root and `user` accounts. */
+  async addBusybox(name: string, busybox = '/bin/busybox'): Promise<Template> {
+    this.checkNewName(name);
+    if (!existsSync(busybox)) throw invalid(`${busybox} not found (install the busybox-static package)`);
+    return this.addLayer(name, { user: 'root' }, async (dir) => {
+      for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc', 'proc', 'sys', 'dev', 'root', 'home/user', 'tmp', 'var/tmp', 'run']) {
+        mkdirSync(join(dir, d), { recursive: true });
+      }
+      chmodSync(join(dir, 'tmp'), 0o1777);
+      chmodSync(join(dir, 'var/tmp'), 0o1777);
+      chmodSync(join(dir, 'root'), 0o700);
+      copyFileSync(busybox, join(dir, 'bin/busybox'));
+      chmodSync(join(dir, 'bin/busybox'), 0o755);
+      const list = await runOk(busybox, ['--list-full']);
+      for (const applet of list.split('\n').filter(Boolean)) {
+        const target = join(dir, applet);
+        if (applet === 'bin/busybox' || existsSync(target)) continue;
+        const depth = applet.split('/').length - 1;
+        symlinkSync('../'.repeat(depth) + 'bin/busybox', target);
+      }
+      writeFileSync(join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+      writeFileSync(join(dir, 'etc/group'), 'root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n');
+      writeFileSync(join(dir, 'etc/hosts'), '127.0.0.1 localhost\n::1 localhost\n');
+      chownSync(join(dir, 'home/user'), 1000, 1000);
+    });
+  }
+
+  remove(idOrName: string): void {
+    const t = this.get(idOrName);
+    const users = this.store.sandboxesUsingTemplate(t.id);
+    if (users > 0) throw conflict(`template '${t.name}' is used by ${users} sandbox(es); delete them first`);
+    this.store.deleteTemplate(t.id);
+    for (const l of t.layers) rmSync(l, { recursive: true, force: true });
+  }
+
+  private checkNewName(name: string): void {
+    if (!NAME_RE.test(name)) throw invalid(`bad template name '${name}': use lowercase letters, digits, '.', '_' and '-' (max 63)`);
+    if (this.store.getTemplate(name)) throw conflict(`template '${name}' already exists`);
+  }
+
+  private async addLayer(name: string, config: Partial<TemplateConfig>, fill: (dir: string) => Promise<void>): Promise<Template> {
+    const layerId = randomId(16);
+    const tmp = join(this.paths.layersDir, `.tmp-${layerId}`);
+    mkdirSync(tmp, { mode: 0o755 });
+    try {
+      await fill(tmp);
+      chmodSync(tmp, 0o755);
+      renameSync(tmp, join(this.paths.layersDir, layerId));
+    } catch (err) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw err;
+    }
+    const row: TemplateRow = { id: randomId(20), name, layers: [layerId], config: JSON.stringify(config), createdAt: Date.now() };
+    try {
+      this.store.insertTemplate(row);
+    } catch (err) {
+      rmSync(join(this.paths.layersDir, layerId), { recursive: true, force: true });
+      throw err;
+    }
+    return this.toTemplate(row);
+  }
+}
