@@ -1,0 +1,49 @@
+// Who a request acts as, and the access token checks (contract 5.1, 5.3).
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { Code, ConnectError } from '@connectrpc/connect';
+import type { EnvdState } from './state.js';
+import type { UserInfo } from './users.js';
+
+/** The user named by `Authorization: Basic base64("<user>:")`, if any. */
+export function basicAuthUser(header: string | null | undefined): string | undefined {
+  if (!header) return undefined;
+  const m = /^\s*basic\s+(\S+)\s*$/i.exec(header);
+  if (!m?.[1]) return undefined;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  const name = i >= 0 ? decoded.slice(0, i) : decoded;
+  return name || undefined;
+}
+
+/** Resolve a user by name (or the default user); undefined when unknown. */
+export function lookupUser(state: EnvdState, name: string | undefined): UserInfo | undefined {
+  return state.users.lookup(name || state.defaultUser);
+}
+
+/** The user of a Connect request; unauthenticated when the named user does not exist. */
+export function rpcUser(state: EnvdState, headers: Headers): UserInfo {
+  const name = basicAuthUser(headers.get('authorization'));
+  const u = lookupUser(state, name);
+  if (!u) throw new ConnectError(`invalid username: '${name || state.defaultUser}'`, Code.Unauthenticated);
+  return u;
+}
+
+export function safeEqual(a: string, b: string): boolean {
+  const ha = createHash('sha256').update(a).digest();
+  const hb = createHash('sha256').update(b).digest();
+  return timingSafeEqual(ha, hb) && a.length === b.length;
+}
+
+/** Token check: undefined when allowed, else the error message. */
+export function checkToken(state: EnvdState, presented: string | null | undefined): string | undefined {
+  if (!state.accessToken) return undefined;
+  if (presented === undefined || presented === null || presented === '') return 'missing access token';
+  if (!safeEqual(presented, state.accessToken)) return 'invalid access token';
+  return undefined;
+}
+
+export function fileSignature(path: string, op: 'read' | 'write', user: string | undefined, token: string, expiration?: number): string {
+  let raw = `${path}:${op}:${user ?? ''}:${token}`;
+  if (expiration !== undefined) raw += `:${expiration}`;
+  return 'v1_' + createHash('sha256').update(raw).digest('base64').replace(/=+$/, '');
+}

@@ -1,0 +1,327 @@
+// GET and POST /files (contract 5, 5.2, 5.3): download with Range and gzip, upload as multipart
+// (one or several files) or as a raw body (optionally gzip-encoded), metadata headers, and the
+// access token or URL signature checks.
+import { chown, open, stat, type FileHandle } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { posix } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip, createGzip, constants as zlibConstants } from 'node:zlib';
+import type { Readable } from 'node:stream';
+import { fileSignature, lookupUser, safeEqual } from '../auth.js';
+import { makeDirs } from '../fs/service.js';
+import type { MetadataStore } from '../fs/metadata.js';
+import { resolvePath } from '../paths.js';
+import type { EnvdState } from '../state.js';
+import type { UserInfo } from '../users.js';
+import { MultipartError, MultipartParser, multipartBoundary } from './multipart.js';
+
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const data = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) });
+  res.end(data);
+}
+
+export function sendError(res: ServerResponse, status: number, message: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  sendJson(res, status, { code: status, message });
+}
+
+function fsError(e: unknown, path: string): HttpError {
+  if (e instanceof HttpError) return e;
+  if (e instanceof MultipartError) return new HttpError(400, e.message);
+  const err = e as NodeJS.ErrnoException;
+  switch (err.code) {
+    case 'ENOENT':
+      return new HttpError(404, `file not found: ${path}`);
+    case 'EISDIR':
+      return new HttpError(400, `path is a directory: ${path}`);
+    case 'ENOTDIR':
+      return new HttpError(400, `a parent of the path is not a directory: ${path}`);
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new HttpError(507, `not enough disk space: ${path}`);
+    case 'EACCES':
+    case 'EPERM':
+      return new HttpError(403, `permission denied: ${path}`);
+    case 'Z_DATA_ERROR':
+    case 'Z_BUF_ERROR':
+      return new HttpError(400, `invalid gzip body: ${err.message}`);
+    default:
+      return new HttpError(500, err.message ?? String(e));
+  }
+}
+
+/** Token or signature check for /files; throws 401. */
+function authorize(state: EnvdState, req: IncomingMessage, url: URL, op: 'read' | 'write'): void {
+  const token = state.accessToken;
+  if (!token) return;
+  const presented = req.headers['x-access-token'];
+  if (typeof presented === 'string' && presented !== '') {
+    if (!safeEqual(presented, token)) throw new HttpError(401, 'invalid access token');
+    return;
+  }
+  const signature = url.searchParams.get('signature');
+  if (!signature) throw new HttpError(401, 'missing access token or signature');
+  const expRaw = url.searchParams.get('signature_expiration');
+  let exp: number | undefined;
+  if (expRaw !== null && expRaw !== '') {
+    exp = Number(expRaw);
+    if (!Number.isInteger(exp)) throw new HttpError(401, 'invalid signature expiration');
+  }
+  const path = url.searchParams.get('path') ?? '';
+  const user = url.searchParams.get('username') ?? undefined;
+  const expected = fileSignature(path, op, user, token, exp);
+  if (!safeEqual(signature, expected)) throw new HttpError(401, 'invalid signature');
+  if (exp !== undefined && exp < Math.floor(Date.now() / 1000)) throw new HttpError(401, 'signature is already expired');
+}
+
+function fileUser(state: EnvdState, url: URL): UserInfo {
+  const name = url.searchParams.get('username') || undefined;
+  const u = lookupUser(state, name);
+  if (!u) throw new HttpError(401, `invalid username: '${name ?? state.defaultUser}'`);
+  return u;
+}
+
+function parseRange(header: string | undefined, size: number): { start: number; end: number } | 'unsatisfiable' | undefined {
+  if (!header) return undefined;
+  const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
+  if (!m) return undefined; // multiple or malformed ranges: serve the whole file
+  const [, a, b] = m;
+  if (!a && !b) return undefined;
+  let start: number;
+  let end: number;
+  if (!a) {
+    const suffix = Number(b);
+    if (suffix === 0) return 'unsatisfiable';
+    start = Math.max(0, size - suffix);
+    end = size - 1;
+  } else {
+    start = Number(a);
+    end = b ? Math.min(Number(b), size - 1) : size - 1;
+  }
+  if (start >= size || start > end) return 'unsatisfiable';
+  return { start, end };
+}
+
+function acceptsGzip(header: string | undefined): boolean {
+  if (!header) return false;
+  for (const part of header.split(',')) {
+    const [coding, ...params] = part.trim().split(';');
+    if (coding?.trim().toLowerCase() !== 'gzip' && coding?.trim() !== '*') continue;
+    const q = params.map((p) => /^\s*q\s*=\s*([\d.]+)/.exec(p)?.[1]).find((v) => v !== undefined);
+    if (q === undefined || Number(q) > 0) return true;
+  }
+  return false;
+}
+
+export async function handleDownload(state: EnvdState, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+  authorize(state, req, url, 'read');
+  const user = fileUser(state, url);
+  const rawPath = url.searchParams.get('path');
+  if (!rawPath) throw new HttpError(400, 'the path query parameter is required');
+  const p = resolvePath(rawPath, user.home);
+  let fh: FileHandle;
+  try {
+    const st = await stat(p);
+    if (st.isDirectory()) throw new HttpError(400, `path is a directory: ${p}`);
+    fh = await open(p, 'r');
+  } catch (e) {
+    throw fsError(e, p);
+  }
+  try {
+    const st = await fh.stat();
+    const size = st.size;
+    const name = posix.basename(p);
+    const headers: Record<string, string | number> = {
+      'Content-Type': 'application/octet-stream',
+      'Content-Disposition': `attachment; filename="${name.replace(/["\\\r\n]/g, '_')}"; filename*=UTF-8''${encodeURIComponent(name)}`,
+      'Accept-Ranges': 'bytes',
+      'Last-Modified': st.mtime.toUTCString(),
+    };
+    const range = st.isFile() ? parseRange(req.headers.range, size) : undefined;
+    if (range === 'unsatisfiable') {
+      res.writeHead(416, { 'Content-Range': `bytes */${size}`, 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ code: 416, message: 'requested range not satisfiable' }));
+      return;
+    }
+    if (range) {
+      headers['Content-Range'] = `bytes ${range.start}-${range.end}/${size}`;
+      headers['Content-Length'] = range.end - range.start + 1;
+      res.writeHead(206, headers);
+      if (req.method === 'HEAD') return void res.end();
+      await pipeline(fh.createReadStream({ start: range.start, end: range.end, autoClose: false }), res);
+      return;
+    }
+    if (acceptsGzip(req.headers['accept-encoding']) && size > 0) {
+      headers['Content-Encoding'] = 'gzip';
+      headers['Vary'] = 'Accept-Encoding';
+      res.writeHead(200, headers);
+      if (req.method === 'HEAD') return void res.end();
+      await pipeline(fh.createReadStream({ autoClose: false }), createGzip({ level: zlibConstants.Z_BEST_SPEED }), res);
+      return;
+    }
+    if (st.isFile()) headers['Content-Length'] = size;
+    res.writeHead(200, headers);
+    if (req.method === 'HEAD') return void res.end();
+    await pipeline(fh.createReadStream({ autoClose: false }), res);
+  } finally {
+    await fh.close().catch(() => {});
+  }
+}
+
+function metadataFromHeaders(req: IncomingMessage): Record<string, string> | undefined {
+  let meta: Record<string, string> | undefined;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    const key = req.rawHeaders[i] ?? '';
+    if (key.length > 11 && key.slice(0, 11).toLowerCase() === 'x-metadata-') {
+      meta ??= {};
+      meta[key.slice(11).toLowerCase()] = req.rawHeaders[i + 1] ?? '';
+    }
+  }
+  return meta;
+}
+
+interface WrittenFile {
+  name: string;
+  path: string;
+  type: 'file';
+  metadata?: Record<string, string>;
+}
+
+class FileWriter {
+  private fh?: FileHandle;
+
+  constructor(
+    readonly path: string,
+    private readonly user: UserInfo,
+    private readonly metadata: Record<string, string> | undefined,
+    private readonly store: MetadataStore,
+  ) {}
+
+  async open(): Promise<void> {
+    try {
+      const st = await stat(this.path).catch(() => undefined);
+      if (st?.isDirectory()) throw new HttpError(400, `path is a directory: ${this.path}`);
+      await makeDirs(posix.dirname(this.path), this.user);
+      this.fh = await open(this.path, 'w', 0o644);
+    } catch (e) {
+      throw fsError(e, this.path);
+    }
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    try {
+      let off = 0;
+      while (off < chunk.length) {
+        const { bytesWritten } = await (this.fh as FileHandle).write(chunk, off, chunk.length - off);
+        off += bytesWritten;
+      }
+    } catch (e) {
+      throw fsError(e, this.path);
+    }
+  }
+
+  async close(): Promise<WrittenFile> {
+    const fh = this.fh as FileHandle;
+    this.fh = undefined;
+    try {
+      await fh.chown(this.user.uid, this.user.gid).catch(() => chown(this.path, this.user.uid, this.user.gid));
+      const st = await fh.stat({ bigint: true });
+      await fh.close();
+      if (this.metadata) this.store.set({ dev: st.dev, ino: st.ino, birthtimeNs: st.birthtimeNs }, this.metadata);
+    } catch (e) {
+      await fh.close().catch(() => {});
+      throw fsError(e, this.path);
+    }
+    const out: WrittenFile = { name: posix.basename(this.path), path: this.path, type: 'file' };
+    if (this.metadata && Object.keys(this.metadata).length) out.metadata = this.metadata;
+    return out;
+  }
+
+  async abort(): Promise<void> {
+    await this.fh?.close().catch(() => {});
+    this.fh = undefined;
+  }
+}
+
+export async function handleUpload(state: EnvdState, store: MetadataStore, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+  authorize(state, req, url, 'write');
+  const user = fileUser(state, url);
+  const queryPath = url.searchParams.get('path') || undefined;
+  const metadata = metadataFromHeaders(req);
+  const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+  let body: Readable = req;
+  if (encoding === 'gzip' || encoding === 'x-gzip') body = req.pipe(createGunzip());
+  else if (encoding !== 'identity' && encoding !== '') throw new HttpError(400, `unsupported content encoding: ${encoding}`);
+  body.on('error', () => {});
+
+  const results: WrittenFile[] = [];
+  const boundary = multipartBoundary(req.headers['content-type']);
+  if (!boundary) {
+    if (!queryPath) throw new HttpError(400, 'the path query parameter is required');
+    const w = new FileWriter(resolvePath(queryPath, user.home), user, metadata, store);
+    await w.open();
+    try {
+      for await (const chunk of body) await w.write(chunk as Buffer);
+    } catch (e) {
+      await w.abort();
+      throw fsError(e, w.path);
+    }
+    results.push(await w.close());
+    sendJson(res, 200, results);
+    return;
+  }
+
+  const seen = new Set<string>();
+  let current: FileWriter | undefined;
+  let skipping = false;
+  const parser = new MultipartParser(boundary, {
+    begin: async (part) => {
+      if (part.name !== 'file') {
+        skipping = true;
+        return;
+      }
+      skipping = false;
+      const target = queryPath ?? part.filename;
+      if (!target) throw new HttpError(400, 'missing file path: give the path query parameter or a filename');
+      const abs = resolvePath(target, user.home);
+      if (seen.has(abs)) throw new HttpError(400, `the same path appears twice in the upload: ${abs}`);
+      seen.add(abs);
+      current = new FileWriter(abs, user, metadata, store);
+      await current.open();
+    },
+    data: async (chunk) => {
+      if (!skipping && current) await current.write(chunk);
+    },
+    end: async () => {
+      if (!skipping && current) {
+        const w = current;
+        current = undefined;
+        results.push(await w.close());
+      }
+    },
+  });
+  try {
+    for await (const chunk of body) {
+      await parser.write(chunk as Buffer);
+    }
+    await parser.finish();
+  } catch (e) {
+    await current?.abort();
+    throw fsError(e, current?.path ?? queryPath ?? '');
+  }
+  if (results.length === 0) throw new HttpError(400, 'no file in the multipart body');
+  sendJson(res, 200, results);
+}

@@ -1,0 +1,243 @@
+// envd's HTTP server: the Connect services (process.Process, filesystem.Filesystem) and the
+// REST routes /health, /files, /init, /envs and /metrics, on a unix socket and on TCP.
+import { lstatSync, unlinkSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
+import { connectNodeAdapter } from '@connectrpc/connect-node';
+import { Filesystem } from '../gen/filesystem/filesystem_pb.js';
+import { Process } from '../gen/process/process_pb.js';
+import { checkToken, safeEqual } from '../auth.js';
+import { MetadataStore } from '../fs/metadata.js';
+import { filesystemService } from '../fs/service.js';
+import { ProcessManager } from '../process/manager.js';
+import { processService } from '../process/service.js';
+import { EnvdState, type EnvdOptions } from '../state.js';
+import { UserDb } from '../users.js';
+import { handleDownload, handleUpload, HttpError, sendError, sendJson } from './files.js';
+import { MetricsCollector } from './metrics.js';
+
+export interface Envd {
+  state: EnvdState;
+  processes: ProcessManager;
+  /** Listening addresses: the socket path and host:port of each TCP listener. */
+  addresses: string[];
+  close(): Promise<void>;
+}
+
+const MAX_INIT_BODY = 1024 * 1024;
+
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    n += (c as Buffer).length;
+    if (n > limit) throw new HttpError(413, 'request body too large');
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+function parseTimestamp(v: unknown): number | undefined {
+  if (typeof v === 'number' && Number.isFinite(v)) return v > 1e12 ? v : v * 1000;
+  if (typeof v === 'string' && v) {
+    const t = Date.parse(v);
+    return Number.isFinite(t) ? t : undefined;
+  }
+  return undefined;
+}
+
+export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
+  const users = new UserDb(opts.passwdPath, opts.groupPath);
+  const state = new EnvdState(opts, users);
+  const metadata = new MetadataStore(opts.stateDir || undefined);
+  const deps = { users, metadata };
+  const pm = new ProcessManager(opts.helperPath);
+  const metrics = new MetricsCollector(opts.cgroupRoot);
+
+  const auth: Interceptor = (next) => async (req) => {
+    const err = checkToken(state, req.header.get('x-access-token'));
+    if (err) throw new ConnectError(err, Code.Unauthenticated);
+    return next(req);
+  };
+
+  const connectHandler = connectNodeAdapter({
+    routes: (router) => {
+      router.service(Process, processService(state, pm));
+      router.service(Filesystem, filesystemService(state, deps));
+    },
+    connect: true,
+    grpc: false,
+    grpcWeb: false,
+    acceptCompression: [],
+    jsonOptions: { alwaysEmitImplicit: true, ignoreUnknownFields: true },
+    interceptors: [auth],
+  });
+
+  function requireToken(req: IncomingMessage): void {
+    const t = req.headers['x-access-token'];
+    const err = checkToken(state, typeof t === 'string' ? t : undefined);
+    if (err) throw new HttpError(401, err);
+  }
+
+  async function handleInit(req: IncomingMessage, res: ServerResponse, viaSocket: boolean): Promise<void> {
+    let body: Record<string, unknown> = {};
+    const raw = await readBody(req, MAX_INIT_BODY);
+    if (raw.length) {
+      try {
+        body = JSON.parse(raw.toString('utf8')) as Record<string, unknown>;
+      } catch {
+        throw new HttpError(400, 'invalid JSON body');
+      }
+      if (!body || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
+    }
+    // Once a token is set, only the host (unix socket) or a holder of the token may re-init.
+    if (state.accessToken && !viaSocket) {
+      const t = req.headers['x-access-token'];
+      const sameToken = typeof body.accessToken === 'string' && safeEqual(body.accessToken, state.accessToken);
+      if (!(typeof t === 'string' && safeEqual(t, state.accessToken)) && !sameToken) throw new HttpError(401, 'invalid access token');
+    }
+    const ts = parseTimestamp(body.timestamp);
+    if (ts !== undefined) {
+      if (ts < state.lastInit) {
+        res.writeHead(204).end();
+        return;
+      }
+      state.lastInit = ts;
+    }
+    const envVars = body.envVars;
+    if (envVars && typeof envVars === 'object' && !Array.isArray(envVars)) {
+      for (const [k, v] of Object.entries(envVars as Record<string, unknown>)) {
+        if (typeof v === 'string') state.envVars[k] = v;
+      }
+    }
+    if (typeof body.accessToken === 'string' && body.accessToken !== '') state.accessToken = body.accessToken;
+    if (typeof body.defaultUser === 'string' && body.defaultUser !== '') state.defaultUser = body.defaultUser;
+    if (typeof body.defaultWorkdir === 'string' && body.defaultWorkdir !== '') state.defaultWorkdir = body.defaultWorkdir;
+    res.writeHead(204).end();
+  }
+
+  async function route(req: IncomingMessage, res: ServerResponse, viaSocket: boolean): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://envd');
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+    switch (path) {
+      case '/health':
+        res.writeHead(204, { 'Cache-Control': 'no-store' }).end();
+        return;
+      case '/files':
+        if (method === 'GET' || method === 'HEAD') return handleDownload(state, req, res, url);
+        if (method === 'POST') return handleUpload(state, metadata, req, res, url);
+        throw new HttpError(405, 'method not allowed');
+      case '/init':
+        if (method !== 'POST') throw new HttpError(405, 'method not allowed');
+        return handleInit(req, res, viaSocket);
+      case '/envs':
+        if (method !== 'GET') throw new HttpError(405, 'method not allowed');
+        requireToken(req);
+        sendJson(res, 200, state.envVars);
+        return;
+      case '/metrics':
+        if (method !== 'GET') throw new HttpError(405, 'method not allowed');
+        requireToken(req);
+        sendJson(res, 200, await metrics.collect());
+        return;
+      default:
+        throw new HttpError(404, `no route for ${path}`);
+    }
+  }
+
+  const handler = (viaSocket: boolean) => (req: IncomingMessage, res: ServerResponse) => {
+    const p = req.url ?? '';
+    if (p.startsWith('/process.Process/') || p.startsWith('/filesystem.Filesystem/')) {
+      connectHandler(req, res);
+      return;
+    }
+    route(req, res, viaSocket).catch((e: unknown) => {
+      if (e instanceof HttpError) sendError(res, e.status, e.message);
+      else {
+        process.stderr.write(`envd: ${req.method} ${p}: ${(e as Error)?.stack ?? String(e)}\n`);
+        sendError(res, 500, (e as Error)?.message ?? 'internal error');
+      }
+      // Drop whatever is left of the request body.
+      if (!req.complete) req.resume();
+    });
+  };
+
+  const servers: Server[] = [];
+  const addresses: string[] = [];
+  const newServer = (viaSocket: boolean) => {
+    const s = createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, handler(viaSocket));
+    s.on('clientError', (_err, socket) => socket.destroy());
+    servers.push(s);
+    return s;
+  };
+  const listen = (s: Server, arg: { path?: string; port?: number; host?: string; ipv6Only?: boolean }) =>
+    new Promise<void>((resolve, reject) => {
+      const onError = (e: Error) => reject(e);
+      s.once('error', onError);
+      s.listen(arg, () => {
+        s.off('error', onError);
+        resolve();
+      });
+    });
+
+  try {
+    if (opts.port > 0) {
+      if (opts.hosts.length === 0) {
+        const s = newServer(false);
+        try {
+          await listen(s, { port: opts.port, host: '::', ipv6Only: false });
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') throw e;
+          await listen(s, { port: opts.port, host: '0.0.0.0' });
+        }
+      } else {
+        for (const host of opts.hosts) await listen(newServer(false), { port: opts.port, host });
+      }
+      for (const s of servers) {
+        const a = s.address() as AddressInfo;
+        addresses.push(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
+      }
+    }
+    if (opts.socketPath) {
+      try {
+        if (lstatSync(opts.socketPath).isSocket()) unlinkSync(opts.socketPath);
+      } catch {
+        /* no stale socket */
+      }
+      await listen(newServer(true), { path: opts.socketPath });
+      addresses.push(opts.socketPath);
+    }
+  } catch (e) {
+    for (const s of servers) s.close();
+    throw e;
+  }
+
+  return {
+    state,
+    processes: pm,
+    addresses,
+    async close() {
+      pm.killAll();
+      metadata.flush();
+      await Promise.all(
+        servers.map(
+          (s) =>
+            new Promise<void>((resolve) => {
+              s.close(() => resolve());
+              s.closeAllConnections();
+            }),
+        ),
+      );
+      if (opts.socketPath) {
+        try {
+          unlinkSync(opts.socketPath);
+        } catch {
+          /* gone */
+        }
+      }
+    },
+  };
+}
