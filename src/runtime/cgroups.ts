@@ -126,7 +126,7 @@ export class SandboxCgroup {
    * parent when it is empty. Throws when a directory cannot go (processes remain).
    */
   async remove(): Promise<void> {
-    for (const dir of this.existing()) {
+    for (const dir of this.dirs()) {
       await removeTree(dir);
       const parent = join(dir, '..');
       try {

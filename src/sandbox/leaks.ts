@@ -81,6 +81,11 @@ export class LeakChecker {
     }
     const leaks: Leak[] = [];
     for (const id of ids) if (!known.has(id)) leaks.push(...this.sandbox(id));
+    if (known.size === 0) {
+      // with no sandboxes left, the instance's parent cgroups must be gone too
+      const parent = new SandboxCgroup(this.mode, `/${naming.cgroupParent(inst)}`);
+      for (const d of parent.existing()) leaks.push({ sandbox: '-', kind: 'cgroup', what: d });
+    }
     return leaks;
   }
 }

@@ -1,0 +1,232 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import type { SandboxManager } from '../../src/sandbox/manager.js';
+import { CubeboxError } from '../../src/util/errors.js';
+import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance } from '../helpers/instance.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Whether a PID names a live (non-zombie) process. */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Waits for killed processes to be gone; zombies awaiting their reaper do not count. */
+async function waitGone(pids: number[]): Promise<void> {
+  for (let i = 0; i < 100 && pids.some(alive); i++) await sleep(20);
+  assert.deepEqual(pids.filter(alive), [], 'processes survived the delete');
+}
+
+async function rejectsKind(p: Promise<unknown>, kind: string, re?: RegExp): Promise<void> {
+  await assert.rejects(p, (err: unknown) => {
+    assert.ok(err instanceof CubeboxError, `expected a CubeboxError, got ${String(err)}`);
+    assert.equal(err.kind, kind, err.message);
+    if (re) assert.match(err.message, re);
+    return true;
+  });
+}
+
+describe('sandbox lifecycle (real runtime)', () => {
+  let m: SandboxManager;
+  before(async () => {
+    m = await newInstance();
+  });
+  after(async () => {
+    await destroyInstance(m);
+  });
+
+  it('create -> exec -> pause -> exec refused -> resume -> exec -> delete leaves nothing', async () => {
+    const sbx = await m.create({ template: 'busybox' });
+    assert.match(sbx.id, /^[a-z0-9]{20}$/);
+    assert.equal(sbx.state, 'running');
+
+    const r = await execIn(m, sbx.id, ['sh', '-c', 'echo out; echo err >&2; exit 7']);
+    assert.equal(r.stdout, 'out\n');
+    assert.equal(r.stderr, 'err\n');
+    assert.equal(r.code, 7);
+
+    await m.pause(sbx.id);
+    assert.equal(m.get(sbx.id).state, 'paused');
+    await rejectsKind(m.exec(sbx.id, ['true']), 'conflict', /paused/);
+    await rejectsKind(m.pause(sbx.id), 'conflict', /already paused/);
+
+    await m.resume(sbx.id);
+    assert.equal(m.get(sbx.id).state, 'running');
+    assert.equal((await execIn(m, sbx.id, ['echo', 'back'])).stdout, 'back\n');
+    await rejectsKind(m.resume(sbx.id), 'conflict', /already running/);
+
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
+    await rejectsKind(m.delete(sbx.id), 'not_found');
+    await rejectsKind(m.exec(sbx.id, ['true']), 'not_found');
+  });
+
+  it('deletes a paused sandbox completely (the headline case)', async () => {
+    const sbx = await m.create({ template: 'busybox' });
+    // a few busy processes, so that the frozen tree is more than PID 1
+    await execIn(m, sbx.id, ['sh', '-c', 'for i in 1 2 3 4 5; do (while :; do :; done) >/dev/null 2>&1 & done']);
+    await m.pause(sbx.id);
+    const pids = m.cgroup(sbx.id).pids();
+    assert.ok(pids.length >= 7, `expected tini, sleep and 5 loops in the cgroup, saw ${pids.length}`);
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
+    await waitGone(pids);
+  });
+
+  it('deletes a sandbox whose main process was OOM-killed', async () => {
+    const sbx = await m.create({ template: 'busybox', limits: { memoryMB: 32 }, command: ['/bin/sh', '-c', 'sleep 1; awk \'BEGIN { s = "x"; while (1) s = s s }\''] });
+    for (let i = 0; i < 200 && (await m.reconcile(), m.get(sbx.id).state) === 'running'; i++) await sleep(100);
+    assert.equal(m.get(sbx.id).state, 'stopped', 'the OOM kill should stop the sandbox');
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
+  });
+
+  it('deletes a sandbox whose PID 1 exited', async () => {
+    const sbx = await m.create({ template: 'busybox' });
+    await execIn(m, sbx.id, ['kill', '2']); // the main process: tini exits with it
+    for (let i = 0; i < 100 && (await m.reconcile(), m.get(sbx.id).state) === 'running'; i++) await sleep(50);
+    assert.equal(m.get(sbx.id).state, 'stopped');
+    await rejectsKind(m.exec(sbx.id, ['true']), 'conflict', /stopped/);
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
+  });
+
+  it('never signals a stale stored PID: an innocent process survives every teardown path', async () => {
+    const innocent = spawn('sleep', ['600'], { stdio: 'ignore' });
+    try {
+      const paths: Array<(id: string) => Promise<void>> = [
+        async () => undefined, // running
+        async (id) => void (await m.pause(id)), // paused
+        async (id) => {
+          await execIn(m, id, ['kill', '2']); // PID 1 exited
+          for (let i = 0; i < 100 && (await m.reconcile(), m.get(id).state) === 'running'; i++) await sleep(50);
+        },
+        async (id) => m.store.updateSandbox(id, { state: 'deleting' }), // interrupted delete, finished by the reconciler
+      ];
+      for (const [i, prepare] of paths.entries()) {
+        const sbx = await m.create({ template: 'busybox' });
+        await prepare(sbx.id);
+        m.store.updateSandbox(sbx.id, { pid: innocent.pid! });
+        if (i === 3) await m.reconcile();
+        else await m.delete(sbx.id);
+        assertNoSandboxLeaks(m.paths, sbx.id);
+        assert.doesNotThrow(() => process.kill(innocent.pid!, 0), `the innocent process died on teardown path ${i}`);
+      }
+    } finally {
+      innocent.kill('SIGKILL');
+    }
+  });
+
+  it('serializes concurrent pause/resume/delete storms on one sandbox', async () => {
+    for (let round = 0; round < 3; round++) {
+      const sbx = await m.create({ template: 'busybox' });
+      const ops: Promise<unknown>[] = [];
+      for (let i = 0; i < 24; i++) {
+        const op = i % 3 === 0 ? m.pause(sbx.id) : i % 3 === 1 ? m.resume(sbx.id) : i === 14 + 3 * round ? m.delete(sbx.id) : execIn(m, sbx.id, ['true']);
+        ops.push(op);
+      }
+      const results = await Promise.allSettled(ops);
+      for (const r of results) {
+        if (r.status === 'rejected') assert.ok(r.reason instanceof CubeboxError && ['conflict', 'not_found'].includes(r.reason.kind), String(r.reason));
+      }
+      // the delete was queued behind earlier operations and everything after it saw not_found
+      assert.throws(() => m.get(sbx.id), /not found/);
+      assertNoSandboxLeaks(m.paths, sbx.id);
+    }
+    // and without a delete, the stored state always matches the host
+    const sbx = await m.create({ template: 'busybox' });
+    await Promise.allSettled(Array.from({ length: 30 }, (_, i) => (i % 2 ? m.pause(sbx.id) : m.resume(sbx.id))));
+    const st = await m.runtime.state(m.containerId(sbx.id));
+    assert.equal(st?.status, m.get(sbx.id).state);
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
+  });
+
+  it('200 create/pause/delete cycles leave no leaks and a stable open-file count', async () => {
+    const fds = () => readdirSync('/proc/self/fd').length;
+    // warm up lazily opened handles (statements, the seccomp profile) before counting
+    for (let i = 0; i < 3; i++) {
+      const s = await m.create({ template: 'busybox' });
+      await m.pause(s.id);
+      await m.delete(s.id);
+    }
+    const before = fds();
+    for (let i = 0; i < 200; i++) {
+      const s = await m.create({ template: 'busybox' });
+      await m.pause(s.id);
+      await m.delete(s.id);
+      if (i % 50 === 0) assertNoSandboxLeaks(m.paths, s.id);
+    }
+    const afterCount = fds();
+    assert.ok(afterCount <= before + 2, `open files grew from ${before} to ${afterCount}`);
+    assert.equal(m.list().length, 0);
+    assert.equal(readdirSync(m.paths.sandboxesDir).length, 0);
+  });
+});
+
+describe('limits and isolation', () => {
+  let m: SandboxManager;
+  before(async () => {
+    m = await newInstance();
+  });
+  after(async () => {
+    await destroyInstance(m);
+  });
+
+  it('a fork bomb hits the pids limit', async () => {
+    const sbx = await m.create({ template: 'busybox', limits: { pids: 32 } });
+    const r = await execIn(m, sbx.id, ['sh', '-c', 'i=0; while [ $i -lt 100 ]; do sleep 30 >/dev/null 2>&1 & i=$((i+1)); done 2>/dev/null; ps | wc -l']);
+    const procs = m.cgroup(sbx.id).pids().length;
+    assert.ok(procs <= 32, `the sandbox has ${procs} processes despite pids=32`);
+    assert.ok(Number(r.stdout.trim()) <= 34, `ps saw ${r.stdout.trim()} lines`);
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
+  });
+
+  it('a memory hog is OOM-killed inside its sandbox only', async () => {
+    const sbx = await m.create({ template: 'busybox', limits: { memoryMB: 32 } });
+    const r = await execIn(m, sbx.id, ['awk', 'BEGIN { s = "x"; while (1) s = s s }']);
+    assert.equal(r.code, 137, `the hog should die of SIGKILL, got ${r.code}: ${r.stderr}`);
+    assert.equal(m.get(sbx.id).state, 'running');
+    assert.equal((await execIn(m, sbx.id, ['echo', 'alive'])).stdout, 'alive\n', 'the sandbox survives its OOM kill');
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
+  });
+
+  it('sandbox root cannot mknod, mount, or see host processes, and is unprivileged on the host', async () => {
+    const sbx = await m.create({ template: 'busybox' });
+    assert.notEqual((await execIn(m, sbx.id, ['mknod', '/tmp/null', 'c', '1', '3'])).code, 0, 'mknod must fail');
+    assert.notEqual((await execIn(m, sbx.id, ['mount', '-t', 'tmpfs', 'none', '/mnt'])).code, 0, 'mount must fail');
+    const ps = await execIn(m, sbx.id, ['sh', '-c', 'ls /proc | grep -c "^[0-9]"']);
+    assert.ok(Number(ps.stdout.trim()) < 10, `the sandbox sees ${ps.stdout.trim()} processes`);
+    const map = (await execIn(m, sbx.id, ['cat', '/proc/self/uid_map'])).stdout.trim().split(/\s+/).map(Number);
+    assert.equal(map[0], 0);
+    assert.ok(map[1]! >= 2 ** 31, `sandbox root must map to an unprivileged host uid, got ${map[1]}`);
+    // root of the sandbox can still write its own root filesystem
+    assert.equal((await execIn(m, sbx.id, ['sh', '-c', 'echo hi > /etc/motd && cat /etc/motd'])).stdout, 'hi\n');
+    // and the host sees those files owned by the unprivileged range, not by root
+    const hostUid = map[1]!;
+    const st = (await import('node:fs')).statSync(`${m.sandboxDir(sbx.id)}/upper/etc/motd`);
+    assert.equal(st.uid, hostUid);
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
+  });
+
+  it('refuses bad input clearly and changes nothing', async () => {
+    await rejectsKind(m.create({ template: 'no-such-template' }), 'not_found', /template 'no-such-template' not found/);
+    await rejectsKind(m.create({ template: 'busybox', limits: { memoryMB: 1 } }), 'invalid_argument', /memory/);
+    await rejectsKind(m.create({ template: 'busybox', limits: { pids: 2.5 } }), 'invalid_argument', /pids/);
+    await rejectsKind(m.pause('doesnotexist'), 'not_found');
+    await rejectsKind(m.delete('../../etc'), 'not_found');
+    await rejectsKind(m.templates.add('Bad Name', '/tmp'), 'invalid_argument', /bad template name/);
+    await rejectsKind(m.templates.add('x', '/nonexistent/dir'), 'invalid_argument', /does not exist/);
+    assert.equal(m.list().length, 0);
+  });
+});
