@@ -73,7 +73,7 @@ export function socketGet(socketPath: string, path: string): Promise<number> {
   });
 }
 
-export async function startTestEnvd(extraArgs: string[] = []): Promise<TestEnvd> {
+export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[] = []): Promise<TestEnvd> {
   if (!existsSync(join(bundleDir, 'envd.mjs'))) throw new Error('dist/envd/envd.mjs is missing: run npm run build');
   if (!(await canBind('127.0.0.1', ENVD_PORT))) throw new Error(`port ${ENVD_PORT} on 127.0.0.1 is busy`);
   const hosts = ['127.0.0.1'];
@@ -98,6 +98,7 @@ export async function startTestEnvd(extraArgs: string[] = []): Promise<TestEnvd>
   const child: ChildProcess = spawn(
     process.execPath,
     [
+      ...nodeFlags,
       join(bin, 'envd.mjs'),
       '--port', String(ENVD_PORT),
       '--host', hosts.join(','),
