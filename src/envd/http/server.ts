@@ -70,6 +70,7 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
     grpc: false,
     grpcWeb: false,
     acceptCompression: [],
+    readMaxBytes: 64 * 1024 * 1024,
     jsonOptions: { alwaysEmitImplicit: true, ignoreUnknownFields: true },
     interceptors: [auth],
   });
@@ -149,6 +150,20 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
 
   const handler = (viaSocket: boolean) => (req: IncomingMessage, res: ServerResponse) => {
     const p = req.url ?? '';
+    // Browsers (the SDK's browser build, signed URLs) may call envd across origins.
+    if (req.headers.origin) {
+      res.setHeader('Access-Control-Allow-Origin', '*');
+      res.setHeader('Access-Control-Expose-Headers', '*');
+      if (req.method === 'OPTIONS') {
+        res.writeHead(204, {
+          'Access-Control-Allow-Methods': 'GET, HEAD, POST, OPTIONS',
+          'Access-Control-Allow-Headers': req.headers['access-control-request-headers'] ?? '*',
+          'Access-Control-Max-Age': '7200',
+        });
+        res.end();
+        return;
+      }
+    }
     if (p.startsWith('/process.Process/') || p.startsWith('/filesystem.Filesystem/')) {
       connectHandler(req, res);
       return;

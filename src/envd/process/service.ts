@@ -119,6 +119,9 @@ export function processService(state: EnvdState, pm: ProcessManager): Partial<Se
       lookPath(cfg.cmd, env.PATH ?? DEFAULT_PATH, cwd);
       let pty: { cols: number; rows: number } | undefined;
       if (req.pty) pty = { cols: req.pty.size?.cols || 80, rows: req.pty.size?.rows || 24 };
+      // Connect-Timeout-Ms is also the process deadline (even if the stream goes away first).
+      const remaining = ctx.timeoutMs();
+      if (ctx.signal.aborted) throw ctx.signal.reason instanceof ConnectError ? ctx.signal.reason : new ConnectError('request aborted', Code.Canceled);
       let attached: { queue: EventQueue<ProcOutput>; unsubscribe: () => void } | undefined;
       const proc = await pm.start(
         {
@@ -131,7 +134,7 @@ export function processService(state: EnvdState, pm: ProcessManager): Partial<Se
           stdin: pty ? true : (req.stdin ?? true),
           tag: req.tag,
           config: { cmd: cfg.cmd, args: [...cfg.args], envs: { ...cfg.envs }, ...(cfg.cwd !== undefined ? { cwd: cfg.cwd } : {}) },
-          timeoutMs: ctx.timeoutMs(),
+          timeoutMs: remaining === undefined ? undefined : Math.max(1, remaining),
         },
         (p) => {
           attached = attachQueue(p);
