@@ -23,7 +23,15 @@ function dataDirOf(cmd: Command): string {
 async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>): Promise<T> {
   const paths = openPaths(dataDir);
   for (let attempt = 0; ; attempt++) {
-    if (await RemoteApi.reachable(paths.socket)) return fn(new RemoteApi(paths.socket));
+    if (await RemoteApi.reachable(paths.socket)) {
+      try {
+        return await fn(new RemoteApi(paths.socket));
+      } catch (err) {
+        // the manager we reached was a short-lived CLI one that has just finished: go again
+        if ((err as { retryable?: boolean }).retryable && attempt < 100) continue;
+        throw err;
+      }
+    }
     let manager: SandboxManager;
     try {
       manager = await SandboxManager.open({ dataDir });
@@ -195,7 +203,7 @@ program
     logger.info({ dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox manager ready');
     const stop = async (signal: string) => {
       logger.info({ signal }, 'shutting down; sandboxes keep running');
-      await server.close();
+      await server.close(true);
       await manager.close();
       process.exit(0);
     };

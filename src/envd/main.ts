@@ -39,6 +39,8 @@ async function main(): Promise<void> {
     process.stderr.write(`envd: ${e.message}\n`);
     process.exit(2);
   }
+  // Deterministic modes for what envd creates (dirs 0755, files 0644) and for its processes.
+  process.umask(0o022);
   let envd;
   try {
     envd = await startEnvd(opts);

@@ -90,10 +90,13 @@ export class ControlServer {
     });
   }
 
-  async close(): Promise<void> {
+  /** Stops listening; in-flight requests finish first unless `abort` (then open streams are cut). */
+  async close(abort = false): Promise<void> {
     if (!this.server) return;
-    this.server.closeAllConnections();
-    await new Promise<void>((r) => this.server!.close(() => r()));
+    const closed = new Promise<void>((r) => this.server!.close(() => r()));
+    if (abort) this.server.closeAllConnections();
+    else this.server.closeIdleConnections();
+    await closed;
     try {
       unlinkSync(this.socketPath);
     } catch {
@@ -196,7 +199,13 @@ export class RemoteApi implements ManagerApi {
   private request(method: string, path: string, body?: unknown): Promise<http.IncomingMessage> {
     return new Promise((resolve, reject) => {
       const req = http.request({ socketPath: this.socketPath, path, method, headers: { 'content-type': 'application/json' } }, resolve);
-      req.on('error', (e) => reject(new CubeboxError('unavailable', `cannot reach the cubebox manager: ${e.message}`)));
+      req.on('error', (e) => {
+        const code = (e as NodeJS.ErrnoException).code ?? '';
+        // refused, missing or reset before an answer: the manager went away and never saw the request
+        const err = new CubeboxError('unavailable', `cannot reach the cubebox manager: ${e.message}`);
+        if (['ECONNREFUSED', 'ENOENT', 'ECONNRESET'].includes(code) || e.message === 'socket hang up') (err as { retryable?: boolean }).retryable = true;
+        reject(err);
+      });
       req.end(body === undefined ? undefined : JSON.stringify(body));
     });
   }

@@ -17,6 +17,7 @@ import { KeyedMutex } from '../util/lock.js';
 
 export const TINI_HOST_PATH = '/usr/bin/tini-static';
 const SUPPORT_DIR = '/.cubebox';
+const BASE_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' };
 
 /** How long each transitional state may last before the reconciler resolves it. */
 const STATE_DEADLINE_MS: Partial<Record<SandboxState, number>> = {
@@ -261,7 +262,7 @@ export class SandboxManager {
       hostname: id,
       rootfs: layout.target,
       command: spec.command,
-      env: envList({ PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root', ...spec.env }),
+      env: envList({ ...BASE_ENV, ...spec.env }),
       cwd: '/',
       idMap,
       limits: spec.limits,
@@ -292,7 +293,9 @@ export class SandboxManager {
       if (row.state === 'paused') throw conflict(`sandbox '${id}' is paused; resume it before running commands`);
       if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}; commands need a running sandbox`);
       const spec = JSON.parse(row.spec) as StoredSpec;
-      return this.runtime.exec(this.containerId(id), args, { stdio: opts.stdio, env: { ...spec.env, ...(opts.env ?? {}) }, cwd: opts.cwd, tty: opts.tty });
+      // the runtime replaces the whole environment when any variable is given
+      const env = { ...BASE_ENV, ...spec.env, ...(opts.env ?? {}) };
+      return this.runtime.exec(this.containerId(id), args, { stdio: opts.stdio, env, cwd: opts.cwd, tty: opts.tty });
     });
   }
 
