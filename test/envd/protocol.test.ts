@@ -3,7 +3,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
-import { eventually, isAlive, readEnvelopes, startTestEnvd, streamRequest, unaryRequest, type Envelope, type TestEnvd } from './helpers.js';
+import { BASE_URL, envelope, eventually, isAlive, readEnvelopes, startTestEnvd, streamRequest, unaryRequest, type Envelope, type TestEnvd } from './helpers.js';
 
 type Json = Record<string, unknown>;
 
@@ -200,6 +200,30 @@ describe('envd Connect protocol', () => {
     assert.deepEqual(rest[rest.length - 1]?.json, {});
     const gone = await unaryRequest('/process.Process/SendInput', { process: { tag: 'my-cat' }, input: { stdin: 'eA==' } });
     assert.equal(gone.status, 404);
+  });
+
+  test('StreamInput: client-streamed stdin over HTTP/1.1', async () => {
+    const res = await streamRequest('/process.Process/Start', { process: { cmd: '/bin/cat' }, stdin: true });
+    const it = readEnvelopes(res.body as ReadableStream<Uint8Array>);
+    const pid = (event((await it.next()).value as Envelope).start as { pid: number }).pid;
+    const body = Buffer.concat([
+      envelope({ start: { process: { pid } } }),
+      envelope({ keepalive: {} }),
+      envelope({ data: { input: { stdin: Buffer.from('streamed\n').toString('base64') } } }),
+    ]);
+    const r = await fetch(`${BASE_URL}/process.Process/StreamInput`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/connect+json', 'Connect-Protocol-Version': '1' },
+      body: new Uint8Array(body),
+    });
+    assert.equal(r.status, 200);
+    const reply = await collect(r);
+    assert.equal(reply[reply.length - 1]?.flags, 2);
+    assert.deepEqual(reply[reply.length - 1]?.json, {});
+    assert.equal((await unaryRequest('/process.Process/CloseStdin', { process: { pid } })).status, 200);
+    const rest: Envelope[] = [];
+    for (let n = await it.next(); !n.done; n = await it.next()) rest.push(n.value);
+    assert.equal(stdoutOf(rest).toString(), 'streamed\n');
   });
 
   test('the unix socket serves the same routes', async () => {
