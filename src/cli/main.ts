@@ -211,6 +211,17 @@ program
     process.once('SIGINT', () => void stop('SIGINT'));
   });
 
+program
+  .command('bench')
+  .description('measure sandbox lifecycle latencies against the bare runtime (medians of one run)')
+  .option('-n, --iterations <n>', 'iterations', num('--iterations'), 20)
+  .action(async (opts: { iterations: number }) => {
+    const { runtimeBench, formatBench } = await import('../bench/runtime-bench.js');
+    const rows = await runtimeBench(opts.iterations, (s) => process.stderr.write(`\r${s}`));
+    process.stderr.write('\n');
+    console.log(formatBench(rows));
+  });
+
 program.parseAsync(process.argv).catch((err: unknown) => {
   const kind: ErrorKind = err instanceof CubeboxError ? err.kind : 'internal';
   console.error(`cubebox: ${errorMessage(err)}`);
