@@ -18,6 +18,7 @@ import { DirWatcher, type WatchEvent } from './watcher.js';
 type FsEventInit = MessageInitShape<typeof FilesystemEventSchema>;
 
 const MAX_POLLED_EVENTS = 10_000;
+const MAX_STREAM_BACKLOG = 100_000;
 
 // statfs f_type of network filesystems, refused by watches unless allowed.
 const NETWORK_FS = new Set([0x6969, 0x517b, 0xff534d42, 0xfe534d42, 0x5346414f, 0x73757245, 0x00c36400]);
@@ -197,7 +198,16 @@ export function filesystemService(state: EnvdState, deps: EntryDeps): Partial<Se
         req.recursive,
         req.includeEntry,
         deps,
-        (ev) => queue.push(toFsEvent(ev)),
+        (ev) => {
+          // A client that does not keep up with a flood of events loses the watch, not envd.
+          if (queue.buffered >= MAX_STREAM_BACKLOG) {
+            queue.push(new Error('too many undelivered events'));
+            queue.close();
+            watcher.close();
+            return;
+          }
+          queue.push(toFsEvent(ev), 1);
+        },
         (err) => {
           queue.push(err);
           queue.close();

@@ -136,6 +136,7 @@ export async function handleDownload(state: EnvdState, req: IncomingMessage, res
   try {
     const st = await stat(p);
     if (st.isDirectory()) throw new HttpError(400, `path is a directory: ${p}`);
+    if (!st.isFile()) throw new HttpError(400, `not a regular file: ${p}`);
     fh = await open(p, 'r');
   } catch (e) {
     throw fsError(e, p);

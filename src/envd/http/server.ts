@@ -182,7 +182,7 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
   const servers: Server[] = [];
   const addresses: string[] = [];
   const newServer = (viaSocket: boolean) => {
-    const s = createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, handler(viaSocket));
+    const s = createServer({ requestTimeout: 0, keepAliveTimeout: 30_000 }, handler(viaSocket));
     s.on('clientError', (_err, socket) => socket.destroy());
     servers.push(s);
     return s;
