@@ -170,7 +170,8 @@ export async function buildDebianBase(targetDir: string, opts: BaseBuildOptions)
     await fs.mkdir(cacheDir, { recursive: true, mode: 0o700 });
     await removeStaleTemps(cacheDir);
 
-    const mirror = opts.mirror ?? (await findDebianMirror(suite));
+    const mirror = opts.mirror?.replace(/\/+$/, '') ?? (await findDebianMirror(suite));
+    if (!/^(https?|file):\/\/\S+$/.test(mirror)) throw new CubeboxError('invalid_argument', `invalid Debian mirror URL "${mirror}"`);
     const arch = debianArch();
     const packages = [...new Set([...BASE_PACKAGES, ...extra])].sort();
     const debsKey = hashOf({ suite, arch, mirror, variant: VARIANT, packages });
@@ -201,7 +202,17 @@ export async function buildDebianBase(targetDir: string, opts: BaseBuildOptions)
       await touch(debsFile);
     }
     step(`installing packages from ${path.basename(debsFile)}`);
-    await runDebootstrap(ctx, `--unpack-tarball=${debsFile}`, target, 'installing packages');
+    try {
+      await runDebootstrap(ctx, `--unpack-tarball=${debsFile}`, target, 'installing packages');
+    } catch (err) {
+      // A cached package set that fails to install for a reason other than space (or an
+      // abort) may itself be bad: the next build downloads it again.
+      if (source === 'package-cache' && !opts.signal?.aborted && !NO_SPACE.test(errorMessage(err))) {
+        await fs.rm(debsFile, { force: true });
+        step(`discarded the cached packages ${path.basename(debsFile)}`);
+      }
+      throw err;
+    }
     await configure(ctx);
     checkAborted(opts.signal);
     await writeRootfsCache(ctx, rootfsFile, compressor);
@@ -209,7 +220,7 @@ export async function buildDebianBase(targetDir: string, opts: BaseBuildOptions)
   } catch (err) {
     let msg = errorMessage(err);
     // Free space is measured before the partial tree goes.
-    const low = [await lowSpaceHint(target), await lowSpaceHint(cacheDir)].filter((h, i, a): h is string => !!h && a.indexOf(h) === i);
+    const low = await lowSpaceHints([target, cacheDir]);
     if (low.length) msg += ` (${low.join('; ')})`;
     const cleanup: string[] = [];
     for (const t of temps) await removeTree(t, false).catch((e: unknown) => cleanup.push(errorMessage(e)));
@@ -274,7 +285,13 @@ async function extractRootfsCache(ctx: Ctx, file: string): Promise<boolean> {
   ctx.step(`extracting cached root filesystem ${name}`);
   const r = await runCapture('tar', [...TAR_FLAGS, zstd ? '--zstd' : '--gzip', '-xf', file, '-C', ctx.target], ctx.signal);
   if (r.code !== 0) {
-    throw new CubeboxError('internal', `extracting cached root filesystem ${file} failed: ${tail(r.output, 5)}`);
+    if (NO_SPACE.test(r.output)) {
+      throw new CubeboxError('unavailable', `extracting cached root filesystem ${file} failed: ${tail(r.output, 5)}`);
+    }
+    ctx.step(`cannot extract ${name} (${tail(r.output, 2)}): deleting it`);
+    await fs.rm(file, { force: true });
+    await removeTree(ctx.target, true);
+    return false;
   }
   // A valid archive of something else (a stray file under the right name) is as bad as a corrupt one.
   const missing = await missingEssentials(ctx.target);
@@ -324,6 +341,9 @@ async function writeRootfsCache(ctx: Ctx, file: string, compressor: 'zstd' | 'gz
   await pruneCache(ctx.cacheDir, file);
 }
 
+/** Failures that say nothing about a cache entry, only about the disk it is written to. */
+const NO_SPACE = /No space left on device|Disk quota exceeded|Read-only file system/;
+
 const TAR_FLAGS = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--preserve-permissions', '--same-owner'];
 
 async function verifyCompressed(file: string, kind: 'zstd' | 'gzip'): Promise<boolean> {
@@ -372,6 +392,9 @@ function processAlive(pid: number): boolean {
 // debootstrap
 
 async function runDebootstrap(ctx: Ctx, tarballArg: string, dir: string, what: string): Promise<void> {
+  if (!(await findProgram('debootstrap'))) {
+    throw new CubeboxError('unavailable', 'debootstrap is not installed (apt-get install debootstrap); it builds the base template');
+  }
   const args = [
     '--mount',
     '--propagation',
@@ -582,23 +605,44 @@ function debianArch(): string {
   return a;
 }
 
+async function findProgram(name: string): Promise<string | null> {
+  for (const dir of FULL_PATH.split(':')) {
+    const p = path.join(dir, name);
+    try {
+      await fs.access(p, fsConstants.X_OK);
+      return p;
+    } catch {
+      /* next */
+    }
+  }
+  return null;
+}
+
 async function haveProgram(name: string): Promise<boolean> {
   const r = await runCapture(name, ['--version'], undefined);
   return r.code === 0;
 }
 
-/** "only N MB free on dir" when the file system holding dir is nearly full. */
-async function lowSpaceHint(dir: string): Promise<string | null> {
-  for (const d of [dir, path.dirname(dir)]) {
-    try {
-      const s = await fs.statfs(d);
-      const free = s.bavail * s.bsize;
-      return free < 512e6 ? `only ${(free / 1e6).toFixed(0)} MB free on ${d}` : null;
-    } catch {
-      /* gone: try its parent */
+/** "only N MB free on dir" for each distinct file system holding one of dirs that is nearly full. */
+async function lowSpaceHints(dirs: string[]): Promise<string[]> {
+  const out: string[] = [];
+  const seen = new Set<number>();
+  for (const dir of dirs) {
+    for (const d of [dir, path.dirname(dir)]) {
+      try {
+        const dev = (await fs.stat(d)).dev;
+        if (seen.has(dev)) break;
+        seen.add(dev);
+        const s = await fs.statfs(d);
+        const free = s.bavail * s.bsize;
+        if (free < 512e6) out.push(`only ${(free / 1e6).toFixed(0)} MB free on ${d}`);
+        break;
+      } catch {
+        /* gone: try its parent */
+      }
     }
   }
-  return null;
+  return out;
 }
 
 async function diskUsage(dir: string): Promise<number> {

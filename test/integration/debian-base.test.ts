@@ -5,6 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -180,43 +181,60 @@ test('a full disk fails clearly, keeps the good cache entry and leaves nothing b
   await assertNoMountsUnder(root);
 });
 
-test('a corrupt cache entry is skipped; an abort mid-install leaves nothing behind', { timeout: BUILD_TIMEOUT }, async () => {
-  const rootfsEntry = (await cacheEntries()).find((n) => n.startsWith('rootfs-'));
-  assert.ok(rootfsEntry);
-  const p = path.join(cacheDir, rootfsEntry);
-  await fs.truncate(p, Math.floor((await fs.stat(p)).size / 2));
-
-  const tree = path.join(root, 'aborted');
+async function abortedBuild(tree: string, abortOn: RegExp, onAbort?: () => Promise<void>) {
   const ac = new AbortController();
   const lines: string[] = [];
-  let mountsSeenDuringInstall: string[] | undefined;
   const err = await buildDebianBase(tree, {
     cacheDir,
     signal: ac.signal,
     onProgress: (l) => {
       lines.push(l);
-      // debootstrap has mounted /proc in the tree by now, in its own mount namespace.
-      if (l.startsWith('I: Configuring') && !ac.signal.aborted) {
-        void mountsUnder(tree).then((mounts) => {
-          mountsSeenDuringInstall = mounts;
-          ac.abort(new Error('test abort'));
-        });
+      if (abortOn.test(l) && !ac.signal.aborted) {
+        void (onAbort ?? (async () => undefined))().finally(() => ac.abort(new Error('test abort')));
       }
     },
   }).then(
     () => assert.fail('the build should be aborted'),
     (e: unknown) => e as Error,
   );
-  assert.ok(lines.some((l) => /^base: cached rootfs-.* is corrupt: deleting it$/.test(l)), lines.join('\n'));
-  assert.ok(lines.some((l) => /^base: installing packages from debs-/.test(l)), 'fell back to the package cache');
   assert.match(err.message, /aborted: test abort/);
-  assert.deepEqual(mountsSeenDuringInstall, [], 'debootstrap mounts are private to its namespace');
   await assert.rejects(fs.lstat(tree), { code: 'ENOENT' });
   await assertNoMountsUnder(root);
   const entries = await cacheEntries();
-  assert.ok(!entries.some((n) => n.startsWith('rootfs-')), 'the corrupt entry is gone');
   assert.ok(entries.some((n) => n.startsWith('debs-')), 'the package cache stays');
   assert.ok(!entries.some((n) => n.startsWith('.tmp-')), entries.join());
+  return lines;
+}
+
+test('corrupt cache entries are skipped and deleted; an abort mid-install leaves nothing behind', { timeout: BUILD_TIMEOUT }, async () => {
+  const entry = (await cacheEntries()).find((n) => n.startsWith('rootfs-'));
+  assert.ok(entry);
+  const p = path.join(cacheDir, entry);
+  const gone = async () => assert.ok(!(await cacheEntries()).includes(entry), 'the bad entry is deleted');
+
+  // A truncated entry fails its compression check.
+  await fs.truncate(p, Math.floor((await fs.stat(p)).size / 2));
+  let lines = await abortedBuild(path.join(root, 'aborted-1'), /^base: installing packages from debs-/);
+  assert.ok(lines.some((l) => /^base: cached rootfs-.* is corrupt: deleting it$/.test(l)), lines.join('\n'));
+  await gone();
+
+  // An intact compressed file that is not a tar archive fails extraction.
+  await fs.writeFile(`${p}.raw`, randomBytes(64 * 1024));
+  const zstd = p.endsWith('.zst');
+  const c = await sh(zstd ? 'zstd' : 'gzip', zstd ? ['-q', '--rm', `${p}.raw`, '-o', p] : ['-q', `${p}.raw`]);
+  assert.equal(c.code, 0, c.stderr);
+  if (!zstd) await fs.rename(`${p}.raw.gz`, p);
+  // debootstrap has mounted /proc in the tree once it installs the core packages: in its
+  // own mount namespace, never on the host.
+  let mountsSeen: string[] | undefined;
+  const tree = path.join(root, 'aborted-2');
+  lines = await abortedBuild(tree, /^I: Installing core packages/, async () => {
+    mountsSeen = await mountsUnder(tree);
+  });
+  assert.ok(lines.some((l) => /^base: cannot extract rootfs-.*: deleting it$/.test(l)), lines.join('\n'));
+  assert.ok(lines.some((l) => /^base: installing packages from debs-/.test(l)), 'fell back to the package cache');
+  assert.deepEqual(mountsSeen, [], 'debootstrap mounts are private to its namespace');
+  await gone();
 });
 
 test('an unknown package fails with debootstrap\'s reason and leaves nothing behind', { timeout: BUILD_TIMEOUT }, async () => {
