@@ -1,10 +1,11 @@
 /*
  * cubebox-helper: the few host operations Node cannot do itself.
  *
- *   cubebox-helper exec-private-cgroupv1 <runtime> [args...]
- *       Runs an OCI runtime in a private mount namespace where the cgroup2 mount at
- *       /sys/fs/cgroup/unified is gone, so that crun sees a pure cgroup v1 host on a
- *       hybrid-cgroup machine (crun refuses hybrid layouts).
+ *   cubebox-helper run-runtime [--private-cgroupv1] [--oom-score-adj N] <runtime> [args...]
+ *       Runs an OCI runtime. --private-cgroupv1: in a private mount namespace where the
+ *       cgroup2 mount at /sys/fs/cgroup/unified is gone, so that crun sees a pure cgroup v1
+ *       host on a hybrid-cgroup machine (crun refuses hybrid layouts). --oom-score-adj: with
+ *       that OOM score, which the processes it starts inherit.
  *
  *   cubebox-helper mount-rootfs <name> <target> <upper> <work> <hostid> <count> <src> <view> [<src> <view>...]
  *       Mounts each read-only layer <src> at <view>, idmapped so that uid/gid N on disk
@@ -35,12 +36,28 @@ static int fail(const char *step, const char *what) {
   return 1;
 }
 
-static int exec_private_cgroupv1(int argc, char **argv) {
-  if (argc < 1) { fprintf(stderr, "cubebox-helper: exec-private-cgroupv1 needs a runtime\n"); return 2; }
-  if (unshare(CLONE_NEWNS) < 0) return fail("unshare", "mount namespace");
-  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return fail("mount", "make / private");
-  if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
-    return fail("umount", "/sys/fs/cgroup/unified");
+/* run-runtime [--private-cgroupv1] [--oom-score-adj N] <runtime> [args...] */
+static int run_runtime(int argc, char **argv) {
+  int private_v1 = 0;
+  const char *oom = NULL;
+  while (argc > 0 && strncmp(argv[0], "--", 2) == 0) {
+    if (strcmp(argv[0], "--private-cgroupv1") == 0) { private_v1 = 1; argc--; argv++; }
+    else if (strcmp(argv[0], "--oom-score-adj") == 0 && argc > 1) { oom = argv[1]; argc -= 2; argv += 2; }
+    else { fprintf(stderr, "cubebox-helper: unknown option %s\n", argv[0]); return 2; }
+  }
+  if (argc < 1) { fprintf(stderr, "cubebox-helper: run-runtime needs a runtime\n"); return 2; }
+  if (oom) {
+    /* Inherited by what the runtime starts (exec'd processes): raising needs no privilege. */
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, oom, strlen(oom)) < 0) return fail("write", "/proc/self/oom_score_adj");
+    close(fd);
+  }
+  if (private_v1) {
+    if (unshare(CLONE_NEWNS) < 0) return fail("unshare", "mount namespace");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return fail("mount", "make / private");
+    if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
+      return fail("umount", "/sys/fs/cgroup/unified");
+  }
   execv(argv[0], argv);
   return fail("exec", argv[0]);
 }
@@ -154,10 +171,10 @@ static int mount_rootfs(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: cubebox-helper exec-private-cgroupv1|mount-rootfs|umount ...\n");
+    fprintf(stderr, "usage: cubebox-helper run-runtime|mount-rootfs|umount ...\n");
     return 2;
   }
-  if (strcmp(argv[1], "exec-private-cgroupv1") == 0) return exec_private_cgroupv1(argc - 2, argv + 2);
+  if (strcmp(argv[1], "run-runtime") == 0) return run_runtime(argc - 2, argv + 2);
   if (strcmp(argv[1], "mount-rootfs") == 0) return mount_rootfs(argc - 2, argv + 2);
   if (strcmp(argv[1], "umount") == 0) {
     int rc = 0;

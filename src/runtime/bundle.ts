@@ -132,7 +132,10 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
       // Left off on purpose: `sudo` in templates needs setuid to work (the user namespace
       // and the bounding set above still cap what it can gain).
       noNewPrivileges: false,
-      oomScoreAdj: 500, // the kernel prefers sandboxes over host services when memory runs out
+      // Sandboxes are preferred OOM victims over host services. envd lowers its own score
+      // back to 0 (allowed: no privileged process ever set a floor), so that inside the
+      // sandbox's memory limit the OOM killer takes a hog rather than envd.
+      oomScoreAdj: 500,
     },
     root: { path: spec.rootfs, readonly: false },
     hostname: spec.hostname,

@@ -41,6 +41,9 @@ export interface SandboxRuntime {
   list(): Promise<string[]>;
 }
 
+/** OOM score of commands run in a sandbox; envd lowers its own to 0 so a hog dies first. */
+export const USER_OOM_SCORE_ADJ = 500;
+
 const GONE_RE = /does not exist|no such file or directory|not found|container .* not exist/i;
 
 /** crun, runc and runsc share the OCI command line; only a few flags differ. */
@@ -65,10 +68,16 @@ export class OciRuntime implements SandboxRuntime {
     mkdirSync(stateRoot, { recursive: true, mode: 0o700 });
   }
 
-  /** The argv that runs the runtime with the given command, through the hybrid wrapper if needed. */
-  command(args: string[]): [string, string[]] {
+  /**
+   * The argv that runs the runtime with the given command, through the helper when the
+   * hybrid-cgroup wrapper or an OOM score for what it starts is needed.
+   */
+  command(args: string[], opts: { oomScoreAdj?: number } = {}): [string, string[]] {
     const full = [...this.globalArgs, ...args];
-    return this.wrap ? [HELPER_BIN, ['exec-private-cgroupv1', this.binary, ...full]] : [this.binary, full];
+    const helperArgs: string[] = [];
+    if (this.wrap) helperArgs.push('--private-cgroupv1');
+    if (opts.oomScoreAdj !== undefined) helperArgs.push('--oom-score-adj', String(opts.oomScoreAdj));
+    return helperArgs.length ? [HELPER_BIN, ['run-runtime', ...helperArgs, this.binary, ...full]] : [this.binary, full];
   }
 
   private async call(args: string[], timeoutMs = 60_000): Promise<{ code: number; out: string; err: string }> {
@@ -108,7 +117,8 @@ export class OciRuntime implements SandboxRuntime {
     if (opts.cwd) flags.push('--cwd', opts.cwd);
     for (const [k, v] of Object.entries(opts.env ?? {})) flags.push('--env', `${k}=${v}`);
     if (opts.user) flags.push('--user', `${opts.user.uid}:${opts.user.gid}`);
-    const [file, argv] = this.command(['exec', ...flags, containerId, ...args]);
+    // exec'd commands are preferred OOM victims over envd (see the bundle's oomScoreAdj)
+    const [file, argv] = this.command(['exec', ...flags, containerId, ...args], { oomScoreAdj: USER_OOM_SCORE_ADJ });
     return spawn(file, argv, { stdio: opts.stdio ?? 'pipe' });
   }
 

@@ -129,9 +129,9 @@ async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean
     const id = `cubebox-probe-${process.pid}`;
     const tryRun = async (wrapped: boolean) => {
       const argv = [...extra, '--root', root, 'run', '--bundle', dir, id];
-      const r = wrapped ? await run(HELPER_BIN, ['exec-private-cgroupv1', binary, ...argv], { timeoutMs: 30_000 }) : await run(binary, argv, { timeoutMs: 30_000 });
+      const r = wrapped ? await run(HELPER_BIN, ['run-runtime', '--private-cgroupv1', binary, ...argv], { timeoutMs: 30_000 }) : await run(binary, argv, { timeoutMs: 30_000 });
       // clean whatever a failed run left behind
-      if (r.code !== 0) await (wrapped ? run(HELPER_BIN, ['exec-private-cgroupv1', binary, ...extra, '--root', root, 'delete', '--force', id]) : run(binary, [...extra, '--root', root, 'delete', '--force', id]));
+      if (r.code !== 0) await (wrapped ? run(HELPER_BIN, ['run-runtime', '--private-cgroupv1', binary, ...extra, '--root', root, 'delete', '--force', id]) : run(binary, [...extra, '--root', root, 'delete', '--force', id]));
       return r;
     };
     const direct = await tryRun(false);

@@ -1,10 +1,12 @@
 import { createHash } from 'node:crypto';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import http from 'node:http';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { naming, openPaths, type Paths, type RuntimeName } from '../config.js';
-import { buildConfig, type Limits, writeBundle } from '../runtime/bundle.js';
+import { buildConfig, type BundleSpec, type Limits, writeBundle } from '../runtime/bundle.js';
+import { prepareSupportTree, SANDBOX_SUPPORT, type SupportTree } from '../runtime/support.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
 import { mountRootfs, mountsUnder, mountTable, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
@@ -15,8 +17,6 @@ import { faultPoint } from '../util/fault.js';
 import { randomId, SANDBOX_ID_RE } from '../util/ids.js';
 import { KeyedMutex } from '../util/lock.js';
 
-export const TINI_HOST_PATH = '/usr/bin/tini-static';
-const SUPPORT_DIR = '/.cubebox';
 const BASE_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' };
 
 /** How long each transitional state may last before the reconciler resolves it. */
@@ -36,7 +36,13 @@ export interface CreateRequest {
   limits?: Partial<Limits>;
   env?: Record<string, string>;
   metadata?: Record<string, string>;
-  /** The sandbox's main process (default: one that keeps the sandbox alive). */
+  /**
+   * Run envd (the in-sandbox agent) as the sandbox's main process and wait until it
+   * answers (default true). Without it the sandbox runs `command` and only the runtime's
+   * exec reaches it.
+   */
+  agent?: boolean;
+  /** The main process when there is no agent (default: one that keeps the sandbox alive). */
   command?: string[];
 }
 
@@ -59,6 +65,8 @@ interface StoredSpec {
   metadata: Record<string, string>;
   layers: string[];
   command: string[];
+  agent: boolean;
+  support: string; // host directory mounted at /.cubebox
 }
 
 export interface ManagerOptions {
@@ -87,6 +95,8 @@ export class SandboxManager {
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private reconciling: Promise<ReconcileReport> | undefined;
+
+  private support!: SupportTree;
 
   private constructor(
     readonly paths: Paths,
@@ -119,6 +129,14 @@ export class SandboxManager {
     if (!['crun', 'runc', 'runsc'].includes(runtimeName)) throw invalid(`unknown runtime '${runtimeName}' (crun, runc or runsc)`);
     const runtime = new OciRuntime(runtimeName, join(paths.runRoot, runtimeName), cgroupMode);
     const m = new SandboxManager(paths, store, runtime, cgroupMode, log, lock);
+    try {
+      const inUse = new Set(store.listSandboxes().map((r) => (JSON.parse(r.spec) as StoredSpec).support));
+      m.support = await prepareSupportTree(join(paths.dataDir, 'support'), inUse);
+    } catch (err) {
+      store.close();
+      lock.release();
+      throw new CubeboxError('unavailable', `cannot prepare the sandbox support tree: ${errorMessage(err)}`);
+    }
     const report = await m.reconcile({ startup: true });
     if (report.errors.length) log.warn({ errors: report.errors }, 'start-up reconciliation left errors');
     if (opts.reconcileIntervalMs) {
@@ -192,6 +210,8 @@ export class SandboxManager {
         metadata: req.metadata ?? {},
         layers: template.layers,
         command: req.command ?? ['/bin/sh', '-c', 'exec sleep 2147483647'],
+        agent: req.agent ?? req.command === undefined,
+        support: this.support.dir,
       };
       this.store.transaction(() => {
         const slot = this.runtime.userNamespaces ? this.allocateIdSlot() : null;
@@ -255,21 +275,13 @@ export class SandboxManager {
     await mountRootfs(layout, spec.layers, idMap);
     faultPoint('create:after-mount');
 
+    // the directory shared with the sandbox: envd's socket lives here
+    const shared = join(dir, 'run');
+    mkdirSync(shared, { mode: 0o700 });
+    if (idMap) chownSync(shared, idMap.hostId, idMap.hostId);
     const bundleDir = join(dir, 'bundle');
     mkdirSync(bundleDir, { mode: 0o700 });
-    writeBundle(bundleDir, {
-      runtime: this.runtime.name,
-      hostname: id,
-      rootfs: layout.target,
-      command: spec.command,
-      env: envList({ ...BASE_ENV, ...spec.env }),
-      cwd: '/',
-      idMap,
-      limits: spec.limits,
-      binds: [{ source: TINI_HOST_PATH, destination: `${SUPPORT_DIR}/tini`, readonly: true }],
-      cgroupsPath: naming.cgroupPath(inst, id),
-      tiniPath: `${SUPPORT_DIR}/tini`,
-    });
+    writeBundle(bundleDir, this.bundleSpec(id, spec, layout.target, idMap));
 
     const cid = this.containerId(id);
     this.store.recordResource(id, 'cgroup', naming.cgroupPath(inst, id));
@@ -279,7 +291,49 @@ export class SandboxManager {
     faultPoint('create:after-run');
     const st = await this.runtime.state(cid);
     if (!st || st.status !== 'running') throw new Error(`sandbox did not start (runtime reports ${st?.status ?? 'no container'})`);
+    if (spec.agent) await this.waitForAgent(id);
+    faultPoint('create:after-agent');
     this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid: st.pid, startedAt: Date.now() });
+  }
+
+  private bundleSpec(id: string, spec: StoredSpec, rootfs: string, idMap?: { hostId: number; size: number }): BundleSpec {
+    return {
+      runtime: this.runtime.name,
+      hostname: id,
+      rootfs,
+      command: spec.agent ? envdCommand(`${SANDBOX_SUPPORT}/run/envd.sock`) : spec.command,
+      env: envList({ ...BASE_ENV, ...spec.env }),
+      cwd: '/',
+      idMap,
+      limits: spec.limits,
+      binds: [
+        { source: spec.support, destination: SANDBOX_SUPPORT, readonly: true },
+        { source: join(this.sandboxDir(id), 'run'), destination: `${SANDBOX_SUPPORT}/run`, readonly: false },
+      ],
+      cgroupsPath: naming.cgroupPath(this.paths.instanceId, id),
+      tiniPath: `${SANDBOX_SUPPORT}/tini`,
+    };
+  }
+
+  /** Host path of the unix socket on which a sandbox's envd listens. */
+  envdSocket(id: string): string {
+    return join(this.sandboxDir(id), 'run', 'envd.sock');
+  }
+
+  /** Waits until envd answers GET /health on its socket; a sandbox that never gets there fails. */
+  private async waitForAgent(id: string, timeoutMs = 20_000): Promise<void> {
+    const socket = this.envdSocket(id);
+    const until = Date.now() + timeoutMs;
+    let delay = 2;
+    while (Date.now() < until) {
+      if (existsSync(socket) && (await healthy(socket))) return;
+      const st = await this.runtime.state(this.containerId(id));
+      if (st?.status !== 'running') break;
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 50);
+    }
+    const log = tail(join(this.sandboxDir(id), 'console.log'));
+    throw new Error(`envd did not become ready in the sandbox${log ? `: ${log}` : ''}`);
   }
 
   /**
@@ -493,23 +547,35 @@ export class SandboxManager {
   renderConfig(id: string): Record<string, unknown> {
     const row = this.requireRow(id);
     const spec = JSON.parse(row.spec) as StoredSpec;
-    return buildConfig({
-      runtime: this.runtime.name,
-      hostname: id,
-      rootfs: join(this.sandboxDir(id), 'rootfs'),
-      command: spec.command,
-      env: envList(spec.env),
-      cwd: '/',
-      idMap: this.idMapFor(row.uidSlot),
-      limits: spec.limits,
-      binds: [],
-      cgroupsPath: naming.cgroupPath(this.paths.instanceId, id),
-      tiniPath: `${SUPPORT_DIR}/tini`,
-    });
+    return buildConfig(this.bundleSpec(id, spec, join(this.sandboxDir(id), 'rootfs'), this.idMapFor(row.uidSlot)));
   }
 
   hasSandboxDir(id: string): boolean {
     return existsSync(this.sandboxDir(id));
+  }
+}
+
+function envdCommand(socket: string): string[] {
+  return [`${SANDBOX_SUPPORT}/lib/ld.so`, '--library-path', `${SANDBOX_SUPPORT}/lib`, `${SANDBOX_SUPPORT}/bin/node`, `${SANDBOX_SUPPORT}/envd/envd.mjs`, '--socket', socket];
+}
+
+function healthy(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.request({ socketPath, path: '/health', method: 'GET', timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 204);
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+    req.end();
+  });
+}
+
+function tail(file: string, lines = 5): string {
+  try {
+    return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
+  } catch {
+    return '';
   }
 }
 

@@ -1,0 +1,86 @@
+import { createHash } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { PROJECT_ROOT } from '../config.js';
+import { runOk } from '../util/exec.js';
+
+/**
+ * The support tree bind-mounted read-only at /.cubebox in every sandbox: tini, the host's
+ * node binary with its shared libraries and loader, and the envd bundle. envd runs through
+ * that loader, so it works in any template (glibc, musl or busybox) without the template
+ * shipping Node. Versioned by content so that running sandboxes keep the tree they started
+ * with while a new one is prepared.
+ */
+export const SANDBOX_SUPPORT = '/.cubebox';
+export const ENVD_DIR = join(PROJECT_ROOT, 'dist', 'envd');
+const TINI = '/usr/bin/tini-static';
+
+export interface SupportTree {
+  dir: string; // host path
+}
+
+function fingerprint(files: string[]): string {
+  const h = createHash('sha256');
+  for (const f of files) {
+    const st = statSync(f);
+    h.update(`${f}:${st.size}:${st.mtimeMs}:${st.ino}\n`);
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+/** Shared libraries (and the loader) a binary needs, from ldd. */
+async function libraries(binaries: string[]): Promise<{ libs: string[]; loader: string }> {
+  const libs = new Set<string>();
+  let loader = '';
+  for (const b of binaries) {
+    const out = await runOk('ldd', [b]);
+    for (const line of out.split('\n')) {
+      const m = line.match(/=>\s+(\/\S+)/) ?? line.match(/^\s+(\/\S+)\s+\(/);
+      if (!m) continue;
+      const p = m[1]!;
+      if (/\/ld-linux[^/]*\.so/.test(p) || /\/ld-musl/.test(p)) loader = p;
+      else libs.add(p);
+    }
+  }
+  if (!loader) throw new Error(`cannot find the dynamic loader of ${binaries.join(', ')}`);
+  return { libs: [...libs], loader };
+}
+
+/** Hard link when on one filesystem (pages shared with the host's copy), else copy. */
+function place(src: string, dst: string): void {
+  const real = realpathSync(src);
+  try {
+    linkSync(real, dst);
+  } catch {
+    copyFileSync(real, dst);
+  }
+}
+
+export async function prepareSupportTree(baseDir: string, inUse: Set<string> = new Set()): Promise<SupportTree> {
+  const node = realpathSync(process.execPath);
+  const envdFiles = ['envd.mjs', 'pty.node', 'envd-exec'].map((f) => join(ENVD_DIR, f));
+  for (const f of envdFiles) if (!existsSync(f)) throw new Error(`${f} missing: run npm run build`);
+  const { libs, loader } = await libraries([node, join(ENVD_DIR, 'pty.node')]);
+  const version = fingerprint([node, TINI, loader, ...libs, ...envdFiles]);
+  mkdirSync(baseDir, { recursive: true, mode: 0o711 });
+  const dir = join(baseDir, version);
+  if (!existsSync(dir)) {
+    const tmp = join(baseDir, `.tmp-${version}-${process.pid}`);
+    rmSync(tmp, { recursive: true, force: true });
+    for (const d of ['bin', 'lib', 'envd', 'run']) mkdirSync(join(tmp, d), { recursive: true });
+    place(node, join(tmp, 'bin', 'node'));
+    place(TINI, join(tmp, 'tini'));
+    place(loader, join(tmp, 'lib', 'ld.so'));
+    for (const l of libs) place(l, join(tmp, 'lib', basename(l)));
+    for (const f of envdFiles) copyFileSync(f, join(tmp, 'envd', basename(f)));
+    chmodSync(join(tmp, 'envd', 'envd-exec'), 0o755);
+    chmodSync(tmp, 0o755);
+    renameSync(tmp, dir);
+  }
+  // older trees no running sandbox uses any more
+  for (const e of readdirSync(baseDir)) {
+    const p = join(baseDir, e);
+    if (e !== version && !inUse.has(p)) rmSync(p, { recursive: true, force: true });
+  }
+  return { dir };
+}
