@@ -4,6 +4,12 @@ import { fileURLToPath } from 'node:url';
 import { randomId } from './util/ids.js';
 
 export const DEFAULT_DATA_DIR = '/var/lib/cubebox';
+export const DEFAULT_CACHE_DIR = '/var/cache/cubebox';
+
+/** Where template builds keep what makes rebuilds fast (shared by every instance on the host). */
+export function resolveCacheDir(): string {
+  return resolve(process.env.CUBEBOX_CACHE_DIR ?? DEFAULT_CACHE_DIR);
+}
 
 /** The project root (where dist/ and native/ live), found from this file's location. */
 export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');

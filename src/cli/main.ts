@@ -118,11 +118,12 @@ template
   });
 template
   .command('build <kind>')
-  .description('build a template: busybox (tiny, for tests)')
+  .description('build a template: base (Debian, E2B-style, with debootstrap) or busybox (tiny, for tests)')
   .option('--name <name>', 'template name (default: the kind)')
   .action(async (kind: string, opts: { name?: string }, cmd: Command) => {
-    if (kind !== 'busybox') throw new CubeboxError('invalid_argument', `unknown template kind '${kind}' (known: busybox)`);
-    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(opts.name ?? kind, { busybox: true }));
+    if (kind !== 'busybox' && kind !== 'base') throw new CubeboxError('invalid_argument', `unknown template kind '${kind}' (known: base, busybox)`);
+    if (kind === 'base') process.env.CUBEBOX_LOG_LEVEL ??= 'info'; // show the build's progress
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(opts.name ?? kind, kind === 'base' ? { base: true } : { busybox: true }));
     console.log(t.id);
   });
 template

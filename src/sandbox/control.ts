@@ -1,6 +1,7 @@
 import { existsSync, unlinkSync } from 'node:fs';
 import http from 'node:http';
 import type { Writable } from 'node:stream';
+import { resolveCacheDir } from '../config.js';
 import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
 import type { Template, TemplateConfig } from '../template/store.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from './manager.js';
@@ -18,10 +19,16 @@ export interface ManagerApi {
   delete(id: string): Promise<void>;
   /** Runs a command, copying its output to the given streams; resolves to its exit code. */
   exec(id: string, args: string[], out: Writable, err: Writable, opts?: { env?: Record<string, string>; cwd?: string }): Promise<number>;
-  addTemplate(name: string, source: { dir?: string; busybox?: boolean }, config?: Partial<TemplateConfig>): Promise<Template>;
+  addTemplate(name: string, source: TemplateSource, config?: Partial<TemplateConfig>): Promise<Template>;
   listTemplates(): Promise<Template[]>;
   removeTemplate(name: string): Promise<void>;
   reconcile(): Promise<ReconcileReport>;
+}
+
+export interface TemplateSource {
+  dir?: string; // a root filesystem directory or tarball
+  busybox?: boolean;
+  base?: boolean; // the Debian `base` template
 }
 
 export class LocalApi implements ManagerApi {
@@ -53,8 +60,14 @@ export class LocalApi implements ManagerApi {
       child.on('close', (code, signal) => resolve(code ?? (signal ? 128 + 9 : 1)));
     });
   }
-  async addTemplate(name: string, source: { dir?: string; busybox?: boolean }, config?: Partial<TemplateConfig>) {
+  async addTemplate(name: string, source: TemplateSource, config?: Partial<TemplateConfig>) {
     if (source.busybox) return this.manager.templates.addBusybox(name);
+    if (source.base) {
+      return this.manager.templates.addDebianBase(name, {
+        cacheDir: resolveCacheDir(),
+        onProgress: (line) => this.manager.log.info({ template: name }, line),
+      });
+    }
     if (!source.dir) throw new CubeboxError('invalid_argument', 'a template needs a rootfs directory or tarball');
     return this.manager.templates.add(name, source.dir, config);
   }
@@ -127,8 +140,8 @@ export class ControlServer {
       if (a === 'templates') {
         if (!id && m === 'GET') return send(200, await this.api.listTemplates());
         if (!id && m === 'POST') {
-          const b = body as { name: string; dir?: string; busybox?: boolean; config?: Partial<TemplateConfig> };
-          return send(201, await this.api.addTemplate(b.name, { dir: b.dir, busybox: b.busybox }, b.config));
+          const b = body as unknown as { name: string; config?: Partial<TemplateConfig> } & TemplateSource;
+          return send(201, await this.api.addTemplate(b.name, { dir: b.dir, busybox: b.busybox, base: b.base }, b.config));
         }
         if (id && m === 'DELETE') return send(204, await this.api.removeTemplate(id));
       }
@@ -264,7 +277,7 @@ export class RemoteApi implements ManagerApi {
     if (exit === undefined) throw new CubeboxError('unavailable', 'the manager closed the exec stream before the command ended');
     return exit;
   }
-  addTemplate(name: string, source: { dir?: string; busybox?: boolean }, config?: Partial<TemplateConfig>) {
+  addTemplate(name: string, source: TemplateSource, config?: Partial<TemplateConfig>) {
     return this.call<Template>('POST', '/templates', { name, ...source, config });
   }
   listTemplates() {

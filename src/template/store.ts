@@ -107,6 +107,15 @@ export class TemplateStore {
     });
   }
 
+  /** The E2B-style Debian `base` template (user `user`, sudo, bash, python3, git, curl). */
+  async addDebianBase(name: string, opts: { cacheDir: string; onProgress?: (line: string) => void; refresh?: boolean }): Promise<Template> {
+    this.checkNewName(name);
+    const { buildDebianBase } = await import('./debian-base.js');
+    return this.addLayer(name, { user: 'user', workdir: '/home/user' }, async (dir) => {
+      await buildDebianBase(dir, { cacheDir: opts.cacheDir, onProgress: opts.onProgress, refresh: opts.refresh });
+    });
+  }
+
   remove(idOrName: string): void {
     const t = this.get(idOrName);
     const users = this.store.sandboxesUsingTemplate(t.id);
