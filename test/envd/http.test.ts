@@ -123,6 +123,24 @@ describe('envd HTTP routes', () => {
     assert.equal(((await asRoot.json()) as Json[])[0]?.path, join(envd.rootHome, 'mine.txt'));
   });
 
+  test('failed uploads leave the connection usable (bodies are drained, not reset)', async () => {
+    const opts = (body: BodyInit, headers: Record<string, string> = { 'Content-Type': 'application/octet-stream' }) => ({
+      method: 'POST',
+      headers,
+      body,
+      signal: AbortSignal.timeout(20_000),
+    });
+    for (let i = 0; i < 40; i++) {
+      const dup = new FormData();
+      dup.append('file', new Blob(['a']), 'up/same.txt');
+      dup.append('file', new Blob(['b']), 'up/same.txt');
+      assert.equal((await fetch(`${BASE_URL}/files`, { method: 'POST', body: dup, signal: AbortSignal.timeout(20_000) })).status, 400);
+      assert.equal((await fetch(`${BASE_URL}/files`, opts('x'))).status, 400);
+      assert.equal((await fetch(`${BASE_URL}/files?path=up`, opts(new Uint8Array(300_000)))).status, 400);
+      assert.equal((await fetch(`${BASE_URL}/files?path=up/bad.gz`, opts('not gzip', { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'gzip' }))).status, 400);
+    }
+  });
+
   test('/metrics shape', async () => {
     const r = await fetch(`${BASE_URL}/metrics`);
     assert.equal(r.status, 200);

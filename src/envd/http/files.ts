@@ -275,7 +275,7 @@ export async function handleUpload(state: EnvdState, store: MetadataStore, req: 
     const w = new FileWriter(resolvePath(queryPath, user.home), user, metadata, store);
     await w.open();
     try {
-      for await (const chunk of body) await w.write(chunk as Buffer);
+      for await (const chunk of body.iterator({ destroyOnReturn: false })) await w.write(chunk as Buffer);
     } catch (e) {
       await w.abort();
       throw fsError(e, w.path);
@@ -315,7 +315,9 @@ export async function handleUpload(state: EnvdState, store: MetadataStore, req: 
     },
   });
   try {
-    for await (const chunk of body) {
+    // An early exit must not destroy the request (that would reset the connection before the
+    // error response): the server drains what is left.
+    for await (const chunk of body.iterator({ destroyOnReturn: false })) {
       await parser.write(chunk as Buffer);
     }
     await parser.finish();

@@ -30,7 +30,7 @@ const MAX_INIT_BODY = 1024 * 1024;
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let n = 0;
-  for await (const c of req) {
+  for await (const c of req.iterator({ destroyOnReturn: false })) {
     n += (c as Buffer).length;
     if (n > limit) throw new HttpError(413, 'request body too large');
     chunks.push(c as Buffer);
@@ -174,8 +174,9 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
         process.stderr.write(`envd: ${req.method} ${p}: ${(e as Error)?.stack ?? String(e)}\n`);
         sendError(res, 500, (e as Error)?.message ?? 'internal error');
       }
-      // Drop whatever is left of the request body.
-      if (!req.complete) req.resume();
+      // Drop whatever is left of the request body, keeping the connection usable.
+      req.unpipe();
+      if (!req.readableEnded) req.resume();
     });
   };
 
