@@ -1,7 +1,8 @@
 import { Command, Option } from 'commander';
 import pino from 'pino';
-import { openPaths, resolveDataDir, type RuntimeName } from '../config.js';
+import { openPaths, resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
 import { formatReport, probeHost } from '../runtime/probe.js';
+import { registerKeysCommand } from './keys.js';
 import { ControlServer, LocalApi, RemoteApi, type ManagerApi } from '../sandbox/control.js';
 import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
 import { SandboxManager } from '../sandbox/manager.js';
@@ -193,24 +194,42 @@ for (const op of ['pause', 'resume', 'rm'] as const) {
 
 program
   .command('serve')
-  .description('run the sandbox manager (control socket, reconciler) until SIGTERM; sandboxes survive restarts')
-  .addOption(new Option('--runtime <name>', 'OCI runtime').choices(['crun', 'runc', 'runsc']))
-  .action(async (opts: { runtime?: RuntimeName }, cmd: Command) => {
+  .description('run the E2B-compatible service (control plane, data-plane proxy, sandbox manager) until SIGTERM; sandboxes survive restarts')
+  .addOption(new Option('--host <host>', 'listen address (env CUBEBOX_HOST)').default(process.env.CUBEBOX_HOST ?? '127.0.0.1'))
+  .addOption(new Option('--port <port>', 'listen port for both planes (env CUBEBOX_PORT)').default(process.env.CUBEBOX_PORT ?? '3000'))
+  .addOption(new Option('--domain <domain>', 'sandbox domain reported to the SDK (env CUBEBOX_DOMAIN; default localhost:<port>)').default(process.env.CUBEBOX_DOMAIN))
+  .addOption(new Option('--runtime <name>', 'OCI runtime (env CUBEBOX_RUNTIME)').choices(['crun', 'runc', 'runsc']))
+  .option('--no-base', 'do not build the base template on first start')
+  .action(async (opts: { host: string; port: string; domain?: string; runtime?: RuntimeName; base: boolean }, cmd: Command) => {
     const dataDir = dataDirOf(cmd);
+    const port = Number(opts.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CubeboxError('invalid_argument', `bad port '${opts.port}'`);
     const logger = pino({ level: process.env.CUBEBOX_LOG_LEVEL ?? 'info' });
-    const manager = await SandboxManager.open({ dataDir, runtime: opts.runtime, logger, reconcileIntervalMs: 5000 });
-    const server = new ControlServer(new LocalApi(manager), manager.paths.socket);
-    await server.listen();
-    logger.info({ dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox manager ready');
+    const report = await probeHost({ runtimes: [opts.runtime ?? ((process.env.CUBEBOX_RUNTIME as RuntimeName | undefined) ?? 'crun')] });
+    const failed = report.checks.filter((c) => c.essential && !c.ok);
+    if (failed.length) throw new CubeboxError('unavailable', `this host cannot run cubebox:\n${failed.map((c) => `  ${c.name}: ${c.detail}`).join('\n')}`);
+    const manager = await SandboxManager.open({ dataDir, runtime: opts.runtime, logger, reconcileIntervalMs: 5000, reaperIntervalMs: 250, deleteStopped: true });
+    const control = new ControlServer(new LocalApi(manager), manager.paths.socket);
+    await control.listen();
+    if (opts.base && !manager.templates.find('base')) {
+      logger.info('building the base template (first start; later starts reuse it)');
+      await manager.templates.addDebianBase('base', { cacheDir: resolveCacheDir(), onProgress: (line) => logger.info({ template: 'base' }, line) });
+    }
+    const { startServer } = await import('../api/server.js');
+    const server = await startServer({ manager, host: opts.host, port, domain: opts.domain, log: logger });
+    logger.info({ url: server.url, dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox serve ready');
     const stop = async (signal: string) => {
       logger.info({ signal }, 'shutting down; sandboxes keep running');
-      await server.close(true);
+      await server.close();
+      await control.close(true);
       await manager.close();
       process.exit(0);
     };
     process.once('SIGTERM', () => void stop('SIGTERM'));
     process.once('SIGINT', () => void stop('SIGINT'));
   });
+
+registerKeysCommand(program, dataDirOf);
 
 program
   .command('bench')

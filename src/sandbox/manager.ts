@@ -1,4 +1,5 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
@@ -44,7 +45,25 @@ export interface CreateRequest {
   agent?: boolean;
   /** The main process when there is no agent (default: one that keeps the sandbox alive). */
   command?: string[];
+  /** Seconds until the TTL reaper acts (undefined: no TTL). */
+  timeoutSec?: number;
+  /** Environment for every process envd starts (given to envd's /init). */
+  envVars?: Record<string, string>;
+  /** What the reaper does at endAt, and whether traffic wakes a paused sandbox. */
+  lifecycle?: Lifecycle;
+  /** Issue an envd access token (default true). */
+  secure?: boolean;
+  /** Further request fields kept with the sandbox and reported back (network, ...). */
+  extra?: Record<string, unknown>;
 }
+
+export interface Lifecycle {
+  onTimeout: 'kill' | 'pause';
+  autoResume: boolean;
+  keepMemory: boolean;
+}
+
+const DEFAULT_LIFECYCLE: Lifecycle = { onTimeout: 'kill', autoResume: false, keepMemory: true };
 
 export interface SandboxInfo {
   id: string;
@@ -57,6 +76,12 @@ export interface SandboxInfo {
   limits: Limits;
   metadata: Record<string, string>;
   lastError: string | null;
+  templateName: string;
+  accessToken: string | null;
+  lifecycle: Lifecycle;
+  /** Paused without memory: resume boots it again from its filesystem. */
+  coldPaused: boolean;
+  extra: Record<string, unknown>;
 }
 
 interface StoredSpec {
@@ -67,6 +92,14 @@ interface StoredSpec {
   command: string[];
   agent: boolean;
   support: string; // host directory mounted at /.cubebox
+  templateName: string;
+  user: string;
+  workdir?: string;
+  envVars: Record<string, string>;
+  accessToken: string | null;
+  lifecycle: Lifecycle;
+  coldPaused: boolean;
+  extra: Record<string, unknown>;
 }
 
 export interface ManagerOptions {
@@ -75,6 +108,10 @@ export interface ManagerOptions {
   logger?: Logger;
   /** Run the reconciler every this many ms (0 = only at start-up). */
   reconcileIntervalMs?: number;
+  /** Run the TTL reaper every this many ms (0 = never). */
+  reaperIntervalMs?: number;
+  /** Delete sandboxes that stopped by themselves (E2B semantics: a dead sandbox is gone). */
+  deleteStopped?: boolean;
 }
 
 export interface ReconcileReport {
@@ -91,8 +128,12 @@ export interface ReconcileReport {
  */
 export class SandboxManager {
   readonly locks = new KeyedMutex();
+  /** 'interrupt' (sandboxId): the sandbox stops serving (pause, delete); open streams must be cut. */
+  readonly events = new EventEmitter();
   readonly templates: TemplateStore;
   private timer: NodeJS.Timeout | undefined;
+  private reaper: NodeJS.Timeout | undefined;
+  private deleteStopped = false;
   private closed = false;
   private reconciling: Promise<ReconcileReport> | undefined;
 
@@ -139,9 +180,22 @@ export class SandboxManager {
     }
     const report = await m.reconcile({ startup: true });
     if (report.errors.length) log.warn({ errors: report.errors }, 'start-up reconciliation left errors');
+    m.deleteStopped = opts.deleteStopped ?? false;
     if (opts.reconcileIntervalMs) {
       m.timer = setInterval(() => void m.reconcile().catch((e) => log.error({ err: e }, 'reconcile failed')), opts.reconcileIntervalMs);
       m.timer.unref();
+    }
+    if (opts.reaperIntervalMs) {
+      let running = false;
+      m.reaper = setInterval(() => {
+        if (running || m.closed) return;
+        running = true;
+        void m
+          .reap()
+          .catch((e) => log.error({ err: e }, 'reaper failed'))
+          .finally(() => (running = false));
+      }, opts.reaperIntervalMs);
+      m.reaper.unref();
     }
     return m;
   }
@@ -151,6 +205,7 @@ export class SandboxManager {
     if (this.closed) return;
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
+    if (this.reaper) clearInterval(this.reaper);
     await this.reconciling?.catch(() => undefined);
     this.store.close();
     this.lock.release();
@@ -181,7 +236,20 @@ export class SandboxManager {
       limits: spec.limits,
       metadata: spec.metadata,
       lastError: row.lastError,
+      templateName: spec.templateName,
+      accessToken: spec.accessToken,
+      lifecycle: spec.lifecycle,
+      coldPaused: spec.coldPaused,
+      extra: spec.extra,
     };
+  }
+
+  private spec(id: string): StoredSpec {
+    return JSON.parse(this.requireRow(id).spec) as StoredSpec;
+  }
+
+  private updateSpec(id: string, change: Partial<StoredSpec>): void {
+    this.store.updateSandbox(id, { spec: JSON.stringify({ ...this.spec(id), ...change }) });
   }
 
   containerId(id: string): string {
@@ -212,7 +280,16 @@ export class SandboxManager {
         command: req.command ?? ['/bin/sh', '-c', 'exec sleep 2147483647'],
         agent: req.agent ?? req.command === undefined,
         support: this.support.dir,
+        templateName: template.name,
+        user: template.config.user,
+        workdir: template.config.workdir,
+        envVars: req.envVars ?? {},
+        accessToken: req.secure === false ? null : randomBytes(24).toString('base64url'),
+        lifecycle: { ...DEFAULT_LIFECYCLE, ...(req.lifecycle ?? {}) },
+        coldPaused: false,
+        extra: req.extra ?? {},
       };
+      if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0)) throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
       this.store.transaction(() => {
         const slot = this.runtime.userNamespaces ? this.allocateIdSlot() : null;
         this.store.insertSandbox({
@@ -225,7 +302,7 @@ export class SandboxManager {
           pid: null,
           createdAt: now,
           startedAt: null,
-          endAt: null,
+          endAt: req.timeoutSec !== undefined ? now + req.timeoutSec * 1000 : null,
           spec: JSON.stringify(spec),
           lastError: null,
           attempts: 0,
@@ -291,9 +368,28 @@ export class SandboxManager {
     faultPoint('create:after-run');
     const st = await this.runtime.state(cid);
     if (!st || st.status !== 'running') throw new Error(`sandbox did not start (runtime reports ${st?.status ?? 'no container'})`);
-    if (spec.agent) await this.waitForAgent(id);
+    if (spec.agent) {
+      await this.waitForAgent(id);
+      await this.personalize(id, spec);
+    }
     faultPoint('create:after-agent');
-    this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid: st.pid, startedAt: Date.now() });
+    const startedAt = Date.now();
+    // the TTL counts from the moment the sandbox is usable
+    const endAt = row.endAt !== null ? startedAt + (row.endAt - row.createdAt) : null;
+    this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid: st.pid, startedAt, endAt });
+  }
+
+  /** Gives envd what is particular to this sandbox: env vars, access token, default user and workdir. */
+  private async personalize(id: string, spec: StoredSpec): Promise<void> {
+    const body: Record<string, unknown> = {
+      envVars: spec.envVars,
+      defaultUser: spec.user,
+      timestamp: new Date().toISOString(),
+    };
+    if (spec.accessToken) body.accessToken = spec.accessToken;
+    if (spec.workdir) body.defaultWorkdir = spec.workdir;
+    const status = await envdRequest(this.envdSocket(id), 'POST', '/init', body);
+    if (status !== 204 && status !== 200) throw new Error(`envd /init answered ${status}`);
   }
 
   private bundleSpec(id: string, spec: StoredSpec, rootfs: string, idMap?: { hostId: number; size: number }): BundleSpec {
@@ -353,38 +449,149 @@ export class SandboxManager {
     });
   }
 
-  async pause(id: string): Promise<SandboxInfo> {
+  /**
+   * Pauses a running sandbox. With memory (default) the whole cgroup tree is frozen and
+   * resumes exactly where it was; without, the processes are stopped (the filesystem stays)
+   * and resume boots the sandbox again.
+   */
+  async pause(id: string, opts: { memory?: boolean } = {}): Promise<SandboxInfo> {
+    return this.locks.run(id, () => this.pauseLocked(id, opts.memory !== false));
+  }
+
+  private async pauseLocked(id: string, memory: boolean): Promise<SandboxInfo> {
+    const row = this.requireRow(id);
+    if (row.state === 'paused') throw conflict(`sandbox '${id}' is already paused`);
+    if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}; only a running sandbox can be paused`);
+    this.setState(id, 'pausing');
+    this.events.emit('interrupt', id);
+    try {
+      if (memory) {
+        await this.runtime.pause(this.containerId(id));
+      } else {
+        await this.stopContainer(id);
+        this.updateSpec(id, { coldPaused: true });
+      }
+      this.setState(id, 'paused');
+    } catch (err) {
+      await this.settleFromHost(id, `pause: ${errorMessage(err)}`);
+      throw new CubeboxError('internal', `pausing sandbox '${id}' failed: ${errorMessage(err)}`);
+    }
+    return this.get(id);
+  }
+
+  async resume(id: string, opts: { timeoutSec?: number } = {}): Promise<SandboxInfo> {
+    return this.locks.run(id, () => this.resumeLocked(id, opts.timeoutSec));
+  }
+
+  private async resumeLocked(id: string, timeoutSec?: number): Promise<SandboxInfo> {
+    const row = this.requireRow(id);
+    if (row.state === 'running') throw conflict(`sandbox '${id}' is already running`);
+    if (row.state !== 'paused') throw conflict(`sandbox '${id}' is ${row.state}; only a paused sandbox can be resumed`);
+    this.setState(id, 'resuming');
+    const spec = JSON.parse(row.spec) as StoredSpec;
+    try {
+      if (spec.coldPaused) {
+        await this.bootAgain(id, spec);
+      } else {
+        await this.runtime.resume(this.containerId(id));
+      }
+      const endAt = timeoutSec !== undefined ? Date.now() + timeoutSec * 1000 : row.endAt;
+      this.setState(id, 'running', { endAt });
+    } catch (err) {
+      await this.settleFromHost(id, `resume: ${errorMessage(err)}`);
+      throw new CubeboxError('internal', `resuming sandbox '${id}' failed: ${errorMessage(err)}`);
+    }
+    return this.get(id);
+  }
+
+  /** Stops every process of a sandbox but keeps its filesystem (for a pause without memory). */
+  private async stopContainer(id: string): Promise<void> {
+    const cg = this.cgroup(id);
+    await this.runtime.forceDelete(this.containerId(id));
+    if (cg.pids().length) await cg.killAll();
+    if (cg.pids().length) throw new Error(`processes of sandbox '${id}' survived the kill`);
+    await cg.remove();
+  }
+
+  /** Starts a cold-paused sandbox again from its bundle and filesystem: a new boot. */
+  private async bootAgain(id: string, spec: StoredSpec): Promise<void> {
+    const cid = this.containerId(id);
+    await this.runtime.run(cid, join(this.sandboxDir(id), 'bundle'), join(this.sandboxDir(id), 'console.log'));
+    const st = await this.runtime.state(cid);
+    if (!st || st.status !== 'running') throw new Error('the sandbox did not boot again');
+    if (spec.agent) {
+      await this.waitForAgent(id);
+      await this.personalize(id, spec);
+    }
+    this.updateSpec(id, { coldPaused: false });
+    this.store.updateSandbox(id, { pid: st.pid });
+  }
+
+  /**
+   * E2B's connect: a running sandbox only ever gets a later endAt; a paused one resumes
+   * (then resumed = true). A sandbox being deleted is a conflict.
+   */
+  async connect(id: string, timeoutSec?: number): Promise<{ info: SandboxInfo; resumed: boolean }> {
     return this.locks.run(id, async () => {
       const row = this.requireRow(id);
-      if (row.state === 'paused') throw conflict(`sandbox '${id}' is already paused`);
-      if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}; only a running sandbox can be paused`);
-      this.setState(id, 'pausing');
-      try {
-        await this.runtime.pause(this.containerId(id));
-        this.setState(id, 'paused');
-      } catch (err) {
-        await this.settleFromHost(id, `pause: ${errorMessage(err)}`);
-        throw new CubeboxError('internal', `pausing sandbox '${id}' failed: ${errorMessage(err)}`);
+      if (row.state === 'running') {
+        if (timeoutSec !== undefined) {
+          const wanted = Date.now() + timeoutSec * 1000;
+          if (row.endAt === null || wanted > row.endAt) this.store.updateSandbox(id, { endAt: wanted });
+        }
+        return { info: this.get(id), resumed: false };
       }
+      if (row.state === 'paused') return { info: await this.resumeLocked(id, timeoutSec ?? 300), resumed: true };
+      if (row.state === 'deleting') throw conflict(`sandbox '${id}' is being deleted`);
+      throw conflict(`sandbox '${id}' is ${row.state}`);
+    });
+  }
+
+  /** Sets endAt = now + timeout (may shorten it); the reaper acts within a second of endAt. */
+  async setTimeout(id: string, timeoutSec: number): Promise<SandboxInfo> {
+    if (!(Number.isFinite(timeoutSec) && timeoutSec >= 0)) throw invalid(`timeout must be a number of seconds >= 0, got ${timeoutSec}`);
+    return this.locks.run(id, async () => {
+      const row = this.requireRow(id);
+      if (row.state === 'deleting') throw conflict(`sandbox '${id}' is being deleted`);
+      this.store.updateSandbox(id, { endAt: Date.now() + timeoutSec * 1000 });
       return this.get(id);
     });
   }
 
-  async resume(id: string): Promise<SandboxInfo> {
-    return this.locks.run(id, async () => {
+  /** Extends a running sandbox's endAt by a duration (E2B's refreshes). */
+  async refresh(id: string, durationSec: number): Promise<void> {
+    if (!(Number.isFinite(durationSec) && durationSec >= 0)) throw invalid(`duration must be a number of seconds >= 0, got ${durationSec}`);
+    await this.locks.run(id, async () => {
       const row = this.requireRow(id);
-      if (row.state === 'running') throw conflict(`sandbox '${id}' is already running`);
-      if (row.state !== 'paused') throw conflict(`sandbox '${id}' is ${row.state}; only a paused sandbox can be resumed`);
-      this.setState(id, 'resuming');
-      try {
-        await this.runtime.resume(this.containerId(id));
-        this.setState(id, 'running');
-      } catch (err) {
-        await this.settleFromHost(id, `resume: ${errorMessage(err)}`);
-        throw new CubeboxError('internal', `resuming sandbox '${id}' failed: ${errorMessage(err)}`);
-      }
-      return this.get(id);
+      if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}`);
+      const wanted = Date.now() + durationSec * 1000;
+      if (row.endAt === null || wanted > row.endAt) this.store.updateSandbox(id, { endAt: wanted });
     });
+  }
+
+  /**
+   * The TTL reaper: running sandboxes past endAt are killed, or paused when their
+   * lifecycle says so. Runs under each sandbox's lock, like every other operation.
+   */
+  async reap(now = Date.now()): Promise<string[]> {
+    const due = this.store.listSandboxes().filter((r) => r.state === 'running' && r.endAt !== null && r.endAt <= now);
+    const acted: string[] = [];
+    for (const r of due) {
+      await this.locks.run(r.id, async () => {
+        const row = this.store.getSandbox(r.id);
+        if (!row || row.state !== 'running' || row.endAt === null || row.endAt > Date.now()) return;
+        const spec = JSON.parse(row.spec) as StoredSpec;
+        try {
+          if (spec.lifecycle.onTimeout === 'pause') await this.pauseLocked(r.id, spec.lifecycle.keepMemory);
+          else await this.teardown(r.id);
+          acted.push(r.id);
+          this.log.info({ sandbox: r.id, action: spec.lifecycle.onTimeout }, 'sandbox reached its end of life');
+        } catch (err) {
+          this.log.error({ sandbox: r.id, err: errorMessage(err) }, 'the TTL reaper could not act');
+        }
+      });
+    }
+    return acted;
   }
 
   /** Deletes a sandbox from any state. Unknown ids (with no ledger left) are not found. */
@@ -431,6 +638,7 @@ export class SandboxManager {
   private async teardown(id: string): Promise<void> {
     const inst = this.paths.instanceId;
     if (this.store.getSandbox(id)) this.setState(id, 'deleting');
+    this.events.emit('interrupt', id); // the proxy cuts the sandbox's open streams
     const cid = this.containerId(id);
     const cg = this.cgroup(id);
     const dir = this.sandboxDir(id);
@@ -484,7 +692,7 @@ export class SandboxManager {
         if (!r) return;
         try {
           const expired = r.stateDeadline !== null && r.stateDeadline < now;
-          if (r.state === 'deleting' || r.state === 'failed' || (r.state === 'creating' && (startup || expired))) {
+          if (r.state === 'deleting' || r.state === 'failed' || (r.state === 'stopped' && this.deleteStopped) || (r.state === 'creating' && (startup || expired))) {
             if (r.nextAttemptAt && r.nextAttemptAt > now && !startup) return;
             await this.teardown(r.id);
             report.tornDown.push(r.id);
@@ -557,6 +765,23 @@ export class SandboxManager {
 
 function envdCommand(socket: string): string[] {
   return [`${SANDBOX_SUPPORT}/lib/ld.so`, '--library-path', `${SANDBOX_SUPPORT}/lib`, `${SANDBOX_SUPPORT}/bin/node`, `${SANDBOX_SUPPORT}/envd/envd.mjs`, '--socket', socket];
+}
+
+/** A JSON request to a sandbox's envd on its unix socket; resolves to the status code. */
+function envdRequest(socketPath: string, method: string, path: string, body: unknown): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const data = JSON.stringify(body);
+    const req = http.request(
+      { socketPath, path, method, timeout: 10_000, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.on('timeout', () => req.destroy(new Error(`envd ${path} timed out`)));
+    req.end(data);
+  });
 }
 
 function healthy(socketPath: string): Promise<boolean> {

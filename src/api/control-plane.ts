@@ -1,0 +1,367 @@
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { MetricsSampler, MetricSample } from '../sandbox/metrics.js';
+import type { Lifecycle, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
+import { CubeboxError, errorMessage, invalid, notFound, type ErrorKind } from '../util/errors.js';
+
+/** The envd version cubebox answers: a semver the SDK compares against feature thresholds. */
+export const ENVD_VERSION = '0.6.13';
+export const DEFAULT_TIMEOUT_SEC = 300;
+export const MAX_TIMEOUT_SEC = 24 * 60 * 60;
+
+export interface ControlPlaneOptions {
+  manager: SandboxManager;
+  metrics: MetricsSampler;
+  /** true when the X-API-KEY value is a valid key. */
+  verifyKey: (key: string | undefined) => boolean;
+  domain: string;
+  clientId: string;
+}
+
+const STATUS: Record<ErrorKind, number> = { not_found: 404, invalid_argument: 400, conflict: 409, unavailable: 503, internal: 500 };
+
+/** E2B's error body: {code, message}, code equal to the HTTP status (the SDK reads the body's code). */
+export function sendError(reply: FastifyReply, status: number, message: string): FastifyReply {
+  return reply.code(status).type('application/json').send({ code: status, message });
+}
+
+type Req = FastifyRequest<{ Params: { id: string }; Querystring: Record<string, string | string[] | undefined>; Body: Record<string, unknown> | undefined }>;
+
+/** E2B's REST control plane (contract section 2) over the sandbox manager. */
+export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOptions): void {
+  const { manager, metrics } = opts;
+
+  app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
+    if (err instanceof CubeboxError) return sendError(reply, STATUS[err.kind], err.message);
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
+    if (status >= 500) manager.log.error({ err: errorMessage(err) }, 'control-plane request failed');
+    return sendError(reply, status, status === 400 && /JSON/i.test(err.message) ? `malformed request body: ${err.message}` : err.message);
+  });
+  app.setNotFoundHandler((req, reply) => sendError(reply, 404, `no route ${req.method} ${req.url.split('?')[0]}`));
+
+  app.addHook('onRequest', async (req, reply) => {
+    if (req.url === '/health' || req.url.startsWith('/health?')) return;
+    const key = req.headers['x-api-key'];
+    if (!opts.verifyKey(Array.isArray(key) ? key[0] : key)) {
+      return sendError(reply, 401, 'Invalid API key: pass a valid key (e2b_...) in the X-API-KEY header; create one with `cubebox keys create`');
+    }
+  });
+
+  app.get('/health', async (_req, reply) => reply.code(200).send({ status: 'ok' }));
+
+  // ---- helpers
+  const idOf = (req: Req): string => {
+    const raw = req.params.id;
+    const id = raw.includes('-') ? raw.slice(0, raw.indexOf('-')) : raw; // accept <id>-<clientID>
+    if (!/^[a-z0-9]{1,64}$/.test(id)) throw notFound(`sandbox '${raw}' not found`);
+    return id;
+  };
+  /** The sandbox as the E2B API sees it: stopped, failed or deleting sandboxes are gone. */
+  const visible = (id: string): SandboxInfo => {
+    const info = manager.get(id);
+    if (e2bState(info) === undefined) throw notFound(`sandbox '${id}' not found`);
+    return info;
+  };
+  const timeoutOf = (body: Record<string, unknown> | undefined, key = 'timeout', fallback?: number): number | undefined => {
+    const v = body?.[key];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw invalid(`${key} must be a non-negative number of seconds`);
+    if (v > MAX_TIMEOUT_SEC) throw invalid(`${key} cannot be greater than ${MAX_TIMEOUT_SEC} seconds (24 hours)`);
+    return Math.floor(v);
+  };
+  const sandboxBody = (info: SandboxInfo) => ({
+    sandboxID: info.id,
+    templateID: info.templateId,
+    clientID: opts.clientId,
+    alias: info.templateName,
+    envdVersion: ENVD_VERSION,
+    envdAccessToken: info.accessToken ?? undefined,
+    trafficAccessToken: null,
+    domain: opts.domain,
+  });
+  const listedBody = (info: SandboxInfo) => ({
+    sandboxID: info.id,
+    templateID: info.templateId,
+    clientID: opts.clientId,
+    alias: info.templateName,
+    startedAt: new Date(info.startedAt ?? info.createdAt).toISOString(),
+    endAt: new Date(info.endAt ?? info.startedAt ?? info.createdAt).toISOString(),
+    state: e2bState(info)!,
+    cpuCount: info.limits.cpuCount,
+    memoryMB: info.limits.memoryMB,
+    diskSizeMB: diskSizeMB(manager, info),
+    envdVersion: ENVD_VERSION,
+    metadata: info.metadata,
+  });
+  const detailBody = (info: SandboxInfo) => ({
+    ...listedBody(info),
+    envdAccessToken: info.accessToken ?? undefined,
+    domain: opts.domain,
+    allowInternetAccess: (info.extra.allowInternetAccess as boolean | undefined) ?? true,
+    network: info.extra.network ?? undefined,
+    lifecycle: { onTimeout: info.lifecycle.onTimeout, autoResume: info.lifecycle.autoResume },
+    volumeMounts: [],
+  });
+
+  // ---- create
+  const create = async (req: Req, reply: FastifyReply) => {
+    const b = req.body ?? {};
+    if (typeof b !== 'object' || Array.isArray(b)) throw invalid('request body must be a JSON object');
+    const templateRef = b.templateID ?? 'base';
+    if (typeof templateRef !== 'string' || !templateRef) throw invalid('templateID must be a string');
+    const template = manager.templates.find(templateRef) ?? manager.templates.find(templateRef.split(':')[0]!);
+    if (!template) throw notFound(`template '${templateRef}' not found`);
+    const metadata = stringMap(b.metadata, 'metadata');
+    const envVars = stringMap(b.envVars, 'envVars');
+    const timeoutSec = timeoutOf(b, 'timeout', DEFAULT_TIMEOUT_SEC)!;
+    const autoPause = b.autoPause === true;
+    const autoResume = typeof b.autoResume === 'object' && b.autoResume !== null && (b.autoResume as { enabled?: unknown }).enabled === true;
+    const lifecycle: Lifecycle = { onTimeout: autoPause ? 'pause' : 'kill', autoResume, keepMemory: b.autoPauseMemory !== false };
+    const info = await manager.create({
+      template: template.id,
+      timeoutSec,
+      metadata,
+      envVars,
+      lifecycle,
+      secure: b.secure !== false,
+      extra: { allowInternetAccess: b.allow_internet_access ?? true, network: b.network ?? undefined, mcp: b.mcp ?? undefined },
+    });
+    return reply.code(201).send(sandboxBody(info));
+  };
+  app.post('/sandboxes', create);
+  app.post('/v2/sandboxes', create);
+
+  // ---- list
+  app.get('/sandboxes', async (req: Req) => {
+    const all = filterList(manager.list(), req.query, { defaultStates: ['running'] });
+    return all.map(listedBody);
+  });
+  app.get('/v2/sandboxes', async (req: Req, reply) => {
+    const q = req.query;
+    const limitRaw = one(q.limit);
+    const limit = limitRaw === undefined ? 100 : Number(limitRaw);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
+    const order = (one(q.order) ?? 'desc').toLowerCase();
+    if (order !== 'asc' && order !== 'desc') throw invalid("order must be 'asc' or 'desc'");
+    let items = filterList(manager.list(), q, { defaultStates: ['running', 'paused'] });
+    const key = (s: SandboxInfo) => [s.startedAt ?? s.createdAt, s.id] as const;
+    items.sort((a, b) => {
+      const [ta, ia] = key(a);
+      const [tb, ib] = key(b);
+      const c = ta - tb || (ia < ib ? -1 : ia > ib ? 1 : 0);
+      return order === 'asc' ? c : -c;
+    });
+    const token = one(q.nextToken);
+    if (token) {
+      let after: [number, string];
+      try {
+        after = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [number, string];
+        if (!Array.isArray(after) || typeof after[0] !== 'number' || typeof after[1] !== 'string') throw new Error();
+      } catch {
+        throw invalid('nextToken is not a token this server issued');
+      }
+      const idx = items.findIndex((s) => {
+        const [t, i] = key(s);
+        const c = t - after[0] || (i < after[1] ? -1 : i > after[1] ? 1 : 0);
+        return order === 'asc' ? c > 0 : c < 0;
+      });
+      items = idx < 0 ? [] : items.slice(idx);
+    }
+    const page = items.slice(0, limit);
+    if (items.length > limit) {
+      const last = page[page.length - 1]!;
+      reply.header('X-Next-Token', Buffer.from(JSON.stringify(key(last))).toString('base64url'));
+    }
+    return page.map(listedBody);
+  });
+
+  // ---- one sandbox
+  app.get('/sandboxes/:id', async (req: Req) => detailBody(visible(idOf(req))));
+
+  app.delete('/sandboxes/:id', async (req: Req, reply) => {
+    const id = idOf(req);
+    visible(id);
+    await manager.delete(id);
+    return reply.code(204).send();
+  });
+
+  app.post('/sandboxes/:id/pause', async (req: Req, reply) => {
+    const id = idOf(req);
+    visible(id);
+    await manager.pause(id, { memory: req.body?.memory !== false });
+    return reply.code(204).send();
+  });
+
+  app.post('/sandboxes/:id/resume', async (req: Req, reply) => {
+    const id = idOf(req);
+    visible(id);
+    const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
+    const info = await manager.resume(id, { timeoutSec });
+    return reply.code(201).send(sandboxBody(info));
+  });
+
+  const connect = async (req: Req, reply: FastifyReply) => {
+    const id = idOf(req);
+    visible(id);
+    const timeoutSec = timeoutOf(req.body, 'timeout');
+    const { info, resumed } = await manager.connect(id, timeoutSec);
+    return reply.code(resumed ? 201 : 200).send(sandboxBody(info));
+  };
+  app.post('/sandboxes/:id/connect', connect);
+  app.post('/v2/sandboxes/:id/connect', connect);
+
+  app.post('/sandboxes/:id/timeout', async (req: Req, reply) => {
+    const id = idOf(req);
+    visible(id);
+    const t = timeoutOf(req.body, 'timeout');
+    if (t === undefined) throw invalid('timeout is required');
+    await manager.setTimeout(id, t);
+    return reply.code(204).send();
+  });
+
+  app.post('/sandboxes/:id/refreshes', async (req: Req, reply) => {
+    const id = idOf(req);
+    visible(id);
+    const d = timeoutOf(req.body, 'duration', 60)!;
+    await manager.refresh(id, d);
+    return reply.code(204).send();
+  });
+
+  // ---- metrics and logs
+  const metricBody = (info: SandboxInfo, m: MetricSample) => ({
+    timestamp: new Date(m.ts).toISOString(),
+    timestampUnix: Math.floor(m.ts / 1000),
+    cpuCount: m.cpuCount,
+    cpuUsedPct: m.cpuUsedPct,
+    memUsed: m.memUsed,
+    memTotal: m.memTotal,
+    memCache: m.memCache,
+    diskUsed: m.diskUsed,
+    diskTotal: diskSizeMB(manager, info) * 1024 * 1024,
+  });
+  app.get('/sandboxes/metrics', async (req: Req) => {
+    const ids = (one(req.query.sandbox_ids) ?? '').split(',').filter(Boolean);
+    if (!ids.length) throw invalid('sandbox_ids is required');
+    const out: Record<string, unknown> = {};
+    for (const id of ids) {
+      try {
+        const info = visible(id);
+        const m = metrics.latest(id);
+        if (m) out[id] = metricBody(info, m);
+      } catch {
+        /* unknown ids are left out */
+      }
+    }
+    return { sandboxes: out };
+  });
+  app.get('/sandboxes/:id/metrics', async (req: Req) => {
+    const id = idOf(req);
+    const info = visible(id);
+    const sec = (k: string) => {
+      const v = one(req.query[k]);
+      if (v === undefined) return undefined;
+      const n = Number(v);
+      if (!Number.isFinite(n)) throw invalid(`${k} must be a unix timestamp in seconds`);
+      return n * 1000;
+    };
+    return metrics.range(id, sec('start'), sec('end')).map((m) => metricBody(info, m));
+  });
+
+  const logs = (id: string) => {
+    const file = join(manager.sandboxDir(id), 'console.log');
+    let text = '';
+    let at = new Date();
+    try {
+      text = readFileSync(file, 'utf8');
+      at = statSync(file).mtime;
+    } catch {
+      /* no output yet */
+    }
+    return text
+      .split('\n')
+      .filter(Boolean)
+      .slice(-1000)
+      .map((line) => ({ timestamp: at.toISOString(), line }));
+  };
+  app.get('/sandboxes/:id/logs', async (req: Req) => {
+    const id = idOf(req);
+    visible(id);
+    const lines = logs(id);
+    return { logs: lines, logEntries: lines.map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
+  });
+  app.get('/v2/sandboxes/:id/logs', async (req: Req) => {
+    const id = idOf(req);
+    visible(id);
+    return { logs: logs(id).map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
+  });
+
+  // ---- not there yet: say so clearly
+  app.put('/sandboxes/:id/network', async (_req, reply) => sendError(reply, 501, 'network policies are not supported by this cubebox version'));
+}
+
+/** running/paused as E2B reports them; undefined for sandboxes the API treats as gone. */
+export function e2bState(info: SandboxInfo): 'running' | 'paused' | undefined {
+  switch (info.state) {
+    case 'creating':
+    case 'running':
+    case 'pausing':
+      return 'running';
+    case 'paused':
+    case 'resuming':
+      return 'paused';
+    default:
+      return undefined;
+  }
+}
+
+function diskSizeMB(manager: SandboxManager, info: SandboxInfo): number {
+  return manager.templates.find(info.templateId)?.config.diskSizeMB ?? 1024;
+}
+
+function one(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[v.length - 1] : v;
+}
+
+function stringMap(v: unknown, name: string): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`${name} must be an object of strings`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(v)) {
+    if (typeof val !== 'string') throw invalid(`${name}.${k} must be a string`);
+    out[k] = val;
+  }
+  return out;
+}
+
+/** The list filters: state, metadata (decoded as the SDK encodes it), template, startedAfter. */
+function filterList(all: SandboxInfo[], q: Record<string, string | string[] | undefined>, opts: { defaultStates: string[] }): SandboxInfo[] {
+  const rawStates = q.state === undefined ? opts.defaultStates : (Array.isArray(q.state) ? q.state : [q.state]).flatMap((s) => s.split(','));
+  for (const s of rawStates) if (s !== 'running' && s !== 'paused') throw invalid(`unknown state '${s}' (running, paused)`);
+  const states = new Set(rawStates);
+  const meta: [string, string][] = [];
+  const m = one(q.metadata);
+  if (m) {
+    for (const [k, v] of new URLSearchParams(m)) meta.push([safeDecode(k), safeDecode(v)]);
+  }
+  const template = one(q.template);
+  const afterRaw = one(q.startedAfter);
+  const after = afterRaw ? Date.parse(afterRaw) : undefined;
+  if (afterRaw && !Number.isFinite(after)) throw invalid('startedAfter must be an RFC 3339 time');
+  return all.filter((s) => {
+    const st = e2bState(s);
+    if (!st || !states.has(st)) return false;
+    if (meta.some(([k, v]) => s.metadata[k] !== v)) return false;
+    if (template && s.templateId !== template && s.templateName !== template) return false;
+    if (after !== undefined && (s.startedAt ?? s.createdAt) <= after) return false;
+    return true;
+  });
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}

@@ -1,0 +1,107 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import Fastify from 'fastify';
+import type { Logger } from 'pino';
+import { DataPlaneProxy, type RouteResolver, type SandboxRoute } from '../proxy/proxy.js';
+import { MetricsSampler } from '../sandbox/metrics.js';
+import type { SandboxManager } from '../sandbox/manager.js';
+import { ApiKeys } from './keys.js';
+import { registerControlPlane } from './control-plane.js';
+
+export interface ServerOptions {
+  manager: SandboxManager;
+  host: string;
+  port: number;
+  /** Public sandbox domain reported to the SDK (getHost() builds <port>-<id>.<domain>). */
+  domain?: string;
+  log: Logger;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * One listener for both planes: a request that names a sandbox (E2b-Sandbox-Id header,
+ * a <port>-<id>.<domain> Host, or a header-less signed /files) goes to the data-plane
+ * proxy, everything else to the REST control plane.
+ */
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const { manager, log } = opts;
+  const keys = new ApiKeys(manager.store.db);
+  const metrics = new MetricsSampler(manager);
+  metrics.start();
+
+  const resolver: RouteResolver = {
+    async route(sandboxId: string): Promise<SandboxRoute | undefined> {
+      let info;
+      try {
+        info = manager.get(sandboxId);
+      } catch {
+        return undefined;
+      }
+      if (info.state === 'paused' && info.lifecycle.autoResume) {
+        try {
+          info = (await manager.connect(sandboxId)).info; // traffic wakes an auto-resuming sandbox
+        } catch (err) {
+          log.warn({ sandbox: sandboxId, err: (err as Error).message }, 'auto-resume failed');
+          return undefined;
+        }
+      }
+      if (info.state !== 'running') return undefined;
+      return { sandboxId, socketPath: manager.envdSocket(sandboxId), accessToken: info.accessToken ?? undefined };
+    },
+    *signedCandidates() {
+      for (const s of manager.list()) if (s.state === 'running' && s.accessToken) yield { sandboxId: s.id, accessToken: s.accessToken };
+    },
+  };
+
+  let proxy: DataPlaneProxy | undefined;
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 8 * 1024 * 1024,
+    serverFactory: (handler) =>
+      http.createServer((req, res) => {
+        if (proxy!.matches(req)) proxy!.handle(req, res);
+        else handler(req, res);
+      }),
+  });
+  // the default address is filled in after listen, when the port is known
+  const domainRef = { value: opts.domain ?? '' };
+  registerControlPlane(app, {
+    manager,
+    metrics,
+    verifyKey: (k) => keys.verify(k) !== undefined,
+    get domain() {
+      return domainRef.value;
+    },
+    clientId: manager.paths.instanceId,
+  });
+  await app.listen({ host: opts.host, port: opts.port });
+  const port = (app.server.address() as AddressInfo).port;
+  if (!domainRef.value) domainRef.value = `localhost:${port}`;
+  proxy = new DataPlaneProxy(resolver, { domain: domainRef.value, log });
+  app.server.on('upgrade', (req, socket, head) => {
+    if (proxy!.matches(req) && proxy!.handleUpgrade) proxy!.handleUpgrade(req, socket, head);
+    else socket.destroy();
+  });
+  const onInterrupt = (id: string) => {
+    proxy?.cut(id);
+    metrics.forget(id);
+  };
+  manager.events.on('interrupt', onInterrupt);
+
+  return {
+    url: `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`,
+    port,
+    async close() {
+      manager.events.off('interrupt', onInterrupt);
+      metrics.stop();
+      proxy?.close();
+      app.server.closeAllConnections();
+      await app.close();
+    },
+  };
+}

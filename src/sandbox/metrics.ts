@@ -1,0 +1,167 @@
+import { lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { SandboxManager } from './manager.js';
+
+/** One sample of a sandbox's resource use, in E2B's SandboxMetric shape (without timestamps). */
+export interface MetricSample {
+  ts: number; // ms epoch
+  cpuCount: number;
+  cpuUsedPct: number;
+  memUsed: number;
+  memTotal: number;
+  memCache: number;
+  diskUsed: number;
+  diskTotal: number;
+}
+
+const KEEP_MS = 60 * 60 * 1000;
+
+/**
+ * Samples every running sandbox's cgroup (CPU, memory) and writable layer (disk) on an
+ * interval, keeping an hour of history per sandbox for the metrics routes.
+ */
+export class MetricsSampler {
+  private readonly history = new Map<string, MetricSample[]>();
+  private readonly lastCpu = new Map<string, { at: number; usageNs: number }>();
+  private readonly diskCache = new Map<string, { at: number; bytes: number }>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly manager: SandboxManager) {}
+
+  start(intervalMs = 5000): void {
+    this.timer = setInterval(() => this.sampleAll(), intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+
+  private sampleAll(): void {
+    const live = new Set<string>();
+    for (const s of this.manager.list()) {
+      if (s.state !== 'running') continue;
+      live.add(s.id);
+      try {
+        this.record(s.id, this.sample(s.id));
+      } catch {
+        /* the sandbox went away meanwhile */
+      }
+    }
+    for (const id of this.history.keys()) if (!live.has(id) && !this.manager.store.getSandbox(id)) this.forget(id);
+  }
+
+  private record(id: string, m: MetricSample): void {
+    const list = this.history.get(id) ?? [];
+    list.push(m);
+    while (list.length && list[0]!.ts < m.ts - KEEP_MS) list.shift();
+    this.history.set(id, list);
+  }
+
+  forget(id: string): void {
+    this.history.delete(id);
+    this.lastCpu.delete(id);
+    this.diskCache.delete(id);
+  }
+
+  /** Samples in [startMs, endMs], plus a fresh one when the sandbox runs and none is recent. */
+  range(id: string, startMs?: number, endMs?: number): MetricSample[] {
+    const info = this.manager.get(id);
+    if (info.state === 'running') {
+      const list = this.history.get(id) ?? [];
+      const last = list[list.length - 1];
+      if (!last || Date.now() - last.ts > 1000) this.record(id, this.sample(id));
+    }
+    return (this.history.get(id) ?? []).filter((m) => (startMs === undefined || m.ts >= startMs) && (endMs === undefined || m.ts <= endMs));
+  }
+
+  latest(id: string): MetricSample | undefined {
+    const r = this.range(id);
+    return r[r.length - 1];
+  }
+
+  sample(id: string): MetricSample {
+    const info = this.manager.get(id);
+    const dirs = this.manager.cgroup(id).existing();
+    const now = Date.now();
+    const cpuNs = readCpuNs(dirs);
+    const prev = this.lastCpu.get(id);
+    let cpuUsedPct = 0;
+    if (prev && now > prev.at) cpuUsedPct = Math.max(0, ((cpuNs - prev.usageNs) / 1e6 / (now - prev.at) / info.limits.cpuCount) * 100);
+    this.lastCpu.set(id, { at: now, usageNs: cpuNs });
+    const mem = readMemory(dirs);
+    return {
+      ts: now,
+      cpuCount: info.limits.cpuCount,
+      cpuUsedPct: Math.round(cpuUsedPct * 100) / 100,
+      memUsed: mem.used,
+      memTotal: info.limits.memoryMB * 1024 * 1024,
+      memCache: mem.cache,
+      diskUsed: this.diskUsed(id),
+      diskTotal: 0, // filled by the caller from the template's disk size
+    };
+  }
+
+  /** Bytes in the sandbox's writable layer (cached for 10 s: walking it is not free). */
+  private diskUsed(id: string): number {
+    const c = this.diskCache.get(id);
+    if (c && Date.now() - c.at < 10_000) return c.bytes;
+    const bytes = treeBytes(join(this.manager.sandboxDir(id), 'upper'));
+    this.diskCache.set(id, { at: Date.now(), bytes });
+    return bytes;
+  }
+}
+
+function read(file: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+function readCpuNs(dirs: string[]): number {
+  for (const d of dirs) {
+    const v1 = read(join(d, 'cpuacct.usage'));
+    if (v1 !== undefined) return Number(v1.trim());
+    const v2 = read(join(d, 'cpu.stat'));
+    const m = v2?.match(/usage_usec (\d+)/);
+    if (m) return Number(m[1]) * 1000;
+  }
+  return 0;
+}
+
+function readMemory(dirs: string[]): { used: number; cache: number } {
+  for (const d of dirs) {
+    const usage = read(join(d, 'memory.usage_in_bytes')) ?? read(join(d, 'memory.current'));
+    if (usage === undefined) continue;
+    const stat = read(join(d, 'memory.stat')) ?? '';
+    const field = (name: string) => Number(stat.match(new RegExp(`^${name} (\\d+)`, 'm'))?.[1] ?? 0);
+    const cache = field('cache') || field('file');
+    const inactive = field('total_inactive_file') || field('inactive_file');
+    return { used: Math.max(0, Number(usage.trim()) - inactive), cache };
+  }
+  return { used: 0, cache: 0 };
+}
+
+function treeBytes(dir: string, budget = { entries: 200_000 }): number {
+  let total = 0;
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    if (--budget.entries < 0) break;
+    const p = join(dir, e);
+    try {
+      const st = lstatSync(p);
+      total += st.blocks * 512;
+      if (st.isDirectory()) total += treeBytes(p, budget);
+    } catch {
+      /* removed meanwhile */
+    }
+  }
+  return total;
+}

@@ -1,0 +1,70 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { cli, CLI, waitExit } from './instance.js';
+
+export interface Service {
+  dataDir: string;
+  url: string;
+  port: number;
+  child: ChildProcess;
+  /** Stops the service gracefully (sandboxes keep running). */
+  stop(): Promise<void>;
+  /** Kills the service with SIGKILL, as a crash would. */
+  crash(): Promise<void>;
+}
+
+/**
+ * Starts `cubebox serve` on a data directory and an ephemeral loopback port, and waits
+ * for its ready line (after the base template exists: the first start builds it).
+ */
+export async function startService(dataDir: string, opts: { port?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Service> {
+  const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'serve', '--host', '127.0.0.1', '--port', String(opts.port ?? 0)], {
+    env: { ...process.env, CUBEBOX_LOG_LEVEL: 'info', ...opts.env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    const onData = (d: Buffer) => {
+      buf += d.toString();
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          const rec = JSON.parse(line) as { msg?: string; url?: string; level?: number };
+          if (rec.msg === 'cubebox serve ready' && rec.url) {
+            child.stdout!.off('data', onData);
+            child.stdout!.resume(); // keep draining its log
+            resolve(rec.url);
+          } else if ((rec.level ?? 0) >= 50) process.stderr.write(`[serve] ${line}\n`);
+        } catch {
+          /* not a log record */
+        }
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.on('exit', (code, sig) => reject(new Error(`cubebox serve exited early (${code ?? sig})`)));
+    setTimeout(() => reject(new Error('cubebox serve did not get ready in 10 minutes')), 600_000).unref();
+  });
+  const port = Number(new URL(url).port);
+  return {
+    dataDir,
+    url,
+    port,
+    child,
+    async stop() {
+      child.kill('SIGTERM');
+      await waitExit(child);
+    },
+    async crash() {
+      child.kill('SIGKILL');
+      await waitExit(child);
+    },
+  };
+}
+
+/** A new API key for the data directory (through `cubebox keys create`). */
+export async function createKey(dataDir: string): Promise<string> {
+  const r = await cli(dataDir, ['keys', 'create', '--name', 'tests']);
+  if (r.code !== 0) throw new Error(`keys create failed: ${r.stderr}`);
+  return r.stdout.trim().split('\n').pop()!.trim();
+}
