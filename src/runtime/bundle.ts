@@ -132,10 +132,10 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
       // Left off on purpose: `sudo` in templates needs setuid to work (the user namespace
       // and the bounding set above still cap what it can gain).
       noNewPrivileges: false,
-      // Sandboxes are preferred OOM victims over host services. envd lowers its own score
-      // back to 0 (allowed: no privileged process ever set a floor), so that inside the
-      // sandbox's memory limit the OOM killer takes a hog rather than envd.
-      oomScoreAdj: 500,
+      // tini and envd keep score 0; the commands run in the sandbox get a higher one (the
+      // runtime exec through the helper, envd's children through envd-exec), so that inside
+      // the sandbox's memory limit the OOM killer takes a hog rather than envd.
+      oomScoreAdj: 0,
     },
     root: { path: spec.rootfs, readonly: false },
     hostname: spec.hostname,
