@@ -1,0 +1,454 @@
+// The data-plane proxy: forwards E2B data-plane requests (envd's Connect RPCs, /files, /health,
+// ...) to the envd unix socket of the sandbox they name, unbuffered in both directions, over
+// one keep-alive agent per sandbox. Contract sections 1, 5.3 and 6.
+import { Agent, request as httpRequest, STATUS_CODES, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { connect as netConnect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type pino from 'pino';
+import { classify, ENVD_PORT, matchSignature, type Target } from './routing.js';
+
+export interface SandboxRoute {
+  sandboxId: string;
+  /** envd's unix socket on the host. */
+  socketPath: string;
+  accessToken?: string;
+}
+
+export interface RouteResolver {
+  /** A running sandbox's envd route; may resume a paused sandbox that has autoResume. undefined = unknown, paused or killed. */
+  route(sandboxId: string): Promise<SandboxRoute | undefined>;
+  /** Running sandboxes with an envd access token, for header-less signed /files requests. */
+  signedCandidates(): Iterable<{ sandboxId: string; accessToken: string }>;
+}
+
+export interface DataPlaneProxyOptions {
+  /** The public sandbox domain (informational: Host routing accepts any domain suffix). */
+  domain: string;
+  /** envd's port, default 49983: the only port served until sandbox networking lands. */
+  envdPort?: number;
+  log?: pino.Logger;
+}
+
+export interface SandboxTraffic {
+  requests: number;
+  /** Request body bytes sent to the sandbox. */
+  bytesIn: number;
+  /** Response body bytes received from the sandbox. */
+  bytesOut: number;
+  /** Requests and streams open right now. */
+  open: number;
+}
+
+/** Hop-by-hop headers (RFC 9110 7.6.1), plus Expect: this listener already answered it. */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+  'expect',
+]);
+
+/** rawHeaders minus hop-by-hop ones and those the Connection header names. */
+function endToEnd(raw: string[], keepUpgrade = false): string[] {
+  const named = new Set<string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as string).toLowerCase() === 'connection') {
+      for (const t of (raw[i + 1] as string).split(',')) named.add(t.trim().toLowerCase());
+    }
+  }
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = (raw[i] as string).toLowerCase();
+    if (keepUpgrade && (k === 'connection' || k === 'upgrade')) {
+      out.push(raw[i] as string, raw[i + 1] as string);
+      continue;
+    }
+    if (HOP_BY_HOP.has(k) || (named.has(k) && !(keepUpgrade && k === 'upgrade'))) continue;
+    out.push(raw[i] as string, raw[i + 1] as string);
+  }
+  return out;
+}
+
+export function notFoundBody(sandboxId: string): string {
+  return JSON.stringify({ sandboxId, message: 'The sandbox was not found', code: 502 });
+}
+
+function portBody(sandboxId: string, port: string, envdPort: number): string {
+  return JSON.stringify({
+    sandboxId,
+    message: `Port ${port} of the sandbox is not reachable: only envd's port ${envdPort} is served (sandbox networking is not available yet)`,
+    code: 502,
+  });
+}
+
+function sendJson(res: ServerResponse, status: number, body: string, extra: Record<string, string> = {}): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store', ...extra });
+  res.end(body);
+}
+
+function rawResponse(socket: Duplex, status: number, body: string): void {
+  if (socket.destroyed) return;
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** Whether a request certainly has no body (then it can be retried on a stale keep-alive socket). */
+function bodyless(req: IncomingMessage): boolean {
+  const len = req.headers['content-length'];
+  return req.headers['transfer-encoding'] === undefined && (len === undefined || len === '0');
+}
+
+const RETRYABLE = new Set(['ECONNRESET', 'EPIPE']);
+
+/** One proxied request or upgraded connection, so that cut() can destroy it. */
+interface Exchange {
+  destroyed: boolean;
+  upstream?: ClientRequest | Socket;
+  destroy(): void;
+}
+
+export class DataPlaneProxy {
+  private readonly envdPort: number;
+  private readonly log?: pino.Logger;
+  private readonly agents = new Map<string, { socketPath: string; agent: Agent }>();
+  private readonly open = new Map<string, Set<Exchange>>();
+  private readonly traffic = new Map<string, SandboxTraffic>();
+  private closed = false;
+
+  constructor(
+    private readonly resolver: RouteResolver,
+    readonly opts: DataPlaneProxyOptions,
+  ) {
+    this.envdPort = opts.envdPort ?? ENVD_PORT;
+    this.log = opts.log;
+  }
+
+  /** Data plane: has an E2b-Sandbox-Id header, or Host `<port>-<id>.<anything>`, or is a header-less `/files` with a `signature` query. */
+  matches(req: IncomingMessage): boolean {
+    return classify(req, this.envdPort) !== undefined;
+  }
+
+  handle(req: IncomingMessage, res: ServerResponse): void {
+    const target = classify(req, this.envdPort);
+    if (!target) {
+      sendJson(res, 404, JSON.stringify({ code: 404, message: 'not a data-plane request' }));
+      return;
+    }
+    if (this.closed) {
+      sendJson(res, 503, JSON.stringify({ code: 503, message: 'the service is shutting down' }), { Connection: 'close' });
+      return;
+    }
+    this.dispatch(target, req, res).catch((err: unknown) => {
+      this.log?.error({ err, url: req.url }, 'data-plane proxy failure');
+      sendJson(res, 502, JSON.stringify({ code: 502, message: 'data-plane proxy error' }));
+    });
+  }
+
+  /** WebSocket (and other Upgrade) requests: a raw byte pipe to the sandbox once routed. */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    const target = classify(req, this.envdPort);
+    if (!target || target.kind !== 'sandbox') {
+      rawResponse(socket, 404, JSON.stringify({ code: 404, message: 'not a data-plane request' }));
+      return;
+    }
+    if (this.closed) {
+      rawResponse(socket, 503, JSON.stringify({ code: 503, message: 'the service is shutting down' }));
+      return;
+    }
+    this.upgrade(target, req, socket, head).catch((err: unknown) => {
+      this.log?.error({ err, url: req.url }, 'data-plane upgrade failure');
+      socket.destroy();
+    });
+  }
+
+  /** Cut every open proxied stream of the sandbox now (client and upstream sockets destroyed, no end-stream envelope). */
+  cut(sandboxId: string): void {
+    const set = this.open.get(sandboxId);
+    if (set) {
+      this.open.delete(sandboxId);
+      for (const ex of set) ex.destroy();
+      if (set.size) this.log?.debug({ sandboxId, streams: set.size }, 'cut open data-plane streams');
+    }
+    const a = this.agents.get(sandboxId);
+    if (a) {
+      this.agents.delete(sandboxId);
+      a.agent.destroy();
+    }
+  }
+
+  /** cut() and drop the sandbox's traffic counters (for a deleted sandbox). */
+  forget(sandboxId: string): void {
+    this.cut(sandboxId);
+    this.traffic.delete(sandboxId);
+  }
+
+  /** Traffic counters of one sandbox, or of every sandbox seen. */
+  stats(): Map<string, SandboxTraffic>;
+  stats(sandboxId: string): SandboxTraffic | undefined;
+  stats(sandboxId?: string): Map<string, SandboxTraffic> | SandboxTraffic | undefined {
+    if (sandboxId !== undefined) {
+      const t = this.traffic.get(sandboxId);
+      return t && { ...t };
+    }
+    return new Map([...this.traffic].map(([k, v]) => [k, { ...v }]));
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const id of [...new Set([...this.open.keys(), ...this.agents.keys()])]) this.cut(id);
+  }
+
+  // --- internals ---
+
+  private counters(sandboxId: string): SandboxTraffic {
+    let t = this.traffic.get(sandboxId);
+    if (!t) this.traffic.set(sandboxId, (t = { requests: 0, bytesIn: 0, bytesOut: 0, open: 0 }));
+    return t;
+  }
+
+  private track(sandboxId: string, ex: Exchange): () => void {
+    let set = this.open.get(sandboxId);
+    if (!set) this.open.set(sandboxId, (set = new Set()));
+    set.add(ex);
+    const t = this.counters(sandboxId);
+    t.requests++;
+    t.open++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      t.open--;
+      const s = this.open.get(sandboxId);
+      if (s) {
+        s.delete(ex);
+        if (!s.size) this.open.delete(sandboxId);
+      }
+    };
+  }
+
+  private agentFor(route: SandboxRoute): Agent {
+    const cur = this.agents.get(route.sandboxId);
+    if (cur && cur.socketPath === route.socketPath) return cur.agent;
+    cur?.agent.destroy();
+    // `timeout` makes the agent honour envd's Keep-Alive hint (it drops idle sockets a second
+    // before envd would), and drops idle sockets after a minute anyway.
+    const agent = new Agent({ keepAlive: true, keepAliveMsecs: 10_000, maxFreeSockets: 32, timeout: 60_000, scheduling: 'lifo' });
+    this.agents.set(route.sandboxId, { socketPath: route.socketPath, agent });
+    return agent;
+  }
+
+  /** The sandbox a target names (a signed /files request: the one whose token signed it). */
+  private async resolve(target: Target, res: ServerResponse): Promise<{ sandboxId: string; port: number; rawPort: string } | undefined> {
+    if (target.kind === 'preflight') {
+      res.writeHead(204, {
+        'Access-Control-Allow-Origin': '*',
+        'Access-Control-Allow-Methods': 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS',
+        'Access-Control-Allow-Headers': res.req.headers['access-control-request-headers'] ?? '*',
+        'Access-Control-Max-Age': '7200',
+      });
+      res.end();
+      return undefined;
+    }
+    if (target.kind === 'signed') {
+      const sandboxId = matchSignature(target.url, target.op, this.resolver.signedCandidates());
+      if (!sandboxId) {
+        sendJson(res, 401, JSON.stringify({ code: 401, message: 'invalid signature: it matches no running sandbox' }));
+        return undefined;
+      }
+      return { sandboxId, port: this.envdPort, rawPort: String(this.envdPort) };
+    }
+    return target;
+  }
+
+  private async dispatch(target: Target, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const t = await this.resolve(target, res);
+    if (!t) return;
+    const { sandboxId } = t;
+    const ex: Exchange = {
+      destroyed: false,
+      destroy() {
+        this.destroyed = true;
+        this.upstream?.destroy();
+        res.destroy();
+        req.socket?.destroy();
+      },
+    };
+    const untrack = this.track(sandboxId, ex);
+    res.once('close', () => {
+      untrack();
+      // The client went away (or cut() destroyed it): stop the upstream request too.
+      if (!res.writableFinished) {
+        ex.destroyed = true;
+        ex.upstream?.destroy();
+      }
+    });
+
+    let route: SandboxRoute | undefined;
+    try {
+      route = await this.resolver.route(sandboxId);
+    } catch (err) {
+      this.log?.warn({ err, sandboxId }, 'route lookup failed');
+      route = undefined;
+    }
+    if (ex.destroyed || res.destroyed) return;
+    if (!route) {
+      this.dropAgent(sandboxId);
+      sendJson(res, 502, notFoundBody(sandboxId));
+      return;
+    }
+    if (t.port !== this.envdPort) {
+      sendJson(res, 502, portBody(sandboxId, t.rawPort, this.envdPort));
+      return;
+    }
+    this.forward(route, req, res, ex);
+  }
+
+  private dropAgent(sandboxId: string): void {
+    const a = this.agents.get(sandboxId);
+    if (a && !this.open.get(sandboxId)?.size) {
+      this.agents.delete(sandboxId);
+      a.agent.destroy();
+    }
+  }
+
+  private forward(route: SandboxRoute, req: IncomingMessage, res: ServerResponse, ex: Exchange): void {
+    const sandboxId = route.sandboxId;
+    const counters = this.counters(sandboxId);
+    const headers = endToEnd(req.rawHeaders);
+    if (/\bchunked\b/i.test(String(req.headers['transfer-encoding'] ?? ''))) headers.push('Transfer-Encoding', 'chunked');
+    const noBody = bodyless(req);
+    const method = req.method ?? 'GET';
+
+    const attempt = (retriesLeft: number): void => {
+      const up = httpRequest({
+        socketPath: route.socketPath,
+        agent: this.agentFor(route),
+        method,
+        path: req.url ?? '/',
+        headers,
+        setHost: false,
+      });
+      ex.upstream = up;
+      let responded = false;
+
+      up.on('response', (upRes: IncomingMessage) => {
+        responded = true;
+        if (ex.destroyed || res.destroyed) {
+          upRes.destroy();
+          return;
+        }
+        const status = upRes.statusCode ?? 502;
+        res.writeHead(status, upRes.statusMessage, endToEnd(upRes.rawHeaders));
+        // Streams (no Content-Length): let the client see the status and headers now.
+        if (upRes.headers['content-length'] === undefined && method !== 'HEAD' && status !== 204 && status !== 304) res.flushHeaders();
+        upRes.on('data', (c: Buffer) => (counters.bytesOut += c.length));
+        upRes.pipe(res, { end: false });
+        upRes.on('end', () => {
+          const trailers = endToEnd(upRes.rawTrailers);
+          if (trailers.length) {
+            const pairs: [string, string][] = [];
+            for (let i = 0; i < trailers.length; i += 2) pairs.push([trailers[i] as string, trailers[i + 1] as string]);
+            try {
+              res.addTrailers(pairs);
+            } catch {
+              /* not a chunked response: no trailers */
+            }
+          }
+          res.end();
+        });
+        // envd went away mid-response: the client must see a broken stream, not a clean end.
+        upRes.on('close', () => {
+          if (!upRes.complete) res.destroy();
+        });
+        upRes.on('error', () => res.destroy());
+      });
+
+      up.on('error', (err: NodeJS.ErrnoException) => {
+        if (ex.destroyed) return;
+        if (!responded && retriesLeft > 0 && noBody && up.reusedSocket && RETRYABLE.has(err.code ?? '')) {
+          // A keep-alive socket that envd closed just now: once more on a new socket.
+          attempt(retriesLeft - 1);
+          return;
+        }
+        if (responded || res.headersSent) {
+          res.destroy();
+          return;
+        }
+        this.log?.warn({ sandboxId, code: err.code, url: req.url }, 'sandbox envd unreachable');
+        sendJson(res, 502, notFoundBody(sandboxId));
+      });
+
+      if (noBody) up.end();
+    };
+
+    if (noBody) {
+      attempt(1);
+      if (!req.readableEnded) req.resume();
+      return;
+    }
+    // A body streams into the one upstream request as it arrives (no retry).
+    attempt(0);
+    req.on('data', (c: Buffer) => (counters.bytesIn += c.length));
+    req.pipe(ex.upstream as ClientRequest);
+  }
+
+  private async upgrade(target: Extract<Target, { kind: 'sandbox' }>, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const { sandboxId } = target;
+    const ex: Exchange = {
+      destroyed: false,
+      destroy() {
+        this.destroyed = true;
+        this.upstream?.destroy();
+        socket.destroy();
+      },
+    };
+    const untrack = this.track(sandboxId, ex);
+    socket.once('close', untrack);
+    let route: SandboxRoute | undefined;
+    try {
+      route = await this.resolver.route(sandboxId);
+    } catch (err) {
+      this.log?.warn({ err, sandboxId }, 'route lookup failed');
+    }
+    if (ex.destroyed || socket.destroyed) return;
+    if (!route) return rawResponse(socket, 502, notFoundBody(sandboxId));
+    if (target.port !== this.envdPort) return rawResponse(socket, 502, portBody(sandboxId, target.rawPort, this.envdPort));
+    const counters = this.counters(sandboxId);
+    const up = netConnect({ path: route.socketPath });
+    ex.upstream = up;
+    let connected = false;
+    up.once('connect', () => {
+      connected = true;
+      const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
+      const h = endToEnd(req.rawHeaders, true);
+      for (let i = 0; i < h.length; i += 2) lines.push(`${h[i]}: ${h[i + 1]}`);
+      up.write(lines.join('\r\n') + '\r\n\r\n');
+      if (head.length) {
+        counters.bytesIn += head.length;
+        up.write(head);
+      }
+      socket.on('data', (c: Buffer) => (counters.bytesIn += c.length));
+      up.on('data', (c: Buffer) => (counters.bytesOut += c.length));
+      socket.pipe(up);
+      up.pipe(socket);
+    });
+    up.on('error', () => {
+      if (!connected) rawResponse(socket, 502, notFoundBody(sandboxId));
+      else socket.destroy();
+    });
+    up.on('close', () => socket.destroy());
+    socket.on('close', () => up.destroy());
+  }
+}
