@@ -84,7 +84,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   if (!domainRef.value) domainRef.value = `localhost:${port}`;
   proxy = new DataPlaneProxy(resolver, { domain: domainRef.value, log });
   app.server.on('upgrade', (req, socket, head) => {
-    if (proxy!.matches(req) && proxy!.handleUpgrade) proxy!.handleUpgrade(req, socket, head);
+    if (proxy!.matches(req)) proxy!.handleUpgrade(req, socket, head);
     else socket.destroy();
   });
   const onInterrupt = (id: string) => {

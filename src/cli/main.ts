@@ -200,7 +200,15 @@ program
   .addOption(new Option('--domain <domain>', 'sandbox domain reported to the SDK (env CUBEBOX_DOMAIN; default localhost:<port>)').default(process.env.CUBEBOX_DOMAIN))
   .addOption(new Option('--runtime <name>', 'OCI runtime (env CUBEBOX_RUNTIME)').choices(['crun', 'runc', 'runsc']))
   .option('--no-base', 'do not build the base template on first start')
-  .action(async (opts: { host: string; port: string; domain?: string; runtime?: RuntimeName; base: boolean }, cmd: Command) => {
+  .addOption(new Option('--pool <template=size,...>', 'warm pool: sandboxes prepared ahead of requests (env CUBEBOX_POOL; "" for none)').default(process.env.CUBEBOX_POOL ?? 'base=2'))
+  .action(async (opts: { host: string; port: string; domain?: string; runtime?: RuntimeName; base: boolean; pool: string }, cmd: Command) => {
+    const pool: Record<string, number> = {};
+    for (const part of opts.pool.split(',').filter(Boolean)) {
+      const [name, size] = part.split('=');
+      const n = Number(size);
+      if (!name || !Number.isInteger(n) || n < 0 || n > 64) throw new CubeboxError('invalid_argument', `bad --pool entry '${part}': use <template>=<size 0..64>`);
+      pool[name] = n;
+    }
     const dataDir = dataDirOf(cmd);
     const port = Number(opts.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CubeboxError('invalid_argument', `bad port '${opts.port}'`);
@@ -209,6 +217,7 @@ program
     const failed = report.checks.filter((c) => c.essential && !c.ok);
     if (failed.length) throw new CubeboxError('unavailable', `this host cannot run cubebox:\n${failed.map((c) => `  ${c.name}: ${c.detail}`).join('\n')}`);
     const manager = await SandboxManager.open({ dataDir, runtime: opts.runtime, logger, reconcileIntervalMs: 5000, reaperIntervalMs: 250, deleteStopped: true });
+    const startPool = () => manager.setPool(pool);
     const control = new ControlServer(new LocalApi(manager), manager.paths.socket);
     await control.listen();
     if (opts.base && !manager.templates.find('base')) {
@@ -217,6 +226,7 @@ program
     }
     const { startServer } = await import('../api/server.js');
     const server = await startServer({ manager, host: opts.host, port, domain: opts.domain, log: logger });
+    startPool();
     logger.info({ url: server.url, dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox serve ready');
     const stop = async (signal: string) => {
       logger.info({ signal }, 'shutting down; sandboxes keep running');

@@ -112,6 +112,8 @@ export interface ManagerOptions {
   reaperIntervalMs?: number;
   /** Delete sandboxes that stopped by themselves (E2B semantics: a dead sandbox is gone). */
   deleteStopped?: boolean;
+  /** Warm pool: sandboxes prepared ahead of requests, per template name. */
+  pool?: Record<string, number>;
 }
 
 export interface ReconcileReport {
@@ -133,6 +135,8 @@ export class SandboxManager {
   readonly templates: TemplateStore;
   private timer: NodeJS.Timeout | undefined;
   private reaper: NodeJS.Timeout | undefined;
+  private poolSizes: Record<string, number> = {};
+  private filling: Promise<void> | undefined;
   private deleteStopped = false;
   private closed = false;
   private reconciling: Promise<ReconcileReport> | undefined;
@@ -181,6 +185,8 @@ export class SandboxManager {
     const report = await m.reconcile({ startup: true });
     if (report.errors.length) log.warn({ errors: report.errors }, 'start-up reconciliation left errors');
     m.deleteStopped = opts.deleteStopped ?? false;
+    m.poolSizes = opts.pool ?? {};
+    m.fillPools();
     if (opts.reconcileIntervalMs) {
       m.timer = setInterval(() => void m.reconcile().catch((e) => log.error({ err: e }, 'reconcile failed')), opts.reconcileIntervalMs);
       m.timer.unref();
@@ -206,6 +212,7 @@ export class SandboxManager {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     if (this.reaper) clearInterval(this.reaper);
+    await this.filling?.catch(() => undefined);
     await this.reconciling?.catch(() => undefined);
     this.store.close();
     this.lock.release();
@@ -268,6 +275,15 @@ export class SandboxManager {
 
   async create(req: CreateRequest): Promise<SandboxInfo> {
     const template = this.templates.get(req.template);
+    if (this.poolTarget(template.name) > 0 && poolable(req)) {
+      const claimed = await this.claimPooled(template.id, req);
+      this.fillPools();
+      if (claimed) return claimed;
+    }
+    return this.createNew(template, req, false);
+  }
+
+  private async createNew(template: Template, req: CreateRequest, pooled: boolean): Promise<SandboxInfo> {
     const limits = resolveLimits(template, req.limits);
     const id = randomId(20);
     return this.locks.run(id, async () => {
@@ -310,7 +326,7 @@ export class SandboxManager {
         });
       });
       try {
-        await this.provision(id, spec);
+        await this.provision(id, spec, pooled);
       } catch (err) {
         this.log.warn({ sandbox: id, err: errorMessage(err) }, 'create failed; tearing down');
         try {
@@ -337,7 +353,7 @@ export class SandboxManager {
   }
 
   /** Creates every host resource of a sandbox, recording each in the ledger first. */
-  private async provision(id: string, spec: StoredSpec): Promise<void> {
+  private async provision(id: string, spec: StoredSpec, pooled: boolean): Promise<void> {
     const inst = this.paths.instanceId;
     const row = this.store.getSandbox(id)!;
     const idMap = this.idMapFor(row.uidSlot);
@@ -368,15 +384,89 @@ export class SandboxManager {
     faultPoint('create:after-run');
     const st = await this.runtime.state(cid);
     if (!st || st.status !== 'running') throw new Error(`sandbox did not start (runtime reports ${st?.status ?? 'no container'})`);
-    if (spec.agent) {
-      await this.waitForAgent(id);
-      await this.personalize(id, spec);
+    if (spec.agent) await this.waitForAgent(id);
+    if (pooled) {
+      this.store.updateSandbox(id, { state: 'pooled', stateDeadline: null, pid: st.pid });
+      return;
     }
+    if (spec.agent) await this.personalize(id, spec);
     faultPoint('create:after-agent');
     const startedAt = Date.now();
     // the TTL counts from the moment the sandbox is usable
     const endAt = row.endAt !== null ? startedAt + (row.endAt - row.createdAt) : null;
     this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid: st.pid, startedAt, endAt });
+  }
+
+  // ---------------------------------------------------------------- warm pool
+
+  private poolTarget(templateName: string): number {
+    return this.poolSizes[templateName] ?? 0;
+  }
+
+  /**
+   * Takes a prepared sandbox of the template (everything up to envd answering is done)
+   * and gives it this request's identity: metadata, env vars, token, lifecycle, TTL.
+   */
+  private async claimPooled(templateId: string, req: CreateRequest): Promise<SandboxInfo | undefined> {
+    const candidates = this.store
+      .listSandboxes()
+      .filter((r) => r.state === 'pooled' && r.templateId === templateId)
+      .sort((a, b) => a.createdAt - b.createdAt);
+    for (const c of candidates) {
+      const info = await this.locks.run(c.id, async () => {
+        const row = this.store.getSandbox(c.id);
+        if (!row || row.state !== 'pooled') return undefined;
+        const spec: StoredSpec = {
+          ...(JSON.parse(row.spec) as StoredSpec),
+          metadata: req.metadata ?? {},
+          envVars: req.envVars ?? {},
+          accessToken: req.secure === false ? null : randomBytes(24).toString('base64url'),
+          lifecycle: { ...DEFAULT_LIFECYCLE, ...(req.lifecycle ?? {}) },
+          extra: req.extra ?? {},
+        };
+        this.store.updateSandbox(c.id, { state: 'creating', stateDeadline: Date.now() + STATE_DEADLINE_MS.creating!, spec: JSON.stringify(spec) });
+        try {
+          await this.personalize(c.id, spec);
+        } catch (err) {
+          this.log.warn({ sandbox: c.id, err: errorMessage(err) }, 'a pooled sandbox could not be claimed; removing it');
+          await this.teardown(c.id).catch((e) => this.store.updateSandbox(c.id, { state: 'failed', lastError: errorMessage(e) }));
+          return undefined;
+        }
+        const startedAt = Date.now();
+        const endAt = req.timeoutSec !== undefined ? startedAt + req.timeoutSec * 1000 : null;
+        this.store.updateSandbox(c.id, { state: 'running', stateDeadline: null, startedAt, createdAt: startedAt, endAt });
+        return this.get(c.id);
+      });
+      if (info) return info;
+    }
+    return undefined;
+  }
+
+  /** Sets the warm pool sizes (template name -> count) and starts filling. */
+  setPool(sizes: Record<string, number>): void {
+    this.poolSizes = { ...sizes };
+    this.fillPools();
+  }
+
+  /** Brings every pool up to its size in the background, one sandbox at a time. */
+  fillPools(): void {
+    if (this.filling || this.closed || !Object.keys(this.poolSizes).length) return;
+    this.filling = (async () => {
+      for (const [name, size] of Object.entries(this.poolSizes)) {
+        const template = this.templates.find(name);
+        if (!template) continue;
+        while (!this.closed) {
+          const have = this.store.listSandboxes().filter((r) => r.state === 'pooled' && r.templateId === template.id).length;
+          if (have >= size) break;
+          try {
+            await this.createNew(template, { template: template.id }, true);
+          } catch (err) {
+            this.log.warn({ template: name, err: errorMessage(err) }, 'could not prepare a pooled sandbox');
+            break;
+          }
+        }
+      }
+    })().finally(() => (this.filling = undefined));
   }
 
   /** Gives envd what is particular to this sandbox: env vars, access token, default user and workdir. */
@@ -698,9 +788,10 @@ export class SandboxManager {
             report.tornDown.push(r.id);
           } else if (r.state === 'pausing' || r.state === 'resuming') {
             if (startup || expired) await this.settleFromHost(r.id, `interrupted while ${r.state}`);
-          } else if (r.state === 'running' || r.state === 'paused') {
+          } else if (r.state === 'running' || r.state === 'paused' || r.state === 'pooled') {
             const st = await this.runtime.state(this.containerId(r.id));
-            const hostState: SandboxState = st?.status === 'running' ? 'running' : st?.status === 'paused' ? 'paused' : 'stopped';
+            const live: SandboxState = r.state === 'pooled' ? 'pooled' : 'running';
+            const hostState: SandboxState = st?.status === 'running' ? live : st?.status === 'paused' ? 'paused' : 'stopped';
             if (hostState !== r.state) {
               this.log.warn({ sandbox: r.id, stored: r.state, host: hostState }, 'sandbox state differs from the host; taking the host state');
               this.setState(r.id, hostState, hostState === 'stopped' ? { lastError: 'the sandbox stopped (its main process exited or was killed)' } : {});
@@ -719,6 +810,7 @@ export class SandboxManager {
       });
     }
     await this.removeOrphans(report);
+    this.fillPools();
     return report;
   }
 
@@ -812,6 +904,11 @@ function envList(env: Record<string, string>): string[] {
 export function idRegionBase(instanceId: string): number {
   const region = createHash('sha256').update(instanceId).digest().readUInt32BE(0) % 63;
   return 2 ** 31 + region * ID_SLOTS * ID_BLOCK;
+}
+
+/** Requests a pooled sandbox can serve: nothing that changes how the sandbox is built. */
+function poolable(req: CreateRequest): boolean {
+  return !req.limits && !req.env && !req.command && req.agent !== false;
 }
 
 export function resolveLimits(template: Template, req: Partial<Limits> = {}): Limits {

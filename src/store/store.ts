@@ -8,6 +8,7 @@ import Database from 'better-sqlite3';
 
 export type SandboxState =
   | 'creating'
+  | 'pooled' // prepared ahead of requests (warm pool): envd answers, no identity yet
   | 'running'
   | 'pausing'
   | 'paused'

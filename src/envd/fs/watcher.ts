@@ -114,7 +114,10 @@ export class DirWatcher {
       }
       if (this.known.has(childRel)) continue;
       this.known.set(childRel, toKnown(st));
-      if (emitCreates) await this.emit(childRel, EventType.CREATE, st);
+      if (emitCreates) {
+        await this.emit(childRel, EventType.CREATE, st);
+        if (st.isFile() && st.size > 0n) await this.emit(childRel, EventType.WRITE, st);
+      }
       if (st.isDirectory() && this.recursive) await this.addDir(childRel, emitCreates);
     }
   }
@@ -212,7 +215,9 @@ export class DirWatcher {
         if (k) this.forget(rel);
         this.known.set(rel, toKnown(st));
         await this.emit(rel, EventType.CREATE, st);
-        if (ev.changes > 0 && !st.isDirectory()) await this.emit(rel, EventType.WRITE, st);
+        // Content already there when first seen was written, even if its modify event comes
+        // in a later batch (which then compares equal and is not reported as a write again).
+        if (st.isFile() && (ev.changes > 0 || st.size > 0n)) await this.emit(rel, EventType.WRITE, st);
         if (st.isDirectory() && this.recursive) await this.addDir(rel, true);
         continue;
       }

@@ -169,7 +169,9 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
       return;
     }
     route(req, res, viaSocket).catch((e: unknown) => {
+      const code = (e as NodeJS.ErrnoException)?.code;
       if (e instanceof HttpError) sendError(res, e.status, e.message);
+      else if (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNRESET' || code === 'EPIPE') res.destroy();
       else {
         process.stderr.write(`envd: ${req.method} ${p}: ${(e as Error)?.stack ?? String(e)}\n`);
         sendError(res, 500, (e as Error)?.message ?? 'internal error');
