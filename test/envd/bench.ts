@@ -25,8 +25,8 @@ const median = (xs: number[]) => {
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 const sleep = (n: number) => new Promise((r) => setTimeout(r, n));
 
-function pssKiB(pid: number): number {
-  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+function pssKiB(pid: number, field = 'Pss'): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
   return Number(m?.[1] ?? NaN);
 }
 function rssKiB(pid: number): number {
@@ -73,6 +73,7 @@ async function main(): Promise<void> {
 
     await sleep(1000);
     const freshPss = pssKiB(envd.pid);
+    const freshAnon = pssKiB(envd.pid, 'Pss_Anon');
     const freshRss = rssKiB(envd.pid);
 
     const sbx = await sdk();
@@ -95,7 +96,7 @@ async function main(): Promise<void> {
     const f = (x: number) => x.toFixed(2);
     console.log(`node ${process.version}${nodeFlags.length ? ' ' + nodeFlags.join(' ') : ''}, ${runs} runs`);
     console.log(`envd start-to-ready (median of ${ready.length}): ${f(median(ready))} ms  [min ${f(Math.min(...ready))}, max ${f(Math.max(...ready))}]`);
-    console.log(`envd idle memory: PSS ${(freshPss / 1024).toFixed(1)} MiB (RSS ${(freshRss / 1024).toFixed(1)} MiB); after load PSS ${(loadedPss / 1024).toFixed(1)} MiB`);
+    console.log(`envd idle memory: PSS ${(freshPss / 1024).toFixed(1)} MiB (anonymous ${(freshAnon / 1024).toFixed(1)} MiB, RSS ${(freshRss / 1024).toFixed(1)} MiB); after load PSS ${(loadedPss / 1024).toFixed(1)} MiB`);
     console.log(`commands.run('true') via SDK+envd, median: ${f(median(viaEnvd))} ms`);
     console.log(`child_process.spawn('/bin/bash -l -c true') locally, median: ${f(median(local))} ms`);
     console.log(`overhead of envd + SDK, median: ${f(median(viaEnvd) - median(local))} ms`);
