@@ -296,6 +296,54 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     return { logs: logs(id).map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
   });
 
+  // ---- snapshots, fork, templates
+  app.post('/sandboxes/:id/snapshots', async (req: Req, reply) => {
+    const id = idOf(req);
+    visible(id);
+    const name = req.body?.name;
+    if (name !== undefined && typeof name !== 'string') throw invalid('name must be a string');
+    const t = await manager.snapshot(id, { name });
+    return reply.code(201).send({ snapshotID: t.id, names: [t.name] });
+  });
+  app.get('/snapshots', async (req: Req, reply) => {
+    const q = req.query;
+    const sandboxId = one(q.sandboxID);
+    const name = one(q.name);
+    const limit = Number(one(q.limit) ?? 100);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
+    let snaps = manager.templates
+      .list()
+      .filter((t) => t.config.snapshotOf && !t.config.ephemeral)
+      .filter((t) => (!sandboxId || t.config.snapshotOf === sandboxId) && (!name || t.name === name))
+      .sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? -1 : 1));
+    const token = one(q.nextToken);
+    if (token) {
+      const at = snaps.findIndex((t) => t.id === Buffer.from(token, 'base64url').toString('utf8'));
+      snaps = at < 0 ? [] : snaps.slice(at + 1);
+    }
+    const page = snaps.slice(0, limit);
+    if (snaps.length > limit) reply.header('X-Next-Token', Buffer.from(page[page.length - 1]!.id).toString('base64url'));
+    return page.map((t) => ({ snapshotID: t.id, names: [t.name], sandboxID: t.config.snapshotOf, createdAt: new Date(t.createdAt).toISOString() }));
+  });
+  app.delete('/templates/:id', async (req: Req, reply) => {
+    const t = manager.templates.find(req.params.id);
+    if (!t) throw notFound(`template '${req.params.id}' not found`);
+    manager.templates.remove(t.id);
+    return reply.code(204).send();
+  });
+  app.post('/sandboxes/:id/fork', async (req: Req, reply) => {
+    const id = idOf(req);
+    visible(id);
+    const count = req.body?.count ?? 1;
+    if (typeof count !== 'number') throw invalid('count must be a number');
+    const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
+    const src = manager.get(id);
+    const results = await manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra });
+    return reply.code(201).send(
+      results.map((r) => (r.info ? { sandbox: sandboxBody(r.info) } : { error: { code: STATUS[r.error!.kind], message: r.error!.message } })),
+    );
+  });
+
   // ---- not there yet: say so clearly
   app.put('/sandboxes/:id/network', async (_req, reply) => sendError(reply, 501, 'network policies are not supported by this cubebox version'));
 }

@@ -64,8 +64,16 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     bodyLimit: 8 * 1024 * 1024,
     serverFactory: (handler) =>
       http.createServer((req, res) => {
-        if (proxy!.matches(req)) proxy!.handle(req, res);
-        else handler(req, res);
+        if (proxy!.matches(req)) {
+          // /init gives a sandbox its identity (access token, env): only the manager may call
+          // it, over the sandbox's socket, never a client through the data plane.
+          if ((req.url ?? '').split('?')[0]!.replace(/\/+/g, '/').replace(/(.)\/$/, '$1') === '/init') {
+            res.writeHead(403, { 'content-type': 'application/json' });
+            res.end(JSON.stringify({ code: 403, message: '/init is not reachable through the data plane' }));
+            return;
+          }
+          proxy!.handle(req, res);
+        } else handler(req, res);
       }),
   });
   // the default address is filled in after listen, when the port is known

@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,15 @@ int main(int argc, char **argv) {
   if (tty && isatty(0)) {
     /* Best effort: the terminal belongs to the user, like a login would arrange. */
     if (fchown(0, (uid_t)uid, (gid_t)gid) != 0 || fchmod(0, 0620) != 0) { /* ignore */ }
+  }
+  {
+    /* Commands are the preferred OOM victims inside the sandbox's memory limit, not envd
+     * (score 0); raising a score needs no privilege. */
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      if (write(fd, "500", 3) < 0) { /* ignore */ }
+      close(fd);
+    }
   }
   if (setgroups(ngroups, groups) != 0) fail("setgroups", NULL, 125);
   if (setgid((gid_t)gid) != 0) fail("setgid", NULL, 125);

@@ -1,7 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { runOk } from '../util/exec.js';
 import http from 'node:http';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -284,7 +285,7 @@ export class SandboxManager {
   }
 
   private async createNew(template: Template, req: CreateRequest, pooled: boolean): Promise<SandboxInfo> {
-    const limits = resolveLimits(template, req.limits);
+    const limits = resolveLimits(template, req.limits, req);
     const id = randomId(20);
     return this.locks.run(id, async () => {
       const now = Date.now();
@@ -395,6 +396,68 @@ export class SandboxManager {
     // the TTL counts from the moment the sandbox is usable
     const endAt = row.endAt !== null ? startedAt + (row.endAt - row.createdAt) : null;
     this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid: st.pid, startedAt, endAt });
+  }
+
+  // ---------------------------------------------------------------- snapshots and fork
+
+  /**
+   * Commits a sandbox's writable layer as a new template on top of its template. Taken
+   * while frozen, so it is consistent. Carries the filesystem only: this runtime cannot
+   * checkpoint memory here (see `cubebox doctor`: CRIU).
+   */
+  async snapshot(id: string, opts: { name?: string; ephemeral?: boolean } = {}): Promise<Template> {
+    return this.locks.run(id, async () => {
+      const row = this.requireRow(id);
+      if (row.state !== 'running' && row.state !== 'paused') throw conflict(`sandbox '${id}' is ${row.state}; only a running or paused sandbox can be snapshotted`);
+      const spec = JSON.parse(row.spec) as StoredSpec;
+      const parent = this.templates.get(row.templateId);
+      const name = opts.name ?? `${spec.templateName}-snap-${randomId(8)}`;
+      const frozeIt = row.state === 'running';
+      if (frozeIt) {
+        this.setState(id, 'pausing');
+        await this.runtime.pause(this.containerId(id));
+      }
+      try {
+        const idMap = this.idMapFor(row.uidSlot);
+        return await this.templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(this.sandboxDir(id), 'upper'), dir, idMap?.hostId ?? 0), {
+          snapshotOf: id,
+          ephemeral: opts.ephemeral,
+        });
+      } finally {
+        if (frozeIt) {
+          await this.runtime.resume(this.containerId(id));
+          this.setState(id, 'running');
+        }
+      }
+    });
+  }
+
+  /** count new sandboxes from a sandbox's filesystem (through an ephemeral snapshot). */
+  async fork(id: string, count: number, req: Omit<CreateRequest, 'template'> = {}): Promise<Array<{ info?: SandboxInfo; error?: CubeboxError }>> {
+    if (!Number.isInteger(count) || count < 1 || count > 16) throw invalid('count must be an integer between 1 and 16');
+    const snap = await this.snapshot(id, { name: `fork-${id}-${randomId(6)}`, ephemeral: true });
+    const out: Array<{ info?: SandboxInfo; error?: CubeboxError }> = [];
+    for (let i = 0; i < count; i++) {
+      try {
+        out.push({ info: await this.create({ ...req, template: snap.id }) });
+      } catch (err) {
+        out.push({ error: err instanceof CubeboxError ? err : new CubeboxError('internal', errorMessage(err)) });
+      }
+    }
+    this.collectEphemeralTemplates();
+    return out;
+  }
+
+  /** Removes ephemeral templates (fork snapshots) that no sandbox uses any more. */
+  private collectEphemeralTemplates(): void {
+    for (const t of this.templates.list()) {
+      if (!t.config.ephemeral || this.store.sandboxesUsingTemplate(t.id) > 0) continue;
+      try {
+        this.templates.remove(t.id);
+      } catch (err) {
+        this.log.warn({ template: t.name, err: errorMessage(err) }, 'could not remove an ephemeral template');
+      }
+    }
   }
 
   // ---------------------------------------------------------------- warm pool
@@ -810,6 +873,7 @@ export class SandboxManager {
       });
     }
     await this.removeOrphans(report);
+    this.collectEphemeralTemplates();
     this.fillPools();
     return report;
   }
@@ -856,7 +920,7 @@ export class SandboxManager {
 }
 
 function envdCommand(socket: string): string[] {
-  return [`${SANDBOX_SUPPORT}/lib/ld.so`, '--library-path', `${SANDBOX_SUPPORT}/lib`, `${SANDBOX_SUPPORT}/bin/node`, `${SANDBOX_SUPPORT}/envd/envd.mjs`, '--socket', socket];
+  return [`${SANDBOX_SUPPORT}/lib/ld.so`, '--library-path', `${SANDBOX_SUPPORT}/lib`, `${SANDBOX_SUPPORT}/bin/node`, '--max-semi-space-size=1', `${SANDBOX_SUPPORT}/envd/envd.mjs`, '--socket', socket];
 }
 
 /** A JSON request to a sandbox's envd on its unix socket; resolves to the status code. */
@@ -906,18 +970,43 @@ export function idRegionBase(instanceId: string): number {
   return 2 ** 31 + region * ID_SLOTS * ID_BLOCK;
 }
 
+/**
+ * Copies a writable layer into a template layer: everything but cubebox's own mount
+ * points, with ownership shifted back from the sandbox's host id range to plain ids, and
+ * overlay whiteouts and opaque-directory xattrs kept (cp -a), so that the layer stacks
+ * like any other.
+ */
+async function copyLayerUnshifted(upper: string, dest: string, hostBase: number): Promise<void> {
+  const entries = readdirSync(upper).filter((e) => e !== '.cubebox');
+  if (entries.length) await runOk('cp', ['-a', '--reflink=auto', ...entries.map((e) => join(upper, e)), dest + '/']);
+  if (!hostBase) return;
+  const shift = (p: string) => {
+    const st = lstatSync(p);
+    const uid = st.uid >= hostBase && st.uid < hostBase + ID_BLOCK ? st.uid - hostBase : st.uid;
+    const gid = st.gid >= hostBase && st.gid < hostBase + ID_BLOCK ? st.gid - hostBase : st.gid;
+    if (uid !== st.uid || gid !== st.gid) {
+      lchownSync(p, uid, gid);
+      if (!st.isSymbolicLink() && st.mode & 0o6000) chmodSync(p, st.mode & 0o7777); // chown clears setuid/setgid
+    }
+    if (st.isDirectory()) for (const e of readdirSync(p)) shift(join(p, e));
+  };
+  for (const e of readdirSync(dest)) shift(join(dest, e));
+}
+
 /** Requests a pooled sandbox can serve: nothing that changes how the sandbox is built. */
 function poolable(req: CreateRequest): boolean {
   return !req.limits && !req.env && !req.command && req.agent !== false;
 }
 
-export function resolveLimits(template: Template, req: Partial<Limits> = {}): Limits {
+export function resolveLimits(template: Template, reqLimits: Partial<Limits> = {}, req: Pick<CreateRequest, 'agent' | 'command'> = {}): Limits {
   const limits: Limits = {
-    memoryMB: req.memoryMB ?? template.config.memoryMB,
-    cpuCount: req.cpuCount ?? template.config.cpuCount,
-    pids: req.pids ?? 1024,
+    memoryMB: reqLimits.memoryMB ?? template.config.memoryMB,
+    cpuCount: reqLimits.cpuCount ?? template.config.cpuCount,
+    pids: reqLimits.pids ?? 1024,
   };
   if (!Number.isFinite(limits.memoryMB) || limits.memoryMB < 16 || limits.memoryMB > 1024 * 1024) throw invalid(`memory must be between 16 MB and 1 TB, got ${limits.memoryMB}`);
+  // envd (node) needs room of its own: below 64 MB only an agent-less sandbox makes sense
+  if (limits.memoryMB < 64 && (req.agent ?? true) && !req.command) throw invalid(`memory must be at least 64 MB for a sandbox with envd, got ${limits.memoryMB}`);
   if (!Number.isFinite(limits.cpuCount) || limits.cpuCount <= 0 || limits.cpuCount > 1024) throw invalid(`cpu count must be > 0, got ${limits.cpuCount}`);
   if (!Number.isInteger(limits.pids) || limits.pids < 8 || limits.pids > 1_000_000) throw invalid(`pids limit must be an integer >= 8, got ${limits.pids}`);
   return limits;

@@ -1,5 +1,5 @@
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, copyFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Paths } from '../config.js';
 import type { Store, TemplateRow } from '../store/store.js';
 import { conflict, invalid, notFound } from '../util/errors.js';
@@ -14,6 +14,12 @@ export interface TemplateConfig {
   cpuCount: number;
   memoryMB: number;
   diskSizeMB: number;
+  /** The template this one was built on (snapshots, recipes). */
+  parent?: string;
+  /** Set on snapshots: the sandbox it was taken from. */
+  snapshotOf?: string;
+  /** Made for a fork: removed once no sandbox uses it. */
+  ephemeral?: boolean;
 }
 
 export const DEFAULT_TEMPLATE_CONFIG: TemplateConfig = { user: 'root', env: {}, cpuCount: 2, memoryMB: 512, diskSizeMB: 1024 };
@@ -103,6 +109,8 @@ export class TemplateStore {
       writeFileSync(join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
       writeFileSync(join(dir, 'etc/group'), 'root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n');
       writeFileSync(join(dir, 'etc/hosts'), '127.0.0.1 localhost\n::1 localhost\n');
+      // The E2B SDK runs every command as `/bin/bash -l -c`: busybox's ash takes the same flags.
+      writeFileSync(join(dir, 'bin/bash'), '#!/bin/sh\nexec /bin/sh "$@"\n', { mode: 0o755 });
       chownSync(join(dir, 'home/user'), 1000, 1000);
     });
   }
@@ -116,12 +124,29 @@ export class TemplateStore {
     });
   }
 
+  /**
+   * Deletes a template; refused while sandboxes or child templates (snapshots, builds on
+   * it) use it. Its layers go from disk unless another template shares them.
+   */
   remove(idOrName: string): void {
     const t = this.get(idOrName);
     const users = this.store.sandboxesUsingTemplate(t.id);
     if (users > 0) throw conflict(`template '${t.name}' is used by ${users} sandbox(es); delete them first`);
+    const children = this.list().filter((o) => o.config.parent === t.id);
+    if (children.length) throw conflict(`template '${t.name}' is the parent of ${children.map((c) => `'${c.name}'`).join(', ')}; delete those first`);
     this.store.deleteTemplate(t.id);
-    for (const l of t.layers) rmSync(l, { recursive: true, force: true });
+    const stillUsed = new Set(this.list().flatMap((o) => o.layers));
+    for (const l of t.layers) if (!stillUsed.has(l)) rmSync(l, { recursive: true, force: true });
+  }
+
+  /**
+   * A template made of a new layer on top of a parent's layers (snapshots, build steps).
+   * fill() writes the new layer's files into the directory it is given.
+   */
+  async addOnTop(name: string, parent: Template, fill: (dir: string) => Promise<void>, config: Partial<TemplateConfig> = {}): Promise<Template> {
+    this.checkNewName(name);
+    const { parent: _p, ...inherited } = parent.config;
+    return this.addLayer(name, { ...inherited, ...config, parent: parent.id }, fill, parent.layers.map((l) => basename(l)));
   }
 
   private checkNewName(name: string): void {
@@ -129,7 +154,7 @@ export class TemplateStore {
     if (this.store.getTemplate(name)) throw conflict(`template '${name}' already exists`);
   }
 
-  private async addLayer(name: string, config: Partial<TemplateConfig>, fill: (dir: string) => Promise<void>): Promise<Template> {
+  private async addLayer(name: string, config: Partial<TemplateConfig>, fill: (dir: string) => Promise<void>, below: string[] = []): Promise<Template> {
     const layerId = randomId(16);
     const tmp = join(this.paths.layersDir, `.tmp-${layerId}`);
     mkdirSync(tmp, { mode: 0o755 });
@@ -141,7 +166,7 @@ export class TemplateStore {
       rmSync(tmp, { recursive: true, force: true });
       throw err;
     }
-    const row: TemplateRow = { id: randomId(20), name, layers: [layerId], config: JSON.stringify(config), createdAt: Date.now() };
+    const row: TemplateRow = { id: randomId(20), name, layers: [layerId, ...below], config: JSON.stringify(config), createdAt: Date.now() };
     try {
       this.store.insertTemplate(row);
     } catch (err) {

@@ -191,7 +191,7 @@ describe('limits and isolation', () => {
   });
 
   it('a memory hog is OOM-killed inside its sandbox only', async () => {
-    const sbx = await m.create({ template: 'busybox', limits: { memoryMB: 32 } });
+    const sbx = await m.create({ template: 'busybox', limits: { memoryMB: 128 } });
     const r = await execIn(m, sbx.id, ['awk', 'BEGIN { s = "x"; while (1) s = s s }']);
     assert.equal(r.code, 137, `the hog should die of SIGKILL, got ${r.code}: ${r.stderr}`);
     assert.equal(m.get(sbx.id).state, 'running');
