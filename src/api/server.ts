@@ -58,13 +58,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     },
   };
 
-  let proxy: DataPlaneProxy | undefined;
+  // Host routing accepts any domain suffix, so the proxy needs no final domain up front
+  const proxy = new DataPlaneProxy(resolver, { domain: opts.domain ?? 'localhost', log });
   const app = Fastify({
     logger: false,
     bodyLimit: 8 * 1024 * 1024,
     serverFactory: (handler) =>
       http.createServer((req, res) => {
-        if (proxy!.matches(req)) {
+        if (proxy.matches(req)) {
           // /init gives a sandbox its identity (access token, env): only the manager may call
           // it, over the sandbox's socket, never a client through the data plane.
           if ((req.url ?? '').split('?')[0]!.replace(/\/+/g, '/').replace(/(.)\/$/, '$1') === '/init') {
@@ -72,7 +73,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
             res.end(JSON.stringify({ code: 403, message: '/init is not reachable through the data plane' }));
             return;
           }
-          proxy!.handle(req, res);
+          proxy.handle(req, res);
         } else handler(req, res);
       }),
   });
@@ -90,13 +91,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   await app.listen({ host: opts.host, port: opts.port });
   const port = (app.server.address() as AddressInfo).port;
   if (!domainRef.value) domainRef.value = `localhost:${port}`;
-  proxy = new DataPlaneProxy(resolver, { domain: domainRef.value, log });
   app.server.on('upgrade', (req, socket, head) => {
-    if (proxy!.matches(req)) proxy!.handleUpgrade(req, socket, head);
+    if (proxy.matches(req)) proxy.handleUpgrade(req, socket, head);
     else socket.destroy();
   });
   const onInterrupt = (id: string) => {
-    proxy?.cut(id);
+    proxy.cut(id);
     metrics.forget(id);
   };
   manager.events.on('interrupt', onInterrupt);
@@ -107,7 +107,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     async close() {
       manager.events.off('interrupt', onInterrupt);
       metrics.stop();
-      proxy?.close();
+      proxy.close();
       app.server.closeAllConnections();
       await app.close();
     },
