@@ -123,7 +123,7 @@ export class DataPlaneProxy {
   private readonly log?: pino.Logger;
   private readonly agents = new Map<string, { socketPath: string; agent: Agent }>();
   private readonly open = new Map<string, Set<Exchange>>();
-  private readonly traffic = new Map<string, SandboxTraffic>();
+  private readonly traffic = new Map<string, Omit<SandboxTraffic, 'open'>>();
   private closed = false;
 
   constructor(
@@ -194,15 +194,16 @@ export class DataPlaneProxy {
     this.traffic.delete(sandboxId);
   }
 
-  /** Traffic counters of one sandbox, or of every sandbox seen. */
+  /** Traffic counters of one sandbox, or of every sandbox that had traffic. */
   stats(): Map<string, SandboxTraffic>;
   stats(sandboxId: string): SandboxTraffic | undefined;
   stats(sandboxId?: string): Map<string, SandboxTraffic> | SandboxTraffic | undefined {
+    const snapshot = (id: string, t: Omit<SandboxTraffic, 'open'>): SandboxTraffic => ({ ...t, open: this.open.get(id)?.size ?? 0 });
     if (sandboxId !== undefined) {
       const t = this.traffic.get(sandboxId);
-      return t && { ...t };
+      return t && snapshot(sandboxId, t);
     }
-    return new Map([...this.traffic].map(([k, v]) => [k, { ...v }]));
+    return new Map([...this.traffic].map(([k, v]) => [k, snapshot(k, v)]));
   }
 
   close(): void {
@@ -212,9 +213,10 @@ export class DataPlaneProxy {
 
   // --- internals ---
 
-  private counters(sandboxId: string): SandboxTraffic {
+  /** Counters exist only for sandboxes that had a route (unknown ids leave nothing behind). */
+  private counters(sandboxId: string): Omit<SandboxTraffic, 'open'> {
     let t = this.traffic.get(sandboxId);
-    if (!t) this.traffic.set(sandboxId, (t = { requests: 0, bytesIn: 0, bytesOut: 0, open: 0 }));
+    if (!t) this.traffic.set(sandboxId, (t = { requests: 0, bytesIn: 0, bytesOut: 0 }));
     return t;
   }
 
@@ -222,19 +224,9 @@ export class DataPlaneProxy {
     let set = this.open.get(sandboxId);
     if (!set) this.open.set(sandboxId, (set = new Set()));
     set.add(ex);
-    const t = this.counters(sandboxId);
-    t.requests++;
-    t.open++;
-    let done = false;
     return () => {
-      if (done) return;
-      done = true;
-      t.open--;
       const s = this.open.get(sandboxId);
-      if (s) {
-        s.delete(ex);
-        if (!s.size) this.open.delete(sandboxId);
-      }
+      if (s?.delete(ex) && !s.size) this.open.delete(sandboxId);
     };
   }
 
@@ -326,6 +318,7 @@ export class DataPlaneProxy {
   private forward(route: SandboxRoute, req: IncomingMessage, res: ServerResponse, ex: Exchange): void {
     const sandboxId = route.sandboxId;
     const counters = this.counters(sandboxId);
+    counters.requests++;
     const headers = endToEnd(req.rawHeaders);
     if (/\bchunked\b/i.test(String(req.headers['transfer-encoding'] ?? ''))) headers.push('Transfer-Encoding', 'chunked');
     const noBody = bodyless(req);
@@ -426,6 +419,7 @@ export class DataPlaneProxy {
     if (!route) return rawResponse(socket, 502, notFoundBody(sandboxId));
     if (target.port !== this.envdPort) return rawResponse(socket, 502, portBody(sandboxId, target.rawPort, this.envdPort));
     const counters = this.counters(sandboxId);
+    counters.requests++;
     const up = netConnect({ path: route.socketPath });
     ex.upstream = up;
     let connected = false;

@@ -73,6 +73,8 @@ export async function probeHost(opts: { runtimes?: RuntimeName[] } = {}): Promis
   }
   add('overlay over idmapped layers', overlayOk, true, overlayDetail);
 
+  const loop = existsSync('/dev/loop-control');
+  add('loop devices', loop, true, loop ? '/dev/loop-control (each sandbox disk is a loop-mounted image)' : 'no /dev/loop-control: sandbox disks need loop devices (modprobe loop)');
   add('tini', existsSync(TINI), true, existsSync(TINI) ? TINI : `${TINI} missing: install the tini package`);
   add('seccomp profile', existsSync(DEFAULT_PROFILE), false, existsSync(DEFAULT_PROFILE) ? DEFAULT_PROFILE : `${DEFAULT_PROFILE} missing (package golang-github-containers-common): sandboxes would run without a seccomp filter`);
 

@@ -1,4 +1,4 @@
-import { chownSync, mkdirSync, readFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { HELPER_BIN } from '../config.js';
 import { runOk } from '../util/exec.js';
@@ -12,19 +12,74 @@ import { unescapeMount } from './cgroups.js';
 export interface RootfsLayout {
   name: string; // overlay source name: cubebox-<inst>-<sbx>, visible in /proc/mounts
   target: string; // the merged root
+  disk: string; // mount point of the sandbox's own disk (holds upper and work)
+  diskImage: string;
   upper: string;
   work: string;
   views: string[]; // where each layer's idmapped view is mounted, topmost first
 }
 
 export function rootfsLayout(sandboxDir: string, name: string, layerCount: number): RootfsLayout {
+  const disk = join(sandboxDir, 'disk');
   return {
     name,
     target: join(sandboxDir, 'rootfs'),
-    upper: join(sandboxDir, 'upper'),
-    work: join(sandboxDir, 'work'),
+    disk,
+    diskImage: join(sandboxDir, 'disk.img'),
+    upper: join(disk, 'upper'),
+    work: join(disk, 'work'),
     views: Array.from({ length: layerCount }, (_, i) => join(sandboxDir, 'layers', String(i))),
   };
+}
+
+/**
+ * The sandbox's writable layer lives on a disk of its own: a sparse ext4 image of the
+ * template's disk size, loop-mounted (the loop device goes with the unmount). Writing past
+ * it gives the sandbox ENOSPC and costs the host at most that size. Images are copied from
+ * an empty one formatted once per size.
+ */
+export async function mountDisk(layout: RootfsLayout, sizeMB: number, emptyImagesDir: string): Promise<void> {
+  const empty = await emptyImage(emptyImagesDir, sizeMB);
+  await runOk('cp', ['--sparse=always', empty, layout.diskImage]);
+  mkdirSync(layout.disk, { recursive: true });
+  await runOk('mount', ['-o', 'loop,nodev,nosuid,noatime', layout.diskImage, layout.disk]);
+}
+
+async function emptyImage(dir: string, sizeMB: number): Promise<string> {
+  const file = join(dir, `empty-ext4-${sizeMB}M.img`);
+  if (existsSync(file)) return file;
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    await runOk('truncate', ['-s', `${sizeMB}M`, tmp]);
+    // no journal (scratch space), no reserved blocks (the sandbox gets all of it)
+    await runOk('mkfs.ext4', ['-q', '-F', '-O', '^has_journal', '-m', '0', '-E', 'lazy_itable_init=1,nodiscard', tmp]);
+    renameSync(tmp, file);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+  return file;
+}
+
+/** Loop devices whose backing file is under dir (a leak once the sandbox is gone). */
+export function loopDevicesUnder(dir: string): string[] {
+  const out: string[] = [];
+  let devs: string[] = [];
+  try {
+    devs = readdirSync('/sys/block').filter((d) => d.startsWith('loop'));
+  } catch {
+    return out;
+  }
+  for (const d of devs) {
+    try {
+      const backing = readFileSync(`/sys/block/${d}/loop/backing_file`, 'utf8').trim();
+      if (backing === dir || backing.startsWith(dir + '/')) out.push(`/dev/${d} (${backing})`);
+    } catch {
+      /* not bound */
+    }
+  }
+  return out;
 }
 
 /** layers: read-only layer directories, topmost first. */

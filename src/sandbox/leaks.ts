@@ -2,12 +2,12 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { naming, type Paths } from '../config.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
-import { mountTable } from '../runtime/rootfs.js';
+import { loopDevicesUnder, mountTable } from '../runtime/rootfs.js';
 import type { Store } from '../store/store.js';
 
 export interface Leak {
   sandbox: string;
-  kind: 'process' | 'cgroup' | 'mount' | 'dir' | 'runtime-state' | 'ledger' | 'row';
+  kind: 'process' | 'cgroup' | 'mount' | 'device' | 'dir' | 'runtime-state' | 'ledger' | 'row';
   what: string;
 }
 
@@ -40,6 +40,7 @@ export class LeakChecker {
         leaks.push({ sandbox: id, kind: 'mount', what: `${m.mountPoint} (${m.fsType} ${m.source})` });
       }
     }
+    for (const l of loopDevicesUnder(dir)) leaks.push({ sandbox: id, kind: 'device', what: l });
     if (existsSync(dir)) leaks.push({ sandbox: id, kind: 'dir', what: dir });
     for (const rt of ['crun', 'runc', 'runsc']) {
       const root = join(this.paths.runRoot, rt);

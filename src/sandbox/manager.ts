@@ -11,7 +11,7 @@ import { buildConfig, type BundleSpec, type Limits, writeBundle } from '../runti
 import { prepareSupportTree, SANDBOX_SUPPORT, type SupportTree } from '../runtime/support.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
-import { mountRootfs, mountsUnder, mountTable, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
+import { loopDevicesUnder, mountDisk, mountRootfs, mountsUnder, mountTable, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
 import { ManagerLock, Store, type SandboxRow, type SandboxState } from '../store/store.js';
 import { TemplateStore, type Template } from '../template/store.js';
 import { conflict, CubeboxError, errorMessage, invalid, notFound } from '../util/errors.js';
@@ -92,6 +92,7 @@ interface StoredSpec {
   layers: string[];
   command: string[];
   agent: boolean;
+  diskMB: number;
   support: string; // host directory mounted at /.cubebox
   templateName: string;
   user: string;
@@ -296,6 +297,7 @@ export class SandboxManager {
         layers: template.layers,
         command: req.command ?? ['/bin/sh', '-c', 'exec sleep 2147483647'],
         agent: req.agent ?? req.command === undefined,
+        diskMB: template.config.diskSizeMB,
         support: this.support.dir,
         templateName: template.name,
         user: template.config.user,
@@ -365,6 +367,9 @@ export class SandboxManager {
     faultPoint('create:after-dir');
 
     const layout = rootfsLayout(dir, naming.mountSource(inst, id), spec.layers.length);
+    this.store.recordResource(id, 'mount', layout.disk);
+    await mountDisk(layout, spec.diskMB, join(this.paths.dataDir, 'disks'));
+    faultPoint('create:after-disk');
     for (const m of [layout.target, ...layout.views]) this.store.recordResource(id, 'mount', m);
     await mountRootfs(layout, spec.layers, idMap);
     faultPoint('create:after-mount');
@@ -419,7 +424,7 @@ export class SandboxManager {
       }
       try {
         const idMap = this.idMapFor(row.uidSlot);
-        return await this.templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(this.sandboxDir(id), 'upper'), dir, idMap?.hostId ?? 0), {
+        return await this.templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(this.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0), {
           snapshotOf: id,
           ephemeral: opts.ephemeral,
         });
@@ -813,7 +818,11 @@ export class SandboxManager {
     const mounts = new Set([...mountsUnder(dir), ...this.store.resources(id).filter((r) => r.kind === 'mount').map((r) => r.name)]);
     // also anything carrying this sandbox's mount name, wherever it is mounted
     for (const m of mountTable()) if (m.source === naming.mountSource(inst, id)) mounts.add(m.mountPoint);
-    await unmountRootfs([...mounts].sort((a, b) => b.length - a.length));
+    // deepest first, and the disk (which holds the overlay's upper layer) after the overlay
+    const isDisk = (p: string) => p === join(dir, 'disk');
+    await unmountRootfs([...mounts].sort((a, b) => Number(isDisk(a)) - Number(isDisk(b)) || b.length - a.length));
+    const loops = loopDevicesUnder(dir);
+    if (loops.length) throw new Error(`loop devices of sandbox '${id}' remain: ${loops.join(', ')}`);
     for (const m of mounts) this.store.forgetResource(id, 'mount', m);
 
     if (mountsUnder(dir).length) throw new Error(`mounts remain under ${dir}`);

@@ -1,4 +1,4 @@
-import { lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { readFileSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { SandboxManager } from './manager.js';
 
@@ -102,11 +102,17 @@ export class MetricsSampler {
     };
   }
 
-  /** Bytes in the sandbox's writable layer (cached for 10 s: walking it is not free). */
+  /** Bytes used on the sandbox's own disk (its writable layer). */
   private diskUsed(id: string): number {
     const c = this.diskCache.get(id);
-    if (c && Date.now() - c.at < 10_000) return c.bytes;
-    const bytes = treeBytes(join(this.manager.sandboxDir(id), 'upper'));
+    if (c && Date.now() - c.at < 1000) return c.bytes;
+    let bytes = 0;
+    try {
+      const st = statfsSync(join(this.manager.sandboxDir(id), 'disk'));
+      bytes = (st.blocks - st.bfree) * st.bsize;
+    } catch {
+      /* no disk mounted */
+    }
     this.diskCache.set(id, { at: Date.now(), bytes });
     return bytes;
   }
@@ -142,26 +148,4 @@ function readMemory(dirs: string[]): { used: number; cache: number } {
     return { used: Math.max(0, Number(usage.trim()) - inactive), cache };
   }
   return { used: 0, cache: 0 };
-}
-
-function treeBytes(dir: string, budget = { entries: 200_000 }): number {
-  let total = 0;
-  let entries: string[];
-  try {
-    entries = readdirSync(dir);
-  } catch {
-    return 0;
-  }
-  for (const e of entries) {
-    if (--budget.entries < 0) break;
-    const p = join(dir, e);
-    try {
-      const st = lstatSync(p);
-      total += st.blocks * 512;
-      if (st.isDirectory()) total += treeBytes(p, budget);
-    } catch {
-      /* removed meanwhile */
-    }
-  }
-  return total;
 }

@@ -87,10 +87,10 @@ export class TemplateStore {
   }
 
   /** A tiny template of busybox-static: sh and the usual applets, root and `user` accounts. */
-  async addBusybox(name: string, busybox = '/bin/busybox'): Promise<Template> {
+  async addBusybox(name: string, config: Partial<TemplateConfig> = {}, busybox = '/bin/busybox'): Promise<Template> {
     this.checkNewName(name);
     if (!existsSync(busybox)) throw invalid(`${busybox} not found (install the busybox-static package)`);
-    return this.addLayer(name, { user: 'root' }, async (dir) => {
+    return this.addLayer(name, { user: 'root', ...config }, async (dir) => {
       for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc', 'proc', 'sys', 'dev', 'root', 'home/user', 'tmp', 'var/tmp', 'run']) {
         mkdirSync(join(dir, d), { recursive: true });
       }

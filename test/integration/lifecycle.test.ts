@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statfsSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { CubeboxError } from '../../src/util/errors.js';
@@ -228,5 +228,33 @@ describe('limits and isolation', () => {
     await rejectsKind(m.templates.add('Bad Name', '/tmp'), 'invalid_argument', /bad template name/);
     await rejectsKind(m.templates.add('x', '/nonexistent/dir'), 'invalid_argument', /does not exist/);
     assert.equal(m.list().length, 0);
+  });
+});
+
+describe('sandbox disks', () => {
+  let m: SandboxManager;
+  before(async () => {
+    m = await newInstance();
+    await m.templates.addBusybox('small-disk', { diskSizeMB: 64 });
+  });
+  after(async () => {
+    await destroyInstance(m);
+  });
+
+  it('a sandbox writing past its disk size gets ENOSPC and the host loses at most that size', async () => {
+    const sbx = await m.create({ template: 'small-disk' });
+    const freeBefore = statfsSync(m.paths.dataDir);
+    const r = await execIn(m, sbx.id, ['sh', '-c', 'dd if=/dev/zero of=/big bs=1M count=200 2>&1; sync']);
+    assert.match(r.stdout, /No space left on device/);
+    const df = await execIn(m, sbx.id, ['sh', '-c', 'ls -l /big']);
+    const written = Number(df.stdout.trim().split(/\s+/)[4]);
+    assert.ok(written > 40 * 1024 * 1024 && written <= 64 * 1024 * 1024, `wrote ${written} bytes into a 64 MB disk`);
+    const freeAfter = statfsSync(m.paths.dataDir);
+    const lost = (freeBefore.bavail - freeAfter.bavail) * freeBefore.bsize;
+    assert.ok(lost < 64 * 1024 * 1024 + 16 * 1024 * 1024, `the host lost ${lost} bytes for a 64 MB sandbox disk`);
+    // the sandbox still works, and can free space again
+    assert.equal((await execIn(m, sbx.id, ['sh', '-c', 'rm /big && echo freed'])).stdout, 'freed\n');
+    await m.delete(sbx.id);
+    assertNoSandboxLeaks(m.paths, sbx.id);
   });
 });
