@@ -699,5 +699,7 @@ describe('data-plane proxy', () => {
     assert.ok(s.bytesOut > 24 * 1024 * 1024);
     assert.ok(s.bytesIn > 48 * 64 * 1024);
     assert.equal(s.open, 0);
+    assert.equal(proxy.stats('nosuchsandbox1234567'), undefined); // unknown ids leave nothing behind
+    assert.ok(proxy.stats().has(TWO));
   });
 });
