@@ -1,0 +1,80 @@
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { openPaths } from '../../src/config.js';
+import { assertNoSandboxLeaks, destroyInstance, newDataDir } from '../helpers/instance.js';
+import { createKey, startService, type Service } from '../helpers/service.js';
+
+type E2B = typeof import('e2b');
+let e2b: E2B;
+let svc: Service;
+let dataDir: string;
+
+describe('snapshots and fork through the SDK', { timeout: 900_000 }, () => {
+  before(async () => {
+    dataDir = newDataDir();
+    svc = await startService(dataDir, { env: { CUBEBOX_POOL: '' } });
+    process.env.E2B_API_KEY = await createKey(dataDir);
+    process.env.E2B_API_URL = svc.url;
+    process.env.E2B_SANDBOX_URL = svc.url;
+    delete process.env.E2B_DEBUG;
+    e2b = (await import('e2b')) as unknown as E2B;
+  });
+  after(async () => {
+    await svc.stop();
+    await destroyInstance(undefined, dataDir);
+  });
+
+  it('snapshot -> create from it -> the files are there; deleting it is refused while used, then frees its layer', async () => {
+    const src = await e2b.Sandbox.create('base');
+    await src.commands.run('mkdir -p ~/project && echo "from the snapshot" > ~/project/README && sudo sh -c "echo root-file > /opt/r"');
+    const snap = await src.createSnapshot({ name: 'my-snapshot' });
+    assert.deepEqual(snap.names, ['my-snapshot']);
+    assert.equal((await src.commands.run('cat ~/project/README')).stdout, 'from the snapshot\n', 'the source keeps running after the snapshot');
+    const listed = await e2b.Sandbox.listSnapshots({ sandboxId: src.sandboxId }).nextItems();
+    assert.deepEqual(
+      listed.map((s) => s.snapshotId),
+      [snap.snapshotId],
+    );
+
+    const child = await e2b.Sandbox.create(snap.snapshotId);
+    assert.equal((await child.commands.run('cat ~/project/README; stat -c %U ~/project/README; cat /opt/r; stat -c %U /opt/r')).stdout, 'from the snapshot\nuser\nroot-file\nroot\n');
+    const byName = await e2b.Sandbox.create('my-snapshot');
+    assert.equal((await byName.commands.run('cat ~/project/README')).stdout, 'from the snapshot\n');
+
+    await assert.rejects(e2b.Sandbox.deleteSnapshot(snap.snapshotId), /used by/);
+    await child.kill();
+    await byName.kill();
+    await src.kill();
+    const layersBefore = readdirSync(join(dataDir, 'layers')).length;
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), true);
+    assert.equal(readdirSync(join(dataDir, 'layers')).length, layersBefore - 1, "the snapshot's layer is freed on disk");
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), false);
+    for (const s of [src, child, byName]) assertNoSandboxLeaks(openPaths(dataDir, false), s.sandboxId);
+  });
+
+  it('fork count 3 gives three independent sandboxes', async () => {
+    const src = await e2b.Sandbox.create('base');
+    await src.commands.run('echo original > ~/f');
+    const forks = await e2b.Sandbox.fork(src.sandboxId, { count: 3 });
+    assert.equal(forks.length, 3);
+    const sandboxes = forks.map((f) => {
+      assert.ok(!(f instanceof Error), String(f));
+      return f as InstanceType<E2B['Sandbox']>;
+    });
+    assert.equal(new Set(sandboxes.map((s) => s.sandboxId)).size, 3);
+    for (const [i, s] of sandboxes.entries()) {
+      assert.equal((await s.commands.run('cat ~/f')).stdout, 'original\n');
+      await s.commands.run(`echo fork-${i} > ~/f`);
+    }
+    for (const [i, s] of sandboxes.entries()) assert.equal((await s.commands.run('cat ~/f')).stdout, `fork-${i}\n`, 'forks are independent');
+    assert.equal((await src.commands.run('cat ~/f')).stdout, 'original\n');
+    for (const s of [...sandboxes, src]) await s.kill();
+    // the fork's snapshot was ephemeral: it goes once no sandbox uses it
+    const snaps = await e2b.Sandbox.listSnapshots().nextItems();
+    assert.equal(snaps.length, 0);
+    for (const s of [...sandboxes, src]) assertNoSandboxLeaks(openPaths(dataDir, false), s.sandboxId);
+    assert.ok(existsSync(join(dataDir, 'layers')));
+  });
+});
