@@ -60,6 +60,39 @@ export function socketRequest(
   });
 }
 
+// Safety net: if the test process ends without its after() hooks (a runner timeout sends
+// SIGTERM), the envd processes it started must not outlive it.
+const live = new Map<number, { kill(signal: NodeJS.Signals): boolean; dir: string }>();
+const dirs = new Set<string>();
+let netInstalled = false;
+
+/** Removes a temporary directory of the test when the process ends, however it ends. */
+export function removeOnExit(dir: string): void {
+  installSafetyNet();
+  dirs.add(dir);
+}
+
+function installSafetyNet(): void {
+  if (netInstalled) return;
+  netInstalled = true;
+  const reap = () => {
+    for (const [, c] of live) {
+      c.kill('SIGKILL');
+      rmSync(c.dir, { recursive: true, force: true });
+    }
+    live.clear();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    dirs.clear();
+  };
+  process.once('exit', reap);
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(sig, () => {
+      reap();
+      process.exit(128 + (sig === 'SIGTERM' ? 15 : 2));
+    });
+  }
+}
+
 export async function startSocketEnvd(init?: Record<string, unknown>): Promise<SocketEnvd> {
   if (!existsSync(ENVD_BUNDLE)) throw new Error(`${ENVD_BUNDLE} is missing: run npm run build`);
   const dir = mkdtempSync(join(tmpdir(), 'proxy-envd-'));
@@ -81,8 +114,10 @@ export async function startSocketEnvd(init?: Record<string, unknown>): Promise<S
   let stderr = '';
   child.stdout?.on('data', (d: Buffer) => (stderr += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  installSafetyNet();
+  live.set(child.pid as number, { kill: (sig) => child.kill(sig), dir });
   let exited = false;
-  const exit = new Promise<void>((resolve) => child.once('exit', () => ((exited = true), resolve())));
+  const exit = new Promise<void>((resolve) => child.once('exit', () => ((exited = true), live.delete(child.pid as number), resolve())));
   const kill = async () => {
     if (!exited) {
       child.kill('SIGTERM');

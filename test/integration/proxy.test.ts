@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { Sandbox, TimeoutError } from 'e2b';
 import { DataPlaneProxy, type RouteResolver, type SandboxRoute } from '../../src/proxy/proxy.js';
 import { fileSignature } from '../../src/proxy/routing.js';
-import { startSocketEnvd, type SocketEnvd } from './proxy-envd.js';
+import { removeOnExit, startSocketEnvd, type SocketEnvd } from './proxy-envd.js';
 
 type Json = Record<string, unknown>;
 
@@ -24,6 +24,9 @@ const FAKE = 'proxyfake0000000000c';
 const GHOST = 'proxyghost000000000d'; // routed to a socket nobody listens on
 const TOKEN_ONE = randomBytes(16).toString('hex');
 const TOKEN_TWO = randomBytes(16).toString('hex');
+
+/** Every test is bounded: a hang fails the test instead of blocking a whole suite run. */
+const T = { timeout: 60_000 };
 
 const notFound = (id: string) => `{"sandboxId":"${id}","message":"The sandbox was not found","code":502}`;
 
@@ -129,6 +132,7 @@ describe('data-plane proxy', () => {
 
     // A fake upstream on a unix socket: echoes what it received, answers upgrades, breaks on demand.
     fakeDir = mkdtempSync(join(tmpdir(), 'proxy-fake-'));
+    removeOnExit(fakeDir);
     fake = createServer((req, res) => {
       const url = req.url ?? '/';
       if (url === '/broken') {
@@ -191,7 +195,7 @@ describe('data-plane proxy', () => {
 
   // --- classification ---
 
-  test('matches() tells data-plane requests from control-plane ones', async () => {
+  test('matches() tells data-plane requests from control-plane ones', T, async () => {
     const cp = await raw('/v2/sandboxes');
     assert.equal(cp.status, 404);
     assert.equal(cp.body.toString(), 'control plane');
@@ -203,7 +207,7 @@ describe('data-plane proxy', () => {
 
   // --- routing ---
 
-  test('E2b-Sandbox-Id routes to that sandbox, forwarding X-Access-Token', async () => {
+  test('E2b-Sandbox-Id routes to that sandbox, forwarding X-Access-Token', T, async () => {
     for (const [id, token, who] of [
       [ONE, TOKEN_ONE, 'one'],
       [TWO, TOKEN_TWO, 'two'],
@@ -223,7 +227,7 @@ describe('data-plane proxy', () => {
     assert.equal(((await suffixed.json()) as Json).WHO, 'two');
   });
 
-  test('Host <port>-<id>.<any domain> routes too (with or without a client id, any listener port)', async () => {
+  test('Host <port>-<id>.<any domain> routes too (with or without a client id, any listener port)', T, async () => {
     const a = await raw('/envs', { headers: { Host: `49983-${TWO}.cubebox.test:${port}`, 'X-Access-Token': TOKEN_TWO } });
     assert.equal(a.status, 200);
     assert.equal((JSON.parse(a.body.toString()) as Json).WHO, 'two');
@@ -235,7 +239,7 @@ describe('data-plane proxy', () => {
 
   // --- 502s ---
 
-  test('unknown, paused and killed sandboxes: 502 with the exact JSON body', async () => {
+  test('unknown, paused and killed sandboxes: 502 with the exact JSON body', T, async () => {
     const check = async (r: { status: number; headers: IncomingMessage['headers']; body: Buffer }, id: string) => {
       assert.equal(r.status, 502);
       assert.equal(r.headers['content-type'], 'application/json');
@@ -263,7 +267,7 @@ describe('data-plane proxy', () => {
     assert.equal((await fetch(`${base}/health`, { headers: { 'E2b-Sandbox-Id': TWO } })).status, 204);
   });
 
-  test('envd unreachable (nothing on its socket): the same 502', async () => {
+  test('envd unreachable (nothing on its socket): the same 502', T, async () => {
     const r = await raw('/health', { headers: { 'E2b-Sandbox-Id': GHOST } });
     assert.equal(r.status, 502);
     assert.equal(r.headers['content-type'], 'application/json');
@@ -272,7 +276,7 @@ describe('data-plane proxy', () => {
     assert.equal(post.body.toString(), notFound(GHOST));
   });
 
-  test('a port other than 49983: a 502 JSON naming the port', async () => {
+  test('a port other than 49983: a 502 JSON naming the port', T, async () => {
     for (const r of [
       await raw('/', { headers: { 'E2b-Sandbox-Id': ONE, 'E2b-Sandbox-Port': '8080' } }),
       await raw('/', { headers: { Host: `8080-${ONE}.cubebox.test` } }),
@@ -292,7 +296,7 @@ describe('data-plane proxy', () => {
 
   // --- headers ---
 
-  test('hop-by-hop headers are dropped both ways, everything else is forwarded', async () => {
+  test('hop-by-hop headers are dropped both ways, everything else is forwarded', T, async () => {
     const r = await raw('/echo?q=1', {
       method: 'POST',
       headers: {
@@ -334,7 +338,7 @@ describe('data-plane proxy', () => {
     assert.equal(r.rawHeaders.filter((x) => x.toLowerCase() === 'date').length, 1);
   });
 
-  test('upstream connections are kept alive per sandbox', async () => {
+  test('upstream connections are kept alive per sandbox', T, async () => {
     await fetch(`${base}/warm`, { headers: { 'E2b-Sandbox-Id': FAKE } }).then((r) => r.arrayBuffer());
     const before = fakeConnections;
     for (let i = 0; i < 20; i++) {
@@ -345,13 +349,13 @@ describe('data-plane proxy', () => {
     assert.equal(fakeConnections, before);
   });
 
-  test('a response broken by the sandbox reaches the client broken, not as a clean end', async () => {
+  test('a response broken by the sandbox reaches the client broken, not as a clean end', T, async () => {
     const r = await fetch(`${base}/broken`, { headers: { 'E2b-Sandbox-Id': FAKE } });
     assert.equal(r.status, 200);
     await assert.rejects(r.arrayBuffer());
   });
 
-  test('CORS preflight of a data-plane request', async () => {
+  test('CORS preflight of a data-plane request', T, async () => {
     const r = await raw('/process.Process/Start', {
       method: 'OPTIONS',
       headers: { Origin: 'http://app.test', 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'content-type,e2b-sandbox-id,e2b-sandbox-port,x-access-token' },
@@ -363,7 +367,7 @@ describe('data-plane proxy', () => {
 
   // --- the SDK through the proxy ---
 
-  test('the e2b SDK runs commands and moves files through the proxy', async () => {
+  test('the e2b SDK runs commands and moves files through the proxy', T, async () => {
     const sbx = sdkFor(ONE, TOKEN_ONE);
     const r = await sbx.commands.run('echo hello; id -u; echo $WHO');
     assert.equal(r.stdout, `hello\n${one.uid}\none\n`);
@@ -380,7 +384,7 @@ describe('data-plane proxy', () => {
     await assert.rejects(other.files.read('notes/a.txt'));
   });
 
-  test('many SDK clients at once, on both sandboxes', async () => {
+  test('many SDK clients at once, on both sandboxes', T, async () => {
     const a = sdkFor(ONE, TOKEN_ONE);
     const b = sdkFor(TWO, TOKEN_TWO);
     const runs = Array.from({ length: 24 }, (_, i) => (i % 2 ? b : a).commands.run(`echo ${i} $WHO`));
@@ -391,7 +395,7 @@ describe('data-plane proxy', () => {
     );
   });
 
-  test('server streams arrive chunk by chunk (the command waits for what the client saw)', async () => {
+  test('server streams arrive chunk by chunk (the command waits for what the client saw)', T, async () => {
     const sbx = sdkFor(ONE, TOKEN_ONE);
     const gate = join(one.home, 'gate');
     const seen: string[] = [];
@@ -409,7 +413,7 @@ describe('data-plane proxy', () => {
     assert.ok(seen[0]?.startsWith('first'));
   });
 
-  test('request bodies stream too: client-streamed stdin reaches the process before the request ends', async () => {
+  test('request bodies stream too: client-streamed stdin reaches the process before the request ends', T, async () => {
     const start = await fetch(`${base}/process.Process/Start`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/connect+json', 'Connect-Protocol-Version': '1', 'E2b-Sandbox-Id': ONE, 'X-Access-Token': TOKEN_ONE },
@@ -463,7 +467,7 @@ describe('data-plane proxy', () => {
     assert.equal(last?.flags, 2);
   });
 
-  test('a chunked upload of many pieces arrives whole', async () => {
+  test('a chunked upload of many pieces arrives whole', T, async () => {
     const parts = Array.from({ length: 48 }, () => randomBytes(64 * 1024 + 17));
     const want = createHash('sha256').update(Buffer.concat(parts)).digest('hex');
     const status = await new Promise<number>((resolve, reject) => {
@@ -493,7 +497,7 @@ describe('data-plane proxy', () => {
     assert.equal(createHash('sha256').update(readFileSync(join(one.home, 'chunked.bin'))).digest('hex'), want);
   });
 
-  test('a large download streams through whole, and Range passes through', async () => {
+  test('a large download streams through whole, and Range passes through', T, async () => {
     const data = randomBytes(24 * 1024 * 1024);
     const file = join(one.home, 'big.bin');
     writeFileSync(file, data);
@@ -523,7 +527,7 @@ describe('data-plane proxy', () => {
 
   // --- signed /files without routing headers ---
 
-  test('signed download and upload URLs work with plain fetch and no routing header', async () => {
+  test('signed download and upload URLs work with plain fetch and no routing header', T, async () => {
     const a = sdkFor(ONE, TOKEN_ONE);
     const b = sdkFor(TWO, TOKEN_TWO);
     await a.files.write('signed.txt', 'content of one');
@@ -550,7 +554,7 @@ describe('data-plane proxy', () => {
     await asWrite.arrayBuffer();
   });
 
-  test('a wrong signature is refused; an expired one reaches envd, which says so', async () => {
+  test('a wrong signature is refused; an expired one reaches envd, which says so', T, async () => {
     const good = new URL(await sdkFor(ONE, TOKEN_ONE).downloadUrl('signed.txt'));
     const sig = good.searchParams.get('signature') as string;
     good.searchParams.set('signature', sig.slice(0, -2) + (sig.endsWith('AA') ? 'BB' : 'AA'));
@@ -569,13 +573,13 @@ describe('data-plane proxy', () => {
     assert.deepEqual(await r.json(), { code: 401, message: 'signature is already expired' });
   });
 
-  test('the contract signature test vector', () => {
+  test('the contract signature test vector', T, () => {
     assert.equal(fileSignature('hello.txt', 'read', 'user', '0tQG31xiMp0IOQfaz9dcwi72L1CPo8e0'), 'v1_gUtH/s9YCJWgCizjfUxuWfhFE4QSydOWEIIvfLwDr6E');
   });
 
   // --- cut() ---
 
-  test('cut() destroys an open server stream mid-flight: no end-stream envelope', async () => {
+  test('cut() destroys an open server stream mid-flight: no end-stream envelope', T, async () => {
     const res = await fetch(`${base}/process.Process/Start`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/connect+json', 'Connect-Protocol-Version': '1', 'E2b-Sandbox-Id': TWO, 'X-Access-Token': TOKEN_TWO },
@@ -613,7 +617,7 @@ describe('data-plane proxy', () => {
     await kill.arrayBuffer();
   });
 
-  test('a command in flight when its sandbox is killed: the SDK reports the kill', async () => {
+  test('a command in flight when its sandbox is killed: the SDK reports the kill', T, async () => {
     routes.set(VICTIM, { sandboxId: VICTIM, socketPath: two.socket, accessToken: TOKEN_TWO });
     const sbx = sdkFor(VICTIM, TOKEN_TWO);
     let killed = false;
@@ -652,7 +656,7 @@ describe('data-plane proxy', () => {
 
   // --- upgrades ---
 
-  test('an Upgrade request becomes a byte pipe; cut() closes it', async () => {
+  test('an Upgrade request becomes a byte pipe; cut() closes it', T, async () => {
     const sock = connect({ host: '127.0.0.1', port });
     await new Promise<void>((resolve, reject) => {
       sock.once('connect', resolve);
@@ -693,7 +697,7 @@ describe('data-plane proxy', () => {
     assert.ok(answer.endsWith(notFound('nosuchws')), answer);
   });
 
-  test('traffic is counted per sandbox', () => {
+  test('traffic is counted per sandbox', T, () => {
     const s = proxy.stats(ONE);
     assert.ok(s && s.requests > 5);
     assert.ok(s.bytesOut > 24 * 1024 * 1024);
