@@ -103,6 +103,26 @@ function rawResponse(socket: Duplex, status: number, body: string): void {
   );
 }
 
+/**
+ * envd's /init gives a sandbox its identity (access token, env vars, default user): only the
+ * manager calls it, on the sandbox's socket; never a client through the data plane. The path is
+ * compared the way envd parses it (URL normalisation) and with runs of slashes collapsed.
+ */
+export function isInitPath(url: string | undefined): boolean {
+  if (!url?.includes('init')) return false;
+  const raw = url.split('?')[0] as string;
+  const collapsed = raw.replace(/\/+/g, '/').replace(/(.)\/$/, '$1');
+  let parsed = '';
+  try {
+    parsed = new URL(url, 'http://envd').pathname;
+  } catch {
+    /* unparsable: envd would not route it either */
+  }
+  return collapsed === '/init' || parsed === '/init' || parsed === '/init/';
+}
+
+const INIT_REFUSED = JSON.stringify({ code: 403, message: '/init is not reachable through the data plane' });
+
 /** Whether a request certainly has no body (then it can be retried on a stale keep-alive socket). */
 function bodyless(req: IncomingMessage): boolean {
   const len = req.headers['content-length'];
@@ -149,6 +169,10 @@ export class DataPlaneProxy {
       sendJson(res, 503, JSON.stringify({ code: 503, message: 'the service is shutting down' }), { Connection: 'close' });
       return;
     }
+    if (isInitPath(req.url)) {
+      sendJson(res, 403, INIT_REFUSED);
+      return;
+    }
     this.dispatch(target, req, res).catch((err: unknown) => {
       this.log?.error({ err, url: req.url }, 'data-plane proxy failure');
       sendJson(res, 502, JSON.stringify({ code: 502, message: 'data-plane proxy error' }));
@@ -165,6 +189,10 @@ export class DataPlaneProxy {
     }
     if (this.closed) {
       rawResponse(socket, 503, JSON.stringify({ code: 503, message: 'the service is shutting down' }));
+      return;
+    }
+    if (isInitPath(req.url)) {
+      rawResponse(socket, 403, INIT_REFUSED);
       return;
     }
     this.upgrade(target, req, socket, head).catch((err: unknown) => {

@@ -276,6 +276,20 @@ describe('data-plane proxy', () => {
     assert.equal(post.body.toString(), notFound(GHOST));
   });
 
+  test('/init is refused through the data plane, however the path is spelled', T, async () => {
+    for (const path of ['/init', '/init/', '//init', '/./init', '/x/../init', '/init?x=1']) {
+      const r = await raw(path, {
+        method: 'POST',
+        headers: { 'E2b-Sandbox-Id': ONE, 'X-Access-Token': TOKEN_ONE, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ accessToken: 'stolen', envVars: { WHO: 'mallory' } }),
+      });
+      assert.equal(r.status, 403, path);
+      assert.equal((JSON.parse(r.body.toString()) as Json).code, 403);
+    }
+    const envs = await fetch(`${base}/envs`, { headers: { 'E2b-Sandbox-Id': ONE, 'X-Access-Token': TOKEN_ONE } });
+    assert.equal(((await envs.json()) as Json).WHO, 'one');
+  });
+
   test('a port other than 49983: a 502 JSON naming the port', T, async () => {
     for (const r of [
       await raw('/', { headers: { 'E2b-Sandbox-Id': ONE, 'E2b-Sandbox-Port': '8080' } }),
