@@ -245,11 +245,23 @@ program
   .command('bench')
   .description('measure sandbox lifecycle latencies against the bare runtime (medians of one run)')
   .option('-n, --iterations <n>', 'iterations', num('--iterations'), 20)
-  .action(async (opts: { iterations: number }) => {
+  .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'service']))
+  .action(async (opts: { iterations: number; only?: string }) => {
     const { runtimeBench, formatBench } = await import('../bench/runtime-bench.js');
-    const rows = await runtimeBench(opts.iterations, (s) => process.stderr.write(`\r${s}`));
-    process.stderr.write('\n');
-    console.log(formatBench(rows));
+    const progress = (s: string) => process.stderr.write(`\r${s.padEnd(40)}`);
+    if (opts.only !== 'service') {
+      const rows = await runtimeBench(opts.iterations, progress);
+      process.stderr.write('\n');
+      console.log(formatBench(rows));
+    }
+    if (opts.only !== 'runtime') {
+      const { serviceBench } = await import('../bench/service-bench.js');
+      const { rows, notes } = await serviceBench(opts.iterations, progress);
+      process.stderr.write('\n');
+      console.log('\nthrough `cubebox serve` with the e2b SDK:');
+      console.log(formatBench(rows));
+      for (const n of notes) console.log(n);
+    }
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

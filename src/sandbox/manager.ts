@@ -821,8 +821,7 @@ export class SandboxManager {
     // deepest first, and the disk (which holds the overlay's upper layer) after the overlay
     const isDisk = (p: string) => p === join(dir, 'disk');
     await unmountRootfs([...mounts].sort((a, b) => Number(isDisk(a)) - Number(isDisk(b)) || b.length - a.length));
-    const loops = loopDevicesUnder(dir);
-    if (loops.length) throw new Error(`loop devices of sandbox '${id}' remain: ${loops.join(', ')}`);
+    await releaseLoopDevices(dir);
     for (const m of mounts) this.store.forgetResource(id, 'mount', m);
 
     if (mountsUnder(dir).length) throw new Error(`mounts remain under ${dir}`);
@@ -1000,6 +999,18 @@ async function copyLayerUnshifted(upper: string, dest: string, hostBase: number)
     if (st.isDirectory()) for (const e of readdirSync(p)) shift(join(p, e));
   };
   for (const e of readdirSync(dest)) shift(join(dest, e));
+}
+
+/**
+ * The kernel frees an auto-clearing loop device asynchronously after the unmount: wait for
+ * that, and detach explicitly what is still bound to a file of this sandbox.
+ */
+async function releaseLoopDevices(dir: string): Promise<void> {
+  for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
+  for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!]).catch(() => undefined);
+  for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
+  const left = loopDevicesUnder(dir);
+  if (left.length) throw new Error(`loop devices remain: ${left.join(', ')}`);
 }
 
 /** Requests a pooled sandbox can serve: nothing that changes how the sandbox is built. */

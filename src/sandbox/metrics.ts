@@ -23,7 +23,6 @@ const KEEP_MS = 60 * 60 * 1000;
 export class MetricsSampler {
   private readonly history = new Map<string, MetricSample[]>();
   private readonly lastCpu = new Map<string, { at: number; usageNs: number }>();
-  private readonly diskCache = new Map<string, { at: number; bytes: number }>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly manager: SandboxManager) {}
@@ -61,7 +60,6 @@ export class MetricsSampler {
   forget(id: string): void {
     this.history.delete(id);
     this.lastCpu.delete(id);
-    this.diskCache.delete(id);
   }
 
   /** Samples in [startMs, endMs], plus a fresh one when the sandbox runs and none is recent. */
@@ -70,7 +68,7 @@ export class MetricsSampler {
     if (info.state === 'running') {
       const list = this.history.get(id) ?? [];
       const last = list[list.length - 1];
-      if (!last || Date.now() - last.ts > 1000) this.record(id, this.sample(id));
+      if (!last || Date.now() - last.ts > 100) this.record(id, this.sample(id));
     }
     return (this.history.get(id) ?? []).filter((m) => (startMs === undefined || m.ts >= startMs) && (endMs === undefined || m.ts <= endMs));
   }
@@ -104,8 +102,6 @@ export class MetricsSampler {
 
   /** Bytes used on the sandbox's own disk (its writable layer). */
   private diskUsed(id: string): number {
-    const c = this.diskCache.get(id);
-    if (c && Date.now() - c.at < 1000) return c.bytes;
     let bytes = 0;
     try {
       const st = statfsSync(join(this.manager.sandboxDir(id), 'disk'));
@@ -113,7 +109,6 @@ export class MetricsSampler {
     } catch {
       /* no disk mounted */
     }
-    this.diskCache.set(id, { at: Date.now(), bytes });
     return bytes;
   }
 }

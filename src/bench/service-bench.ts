@@ -1,0 +1,130 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { resolveCacheDir } from '../config.js';
+import { ApiKeys } from '../api/keys.js';
+import { startServer } from '../api/server.js';
+import { SandboxManager } from '../sandbox/manager.js';
+import { median, type BenchRow } from './runtime-bench.js';
+
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - t) / 1e6;
+}
+
+/** PSS in KiB of a process, from smaps_rollup. */
+function pssKiB(pid: number): number {
+  const m = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').match(/^Pss:\s+(\d+) kB/m);
+  return m ? Number(m[1]) : 0;
+}
+
+/**
+ * Through the whole service with the published e2b SDK: Sandbox.create() (from the warm
+ * pool and cold), commands.run('true'), envd's start-to-ready and idle memory inside a
+ * sandbox; next to a local spawn of the same command in the same run.
+ */
+export async function serviceBench(iterations: number, log: (s: string) => void = () => undefined): Promise<{ rows: BenchRow[]; notes: string[] }> {
+  const dataDir = mkdtempSync('/var/tmp/cubebox-bench-');
+  const manager = await SandboxManager.open({ dataDir, reaperIntervalMs: 250, deleteStopped: true });
+  const notes: string[] = [];
+  let server: Awaited<ReturnType<typeof startServer>> | undefined;
+  try {
+    log('preparing the base template');
+    await manager.templates.addDebianBase('base', { cacheDir: resolveCacheDir() });
+    await manager.templates.addBusybox('busybox');
+    server = await startServer({ manager, host: '127.0.0.1', port: 0, log: manager.log });
+    const key = new ApiKeys(manager.store.db).create('bench').key;
+    process.env.E2B_API_KEY = key;
+    process.env.E2B_API_URL = server.url;
+    process.env.E2B_SANDBOX_URL = server.url;
+    delete process.env.E2B_DEBUG;
+    const { Sandbox } = await import('e2b');
+
+    const cold: number[] = [];
+    for (let i = 0; i < iterations; i++) {
+      const t = await timed(async () => (await Sandbox.create('base')).kill());
+      cold.push(t);
+      log(`cold create ${i + 1}/${iterations}`);
+    }
+    // create alone (kill outside the timing)
+    const coldCreate: number[] = [];
+    for (let i = 0; i < iterations; i++) {
+      let s: Awaited<ReturnType<typeof Sandbox.create>> | undefined;
+      coldCreate.push(await timed(async () => (s = await Sandbox.create('base'))));
+      await s!.kill();
+    }
+
+    manager.setPool({ base: 1 });
+    const warm: number[] = [];
+    for (let i = 0; i < iterations; i++) {
+      for (let w = 0; w < 600 && !manager.list().some((s) => s.state === 'pooled'); w++) await new Promise((r) => setTimeout(r, 50));
+      let s: Awaited<ReturnType<typeof Sandbox.create>> | undefined;
+      warm.push(await timed(async () => (s = await Sandbox.create('base'))));
+      await s!.kill();
+      log(`warm create ${i + 1}/${iterations}`);
+    }
+    manager.setPool({});
+    for (const s of manager.list()) if (s.state === 'pooled') await manager.delete(s.id);
+
+    const sbx = await Sandbox.create('base');
+    await sbx.commands.run('true');
+    const runTrue: number[] = [];
+    for (let i = 0; i < iterations * 5; i++) runTrue.push(await timed(() => sbx.commands.run('true')));
+    const spawnTrue: number[] = [];
+    for (let i = 0; i < iterations * 5; i++) {
+      spawnTrue.push(
+        await timed(
+          () =>
+            new Promise<void>((resolve, reject) => {
+              const c = spawn('/bin/bash', ['-l', '-c', 'true'], { stdio: 'ignore' });
+              c.on('error', reject);
+              c.on('close', () => resolve());
+            }),
+        ),
+      );
+    }
+    // envd's idle memory: the sandbox's process running envd.mjs
+    await new Promise((r) => setTimeout(r, 2000));
+    const envdPid = manager
+      .cgroup(sbx.sandboxId)
+      .pids()
+      .find((p) => {
+        try {
+          return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('envd.mjs');
+        } catch {
+          return false;
+        }
+      });
+    if (envdPid) notes.push(`envd idle PSS inside a sandbox: ${(pssKiB(envdPid) / 1024).toFixed(1)} MiB`);
+    await sbx.kill();
+
+    // envd's start-to-ready: a busybox sandbox with envd against one without
+    const withAgent: number[] = [];
+    const withoutAgent: number[] = [];
+    for (let i = 0; i < iterations; i++) {
+      let id = '';
+      withAgent.push(await timed(async () => (id = (await manager.create({ template: 'busybox' })).id)));
+      await manager.delete(id);
+      withoutAgent.push(await timed(async () => (id = (await manager.create({ template: 'busybox', agent: false })).id)));
+      await manager.delete(id);
+    }
+    notes.push(`envd start-to-ready inside a sandbox (create with envd minus create without): ${(median(withAgent) - median(withoutAgent)).toFixed(1)} ms`);
+
+    return {
+      rows: [
+        { name: 'Sandbox.create() cold', medianMs: median(coldCreate) },
+        { name: 'Sandbox.create()+kill cold', medianMs: median(cold) },
+        { name: 'Sandbox.create() warm pool', medianMs: median(warm) },
+        { name: "commands.run('true')", medianMs: median(runTrue), baselineName: 'local spawn bash -l -c true', baselineMs: median(spawnTrue) },
+      ],
+      notes,
+    };
+  } finally {
+    for (const s of manager.list()) await manager.delete(s.id).catch(() => undefined);
+    await server?.close();
+    const runRoot = manager.paths.runRoot;
+    await manager.close();
+    rmSync(runRoot, { recursive: true, force: true });
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
