@@ -26,7 +26,7 @@ function inside(path: string, what: string): string {
 
 function rangeStream(file: string, base: number, size: number, start = 0, end = size - 1): Readable {
   if (size === 0 || end < start) return Readable.from([]);
-  return createReadStream(file, { start: base + start, end: base + Math.min(end, size - 1) });
+  return createReadStream(file, { start: base + start, end: base + Math.min(end, size - 1), highWaterMark: 1 << 20 });
 }
 
 async function readAll(r: Readable, limit: number, what: string): Promise<Buffer> {

@@ -248,22 +248,29 @@ export class ByteReader {
 
   /** Exactly n bytes, or null at a clean end of the stream (nothing left). */
   async read(n: number): Promise<Buffer | null> {
-    if (!(await this.fill(n))) {
+    if (this.have < n && !(await this.fill(n))) {
       if (this.have === 0) return null;
       throw new TarFormatError('unexpected end of the tar stream');
+    }
+    this.have -= n;
+    this.position += n;
+    const c = this.chunks[0]!;
+    if (c.length >= n) {
+      // The common case: no copy.
+      if (c.length === n) this.chunks.shift();
+      else this.chunks[0] = c.subarray(n);
+      return c.subarray(0, n);
     }
     const out = Buffer.allocUnsafe(n);
     let off = 0;
     while (off < n) {
-      const c = this.chunks[0]!;
-      const take = Math.min(c.length, n - off);
-      c.copy(out, off, 0, take);
+      const d = this.chunks[0]!;
+      const take = Math.min(d.length, n - off);
+      d.copy(out, off, 0, take);
       off += take;
-      if (take === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(take);
+      if (take === d.length) this.chunks.shift();
+      else this.chunks[0] = d.subarray(take);
     }
-    this.have -= n;
-    this.position += n;
     return out;
   }
 
@@ -272,19 +279,32 @@ export class ByteReader {
     let left = n;
     while (left > 0) {
       if (!this.chunks.length && !(await this.fill(1))) throw new TarFormatError('unexpected end of the tar stream');
-      const c = this.chunks[0]!;
-      const take = Math.min(c.length, left);
-      if (take === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(take);
-      this.have -= take;
-      this.position += take;
-      left -= take;
-      yield take === c.length ? c : c.subarray(0, take);
+      yield this.take(left);
+      left -= Math.min(left, this.lastTake);
     }
   }
 
+  private lastTake = 0;
+
+  /** Up to n bytes from the first buffered chunk. */
+  private take(n: number): Buffer {
+    const c = this.chunks[0]!;
+    const take = Math.min(c.length, n);
+    if (take === c.length) this.chunks.shift();
+    else this.chunks[0] = c.subarray(take);
+    this.have -= take;
+    this.position += take;
+    this.lastTake = take;
+    return take === c.length ? c : c.subarray(0, take);
+  }
+
   async skip(n: number): Promise<void> {
-    for await (const _ of this.stream(n));
+    let left = n;
+    while (left > 0) {
+      if (!this.chunks.length && !(await this.fill(1))) throw new TarFormatError('unexpected end of the tar stream');
+      this.take(left);
+      left -= this.lastTake;
+    }
   }
 
   /** Consumes everything left (so that a digest over the stream covers all of it). */
