@@ -54,7 +54,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       return { sandboxId, socketPath: manager.envdSocket(sandboxId), accessToken: info.accessToken ?? undefined };
     },
     *signedCandidates() {
-      for (const s of manager.list()) if (s.state === 'running' && s.accessToken) yield { sandboxId: s.id, accessToken: s.accessToken };
+      for (const s of manager.list()) {
+        const reachable = s.state === 'running' || (s.state === 'paused' && s.lifecycle.autoResume);
+        if (reachable && s.accessToken) yield { sandboxId: s.id, accessToken: s.accessToken };
+      }
     },
   };
 
@@ -64,17 +67,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     logger: false,
     bodyLimit: 8 * 1024 * 1024,
     serverFactory: (handler) =>
-      http.createServer((req, res) => {
-        if (proxy.matches(req)) {
-          // /init gives a sandbox its identity (access token, env): only the manager may call
-          // it, over the sandbox's socket, never a client through the data plane.
-          if ((req.url ?? '').split('?')[0]!.replace(/\/+/g, '/').replace(/(.)\/$/, '$1') === '/init') {
-            res.writeHead(403, { 'content-type': 'application/json' });
-            res.end(JSON.stringify({ code: 403, message: '/init is not reachable through the data plane' }));
-            return;
-          }
-          proxy.handle(req, res);
-        } else handler(req, res);
+      // no request timeout: uploads and command streams may legitimately last long
+      http.createServer({ requestTimeout: 0 }, (req, res) => {
+        // the proxy refuses envd's /init itself: only the manager gives a sandbox its identity
+        if (proxy.matches(req)) proxy.handle(req, res);
+        else handler(req, res);
       }),
   });
   // the default address is filled in after listen, when the port is known
@@ -95,17 +92,20 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     if (proxy.matches(req)) proxy.handleUpgrade(req, socket, head);
     else socket.destroy();
   });
-  const onInterrupt = (id: string) => {
-    proxy.cut(id);
+  const onInterrupt = (id: string) => proxy.cut(id);
+  const onDeleted = (id: string) => {
+    proxy.forget(id);
     metrics.forget(id);
   };
   manager.events.on('interrupt', onInterrupt);
+  manager.events.on('deleted', onDeleted);
 
   return {
     url: `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`,
     port,
     async close() {
       manager.events.off('interrupt', onInterrupt);
+      manager.events.off('deleted', onDeleted);
       metrics.stop();
       proxy.close();
       app.server.closeAllConnections();

@@ -132,7 +132,10 @@ export interface ReconcileReport {
  */
 export class SandboxManager {
   readonly locks = new KeyedMutex();
-  /** 'interrupt' (sandboxId): the sandbox stops serving (pause, delete); open streams must be cut. */
+  /**
+   * 'interrupt' (sandboxId): the sandbox stops serving (pause, delete); open streams must be cut.
+   * 'deleted' (sandboxId): the sandbox and everything it owned are gone.
+   */
   readonly events = new EventEmitter();
   readonly templates: TemplateStore;
   private timer: NodeJS.Timeout | undefined;
@@ -827,6 +830,7 @@ export class SandboxManager {
     if (mountsUnder(dir).length) throw new Error(`mounts remain under ${dir}`);
     rmSync(dir, { recursive: true, force: true });
     this.store.deleteSandbox(id); // the row and the rest of its ledger, in one transaction
+    this.events.emit('deleted', id);
     this.log.info({ sandbox: id }, 'sandbox deleted');
   }
 

@@ -48,12 +48,12 @@ export function layerIdFor(diffId: string): string {
 type Compression = 'gzip' | 'zstd' | 'none';
 
 async function sniff(src: BlobSource): Promise<Compression> {
-  if (src.size === 0) throw invalid(`${src.what} is empty`);
+  if (src.size === 0) return 'none'; // an empty tar stream: a layer without files
   const chunks: Buffer[] = [];
   for await (const c of src.open(0, Math.min(src.size, 512) - 1)) chunks.push(c as Buffer);
   const b = Buffer.concat(chunks);
   if (b[0] === 0x1f && b[1] === 0x8b) return 'gzip';
-  if (b.readUInt32LE(0) === 0xfd2fb528 || (b.length >= 4 && (b.readUInt32LE(0) & 0xfffffff0) === 0x184d2a50)) return 'zstd';
+  if (b.length >= 4 && (b.readUInt32LE(0) === 0xfd2fb528 || (b.readUInt32LE(0) & 0xfffffff0) === 0x184d2a50)) return 'zstd';
   if (b[0] === 0x42 && b[1] === 0x5a && b[2] === 0x68) throw invalid(`${src.what} is bzip2-compressed, which image layers may not be`);
   if (b.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) throw invalid(`${src.what} is xz-compressed, which image layers may not be`);
   return 'none';

@@ -282,10 +282,12 @@ async function pull(source: string, dir: string, opts: ImportOptions, progress: 
   if (opts.signal?.aborted) throw abortError(opts.signal);
   if (r.spawnErr) throw new CubeboxError('unavailable', `cannot run skopeo to pull ${source} (install the skopeo package): ${r.spawnErr.message}`);
   if (r.code === 0) return;
-  const msg = r.stderr.trim().split('\n').filter(Boolean).slice(-1)[0]?.replace(/^time="[^"]*" level=\w+ msg="?/, '').replace(/"$/, '') ?? `skopeo exit ${r.code}`;
+  const last = r.stderr.trim().split('\n').filter(Boolean).slice(-1)[0];
+  const msg = last?.replace(/^time="[^"]*" level=\w+ msg="?/, '').replace(/"$/, '').replace(/\\"/g, '"') ?? `skopeo exit ${r.code}`;
   if (/connection refused|no such host|network is unreachable|no route to host|i\/o timeout|TLS handshake timeout|dial tcp|server misbehaving|context deadline exceeded|connection reset|timed out|EOF$/i.test(r.stderr)) {
     throw new CubeboxError('unavailable', `cannot reach registry ${host} to pull ${source}: ${msg}`);
   }
+  if (/x509|certificate|tls:/i.test(r.stderr)) throw new CubeboxError('unavailable', `cannot reach registry ${host} securely to pull ${source}: ${msg}`);
   if (/manifest unknown|name unknown|not found/i.test(r.stderr)) throw notFound(`image ${source} not found in registry ${host}: ${msg}`);
   if (/unauthorized|authentication required|denied|forbidden/i.test(r.stderr)) throw invalid(`registry ${host} refused access to ${source}: ${msg}`);
   throw invalid(`cannot pull ${source}: ${msg}`);

@@ -89,8 +89,9 @@ export function cli(dataDir: string, args: string[], env: NodeJS.ProcessEnv = {}
 
 /** Starts `cubebox serve` on a data directory and waits until its control socket answers. */
 export async function startServe(dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'serve'], {
-    env: { ...process.env, CUBEBOX_LOG_LEVEL: 'warn', ...env },
+  // the manager alone: no base build, no warm pool, an ephemeral port
+  const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'serve', '--no-base', '--port', '0'], {
+    env: { ...process.env, CUBEBOX_LOG_LEVEL: 'warn', CUBEBOX_POOL: '', ...env },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const { RemoteApi } = await import('../../src/sandbox/control.js');
