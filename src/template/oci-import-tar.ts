@@ -248,6 +248,7 @@ export class ByteReader {
 
   /** Exactly n bytes, or null at a clean end of the stream (nothing left). */
   async read(n: number): Promise<Buffer | null> {
+    if (n === 0) return Buffer.alloc(0);
     if (this.have < n && !(await this.fill(n))) {
       if (this.have === 0) return null;
       throw new TarFormatError('unexpected end of the tar stream');
@@ -348,7 +349,8 @@ export async function* parseTar(reader: ByteReader): AsyncGenerator<{ entry: Tar
     if (kind !== 'entry') {
       const size = num(h, 124, 12, 'size');
       if (size > EXTENSION_LIMIT) throw new TarFormatError('tar extension header too large');
-      const data = (await reader.read(size + padLen(size))) ?? Buffer.alloc(0);
+      const data = await reader.read(size + padLen(size));
+      if (!data) throw new TarFormatError('tar stream ends inside a member header');
       state.pending = true;
       state.extension(kind, data.subarray(0, size));
       continue;

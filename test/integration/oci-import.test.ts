@@ -237,7 +237,8 @@ async function writeDockerSave(file: string, images: { tags: string[]; layers: L
         await fs.mkdir(path.join(stage, 'blobs/sha256'), { recursive: true });
         await fs.writeFile(path.join(stage, 'blobs/sha256', hex(l.diffId)), l.tar);
         await fs.symlink(`../blobs/sha256/${hex(l.diffId)}`, path.join(stage, id, 'layer.tar')).catch(() => {});
-        layerPaths.push(`blobs/sha256/${hex(l.diffId)}`);
+        // Docker names the blobs; the first layer goes through the old name's symbolic link.
+        layerPaths.push(layerPaths.length === 0 ? `${id}/layer.tar` : `blobs/sha256/${hex(l.diffId)}`);
       }
     }
     if (legacy) {
@@ -311,7 +312,7 @@ function layer2(): Buffer {
     { name: 'usr/', type: 'dir', mode: 0o755, mtime: m },
     { name: 'usr/bin/', type: 'dir', mode: 0o755, mtime: m },
     { name: 'usr/bin/tool', type: 'symlink', link: '../../bin/tool', mode: 0o777, mtime: m },
-    { name: 'usr/bin/abs', type: 'symlink', link: '/bin/tool', mode: 0o777, mtime: m },
+    { name: 'usr/bin/abs', type: 'symlink', link: '/bin/tool', mode: 0o777, uid: 1000, gid: 1000, mtime: m },
     // A layer must not forge overlayfs metadata: this would hide opt/keep if it were applied.
     { name: 'opt/', type: 'dir', mode: 0o755, mtime: m, xattrs: { 'trusted.overlay.opaque': 'y' } },
     { name: 'opt/hard1', mode: 0o640, uid: 1000, gid: 1000, data: 'hard\n', mtime: m, xattrs: { 'user.note': 'hello' } },
@@ -379,7 +380,7 @@ const EXPECTED: Row[] = [
   ['tmp', 'dir', 0o1777, 0, 0, T1],
   ['usr', 'dir', 0o755, 0, 0, T2],
   ['usr/bin', 'dir', 0o755, 0, 0, T2],
-  ['usr/bin/abs', 'symlink', 0o777, 0, 0, T2, '/bin/tool'],
+  ['usr/bin/abs', 'symlink', 0o777, 1000, 1000, T2, '/bin/tool'],
   ['usr/bin/tool', 'symlink', 0o777, 0, 0, T2, '../../bin/tool'],
   ['var', 'dir', 0o755, 0, 0, T3],
   ['var/lib', 'dir', 0o755, 0, 0, T3],
@@ -535,6 +536,19 @@ test('docker save tarballs (legacy and current layouts) import to the same, shar
   }
   assert.deepEqual(await tempsIn(sharedLayers()), []);
 
+  // Compressed tarballs, and an OCI layout as a tarball (oci-archive).
+  const gz = path.join(root, 'legacy.tar.gz');
+  await fs.writeFile(gz, gzipSync(await fs.readFile(path.join(root, 'legacy.tar'))));
+  const ociTar = path.join(root, 'oci.tar');
+  await shOk('tar', ['-c', '-f', ociTar, '-C', ociDir, '.']);
+  for (const [src, ref] of [[gz, undefined], [ociTar, 'v1']] as const) {
+    const img = await importImage(src, sharedLayers(), { ref });
+    assert.deepEqual(img.layerIds, first!.layerIds, src);
+  }
+  await fs.rm(gz);
+  await fs.rm(ociTar);
+  assert.deepEqual(await tempsIn(sharedLayers()), []);
+
   // The same tarball imported fresh extracts the uncompressed layers itself.
   const fresh = path.join(root, 'layers-docker');
   const t0 = Date.now();
@@ -556,6 +570,34 @@ test('choosing an image by tag or digest; ambiguity and unknown names are clear 
   await assert.rejects(importImage(two, sharedLayers()), (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /2 images.*test\/image:v1, test\/base:latest/.test(e.message));
   assert.deepEqual((await importImage(two, sharedLayers(), { ref: 'test/base' })).layerIds, base.layerIds);
   assert.deepEqual((await importImage(two, sharedLayers(), { ref: 'test/image:v1' })).layerIds, first!.layerIds);
+  // A multi-platform image index: this host's platform is chosen.
+  const multi = path.join(root, 'oci-multi');
+  await shOk('cp', ['-a', ociDir, multi]);
+  const size = async (d: string) => (await fs.stat(path.join(multi, 'blobs/sha256', hex(d)))).size;
+  const mt = 'application/vnd.oci.image.manifest.v1+json';
+  const other = ARCH === 'arm64' ? 'amd64' : 'arm64';
+  const index = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [
+        { mediaType: mt, digest: ociDigests[1], size: await size(ociDigests[1]!), platform: { os: 'linux', architecture: other } },
+        { mediaType: mt, digest: ociDigests[0], size: await size(ociDigests[0]!), platform: { os: 'linux', architecture: ARCH } },
+      ],
+    }),
+  );
+  await fs.writeFile(path.join(multi, 'blobs/sha256', hex(sha(index))), index);
+  await fs.writeFile(
+    path.join(multi, 'index.json'),
+    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: sha(index), size: index.length, annotations: { 'org.opencontainers.image.ref.name': 'multi' } }] }),
+  );
+  const lines: string[] = [];
+  const chosen = await importImage(multi, sharedLayers(), { onProgress: (l) => lines.push(l) });
+  assert.deepEqual(chosen.layerIds, first!.layerIds);
+  assert.equal(chosen.digest, ociDigests[0]);
+  assert.ok(lines.some((l) => l.includes(`using linux/${ARCH} manifest`)), lines.join('\n'));
+  await fs.rm(multi, { recursive: true });
+
   await assert.rejects(importImage(path.join(root, 'missing'), sharedLayers()), (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /does not exist/.test(e.message));
   await assert.rejects(importImage(path.join(root, 'layers'), sharedLayers()), (e: unknown) => e instanceof CubeboxError && /is not an image/.test(e.message));
   assert.deepEqual(await tempsIn(sharedLayers()), []);
@@ -650,6 +692,16 @@ test('a layer that makes its root opaque hides the layers below it, also when sh
   const img = await importImage(d, dir);
   await withOverlay(dir, img.layerIds, async (merged) => assert.deepEqual((await fs.readdir(merged)).sort(), ['new', 'top']));
   await fs.rm(d, { recursive: true });
+
+  // A layer listed twice is stacked once, at its topmost place; an empty layer is a layer.
+  const empty = layer(Buffer.alloc(0), 'none');
+  const twice = path.join(root, 'oci-twice');
+  await writeOci(twice, [{ layers: [a, c, a, empty] }]);
+  const t = await importImage(twice, dir);
+  assert.deepEqual(t.layerIds, [empty, a, c].map((l) => `sha256-${hex(l.diffId)}`));
+  assert.deepEqual(await fs.readdir(path.join(dir, t.layerIds[0]!)), []);
+  await withOverlay(dir, t.layerIds, async (merged) => assert.deepEqual((await fs.readdir(merged)).sort(), ['old', 'top']));
+  await fs.rm(twice, { recursive: true });
   await fs.rm(dir, { recursive: true });
 });
 
