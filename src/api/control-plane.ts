@@ -313,7 +313,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
     let snaps = manager.templates
       .list()
-      .filter((t) => t.config.snapshotOf && !t.config.ephemeral)
+      .filter((t) => t.config.snapshotOf && !t.config.ephemeral && !t.config.buildStep)
       .filter((t) => (!sandboxId || t.config.snapshotOf === sandboxId) && (!name || t.name === name))
       .sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? -1 : 1));
     const token = one(q.nextToken);

@@ -8,7 +8,8 @@ import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { Store } from '../store/store.js';
 import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 
 const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5 };
 
@@ -118,10 +119,22 @@ template
     console.log(t.id);
   });
 template
-  .command('build <kind>')
-  .description('build a template: base (Debian, E2B-style, with debootstrap) or busybox (tiny, for tests)')
+  .command('build <kind-or-name>')
+  .description('build a template: base (Debian, E2B-style, with debootstrap), busybox (tiny, for tests), or <name> --recipe <file.json>')
   .option('--name <name>', 'template name (default: the kind)')
-  .action(async (kind: string, opts: { name?: string }, cmd: Command) => {
+  .option('--recipe <file>', 'a JSON recipe: {"from": "<template>", "steps": [{"run": "..."}, {"copy": {"src", "dest"}}, {"env": {}}, {"workdir"}, {"user"}, {"start"}, {"ready"}]}')
+  .option('--context <dir>', 'directory that copy steps take files from (default: the recipe file\'s directory)')
+  .action(async (kind: string, opts: { name?: string; recipe?: string; context?: string }, cmd: Command) => {
+    if (opts.recipe) {
+      const { parseRecipe } = await import('../template/recipe.js');
+      if (!existsSync(opts.recipe)) throw new CubeboxError('invalid_argument', `recipe file ${opts.recipe} not found`);
+      const recipe = parseRecipe(readFileSync(opts.recipe, 'utf8'));
+      const context = resolve(opts.context ?? dirname(resolve(opts.recipe)));
+      const r = await withApi(dataDirOf(cmd), (api) => api.buildRecipe(opts.name ?? kind, recipe, context));
+      for (const st of r.steps) console.error(`${st.cached ? 'cached' : 'built '}  ${st.step}`);
+      console.log(r.template.id);
+      return;
+    }
     if (kind !== 'busybox' && kind !== 'base') throw new CubeboxError('invalid_argument', `unknown template kind '${kind}' (known: base, busybox)`);
     if (kind === 'base') process.env.CUBEBOX_LOG_LEVEL ??= 'info'; // show the build's progress
     const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(opts.name ?? kind, kind === 'base' ? { base: true } : { busybox: true }));

@@ -18,6 +18,8 @@ export interface ExecOptions {
   env?: Record<string, string>;
   user?: { uid: number; gid: number };
   stdio?: StdioOptions;
+  /** Start the process and return at once (the runtime exits; the process stays). */
+  detach?: boolean;
 }
 
 /**
@@ -114,6 +116,7 @@ export class OciRuntime implements SandboxRuntime {
   exec(containerId: string, args: string[], opts: ExecOptions = {}): ChildProcess {
     const flags: string[] = [];
     if (opts.tty) flags.push('--tty');
+    if (opts.detach) flags.push('--detach');
     if (opts.cwd) flags.push('--cwd', opts.cwd);
     for (const [k, v] of Object.entries(opts.env ?? {})) flags.push('--env', `${k}=${v}`);
     if (opts.user) flags.push('--user', `${opts.user.uid}:${opts.user.gid}`);

@@ -4,6 +4,7 @@ import type { Writable } from 'node:stream';
 import { resolveCacheDir } from '../config.js';
 import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
 import type { Template, TemplateConfig } from '../template/store.js';
+import { buildRecipe, type BuildResult, type Recipe } from '../template/recipe.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from './manager.js';
 
 /**
@@ -22,6 +23,7 @@ export interface ManagerApi {
   addTemplate(name: string, source: TemplateSource, config?: Partial<TemplateConfig>): Promise<Template>;
   listTemplates(): Promise<Template[]>;
   removeTemplate(name: string): Promise<void>;
+  buildRecipe(name: string, recipe: Recipe, contextDir?: string): Promise<BuildResult>;
   reconcile(): Promise<ReconcileReport>;
 }
 
@@ -76,6 +78,9 @@ export class LocalApi implements ManagerApi {
   }
   async removeTemplate(name: string) {
     this.manager.templates.remove(name);
+  }
+  async buildRecipe(name: string, recipe: Recipe, contextDir?: string) {
+    return buildRecipe(this.manager, name, recipe, { contextDir, onProgress: (line) => this.manager.log.info({ template: name }, line) });
   }
   async reconcile() {
     return this.manager.reconcile();
@@ -142,6 +147,10 @@ export class ControlServer {
         if (!id && m === 'POST') {
           const b = body as unknown as { name: string; config?: Partial<TemplateConfig> } & TemplateSource;
           return send(201, await this.api.addTemplate(b.name, { dir: b.dir, busybox: b.busybox, base: b.base }, b.config));
+        }
+        if (id === 'build' && m === 'POST') {
+          const b = body as { name: string; recipe: Recipe; contextDir?: string };
+          return send(201, await this.api.buildRecipe(b.name, b.recipe, b.contextDir));
         }
         if (id && m === 'DELETE') return send(204, await this.api.removeTemplate(id));
       }
@@ -285,6 +294,9 @@ export class RemoteApi implements ManagerApi {
   }
   removeTemplate(name: string) {
     return this.call<void>('DELETE', `/templates/${encodeURIComponent(name)}`);
+  }
+  buildRecipe(name: string, recipe: Recipe, contextDir?: string) {
+    return this.call<BuildResult>('POST', '/templates/build', { name, recipe, contextDir });
   }
   reconcile() {
     return this.call<ReconcileReport>('POST', '/reconcile');

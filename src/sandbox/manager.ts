@@ -13,7 +13,7 @@ import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode }
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
 import { loopDevicesUnder, mountDisk, mountRootfs, mountsUnder, mountTable, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
 import { ManagerLock, Store, type SandboxRow, type SandboxState } from '../store/store.js';
-import { TemplateStore, type Template } from '../template/store.js';
+import { TemplateStore, type Template, type TemplateConfig } from '../template/store.js';
 import { conflict, CubeboxError, errorMessage, invalid, notFound } from '../util/errors.js';
 import { faultPoint } from '../util/fault.js';
 import { randomId, SANDBOX_ID_RE } from '../util/ids.js';
@@ -93,6 +93,8 @@ interface StoredSpec {
   command: string[];
   agent: boolean;
   diskMB: number;
+  startCommand?: string;
+  readyCommand?: string;
   support: string; // host directory mounted at /.cubebox
   templateName: string;
   user: string;
@@ -301,6 +303,8 @@ export class SandboxManager {
         command: req.command ?? ['/bin/sh', '-c', 'exec sleep 2147483647'],
         agent: req.agent ?? req.command === undefined,
         diskMB: template.config.diskSizeMB,
+        startCommand: template.config.startCommand,
+        readyCommand: template.config.readyCommand,
         support: this.support.dir,
         templateName: template.name,
         user: template.config.user,
@@ -394,6 +398,7 @@ export class SandboxManager {
     const st = await this.runtime.state(cid);
     if (!st || st.status !== 'running') throw new Error(`sandbox did not start (runtime reports ${st?.status ?? 'no container'})`);
     if (spec.agent) await this.waitForAgent(id);
+    await this.startTemplateCommand(id, spec);
     if (pooled) {
       this.store.updateSandbox(id, { state: 'pooled', stateDeadline: null, pid: st.pid });
       return;
@@ -413,7 +418,7 @@ export class SandboxManager {
    * while frozen, so it is consistent. Carries the filesystem only: this runtime cannot
    * checkpoint memory here (see `cubebox doctor`: CRIU).
    */
-  async snapshot(id: string, opts: { name?: string; ephemeral?: boolean } = {}): Promise<Template> {
+  async snapshot(id: string, opts: { name?: string; ephemeral?: boolean; config?: Partial<TemplateConfig> } = {}): Promise<Template> {
     return this.locks.run(id, async () => {
       const row = this.requireRow(id);
       if (row.state !== 'running' && row.state !== 'paused') throw conflict(`sandbox '${id}' is ${row.state}; only a running or paused sandbox can be snapshotted`);
@@ -430,6 +435,7 @@ export class SandboxManager {
         return await this.templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(this.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0), {
           snapshotOf: id,
           ephemeral: opts.ephemeral,
+          ...opts.config,
         });
       } finally {
         if (frozeIt) {
@@ -572,6 +578,30 @@ export class SandboxManager {
     };
   }
 
+  /**
+   * The template's start command, in the background, then its readiness check until it
+   * passes (the sandbox is not handed out before).
+   */
+  private async startTemplateCommand(id: string, spec: StoredSpec, timeoutMs = 120_000): Promise<void> {
+    if (!spec.startCommand) return;
+    const env = { ...BASE_ENV, ...spec.env, ...spec.envVars };
+    const cid = this.containerId(id);
+    const logFd = join(this.sandboxDir(id), 'console.log');
+    const start = this.runtime.exec(cid, ['/bin/sh', '-c', `(${spec.startCommand}) >>/proc/1/fd/1 2>&1`], { env, cwd: spec.workdir, detach: true, stdio: 'ignore' });
+    const code = await new Promise<number>((r) => start.on('close', (c) => r(c ?? 1)));
+    if (code !== 0) throw new Error(`the template's start command could not be started (exit ${code}); see ${logFd}`);
+    if (!spec.readyCommand) return;
+    const until = Date.now() + timeoutMs;
+    let last = -1;
+    while (Date.now() < until) {
+      const check = this.runtime.exec(cid, ['/bin/sh', '-c', spec.readyCommand], { env, cwd: spec.workdir, stdio: 'ignore' });
+      last = await new Promise<number>((r) => check.on('close', (c) => r(c ?? 1)));
+      if (last === 0) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error(`the template's readiness check did not pass in ${timeoutMs / 1000} s (last exit ${last})`);
+  }
+
   /** Host path of the unix socket on which a sandbox's envd listens. */
   envdSocket(id: string): string {
     return join(this.sandboxDir(id), 'run', 'envd.sock');
@@ -597,7 +627,7 @@ export class SandboxManager {
    * Runs a command inside a running sandbox through the runtime. The caller owns the
    * returned process (its stdio and exit status).
    */
-  async exec(id: string, args: string[], opts: { stdio?: StdioOptions; env?: Record<string, string>; cwd?: string; tty?: boolean } = {}): Promise<ChildProcess> {
+  async exec(id: string, args: string[], opts: { stdio?: StdioOptions; env?: Record<string, string>; cwd?: string; tty?: boolean; detach?: boolean } = {}): Promise<ChildProcess> {
     if (!args.length) throw invalid('exec needs a command');
     return this.locks.run(id, async () => {
       const row = this.requireRow(id);
@@ -606,7 +636,7 @@ export class SandboxManager {
       const spec = JSON.parse(row.spec) as StoredSpec;
       // the runtime replaces the whole environment when any variable is given
       const env = { ...BASE_ENV, ...spec.env, ...(opts.env ?? {}) };
-      return this.runtime.exec(this.containerId(id), args, { stdio: opts.stdio, env, cwd: opts.cwd, tty: opts.tty });
+      return this.runtime.exec(this.containerId(id), args, { stdio: opts.stdio, env, cwd: opts.cwd, tty: opts.tty, detach: opts.detach });
     });
   }
 
@@ -684,6 +714,7 @@ export class SandboxManager {
       await this.waitForAgent(id);
       await this.personalize(id, spec);
     }
+    await this.startTemplateCommand(id, spec);
     this.updateSpec(id, { coldPaused: false });
     this.store.updateSandbox(id, { pid: st.pid });
   }

@@ -20,6 +20,12 @@ export interface TemplateConfig {
   snapshotOf?: string;
   /** Made for a fork: removed once no sandbox uses it. */
   ephemeral?: boolean;
+  /** Started in every new sandbox (in the background), and the check that it is ready. */
+  startCommand?: string;
+  readyCommand?: string;
+  /** Build steps: the cache key of the step that made this layer. */
+  cacheKey?: string;
+  buildStep?: boolean;
 }
 
 export const DEFAULT_TEMPLATE_CONFIG: TemplateConfig = { user: 'root', env: {}, cpuCount: 2, memoryMB: 512, diskSizeMB: 1024 };
@@ -139,13 +145,28 @@ export class TemplateStore {
     for (const l of t.layers) if (!stillUsed.has(l)) rmSync(l, { recursive: true, force: true });
   }
 
+  /** A template with exactly a parent's layers and its own settings (a recipe's result). */
+  addDerived(name: string, parent: Template, config: Partial<TemplateConfig>): Template {
+    this.checkNewName(name);
+    const { parent: _p, cacheKey: _k, buildStep: _b, snapshotOf: _s, ephemeral: _e, ...inherited } = parent.config;
+    const row: TemplateRow = {
+      id: randomId(20),
+      name,
+      layers: parent.layers.map((l) => basename(l)),
+      config: JSON.stringify({ ...inherited, ...config, parent: parent.id }),
+      createdAt: Date.now(),
+    };
+    this.store.insertTemplate(row);
+    return this.toTemplate(row);
+  }
+
   /**
    * A template made of a new layer on top of a parent's layers (snapshots, build steps).
    * fill() writes the new layer's files into the directory it is given.
    */
   async addOnTop(name: string, parent: Template, fill: (dir: string) => Promise<void>, config: Partial<TemplateConfig> = {}): Promise<Template> {
     this.checkNewName(name);
-    const { parent: _p, ...inherited } = parent.config;
+    const { parent: _p, cacheKey: _k, buildStep: _b, snapshotOf: _s, ephemeral: _e, ...inherited } = parent.config;
     return this.addLayer(name, { ...inherited, ...config, parent: parent.id }, fill, parent.layers.map((l) => basename(l)));
   }
 
