@@ -119,6 +119,15 @@ template
     console.log(t.id);
   });
 template
+  .command('import <name> <source>')
+  .description('import an OCI image: an OCI layout directory, a `docker save` tarball, or docker://<reference> (through skopeo)')
+  .option('--ref <ref>', 'which image: a tag or digest in an OCI layout, repo:tag in a docker save')
+  .action(async (name: string, source: string, opts: { ref?: string }, cmd: Command) => {
+    const image = source.startsWith('docker://') ? source : resolve(source);
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, { image, ref: opts.ref }));
+    console.log(t.id);
+  });
+template
   .command('build <kind-or-name>')
   .description('build a template: base (Debian, E2B-style, with debootstrap), busybox (tiny, for tests), or <name> --recipe <file.json>')
   .option('--name <name>', 'template name (default: the kind)')

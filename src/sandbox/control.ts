@@ -28,6 +28,8 @@ export interface ManagerApi {
 }
 
 export interface TemplateSource {
+  image?: string; // an OCI layout, docker save tarball or docker:// reference
+  ref?: string; // which image in it
   dir?: string; // a root filesystem directory or tarball
   busybox?: boolean;
   base?: boolean; // the Debian `base` template
@@ -64,6 +66,9 @@ export class LocalApi implements ManagerApi {
   }
   async addTemplate(name: string, source: TemplateSource, config?: Partial<TemplateConfig>) {
     if (source.busybox) return this.manager.templates.addBusybox(name);
+    if (source.image) {
+      return this.manager.templates.importImage(name, source.image, { ref: source.ref, onProgress: (line) => this.manager.log.info({ template: name }, line) });
+    }
     if (source.base) {
       return this.manager.templates.addDebianBase(name, {
         cacheDir: resolveCacheDir(),
@@ -146,7 +151,7 @@ export class ControlServer {
         if (!id && m === 'GET') return send(200, await this.api.listTemplates());
         if (!id && m === 'POST') {
           const b = body as unknown as { name: string; config?: Partial<TemplateConfig> } & TemplateSource;
-          return send(201, await this.api.addTemplate(b.name, { dir: b.dir, busybox: b.busybox, base: b.base }, b.config));
+          return send(201, await this.api.addTemplate(b.name, { dir: b.dir, busybox: b.busybox, base: b.base, image: b.image, ref: b.ref }, b.config));
         }
         if (id === 'build' && m === 'POST') {
           const b = body as { name: string; recipe: Recipe; contextDir?: string };

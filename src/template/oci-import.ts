@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { CubeboxError, invalid, notFound } from '../util/errors.js';
-import { abortError, importLayer, printable, type BlobSource, type LayerExpect } from './oci-import-layer.js';
+import { abortError, importLayer, printable, type BlobSource, type LayerExpect, type LayerResult } from './oci-import-layer.js';
 import { DirFiles, TarFiles, type ImageFiles } from './oci-import-source.js';
 
 export interface ImageConfig {
@@ -40,6 +40,7 @@ export interface ImportOptions {
 }
 
 const JSON_LIMIT = 8 << 20;
+const PARALLEL_LAYERS = 3;
 const MT = {
   ociIndex: 'application/vnd.oci.image.index.v1+json',
   ociManifest: 'application/vnd.oci.image.manifest.v1+json',
@@ -417,15 +418,38 @@ export async function importImage(source: string, layersDir: string, opts: Impor
     const config = imageConfig(image.config, files.what);
     progress(`image ${short(image.digest)}: ${image.layers.length} layer(s)`);
 
-    const results: { id: string; rootOpaque: boolean }[] = [];
-    for (const [i, l] of image.layers.entries()) {
-      if (signal?.aborted) throw abortError(signal);
-      const t0 = Date.now();
-      const label = `layer ${i + 1}/${image.layers.length} ${short(l.expect.diffId)}`;
-      const r = await importLayer(l.src, l.expect, layersDir, { signal, onProgress: progress });
-      results.push(r);
-      progress(r.reused && r.entries === undefined ? `${label}: already present, shared` : `${label}: extracted ${r.entries ?? 0} entries from ${(l.src.size / 1e6).toFixed(1)} MB in ${((Date.now() - t0) / 1000).toFixed(2)}s`);
-    }
+    // A few layers at a time (extraction is bound by file creation more than by CPU). A
+    // failure stops further layers from starting; those already running finish, since
+    // complete layer directories are good for any later import.
+    const n = image.layers.length;
+    const results: LayerResult[] = new Array<LayerResult>(n);
+    const byDiffId = new Map<string, Promise<LayerResult>>();
+    let next = 0;
+    let failure: { err: unknown } | undefined;
+    const worker = async (): Promise<void> => {
+      while (next < n && !failure && !signal?.aborted) {
+        const i = next++;
+        const l = image.layers[i]!;
+        let p = byDiffId.get(l.expect.diffId);
+        if (!p) {
+          const t0 = Date.now();
+          const label = `layer ${i + 1}/${n} ${short(l.expect.diffId)}`;
+          p = importLayer(l.src, l.expect, layersDir, { signal, onProgress: progress }).then((r) => {
+            progress(r.reused && r.entries === undefined ? `${label}: already present, shared` : `${label}: extracted ${r.entries ?? 0} entries from ${(l.src.size / 1e6).toFixed(1)} MB in ${((Date.now() - t0) / 1000).toFixed(2)}s`);
+            return r;
+          });
+          byDiffId.set(l.expect.diffId, p);
+        }
+        try {
+          results[i] = await p;
+        } catch (err) {
+          failure ??= { err };
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PARALLEL_LAYERS, n) }, worker));
+    if (signal?.aborted) throw abortError(signal);
+    if (failure) throw failure.err;
     // Topmost first. A layer whose root is opaque hides everything below it (overlayfs
     // ignores opacity on a layer's root, so those layers are left out), and a layer that
     // appears twice needs only its topmost occurrence: what it holds is there anyway.

@@ -26,6 +26,12 @@ export interface TemplateConfig {
   /** Build steps: the cache key of the step that made this layer. */
   cacheKey?: string;
   buildStep?: boolean;
+  /** Imported images: the manifest (or image) digest. */
+  imageDigest?: string;
+}
+
+function shellQuote(arg: string): string {
+  return /^[A-Za-z0-9_./=:@%+,-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
 }
 
 export const DEFAULT_TEMPLATE_CONFIG: TemplateConfig = { user: 'root', env: {}, cpuCount: 2, memoryMB: 512, diskSizeMB: 1024 };
@@ -119,6 +125,28 @@ export class TemplateStore {
       writeFileSync(join(dir, 'bin/bash'), '#!/bin/sh\nexec /bin/sh "$@"\n', { mode: 0o755 });
       chownSync(join(dir, 'home/user'), 1000, 1000);
     });
+  }
+
+  /**
+   * A template from an OCI image (layout directory, `docker save` tarball, or `docker://`
+   * reference): its layers become shared layer directories, its config the template's
+   * settings (env, user, workdir, and entrypoint + cmd as the start command).
+   */
+  async importImage(name: string, source: string, opts: { ref?: string; onProgress?: (line: string) => void } = {}): Promise<Template> {
+    this.checkNewName(name);
+    const { importImage } = await import('./oci-import.js');
+    const image = await importImage(source, this.paths.layersDir, { ref: opts.ref, onProgress: opts.onProgress });
+    const command = [...(image.config.entrypoint ?? []), ...(image.config.cmd ?? [])];
+    const config: Partial<TemplateConfig> = {
+      env: image.config.env,
+      user: image.config.user?.split(':')[0] || 'root',
+      workdir: image.config.workdir || undefined,
+      startCommand: command.length ? command.map(shellQuote).join(' ') : undefined,
+      imageDigest: image.digest,
+    };
+    const row: TemplateRow = { id: randomId(20), name, layers: image.layerIds, config: JSON.stringify(config), createdAt: Date.now() };
+    this.store.insertTemplate(row);
+    return this.toTemplate(row);
   }
 
   /** The E2B-style Debian `base` template (user `user`, sudo, bash, python3, git, curl). */
