@@ -11,6 +11,7 @@ import fs from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { mountRootfs, rootfsLayout, unmountRootfs } from '../../src/runtime/rootfs.js';
 import { importImage, type ImportedImage } from '../../src/template/oci-import.js';
 import { CubeboxError } from '../../src/util/errors.js';
 
@@ -497,6 +498,32 @@ test('an OCI layout imports to exactly the final filesystem', async () => {
     const setuid = await fs.lstat(path.join(sharedLayers(), img.layerIds[2]!, 'bin/tool'));
     assert.equal(setuid.mode & 0o7777, 0o4755, 'setuid bit kept in the lower layer');
   });
+});
+
+test('through the runtime\'s idmapped layer views, a sandbox root sees the same tree', async () => {
+  // As src/runtime/rootfs.ts mounts a sandbox: each layer through an idmapped bind mount
+  // (image uid 0 -> host HOST), a writable upper layer on top.
+  const HOST = 300000;
+  const dir = path.join(root, 'sandbox');
+  const layout = rootfsLayout(dir, 'cubebox-ocitest', first!.layerIds.length);
+  await mountRootfs(layout, first!.layerIds.map((id) => path.join(sharedLayers(), id)), { hostId: HOST, size: 65536 });
+  try {
+    const shifted = EXPECTED.map(([p, t, m, u, g, ...rest]) => [p, t, m, u + HOST, g + HOST, ...rest] as Row);
+    const seen = await walk(layout.target);
+    // The merged root is the upper layer's own directory (owned by the sandbox's root).
+    assert.deepEqual(seen.slice(1), shifted.slice(1));
+    assert.deepEqual(seen[0]!.slice(1, 5), ['dir', 0o755, HOST, HOST]);
+    // Writes land in the upper layer; whiteouts the sandbox makes leave the layers alone.
+    await fs.rm(path.join(layout.target, 'opt/keep'));
+    await fs.writeFile(path.join(layout.target, 'data/new'), 'mine\n');
+    assert.deepEqual((await fs.readdir(path.join(layout.target, 'opt'))).sort(), ['hard1', 'hard2']);
+    assert.equal(await fs.readFile(path.join(layout.target, 'data/new'), 'utf8'), 'mine\n');
+    assert.equal(await fs.readFile(path.join(sharedLayers(), first!.layerIds[2]!, 'opt/keep'), 'utf8'), 'keep\n');
+  } finally {
+    await unmountRootfs([layout.target, ...layout.views]);
+  }
+  assert.deepEqual(mountsUnder(dir), []);
+  await fs.rm(dir, { recursive: true });
 });
 
 test('umoci, unpacking the same image, gives the same tree', async () => {
