@@ -55,7 +55,10 @@ export class SandboxCgroup {
 
   dirs(): string[] {
     if (this.mode === 'v2') return [join(ROOT, this.relPath)];
-    return this.hierarchies.map((h) => join(ROOT, h, this.relPath));
+    const dirs = this.hierarchies.map((h) => join(ROOT, h, this.relPath));
+    // on hybrid hosts runc also creates the sandbox's cgroup in the controller-less cgroup2 tree
+    if (this.mode === 'hybrid') dirs.push(join(ROOT, 'unified', this.relPath));
+    return dirs;
   }
 
   existing(): string[] {
@@ -187,6 +190,7 @@ function readList(file: string): number[] {
 /** Names of the sandbox cgroups under an instance's parent, for the reconciler. */
 export function listInstanceCgroups(mode: CgroupMode, parent: string): string[] {
   const bases = mode === 'v2' ? [ROOT] : v1Hierarchies().map((h) => join(ROOT, h));
+  if (mode === 'hybrid') bases.push(join(ROOT, 'unified'));
   const names = new Set<string>();
   for (const b of bases) {
     try {

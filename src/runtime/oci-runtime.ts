@@ -63,7 +63,8 @@ export class OciRuntime implements SandboxRuntime {
   ) {
     this.binary = binary ?? `/usr/bin/${name}`;
     this.globalArgs = ['--root', stateRoot];
-    if (name === 'runsc') this.globalArgs.push('--platform=ptrace', '--network=none', '--ignore-cgroups=false');
+    // host-uds=create: envd's socket in the shared directory must be reachable from the host
+    if (name === 'runsc') this.globalArgs.push('--platform=ptrace', '--network=none', '--host-uds=create');
     // crun refuses hybrid hosts; in a mount namespace without the cgroup2 mount it sees pure v1.
     this.wrap = name === 'crun' && cgroupMode === 'hybrid';
     this.userNamespaces = name !== 'runsc';
@@ -133,8 +134,26 @@ export class OciRuntime implements SandboxRuntime {
     await this.callOk(['resume', containerId]);
   }
 
+  /**
+   * Whether the runtime has state for the container: crun and runc keep a directory per
+   * container, runsc files named `<id>_sandbox:<sandbox id>.state`.
+   */
+  private known(containerId: string): boolean {
+    if (existsSync(join(this.stateRoot, containerId))) return true;
+    if (this.name !== 'runsc') return false;
+    return this.entries().some((e) => e.startsWith(`${containerId}_sandbox:`));
+  }
+
+  private entries(): string[] {
+    try {
+      return readdirSync(this.stateRoot);
+    } catch {
+      return [];
+    }
+  }
+
   async state(containerId: string): Promise<ContainerState | null> {
-    if (!existsSync(join(this.stateRoot, containerId))) return null;
+    if (!this.known(containerId)) return null;
     const r = await this.call(['state', containerId]);
     if (r.code !== 0) {
       if (GONE_RE.test(r.err)) return null;
@@ -145,18 +164,18 @@ export class OciRuntime implements SandboxRuntime {
   }
 
   async forceDelete(containerId: string): Promise<void> {
-    if (!existsSync(join(this.stateRoot, containerId))) return;
+    if (!this.known(containerId)) return;
     const r = await this.call(['delete', '--force', containerId]);
     if (r.code !== 0 && !GONE_RE.test(r.err)) throw new Error(`${this.name} delete --force: ${r.err}`);
   }
 
   async list(): Promise<string[]> {
-    try {
-      return readdirSync(this.stateRoot, { withFileTypes: true })
-        .filter((e) => e.isDirectory())
-        .map((e) => e.name);
-    } catch {
-      return [];
+    const ids = new Set<string>();
+    for (const e of this.entries()) {
+      const runsc = e.match(/^(.+)_sandbox:.*\.(state|lock)$/);
+      if (runsc) ids.add(runsc[1]!);
+      else if (existsSync(join(this.stateRoot, e, '.'))) ids.add(e);
     }
+    return [...ids];
   }
 }

@@ -1,0 +1,30 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import type { RuntimeName } from '../../src/config.js';
+import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance } from '../helpers/instance.js';
+
+// crun is covered by every other suite; runc and runsc are selectable by configuration.
+for (const runtime of ['runc', 'runsc'] as RuntimeName[]) {
+  describe(`the ${runtime} runtime`, { skip: !existsSync(`/usr/bin/${runtime}`) && `${runtime} is not installed` }, () => {
+    it('create (with envd) -> exec -> pause -> resume -> pause -> delete leaves nothing', async () => {
+      const m = await newInstance({ runtime });
+      try {
+        const sbx = await m.create({ template: 'busybox' });
+        assert.equal(sbx.runtime, runtime);
+        const r = await execIn(m, sbx.id, ['sh', '-c', 'echo out; exit 4']);
+        assert.equal(r.stdout, 'out\n');
+        assert.equal(r.code, 4);
+        if (runtime === 'runsc') assert.match((await execIn(m, sbx.id, ['uname', '-r'])).stdout, /^4\.4\.0/, 'gVisor reports its own kernel');
+        await m.pause(sbx.id);
+        await m.resume(sbx.id);
+        assert.equal((await execIn(m, sbx.id, ['echo', 'back'])).stdout, 'back\n');
+        await m.pause(sbx.id);
+        await m.delete(sbx.id);
+        assertNoSandboxLeaks(m.paths, sbx.id);
+      } finally {
+        await destroyInstance(m);
+      }
+    });
+  });
+}
