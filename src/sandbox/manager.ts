@@ -189,6 +189,8 @@ export class SandboxManager {
       lock.release();
       throw new CubeboxError('unavailable', `cannot prepare the sandbox support tree: ${errorMessage(err)}`);
     }
+    const swept = m.templates.sweepTemporaries();
+    if (swept.length) log.warn({ swept }, 'removed temporary layers left by an interrupted import or build');
     const report = await m.reconcile({ startup: true });
     if (report.errors.length) log.warn({ errors: report.errors }, 'start-up reconciliation left errors');
     m.deleteStopped = opts.deleteStopped ?? false;

@@ -57,6 +57,20 @@ export class TemplateStore {
     mkdirSync(paths.layersDir, { recursive: true, mode: 0o700 });
   }
 
+  /**
+   * Removes what interrupted imports and builds left in the layer store (temporary
+   * directories). Call only as the data directory's one manager, before any import starts.
+   */
+  sweepTemporaries(): string[] {
+    const swept: string[] = [];
+    for (const e of readdirSync(this.paths.layersDir)) {
+      if (!e.startsWith('.tmp-')) continue;
+      rmSync(join(this.paths.layersDir, e), { recursive: true, force: true });
+      swept.push(e);
+    }
+    return swept;
+  }
+
   private toTemplate(row: TemplateRow): Template {
     return {
       id: row.id,
