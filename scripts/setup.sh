@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(crun runc runsc tini iproute2 nftables debootstrap busybox-static golang-github-containers-common
-      util-linux e2fsprogs procps psmisc ca-certificates build-essential python3 xz-utils zstd
+      util-linux e2fsprogs procps psmisc curl ca-certificates build-essential python3 xz-utils zstd
       criu skopeo umoci)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
@@ -17,7 +17,18 @@ npm ci --no-audit --no-fund
 npm run build
 if [[ "${1:-}" != "--no-start" ]]; then
   node dist/src/cli/main.js doctor
-  mkdir -p /var/log
-  nohup node dist/src/cli/main.js serve >/var/log/cubebox.log 2>&1 &
-  echo "cubebox serve started (pid $!), logs in /var/log/cubebox.log"
+  port="${CUBEBOX_PORT:-3000}"
+  if curl -fsS "http://127.0.0.1:${port}/health" >/dev/null 2>&1; then
+    echo "cubebox serve already answers on port ${port}"
+  else
+    nohup node dist/src/cli/main.js serve >/var/log/cubebox.log 2>&1 &
+    echo "cubebox serve started (pid $!), logs in /var/log/cubebox.log; waiting for it (the first start builds the base template, about 1-2 minutes)"
+    for _ in $(seq 1 900); do
+      curl -fsS "http://127.0.0.1:${port}/health" >/dev/null 2>&1 && break
+      if ! kill -0 "$!" 2>/dev/null; then echo "cubebox serve exited; see /var/log/cubebox.log" >&2; tail -20 /var/log/cubebox.log >&2; exit 1; fi
+      sleep 1
+    done
+  fi
+  echo "cubebox serve is ready on http://127.0.0.1:${port} with the base template."
+  echo "Create an API key with: node dist/src/cli/main.js keys create"
 fi

@@ -1,3 +1,4 @@
+import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 
 /**
@@ -121,6 +122,9 @@ export class Store {
 
   constructor(file: string) {
     this.db = new Database(file);
+    // API key hashes and envd access tokens live here: root only (SQLite gives its
+    // -wal and -shm files the database file's permissions)
+    chmodSync(file, 0o600);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('busy_timeout = 5000');
