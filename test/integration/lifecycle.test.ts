@@ -258,3 +258,29 @@ describe('sandbox disks', () => {
     assertNoSandboxLeaks(m.paths, sbx.id);
   });
 });
+
+describe('several instances on one host', () => {
+  it("one instance's reconciler never touches another's sandboxes", async () => {
+    const a = await newInstance();
+    const b = await newInstance();
+    try {
+      assert.notEqual(a.paths.instanceId, b.paths.instanceId);
+      const sa = await a.create({ template: 'busybox' });
+      const sb = await b.create({ template: 'busybox' });
+      await b.pause(sb.id);
+      // names carry the instance: an operator can tell whose a resource is
+      assert.ok(a.cgroup(sa.id).existing().every((d) => d.includes(`/cubebox-${a.paths.instanceId}/`)));
+      assert.ok(b.containerId(sb.id).startsWith(`cubebox-${b.paths.instanceId}-`));
+      const report = await a.reconcile({ startup: true });
+      assert.deepEqual(report.orphansRemoved, []);
+      assert.deepEqual(report.tornDown, []);
+      assert.equal((await b.runtime.state(b.containerId(sb.id)))?.status, 'paused');
+      await b.resume(sb.id);
+      assert.equal((await execIn(b, sb.id, ['echo', 'b-alive'])).stdout, 'b-alive\n');
+      assert.equal((await execIn(a, sa.id, ['echo', 'a-alive'])).stdout, 'a-alive\n');
+    } finally {
+      await destroyInstance(a);
+      await destroyInstance(b);
+    }
+  });
+});
