@@ -110,7 +110,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (typeof b !== 'object' || Array.isArray(b)) throw invalid('request body must be a JSON object');
     const templateRef = b.templateID ?? 'base';
     if (typeof templateRef !== 'string' || !templateRef) throw invalid('templateID must be a string');
-    const template = manager.templates.find(templateRef) ?? manager.templates.find(templateRef.split(':')[0]!);
+    const template = manager.templates.find(templateRef);
     if (!template) throw notFound(`template '${templateRef}' not found`);
     const metadata = stringMap(b.metadata, 'metadata');
     const envVars = stringMap(b.envVars, 'envVars');

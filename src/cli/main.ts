@@ -150,12 +150,27 @@ template
     console.log(t.id);
   });
 template
+  .command('alias <template> <alias>')
+  .description('give a template another name (E2B templateID aliases)')
+  .action(async (ref: string, alias: string, _o: unknown, cmd: Command) => {
+    await withApi(dataDirOf(cmd), (api) => api.tagTemplate(ref, { alias }));
+  });
+template
+  .command('tag <template> <tag>')
+  .description('tag a template: <name>:<tag> then resolves to it')
+  .action(async (ref: string, tag: string, _o: unknown, cmd: Command) => {
+    await withApi(dataDirOf(cmd), (api) => api.tagTemplate(ref, { tag }));
+  });
+template
   .command('list')
   .option('--json')
   .action(async (opts: { json?: boolean }, cmd: Command) => {
     const list = await withApi(dataDirOf(cmd), (api) => api.listTemplates());
     if (opts.json) return console.log(JSON.stringify(list, null, 2));
-    for (const t of list) console.log(`${t.id}  ${t.name.padEnd(20)} ${t.layers.length} layer(s)`);
+    for (const t of list) {
+      const names = [...(t.config.aliases ?? []), ...(t.config.tags ?? []).map((g) => `${t.name}:${g}`)];
+      console.log(`${t.id}  ${t.name.padEnd(20)} ${String(t.layers.length).padStart(2)} layer(s)${names.length ? `  also: ${names.join(', ')}` : ''}`);
+    }
   });
 template
   .command('rm <name>')

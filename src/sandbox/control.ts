@@ -24,6 +24,7 @@ export interface ManagerApi {
   listTemplates(): Promise<Template[]>;
   removeTemplate(name: string): Promise<void>;
   buildRecipe(name: string, recipe: Recipe, contextDir?: string): Promise<BuildResult>;
+  tagTemplate(ref: string, what: { alias?: string; tag?: string }): Promise<Template>;
   reconcile(): Promise<ReconcileReport>;
 }
 
@@ -83,6 +84,11 @@ export class LocalApi implements ManagerApi {
   }
   async removeTemplate(name: string) {
     this.manager.templates.remove(name);
+  }
+  async tagTemplate(ref: string, what: { alias?: string; tag?: string }) {
+    if (what.alias) return this.manager.templates.addAlias(ref, what.alias);
+    if (what.tag) return this.manager.templates.addTag(ref, what.tag);
+    throw new CubeboxError('invalid_argument', 'give an alias or a tag');
   }
   async buildRecipe(name: string, recipe: Recipe, contextDir?: string) {
     return buildRecipe(this.manager, name, recipe, { contextDir, onProgress: (line) => this.manager.log.info({ template: name }, line) });
@@ -157,6 +163,7 @@ export class ControlServer {
           const b = body as { name: string; recipe: Recipe; contextDir?: string };
           return send(201, await this.api.buildRecipe(b.name, b.recipe, b.contextDir));
         }
+        if (id && op === 'names' && m === 'POST') return send(200, await this.api.tagTemplate(id, body as { alias?: string; tag?: string }));
         if (id && m === 'DELETE') return send(204, await this.api.removeTemplate(id));
       }
       if (a === 'reconcile' && m === 'POST') return send(200, await this.api.reconcile());
@@ -299,6 +306,9 @@ export class RemoteApi implements ManagerApi {
   }
   removeTemplate(name: string) {
     return this.call<void>('DELETE', `/templates/${encodeURIComponent(name)}`);
+  }
+  tagTemplate(ref: string, what: { alias?: string; tag?: string }) {
+    return this.call<Template>('POST', `/templates/${encodeURIComponent(ref)}/names`, what);
   }
   buildRecipe(name: string, recipe: Recipe, contextDir?: string) {
     return this.call<BuildResult>('POST', '/templates/build', { name, recipe, contextDir });

@@ -241,6 +241,10 @@ export class Store {
     return (this.db.prepare('SELECT * FROM templates ORDER BY name').all() as Raw[]).map(toTemplate);
   }
 
+  updateTemplateConfig(id: string, config: string): void {
+    this.db.prepare('UPDATE templates SET config = ? WHERE id = ?').run(config, id);
+  }
+
   deleteTemplate(id: string): void {
     this.db.prepare('DELETE FROM templates WHERE id = ?').run(id);
   }

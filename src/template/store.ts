@@ -28,6 +28,8 @@ export interface TemplateConfig {
   buildStep?: boolean;
   /** Imported images: the manifest (or image) digest. */
   imageDigest?: string;
+  aliases?: string[];
+  tags?: string[];
 }
 
 function shellQuote(arg: string): string {
@@ -81,15 +83,50 @@ export class TemplateStore {
     };
   }
 
-  get(idOrName: string): Template {
-    const row = this.store.getTemplate(idOrName);
-    if (!row) throw notFound(`template '${idOrName}' not found`);
-    return this.toTemplate(row);
+  get(ref: string): Template {
+    const t = this.find(ref);
+    if (!t) throw notFound(`template '${ref}' not found`);
+    return t;
   }
 
-  find(idOrName: string): Template | undefined {
-    const row = this.store.getTemplate(idOrName);
-    return row ? this.toTemplate(row) : undefined;
+  /** By id, name, alias, or `name:tag` (the tag `latest` and `default` name the template itself). */
+  find(ref: string): Template | undefined {
+    const row = this.store.getTemplate(ref);
+    if (row) return this.toTemplate(row);
+    const all = this.list();
+    const byAlias = all.find((t) => t.config.aliases?.includes(ref));
+    if (byAlias) return byAlias;
+    const colon = ref.lastIndexOf(':');
+    if (colon > 0) {
+      const [name, tag] = [ref.slice(0, colon), ref.slice(colon + 1)];
+      const base = all.find((t) => t.name === name || t.config.aliases?.includes(name));
+      if (!base) return undefined;
+      return tag === 'latest' || tag === 'default' || base.config.tags?.includes(tag) ? base : undefined;
+    }
+    return undefined;
+  }
+
+  /** Adds another name the template answers to. */
+  addAlias(ref: string, alias: string): Template {
+    if (!NAME_RE.test(alias)) throw invalid(`bad alias '${alias}': use lowercase letters, digits, '.', '_' and '-' (max 63)`);
+    if (this.find(alias)) throw conflict(`'${alias}' already names a template`);
+    const t = this.get(ref);
+    return this.updateConfig(t, { aliases: [...(t.config.aliases ?? []), alias] });
+  }
+
+  /** Tags the template: `<name>:<tag>` then resolves to it. */
+  addTag(ref: string, tag: string): Template {
+    if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(tag)) throw invalid(`bad tag '${tag}'`);
+    const t = this.get(ref);
+    if (t.config.tags?.includes(tag)) return t;
+    return this.updateConfig(t, { tags: [...(t.config.tags ?? []), tag] });
+  }
+
+  private updateConfig(t: Template, change: Partial<TemplateConfig>): Template {
+    const row = this.store.getTemplate(t.id)!;
+    const config = { ...(JSON.parse(row.config) as Partial<TemplateConfig>), ...change };
+    this.store.updateTemplateConfig(t.id, JSON.stringify(config));
+    return this.get(t.id);
   }
 
   list(): Template[] {
@@ -214,7 +251,7 @@ export class TemplateStore {
 
   private checkNewName(name: string): void {
     if (!NAME_RE.test(name)) throw invalid(`bad template name '${name}': use lowercase letters, digits, '.', '_' and '-' (max 63)`);
-    if (this.store.getTemplate(name)) throw conflict(`template '${name}' already exists`);
+    if (this.find(name)) throw conflict(`template '${name}' already exists`);
   }
 
   private async addLayer(name: string, config: Partial<TemplateConfig>, fill: (dir: string) => Promise<void>, below: string[] = []): Promise<Template> {

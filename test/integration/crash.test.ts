@@ -132,6 +132,21 @@ describe('cubebox CLI', () => {
     assert.equal((await cli(dataDir, ['sandbox', 'rm', lastLine(inUse.stdout)])).code, 0);
   });
 
+  it('resolves templates by alias and name:tag', async () => {
+    assert.equal((await cli(dataDir, ['template', 'alias', 'busybox', 'bb'])).code, 0);
+    assert.equal((await cli(dataDir, ['template', 'tag', 'busybox', 'v1'])).code, 0);
+    for (const ref of ['bb', 'busybox:latest', 'busybox:v1', 'bb:v1']) {
+      const c = await cli(dataDir, ['sandbox', 'create', '--template', ref]);
+      assert.equal(c.code, 0, `${ref}: ${c.stderr}`);
+      assert.equal((await cli(dataDir, ['sandbox', 'rm', lastLine(c.stdout)])).code, 0);
+    }
+    const missing = await cli(dataDir, ['sandbox', 'create', '--template', 'busybox:v2']);
+    assert.equal(missing.code, 3);
+    assert.match((await cli(dataDir, ['template', 'list'])).stdout, /also: bb, busybox:v1/);
+    const taken = await cli(dataDir, ['template', 'alias', 'busybox', 'busybox']);
+    assert.equal(taken.code, 4);
+  });
+
   it('registers a tarball as a template', async () => {
     const src = newDataDir();
     try {
