@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { cli, destroyInstance, newDataDir } from '../helpers/instance.js';
-import { createKey, startService, type Service } from '../helpers/service.js';
+import { cli, destroyInstance } from '../helpers/instance.js';
+import { createKey, sdkService, type E2B, type Service } from '../helpers/service.js';
 
-type E2B = typeof import('e2b');
 let e2b: E2B;
 let svc: Service;
 let dataDir: string;
@@ -14,14 +13,7 @@ const api = (path: string, init: RequestInit = {}) =>
 
 describe('control-plane details and concurrency', { timeout: 900_000 }, () => {
   before(async () => {
-    dataDir = newDataDir();
-    svc = await startService(dataDir);
-    key = await createKey(dataDir);
-    process.env.E2B_API_KEY = key;
-    process.env.E2B_API_URL = svc.url;
-    process.env.E2B_SANDBOX_URL = svc.url;
-    delete process.env.E2B_DEBUG;
-    e2b = (await import('e2b')) as unknown as E2B;
+    ({ svc, dataDir, key, e2b } = await sdkService());
   });
   after(async () => {
     await svc.stop();

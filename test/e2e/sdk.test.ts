@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
-import { assertNoSandboxLeaks, destroyInstance, instanceLeaks, newDataDir } from '../helpers/instance.js';
-import { createKey, startService, type Service } from '../helpers/service.js';
+import { assertNoSandboxLeaks, destroyInstance, instanceLeaks } from '../helpers/instance.js';
+import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
 
-// The published SDK, configured the way a user points it at cubebox: environment only.
-type E2B = typeof import('e2b');
 let e2b: E2B;
 let svc: Service;
 let dataDir: string;
@@ -21,13 +19,7 @@ async function newSandbox(opts: Parameters<E2B['Sandbox']['create']>[1] = {}) {
 
 describe('cubebox serve with the e2b SDK', { timeout: 900_000 }, () => {
   before(async () => {
-    dataDir = newDataDir();
-    svc = await startService(dataDir);
-    process.env.E2B_API_KEY = await createKey(dataDir);
-    process.env.E2B_API_URL = svc.url;
-    process.env.E2B_SANDBOX_URL = svc.url;
-    delete process.env.E2B_DEBUG;
-    e2b = (await import('e2b')) as unknown as E2B;
+    ({ svc, dataDir, e2b } = await sdkService());
   });
 
   after(async () => {

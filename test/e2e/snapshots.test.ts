@@ -3,23 +3,16 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
-import { assertNoSandboxLeaks, destroyInstance, newDataDir } from '../helpers/instance.js';
-import { createKey, startService, type Service } from '../helpers/service.js';
+import { assertNoSandboxLeaks, destroyInstance } from '../helpers/instance.js';
+import { sdkService, type E2B, type Service } from '../helpers/service.js';
 
-type E2B = typeof import('e2b');
 let e2b: E2B;
 let svc: Service;
 let dataDir: string;
 
 describe('snapshots and fork through the SDK', { timeout: 900_000 }, () => {
   before(async () => {
-    dataDir = newDataDir();
-    svc = await startService(dataDir, { env: { CUBEBOX_POOL: '' } });
-    process.env.E2B_API_KEY = await createKey(dataDir);
-    process.env.E2B_API_URL = svc.url;
-    process.env.E2B_SANDBOX_URL = svc.url;
-    delete process.env.E2B_DEBUG;
-    e2b = (await import('e2b')) as unknown as E2B;
+    ({ svc, dataDir, e2b } = await sdkService({ CUBEBOX_POOL: '' }));
   });
   after(async () => {
     await svc.stop();

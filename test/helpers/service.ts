@@ -68,3 +68,22 @@ export async function createKey(dataDir: string): Promise<string> {
   if (r.code !== 0) throw new Error(`keys create failed: ${r.stderr}`);
   return r.stdout.trim().split('\n').pop()!.trim();
 }
+
+export type E2B = typeof import('e2b');
+
+/**
+ * A service on a fresh data directory, an API key, and the published SDK pointed at it
+ * the way a user does: E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL, never E2B_DEBUG.
+ */
+export async function sdkService(env: NodeJS.ProcessEnv = {}): Promise<{ svc: Service; dataDir: string; key: string; e2b: E2B }> {
+  const { newDataDir } = await import('./instance.js');
+  const dataDir = newDataDir();
+  const svc = await startService(dataDir, { env });
+  const key = await createKey(dataDir);
+  process.env.E2B_API_KEY = key;
+  process.env.E2B_API_URL = svc.url;
+  process.env.E2B_SANDBOX_URL = svc.url;
+  delete process.env.E2B_DEBUG;
+  const e2b = (await import('e2b')) as unknown as E2B;
+  return { svc, dataDir, key, e2b };
+}
