@@ -143,6 +143,7 @@ export class SandboxManager {
   private timer: NodeJS.Timeout | undefined;
   private reaper: NodeJS.Timeout | undefined;
   private poolSizes: Record<string, number> = {};
+  private poolConfigured = false;
   private filling: Promise<void> | undefined;
   private deleteStopped = false;
   private closed = false;
@@ -194,8 +195,7 @@ export class SandboxManager {
     const report = await m.reconcile({ startup: true });
     if (report.errors.length) log.warn({ errors: report.errors }, 'start-up reconciliation left errors');
     m.deleteStopped = opts.deleteStopped ?? false;
-    m.poolSizes = opts.pool ?? {};
-    m.fillPools();
+    if (opts.pool) m.setPool(opts.pool);
     if (opts.reconcileIntervalMs) {
       m.timer = setInterval(() => void m.reconcile().catch((e) => log.error({ err: e }, 'reconcile failed')), opts.reconcileIntervalMs);
       m.timer.unref();
@@ -524,19 +524,28 @@ export class SandboxManager {
   /** Sets the warm pool sizes (template name -> count) and starts filling. */
   setPool(sizes: Record<string, number>): void {
     this.poolSizes = { ...sizes };
+    this.poolConfigured = true;
     this.fillPools();
   }
 
   /** Brings every pool up to its size in the background, one sandbox at a time. */
   fillPools(): void {
-    if (this.filling || this.closed || !Object.keys(this.poolSizes).length) return;
+    // only a manager that was given a pool manages pools (a short-lived CLI manager does not)
+    if (this.filling || this.closed || !this.poolConfigured) return;
     this.filling = (async () => {
+      // templates no longer pooled give their pooled sandboxes back
+      const pooledNames = new Set(Object.keys(this.poolSizes).map((n) => this.templates.find(n)?.id));
+      for (const r of this.store.listSandboxes()) {
+        if (r.state === 'pooled' && !pooledNames.has(r.templateId)) await this.delete(r.id).catch(() => undefined);
+      }
       for (const [name, size] of Object.entries(this.poolSizes)) {
         const template = this.templates.find(name);
         if (!template) continue;
         while (!this.closed) {
-          const have = this.store.listSandboxes().filter((r) => r.state === 'pooled' && r.templateId === template.id).length;
-          if (have >= size) break;
+          const pooled = this.store.listSandboxes().filter((r) => r.state === 'pooled' && r.templateId === template.id);
+          // a pool made smaller gives back what it holds beyond its size
+          for (const extra of pooled.slice(size)) await this.delete(extra.id).catch((e) => this.log.warn({ sandbox: extra.id, err: errorMessage(e) }, 'could not shrink the pool'));
+          if (pooled.length >= size) break;
           try {
             await this.createNew(template, { template: template.id }, true);
           } catch (err) {
