@@ -54,7 +54,8 @@ export async function destroyInstance(m: SandboxManager | undefined, dataDir?: s
   let paths: Paths;
   if (m) {
     paths = m.paths;
-    for (const s of m.list()) await m.delete(s.id);
+    m.setPool({}); // stop refilling before deleting what is there
+    for (const s of m.list()) await m.delete(s.id).catch((e: Error) => assert.match(e.message, /not found/));
     await m.close();
   } else {
     paths = openPaths(dataDir!, false);

@@ -284,3 +284,32 @@ describe('several instances on one host', () => {
     }
   });
 });
+
+describe('warm pool', () => {
+  it('hands out prepared sandboxes, refills, and gives them back when the pool shrinks', async () => {
+    const m = await newInstance();
+    try {
+      const pooled = () => m.list().filter((s) => s.state === 'pooled');
+      m.setPool({ busybox: 2 });
+      for (let i = 0; i < 600 && pooled().length < 2; i++) await sleep(50);
+      const ready = pooled().map((s) => s.id);
+      assert.equal(ready.length, 2);
+      const sbx = await m.create({ template: 'busybox', metadata: { who: 'first' }, envVars: { X: '1' } });
+      assert.ok(ready.includes(sbx.id), 'the create claimed a prepared sandbox');
+      assert.equal(sbx.state, 'running');
+      assert.deepEqual(m.get(sbx.id).metadata, { who: 'first' });
+      for (let i = 0; i < 600 && pooled().length < 2; i++) await sleep(50);
+      assert.equal(pooled().length, 2, 'the pool refills');
+      // a request that changes how the sandbox is built is not served from the pool
+      const custom = await m.create({ template: 'busybox', limits: { memoryMB: 256 } });
+      assert.ok(!ready.includes(custom.id));
+      m.setPool({});
+      // the pool's own sandboxes go (a refill in flight finishes first, then goes too)
+      for (let i = 0; i < 400 && m.list().length > 2; i++) await sleep(50);
+      assert.deepEqual(m.list().map((s) => s.id).sort(), [sbx.id, custom.id].sort(), 'an emptied pool gives its sandboxes back');
+      for (const id of ready) if (id !== sbx.id) assertNoSandboxLeaks(m.paths, id);
+    } finally {
+      await destroyInstance(m);
+    }
+  });
+});
