@@ -17,6 +17,10 @@ export interface ControlPlaneOptions {
   verifyKey: (key: string | undefined) => boolean;
   domain: string;
   clientId: string;
+  /** Wraps each lifecycle operation (for latency and failure metrics). */
+  observe?: <T>(op: string, fn: () => Promise<T>) => Promise<T>;
+  /** GET /metrics: Prometheus text (no API key needed; aggregates only). */
+  prometheus?: () => Promise<{ contentType: string; body: string }>;
 }
 
 const STATUS: Record<ErrorKind, number> = { not_found: 404, invalid_argument: 400, conflict: 409, unavailable: 503, internal: 500 };
@@ -31,6 +35,7 @@ type Req = FastifyRequest<{ Params: { id: string }; Querystring: Record<string, 
 /** E2B's REST control plane (contract section 2) over the sandbox manager. */
 export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOptions): void {
   const { manager, metrics } = opts;
+  const observe = opts.observe ?? (<T>(_op: string, fn: () => Promise<T>) => fn());
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
     if (err instanceof CubeboxError) return sendError(reply, STATUS[err.kind], err.message);
@@ -41,7 +46,8 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   app.setNotFoundHandler((req, reply) => sendError(reply, 404, `no route ${req.method} ${req.url.split('?')[0]}`));
 
   app.addHook('onRequest', async (req, reply) => {
-    if (req.url === '/health' || req.url.startsWith('/health?')) return;
+    const path = req.url.split('?')[0];
+    if (path === '/health' || (path === '/metrics' && opts.prometheus)) return;
     const key = req.headers['x-api-key'];
     if (!opts.verifyKey(Array.isArray(key) ? key[0] : key)) {
       return sendError(reply, 401, 'Invalid API key: pass a valid key (e2b_...) in the X-API-KEY header; create one with `cubebox keys create`');
@@ -49,6 +55,13 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   });
 
   app.get('/health', async (_req, reply) => reply.code(200).send({ status: 'ok' }));
+  if (opts.prometheus) {
+    const prometheus = opts.prometheus;
+    app.get('/metrics', async (_req, reply) => {
+      const m = await prometheus();
+      return reply.code(200).type(m.contentType).send(m.body);
+    });
+  }
 
   // ---- helpers
   const idOf = (req: Req): string => {
@@ -118,7 +131,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     const autoPause = b.autoPause === true;
     const autoResume = typeof b.autoResume === 'object' && b.autoResume !== null && (b.autoResume as { enabled?: unknown }).enabled === true;
     const lifecycle: Lifecycle = { onTimeout: autoPause ? 'pause' : 'kill', autoResume, keepMemory: b.autoPauseMemory !== false };
-    const info = await manager.create({
+    const info = await observe('create', () => manager.create({
       template: template.id,
       timeoutSec,
       metadata,
@@ -126,7 +139,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
       lifecycle,
       secure: b.secure !== false,
       extra: { allowInternetAccess: b.allow_internet_access ?? true, network: b.network ?? undefined, mcp: b.mcp ?? undefined },
-    });
+    }));
     return reply.code(201).send(sandboxBody(info));
   };
   app.post('/sandboxes', create);
@@ -182,14 +195,14 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   app.delete('/sandboxes/:id', async (req: Req, reply) => {
     const id = idOf(req);
     visible(id);
-    await manager.delete(id);
+    await observe('delete', () => manager.delete(id));
     return reply.code(204).send();
   });
 
   app.post('/sandboxes/:id/pause', async (req: Req, reply) => {
     const id = idOf(req);
     visible(id);
-    await manager.pause(id, { memory: req.body?.memory !== false });
+    await observe('pause', () => manager.pause(id, { memory: req.body?.memory !== false }));
     return reply.code(204).send();
   });
 
@@ -197,7 +210,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     const id = idOf(req);
     visible(id);
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
-    const info = await manager.resume(id, { timeoutSec });
+    const info = await observe('resume', () => manager.resume(id, { timeoutSec }));
     return reply.code(201).send(sandboxBody(info));
   });
 
@@ -205,7 +218,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     const id = idOf(req);
     visible(id);
     const timeoutSec = timeoutOf(req.body, 'timeout');
-    const { info, resumed } = await manager.connect(id, timeoutSec);
+    const { info, resumed } = await observe('connect', () => manager.connect(id, timeoutSec));
     return reply.code(resumed ? 201 : 200).send(sandboxBody(info));
   };
   app.post('/sandboxes/:id/connect', connect);
@@ -302,7 +315,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     visible(id);
     const name = req.body?.name;
     if (name !== undefined && typeof name !== 'string') throw invalid('name must be a string');
-    const t = await manager.snapshot(id, { name });
+    const t = await observe('snapshot', () => manager.snapshot(id, { name }));
     return reply.code(201).send({ snapshotID: t.id, names: [t.name] });
   });
   app.get('/snapshots', async (req: Req, reply) => {
@@ -338,7 +351,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (typeof count !== 'number') throw invalid('count must be a number');
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
     const src = manager.get(id);
-    const results = await manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra });
+    const results = await observe('fork', () => manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra }));
     return reply.code(201).send(
       results.map((r) => (r.info ? { sandbox: sandboxBody(r.info) } : { error: { code: STATUS[r.error!.kind], message: r.error!.message } })),
     );

@@ -7,11 +7,14 @@ import { MetricsSampler } from '../sandbox/metrics.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { ApiKeys } from './keys.js';
 import { registerControlPlane } from './control-plane.js';
+import { ServiceMetrics } from './prometheus.js';
 
 export interface ServerOptions {
   manager: SandboxManager;
   host: string;
   port: number;
+  /** An optional second port that serves only the data plane. */
+  dataPort?: number;
   /** Public sandbox domain reported to the SDK (getHost() builds <port>-<id>.<domain>). */
   domain?: string;
   log: Logger;
@@ -20,6 +23,7 @@ export interface ServerOptions {
 export interface RunningServer {
   url: string;
   port: number;
+  dataUrl?: string;
   close(): Promise<void>;
 }
 
@@ -76,9 +80,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   // the default address is filled in after listen, when the port is known
   const domainRef = { value: opts.domain ?? '' };
+  const prom = new ServiceMetrics(manager, proxy);
   registerControlPlane(app, {
     manager,
     metrics,
+    observe: (op, fn) => prom.time(op, fn),
+    prometheus: async () => ({ contentType: prom.contentType, body: await prom.text() }),
     verifyKey: (k) => keys.verify(k) !== undefined,
     get domain() {
       return domainRef.value;
@@ -92,6 +99,22 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     if (proxy.matches(req)) proxy.handleUpgrade(req, socket, head);
     else socket.destroy();
   });
+  let dataServer: http.Server | undefined;
+  let dataUrl: string | undefined;
+  if (opts.dataPort !== undefined) {
+    dataServer = http.createServer({ requestTimeout: 0 }, (req, res) => {
+      if (proxy.matches(req)) return proxy.handle(req, res);
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ code: 404, message: 'this is the data-plane port: name a sandbox (E2b-Sandbox-Id header, <port>-<id>.<domain> Host, or a signed /files URL)' }));
+    });
+    dataServer.on('upgrade', (req, socket, head) => (proxy.matches(req) ? proxy.handleUpgrade(req, socket, head) : socket.destroy()));
+    await new Promise<void>((resolve, reject) => {
+      dataServer!.once('error', reject);
+      dataServer!.listen(opts.dataPort, opts.host, () => resolve());
+    });
+    const dp = (dataServer.address() as AddressInfo).port;
+    dataUrl = `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${dp}`;
+  }
   const onInterrupt = (id: string) => proxy.cut(id);
   const onDeleted = (id: string) => {
     proxy.forget(id);
@@ -103,11 +126,16 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   return {
     url: `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`,
     port,
+    dataUrl,
     async close() {
       manager.events.off('interrupt', onInterrupt);
       manager.events.off('deleted', onDeleted);
       metrics.stop();
       proxy.close();
+      if (dataServer) {
+        dataServer.closeAllConnections();
+        await new Promise<void>((r) => dataServer!.close(() => r()));
+      }
       app.server.closeAllConnections();
       await app.close();
     },

@@ -234,11 +234,12 @@ program
   .description('run the E2B-compatible service (control plane, data-plane proxy, sandbox manager) until SIGTERM; sandboxes survive restarts')
   .addOption(new Option('--host <host>', 'listen address (env CUBEBOX_HOST)').default(process.env.CUBEBOX_HOST ?? '127.0.0.1'))
   .addOption(new Option('--port <port>', 'listen port for both planes (env CUBEBOX_PORT)').default(process.env.CUBEBOX_PORT ?? '3000'))
+  .addOption(new Option('--data-port <port>', 'also serve the data plane alone on this port (env CUBEBOX_DATA_PORT)').default(process.env.CUBEBOX_DATA_PORT))
   .addOption(new Option('--domain <domain>', 'sandbox domain reported to the SDK (env CUBEBOX_DOMAIN; default localhost:<port>)').default(process.env.CUBEBOX_DOMAIN))
   .addOption(new Option('--runtime <name>', 'OCI runtime (env CUBEBOX_RUNTIME)').choices(['crun', 'runc', 'runsc']))
   .option('--no-base', 'do not build the base template on first start')
   .addOption(new Option('--pool <template=size,...>', 'warm pool: sandboxes prepared ahead of requests (env CUBEBOX_POOL; "" for none)').default(process.env.CUBEBOX_POOL ?? 'base=2'))
-  .action(async (opts: { host: string; port: string; domain?: string; runtime?: RuntimeName; base: boolean; pool: string }, cmd: Command) => {
+  .action(async (opts: { host: string; port: string; dataPort?: string; domain?: string; runtime?: RuntimeName; base: boolean; pool: string }, cmd: Command) => {
     const pool: Record<string, number> = {};
     for (const part of opts.pool.split(',').filter(Boolean)) {
       const [name, size] = part.split('=');
@@ -262,9 +263,11 @@ program
       await manager.templates.addDebianBase('base', { cacheDir: resolveCacheDir(), onProgress: (line) => logger.info({ template: 'base' }, line) });
     }
     const { startServer } = await import('../api/server.js');
-    const server = await startServer({ manager, host: opts.host, port, domain: opts.domain, log: logger });
+    const dataPort = opts.dataPort === undefined ? undefined : Number(opts.dataPort);
+    if (dataPort !== undefined && (!Number.isInteger(dataPort) || dataPort < 0 || dataPort > 65535)) throw new CubeboxError('invalid_argument', `bad data port '${opts.dataPort}'`);
+    const server = await startServer({ manager, host: opts.host, port, dataPort, domain: opts.domain, log: logger });
     startPool();
-    logger.info({ url: server.url, dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox serve ready');
+    logger.info({ url: server.url, dataUrl: server.dataUrl, dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox serve ready');
     const stop = async (signal: string) => {
       logger.info({ signal }, 'shutting down; sandboxes keep running');
       await server.close();

@@ -13,7 +13,7 @@ const api = (path: string, init: RequestInit = {}) =>
 
 describe('control-plane details and concurrency', { timeout: 900_000 }, () => {
   before(async () => {
-    ({ svc, dataDir, key, e2b } = await sdkService());
+    ({ svc, dataDir, key, e2b } = await sdkService({ CUBEBOX_DATA_PORT: '0' }));
   });
   after(async () => {
     await svc.stop();
@@ -79,6 +79,22 @@ describe('control-plane details and concurrency', { timeout: 900_000 }, () => {
     assert.equal(body.sandboxID, sbx.sandboxId);
     assert.equal(body.envdVersion, '0.6.13');
     assert.equal((await sbx.commands.run('ls -l ~/blob | wc -l')).stdout, '1\n', 'the same envd access token still works');
+    await sbx.kill();
+  });
+
+  it('serves Prometheus metrics and an optional data-plane-only port', async () => {
+    const sbx = await e2b.Sandbox.create('base');
+    const m = await fetch(`${svc.url}/metrics`);
+    assert.equal(m.status, 200);
+    const text = await m.text();
+    assert.match(text, /cubebox_sandboxes\{state="running"\} [1-9]/);
+    assert.match(text, /cubebox_operation_seconds_count\{op="create"\} [1-9]/);
+    assert.ok(!text.includes(sbx.sandboxId), 'metrics carry no sandbox ids');
+    assert.ok(svc.dataUrl, 'the data port is announced');
+    const viaDataPort = await e2b.Sandbox.connect(sbx.sandboxId, { sandboxUrl: svc.dataUrl });
+    assert.equal((await viaDataPort.commands.run('echo via-data-port')).stdout, 'via-data-port\n');
+    const control = await fetch(`${svc.dataUrl}/v2/sandboxes`, { headers: { 'X-API-KEY': key } });
+    assert.equal(control.status, 404, 'the data port serves no control plane');
     await sbx.kill();
   });
 

@@ -5,6 +5,8 @@ export interface Service {
   dataDir: string;
   url: string;
   port: number;
+  /** The data-plane-only port's URL, when CUBEBOX_DATA_PORT was set. */
+  dataUrl?: string;
   child: ChildProcess;
   /** Stops the service gracefully (sandboxes keep running). */
   stop(): Promise<void>;
@@ -21,7 +23,7 @@ export async function startService(dataDir: string, opts: { port?: number; env?:
     env: { ...process.env, CUBEBOX_LOG_LEVEL: 'info', ...opts.env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const url = await new Promise<string>((resolve, reject) => {
+  const { url, dataUrl } = await new Promise<{ url: string; dataUrl?: string }>((resolve, reject) => {
     let buf = '';
     const onData = (d: Buffer) => {
       buf += d.toString();
@@ -30,11 +32,11 @@ export async function startService(dataDir: string, opts: { port?: number; env?:
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
         try {
-          const rec = JSON.parse(line) as { msg?: string; url?: string; level?: number };
+          const rec = JSON.parse(line) as { msg?: string; url?: string; dataUrl?: string; level?: number };
           if (rec.msg === 'cubebox serve ready' && rec.url) {
             child.stdout!.off('data', onData);
             child.stdout!.resume(); // keep draining its log
-            resolve(rec.url);
+            resolve({ url: rec.url, dataUrl: rec.dataUrl });
           } else if ((rec.level ?? 0) >= 50) process.stderr.write(`[serve] ${line}\n`);
         } catch {
           /* not a log record */
@@ -50,6 +52,7 @@ export async function startService(dataDir: string, opts: { port?: number; env?:
     dataDir,
     url,
     port,
+    dataUrl,
     child,
     async stop() {
       child.kill('SIGTERM');

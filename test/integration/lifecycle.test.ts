@@ -213,7 +213,7 @@ describe('limits and isolation', () => {
     assert.equal((await execIn(m, sbx.id, ['sh', '-c', 'echo hi > /etc/motd && cat /etc/motd'])).stdout, 'hi\n');
     // and the host sees those files owned by the unprivileged range, not by root
     const hostUid = map[1]!;
-    const st = (await import('node:fs')).statSync(`${m.sandboxDir(sbx.id)}/upper/etc/motd`);
+    const st = (await import('node:fs')).statSync(`${m.sandboxDir(sbx.id)}/disk/upper/etc/motd`);
     assert.equal(st.uid, hostUid);
     await m.delete(sbx.id);
     assertNoSandboxLeaks(m.paths, sbx.id);

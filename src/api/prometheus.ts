@@ -1,0 +1,85 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { DataPlaneProxy } from '../proxy/proxy.js';
+import type { SandboxManager } from '../sandbox/manager.js';
+
+/**
+ * The service's own metrics in Prometheus' text format (`GET /metrics`): sandboxes by
+ * state, lifecycle operation latencies and failures, data-plane traffic, the process.
+ * Aggregates only: no ids, tokens or metadata.
+ */
+export class ServiceMetrics {
+  readonly registry = new Registry();
+  private readonly opSeconds: Histogram<'op'>;
+  private readonly opFailures: Counter<'op'>;
+
+  constructor(manager: SandboxManager, proxy: DataPlaneProxy) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'cubebox_process_' });
+    new Gauge({
+      name: 'cubebox_sandboxes',
+      help: 'Sandboxes by state',
+      labelNames: ['state'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of manager.list()) this.inc({ state: s.state });
+      },
+    });
+    new Gauge({
+      name: 'cubebox_templates',
+      help: 'Templates',
+      registers: [this.registry],
+      collect() {
+        this.set(manager.templates.list().length);
+      },
+    });
+    const traffic = () => [...proxy.stats().values()];
+    new Gauge({
+      name: 'cubebox_dataplane_open_streams',
+      help: 'Proxied requests and streams open now',
+      registers: [this.registry],
+      collect() {
+        this.set(traffic().reduce((n, t) => n + t.open, 0));
+      },
+    });
+    new Gauge({
+      name: 'cubebox_dataplane_bytes',
+      help: 'Data-plane body bytes of the sandboxes that exist now, by direction',
+      labelNames: ['direction'],
+      registers: [this.registry],
+      collect() {
+        const t = traffic();
+        this.set({ direction: 'in' }, t.reduce((n, x) => n + x.bytesIn, 0));
+        this.set({ direction: 'out' }, t.reduce((n, x) => n + x.bytesOut, 0));
+      },
+    });
+    this.opSeconds = new Histogram({
+      name: 'cubebox_operation_seconds',
+      help: 'Lifecycle operation latency',
+      labelNames: ['op'],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [this.registry],
+    });
+    this.opFailures = new Counter({ name: 'cubebox_operation_failures_total', help: 'Failed lifecycle operations', labelNames: ['op'], registers: [this.registry] });
+  }
+
+  /** Times a lifecycle operation (create, pause, resume, delete, connect, snapshot, fork). */
+  async time<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    const end = this.opSeconds.startTimer({ op });
+    try {
+      return await fn();
+    } catch (err) {
+      this.opFailures.inc({ op });
+      throw err;
+    } finally {
+      end();
+    }
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
