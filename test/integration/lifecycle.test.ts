@@ -219,6 +219,24 @@ describe('limits and isolation', () => {
     assertNoSandboxLeaks(m.paths, sbx.id);
   });
 
+  it('a sandbox has no network but its own loopback: host services are out of reach', async () => {
+    const net = await import('node:net');
+    const server = net.createServer((c) => c.end('host service\n'));
+    await new Promise<void>((r) => server.listen(0, '0.0.0.0', () => r()));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const sbx = await m.create({ template: 'busybox' });
+      const links = await execIn(m, sbx.id, ['sh', '-c', 'ls /sys/class/net']);
+      assert.equal(links.stdout.trim(), 'lo');
+      const reach = await execIn(m, sbx.id, ['sh', '-c', `nc -w 2 127.0.0.1 ${port} </dev/null; echo rc=$?`]);
+      assert.ok(!reach.stdout.includes('host service'), 'the host service answered inside the sandbox');
+      await m.delete(sbx.id);
+      assertNoSandboxLeaks(m.paths, sbx.id);
+    } finally {
+      server.close();
+    }
+  });
+
   it('refuses bad input clearly and changes nothing', async () => {
     await rejectsKind(m.create({ template: 'no-such-template' }), 'not_found', /template 'no-such-template' not found/);
     await rejectsKind(m.create({ template: 'busybox', limits: { memoryMB: 1 } }), 'invalid_argument', /memory/);
