@@ -31,7 +31,7 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
 export async function runtimeBench(iterations: number, log: (s: string) => void = () => undefined): Promise<BenchRow[]> {
   const dataDir = mkdtempSync('/var/tmp/cubebox-bench-');
   let m: SandboxManager | undefined;
-  const t = { create: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
+  const t = { createBare: [] as number[], create: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   const b = { run: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   try {
     m = await SandboxManager.open({ dataDir });
@@ -61,6 +61,8 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
       b.delete.push(await timed(() => bare.forceDelete(cid)));
 
       let id = '';
+      t.createBare.push(await timed(async () => (id = (await m!.create({ template: 'busybox', agent: false })).id)));
+      await m.delete(id);
       t.create.push(await timed(async () => (id = (await m!.create({ template: 'busybox' })).id)));
       t.exec.push(
         await timed(async () => {
@@ -84,6 +86,7 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
   }
   const rt = m?.runtime.name ?? 'crun';
   return [
+    { name: 'sandbox create, no envd', medianMs: median(t.createBare), baselineName: `bare ${rt} run -d`, baselineMs: median(b.run) },
     { name: 'sandbox create', medianMs: median(t.create), baselineName: `bare ${rt} run -d`, baselineMs: median(b.run) },
     { name: 'sandbox exec true', medianMs: median(t.exec), baselineName: `bare ${rt} exec true`, baselineMs: median(b.exec) },
     { name: 'sandbox pause', medianMs: median(t.pause), baselineName: `bare ${rt} pause`, baselineMs: median(b.pause) },
@@ -99,10 +102,10 @@ async function runOk(rt: OciRuntime, args: string[]): Promise<void> {
 }
 
 export function formatBench(rows: BenchRow[]): string {
-  const lines = [`${'operation'.padEnd(22)} ${'median'.padStart(9)}   ${'baseline (same run)'.padEnd(26)} ${'median'.padStart(9)}   ratio`];
+  const lines = [`${'operation'.padEnd(28)} ${'median'.padStart(9)}   ${'baseline (same run)'.padEnd(26)} ${'median'.padStart(9)}   ratio`];
   for (const r of rows) {
     const ratio = r.baselineMs ? (r.medianMs / r.baselineMs).toFixed(2) + 'x' : '';
-    lines.push(`${r.name.padEnd(22)} ${r.medianMs.toFixed(1).padStart(7)}ms   ${(r.baselineName ?? '').padEnd(26)} ${r.baselineMs !== undefined ? r.baselineMs.toFixed(1).padStart(7) + 'ms' : ''}   ${ratio}`);
+    lines.push(`${r.name.padEnd(28)} ${r.medianMs.toFixed(1).padStart(7)}ms   ${(r.baselineName ?? '').padEnd(26)} ${r.baselineMs !== undefined ? r.baselineMs.toFixed(1).padStart(7) + 'ms' : ''}   ${ratio}`);
   }
   return lines.join('\n');
 }

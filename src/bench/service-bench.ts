@@ -70,18 +70,21 @@ export async function serviceBench(iterations: number, log: (s: string) => void 
     await sbx.commands.run('true');
     const runTrue: number[] = [];
     for (let i = 0; i < iterations * 5; i++) runTrue.push(await timed(() => sbx.commands.run('true')));
-    const spawnTrue: number[] = [];
-    for (let i = 0; i < iterations * 5; i++) {
-      spawnTrue.push(
-        await timed(
-          () =>
-            new Promise<void>((resolve, reject) => {
-              const c = spawn('/bin/bash', ['-l', '-c', 'true'], { stdio: 'ignore' });
-              c.on('error', reject);
-              c.on('close', () => resolve());
-            }),
-        ),
+    const spawnOnce = (args: string[]) =>
+      timed(
+        () =>
+          new Promise<void>((resolve, reject) => {
+            const c = spawn('/bin/bash', args, { stdio: 'ignore' });
+            c.on('error', reject);
+            c.on('close', () => resolve());
+          }),
       );
+    // the same command on the host (whose login profile may be heavier than the sandbox's), and without a login shell
+    const spawnTrue: number[] = [];
+    const spawnPlain: number[] = [];
+    for (let i = 0; i < iterations * 5; i++) {
+      spawnTrue.push(await spawnOnce(['-l', '-c', 'true']));
+      spawnPlain.push(await spawnOnce(['-c', 'true']));
     }
     // envd's idle memory: the sandbox's process running envd.mjs
     await new Promise((r) => setTimeout(r, 2000));
@@ -90,7 +93,8 @@ export async function serviceBench(iterations: number, log: (s: string) => void 
       .pids()
       .find((p) => {
         try {
-          return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('envd.mjs');
+          const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+          return argv[0]!.endsWith('/ld.so') && argv.some((a) => a.endsWith('envd.mjs'));
         } catch {
           return false;
         }
@@ -116,6 +120,7 @@ export async function serviceBench(iterations: number, log: (s: string) => void 
         { name: 'Sandbox.create()+kill cold', medianMs: median(cold) },
         { name: 'Sandbox.create() warm pool', medianMs: median(warm) },
         { name: "commands.run('true')", medianMs: median(runTrue), baselineName: 'local spawn bash -l -c true', baselineMs: median(spawnTrue) },
+        { name: "commands.run('true')", medianMs: median(runTrue), baselineName: 'local spawn bash -c true', baselineMs: median(spawnPlain) },
       ],
       notes,
     };
