@@ -31,7 +31,8 @@ export interface SandboxRuntime {
   /** Whether sandboxes should get a user namespace (runsc is its own isolation layer). */
   readonly userNamespaces: boolean;
   /** Starts the container described by bundleDir/config.json in the background. */
-  run(containerId: string, bundleDir: string, logFile: string): Promise<void>;
+  /** Resolves to the host PID of the container's first process (informational only). */
+  run(containerId: string, bundleDir: string, logFile: string): Promise<number>;
   exec(containerId: string, args: string[], opts?: ExecOptions): ChildProcess;
   pause(containerId: string): Promise<void>;
   resume(containerId: string): Promise<void>;
@@ -95,11 +96,12 @@ export class OciRuntime implements SandboxRuntime {
     return r.out;
   }
 
-  async run(containerId: string, bundleDir: string, logFile: string): Promise<void> {
+  async run(containerId: string, bundleDir: string, logFile: string): Promise<number> {
     // The detached container inherits our stdio: give it a log file, never a pipe we wait on.
     const fd = openSync(logFile, 'a', 0o600);
+    const pidFile = join(bundleDir, 'pid');
     try {
-      const [file, argv] = this.command(['run', '--detach', '--bundle', bundleDir, containerId]);
+      const [file, argv] = this.command(['run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId]);
       const child = spawn(file, argv, { stdio: ['ignore', fd, fd] });
       const code = await new Promise<number>((resolve, reject) => {
         child.on('error', reject);
@@ -109,6 +111,7 @@ export class OciRuntime implements SandboxRuntime {
         const tail = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
         throw new Error(`${this.name} run failed (exit ${code}): ${tail || 'no output'}`);
       }
+      return Number(readFileSync(pidFile, 'utf8').trim()) || 0;
     } finally {
       closeSync(fd);
     }

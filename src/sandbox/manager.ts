@@ -395,14 +395,13 @@ export class SandboxManager {
     this.store.recordResource(id, 'cgroup', naming.cgroupPath(inst, id));
     this.store.recordResource(id, 'container', cid);
     faultPoint('create:before-run');
-    await this.runtime.run(cid, bundleDir, join(dir, 'console.log'));
+    // a zero exit of a detached run means the container's first process is running
+    const pid = await this.runtime.run(cid, bundleDir, join(dir, 'console.log'));
     faultPoint('create:after-run');
-    const st = await this.runtime.state(cid);
-    if (!st || st.status !== 'running') throw new Error(`sandbox did not start (runtime reports ${st?.status ?? 'no container'})`);
     if (spec.agent) await this.waitForAgent(id);
     await this.startTemplateCommand(id, spec);
     if (pooled) {
-      this.store.updateSandbox(id, { state: 'pooled', stateDeadline: null, pid: st.pid });
+      this.store.updateSandbox(id, { state: 'pooled', stateDeadline: null, pid });
       return;
     }
     if (spec.agent) await this.personalize(id, spec);
@@ -410,7 +409,7 @@ export class SandboxManager {
     const startedAt = Date.now();
     // the TTL counts from the moment the sandbox is usable
     const endAt = row.endAt !== null ? startedAt + (row.endAt - row.createdAt) : null;
-    this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid: st.pid, startedAt, endAt });
+    this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid, startedAt, endAt });
   }
 
   // ---------------------------------------------------------------- snapshots and fork
@@ -718,16 +717,14 @@ export class SandboxManager {
   /** Starts a cold-paused sandbox again from its bundle and filesystem: a new boot. */
   private async bootAgain(id: string, spec: StoredSpec): Promise<void> {
     const cid = this.containerId(id);
-    await this.runtime.run(cid, join(this.sandboxDir(id), 'bundle'), join(this.sandboxDir(id), 'console.log'));
-    const st = await this.runtime.state(cid);
-    if (!st || st.status !== 'running') throw new Error('the sandbox did not boot again');
+    const pid = await this.runtime.run(cid, join(this.sandboxDir(id), 'bundle'), join(this.sandboxDir(id), 'console.log'));
     if (spec.agent) {
       await this.waitForAgent(id);
       await this.personalize(id, spec);
     }
     await this.startTemplateCommand(id, spec);
     this.updateSpec(id, { coldPaused: false });
-    this.store.updateSandbox(id, { pid: st.pid });
+    this.store.updateSandbox(id, { pid });
   }
 
   /**
