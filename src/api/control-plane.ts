@@ -341,7 +341,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   app.delete('/templates/:id', async (req: Req, reply) => {
     const t = manager.templates.find(req.params.id);
     if (!t) throw notFound(`template '${req.params.id}' not found`);
-    manager.templates.remove(t.id);
+    await manager.removeTemplate(t.id);
     return reply.code(204).send();
   });
   app.post('/sandboxes/:id/fork', async (req: Req, reply) => {

@@ -254,7 +254,17 @@ program
     const report = await probeHost({ runtimes: [opts.runtime ?? ((process.env.CUBEBOX_RUNTIME as RuntimeName | undefined) ?? 'crun')] });
     const failed = report.checks.filter((c) => c.essential && !c.ok);
     if (failed.length) throw new CubeboxError('unavailable', `this host cannot run cubebox:\n${failed.map((c) => `  ${c.name}: ${c.detail}`).join('\n')}`);
-    const manager = await SandboxManager.open({ dataDir, runtime: opts.runtime, logger, reconcileIntervalMs: 5000, reaperIntervalMs: 250, deleteStopped: true });
+    let manager: SandboxManager | undefined;
+    for (let attempt = 0; !manager; attempt++) {
+      try {
+        manager = await SandboxManager.open({ dataDir, runtime: opts.runtime, logger, reconcileIntervalMs: 5000, reaperIntervalMs: 250, deleteStopped: true });
+      } catch (err) {
+        // a short-lived CLI manager may hold the data directory for a moment
+        if (!(err instanceof CubeboxError && /another cubebox manager/.test(err.message)) || attempt >= 300) throw err;
+        if (attempt === 0) logger.warn('another manager holds the data directory; waiting for it');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
     const startPool = () => manager.setPool(pool);
     const control = new ControlServer(new LocalApi(manager), manager.paths.socket);
     await control.listen();

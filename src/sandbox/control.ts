@@ -83,7 +83,7 @@ export class LocalApi implements ManagerApi {
     return this.manager.templates.list();
   }
   async removeTemplate(name: string) {
-    this.manager.templates.remove(name);
+    await this.manager.removeTemplate(name);
   }
   async tagTemplate(ref: string, what: { alias?: string; tag?: string }) {
     if (what.alias) return this.manager.templates.addAlias(ref, what.alias);

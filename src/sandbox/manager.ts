@@ -144,6 +144,8 @@ export class SandboxManager {
   private reaper: NodeJS.Timeout | undefined;
   private poolSizes: Record<string, number> = {};
   private poolConfigured = false;
+  /** Templates being deleted: the pool does not refill them. */
+  private readonly retiring = new Set<string>();
   private filling: Promise<void> | undefined;
   private deleteStopped = false;
   private closed = false;
@@ -520,6 +522,22 @@ export class SandboxManager {
     return undefined;
   }
 
+  /**
+   * Deletes a template. Its pooled sandboxes are given back first (they are the manager's,
+   * not a user's); sandboxes in use or child templates still refuse the delete.
+   */
+  async removeTemplate(ref: string): Promise<void> {
+    const t = this.templates.get(ref);
+    this.retiring.add(t.id);
+    try {
+      await this.filling?.catch(() => undefined);
+      for (const r of this.store.listSandboxes()) if (r.state === 'pooled' && r.templateId === t.id) await this.delete(r.id);
+      this.templates.remove(t.id);
+    } finally {
+      this.retiring.delete(t.id);
+    }
+  }
+
   /** Sets the warm pool sizes (template name -> count) and starts filling. */
   setPool(sizes: Record<string, number>): void {
     this.poolSizes = { ...sizes };
@@ -539,7 +557,7 @@ export class SandboxManager {
       }
       for (const [name, size] of Object.entries(this.poolSizes)) {
         const template = this.templates.find(name);
-        if (!template) continue;
+        if (!template || this.retiring.has(template.id)) continue;
         while (!this.closed) {
           const pooled = this.store.listSandboxes().filter((r) => r.state === 'pooled' && r.templateId === template.id);
           // a pool made smaller gives back what it holds beyond its size

@@ -321,6 +321,12 @@ describe('warm pool', () => {
       // a request that changes how the sandbox is built is not served from the pool
       const custom = await m.create({ template: 'busybox', limits: { memoryMB: 256 } });
       assert.ok(!ready.includes(custom.id));
+      // a template with pooled sandboxes (and no user's) can be deleted: the pool gives them back
+      await m.templates.addBusybox('short-lived');
+      m.setPool({ busybox: 2, 'short-lived': 1 });
+      for (let i = 0; i < 600 && !pooled().some((s) => s.templateId === m.templates.get('short-lived').id); i++) await sleep(50);
+      await m.removeTemplate('short-lived');
+      assert.equal(m.templates.find('short-lived'), undefined);
       m.setPool({});
       // the pool's own sandboxes go (a refill in flight finishes first, then goes too)
       for (let i = 0; i < 400 && m.list().length > 2; i++) await sleep(50);
