@@ -12,6 +12,10 @@
  *       appears as <hostid>+N (when <hostid> is not 0), then mounts an overlay named
  *       <name> at <target> with the views as lower layers (first pair = topmost).
  *
+ *   cubebox-helper mount-disk <image> <target>
+ *       Binds a free loop device to the ext4 image (auto-clearing: it goes with the last
+ *       unmount) and mounts it at <target> nodev,nosuid,noatime,noinit_itable.
+ *
  *   cubebox-helper umount <path>...
  *       Unmounts each path; a path that is not mounted (or missing) is not an error.
  *
@@ -20,7 +24,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/loop.h>
 #include <linux/mount.h>
+#include <sys/ioctl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -169,13 +175,56 @@ static int mount_rootfs(int argc, char **argv) {
   return 0;
 }
 
+static int mount_disk(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "cubebox-helper: usage: mount-disk <image> <target>\n");
+    return 2;
+  }
+  const char *image = argv[0], *target = argv[1];
+  int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+  if (ctl < 0) return fail("open", "/dev/loop-control");
+  int img = open(image, O_RDWR | O_CLOEXEC);
+  if (img < 0) return fail("open", image);
+  for (int attempt = 0; attempt < 32; attempt++) {
+    int nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+    if (nr < 0) return fail("ioctl", "LOOP_CTL_GET_FREE");
+    char dev[64];
+    snprintf(dev, sizeof dev, "/dev/loop%d", nr);
+    int fd = open(dev, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return fail("open", dev);
+    struct loop_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.fd = (unsigned int)img;
+    cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+    strncpy((char *)cfg.info.lo_file_name, image, LO_NAME_SIZE - 1);
+    if (ioctl(fd, LOOP_CONFIGURE, &cfg) < 0) {
+      int e = errno;
+      close(fd);
+      if (e == EBUSY) continue; /* another process took this device meanwhile */
+      errno = e;
+      return fail("ioctl LOOP_CONFIGURE", dev);
+    }
+    int rc = 0;
+    if (mount(dev, target, "ext4", MS_NODEV | MS_NOSUID | MS_NOATIME, "noinit_itable") < 0) rc = fail("mount", target);
+    /* closing our fd leaves the mount as the device's last user: autoclear frees it with the umount
+     * (and right now, when the mount failed) */
+    close(fd);
+    close(img);
+    close(ctl);
+    return rc;
+  }
+  fprintf(stderr, "cubebox-helper: no free loop device after 32 attempts\n");
+  return 1;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: cubebox-helper run-runtime|mount-rootfs|umount ...\n");
+    fprintf(stderr, "usage: cubebox-helper run-runtime|mount-rootfs|mount-disk|umount ...\n");
     return 2;
   }
   if (strcmp(argv[1], "run-runtime") == 0) return run_runtime(argc - 2, argv + 2);
   if (strcmp(argv[1], "mount-rootfs") == 0) return mount_rootfs(argc - 2, argv + 2);
+  if (strcmp(argv[1], "mount-disk") == 0) return mount_disk(argc - 2, argv + 2);
   if (strcmp(argv[1], "umount") == 0) {
     int rc = 0;
     for (int i = 2; i < argc; i++) rc |= unmount_quiet(argv[i]);

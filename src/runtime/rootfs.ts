@@ -43,7 +43,7 @@ export async function mountDisk(layout: RootfsLayout, sizeMB: number, emptyImage
   await runOk('cp', ['--sparse=always', empty, layout.diskImage]);
   mkdirSync(layout.disk, { recursive: true });
   // noinit_itable: no background zeroing of inode tables, which would fill the sparse image
-  await runOk('mount', ['-o', 'loop,nodev,nosuid,noatime,noinit_itable', layout.diskImage, layout.disk]);
+  await runOk(HELPER_BIN, ['mount-disk', layout.diskImage, layout.disk]);
 }
 
 async function emptyImage(dir: string, sizeMB: number): Promise<string> {
