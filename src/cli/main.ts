@@ -9,7 +9,7 @@ import { SandboxManager } from '../sandbox/manager.js';
 import { Store } from '../store/store.js';
 import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5 };
 
@@ -206,6 +206,15 @@ sandbox
   .command('inspect <id>')
   .action(async (id: string, _o: unknown, cmd: Command) => {
     console.log(JSON.stringify(await withApi(dataDirOf(cmd), (api) => api.get(id)), null, 2));
+  });
+sandbox
+  .command('logs <id>')
+  .description("print a sandbox's console output (envd and its main process)")
+  .action(async (id: string, _o: unknown, cmd: Command) => {
+    const dataDir = dataDirOf(cmd);
+    await withApi(dataDir, (api) => api.get(id)); // a clear error for unknown ids
+    const file = join(openPaths(dataDir, false).sandboxesDir, id, 'console.log');
+    process.stdout.write(existsSync(file) ? readFileSync(file) : '');
   });
 sandbox
   .command('exec <id> <command...>')
