@@ -210,3 +210,28 @@ function newDataDirOnce(): string {
   scratch ??= '/var/tmp/cubebox-doctor-never-created';
   return scratch;
 }
+
+describe('states with deadlines', () => {
+  it('a pause or resume interrupted by a crash settles to what the host shows', async () => {
+    const { newInstance, destroyInstance } = await import('../helpers/instance.js');
+    const m = await newInstance();
+    try {
+      const a = await m.create({ template: 'busybox' });
+      const b = await m.create({ template: 'busybox' });
+      await m.pause(b.id);
+      // as if the manager died between the state write and the runtime call
+      m.store.updateSandbox(a.id, { state: 'pausing', stateDeadline: Date.now() - 1 });
+      m.store.updateSandbox(b.id, { state: 'resuming', stateDeadline: Date.now() - 1 });
+      await m.reconcile();
+      assert.equal(m.get(a.id).state, 'running');
+      assert.equal(m.get(b.id).state, 'paused');
+      // a create that outlived its deadline is torn down
+      const c = await m.create({ template: 'busybox' });
+      m.store.updateSandbox(c.id, { state: 'creating', stateDeadline: Date.now() - 1 });
+      await m.reconcile();
+      assert.throws(() => m.get(c.id), /not found/);
+    } finally {
+      await destroyInstance(m);
+    }
+  });
+});
