@@ -135,3 +135,15 @@ export function mountsUnder(dir: string): string[] {
     .filter((m) => m === dir || m.startsWith(prefix))
     .sort((a, b) => b.length - a.length);
 }
+
+/**
+ * The kernel frees an auto-clearing loop device asynchronously after the unmount: wait for
+ * that, and detach explicitly what is still bound to a file of this sandbox.
+ */
+export async function releaseLoopDevices(dir: string): Promise<void> {
+  for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
+  for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!]).catch(() => undefined);
+  for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
+  const left = loopDevicesUnder(dir);
+  if (left.length) throw new Error(`loop devices remain: ${left.join(', ')}`);
+}

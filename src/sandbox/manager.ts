@@ -1,9 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { runOk } from '../util/exec.js';
-import http from 'node:http';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { naming, openPaths, type Paths, type RuntimeName } from '../config.js';
@@ -11,7 +9,9 @@ import { buildConfig, type BundleSpec, type Limits, writeBundle } from '../runti
 import { prepareSupportTree, SANDBOX_SUPPORT, type SupportTree } from '../runtime/support.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
-import { loopDevicesUnder, mountDisk, mountRootfs, mountsUnder, mountTable, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
+import { mountDisk, mountRootfs, mountsUnder, mountTable, releaseLoopDevices, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
+import { copyLayerUnshifted } from '../template/layer-copy.js';
+import { envdCommand, envdRequest, healthy } from './envd-client.js';
 import { ManagerLock, Store, type SandboxRow, type SandboxState } from '../store/store.js';
 import { TemplateStore, type Template, type TemplateConfig } from '../template/store.js';
 import { conflict, CubeboxError, errorMessage, invalid, notFound } from '../util/errors.js';
@@ -435,7 +435,7 @@ export class SandboxManager {
       }
       try {
         const idMap = this.idMapFor(row.uidSlot);
-        return await this.templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(this.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0), {
+        return await this.templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(this.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK), {
           snapshotOf: id,
           ephemeral: opts.ephemeral,
           ...opts.config,
@@ -988,39 +988,6 @@ export class SandboxManager {
   }
 }
 
-function envdCommand(socket: string): string[] {
-  return [`${SANDBOX_SUPPORT}/lib/ld.so`, '--library-path', `${SANDBOX_SUPPORT}/lib`, `${SANDBOX_SUPPORT}/bin/node`, '--max-semi-space-size=1', `${SANDBOX_SUPPORT}/envd/envd.mjs`, '--socket', socket];
-}
-
-/** A JSON request to a sandbox's envd on its unix socket; resolves to the status code. */
-function envdRequest(socketPath: string, method: string, path: string, body: unknown): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const data = JSON.stringify(body);
-    const req = http.request(
-      { socketPath, path, method, timeout: 10_000, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on('error', reject);
-    req.on('timeout', () => req.destroy(new Error(`envd ${path} timed out`)));
-    req.end(data);
-  });
-}
-
-function healthy(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const req = http.request({ socketPath, path: '/health', method: 'GET', timeout: 2000 }, (res) => {
-      res.resume();
-      resolve(res.statusCode === 204);
-    });
-    req.on('error', () => resolve(false));
-    req.on('timeout', () => req.destroy());
-    req.end();
-  });
-}
-
 function tail(file: string, lines = 5): string {
   try {
     return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
@@ -1037,41 +1004,6 @@ function envList(env: Record<string, string>): string[] {
 export function idRegionBase(instanceId: string): number {
   const region = createHash('sha256').update(instanceId).digest().readUInt32BE(0) % 63;
   return 2 ** 31 + region * ID_SLOTS * ID_BLOCK;
-}
-
-/**
- * Copies a writable layer into a template layer: everything but cubebox's own mount
- * points, with ownership shifted back from the sandbox's host id range to plain ids, and
- * overlay whiteouts and opaque-directory xattrs kept (cp -a), so that the layer stacks
- * like any other.
- */
-async function copyLayerUnshifted(upper: string, dest: string, hostBase: number): Promise<void> {
-  const entries = readdirSync(upper).filter((e) => e !== '.cubebox');
-  if (entries.length) await runOk('cp', ['-a', '--reflink=auto', ...entries.map((e) => join(upper, e)), dest + '/']);
-  if (!hostBase) return;
-  const shift = (p: string) => {
-    const st = lstatSync(p);
-    const uid = st.uid >= hostBase && st.uid < hostBase + ID_BLOCK ? st.uid - hostBase : st.uid;
-    const gid = st.gid >= hostBase && st.gid < hostBase + ID_BLOCK ? st.gid - hostBase : st.gid;
-    if (uid !== st.uid || gid !== st.gid) {
-      lchownSync(p, uid, gid);
-      if (!st.isSymbolicLink() && st.mode & 0o6000) chmodSync(p, st.mode & 0o7777); // chown clears setuid/setgid
-    }
-    if (st.isDirectory()) for (const e of readdirSync(p)) shift(join(p, e));
-  };
-  for (const e of readdirSync(dest)) shift(join(dest, e));
-}
-
-/**
- * The kernel frees an auto-clearing loop device asynchronously after the unmount: wait for
- * that, and detach explicitly what is still bound to a file of this sandbox.
- */
-async function releaseLoopDevices(dir: string): Promise<void> {
-  for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
-  for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!]).catch(() => undefined);
-  for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
-  const left = loopDevicesUnder(dir);
-  if (left.length) throw new Error(`loop devices remain: ${left.join(', ')}`);
 }
 
 /** Requests a pooled sandbox can serve: nothing that changes how the sandbox is built. */
