@@ -221,9 +221,12 @@ sandbox
   .description('run a command in a sandbox (use -- before the command); passes output and exit code through')
   .option('--env <KEY=VALUE...>', 'environment variables')
   .option('--cwd <dir>', 'working directory')
-  .action(async (id: string, command: string[], opts: { env?: string[]; cwd?: string }, cmd: Command) => {
-    const code = await withApi(dataDirOf(cmd), (api) => api.exec(id, command, process.stdout, process.stderr, { env: parseEnv(opts.env), cwd: opts.cwd }));
+  .option('-i, --interactive', "pass this command's stdin to the sandbox command")
+  .action(async (id: string, command: string[], opts: { env?: string[]; cwd?: string; interactive?: boolean }, cmd: Command) => {
+    const stdin = opts.interactive ? process.stdin : undefined;
+    const code = await withApi(dataDirOf(cmd), (api) => api.exec(id, command, process.stdout, process.stderr, { env: parseEnv(opts.env), cwd: opts.cwd, stdin }));
     process.exitCode = code;
+    if (stdin) process.stdin.destroy(); // let the process exit even if stdin stays open
   });
 for (const op of ['pause', 'resume', 'rm'] as const) {
   sandbox

@@ -1,6 +1,6 @@
 import { existsSync, unlinkSync } from 'node:fs';
 import http from 'node:http';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { resolveCacheDir } from '../config.js';
 import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
 import type { Template, TemplateConfig } from '../template/store.js';
@@ -19,13 +19,20 @@ export interface ManagerApi {
   resume(id: string): Promise<SandboxInfo>;
   delete(id: string): Promise<void>;
   /** Runs a command, copying its output to the given streams; resolves to its exit code. */
-  exec(id: string, args: string[], out: Writable, err: Writable, opts?: { env?: Record<string, string>; cwd?: string }): Promise<number>;
+  exec(id: string, args: string[], out: Writable, err: Writable, opts?: ExecOpts): Promise<number>;
   addTemplate(name: string, source: TemplateSource, config?: Partial<TemplateConfig>): Promise<Template>;
   listTemplates(): Promise<Template[]>;
   removeTemplate(name: string): Promise<void>;
   buildRecipe(name: string, recipe: Recipe, contextDir?: string): Promise<BuildResult>;
   tagTemplate(ref: string, what: { alias?: string; tag?: string }): Promise<Template>;
   reconcile(): Promise<ReconcileReport>;
+}
+
+export interface ExecOpts {
+  env?: Record<string, string>;
+  cwd?: string;
+  /** Fed to the command's stdin (closed at its end); without it stdin is empty. */
+  stdin?: Readable;
 }
 
 export interface TemplateSource {
@@ -56,8 +63,12 @@ export class LocalApi implements ManagerApi {
   async delete(id: string) {
     return this.manager.delete(id);
   }
-  async exec(id: string, args: string[], out: Writable, err: Writable, opts: { env?: Record<string, string>; cwd?: string } = {}) {
-    const child = await this.manager.exec(id, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  async exec(id: string, args: string[], out: Writable, err: Writable, opts: ExecOpts = {}) {
+    const child = await this.manager.exec(id, args, { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: opts.env, cwd: opts.cwd });
+    if (opts.stdin) {
+      child.stdin!.on('error', () => undefined); // the command may exit without reading it all
+      opts.stdin.pipe(child.stdin!);
+    }
     child.stdout!.pipe(out, { end: false });
     child.stderr!.pipe(err, { end: false });
     return new Promise<number>((resolve, reject) => {
@@ -135,10 +146,12 @@ export class ControlServer {
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     try {
-      const body = await readJson(req);
       const url = new URL(req.url ?? '/', 'http://cubebox');
       const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
       const m = req.method ?? 'GET';
+      // exec: the command comes in a header, the request body is its stdin
+      if (parts[0] === 'sandboxes' && parts[1] && parts[2] === 'exec' && m === 'POST') return await this.exec(parts[1], req, res);
+      const body = await readJson(req);
       const send = (status: number, value: unknown) => {
         res.writeHead(status, { 'content-type': 'application/json' });
         res.end(value === undefined ? '' : JSON.stringify(value));
@@ -151,7 +164,6 @@ export class ControlServer {
         if (id && !op && m === 'DELETE') return send(204, await this.api.delete(id));
         if (id && op === 'pause' && m === 'POST') return send(200, await this.api.pause(id));
         if (id && op === 'resume' && m === 'POST') return send(200, await this.api.resume(id));
-        if (id && op === 'exec' && m === 'POST') return await this.exec(id, body, res);
       }
       if (a === 'templates') {
         if (!id && m === 'GET') return send(200, await this.api.listTemplates());
@@ -180,13 +192,16 @@ export class ControlServer {
   }
 
   /** Streams a command's output as NDJSON frames: {o: base64} / {e: base64}, then {exit}. */
-  private async exec(id: string, body: Record<string, unknown>, res: http.ServerResponse): Promise<void> {
-    const args = body.args as string[];
-    const child = await this.api.manager.exec(id, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: body.env as Record<string, string> | undefined,
-      cwd: body.cwd as string | undefined,
-    });
+  private async exec(id: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    let spec: { args?: string[]; env?: Record<string, string>; cwd?: string };
+    try {
+      spec = JSON.parse(Buffer.from(String(req.headers['x-cubebox-exec'] ?? ''), 'base64').toString('utf8')) as typeof spec;
+    } catch {
+      throw new CubeboxError('invalid_argument', 'exec needs its command in the x-cubebox-exec header');
+    }
+    const child = await this.api.manager.exec(id, spec.args ?? [], { stdio: ['pipe', 'pipe', 'pipe'], env: spec.env, cwd: spec.cwd });
+    child.stdin!.on('error', () => undefined); // the command may exit without reading it all
+    req.pipe(child.stdin!);
     res.writeHead(200, { 'content-type': 'application/x-ndjson' });
     child.stdout!.on('data', (d: Buffer) => res.write(JSON.stringify({ o: d.toString('base64') }) + '\n'));
     child.stderr!.on('data', (d: Buffer) => res.write(JSON.stringify({ e: d.toString('base64') }) + '\n'));
@@ -230,9 +245,9 @@ export class RemoteApi implements ManagerApi {
     });
   }
 
-  private request(method: string, path: string, body?: unknown): Promise<http.IncomingMessage> {
+  private request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}, stream?: Readable): Promise<http.IncomingMessage> {
     return new Promise((resolve, reject) => {
-      const req = http.request({ socketPath: this.socketPath, path, method, headers: { 'content-type': 'application/json' } }, resolve);
+      const req = http.request({ socketPath: this.socketPath, path, method, headers: { 'content-type': 'application/json', ...headers } }, resolve);
       req.on('error', (e) => {
         const code = (e as NodeJS.ErrnoException).code ?? '';
         // refused, missing or reset before an answer: the manager went away and never saw the request
@@ -240,7 +255,8 @@ export class RemoteApi implements ManagerApi {
         if (['ECONNREFUSED', 'ENOENT', 'ECONNRESET'].includes(code) || e.message === 'socket hang up') (err as { retryable?: boolean }).retryable = true;
         reject(err);
       });
-      req.end(body === undefined ? undefined : JSON.stringify(body));
+      if (stream) stream.pipe(req);
+      else req.end(body === undefined ? undefined : JSON.stringify(body));
     });
   }
 
@@ -274,8 +290,9 @@ export class RemoteApi implements ManagerApi {
   delete(id: string) {
     return this.call<void>('DELETE', `/sandboxes/${encodeURIComponent(id)}`);
   }
-  async exec(id: string, args: string[], out: Writable, err: Writable, opts: { env?: Record<string, string>; cwd?: string } = {}) {
-    const res = await this.request('POST', `/sandboxes/${encodeURIComponent(id)}/exec`, { args, ...opts });
+  async exec(id: string, args: string[], out: Writable, err: Writable, opts: ExecOpts = {}) {
+    const header = Buffer.from(JSON.stringify({ args, env: opts.env, cwd: opts.cwd })).toString('base64');
+    const res = await this.request('POST', `/sandboxes/${encodeURIComponent(id)}/exec`, undefined, { 'x-cubebox-exec': header }, opts.stdin);
     if ((res.statusCode ?? 500) >= 400) {
       const chunks: Buffer[] = [];
       for await (const c of res) chunks.push(c as Buffer);

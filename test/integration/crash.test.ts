@@ -98,6 +98,9 @@ describe('cubebox CLI', () => {
     assert.equal(ex.stdout, 'hello\n');
     assert.equal(ex.stderr, 'oops\n');
     assert.equal(ex.code, 42);
+    const piped = await cli(dataDir, ['sandbox', 'exec', '-i', id, '--', 'sh', '-c', 'wc -l; exit 3'], {}, 'a\nb\nc\n');
+    assert.equal(piped.stdout.trim(), '3', 'exec -i passes stdin through');
+    assert.equal(piped.code, 3);
     const list = await cli(dataDir, ['sandbox', 'list']);
     assert.match(list.stdout, new RegExp(`${id}\\s+running`));
     assert.equal((await cli(dataDir, ['sandbox', 'pause', id])).code, 0);
