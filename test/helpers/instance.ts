@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdtempSync, rmdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { PROJECT_ROOT } from '../../src/config.js';
 import { formatLeaks, LeakChecker } from '../../src/sandbox/leaks.js';
 import { SandboxManager, type ManagerOptions } from '../../src/sandbox/manager.js';
@@ -67,6 +67,11 @@ export async function destroyInstance(m: SandboxManager | undefined, dataDir?: s
   assert.equal(leaks.length, 0, `instance ${paths.instanceId} leaked:\n${formatLeaks(leaks)}`);
   rmSync(paths.runRoot, { recursive: true, force: true });
   rmSync(paths.dataDir, { recursive: true, force: true });
+  try {
+    rmdirSync(dirname(paths.runRoot)); // /run/cubebox, once no instance uses it
+  } catch {
+    /* other instances remain */
+  }
 }
 
 export interface CliResult {
