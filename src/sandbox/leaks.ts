@@ -129,4 +129,3 @@ export function formatLeaks(leaks: Leak[]): string {
   return leaks.map((l) => `${l.sandbox}  ${l.kind.padEnd(13)} ${l.what}`).join('\n');
 }
 
-export { detectCgroupMode };

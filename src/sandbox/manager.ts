@@ -5,7 +5,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { naming, openPaths, type Paths, type RuntimeName } from '../config.js';
-import { buildConfig, type BundleSpec, type Limits, writeBundle } from '../runtime/bundle.js';
+import { type BundleSpec, type Limits, writeBundle } from '../runtime/bundle.js';
 import { prepareSupportTree, SANDBOX_SUPPORT, type SupportTree } from '../runtime/support.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
@@ -640,10 +640,11 @@ export class SandboxManager {
     const socket = this.envdSocket(id);
     const until = Date.now() + timeoutMs;
     let delay = 2;
+    const cg = this.cgroup(id);
     while (Date.now() < until) {
       if (existsSync(socket) && (await healthy(socket))) return;
-      const st = await this.runtime.state(this.containerId(id));
-      if (st?.status !== 'running') break;
+      // an emptied cgroup means the sandbox died: a file read, not a runtime call, while envd starts
+      if (cg.pids().length === 0) break;
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 50);
     }
@@ -974,17 +975,6 @@ export class SandboxManager {
         }
       });
     }
-  }
-
-  /** The rendered OCI config for a sandbox (for `cubebox sandbox inspect` and tests). */
-  renderConfig(id: string): Record<string, unknown> {
-    const row = this.requireRow(id);
-    const spec = JSON.parse(row.spec) as StoredSpec;
-    return buildConfig(this.bundleSpec(id, spec, join(this.sandboxDir(id), 'rootfs'), this.idMapFor(row.uidSlot)));
-  }
-
-  hasSandboxDir(id: string): boolean {
-    return existsSync(this.sandboxDir(id));
   }
 }
 
