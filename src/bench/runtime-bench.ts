@@ -1,8 +1,8 @@
+import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { OciRuntime } from '../runtime/oci-runtime.js';
 import { SandboxManager } from '../sandbox/manager.js';
-import { run } from '../util/exec.js';
 
 export interface BenchRow {
   name: string;
@@ -17,7 +17,7 @@ export const median = (xs: number[]) => {
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 };
 
-async function timed(fn: () => Promise<unknown>): Promise<number> {
+export async function timed(fn: () => Promise<unknown>): Promise<number> {
   const t = process.hrtime.bigint();
   await fn();
   return Number(process.hrtime.bigint() - t) / 1e6;
@@ -55,7 +55,7 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
     for (let i = 0; i < iterations; i++) {
       const cid = `cubebox-bench-${process.pid}-${i}`;
       b.run.push(await timed(() => bare.run(cid, bundle, log0)));
-      b.exec.push(await timed(() => runOk(bare, ['exec', cid, '/bin/true'])));
+      b.exec.push(await timed(() => waitClose(bare.exec(cid, ['/bin/true'], { stdio: 'ignore' }))));
       b.pause.push(await timed(() => bare.pause(cid)));
       b.resume.push(await timed(() => bare.resume(cid)));
       b.delete.push(await timed(() => bare.forceDelete(cid)));
@@ -65,10 +65,7 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
       await m.delete(id);
       t.create.push(await timed(async () => (id = (await m!.create({ template: 'busybox' })).id)));
       t.exec.push(
-        await timed(async () => {
-          const child = await m!.exec(id, ['/bin/true'], { stdio: 'ignore' });
-          await new Promise((r) => child.on('close', r));
-        }),
+        await timed(async () => waitClose(await m!.exec(id, ['/bin/true'], { stdio: 'ignore' }))),
       );
       t.pause.push(await timed(() => m!.pause(id)));
       t.resume.push(await timed(() => m!.resume(id)));
@@ -95,10 +92,11 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
   ];
 }
 
-async function runOk(rt: OciRuntime, args: string[]): Promise<void> {
-  const [file, argv] = rt.command(args);
-  const r = await run(file, argv);
-  if (r.code !== 0) throw new Error(`${file} ${args.join(' ')}: ${r.stderr}`);
+function waitClose(child: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`exec exited ${code}`))));
+  });
 }
 
 export function formatBench(rows: BenchRow[]): string {

@@ -4,13 +4,7 @@ import { resolveCacheDir } from '../config.js';
 import { ApiKeys } from '../api/keys.js';
 import { startServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
-import { median, type BenchRow } from './runtime-bench.js';
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - t) / 1e6;
-}
+import { median, timed, type BenchRow } from './runtime-bench.js';
 
 /** PSS in KiB of a process, from smaps_rollup. */
 function pssKiB(pid: number): number {

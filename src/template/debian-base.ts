@@ -26,6 +26,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { mountsUnder as mountPointsAtOrUnder } from '../runtime/rootfs.js';
 import { CubeboxError, errorMessage } from '../util/errors.js';
 
 export interface BaseBuildOptions {
@@ -655,11 +656,7 @@ async function diskUsage(dir: string): Promise<number> {
 // ---------------------------------------------------------------------------------------
 // Mounts and safe removal
 
-function decodeMountPath(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-/** Mount points strictly below dir, as /proc/self/mountinfo lists them, deepest first. */
+/** Mount points strictly below dir (deepest first), from the runtime's own mount table reader. */
 export async function mountsUnder(dir: string): Promise<string[]> {
   let real: string;
   try {
@@ -667,16 +664,7 @@ export async function mountsUnder(dir: string): Promise<string[]> {
   } catch {
     real = path.resolve(dir);
   }
-  const info = await fs.readFile('/proc/self/mountinfo', 'utf8');
-  const out: string[] = [];
-  for (const line of info.split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 5) continue;
-    const mp = decodeMountPath(f[4]!);
-    if (mp.startsWith(real + '/')) out.push(mp);
-  }
-  // Later mounts can sit on top of earlier ones: unmount in reverse order, deepest first.
-  return out.reverse().sort((a, b) => b.split('/').length - a.split('/').length);
+  return mountPointsAtOrUnder(real).filter((m) => m !== real);
 }
 
 /**
