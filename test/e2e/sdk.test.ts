@@ -161,7 +161,7 @@ describe('cubebox serve with the e2b SDK', { timeout: 900_000 }, () => {
     assert.equal(u.status, 200, await u.clone().text());
     assert.equal(await sbx.files.read('/home/user/uploaded.txt'), 'via upload url');
     const bad = await fetch(down.replace(/signature=[^&]+/, 'signature=v1_wrong'));
-    assert.ok(bad.status === 401 || bad.status === 502, `a wrong signature is refused (got ${bad.status})`);
+    assert.equal(bad.status, 401, 'a signature that matches no sandbox is refused');
     await sbx.kill();
   });
 
