@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { Sandbox, TimeoutError } from 'e2b';
 import { DataPlaneProxy, type RouteResolver, type SandboxRoute } from '../../src/proxy/proxy.js';
 import { fileSignature } from '../../src/proxy/routing.js';
+import { envelope, readEnvelopes, type Envelope } from '../envd/helpers.js';
 import { removeOnExit, startSocketEnvd, type SocketEnvd } from './proxy-envd.js';
 
 type Json = Record<string, unknown>;
@@ -31,44 +32,6 @@ const T = { timeout: 60_000 };
 const notFound = (id: string) => `{"sandboxId":"${id}","message":"The sandbox was not found","code":502}`;
 
 // --- raw Connect helpers ---------------------------------------------------------------------
-
-function envelope(msg: unknown, flags = 0): Buffer {
-  const json = Buffer.from(JSON.stringify(msg));
-  const head = Buffer.alloc(5);
-  head.writeUInt8(flags, 0);
-  head.writeUInt32BE(json.length, 1);
-  return Buffer.concat([head, json]);
-}
-
-interface Envelope {
-  flags: number;
-  json: Json;
-}
-
-async function* readEnvelopes(body: ReadableStream<Uint8Array>): AsyncGenerator<Envelope> {
-  let buf = Buffer.alloc(0);
-  const reader = body.getReader();
-  try {
-    while (true) {
-      while (buf.length >= 5) {
-        const len = buf.readUInt32BE(1);
-        if (buf.length < 5 + len) break;
-        const flags = buf.readUInt8(0);
-        const json = JSON.parse(buf.subarray(5, 5 + len).toString('utf8')) as Json;
-        buf = buf.subarray(5 + len);
-        yield { flags, json };
-      }
-      const { done, value } = await reader.read();
-      if (done) {
-        if (buf.length) throw new Error(`trailing ${buf.length} bytes in stream`);
-        return;
-      }
-      buf = Buffer.concat([buf, Buffer.from(value)]);
-    }
-  } finally {
-    reader.releaseLock();
-  }
-}
 
 function stdoutOf(e: Envelope): string {
   const data = (e.json.event as { data?: { stdout?: string } } | undefined)?.data;
