@@ -1,11 +1,16 @@
 /*
  * cubebox-helper: the few host operations Node cannot do itself.
  *
- *   cubebox-helper run-runtime [--private-cgroupv1] [--oom-score-adj N] <runtime> [args...]
+ *   cubebox-helper run-runtime [--private-cgroupv1 [--keep-mounts <dir>]] [--oom-score-adj N] <runtime> [args...]
  *       Runs an OCI runtime. --private-cgroupv1: in a private mount namespace where the
  *       cgroup2 mount at /sys/fs/cgroup/unified is gone, so that crun sees a pure cgroup v1
- *       host on a hybrid-cgroup machine (crun refuses hybrid layouts). --oom-score-adj: with
- *       that OOM score, which the processes it starts inherit.
+ *       host on a hybrid-cgroup machine (crun refuses hybrid layouts). That namespace starts
+ *       as a copy of the host's mount table, and a copy pins every filesystem in it for as
+ *       long as the runtime lives (a long `exec`): so every sandbox disk and overlay in it
+ *       (loop-backed or overlay mounts under a `sandboxes/` directory) is detached from the
+ *       copy, except those under --keep-mounts (the sandbox a `run` starts). The host's
+ *       mounts are untouched: deleting another sandbox meanwhile frees its loop device.
+ *       --oom-score-adj: with that OOM score, which the processes it starts inherit.
  *
  *   cubebox-helper mount-rootfs <name> <target> <upper> <work> <hostid> <count> <src> <view> [<src> <view>...]
  *       Mounts each read-only layer <src> at <view>, idmapped so that uid/gid N on disk
@@ -42,12 +47,76 @@ static int fail(const char *step, const char *what) {
   return 1;
 }
 
-/* run-runtime [--private-cgroupv1] [--oom-score-adj N] <runtime> [args...] */
+/* Undoes mountinfo's octal escapes (\040 for a space, ...) in place. */
+static void unescape_mountinfo(char *s) {
+  char *out = s;
+  for (char *in = s; *in; in++) {
+    if (in[0] == '\\' && in[1] >= '0' && in[1] <= '7' && in[2] >= '0' && in[2] <= '7' && in[3] >= '0' && in[3] <= '7') {
+      *out++ = (char)((in[1] - '0') * 64 + (in[2] - '0') * 8 + (in[3] - '0'));
+      in += 3;
+    } else {
+      *out++ = *in;
+    }
+  }
+  *out = 0;
+}
+
+/* Whether path is dir or below it. */
+static int under(const char *path, const char *dir) {
+  size_t n = strlen(dir);
+  while (n > 1 && dir[n - 1] == '/') n--;
+  return strncmp(path, dir, n) == 0 && (path[n] == 0 || path[n] == '/');
+}
+
+/*
+ * In this (private) mount namespace: detaches every sandbox disk (a loop device, major 7)
+ * and overlay mounted under a `sandboxes/` directory, except those under keep (may be
+ * NULL). Best effort: a mount that is already gone with its parent is fine.
+ */
+static void detach_sandbox_mounts(const char *keep) {
+  FILE *f = fopen("/proc/self/mountinfo", "re");
+  if (!f) return;
+  char *line = NULL;
+  size_t cap = 0;
+  size_t count = 0, room = 0;
+  char **todo = NULL;
+  while (getline(&line, &cap, f) > 0) {
+    unsigned major = 0, minor = 0;
+    char mnt[4096], fstype[256];
+    /* id parent major:minor root mountpoint options [optional...] - fstype source superopts */
+    if (sscanf(line, "%*d %*d %u:%u %*s %4095s", &major, &minor, mnt) != 3) continue;
+    char *sep = strstr(line, " - ");
+    if (!sep || sscanf(sep + 3, "%255s", fstype) != 1) continue;
+    if (major != 7 && strcmp(fstype, "overlay") != 0) continue;
+    unescape_mountinfo(mnt);
+    if (!strstr(mnt, "/sandboxes/")) continue;
+    if (keep && under(mnt, keep)) continue;
+    if (count == room) {
+      room = room ? room * 2 : 64;
+      char **grown = realloc(todo, room * sizeof *todo);
+      if (!grown) break;
+      todo = grown;
+    }
+    todo[count++] = strdup(mnt);
+  }
+  free(line);
+  fclose(f);
+  /* later entries may be mounted on top of earlier ones: detach in reverse order */
+  for (size_t i = count; i-- > 0;) {
+    if (todo[i]) umount2(todo[i], MNT_DETACH | UMOUNT_NOFOLLOW);
+    free(todo[i]);
+  }
+  free(todo);
+}
+
+/* run-runtime [--private-cgroupv1 [--keep-mounts DIR]] [--oom-score-adj N] <runtime> [args...] */
 static int run_runtime(int argc, char **argv) {
   int private_v1 = 0;
   const char *oom = NULL;
+  const char *keep = NULL;
   while (argc > 0 && strncmp(argv[0], "--", 2) == 0) {
     if (strcmp(argv[0], "--private-cgroupv1") == 0) { private_v1 = 1; argc--; argv++; }
+    else if (strcmp(argv[0], "--keep-mounts") == 0 && argc > 1) { keep = argv[1]; argc -= 2; argv += 2; }
     else if (strcmp(argv[0], "--oom-score-adj") == 0 && argc > 1) { oom = argv[1]; argc -= 2; argv += 2; }
     else { fprintf(stderr, "cubebox-helper: unknown option %s\n", argv[0]); return 2; }
   }
@@ -63,6 +132,7 @@ static int run_runtime(int argc, char **argv) {
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return fail("mount", "make / private");
     if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
       return fail("umount", "/sys/fs/cgroup/unified");
+    detach_sandbox_mounts(keep);
   }
   execv(argv[0], argv);
   return fail("exec", argv[0]);

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RuntimeName } from '../config.js';
@@ -61,6 +62,12 @@ export interface BundleSpec {
   binds: BindMount[];
   cgroupsPath: string;
   tiniPath: string; // path of tini inside the sandbox
+  /**
+   * A host file bind-mounted read-only over /proc/sys/kernel/random/boot_id, so that each boot
+   * of the sandbox has its own boot id (as a VM's has). Ignored with runc, which refuses every
+   * mount inside /proc but a few fixed files.
+   */
+  bootIdFile?: string;
 }
 
 /** Builds an OCI config.json with cubebox's secure defaults. */
@@ -95,6 +102,10 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
       source: b.source,
       options: ['rbind', 'nosuid', 'nodev', b.readonly ? 'ro' : 'rw'],
     });
+  }
+
+  if (spec.bootIdFile && spec.runtime !== 'runc') {
+    mounts.push({ destination: '/proc/sys/kernel/random/boot_id', type: 'bind', source: spec.bootIdFile, options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
   }
 
   const linux: Record<string, unknown> = {
@@ -144,7 +155,15 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
   };
 }
 
+/**
+ * Writes the bundle for one boot of a sandbox: its config.json and, unless the spec names
+ * one, a new boot id (bundle/boot_id) that the config mounts over the kernel's.
+ */
 export function writeBundle(bundleDir: string, spec: BundleSpec): void {
+  if (spec.bootIdFile === undefined && spec.runtime !== 'runc') {
+    spec = { ...spec, bootIdFile: join(bundleDir, 'boot_id') };
+    writeFileSync(spec.bootIdFile!, `${randomUUID()}\n`, { mode: 0o644 });
+  }
   writeFileSync(join(bundleDir, 'config.json'), JSON.stringify(buildConfig(spec), null, 1), { mode: 0o600 });
 }
 

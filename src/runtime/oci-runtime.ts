@@ -1,8 +1,7 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { HELPER_BIN, type RuntimeName } from '../config.js';
-import { run } from '../util/exec.js';
 import type { CgroupMode } from './cgroups.js';
 
 export type ContainerStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
@@ -47,6 +46,20 @@ export interface SandboxRuntime {
 /** OOM score of commands run in a sandbox; envd lowers its own to 0 so a hog dies first. */
 export const USER_OOM_SCORE_ADJ = 500;
 
+/**
+ * How long one runtime call (state, pause, resume, delete, run) may take before its whole
+ * process group is killed: shorter than every state's deadline in the manager, so that a
+ * hung runtime cannot keep a sandbox in a transitional state past it.
+ */
+export const RUNTIME_CALL_TIMEOUT_MS = 20_000;
+
+export interface OciRuntimeOptions {
+  /** The runtime binary (default /usr/bin/<name>, or env CUBEBOX_<NAME>_BIN). */
+  binary?: string;
+  /** Per-call timeout (default RUNTIME_CALL_TIMEOUT_MS). */
+  callTimeoutMs?: number;
+}
+
 const GONE_RE = /does not exist|no such file or directory|not found|container .* not exist/i;
 
 /** crun, runc and runsc share the OCI command line; only a few flags differ. */
@@ -55,14 +68,16 @@ export class OciRuntime implements SandboxRuntime {
   private readonly binary: string;
   private readonly globalArgs: string[];
   private readonly wrap: boolean;
+  readonly callTimeoutMs: number;
 
   constructor(
     readonly name: RuntimeName,
     private readonly stateRoot: string,
     cgroupMode: CgroupMode,
-    binary?: string,
+    opts: OciRuntimeOptions = {},
   ) {
-    this.binary = binary ?? `/usr/bin/${name}`;
+    this.binary = opts.binary ?? process.env[`CUBEBOX_${name.toUpperCase()}_BIN`] ?? `/usr/bin/${name}`;
+    this.callTimeoutMs = opts.callTimeoutMs ?? (Number(process.env.CUBEBOX_RUNTIME_TIMEOUT_MS) || RUNTIME_CALL_TIMEOUT_MS);
     this.globalArgs = ['--root', stateRoot];
     // host-uds=create: envd's socket in the shared directory must be reachable from the host
     if (name === 'runsc') this.globalArgs.push('--platform=ptrace', '--network=none', '--host-uds=create');
@@ -76,18 +91,56 @@ export class OciRuntime implements SandboxRuntime {
    * The argv that runs the runtime with the given command, through the helper when the
    * hybrid-cgroup wrapper or an OOM score for what it starts is needed.
    */
-  command(args: string[], opts: { oomScoreAdj?: number } = {}): [string, string[]] {
+  command(args: string[], opts: { oomScoreAdj?: number; keepMounts?: string } = {}): [string, string[]] {
     const full = [...this.globalArgs, ...args];
     const helperArgs: string[] = [];
-    if (this.wrap) helperArgs.push('--private-cgroupv1');
+    // the private mount namespace drops every other sandbox's disk and overlay from its copy
+    // of the mount table, so that a long call (exec) cannot keep them busy; `run` keeps its own
+    if (this.wrap) helperArgs.push('--private-cgroupv1', ...(opts.keepMounts ? ['--keep-mounts', opts.keepMounts] : []));
     if (opts.oomScoreAdj !== undefined) helperArgs.push('--oom-score-adj', String(opts.oomScoreAdj));
     return helperArgs.length ? [HELPER_BIN, ['run-runtime', ...helperArgs, this.binary, ...full]] : [this.binary, full];
   }
 
-  private async call(args: string[], timeoutMs = 60_000): Promise<{ code: number; out: string; err: string }> {
+  private async call(args: string[]): Promise<{ code: number; out: string; err: string }> {
     const [file, argv] = this.command(args);
-    const r = await run(file, argv, { timeoutMs });
-    return { code: r.code, out: r.stdout, err: r.stderr.trim() };
+    let out = '';
+    let err = '';
+    const code = await this.spawnBounded(file, argv, ['ignore', 'pipe', 'pipe'], (child) => {
+      child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+      child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+    }, args[0]!);
+    return { code, out, err: err.trim() };
+  }
+
+  /**
+   * Spawns one runtime call in its own process group and waits for it, at most
+   * callTimeoutMs: then the whole group (the runtime and whatever it forked that stayed
+   * in the group) is killed and the call fails. The group is the one this call created,
+   * so the signal cannot reach anything else.
+   */
+  private spawnBounded(file: string, argv: string[], stdio: StdioOptions, attach: (c: ChildProcess) => void, what: string): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      const child = spawn(file, argv, { stdio, detached: true });
+      attach(child);
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        try {
+          if (child.pid) process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+      }, this.callTimeoutMs);
+      child.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      child.on('close', (c) => {
+        clearTimeout(timer);
+        if (timedOut) reject(new Error(`${this.name} ${what} did not finish in ${this.callTimeoutMs} ms; its process group was killed`));
+        else resolve(c ?? -1);
+      });
+    });
   }
 
   private async callOk(args: string[]): Promise<string> {
@@ -101,12 +154,8 @@ export class OciRuntime implements SandboxRuntime {
     const fd = openSync(logFile, 'a', 0o600);
     const pidFile = join(bundleDir, 'pid');
     try {
-      const [file, argv] = this.command(['run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId]);
-      const child = spawn(file, argv, { stdio: ['ignore', fd, fd] });
-      const code = await new Promise<number>((resolve, reject) => {
-        child.on('error', reject);
-        child.on('close', (c) => resolve(c ?? -1));
-      });
+      const [file, argv] = this.command(['run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId], { keepMounts: dirname(bundleDir) });
+      const code = await this.spawnBounded(file, argv, ['ignore', fd, fd], () => undefined, 'run');
       if (code !== 0) {
         const tail = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
         throw new Error(`${this.name} run failed (exit ${code}): ${tail || 'no output'}`);

@@ -9,6 +9,9 @@ import { unescapeMount } from './cgroups.js';
  * idmapped bind mount so that template-root appears as the sandbox's unprivileged host
  * range) under an overlay whose upper layer is the sandbox's own writable layer.
  */
+/** Each helper call (mount, unmount, loop detach) ends within this, or fails: shorter than any state deadline. */
+const HELPER_TIMEOUT_MS = 20_000;
+
 export interface RootfsLayout {
   name: string; // overlay source name: cubebox-<inst>-<sbx>, visible in /proc/mounts
   target: string; // the merged root
@@ -43,7 +46,7 @@ export async function mountDisk(layout: RootfsLayout, sizeMB: number, emptyImage
   await runOk('cp', ['--sparse=always', empty, layout.diskImage]);
   mkdirSync(layout.disk, { recursive: true });
   // noinit_itable: no background zeroing of inode tables, which would fill the sparse image
-  await runOk(HELPER_BIN, ['mount-disk', layout.diskImage, layout.disk]);
+  await runOk(HELPER_BIN, ['mount-disk', layout.diskImage, layout.disk], { timeoutMs: HELPER_TIMEOUT_MS });
 }
 
 async function emptyImage(dir: string, sizeMB: number): Promise<string> {
@@ -94,14 +97,14 @@ export async function mountRootfs(layout: RootfsLayout, layers: string[], idMap?
   }
   const args = ['mount-rootfs', layout.name, layout.target, layout.upper, layout.work, String(idMap?.hostId ?? 0), String(idMap?.size ?? 0)];
   layers.forEach((l, i) => args.push(l, layout.views[i]!));
-  await runOk(HELPER_BIN, args);
+  await runOk(HELPER_BIN, args, { timeoutMs: HELPER_TIMEOUT_MS });
 }
 
 /** Unmounts the merged root and the layer views; whatever is not mounted is skipped. */
 export async function unmountRootfs(paths: string[]): Promise<void> {
   const mounted = new Set(mountPoints());
   const todo = paths.filter((p) => mounted.has(p));
-  if (todo.length) await runOk(HELPER_BIN, ['umount', ...todo]);
+  if (todo.length) await runOk(HELPER_BIN, ['umount', ...todo], { timeoutMs: HELPER_TIMEOUT_MS });
   const left = todo.filter((p) => new Set(mountPoints()).has(p));
   if (left.length) throw new Error(`still mounted: ${left.join(', ')}`);
 }
@@ -142,7 +145,7 @@ export function mountsUnder(dir: string): string[] {
  */
 export async function releaseLoopDevices(dir: string): Promise<void> {
   for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
-  for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!]).catch(() => undefined);
+  for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!], { timeoutMs: HELPER_TIMEOUT_MS }).catch(() => undefined);
   for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
   const left = loopDevicesUnder(dir);
   if (left.length) throw new Error(`loop devices remain: ${left.join(', ')}`);

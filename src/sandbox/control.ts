@@ -15,7 +15,8 @@ export interface ManagerApi {
   create(req: CreateRequest): Promise<SandboxInfo>;
   list(): Promise<SandboxInfo[]>;
   get(id: string): Promise<SandboxInfo>;
-  pause(id: string): Promise<SandboxInfo>;
+  /** memory: false pauses without memory (resume boots the sandbox again from its disk). */
+  pause(id: string, opts?: { memory?: boolean }): Promise<SandboxInfo>;
   resume(id: string): Promise<SandboxInfo>;
   delete(id: string): Promise<void>;
   /** Runs a command, copying its output to the given streams; resolves to its exit code. */
@@ -54,8 +55,8 @@ export class LocalApi implements ManagerApi {
   async get(id: string) {
     return this.manager.get(id);
   }
-  async pause(id: string) {
-    return this.manager.pause(id);
+  async pause(id: string, opts: { memory?: boolean } = {}) {
+    return this.manager.pause(id, opts);
   }
   async resume(id: string) {
     return this.manager.resume(id);
@@ -162,7 +163,7 @@ export class ControlServer {
         if (!id && m === 'POST') return send(201, await this.api.create(body as unknown as CreateRequest));
         if (id && !op && m === 'GET') return send(200, await this.api.get(id));
         if (id && !op && m === 'DELETE') return send(204, await this.api.delete(id));
-        if (id && op === 'pause' && m === 'POST') return send(200, await this.api.pause(id));
+        if (id && op === 'pause' && m === 'POST') return send(200, await this.api.pause(id, { memory: (body as { memory?: unknown }).memory !== false }));
         if (id && op === 'resume' && m === 'POST') return send(200, await this.api.resume(id));
       }
       if (a === 'templates') {
@@ -281,8 +282,8 @@ export class RemoteApi implements ManagerApi {
   get(id: string) {
     return this.call<SandboxInfo>('GET', `/sandboxes/${encodeURIComponent(id)}`);
   }
-  pause(id: string) {
-    return this.call<SandboxInfo>('POST', `/sandboxes/${encodeURIComponent(id)}/pause`);
+  pause(id: string, opts: { memory?: boolean } = {}) {
+    return this.call<SandboxInfo>('POST', `/sandboxes/${encodeURIComponent(id)}/pause`, opts);
   }
   resume(id: string) {
     return this.call<SandboxInfo>('POST', `/sandboxes/${encodeURIComponent(id)}/resume`);

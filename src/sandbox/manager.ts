@@ -19,6 +19,10 @@ import { faultPoint } from '../util/fault.js';
 import { randomId, SANDBOX_ID_RE } from '../util/ids.js';
 import { KeyedMutex } from '../util/lock.js';
 
+const RUNTIME_NAMES: RuntimeName[] = ['crun', 'runc', 'runsc'];
+/** How many sandboxes one reconciler pass handles at once. */
+const RECONCILE_CONCURRENCY = 4;
+
 const BASE_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' };
 
 /** How long each transitional state may last before the reconciler resolves it. */
@@ -51,7 +55,7 @@ export interface CreateRequest {
   /** Environment for every process envd starts (given to envd's /init). */
   envVars?: Record<string, string>;
   /** What the reaper does at endAt, and whether traffic wakes a paused sandbox. */
-  lifecycle?: Lifecycle;
+  lifecycle?: LifecycleInput;
   /** Issue an envd access token (default true). */
   secure?: boolean;
   /** Further request fields kept with the sandbox and reported back (network, ...). */
@@ -65,6 +69,31 @@ export interface Lifecycle {
 }
 
 const DEFAULT_LIFECYCLE: Lifecycle = { onTimeout: 'kill', autoResume: false, keepMemory: true };
+
+/** A lifecycle as callers give it: onTimeout as E2B's string or as the SDK's object form. */
+export interface LifecycleInput {
+  onTimeout?: 'kill' | 'pause' | { action: 'kill' } | { action: 'pause'; keepMemory?: boolean };
+  autoResume?: boolean;
+  keepMemory?: boolean;
+}
+
+/** Both forms of onTimeout ('pause', { action: 'pause', keepMemory: false }, ...) to one Lifecycle. */
+export function normalizeLifecycle(input: LifecycleInput | undefined): Lifecycle {
+  const out: Lifecycle = { ...DEFAULT_LIFECYCLE };
+  if (!input) return out;
+  const t = input.onTimeout;
+  const action = typeof t === 'object' && t !== null ? t.action : t;
+  if (action !== undefined && action !== 'kill' && action !== 'pause') throw invalid(`onTimeout must be 'kill' or 'pause' (or { action, keepMemory }), got ${JSON.stringify(t)}`);
+  if (action) out.onTimeout = action;
+  const objKeep = typeof t === 'object' && t !== null && 'keepMemory' in t ? t.keepMemory : undefined;
+  if (objKeep !== undefined && action !== 'pause') throw invalid('onTimeout.keepMemory is only allowed when the action is pause');
+  const keep = objKeep ?? input.keepMemory;
+  if (keep !== undefined) out.keepMemory = keep !== false;
+  if (input.autoResume !== undefined) out.autoResume = input.autoResume === true;
+  if (out.autoResume && out.onTimeout !== 'pause') throw invalid('autoResume needs onTimeout pause');
+  if (out.autoResume && !out.keepMemory) throw invalid('autoResume cannot be combined with a filesystem-only pause (keepMemory: false): resume it explicitly');
+  return out;
+}
 
 export interface SandboxInfo {
   id: string;
@@ -122,6 +151,8 @@ export interface ManagerOptions {
 
 export interface ReconcileReport {
   adopted: string[];
+  /** Busy sandboxes (an operation holds their lock): a later pass comes back to them. */
+  skipped: string[];
   tornDown: string[];
   orphansRemoved: string[];
   errors: string[];
@@ -150,6 +181,8 @@ export class SandboxManager {
   private deleteStopped = false;
   private closed = false;
   private reconciling: Promise<ReconcileReport> | undefined;
+  /** Runtimes other than the default, by name: each sandbox is driven by the one it was created with. */
+  private readonly runtimes = new Map<string, SandboxRuntime>();
 
   private support!: SupportTree;
 
@@ -282,6 +315,34 @@ export class SandboxManager {
     return new SandboxCgroup(this.cgroupMode, naming.cgroupPath(this.paths.instanceId, id));
   }
 
+  /** The runtime of that name, with this instance's state root (made on first use). */
+  runtimeFor(name: string): SandboxRuntime {
+    if (name === this.runtime.name) return this.runtime;
+    let rt = this.runtimes.get(name);
+    if (!rt) {
+      if (!RUNTIME_NAMES.includes(name as RuntimeName)) throw new Error(`unknown runtime '${name}'`);
+      rt = new OciRuntime(name as RuntimeName, join(this.paths.runRoot, name), this.cgroupMode);
+      this.runtimes.set(name, rt);
+    }
+    return rt;
+  }
+
+  /** The runtime a sandbox was created with (its row records it), whatever this manager's default. */
+  runtimeOf(id: string): SandboxRuntime {
+    return this.runtimeFor(this.store.getSandbox(id)?.runtime ?? this.runtime.name);
+  }
+
+  /** Every runtime that has (or may have) state in this instance: for orphans, which have no row. */
+  private allRuntimes(): SandboxRuntime[] {
+    const names = new Set<string>([this.runtime.name]);
+    try {
+      for (const e of readdirSync(this.paths.runRoot)) if (RUNTIME_NAMES.includes(e as RuntimeName)) names.add(e);
+    } catch {
+      /* no state root yet */
+    }
+    return [...names].map((n) => this.runtimeFor(n));
+  }
+
   // ---------------------------------------------------------------- lifecycle
 
   async create(req: CreateRequest): Promise<SandboxInfo> {
@@ -315,7 +376,7 @@ export class SandboxManager {
         workdir: template.config.workdir,
         envVars: req.envVars ?? {},
         accessToken: req.secure === false ? null : randomBytes(24).toString('base64url'),
-        lifecycle: { ...DEFAULT_LIFECYCLE, ...(req.lifecycle ?? {}) },
+        lifecycle: normalizeLifecycle(req.lifecycle),
         coldPaused: false,
         extra: req.extra ?? {},
       };
@@ -431,7 +492,7 @@ export class SandboxManager {
       const frozeIt = row.state === 'running';
       if (frozeIt) {
         this.setState(id, 'pausing');
-        await this.runtime.pause(this.containerId(id));
+        await this.runtimeOf(id).pause(this.containerId(id));
       }
       try {
         const idMap = this.idMapFor(row.uidSlot);
@@ -442,7 +503,7 @@ export class SandboxManager {
         });
       } finally {
         if (frozeIt) {
-          await this.runtime.resume(this.containerId(id));
+          await this.runtimeOf(id).resume(this.containerId(id));
           this.setState(id, 'running');
         }
       }
@@ -501,7 +562,7 @@ export class SandboxManager {
           metadata: req.metadata ?? {},
           envVars: req.envVars ?? {},
           accessToken: req.secure === false ? null : randomBytes(24).toString('base64url'),
-          lifecycle: { ...DEFAULT_LIFECYCLE, ...(req.lifecycle ?? {}) },
+          lifecycle: normalizeLifecycle(req.lifecycle),
           extra: req.extra ?? {},
         };
         this.store.updateSandbox(c.id, { state: 'creating', stateDeadline: Date.now() + STATE_DEADLINE_MS.creating!, spec: JSON.stringify(spec) });
@@ -589,7 +650,7 @@ export class SandboxManager {
 
   private bundleSpec(id: string, spec: StoredSpec, rootfs: string, idMap?: { hostId: number; size: number }): BundleSpec {
     return {
-      runtime: this.runtime.name,
+      runtime: this.runtimeOf(id).name,
       hostname: id,
       rootfs,
       command: spec.agent ? envdCommand(`${SANDBOX_SUPPORT}/run/envd.sock`) : spec.command,
@@ -615,14 +676,14 @@ export class SandboxManager {
     const env = { ...BASE_ENV, ...spec.env, ...spec.envVars };
     const cid = this.containerId(id);
     const logFd = join(this.sandboxDir(id), 'console.log');
-    const start = this.runtime.exec(cid, ['/bin/sh', '-c', `(${spec.startCommand}) >>/proc/1/fd/1 2>&1`], { env, cwd: spec.workdir, detach: true, stdio: 'ignore' });
+    const start = this.runtimeOf(id).exec(cid, ['/bin/sh', '-c', `(${spec.startCommand}) >>/proc/1/fd/1 2>&1`], { env, cwd: spec.workdir, detach: true, stdio: 'ignore' });
     const code = await new Promise<number>((r) => start.on('close', (c) => r(c ?? 1)));
     if (code !== 0) throw new Error(`the template's start command could not be started (exit ${code}); see ${logFd}`);
     if (!spec.readyCommand) return;
     const until = Date.now() + timeoutMs;
     let last = -1;
     while (Date.now() < until) {
-      const check = this.runtime.exec(cid, ['/bin/sh', '-c', spec.readyCommand], { env, cwd: spec.workdir, stdio: 'ignore' });
+      const check = this.runtimeOf(id).exec(cid, ['/bin/sh', '-c', spec.readyCommand], { env, cwd: spec.workdir, stdio: 'ignore' });
       last = await new Promise<number>((r) => check.on('close', (c) => r(c ?? 1)));
       if (last === 0) return;
       await new Promise((r) => setTimeout(r, 200));
@@ -665,7 +726,7 @@ export class SandboxManager {
       const spec = JSON.parse(row.spec) as StoredSpec;
       // the runtime replaces the whole environment when any variable is given
       const env = { ...BASE_ENV, ...spec.env, ...(opts.env ?? {}) };
-      return this.runtime.exec(this.containerId(id), args, { stdio: opts.stdio, env, cwd: opts.cwd, tty: opts.tty, detach: opts.detach });
+      return this.runtimeOf(id).exec(this.containerId(id), args, { stdio: opts.stdio, env, cwd: opts.cwd, tty: opts.tty, detach: opts.detach });
     });
   }
 
@@ -686,10 +747,11 @@ export class SandboxManager {
     this.events.emit('interrupt', id);
     try {
       if (memory) {
-        await this.runtime.pause(this.containerId(id));
+        await this.runtimeOf(id).pause(this.containerId(id));
       } else {
-        await this.stopContainer(id);
+        // recorded first: from here on, an interruption settles to a filesystem-only pause
         this.updateSpec(id, { coldPaused: true });
+        await this.stopContainer(id);
       }
       this.setState(id, 'paused');
     } catch (err) {
@@ -713,7 +775,7 @@ export class SandboxManager {
       if (spec.coldPaused) {
         await this.bootAgain(id, spec);
       } else {
-        await this.runtime.resume(this.containerId(id));
+        await this.runtimeOf(id).resume(this.containerId(id));
       }
       const endAt = timeoutSec !== undefined ? Date.now() + timeoutSec * 1000 : row.endAt;
       this.setState(id, 'running', { endAt });
@@ -727,7 +789,7 @@ export class SandboxManager {
   /** Stops every process of a sandbox but keeps its filesystem (for a pause without memory). */
   private async stopContainer(id: string): Promise<void> {
     const cg = this.cgroup(id);
-    await this.runtime.forceDelete(this.containerId(id));
+    await this.runtimeOf(id).forceDelete(this.containerId(id));
     if (cg.pids().length) await cg.killAll();
     if (cg.pids().length) throw new Error(`processes of sandbox '${id}' survived the kill`);
     await cg.remove();
@@ -736,7 +798,7 @@ export class SandboxManager {
   /** Starts a cold-paused sandbox again from its bundle and filesystem: a new boot. */
   private async bootAgain(id: string, spec: StoredSpec): Promise<void> {
     const cid = this.containerId(id);
-    const pid = await this.runtime.run(cid, join(this.sandboxDir(id), 'bundle'), join(this.sandboxDir(id), 'console.log'));
+    const pid = await this.runtimeOf(id).run(cid, join(this.sandboxDir(id), 'bundle'), join(this.sandboxDir(id), 'console.log'));
     if (spec.agent) {
       await this.waitForAgent(id);
       await this.personalize(id, spec);
@@ -796,7 +858,8 @@ export class SandboxManager {
     const due = this.store.listSandboxes().filter((r) => r.state === 'running' && r.endAt !== null && r.endAt <= now);
     const acted: string[] = [];
     for (const r of due) {
-      await this.locks.run(r.id, async () => {
+      // a busy sandbox (an operation holds its lock) is left for the next round
+      await this.locks.tryRun(r.id, async () => {
         const row = this.store.getSandbox(r.id);
         if (!row || row.state !== 'running' || row.endAt === null || row.endAt > Date.now()) return;
         const spec = JSON.parse(row.spec) as StoredSpec;
@@ -819,7 +882,14 @@ export class SandboxManager {
     await this.locks.run(id, async () => {
       const row = this.store.getSandbox(id);
       if (!row && this.store.resources(id).length === 0) throw notFound(`sandbox '${id}' not found`);
-      await this.teardown(id);
+      try {
+        await this.teardown(id);
+      } catch (err) {
+        // the sandbox stays recorded (state deleting, with the error) and the reconciler retries
+        const remains = this.store.resources(id).map((r) => `${r.kind} ${r.name}`);
+        if (this.store.getSandbox(id)) this.store.updateSandbox(id, { lastError: `delete: ${errorMessage(err)}`, nextAttemptAt: Date.now() + 1000 });
+        throw new CubeboxError('internal', `deleting sandbox '${id}' did not finish: ${errorMessage(err)}${remains.length ? `; still held: ${remains.join(', ')}` : ''}; it stays listed as deleting and is retried`);
+      }
     });
   }
 
@@ -836,9 +906,18 @@ export class SandboxManager {
 
   /** After a failed or interrupted operation: make the stored state what the host shows. */
   private async settleFromHost(id: string, error?: string): Promise<void> {
+    const row = this.store.getSandbox(id);
+    if (!row) return;
+    if ((JSON.parse(row.spec) as StoredSpec).coldPaused) {
+      // A filesystem-only pause, or the boot of its resume, was cut short. The safe state is
+      // paused, with its disk and no process: a half-booted sandbox may lack its /init.
+      await this.stopContainer(id);
+      this.setState(id, 'paused', error ? { lastError: error } : {});
+      return;
+    }
     let state: SandboxState = 'stopped';
     try {
-      const st = await this.runtime.state(this.containerId(id));
+      const st = await this.runtimeOf(id).state(this.containerId(id));
       if (st?.status === 'running') state = 'running';
       else if (st?.status === 'paused') state = 'paused';
     } catch (err) {
@@ -862,15 +941,19 @@ export class SandboxManager {
     const cg = this.cgroup(id);
     const dir = this.sandboxDir(id);
 
+    // the sandbox's own runtime (rule 2); an orphan has no row: every runtime with state here
+    const runtimes = this.store.getSandbox(id) ? [this.runtimeOf(id)] : this.allRuntimes();
     let runtimeError: unknown;
-    try {
-      await this.runtime.forceDelete(cid);
-    } catch (err) {
-      runtimeError = err;
+    for (const rt of runtimes) {
+      try {
+        await rt.forceDelete(cid);
+      } catch (err) {
+        runtimeError = err;
+      }
     }
     if (cg.pids().length) await cg.killAll();
     if (cg.pids().length) throw new Error(`processes of sandbox '${id}' survived the kill: ${cg.pids().join(', ')}`);
-    if (runtimeError) await this.runtime.forceDelete(cid); // retry now that nothing runs; throws if it still fails
+    if (runtimeError) for (const rt of runtimes) await rt.forceDelete(cid); // retry now that nothing runs; throws if it still fails
     this.store.forgetResource(id, 'container', cid);
 
     await cg.remove();
@@ -906,46 +989,58 @@ export class SandboxManager {
   }
 
   private async reconcileOnce(startup: boolean): Promise<ReconcileReport> {
-    const report: ReconcileReport = { adopted: [], tornDown: [], orphansRemoved: [], errors: [] };
+    const report: ReconcileReport = { adopted: [], skipped: [], tornDown: [], orphansRemoved: [], errors: [] };
     const now = Date.now();
-    for (const row of this.store.listSandboxes()) {
-      if (this.closed) break;
-      await this.locks.run(row.id, async () => {
-        const r = this.store.getSandbox(row.id);
-        if (!r) return;
-        try {
-          const expired = r.stateDeadline !== null && r.stateDeadline < now;
-          if (r.state === 'deleting' || r.state === 'failed' || (r.state === 'stopped' && this.deleteStopped) || (r.state === 'creating' && (startup || expired))) {
-            if (r.nextAttemptAt && r.nextAttemptAt > now && !startup) return;
-            await this.teardown(r.id);
-            report.tornDown.push(r.id);
-          } else if (r.state === 'pausing' || r.state === 'resuming') {
-            if (startup || expired) await this.settleFromHost(r.id, `interrupted while ${r.state}`);
-          } else if (r.state === 'running' || r.state === 'paused' || r.state === 'pooled') {
-            const st = await this.runtime.state(this.containerId(r.id));
-            const live: SandboxState = r.state === 'pooled' ? 'pooled' : 'running';
-            const hostState: SandboxState = st?.status === 'running' ? live : st?.status === 'paused' ? 'paused' : 'stopped';
-            if (hostState !== r.state) {
-              this.log.warn({ sandbox: r.id, stored: r.state, host: hostState }, 'sandbox state differs from the host; taking the host state');
-              this.setState(r.id, hostState, hostState === 'stopped' ? { lastError: 'the sandbox stopped (its main process exited or was killed)' } : {});
-            }
-            if (startup) report.adopted.push(r.id);
-          }
-        } catch (err) {
-          const attempts = r.attempts + 1;
-          this.store.updateSandbox(r.id, {
-            attempts,
-            lastError: errorMessage(err),
-            nextAttemptAt: now + Math.min(2 ** attempts * 1000, 300_000),
-          });
-          report.errors.push(`${r.id}: ${errorMessage(err)}`);
-        }
-      });
-    }
+    // Each sandbox on its own, a few at a time. A sandbox whose lock is held (an operation in
+    // flight, or one stuck in a runtime call until its timeout) is skipped, never waited for:
+    // the next pass comes back to it, and the others are handled meanwhile.
+    await eachLimited(this.store.listSandboxes(), RECONCILE_CONCURRENCY, async (row) => {
+      if (this.closed) return;
+      const done = await this.locks.tryRun(row.id, () => this.reconcileSandbox(row.id, startup, now, report));
+      if (!done.ran) report.skipped.push(row.id);
+    });
     await this.removeOrphans(report);
     this.collectEphemeralTemplates();
     this.fillPools();
     return report;
+  }
+
+  /** One sandbox's reconciliation; under its lock. */
+  private async reconcileSandbox(id: string, startup: boolean, now: number, report: ReconcileReport): Promise<void> {
+    const r = this.store.getSandbox(id);
+    if (!r) return;
+    try {
+      const expired = r.stateDeadline !== null && r.stateDeadline < now;
+      const spec = JSON.parse(r.spec) as StoredSpec;
+      if (r.state === 'deleting' || r.state === 'failed' || (r.state === 'stopped' && this.deleteStopped) || (r.state === 'creating' && (startup || expired))) {
+        if (r.nextAttemptAt && r.nextAttemptAt > now && !startup) return;
+        await this.teardown(r.id);
+        report.tornDown.push(r.id);
+      } else if (r.state === 'pausing' || r.state === 'resuming') {
+        if (r.nextAttemptAt && r.nextAttemptAt > now && !startup) return;
+        if (startup || expired) await this.settleFromHost(r.id, `interrupted while ${r.state}`);
+      } else if (r.state === 'paused' && spec.coldPaused) {
+        // paused without memory: no container by design; its disk waits for a resume
+        if (startup) report.adopted.push(r.id);
+      } else if (r.state === 'running' || r.state === 'paused' || r.state === 'pooled') {
+        const st = await this.runtimeOf(r.id).state(this.containerId(r.id));
+        const live: SandboxState = r.state === 'pooled' ? 'pooled' : 'running';
+        const hostState: SandboxState = st?.status === 'running' ? live : st?.status === 'paused' ? 'paused' : 'stopped';
+        if (hostState !== r.state) {
+          this.log.warn({ sandbox: r.id, stored: r.state, host: hostState }, 'sandbox state differs from the host; taking the host state');
+          this.setState(r.id, hostState, hostState === 'stopped' ? { lastError: 'the sandbox stopped (its main process exited or was killed)' } : {});
+        }
+        if (startup) report.adopted.push(r.id);
+      }
+    } catch (err) {
+      const attempts = r.attempts + 1;
+      this.store.updateSandbox(r.id, {
+        attempts,
+        lastError: errorMessage(err),
+        nextAttemptAt: now + Math.min(2 ** attempts * 1000, 300_000),
+      });
+      report.errors.push(`${r.id}: ${errorMessage(err)}`);
+    }
   }
 
   /** Host resources named for this instance that no stored sandbox owns. */
@@ -954,7 +1049,7 @@ export class SandboxManager {
     const known = new Set(this.store.listSandboxes().map((r) => r.id));
     const prefix = `cubebox-${inst}-`;
     const candidates = new Set<string>(this.store.orphanLedgerIds());
-    for (const cid of await this.runtime.list()) if (cid.startsWith(prefix)) candidates.add(cid.slice(prefix.length));
+    for (const rt of this.allRuntimes()) for (const cid of await rt.list()) if (cid.startsWith(prefix)) candidates.add(cid.slice(prefix.length));
     for (const name of listInstanceCgroups(this.cgroupMode, naming.cgroupParent(inst))) candidates.add(name);
     for (const m of mountTable()) if (m.source.startsWith(prefix)) candidates.add(m.source.slice(prefix.length));
     try {
@@ -964,7 +1059,8 @@ export class SandboxManager {
     }
     for (const id of candidates) {
       if (known.has(id) || !SANDBOX_ID_RE.test(id)) continue;
-      await this.locks.run(id, async () => {
+      // a busy id is a sandbox being made right now, not an orphan
+      await this.locks.tryRun(id, async () => {
         if (this.store.getSandbox(id)) return;
         try {
           await this.teardown(id);
@@ -976,6 +1072,15 @@ export class SandboxManager {
       });
     }
   }
+}
+
+/** Runs fn for every item, at most `limit` at once. */
+async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 function tail(file: string, lines = 5): string {

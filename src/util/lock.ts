@@ -21,6 +21,16 @@ export class KeyedMutex {
     }
   }
 
+  /**
+   * Runs fn under the key's lock only if nobody holds or waits for it; otherwise returns
+   * { ran: false } at once (the reconciler skips a busy sandbox and comes back later).
+   */
+  async tryRun<T>(key: string, fn: () => Promise<T>): Promise<{ ran: true; value: T } | { ran: false }> {
+    if (this.tails.has(key)) return { ran: false };
+    return { ran: true, value: await this.run(key, fn) };
+  }
+
+  /** Whether an operation holds (or waits for) the key's lock right now. */
   isLocked(key: string): boolean {
     return this.tails.has(key);
   }
