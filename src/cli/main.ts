@@ -104,18 +104,35 @@ program
       }
       return;
     }
-    const report = await probeHost();
+    const report = await probeHost({ nestedTemplates: nestedContainerTemplates(dataDirOf(cmd)) });
     console.log(opts.json ? JSON.stringify(report, null, 2) : formatReport(report));
     process.exitCode = report.ready ? 0 : 1;
   });
 
 const template = program.command('template').description('manage templates (read-only root filesystems)');
+/** Templates of a data directory that allow nested containers; undefined when it has no store yet. */
+function nestedContainerTemplates(dataDir: string): string[] | undefined {
+  const paths = openPaths(dataDir, false);
+  if (!existsSync(paths.db)) return undefined;
+  const store = new Store(paths.db);
+  try {
+    return store
+      .listTemplates()
+      .filter((t) => (JSON.parse(t.config) as { nestedContainers?: boolean }).nestedContainers === true)
+      .map((t) => t.name);
+  } finally {
+    store.close();
+  }
+}
+
 template
   .command('add <name> <source>')
   .description('register a root filesystem directory or tarball as a template')
   .option('--user <user>', 'default user for commands')
-  .action(async (name: string, source: string, opts: { user?: string }, cmd: Command) => {
-    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, { dir: source }, opts.user ? { user: opts.user } : {}));
+  .option('--nested-containers', "let its sandboxes create user namespaces and mount in them (Docker's default refuses; see cubebox doctor)")
+  .action(async (name: string, source: string, opts: { user?: string; nestedContainers?: boolean }, cmd: Command) => {
+    const config = { ...(opts.user ? { user: opts.user } : {}), ...(opts.nestedContainers ? { nestedContainers: true } : {}) };
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, { dir: source }, config));
     console.log(t.id);
   });
 template

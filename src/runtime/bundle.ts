@@ -62,6 +62,8 @@ export interface BundleSpec {
   binds: BindMount[];
   cgroupsPath: string;
   tiniPath: string; // path of tini inside the sandbox
+  /** The template allows nested containers: user namespaces and mounts in them (seccomp.ts). */
+  nestedContainers?: boolean;
   /**
    * A host file bind-mounted read-only over /proc/sys/kernel/random/boot_id, so that each boot
    * of the sandbox has its own boot id (as a VM's has). Ignored with runc, which refuses every
@@ -126,7 +128,7 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     linux.gidMappings = map;
   }
   if (!gvisor) {
-    const seccomp = defaultSeccomp(caps);
+    const seccomp = defaultSeccomp(caps, { nestedContainers: spec.nestedContainers });
     if (seccomp) linux.seccomp = seccomp;
   }
 

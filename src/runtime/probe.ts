@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { HELPER_BIN, type RuntimeName } from '../config.js';
 import { run } from '../util/exec.js';
 import { detectCgroupMode, v1Hierarchies, type CgroupMode } from './cgroups.js';
-import { mountRootfs, rootfsLayout, unmountRootfs } from './rootfs.js';
+import { guardSandboxDir, mountRootfs, rootfsLayout, unmountRootfs } from './rootfs.js';
 import { DEFAULT_PROFILE } from './seccomp.js';
 
 export interface Check {
@@ -21,6 +21,8 @@ export interface RuntimeProbe {
   works: boolean;
   needsWrapper: boolean;
   detail: string;
+  /** Runs a container in a user namespace behind a sandbox-style directory guard (undefined: not tried). */
+  userns?: boolean;
 }
 
 export interface HostReport {
@@ -29,13 +31,19 @@ export interface HostReport {
   runtimes: RuntimeProbe[];
   criu: { installed: boolean; usable: boolean; detail: string };
   checks: Check[];
+  /** Host settings that weaken the isolation of sandboxes (ok: false means a warning). */
+  isolation: Check[];
+  /** Templates of the data directory that allow nested containers (when the caller gave them). */
+  nestedTemplates?: string[];
   ready: boolean;
 }
 
 const TINI = '/usr/bin/tini-static';
+/** The host id the runtime probe maps container root to (as a sandbox's would be: unprivileged, high). */
+const PROBE_HOST_ID = 3_000_000_000;
 
 /** Probes the host for everything cubebox depends on, by trying it. */
-export async function probeHost(opts: { runtimes?: RuntimeName[] } = {}): Promise<HostReport> {
+export async function probeHost(opts: { runtimes?: RuntimeName[]; nestedTemplates?: string[] } = {}): Promise<HostReport> {
   const checks: Check[] = [];
   const add = (name: string, ok: boolean, essential: boolean, detail: string) => checks.push({ name, ok, essential, detail });
 
@@ -76,7 +84,6 @@ export async function probeHost(opts: { runtimes?: RuntimeName[] } = {}): Promis
   const loop = existsSync('/dev/loop-control');
   add('loop devices', loop, true, loop ? '/dev/loop-control (each sandbox disk is a loop-mounted image)' : 'no /dev/loop-control: sandbox disks need loop devices (modprobe loop)');
   add('tini', existsSync(TINI), true, existsSync(TINI) ? TINI : `${TINI} missing: install the tini package`);
-  add('seccomp profile', existsSync(DEFAULT_PROFILE), false, existsSync(DEFAULT_PROFILE) ? DEFAULT_PROFILE : `${DEFAULT_PROFILE} missing (package golang-github-containers-common): sandboxes would run without a seccomp filter`);
 
   const runtimes: RuntimeProbe[] = [];
   for (const name of opts.runtimes ?? (['crun', 'runc', 'runsc'] as RuntimeName[])) runtimes.push(await probeRuntime(name, cgroupMode, isRoot));
@@ -85,7 +92,71 @@ export async function probeHost(opts: { runtimes?: RuntimeName[] } = {}): Promis
 
   const criu = await probeCriu();
   const kernel = readOr('/proc/sys/kernel/osrelease', '?').trim();
-  return { kernel, cgroupMode, runtimes, criu, checks, ready: checks.every((c) => c.ok || !c.essential) };
+  const isolation = isolationChecks(runtimes, opts.nestedTemplates);
+  return { kernel, cgroupMode, runtimes, criu, checks, isolation, nestedTemplates: opts.nestedTemplates, ready: checks.every((c) => c.ok || !c.essential) };
+}
+
+/**
+ * Host settings that weaken what a sandbox's isolation rests on. None stops cubebox, so
+ * each is a warning with what to change. The sandboxes' own seccomp filter refuses user
+ * namespaces, bpf, perf and userfaultfd whatever these say (except in templates that allow
+ * nested containers); the settings still guard every other process on the host.
+ */
+export function isolationChecks(runtimes: RuntimeProbe[], nestedTemplates?: string[]): Check[] {
+  const out: Check[] = [];
+  const add = (name: string, ok: boolean, detail: string) => out.push({ name, ok, essential: false, detail });
+  const sysctl = (key: string): number | undefined => {
+    const v = readOr(`/proc/sys/${key.replace(/\./g, '/')}`, '').trim();
+    return v === '' ? undefined : Number(v);
+  };
+
+  const seccompKernel = /^Seccomp:\s/m.test(readOr('/proc/self/status', ''));
+  add('kernel seccomp', seccompKernel, seccompKernel ? 'seccomp filters supported' : 'the kernel has no seccomp: sandboxes run without a syscall filter');
+  const profile = existsSync(DEFAULT_PROFILE);
+  add('seccomp profile', profile, profile ? `${DEFAULT_PROFILE}, tightened to Docker's rules for namespaces, mounts and the keyring` : `${DEFAULT_PROFILE} missing (package golang-github-containers-common): sandboxes run WITHOUT a seccomp filter`);
+
+  // Debian/Ubuntu: unprivileged_userns_clone; Ubuntu 23.10+: AppArmor's restriction
+  const clone = sysctl('kernel.unprivileged_userns_clone');
+  const apparmor = sysctl('kernel.apparmor_restrict_unprivileged_userns');
+  const maxNs = sysctl('user.max_user_namespaces') ?? 0;
+  const unprivUserns = maxNs > 0 && clone !== 0 && apparmor !== 1;
+  add(
+    'unprivileged user namespaces',
+    !unprivUserns,
+    unprivUserns
+      ? `enabled for every host user (user.max_user_namespaces = ${maxNs}${clone === undefined ? '' : `, kernel.unprivileged_userns_clone = ${clone}`}): ` +
+          'the usual door to kernel exploits (nf_tables, filesystems); cubebox needs user namespaces only as root: set kernel.unprivileged_userns_clone = 0 where the kernel has it (Debian, Ubuntu), or kernel.apparmor_restrict_unprivileged_userns = 1'
+      : 'restricted to privileged processes',
+  );
+  const bpf = sysctl('kernel.unprivileged_bpf_disabled');
+  if (bpf !== undefined) add('unprivileged bpf', bpf !== 0, bpf !== 0 ? `disabled (${bpf})` : 'enabled: set kernel.unprivileged_bpf_disabled = 2');
+  const uffd = sysctl('vm.unprivileged_userfaultfd');
+  if (uffd !== undefined) add('unprivileged userfaultfd', uffd === 0, uffd === 0 ? 'kernel-mode faults need CAP_SYS_PTRACE' : 'enabled (an exploit helper): set vm.unprivileged_userfaultfd = 0');
+  const perf = sysctl('kernel.perf_event_paranoid');
+  if (perf !== undefined) add('perf events', perf >= 2, perf >= 2 ? `paranoid = ${perf}` : `kernel.perf_event_paranoid = ${perf}: set it to 2 or more`);
+  const kptr = sysctl('kernel.kptr_restrict');
+  if (kptr !== undefined) add('kernel pointers', kptr >= 1, kptr >= 1 ? `kptr_restrict = ${kptr}` : 'kernel.kptr_restrict = 0: /proc/kallsyms shows kernel addresses to every process, sandboxes included (defeats KASLR): set it to 1');
+  const dmesg = sysctl('kernel.dmesg_restrict');
+  if (dmesg !== undefined) add('kernel log', dmesg === 1, dmesg === 1 ? 'dmesg_restrict = 1' : 'kernel.dmesg_restrict = 0: set it to 1');
+  const links = sysctl('fs.protected_symlinks');
+  if (links !== undefined) add('protected symlinks', links === 1, links === 1 ? 'fs.protected_symlinks = 1' : 'fs.protected_symlinks = 0: set it to 1 (symlink races in world-writable directories)');
+
+  for (const rt of runtimes) {
+    if (!rt.works) continue;
+    if (rt.name === 'runsc') {
+      add('runsc isolation', true, "gVisor's user-space kernel is the boundary: no user namespace and no seccomp profile from cubebox (runsc filters its own syscalls)");
+    } else if (rt.userns !== undefined) {
+      add(`${rt.name} user namespaces`, rt.userns, rt.userns ? 'runs containers in a user namespace, sandbox root unprivileged on the host' : 'cannot run a container in a user namespace: sandbox root would be host root');
+    }
+  }
+  if (nestedTemplates) {
+    add(
+      'nested containers',
+      nestedTemplates.length === 0,
+      nestedTemplates.length ? `allowed in template(s) ${nestedTemplates.join(', ')}: their sandboxes may create user namespaces and mount in them` : 'no template allows them',
+    );
+  }
+  return out;
 }
 
 async function tryIdmappedOverlay(): Promise<{ ok: boolean; detail: string }> {
@@ -136,12 +207,28 @@ async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean
       if (r.code !== 0) await (wrapped ? run(HELPER_BIN, ['run-runtime', '--private-cgroupv1', binary, ...extra, '--root', root, 'delete', '--force', id]) : run(binary, [...extra, '--root', root, 'delete', '--force', id]));
       return r;
     };
+    // Then as sandboxes run: in a user namespace, behind the sandbox directory's guard.
+    const withUserns = async (wrapped: boolean) => {
+      if (name === 'runsc') return undefined;
+      const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+      const map = [{ containerID: 0, hostID: PROBE_HOST_ID, size: 65536 }];
+      config.linux = { ...config.linux, namespaces: [...config.linux.namespaces, { type: 'user' }], uidMappings: map, gidMappings: map };
+      // a fresh root: the first run left device nodes in /dev
+      for (const d of ['proc', 'dev']) mkdirSync(join(dir, 'rootfs-userns', d), { recursive: true });
+      copyFileSync(TINI, join(dir, 'rootfs-userns', 'tini'));
+      config.root.path = join(dir, 'rootfs-userns');
+      config.mounts.push({ destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'mode=755'] }); // root's /dev is not the container root's
+      writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+      guardSandboxDir(dir, { hostId: PROBE_HOST_ID });
+      const r = await tryRun(wrapped);
+      return r.code === 0 && r.stdout.includes('tini');
+    };
     const direct = await tryRun(false);
-    if (direct.code === 0 && direct.stdout.includes('tini')) return { name, installed: true, version, works: true, needsWrapper: false, detail: 'runs containers' };
+    if (direct.code === 0 && direct.stdout.includes('tini')) return { name, installed: true, version, works: true, needsWrapper: false, detail: 'runs containers', userns: await withUserns(false) };
     const reason = (direct.stderr || direct.stdout).trim().split('\n').pop() ?? '';
     if (name === 'crun' && mode === 'hybrid') {
       const wrapped = await tryRun(true);
-      if (wrapped.code === 0) return { name, installed: true, version, works: true, needsWrapper: true, detail: `refuses hybrid cgroups directly (${reason}); works through the private-mount wrapper` };
+      if (wrapped.code === 0) return { name, installed: true, version, works: true, needsWrapper: true, detail: `refuses hybrid cgroups directly (${reason}); works through the private-mount wrapper`, userns: await withUserns(true) };
       return { name, installed: true, version, works: false, needsWrapper: true, detail: `fails even through the wrapper: ${(wrapped.stderr || wrapped.stdout).trim()}` };
     }
     return { name, installed: true, version, works: false, needsWrapper: false, detail: `cannot run a container: ${reason}` };
@@ -178,6 +265,8 @@ export function formatReport(r: HostReport): string {
     lines.push(`  ${rt.name.padEnd(6)} ${status.padEnd(24)} ${rt.version ?? ''}${rt.detail ? `  ${rt.detail}` : ''}`);
   }
   lines.push(`criu          ${r.criu.usable ? 'usable' : 'unusable'}: ${r.criu.detail}`);
+  lines.push('isolation:');
+  for (const c of r.isolation) lines.push(`${c.ok ? 'ok  ' : 'warn'}  ${c.name}: ${c.detail}`);
   lines.push(r.ready ? 'host is ready for cubebox' : 'host is NOT ready: fix the FAIL lines above');
   return lines.join('\n');
 }

@@ -1,5 +1,5 @@
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { HELPER_BIN } from '../config.js';
 import { runOk } from '../util/exec.js';
 import { unescapeMount } from './cgroups.js';
@@ -89,6 +89,7 @@ export function loopDevicesUnder(dir: string): string[] {
 /** layers: read-only layer directories, topmost first. */
 export async function mountRootfs(layout: RootfsLayout, layers: string[], idMap?: { hostId: number; size: number }): Promise<void> {
   if (layers.length !== layout.views.length) throw new Error('layer count does not match the layout');
+  guardSandboxDir(dirname(layout.target), idMap);
   for (const d of [layout.target, layout.upper, layout.work, ...layout.views]) mkdirSync(d, { recursive: true });
   if (idMap) {
     // The writable layer's root must belong to the sandbox's root, or it cannot write to /.
@@ -98,6 +99,20 @@ export async function mountRootfs(layout: RootfsLayout, layers: string[], idMap?
   const args = ['mount-rootfs', layout.name, layout.target, layout.upper, layout.work, String(idMap?.hostId ?? 0), String(idMap?.size ?? 0)];
   layers.forEach((l, i) => args.push(l, layout.views[i]!));
   await runOk(HELPER_BIN, args, { timeoutMs: HELPER_TIMEOUT_MS });
+}
+
+/**
+ * Host users must not read a sandbox's files nor run its setuid files. The merged root
+ * cannot be nosuid (the mount the runtime bind-mounts as / keeps the flag, locked, and
+ * sudo in the sandbox would stop working: seen with crun, runc and runsc), so the
+ * sandbox directory is the barrier: 0710 root:<sandbox root's host gid>. Only host root
+ * and the sandbox's own root group may pass; crun and runc reach the rootfs and the
+ * envd run directory as that id from inside the user namespace. Without a user
+ * namespace: 0700. The disk and the layer views below are nosuid,nodev themselves.
+ */
+export function guardSandboxDir(dir: string, idMap?: { hostId: number }): void {
+  chownSync(dir, 0, idMap?.hostId ?? 0);
+  chmodSync(dir, idMap ? 0o710 : 0o700);
 }
 
 /** Unmounts the merged root and the layer views; whatever is not mounted is skipped. */

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { PROJECT_ROOT } from '../config.js';
 import { runOk } from '../util/exec.js';
@@ -19,8 +19,8 @@ export interface SupportTree {
   dir: string; // host path
 }
 
-function fingerprint(files: string[]): string {
-  const h = createHash('sha256');
+function fingerprint(files: string[], format: string): string {
+  const h = createHash('sha256').update(`${format}\n`);
   for (const f of files) {
     const st = statSync(f);
     h.update(`${f}:${st.size}:${st.mtimeMs}:${st.ino}\n`);
@@ -46,14 +46,14 @@ async function libraries(binaries: string[]): Promise<{ libs: string[]; loader: 
   return { libs: [...libs], loader };
 }
 
-/** Hard link when on one filesystem (pages shared with the host's copy), else copy. */
+/**
+ * A copy, never a hard link: a hard link is the host's own node, libc or tini, so any
+ * write primitive on the tree (a runtime or kernel bug, a mistaken chmod) would change
+ * the host's binaries. Read-only for everyone, so the copy cannot be changed in place.
+ */
 function place(src: string, dst: string): void {
-  const real = realpathSync(src);
-  try {
-    linkSync(real, dst);
-  } catch {
-    copyFileSync(real, dst);
-  }
+  copyFileSync(realpathSync(src), dst);
+  chmodSync(dst, statSync(dst).mode & 0o555);
 }
 
 export async function prepareSupportTree(baseDir: string, inUse: Set<string> = new Set()): Promise<SupportTree> {
@@ -61,7 +61,8 @@ export async function prepareSupportTree(baseDir: string, inUse: Set<string> = n
   const envdFiles = ['envd.mjs', 'pty.node', 'envd-exec'].map((f) => join(ENVD_DIR, f));
   for (const f of envdFiles) if (!existsSync(f)) throw new Error(`${f} missing: run npm run build`);
   const { libs, loader } = await libraries([node, join(ENVD_DIR, 'pty.node')]);
-  const version = fingerprint([node, TINI, loader, ...libs, ...envdFiles]);
+  // 'copied': trees of earlier versions hard-linked the host's files; never reuse those
+  const version = fingerprint([node, TINI, loader, ...libs, ...envdFiles], 'copied');
   mkdirSync(baseDir, { recursive: true, mode: 0o711 });
   const dir = join(baseDir, version);
   if (!existsSync(dir)) {

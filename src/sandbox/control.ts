@@ -1,4 +1,4 @@
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync, statSync, unlinkSync } from 'node:fs';
 import http from 'node:http';
 import type { Readable, Writable } from 'node:stream';
 import { resolveCacheDir } from '../config.js';
@@ -125,10 +125,21 @@ export class ControlServer {
     // We hold the manager lock, so a socket file left here belongs to a dead manager.
     if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
     this.server = http.createServer((req, res) => void this.handle(req, res));
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen({ path: this.socketPath, readableAll: false, writableAll: false }, () => resolve());
-    });
+    // Node never narrows a socket's mode (readableAll: false only skips widening it), so
+    // bind(2) would make it 0777 & ~umask. The umask covers the bind itself, which listen()
+    // does synchronously here, so there is no moment when the socket is wider than 0600.
+    const umask = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.server!.once('error', reject);
+        this.server!.listen({ path: this.socketPath }, () => resolve());
+        process.umask(umask);
+      });
+    } finally {
+      process.umask(umask);
+    }
+    const mode = statSync(this.socketPath).mode & 0o777;
+    if (mode !== 0o600) throw new Error(`control socket ${this.socketPath} has mode ${mode.toString(8)}, not 600`);
   }
 
   /** Stops listening; in-flight requests finish first unless `abort` (then open streams are cut). */

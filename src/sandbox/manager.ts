@@ -133,6 +133,8 @@ interface StoredSpec {
   lifecycle: Lifecycle;
   coldPaused: boolean;
   extra: Record<string, unknown>;
+  /** From the template: seccomp allows user namespaces and mounts in them (seccomp.ts). */
+  nestedContainers?: boolean;
 }
 
 export interface ManagerOptions {
@@ -370,6 +372,7 @@ export class SandboxManager {
         diskMB: template.config.diskSizeMB,
         startCommand: template.config.startCommand,
         readyCommand: template.config.readyCommand,
+        nestedContainers: template.config.nestedContainers === true,
         support: this.support.dir,
         templateName: template.name,
         user: template.config.user,
@@ -435,7 +438,8 @@ export class SandboxManager {
     const dir = this.sandboxDir(id);
 
     this.store.recordResource(id, 'dir', dir);
-    mkdirSync(dir, { mode: 0o711 });
+    // root-only until mountRootfs lets the sandbox's own root group traverse it (rootfs.ts)
+    mkdirSync(dir, { mode: 0o700 });
     faultPoint('create:after-dir');
 
     const layout = rootfsLayout(dir, naming.mountSource(inst, id), spec.layers.length);
@@ -664,6 +668,7 @@ export class SandboxManager {
       ],
       cgroupsPath: naming.cgroupPath(this.paths.instanceId, id),
       tiniPath: `${SANDBOX_SUPPORT}/tini`,
+      nestedContainers: spec.nestedContainers === true,
     };
   }
 

@@ -30,6 +30,12 @@ export interface TemplateConfig {
   imageDigest?: string;
   aliases?: string[];
   tags?: string[];
+  /**
+   * Sandboxes may nest containers: seccomp then allows unprivileged user namespaces and
+   * mounts in them, which Docker's default refuses (see src/runtime/seccomp.ts). Off by
+   * default; `cubebox doctor` lists the templates that turn it on.
+   */
+  nestedContainers?: boolean;
 }
 
 function shellQuote(arg: string): string {
