@@ -1,6 +1,7 @@
 // Builds envd into dist/envd/: envd.mjs (src/envd/main.ts bundled by esbuild: ESM, platform node,
 // every JS dependency inlined), pty.node (node-pty's native addon, which the bundle loads from
-// its own directory) and envd-exec (the static exec helper, src/envd/exec-helper.c).
+// its own directory), envd-exec (the static exec helper, src/envd/exec-helper.c) and fs-worker.mjs
+// (the per-user filesystem worker).
 // The directory is self-contained: it runs with only a `node` binary, no node_modules.
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
@@ -44,6 +45,19 @@ exports.loadNativeModule = function loadNativeModule(name) {
     }));
   },
 };
+
+// 4. The filesystem worker (src/envd/fs/worker-main.ts): envd runs one per user, as that user.
+await build({
+  entryPoints: [join(root, 'src/envd/fs/worker-main.ts')],
+  outfile: join(out, 'fs-worker.mjs'),
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  minify: true,
+  legalComments: 'none',
+  logLevel: 'warning',
+});
 
 // 3. The bundle.
 await build({

@@ -87,6 +87,23 @@ async function main(): Promise<void> {
       t0 = process.hrtime.bigint();
       local.push(await localSpawn(envd));
     }
+    // Small file operations as `user` (each one round trip through the SDK and envd).
+    const fileOps: Record<string, number[]> = { 'files.write 1 KiB': [], 'files.read 1 KiB': [], 'files.list': [], 'files.getInfo': [] };
+    const small = 'y'.repeat(1024);
+    for (let i = 0; i < runs; i++) {
+      let t0 = process.hrtime.bigint();
+      await sbx.files.write(`small-${i % 5}.txt`, small);
+      fileOps['files.write 1 KiB']?.push(ms(t0));
+      t0 = process.hrtime.bigint();
+      await sbx.files.read(`small-${i % 5}.txt`);
+      fileOps['files.read 1 KiB']?.push(ms(t0));
+      t0 = process.hrtime.bigint();
+      await sbx.files.list('.');
+      fileOps['files.list']?.push(ms(t0));
+      t0 = process.hrtime.bigint();
+      await sbx.files.getInfo(`small-${i % 5}.txt`);
+      fileOps['files.getInfo']?.push(ms(t0));
+    }
     // Some file and PTY work, then idle again.
     for (let i = 0; i < 20; i++) await sbx.files.write(`bench-${i}.txt`, 'x'.repeat(100_000));
     for (let i = 0; i < 20; i++) await sbx.files.read(`bench-${i}.txt`);
@@ -100,6 +117,7 @@ async function main(): Promise<void> {
     console.log(`commands.run('true') via SDK+envd, median: ${f(median(viaEnvd))} ms`);
     console.log(`child_process.spawn('/bin/bash -l -c true') locally, median: ${f(median(local))} ms`);
     console.log(`overhead of envd + SDK, median: ${f(median(viaEnvd) - median(local))} ms`);
+    for (const [k, v] of Object.entries(fileOps)) console.log(`${k} via SDK+envd, median: ${f(median(v))} ms`);
   } finally {
     rmSync(tmp, { recursive: true, force: true });
     await envd.stop();

@@ -1,7 +1,7 @@
 // files.watchDir of the real e2b SDK (debug mode), and the polled watchers, against envd.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, chmodSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, chownSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileType, FilesystemEventType, InvalidArgumentError, NotFoundError, type FilesystemEvent, type Sandbox } from 'e2b';
 import { eventually, sdk, startTestEnvd, unaryRequest, type TestEnvd } from './helpers.js';
@@ -26,6 +26,8 @@ describe('envd watchDir through the SDK', () => {
     const dir = join(envd.home, 'w1');
     mkdirSync(dir);
     writeFileSync(join(dir, 'existing.txt'), 'x');
+    // The SDK acts as `user`, whose file operations run with the user's own credentials.
+    chownSync(dir, envd.uid, envd.gid);
     const events: FilesystemEvent[] = [];
     const h = await sbx.files.watchDir('w1', (e) => void events.push(e), { timeoutMs: 0 });
     try {
@@ -57,6 +59,8 @@ describe('envd watchDir through the SDK', () => {
   test('recursive watch covers new subdirectories; includeEntry fills entries', async () => {
     const dir = join(envd.home, 'w2');
     mkdirSync(join(dir, 'nested'), { recursive: true });
+    chownSync(dir, envd.uid, envd.gid);
+    chownSync(join(dir, 'nested'), envd.uid, envd.gid);
     const events: FilesystemEvent[] = [];
     const h = await sbx.files.watchDir('w2', (e) => void events.push(e), { recursive: true, includeEntry: true, timeoutMs: 0 });
     try {

@@ -1,12 +1,12 @@
 // EntryInfo of a path (contract section 4): lstat-based, so a symlink is reported as a symlink
 // with its resolved absolute target.
-import { lstat, readlink, realpath } from 'node:fs/promises';
-import type { BigIntStats } from 'node:fs';
 import { posix } from 'node:path';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { FileType, type EntryInfoSchema } from '../gen/filesystem/filesystem_pb.js';
 import type { UserDb } from '../users.js';
 import type { MetadataStore } from './metadata.js';
+import type { FileStat, FsOps, PathEntry } from './ops.js';
+import type { UserFs } from './user-fs.js';
 
 export type EntryInit = MessageInitShape<typeof EntryInfoSchema>;
 
@@ -34,32 +34,23 @@ export function permissionString(mode: number): string {
   );
 }
 
-export function fileType(st: BigIntStats): FileType {
+export function fileType(st: FileStat): FileType {
   if (st.isSymbolicLink()) return FileType.SYMLINK;
   if (st.isDirectory()) return FileType.DIRECTORY;
   if (st.isFile()) return FileType.FILE;
   return FileType.UNSPECIFIED;
 }
 
-async function symlinkTarget(p: string): Promise<string> {
-  try {
-    return await realpath(p);
-  } catch {
-    // Dangling: resolve the link text against its directory.
-    try {
-      return posix.resolve(posix.dirname(p), await readlink(p));
-    } catch {
-      return '';
-    }
-  }
-}
-
 export interface EntryDeps {
   users: UserDb;
   metadata: MetadataStore;
+  /** Filesystem operations with each user's credentials. */
+  fs: UserFs;
 }
 
-export async function entryFromStat(p: string, st: BigIntStats, deps: EntryDeps): Promise<EntryInit> {
+/** EntryInfo of a path entry (its lstat and, for a symlink, the resolved target). */
+export function entryFromStat(e: PathEntry, deps: EntryDeps): EntryInit {
+  const { path: p, stat: st } = e;
   const type = fileType(st);
   const entry: EntryInit = {
     name: posix.basename(p) || '/',
@@ -72,7 +63,7 @@ export async function entryFromStat(p: string, st: BigIntStats, deps: EntryDeps)
     group: deps.users.groupName(Number(st.gid)),
     modifiedTime: { seconds: st.mtimeNs / 1_000_000_000n, nanos: Number(st.mtimeNs % 1_000_000_000n) },
   };
-  if (type === FileType.SYMLINK) entry.symlinkTarget = await symlinkTarget(p);
+  if (type === FileType.SYMLINK) entry.symlinkTarget = e.target ?? '';
   if (type === FileType.FILE) {
     const m = deps.metadata.get({ dev: st.dev, ino: st.ino, birthtimeNs: st.birthtimeNs });
     if (m) entry.metadata = { ...m };
@@ -80,6 +71,6 @@ export async function entryFromStat(p: string, st: BigIntStats, deps: EntryDeps)
   return entry;
 }
 
-export async function entryInfo(p: string, deps: EntryDeps): Promise<EntryInit> {
-  return entryFromStat(p, await lstat(p, { bigint: true }), deps);
+export async function entryInfo(p: string, fs: FsOps, deps: EntryDeps): Promise<EntryInit> {
+  return entryFromStat(await fs.entry(p), deps);
 }

@@ -1,8 +1,5 @@
 // Connect implementation of filesystem.Filesystem.
 import { randomUUID } from 'node:crypto';
-import { chown, cp, lstat, mkdir, readdir, realpath, rename, rm, stat, statfs } from 'node:fs/promises';
-import type { BigIntStats } from 'node:fs';
-import { posix } from 'node:path';
 import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import { Code, ConnectError } from '@connectrpc/connect';
 import type { MessageInitShape } from '@bufbuild/protobuf';
@@ -11,8 +8,8 @@ import { rpcUser } from '../auth.js';
 import { resolvePath } from '../paths.js';
 import { EventQueue, keepaliveMs } from '../queue.js';
 import type { EnvdState } from '../state.js';
-import type { UserInfo } from '../users.js';
-import { entryFromStat, entryInfo, type EntryDeps, type EntryInit } from './entry.js';
+import { entryFromStat, entryInfo, type EntryDeps } from './entry.js';
+import type { FsOps } from './ops.js';
 import { DirWatcher, type WatchEvent } from './watcher.js';
 
 type FsEventInit = MessageInitShape<typeof FilesystemEventSchema>;
@@ -48,42 +45,40 @@ export function errnoToConnect(e: unknown, path: string): ConnectError {
   }
 }
 
-/** mkdir -p, giving every directory it creates to the user. Returns whether it created any. */
-export async function makeDirs(dir: string, user: UserInfo): Promise<boolean> {
-  const first = await mkdir(dir, { recursive: true, mode: 0o755 });
-  if (first === undefined) return false;
-  let p = dir;
-  const created: string[] = [];
-  while (true) {
-    created.push(p);
-    if (p === first || p === '/') break;
-    p = posix.dirname(p);
-  }
-  for (const c of created) await chown(c, user.uid, user.gid).catch(() => {});
-  return true;
-}
-
 function toFsEvent(ev: WatchEvent): FsEventInit {
   return { name: ev.name, type: ev.type, ...(ev.entry ? { entry: ev.entry } : {}) };
 }
 
-async function prepareWatch(state: EnvdState, ctx: HandlerContext, path: string, allowNetworkMounts: boolean): Promise<string> {
+/** The user's FsOps; a user without them (no worker can start) gets an error, not root's. */
+function opsFor(deps: EntryDeps, state: EnvdState, ctx: HandlerContext): FsOps {
   const user = rpcUser(state, ctx.requestHeader);
+  try {
+    return deps.fs.for(user);
+  } catch (e) {
+    throw errnoToConnect(e, user.name);
+  }
+}
+
+async function prepareWatch(state: EnvdState, deps: EntryDeps, ctx: HandlerContext, path: string, allowNetworkMounts: boolean): Promise<{ p: string; fs: FsOps }> {
+  const user = rpcUser(state, ctx.requestHeader);
+  const fs = opsFor(deps, state, ctx);
   const p = resolvePath(path, user.home);
   let st;
   try {
-    st = await stat(p);
+    st = await fs.stat(p);
+    // inotify needs read permission on the directory: check it as the user.
+    if (st.isDirectory()) await fs.readdir(p);
   } catch (e) {
     throw errnoToConnect(e, p);
   }
   if (!st.isDirectory()) throw new ConnectError(`path is not a directory: ${p}`, Code.InvalidArgument);
   if (!allowNetworkMounts) {
-    const fsStat = await statfs(p).catch(() => undefined);
-    if (fsStat && NETWORK_FS.has(Number(fsStat.type))) {
+    const type = await fs.fsType(p);
+    if (type !== undefined && NETWORK_FS.has(type)) {
       throw new ConnectError(`path ${p} is on a network mount: set allowNetworkMounts to watch it`, Code.InvalidArgument);
     }
   }
-  return p;
+  return { p, fs };
 }
 
 export function filesystemService(state: EnvdState, deps: EntryDeps): Partial<ServiceImpl<typeof Filesystem>> {
@@ -92,9 +87,10 @@ export function filesystemService(state: EnvdState, deps: EntryDeps): Partial<Se
   return {
     async stat(req, ctx) {
       const user = rpcUser(state, ctx.requestHeader);
+      const fs = opsFor(deps, state, ctx);
       const p = resolvePath(req.path, user.home);
       try {
-        return { entry: await entryInfo(p, deps) };
+        return { entry: await entryInfo(p, fs, deps) };
       } catch (e) {
         throw errnoToConnect(e, p);
       }
@@ -102,15 +98,19 @@ export function filesystemService(state: EnvdState, deps: EntryDeps): Partial<Se
 
     async makeDir(req, ctx) {
       const user = rpcUser(state, ctx.requestHeader);
+      const fs = opsFor(deps, state, ctx);
       const p = resolvePath(req.path, user.home);
       try {
-        const st = await stat(p).catch(() => undefined);
+        const st = await fs.stat(p).catch((e: NodeJS.ErrnoException) => {
+          if (e.code === 'ENOENT') return undefined;
+          throw e;
+        });
         if (st) {
           if (st.isDirectory()) throw new ConnectError(`directory already exists: ${p}`, Code.AlreadyExists);
           throw new ConnectError(`path already exists and is not a directory: ${p}`, Code.InvalidArgument);
         }
-        await makeDirs(p, user);
-        return { entry: await entryInfo(p, deps) };
+        await fs.mkdirp(p);
+        return { entry: await entryInfo(p, fs, deps) };
       } catch (e) {
         throw errnoToConnect(e, p);
       }
@@ -118,23 +118,17 @@ export function filesystemService(state: EnvdState, deps: EntryDeps): Partial<Se
 
     async move(req, ctx) {
       const user = rpcUser(state, ctx.requestHeader);
+      const fs = opsFor(deps, state, ctx);
       const src = resolvePath(req.source, user.home);
       const dst = resolvePath(req.destination, user.home);
       try {
-        await lstat(src);
+        await fs.lstat(src);
       } catch (e) {
         throw errnoToConnect(e, src);
       }
       try {
-        await makeDirs(posix.dirname(dst), user);
-        try {
-          await rename(src, dst);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
-          await cp(src, dst, { recursive: true, preserveTimestamps: true, verbatimSymlinks: true, force: true });
-          await rm(src, { recursive: true, force: true });
-        }
-        return { entry: await entryInfo(dst, deps) };
+        await fs.move(src, dst);
+        return { entry: await entryInfo(dst, fs, deps) };
       } catch (e) {
         throw errnoToConnect(e, dst);
       }
@@ -142,48 +136,23 @@ export function filesystemService(state: EnvdState, deps: EntryDeps): Partial<Se
 
     async listDir(req, ctx) {
       const user = rpcUser(state, ctx.requestHeader);
+      const fs = opsFor(deps, state, ctx);
       const p = resolvePath(req.path, user.home);
       if (req.depth < 1) throw new ConnectError('depth should be at least one', Code.InvalidArgument);
-      let root: string;
       try {
-        const st = await stat(p);
-        if (!st.isDirectory()) throw new ConnectError(`path is not a directory: ${p}`, Code.InvalidArgument);
-        // A symlink to a directory lists the directory it points to.
-        root = (await lstat(p)).isSymbolicLink() ? await realpath(p) : p;
+        return { entries: (await fs.list(p, req.depth)).map((e) => entryFromStat(e, deps)) };
       } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') throw new ConnectError(`path is not a directory: ${p}`, Code.InvalidArgument);
         throw errnoToConnect(e, p);
       }
-      const entries: EntryInit[] = [];
-      const walk = async (dir: string, depth: number): Promise<void> => {
-        let names: string[];
-        try {
-          names = await readdir(dir);
-        } catch (e) {
-          if (dir === root) throw errnoToConnect(e, dir);
-          return;
-        }
-        names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-        for (const name of names) {
-          const child = posix.join(dir, name);
-          let st: BigIntStats;
-          try {
-            st = await lstat(child, { bigint: true });
-          } catch {
-            continue;
-          }
-          entries.push(await entryFromStat(child, st, deps));
-          if (st.isDirectory() && depth < req.depth) await walk(child, depth + 1);
-        }
-      };
-      await walk(root, 1);
-      return { entries };
     },
 
     async remove(req, ctx) {
       const user = rpcUser(state, ctx.requestHeader);
+      const fs = opsFor(deps, state, ctx);
       const p = resolvePath(req.path, user.home);
       try {
-        await rm(p, { recursive: true, force: true });
+        await fs.remove(p);
       } catch (e) {
         throw errnoToConnect(e, p);
       }
@@ -191,12 +160,13 @@ export function filesystemService(state: EnvdState, deps: EntryDeps): Partial<Se
     },
 
     async *watchDir(req, ctx): AsyncGenerator<MessageInitShape<typeof WatchDirResponseSchema>> {
-      const p = await prepareWatch(state, ctx, req.path, req.allowNetworkMounts);
+      const { p, fs } = await prepareWatch(state, deps, ctx, req.path, req.allowNetworkMounts);
       const queue = new EventQueue<FsEventInit | Error>();
       const watcher = new DirWatcher(
         p,
         req.recursive,
         req.includeEntry,
+        fs,
         deps,
         (ev) => {
           // A client that does not keep up with a flood of events loses the watch, not envd.
@@ -231,13 +201,14 @@ export function filesystemService(state: EnvdState, deps: EntryDeps): Partial<Se
     },
 
     async createWatcher(req, ctx) {
-      const p = await prepareWatch(state, ctx, req.path, req.allowNetworkMounts);
+      const { p, fs } = await prepareWatch(state, deps, ctx, req.path, req.allowNetworkMounts);
       const id = randomUUID();
       const rec: { watcher: DirWatcher; events: FsEventInit[]; error?: Error } = { watcher: undefined as unknown as DirWatcher, events: [] };
       rec.watcher = new DirWatcher(
         p,
         req.recursive,
         req.includeEntry,
+        fs,
         deps,
         (ev) => {
           if (rec.events.length < MAX_POLLED_EVENTS) rec.events.push(toFsEvent(ev));

@@ -5,11 +5,13 @@
 // same batch, "change" is WRITE (or CHMOD when only the mode or owner changed). Directories that
 // appear under a recursive watch are watched too, and entries found in them are reported as
 // created (they may have been created before the watch was in place).
-import { watch, type BigIntStats, type FSWatcher } from 'node:fs';
-import { lstat, readdir } from 'node:fs/promises';
+// inotify itself runs in envd; what the watch reads (listings, stats) is read with the user's
+// credentials, and a directory the user cannot list is not watched.
+import { watch, type FSWatcher } from 'node:fs';
 import { posix } from 'node:path';
 import { EventType } from '../gen/filesystem/filesystem_pb.js';
 import { entryFromStat, type EntryDeps, type EntryInit } from './entry.js';
+import type { FileStat, FsOps } from './ops.js';
 
 export interface WatchEvent {
   name: string;
@@ -35,7 +37,7 @@ interface RawEvent {
 
 const BATCH_MS = 5;
 
-function toKnown(st: BigIntStats): Known {
+function toKnown(st: FileStat): Known {
   return { ino: st.ino, dir: st.isDirectory(), mtimeNs: st.mtimeNs, size: st.size, mode: st.mode, uid: st.uid, gid: st.gid };
 }
 
@@ -55,6 +57,7 @@ export class DirWatcher {
     readonly root: string,
     readonly recursive: boolean,
     readonly includeEntry: boolean,
+    private readonly fs: FsOps,
     private readonly deps: EntryDeps,
     private readonly onEvent: (ev: WatchEvent) => void,
     private readonly onError: (err: Error) => void,
@@ -80,9 +83,11 @@ export class DirWatcher {
   private async addDir(rel: string, emitCreates: boolean, isRoot = false): Promise<void> {
     if (this.closed || this.watchers.has(rel)) return;
     let w: FSWatcher;
+    let readable = false;
     try {
       w = watch(this.abs(rel), { persistent: false }, (kind, filename) => {
-        if (filename !== null && filename !== undefined) this.raw(rel, kind, String(filename));
+        // Nothing of a directory is reported before the user is known to be able to list it.
+        if (readable && filename !== null && filename !== undefined) this.raw(rel, kind, String(filename));
       });
     } catch (e) {
       if (isRoot) throw e;
@@ -95,20 +100,25 @@ export class DirWatcher {
       if (isRoot) this.onError(e);
     });
     this.watchers.set(rel, w);
-    let names: string[] = [];
+    // The user must be able to list the directory (inotify_add_watch needs read permission):
+    // one the user cannot list is not watched.
+    let names: string[];
     try {
-      names = await readdir(this.abs(rel));
-    } catch {
+      names = await this.fs.readdir(this.abs(rel));
+    } catch (e) {
+      this.closeDir(rel);
+      if (isRoot) throw e;
       return;
     }
+    readable = true;
     names.sort();
     for (const name of names) {
       if (this.closed) return;
       const childRel = joinRel(rel, name);
       if (this.known.has(childRel)) continue;
-      let st: BigIntStats;
+      let st: FileStat;
       try {
-        st = await lstat(this.abs(childRel), { bigint: true });
+        st = await this.fs.lstat(this.abs(childRel));
       } catch {
         continue;
       }
@@ -149,12 +159,13 @@ export class DirWatcher {
     }
   }
 
-  private async emit(rel: string, type: EventType, st?: BigIntStats): Promise<void> {
+  private async emit(rel: string, type: EventType, st?: FileStat): Promise<void> {
     if (this.closed) return;
     const ev: WatchEvent = { name: rel, type };
     if (this.includeEntry && st) {
       try {
-        ev.entry = await entryFromStat(this.abs(rel), st, this.deps);
+        const p = this.abs(rel);
+        ev.entry = entryFromStat(st.isSymbolicLink() ? await this.fs.entry(p) : { path: p, stat: st }, this.deps);
       } catch {
         /* vanished */
       }
@@ -179,8 +190,8 @@ export class DirWatcher {
       if (ev.kind === 'change') k.changes++;
       else k.renames++;
     }
-    const stats = new Map<string, BigIntStats | null>();
-    for (const rel of order) stats.set(rel, await lstat(this.abs(rel), { bigint: true }).catch(() => null));
+    const stats = new Map<string, FileStat | null>();
+    for (const rel of order) stats.set(rel, await this.fs.lstat(this.abs(rel)).catch(() => null));
     // Inodes that appeared under a new name in this batch: a vanished name with one was renamed.
     const appeared = new Set<bigint>();
     for (const rel of order) {
@@ -198,10 +209,10 @@ export class DirWatcher {
         if (k) {
           this.forget(rel);
           await this.emit(rel, appeared.has(k.ino) ? EventType.RENAME : EventType.REMOVE);
-        } else if (ev.dir && ev.name === posix.basename(ev.dir) && !(await lstat(this.abs(ev.dir)).catch(() => null))) {
+        } else if (ev.dir && ev.name === posix.basename(ev.dir) && !(await this.fs.lstat(this.abs(ev.dir)).catch(() => null))) {
           // The watched directory itself went away; its parent reports that.
           this.closeDir(ev.dir);
-        } else if (ev.dir === '' && ev.name === posix.basename(this.root) && !(await lstat(this.root).catch(() => null))) {
+        } else if (ev.dir === '' && ev.name === posix.basename(this.root) && !(await this.fs.lstat(this.root).catch(() => null))) {
           /* the watched root itself was removed */
         } else if (ev.renames >= 2) {
           await this.emit(rel, EventType.CREATE);

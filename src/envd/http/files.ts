@@ -1,15 +1,16 @@
 // GET and POST /files (contract 5, 5.2, 5.3): download with Range and gzip, upload as multipart
 // (one or several files) or as a raw body (optionally gzip-encoded), metadata headers, and the
 // access token or URL signature checks.
-import { chown, open, stat, type FileHandle } from 'node:fs/promises';
+// Every file access runs with the credentials of the request's user (fs/user-fs.ts).
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, createGzip, constants as zlibConstants } from 'node:zlib';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { fileSignature, lookupUser, safeEqual } from '../auth.js';
-import { makeDirs } from '../fs/service.js';
 import type { MetadataStore } from '../fs/metadata.js';
+import type { FsOps } from '../fs/ops.js';
+import type { UserFs } from '../fs/user-fs.js';
 import { resolvePath } from '../paths.js';
 import type { EnvdState } from '../state.js';
 import type { UserInfo } from '../users.js';
@@ -94,6 +95,39 @@ function fileUser(state: EnvdState, url: URL): UserInfo {
   return u;
 }
 
+/** The operations as the user, or 403 when they cannot be had. */
+function opsFor(userFs: UserFs, user: UserInfo): FsOps {
+  try {
+    return userFs.for(user);
+  } catch (e) {
+    throw new HttpError(403, (e as Error).message);
+  }
+}
+
+const READ_CHUNK = 256 * 1024;
+
+/** Bytes [start, end] of an open file, read on demand (the consumer's pace is the backpressure). */
+function fileStream(fs: FsOps, h: number, start: number, end: number): Readable {
+  let pos = start;
+  return new Readable({
+    highWaterMark: READ_CHUNK,
+    read() {
+      const len = Math.min(READ_CHUNK, end + 1 - pos);
+      if (len <= 0) {
+        this.push(null);
+        return;
+      }
+      fs.read(h, pos, len).then(
+        (buf) => {
+          pos += buf.length;
+          this.push(buf.length ? buf : null);
+        },
+        (e: Error) => this.destroy(e),
+      );
+    },
+  });
+}
+
 function parseRange(header: string | undefined, size: number): { start: number; end: number } | 'unsatisfiable' | undefined {
   if (!header) return undefined;
   const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
@@ -126,24 +160,25 @@ function acceptsGzip(header: string | undefined): boolean {
   return false;
 }
 
-export async function handleDownload(state: EnvdState, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+export async function handleDownload(state: EnvdState, userFs: UserFs, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
   authorize(state, req, url, 'read');
   const user = fileUser(state, url);
   const rawPath = url.searchParams.get('path');
   if (!rawPath) throw new HttpError(400, 'the path query parameter is required');
   const p = resolvePath(rawPath, user.home);
-  let fh: FileHandle;
+  const fs = opsFor(userFs, user);
+  let opened: { h: number; stat: { size: bigint; mtime: Date; isFile(): boolean } };
   try {
-    const st = await stat(p);
-    if (st.isDirectory()) throw new HttpError(400, `path is a directory: ${p}`);
-    if (!st.isFile()) throw new HttpError(400, `not a regular file: ${p}`);
-    fh = await open(p, 'r');
+    opened = await fs.openRead(p);
   } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EISDIR') throw new HttpError(400, `path is a directory: ${p}`);
+    if (code === 'EINVAL') throw new HttpError(400, `not a regular file: ${p}`);
     throw fsError(e, p);
   }
+  const { h, stat: st } = opened;
   try {
-    const st = await fh.stat();
-    const size = st.size;
+    const size = Number(st.size);
     const name = posix.basename(p);
     const headers: Record<string, string | number> = {
       'Content-Type': 'application/octet-stream',
@@ -151,7 +186,7 @@ export async function handleDownload(state: EnvdState, req: IncomingMessage, res
       'Accept-Ranges': 'bytes',
       'Last-Modified': st.mtime.toUTCString(),
     };
-    const range = st.isFile() ? parseRange(req.headers.range, size) : undefined;
+    const range = parseRange(req.headers.range, size);
     if (range === 'unsatisfiable') {
       res.writeHead(416, { 'Content-Range': `bytes */${size}`, 'Content-Type': 'application/json' });
       res.end(JSON.stringify({ code: 416, message: 'requested range not satisfiable' }));
@@ -162,7 +197,7 @@ export async function handleDownload(state: EnvdState, req: IncomingMessage, res
       headers['Content-Length'] = range.end - range.start + 1;
       res.writeHead(206, headers);
       if (req.method === 'HEAD') return void res.end();
-      await pipeline(fh.createReadStream({ start: range.start, end: range.end, autoClose: false }), res);
+      await pipeline(fileStream(fs, h, range.start, range.end), res);
       return;
     }
     if (acceptsGzip(req.headers['accept-encoding']) && size > 0) {
@@ -170,15 +205,15 @@ export async function handleDownload(state: EnvdState, req: IncomingMessage, res
       headers['Vary'] = 'Accept-Encoding';
       res.writeHead(200, headers);
       if (req.method === 'HEAD') return void res.end();
-      await pipeline(fh.createReadStream({ autoClose: false }), createGzip({ level: zlibConstants.Z_BEST_SPEED }), res);
+      await pipeline(fileStream(fs, h, 0, size - 1), createGzip({ level: zlibConstants.Z_BEST_SPEED }), res);
       return;
     }
-    if (st.isFile()) headers['Content-Length'] = size;
+    headers['Content-Length'] = size;
     res.writeHead(200, headers);
     if (req.method === 'HEAD') return void res.end();
-    await pipeline(fh.createReadStream({ autoClose: false }), res);
+    await pipeline(fileStream(fs, h, 0, size - 1), res);
   } finally {
-    await fh.close().catch(() => {});
+    await fs.close(h).catch(() => {});
   }
 }
 
@@ -202,48 +237,42 @@ interface WrittenFile {
 }
 
 class FileWriter {
-  private fh?: FileHandle;
+  private h?: number;
 
   constructor(
     readonly path: string,
-    private readonly user: UserInfo,
+    private readonly fs: FsOps,
     private readonly metadata: Record<string, string> | undefined,
     private readonly store: MetadataStore,
   ) {}
 
+  /** Create or truncate the file as the user (parents 0755, the file 0644, both the user's). */
   async open(): Promise<void> {
     try {
-      const st = await stat(this.path).catch(() => undefined);
-      if (st?.isDirectory()) throw new HttpError(400, `path is a directory: ${this.path}`);
-      await makeDirs(posix.dirname(this.path), this.user);
-      this.fh = await open(this.path, 'w', 0o644);
+      this.h = (await this.fs.openWrite(this.path)).h;
     } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new HttpError(400, `path is a directory: ${this.path}`);
       throw fsError(e, this.path);
     }
   }
 
   async write(chunk: Buffer): Promise<void> {
     try {
-      let off = 0;
-      while (off < chunk.length) {
-        const { bytesWritten } = await (this.fh as FileHandle).write(chunk, off, chunk.length - off);
-        off += bytesWritten;
-      }
+      await this.fs.write(this.h as number, chunk);
     } catch (e) {
       throw fsError(e, this.path);
     }
   }
 
   async close(): Promise<WrittenFile> {
-    const fh = this.fh as FileHandle;
-    this.fh = undefined;
+    const h = this.h as number;
+    this.h = undefined;
     try {
-      await fh.chown(this.user.uid, this.user.gid).catch(() => chown(this.path, this.user.uid, this.user.gid));
-      const st = await fh.stat({ bigint: true });
-      await fh.close();
+      const st = await this.fs.fstat(h);
+      await this.fs.close(h);
       if (this.metadata) this.store.set({ dev: st.dev, ino: st.ino, birthtimeNs: st.birthtimeNs }, this.metadata);
     } catch (e) {
-      await fh.close().catch(() => {});
+      await this.fs.close(h).catch(() => {});
       throw fsError(e, this.path);
     }
     const out: WrittenFile = { name: posix.basename(this.path), path: this.path, type: 'file' };
@@ -252,14 +281,15 @@ class FileWriter {
   }
 
   async abort(): Promise<void> {
-    await this.fh?.close().catch(() => {});
-    this.fh = undefined;
+    if (this.h !== undefined) await this.fs.close(this.h).catch(() => {});
+    this.h = undefined;
   }
 }
 
-export async function handleUpload(state: EnvdState, store: MetadataStore, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+export async function handleUpload(state: EnvdState, userFs: UserFs, store: MetadataStore, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
   authorize(state, req, url, 'write');
   const user = fileUser(state, url);
+  const fs = opsFor(userFs, user);
   const queryPath = url.searchParams.get('path') || undefined;
   const metadata = metadataFromHeaders(req);
   const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
@@ -272,7 +302,7 @@ export async function handleUpload(state: EnvdState, store: MetadataStore, req: 
   const boundary = multipartBoundary(req.headers['content-type']);
   if (!boundary) {
     if (!queryPath) throw new HttpError(400, 'the path query parameter is required');
-    const w = new FileWriter(resolvePath(queryPath, user.home), user, metadata, store);
+    const w = new FileWriter(resolvePath(queryPath, user.home), fs, metadata, store);
     await w.open();
     try {
       for await (const chunk of body.iterator({ destroyOnReturn: false })) await w.write(chunk as Buffer);
@@ -300,7 +330,7 @@ export async function handleUpload(state: EnvdState, store: MetadataStore, req: 
       const abs = resolvePath(target, user.home);
       if (seen.has(abs)) throw new HttpError(400, `the same path appears twice in the upload: ${abs}`);
       seen.add(abs);
-      current = new FileWriter(abs, user, metadata, store);
+      current = new FileWriter(abs, fs, metadata, store);
       await current.open();
     },
     data: async (chunk) => {
