@@ -1,12 +1,15 @@
-import http from 'node:http';
+import http, { type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import Fastify from 'fastify';
 import type { Logger } from 'pino';
 import { DataPlaneProxy, type RouteResolver, type SandboxRoute } from '../proxy/proxy.js';
 import { MetricsSampler } from '../sandbox/metrics.js';
 import type { SandboxManager } from '../sandbox/manager.js';
+import { fileSignature, safeEqual } from '../proxy/routing.js';
+import type { SandboxInfo } from '../sandbox/manager.js';
 import { ApiKeys } from './keys.js';
 import { registerControlPlane } from './control-plane.js';
+import { Tenancy } from './tenancy.js';
 import { ServiceMetrics } from './prometheus.js';
 
 export interface ServerOptions {
@@ -35,18 +38,24 @@ export interface RunningServer {
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { manager, log } = opts;
   const keys = new ApiKeys(manager.store.db);
+  const tenancy = new Tenancy(manager.store);
+  manager.admit = (a) => tenancy.admit(a);
   const metrics = new MetricsSampler(manager);
   metrics.start();
 
   const resolver: RouteResolver = {
-    async route(sandboxId: string): Promise<SandboxRoute | undefined> {
+    async route(sandboxId: string, req?: IncomingMessage): Promise<SandboxRoute | undefined> {
       let info;
       try {
         info = manager.get(sandboxId);
       } catch {
         return undefined;
       }
+      // a team whose last key was revoked: its sandboxes are unreachable (like unknown ones)
+      if (tenancy.blocked(info.team)) return undefined;
       if (info.state === 'paused' && info.lifecycle.autoResume) {
+        // only traffic that proves it may use the sandbox wakes it: its token, a valid signature, or an insecure sandbox
+        if (!mayWake(info, req)) return undefined;
         try {
           info = (await manager.connect(sandboxId)).info; // traffic wakes an auto-resuming sandbox
         } catch (err) {
@@ -55,18 +64,22 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         }
       }
       if (info.state !== 'running') return undefined;
-      return { sandboxId, socketPath: manager.envdSocket(sandboxId), accessToken: info.accessToken ?? undefined };
+      const socket = manager.envdEndpoint(sandboxId);
+      if (!socket) return undefined;
+      return { sandboxId, socket, accessToken: info.accessToken ?? undefined };
     },
     *signedCandidates() {
       for (const s of manager.list()) {
         const reachable = s.state === 'running' || (s.state === 'paused' && s.lifecycle.autoResume);
-        if (reachable && s.accessToken) yield { sandboxId: s.id, accessToken: s.accessToken };
+        if (reachable && s.accessToken && !tenancy.blocked(s.team)) yield { sandboxId: s.id, accessToken: s.accessToken };
       }
     },
   };
 
-  // Host routing accepts any domain suffix, so the proxy needs no final domain up front
-  const proxy = new DataPlaneProxy(resolver, { domain: opts.domain ?? 'localhost', log });
+  // Host routing accepts any domain suffix, so the proxy needs no final domain up front.
+  // Its log never shows a URL's query: signed /files URLs are credentials.
+  const proxyLog = log.child({}, { serializers: { url: redactUrl, err: redactErr } });
+  const proxy = new DataPlaneProxy(resolver, { domain: opts.domain ?? 'localhost', log: proxyLog });
   const app = Fastify({
     logger: false,
     bodyLimit: 8 * 1024 * 1024,
@@ -86,7 +99,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     metrics,
     observe: (op, fn) => prom.time(op, fn),
     prometheus: async () => ({ contentType: prom.contentType, body: await prom.text() }),
-    verifyKey: (k) => keys.verify(k) !== undefined,
+    authenticate: (k) => {
+      const info = keys.verify(k);
+      return info && { keyId: info.id, keyPrefix: info.prefix, team: info.team, admin: info.admin };
+    },
+    tenancy,
     get domain() {
       return domainRef.value;
     },
@@ -140,4 +157,47 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       await app.close();
     },
   };
+}
+
+/** Whether a data-plane request may wake (auto-resume) a paused sandbox. */
+function mayWake(info: SandboxInfo, req: IncomingMessage | undefined): boolean {
+  const token = info.accessToken;
+  if (!token) return true; // created with secure: false
+  if (!req) return false;
+  const header = req.headers['x-access-token'];
+  const given = Array.isArray(header) ? header[0] : header;
+  if (given !== undefined && safeEqual(given, token)) return true;
+  // a signed /files URL (downloadUrl/uploadUrl) made with this sandbox's token, not expired
+  let url: URL;
+  try {
+    url = new URL(req.url ?? '/', 'http://data-plane');
+  } catch {
+    return false;
+  }
+  const signature = url.searchParams.get('signature');
+  if (!signature || url.pathname !== '/files') return false;
+  const op = req.method === 'POST' ? 'write' : req.method === 'GET' || req.method === 'HEAD' ? 'read' : undefined;
+  if (!op) return false;
+  const expRaw = url.searchParams.get('signature_expiration');
+  let exp: number | undefined;
+  if (expRaw !== null && expRaw !== '') {
+    exp = Number(expRaw);
+    if (!Number.isInteger(exp) || exp * 1000 < Date.now()) return false;
+  }
+  const expected = fileSignature(url.searchParams.get('path') ?? '', op, url.searchParams.get('username') ?? undefined, token, exp);
+  return safeEqual(signature, expected);
+}
+
+/** A URL for logs: the query (signatures, tokens) replaced. */
+export function redactUrl(url: unknown): unknown {
+  if (typeof url !== 'string') return url;
+  const q = url.indexOf('?');
+  return q < 0 ? url : `${url.slice(0, q)}?[redacted]`;
+}
+
+/** Errors for logs: any URL query in the message redacted. */
+function redactErr(err: unknown): unknown {
+  if (!(err instanceof Error)) return err;
+  const clean = (t: string | undefined) => t?.replace(/\?[^\s"']*(signature|token)=[^\s"']*/gi, '?[redacted]');
+  return { type: err.name, message: clean(err.message), code: (err as NodeJS.ErrnoException).code, stack: clean(err.stack) };
 }

@@ -2,13 +2,14 @@ import { Command, Option } from 'commander';
 import pino from 'pino';
 import { openPaths, resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
 import { formatReport, probeHost } from '../runtime/probe.js';
-import { registerKeysCommand } from './keys.js';
+import { registerKeysCommand, registerTeamsCommand } from './keys.js';
 import { ControlServer, LocalApi, RemoteApi, type ManagerApi } from '../sandbox/control.js';
 import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { Store } from '../store/store.js';
 import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
-import { existsSync, readFileSync } from 'node:fs';
+import { createReadStream, existsSync, readFileSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import { dirname, join, resolve } from 'node:path';
 
 const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5 };
@@ -109,7 +110,6 @@ program
     process.exitCode = report.ready ? 0 : 1;
   });
 
-const template = program.command('template').description('manage templates (read-only root filesystems)');
 /** Templates of a data directory that allow nested containers; undefined when it has no store yet. */
 function nestedContainerTemplates(dataDir: string): string[] | undefined {
   const paths = openPaths(dataDir, false);
@@ -125,6 +125,7 @@ function nestedContainerTemplates(dataDir: string): string[] | undefined {
   }
 }
 
+const template = program.command('template').description('manage templates (read-only root filesystems)');
 template
   .command('add <name> <source>')
   .description('register a root filesystem directory or tarball as a template')
@@ -230,8 +231,9 @@ sandbox
   .action(async (id: string, _o: unknown, cmd: Command) => {
     const dataDir = dataDirOf(cmd);
     await withApi(dataDir, (api) => api.get(id)); // a clear error for unknown ids
-    const file = join(openPaths(dataDir, false).sandboxesDir, id, 'console.log');
-    process.stdout.write(existsSync(file) ? readFileSync(file) : '');
+    // on the sandbox's own disk; streamed, so a large log costs no memory
+    const file = join(openPaths(dataDir, false).sandboxesDir, id, 'disk', 'console.log');
+    if (existsSync(file)) await pipeline(createReadStream(file), process.stdout, { end: false });
   });
 sandbox
   .command('exec <id> <command...>')
@@ -319,6 +321,7 @@ program
   });
 
 registerKeysCommand(program, dataDirOf);
+registerTeamsCommand(program, dataDirOf);
 
 program
   .command('bench')

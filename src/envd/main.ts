@@ -13,7 +13,9 @@
  *                           [--exec-helper <path>] [--cgroup-root <dir>] [--default-user <name>]
  *
  *   --socket <path>      also serve on this unix socket (the host-side proxy uses it)
- *   --port <n>           TCP port, default 49983; 0 disables TCP
+ *   --port <n>           also serve on this TCP port (E2B's is 49983); default 0: no TCP. TCP
+ *                        always needs an access token: ENVD_ACCESS_TOKEN in the environment, or
+ *                        the first /init (on the socket) that sets one; until then it is off
  *   --host <addrs>       TCP listen addresses, comma separated; default: all interfaces
  *                        ("::" dual stack, or 0.0.0.0 without IPv6)
  *   --passwd <file>      users file, default /etc/passwd
@@ -28,6 +30,7 @@
  * started and exit 0. Exit status 2: bad arguments; 1: cannot listen.
  */
 import { startEnvd } from './http/server.js';
+import { INIT_SECRET_ENV } from './host-contract.js';
 import { parseArgs, UsageError } from './options.js';
 
 async function main(): Promise<void> {
@@ -39,6 +42,14 @@ async function main(): Promise<void> {
     process.stderr.write(`envd: ${e.message}\n`);
     process.exit(2);
   }
+  // The host's /init secret comes in the environment; no process envd starts may inherit it.
+  const secret = process.env[INIT_SECRET_ENV];
+  delete process.env[INIT_SECRET_ENV];
+  if (secret) opts.initSecret = secret;
+  // The access token (needed by TCP) may come in the environment too; never passed on either.
+  const token = process.env.ENVD_ACCESS_TOKEN;
+  delete process.env.ENVD_ACCESS_TOKEN;
+  if (token) opts.accessToken = token;
   // Deterministic modes for what envd creates (dirs 0755, files 0644) and for its processes.
   process.umask(0o022);
   let envd;

@@ -12,11 +12,15 @@ export interface EnvdOptions {
   cgroupRoot: string;
   defaultUser: string;
   accessToken?: string;
+  /** When set, /init requires it in the INIT_SECRET_HEADER header, on every listener. */
+  initSecret?: string;
 }
 
 export class EnvdState {
   envVars: Record<string, string> = {};
-  accessToken?: string;
+  private token?: string;
+  /** Called whenever a token is set (the TCP listener waits for one). */
+  onToken?: () => void;
   defaultUser: string;
   defaultWorkdir?: string;
   /** Timestamp (ms) of the last applied /init, to ignore stale ones. */
@@ -28,5 +32,14 @@ export class EnvdState {
   ) {
     this.defaultUser = opts.defaultUser;
     this.accessToken = opts.accessToken;
+  }
+
+  get accessToken(): string | undefined {
+    return this.token;
+  }
+
+  set accessToken(v: string | undefined) {
+    this.token = v;
+    if (v) this.onToken?.();
   }
 }

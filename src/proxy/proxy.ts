@@ -2,21 +2,27 @@
 // ...) to the envd unix socket of the sandbox they name, unbuffered in both directions, over
 // one keep-alive agent per sandbox. Contract sections 1, 5.3 and 6.
 import { Agent, request as httpRequest, STATUS_CODES, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
-import { connect as netConnect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type pino from 'pino';
+import { INIT_SECRET_HEADER } from '../envd/host-contract.js';
+import { connectGuarded, type GuardedSocket } from '../util/safe-socket.js';
 import { classify, ENVD_PORT, matchSignature, type Target } from './routing.js';
 
 export interface SandboxRoute {
   sandboxId: string;
-  /** envd's unix socket on the host. */
-  socketPath: string;
+  /** envd's unix socket on the host, reached only through connectGuarded (never by a plain path). */
+  socket: GuardedSocket;
   accessToken?: string;
 }
 
 export interface RouteResolver {
-  /** A running sandbox's envd route; may resume a paused sandbox that has autoResume. undefined = unknown, paused or killed. */
-  route(sandboxId: string): Promise<SandboxRoute | undefined>;
+  /**
+   * A running sandbox's envd route; may resume a paused sandbox that has autoResume (only for a
+   * request that carries the sandbox's token or a valid signature: hence `req`). undefined =
+   * unknown, paused, killed or blocked.
+   */
+  route(sandboxId: string, req?: IncomingMessage): Promise<SandboxRoute | undefined>;
   /** Running sandboxes with an envd access token, for header-less signed /files requests. */
   signedCandidates(): Iterable<{ sandboxId: string; accessToken: string }>;
 }
@@ -52,6 +58,8 @@ const HOP_BY_HOP = new Set([
   'upgrade',
   'http2-settings',
   'expect',
+  // not hop-by-hop, but never a client's to send: only the host authenticates to envd with it
+  INIT_SECRET_HEADER,
 ]);
 
 /** rawHeaders minus hop-by-hop ones and those the Connection header names. */
@@ -141,7 +149,7 @@ interface Exchange {
 export class DataPlaneProxy {
   private readonly envdPort: number;
   private readonly log?: pino.Logger;
-  private readonly agents = new Map<string, { socketPath: string; agent: Agent }>();
+  private readonly agents = new Map<string, { socket: GuardedSocket; agent: Agent }>();
   private readonly open = new Map<string, Set<Exchange>>();
   private readonly traffic = new Map<string, Omit<SandboxTraffic, 'open'>>();
   private closed = false;
@@ -179,7 +187,11 @@ export class DataPlaneProxy {
     });
   }
 
-  /** WebSocket (and other Upgrade) requests: a raw byte pipe to the sandbox once routed. */
+  /**
+   * Upgrade requests. Only WebSocket is tunnelled, and only after the sandbox answered 101:
+   * a raw pipe opened before that would carry every later request on the connection past
+   * this proxy's checks (the /init refusal first of all). Other upgrades are refused.
+   */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
     const target = classify(req, this.envdPort);
@@ -195,8 +207,12 @@ export class DataPlaneProxy {
       rawResponse(socket, 403, INIT_REFUSED);
       return;
     }
+    if (!isWebSocketUpgrade(req)) {
+      rawResponse(socket, 400, JSON.stringify({ code: 400, message: 'only WebSocket upgrades (GET with Upgrade: websocket) are proxied' }));
+      return;
+    }
     this.upgrade(target, req, socket, head).catch((err: unknown) => {
-      this.log?.error({ err, url: req.url }, 'data-plane upgrade failure');
+      this.log?.error({ err, sandbox: target.sandboxId }, 'data-plane upgrade failure');
       socket.destroy();
     });
   }
@@ -260,12 +276,15 @@ export class DataPlaneProxy {
 
   private agentFor(route: SandboxRoute): Agent {
     const cur = this.agents.get(route.sandboxId);
-    if (cur && cur.socketPath === route.socketPath) return cur.agent;
+    if (cur && cur.socket.path === route.socket.path && cur.socket.device === route.socket.device) return cur.agent;
     cur?.agent.destroy();
     // `timeout` makes the agent honour envd's Keep-Alive hint (it drops idle sockets a second
     // before envd would), and drops idle sockets after a minute anyway.
     const agent = new Agent({ keepAlive: true, keepAliveMsecs: 10_000, maxFreeSockets: 32, timeout: 60_000, scheduling: 'lifo' });
-    this.agents.set(route.sandboxId, { socketPath: route.socketPath, agent });
+    // every new connection checks the socket again: the sandbox may have swapped it since
+    const socket = route.socket;
+    agent.createConnection = () => connectGuarded(socket);
+    this.agents.set(route.sandboxId, { socket, agent });
     return agent;
   }
 
@@ -317,7 +336,7 @@ export class DataPlaneProxy {
 
     let route: SandboxRoute | undefined;
     try {
-      route = await this.resolver.route(sandboxId);
+      route = await this.resolver.route(sandboxId, req);
     } catch (err) {
       this.log?.warn({ err, sandboxId }, 'route lookup failed');
       route = undefined;
@@ -354,7 +373,6 @@ export class DataPlaneProxy {
 
     const attempt = (retriesLeft: number): void => {
       const up = httpRequest({
-        socketPath: route.socketPath,
         agent: this.agentFor(route),
         method,
         path: req.url ?? '/',
@@ -439,7 +457,7 @@ export class DataPlaneProxy {
     socket.once('close', untrack);
     let route: SandboxRoute | undefined;
     try {
-      route = await this.resolver.route(sandboxId);
+      route = await this.resolver.route(sandboxId, req);
     } catch (err) {
       this.log?.warn({ err, sandboxId }, 'route lookup failed');
     }
@@ -448,29 +466,81 @@ export class DataPlaneProxy {
     if (target.port !== this.envdPort) return rawResponse(socket, 502, portBody(sandboxId, target.rawPort, this.envdPort));
     const counters = this.counters(sandboxId);
     counters.requests++;
-    const up = netConnect({ path: route.socketPath });
+    const guarded = route.socket;
+    const up = httpRequest({
+      createConnection: () => connectGuarded(guarded),
+      method: 'GET',
+      path: req.url ?? '/',
+      headers: endToEnd(req.rawHeaders, true),
+      setHost: false,
+    });
     ex.upstream = up;
-    let connected = false;
-    up.once('connect', () => {
-      connected = true;
-      const lines = [`${req.method ?? 'GET'} ${req.url ?? '/'} HTTP/1.1`];
-      const h = endToEnd(req.rawHeaders, true);
+    let answered = false;
+    // 101 from the sandbox: from here on the connection is the WebSocket's, byte for byte.
+    up.on('upgrade', (upRes: IncomingMessage, upSocket: Socket, upHead: Buffer) => {
+      answered = true;
+      ex.upstream = upSocket;
+      if (ex.destroyed || socket.destroyed || !isWebSocketUpgrade(upRes)) {
+        upSocket.destroy();
+        socket.destroy();
+        return;
+      }
+      const lines = [`HTTP/1.1 101 ${upRes.statusMessage || 'Switching Protocols'}`];
+      const h = endToEnd(upRes.rawHeaders, true);
       for (let i = 0; i < h.length; i += 2) lines.push(`${h[i]}: ${h[i + 1]}`);
-      up.write(lines.join('\r\n') + '\r\n\r\n');
+      socket.write(lines.join('\r\n') + '\r\n\r\n');
+      if (upHead.length) socket.write(upHead);
       if (head.length) {
         counters.bytesIn += head.length;
-        up.write(head);
+        upSocket.write(head);
       }
       socket.on('data', (c: Buffer) => (counters.bytesIn += c.length));
-      up.on('data', (c: Buffer) => (counters.bytesOut += c.length));
-      socket.pipe(up);
-      up.pipe(socket);
+      upSocket.on('data', (c: Buffer) => (counters.bytesOut += c.length));
+      upSocket.on('error', () => socket.destroy());
+      upSocket.on('close', () => socket.destroy());
+      socket.on('close', () => upSocket.destroy());
+      socket.pipe(upSocket);
+      upSocket.pipe(socket);
+    });
+    // Any other answer is passed on as it is, and the connection ends with it.
+    up.on('response', (upRes: IncomingMessage) => {
+      answered = true;
+      const chunks: Buffer[] = [];
+      let size = 0;
+      upRes.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size <= MAX_REFUSAL_BODY) chunks.push(c);
+        else upRes.destroy();
+      });
+      const finish = () => {
+        if (socket.destroyed) return;
+        const body = Buffer.concat(chunks).subarray(0, MAX_REFUSAL_BODY);
+        const lines = [`HTTP/1.1 ${upRes.statusCode ?? 502} ${upRes.statusMessage ?? ''}`];
+        const h = endToEnd(upRes.rawHeaders);
+        for (let i = 0; i < h.length; i += 2) if ((h[i] as string).toLowerCase() !== 'content-length') lines.push(`${h[i]}: ${h[i + 1]}`);
+        lines.push(`Content-Length: ${body.length}`, 'Connection: close');
+        socket.end(Buffer.concat([Buffer.from(lines.join('\r\n') + '\r\n\r\n'), body]));
+      };
+      upRes.on('end', finish);
+      upRes.on('close', () => {
+        if (!upRes.complete) finish();
+      });
     });
     up.on('error', () => {
-      if (!connected) rawResponse(socket, 502, notFoundBody(sandboxId));
+      if (!answered) rawResponse(socket, 502, notFoundBody(sandboxId));
       else socket.destroy();
     });
-    up.on('close', () => socket.destroy());
-    socket.on('close', () => up.destroy());
+    up.end();
   }
+}
+
+/** The largest body of a refused upgrade that is passed on. */
+const MAX_REFUSAL_BODY = 64 * 1024;
+
+/** A WebSocket handshake: GET, `Upgrade: websocket` and `Connection: upgrade` (RFC 6455 4.1, 4.2.2). */
+function isWebSocketUpgrade(msg: IncomingMessage): boolean {
+  const upgrade = String(msg.headers.upgrade ?? '').trim().toLowerCase();
+  const connection = String(msg.headers.connection ?? '').toLowerCase().split(',').map((t) => t.trim());
+  const isRequest = typeof msg.method === 'string'; // a response's method is null
+  return upgrade === 'websocket' && connection.includes('upgrade') && (!isRequest || msg.method === 'GET');
 }

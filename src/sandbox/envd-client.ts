@@ -1,7 +1,10 @@
 import http from 'node:http';
 import { SANDBOX_SUPPORT } from '../runtime/support.js';
+import { connectGuarded, type GuardedSocket } from '../util/safe-socket.js';
 
 /** How the manager reaches a sandbox's envd: its command line, and requests on its unix socket. */
+
+export { INIT_SECRET_ENV, INIT_SECRET_HEADER } from '../envd/host-contract.js';
 
 /** envd's argv inside the sandbox, through the support tree's own loader and node. */
 export function envdCommand(socket: string): string[] {
@@ -9,11 +12,17 @@ export function envdCommand(socket: string): string[] {
 }
 
 /** A JSON request to a sandbox's envd on its unix socket; resolves to the status code. */
-export function envdRequest(socketPath: string, method: string, path: string, body: unknown): Promise<number> {
+export function envdRequest(socket: GuardedSocket, method: string, path: string, body: unknown, headers: Record<string, string> = {}): Promise<number> {
   return new Promise((resolve, reject) => {
     const data = JSON.stringify(body);
     const req = http.request(
-      { socketPath, path, method, timeout: 10_000, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } },
+      {
+        createConnection: () => connectGuarded(socket),
+        path,
+        method,
+        timeout: 10_000,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data), ...headers },
+      },
       (res) => {
         res.resume();
         res.on('end', () => resolve(res.statusCode ?? 0));
@@ -25,9 +34,9 @@ export function envdRequest(socketPath: string, method: string, path: string, bo
   });
 }
 
-export function healthy(socketPath: string): Promise<boolean> {
+export function healthy(socket: GuardedSocket): Promise<boolean> {
   return new Promise((resolve) => {
-    const req = http.request({ socketPath, path: '/health', method: 'GET', timeout: 2000 }, (res) => {
+    const req = http.request({ createConnection: () => connectGuarded(socket), path: '/health', method: 'GET', timeout: 2000 }, (res) => {
       res.resume();
       resolve(res.statusCode === 204);
     });

@@ -1,17 +1,19 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { naming, openPaths, type Paths, type RuntimeName } from '../config.js';
-import { type BundleSpec, type Limits, writeBundle } from '../runtime/bundle.js';
+import { type BundleSpec, type Limits, renewBootId, writeBundle } from '../runtime/bundle.js';
 import { prepareSupportTree, SANDBOX_SUPPORT, type SupportTree } from '../runtime/support.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
 import { mountDisk, mountRootfs, mountsUnder, mountTable, releaseLoopDevices, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
 import { copyLayerUnshifted } from '../template/layer-copy.js';
-import { envdCommand, envdRequest, healthy } from './envd-client.js';
+import { envdCommand, envdRequest, healthy, INIT_SECRET_ENV, INIT_SECRET_HEADER } from './envd-client.js';
+import { mountDevice, type GuardedSocket } from '../util/safe-socket.js';
+import { readLogTail, rotateConsoleLog } from './console-log.js';
 import { ManagerLock, Store, type SandboxRow, type SandboxState } from '../store/store.js';
 import { TemplateStore, type Template, type TemplateConfig } from '../template/store.js';
 import { conflict, CubeboxError, errorMessage, invalid, notFound } from '../util/errors.js';
@@ -60,6 +62,22 @@ export interface CreateRequest {
   secure?: boolean;
   /** Further request fields kept with the sandbox and reported back (network, ...). */
   extra?: Record<string, unknown>;
+  /** The owning team (API creates); none for host-made sandboxes. */
+  team?: string | null;
+}
+
+/**
+ * What the admission hook (quotas) sees. It runs synchronously right before a sandbox's row is
+ * written (create, warm-pool claim) or the sandbox leaves `paused` (resume), so that the check
+ * and the write are one step; throwing refuses the operation.
+ */
+export interface Admission {
+  op: 'create' | 'resume';
+  team: string | null;
+  sandboxId: string;
+  limits: Limits;
+  diskMB: number;
+  metadata: Record<string, string>;
 }
 
 export interface Lifecycle {
@@ -112,6 +130,8 @@ export interface SandboxInfo {
   /** Paused without memory: resume boots it again from its filesystem. */
   coldPaused: boolean;
   extra: Record<string, unknown>;
+  /** The owning team; null for host-made sandboxes. */
+  team: string | null;
 }
 
 interface StoredSpec {
@@ -130,6 +150,8 @@ interface StoredSpec {
   workdir?: string;
   envVars: Record<string, string>;
   accessToken: string | null;
+  /** What envd requires on /init; given to envd at boot, new for every boot. */
+  initSecret?: string;
   lifecycle: Lifecycle;
   coldPaused: boolean;
   extra: Record<string, unknown>;
@@ -168,11 +190,14 @@ export interface ReconcileReport {
 export class SandboxManager {
   readonly locks = new KeyedMutex();
   /**
-   * 'interrupt' (sandboxId): the sandbox stops serving (pause, delete); open streams must be cut.
+   * 'interrupt' (sandboxId, reason: 'paused' | 'killed'): the sandbox stops serving (pause,
+   *   delete); open streams must be cut, telling the client why.
    * 'deleted' (sandboxId): the sandbox and everything it owned are gone.
    */
   readonly events = new EventEmitter();
   readonly templates: TemplateStore;
+  /** Quota admission for creates and resumes (see Admission); unset: everything is admitted. */
+  admit?: (a: Admission) => void;
   private timer: NodeJS.Timeout | undefined;
   private reaper: NodeJS.Timeout | undefined;
   private poolSizes: Record<string, number> = {};
@@ -294,6 +319,7 @@ export class SandboxManager {
       lifecycle: spec.lifecycle,
       coldPaused: spec.coldPaused,
       extra: spec.extra,
+      team: row.team ?? null,
     };
   }
 
@@ -379,16 +405,19 @@ export class SandboxManager {
         workdir: template.config.workdir,
         envVars: req.envVars ?? {},
         accessToken: req.secure === false ? null : randomBytes(24).toString('base64url'),
+        initSecret: randomBytes(24).toString('base64url'),
         lifecycle: normalizeLifecycle(req.lifecycle),
         coldPaused: false,
         extra: req.extra ?? {},
       };
       if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0)) throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
       this.store.transaction(() => {
+        this.admit?.({ op: 'create', team: req.team ?? null, sandboxId: id, limits, diskMB: spec.diskMB, metadata: spec.metadata });
         const slot = this.runtime.userNamespaces ? this.allocateIdSlot() : null;
         this.store.insertSandbox({
           id,
           templateId: template.id,
+          team: req.team ?? null,
           state: 'creating',
           stateDeadline: now + STATE_DEADLINE_MS.creating!,
           runtime: this.runtime.name,
@@ -450,8 +479,10 @@ export class SandboxManager {
     await mountRootfs(layout, spec.layers, idMap);
     faultPoint('create:after-mount');
 
-    // the directory shared with the sandbox: envd's socket lives here
-    const shared = join(dir, 'run');
+    // The directory shared with the sandbox (envd's socket lives here) and the console log
+    // sit on the sandbox's own disk: bounded by its size, and a socket found there is the
+    // sandbox's (see safe-socket.ts).
+    const shared = join(layout.disk, 'run');
     mkdirSync(shared, { mode: 0o700 });
     if (idMap) chownSync(shared, idMap.hostId, idMap.hostId);
     const bundleDir = join(dir, 'bundle');
@@ -463,7 +494,7 @@ export class SandboxManager {
     this.store.recordResource(id, 'container', cid);
     faultPoint('create:before-run');
     // a zero exit of a detached run means the container's first process is running
-    const pid = await this.runtime.run(cid, bundleDir, join(dir, 'console.log'));
+    const pid = await this.runtime.run(cid, bundleDir, this.consoleLogPath(id));
     faultPoint('create:after-run');
     if (spec.agent) await this.waitForAgent(id);
     await this.startTemplateCommand(id, spec);
@@ -569,7 +600,8 @@ export class SandboxManager {
           lifecycle: normalizeLifecycle(req.lifecycle),
           extra: req.extra ?? {},
         };
-        this.store.updateSandbox(c.id, { state: 'creating', stateDeadline: Date.now() + STATE_DEADLINE_MS.creating!, spec: JSON.stringify(spec) });
+        this.admit?.({ op: 'create', team: req.team ?? null, sandboxId: c.id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata });
+        this.store.updateSandbox(c.id, { state: 'creating', team: req.team ?? null, stateDeadline: Date.now() + STATE_DEADLINE_MS.creating!, spec: JSON.stringify(spec) });
         try {
           await this.personalize(c.id, spec);
         } catch (err) {
@@ -648,7 +680,9 @@ export class SandboxManager {
     };
     if (spec.accessToken) body.accessToken = spec.accessToken;
     if (spec.workdir) body.defaultWorkdir = spec.workdir;
-    const status = await envdRequest(this.envdSocket(id), 'POST', '/init', body);
+    const socket = this.envdEndpoint(id);
+    if (!socket) throw new Error(`the disk of sandbox '${id}' is not mounted`);
+    const status = await envdRequest(socket, 'POST', '/init', body, spec.initSecret ? { [INIT_SECRET_HEADER]: spec.initSecret } : {});
     if (status !== 204 && status !== 200) throw new Error(`envd /init answered ${status}`);
   }
 
@@ -658,13 +692,13 @@ export class SandboxManager {
       hostname: id,
       rootfs,
       command: spec.agent ? envdCommand(`${SANDBOX_SUPPORT}/run/envd.sock`) : spec.command,
-      env: envList({ ...BASE_ENV, ...spec.env }),
+      env: envList({ ...BASE_ENV, ...spec.env, ...(spec.agent && spec.initSecret ? { [INIT_SECRET_ENV]: spec.initSecret } : {}) }),
       cwd: '/',
       idMap,
       limits: spec.limits,
       binds: [
         { source: spec.support, destination: SANDBOX_SUPPORT, readonly: true },
-        { source: join(this.sandboxDir(id), 'run'), destination: `${SANDBOX_SUPPORT}/run`, readonly: false },
+        { source: join(this.sandboxDir(id), 'disk', 'run'), destination: `${SANDBOX_SUPPORT}/run`, readonly: false },
       ],
       cgroupsPath: naming.cgroupPath(this.paths.instanceId, id),
       tiniPath: `${SANDBOX_SUPPORT}/tini`,
@@ -680,7 +714,7 @@ export class SandboxManager {
     if (!spec.startCommand) return;
     const env = { ...BASE_ENV, ...spec.env, ...spec.envVars };
     const cid = this.containerId(id);
-    const logFd = join(this.sandboxDir(id), 'console.log');
+    const logFd = this.consoleLogPath(id);
     const start = this.runtimeOf(id).exec(cid, ['/bin/sh', '-c', `(${spec.startCommand}) >>/proc/1/fd/1 2>&1`], { env, cwd: spec.workdir, detach: true, stdio: 'ignore' });
     const code = await new Promise<number>((r) => start.on('close', (c) => r(c ?? 1)));
     if (code !== 0) throw new Error(`the template's start command could not be started (exit ${code}); see ${logFd}`);
@@ -696,25 +730,40 @@ export class SandboxManager {
     throw new Error(`the template's readiness check did not pass in ${timeoutMs / 1000} s (last exit ${last})`);
   }
 
-  /** Host path of the unix socket on which a sandbox's envd listens. */
+  /** Host path of the unix socket on which a sandbox's envd listens (on the sandbox's disk). */
   envdSocket(id: string): string {
-    return join(this.sandboxDir(id), 'run', 'envd.sock');
+    return join(this.sandboxDir(id), 'disk', 'run', 'envd.sock');
+  }
+
+  /**
+   * envd's socket as the host may connect to it: only a socket on the sandbox's own mounted
+   * disk, never through a link the sandbox planted. undefined when the disk is not mounted.
+   */
+  envdEndpoint(id: string): GuardedSocket | undefined {
+    const device = mountDevice(join(this.sandboxDir(id), 'disk'));
+    return device === undefined ? undefined : { path: this.envdSocket(id), device };
+  }
+
+  /** The sandbox's console (tini and envd's stdout and stderr), on its own disk. */
+  consoleLogPath(id: string): string {
+    return join(this.sandboxDir(id), 'disk', 'console.log');
   }
 
   /** Waits until envd answers GET /health on its socket; a sandbox that never gets there fails. */
   private async waitForAgent(id: string, timeoutMs = 20_000): Promise<void> {
-    const socket = this.envdSocket(id);
+    const socket = this.envdEndpoint(id);
+    if (!socket) throw new Error(`the disk of sandbox '${id}' is not mounted`);
     const until = Date.now() + timeoutMs;
     let delay = 2;
     const cg = this.cgroup(id);
     while (Date.now() < until) {
-      if (existsSync(socket) && (await healthy(socket))) return;
+      if (existsSync(socket.path) && (await healthy(socket))) return;
       // an emptied cgroup means the sandbox died: a file read, not a runtime call, while envd starts
       if (cg.pids().length === 0) break;
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 50);
     }
-    const log = tail(join(this.sandboxDir(id), 'console.log'));
+    const log = tail(this.consoleLogPath(id));
     throw new Error(`envd did not become ready in the sandbox${log ? `: ${log}` : ''}`);
   }
 
@@ -749,7 +798,7 @@ export class SandboxManager {
     if (row.state === 'paused') throw conflict(`sandbox '${id}' is already paused`);
     if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}; only a running sandbox can be paused`);
     this.setState(id, 'pausing');
-    this.events.emit('interrupt', id);
+    this.events.emit('interrupt', id, 'paused');
     try {
       if (memory) {
         await this.runtimeOf(id).pause(this.containerId(id));
@@ -774,8 +823,9 @@ export class SandboxManager {
     const row = this.requireRow(id);
     if (row.state === 'running') throw conflict(`sandbox '${id}' is already running`);
     if (row.state !== 'paused') throw conflict(`sandbox '${id}' is ${row.state}; only a paused sandbox can be resumed`);
-    this.setState(id, 'resuming');
     const spec = JSON.parse(row.spec) as StoredSpec;
+    this.admit?.({ op: 'resume', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata });
+    this.setState(id, 'resuming');
     try {
       if (spec.coldPaused) {
         await this.bootAgain(id, spec);
@@ -803,7 +853,13 @@ export class SandboxManager {
   /** Starts a cold-paused sandbox again from its bundle and filesystem: a new boot. */
   private async bootAgain(id: string, spec: StoredSpec): Promise<void> {
     const cid = this.containerId(id);
-    const pid = await this.runtimeOf(id).run(cid, join(this.sandboxDir(id), 'bundle'), join(this.sandboxDir(id), 'console.log'));
+    // a new boot gets a new /init secret: whatever learnt the last one inside the sandbox cannot reuse it
+    spec = { ...spec, initSecret: randomBytes(24).toString('base64url') };
+    this.updateSpec(id, { initSecret: spec.initSecret });
+    const rootfs = join(this.sandboxDir(id), 'rootfs');
+    writeBundle(join(this.sandboxDir(id), 'bundle'), this.bundleSpec(id, spec, rootfs, this.idMapFor(this.requireRow(id).uidSlot)));
+    renewBootId(join(this.sandboxDir(id), 'bundle')); // a new boot, a new boot id
+    const pid = await this.runtimeOf(id).run(cid, join(this.sandboxDir(id), 'bundle'), this.consoleLogPath(id));
     if (spec.agent) {
       await this.waitForAgent(id);
       await this.personalize(id, spec);
@@ -941,7 +997,7 @@ export class SandboxManager {
   private async teardown(id: string): Promise<void> {
     const inst = this.paths.instanceId;
     if (this.store.getSandbox(id)) this.setState(id, 'deleting');
-    this.events.emit('interrupt', id); // the proxy cuts the sandbox's open streams
+    this.events.emit('interrupt', id, 'killed'); // the proxy cuts the sandbox's open streams
     const cid = this.containerId(id);
     const cg = this.cgroup(id);
     const dir = this.sandboxDir(id);
@@ -1005,6 +1061,7 @@ export class SandboxManager {
       if (!done.ran) report.skipped.push(row.id);
     });
     await this.removeOrphans(report);
+    for (const r of this.store.listSandboxes()) if (r.state === 'running' || r.state === 'pooled') rotateConsoleLog(this.consoleLogPath(r.id));
     this.collectEphemeralTemplates();
     this.fillPools();
     return report;
@@ -1079,6 +1136,7 @@ export class SandboxManager {
   }
 }
 
+/** The last lines of a log the sandbox writes: read from its last 4 KiB only. */
 /** Runs fn for every item, at most `limit` at once. */
 async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
@@ -1089,11 +1147,7 @@ async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promis
 }
 
 function tail(file: string, lines = 5): string {
-  try {
-    return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
-  } catch {
-    return '';
-  }
+  return readLogTail(file, 4096).trim().split('\n').slice(-lines).join(' | ');
 }
 
 function envList(env: Record<string, string>): string[] {

@@ -41,7 +41,7 @@ function forward(socketPath: string): Promise<{ close(): Promise<void> }> {
 }
 
 async function connectSdk(m: SandboxManager, id: string) {
-  const fwd = await forward(m.envdSocket(id));
+  const fwd = await forward(m.envdSocket(id)); // the test trusts its own sandbox; the host code connects with connectGuarded
   const sbx = await e2b.Sandbox.connect('debug_sandbox_id', { debug: true });
   return {
     sbx,

@@ -1,6 +1,7 @@
 // Added latency of the data-plane proxy, one run: sequential requests with keep-alive clients,
 // straight to envd's unix socket versus through the proxy on loopback TCP. Not a test (no
 // assertions on time): run `node dist/test/integration/proxy-bench.js [iterations]`.
+import { statSync } from 'node:fs';
 import { Agent, createServer, request, type RequestOptions } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { DataPlaneProxy } from '../../src/proxy/proxy.js';
@@ -28,7 +29,7 @@ async function main(): Promise<void> {
   const n = Number(process.argv[2] ?? 2000);
   const envd = await startSocketEnvd();
   const proxy = new DataPlaneProxy(
-    { route: async (id) => ({ sandboxId: id, socketPath: envd.socket }), signedCandidates: () => [] },
+    { route: async (id) => ({ sandboxId: id, socket: { path: envd.socket, device: statSync(envd.socket).dev } }), signedCandidates: () => [] },
     { domain: 'bench.test' },
   );
   const server = createServer({ requestTimeout: 0 }, (req, res) => proxy.handle(req, res));

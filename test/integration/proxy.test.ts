@@ -5,7 +5,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, readFileSync, writeFileSync, existsSync, rmSync, mkdtempSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync, existsSync, rmSync, mkdtempSync, statSync } from 'node:fs';
 import { createServer, request, type IncomingMessage, type Server } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -15,6 +15,9 @@ import { DataPlaneProxy, type RouteResolver, type SandboxRoute } from '../../src
 import { fileSignature } from '../../src/proxy/routing.js';
 import { envelope, readEnvelopes, type Envelope } from '../envd/helpers.js';
 import { removeOnExit, startSocketEnvd, type SocketEnvd } from './proxy-envd.js';
+
+/** A test socket as the proxy reaches sockets: on the filesystem of its directory. */
+const guarded = (path: string) => ({ path, device: statSync(join(path, '..')).dev });
 
 type Json = Record<string, unknown>;
 
@@ -89,9 +92,9 @@ describe('data-plane proxy', () => {
       startSocketEnvd({ accessToken: TOKEN_ONE, envVars: { WHO: 'one' } }),
       startSocketEnvd({ accessToken: TOKEN_TWO, envVars: { WHO: 'two' } }),
     ]);
-    routes.set(ONE, { sandboxId: ONE, socketPath: one.socket, accessToken: TOKEN_ONE });
-    routes.set(TWO, { sandboxId: TWO, socketPath: two.socket, accessToken: TOKEN_TWO });
-    routes.set(GHOST, { sandboxId: GHOST, socketPath: join(one.dir, 'nobody-listens.sock'), accessToken: 'ghost-token' });
+    routes.set(ONE, { sandboxId: ONE, socket: guarded(one.socket), accessToken: TOKEN_ONE });
+    routes.set(TWO, { sandboxId: TWO, socket: guarded(two.socket), accessToken: TOKEN_TWO });
+    routes.set(GHOST, { sandboxId: GHOST, socket: guarded(join(one.dir, 'nobody-listens.sock')), accessToken: 'ghost-token' });
 
     // A fake upstream on a unix socket: echoes what it received, answers upgrades, breaks on demand.
     fakeDir = mkdtempSync(join(tmpdir(), 'proxy-fake-'));
@@ -126,7 +129,7 @@ describe('data-plane proxy', () => {
       socket.pipe(socket); // echo
     });
     await new Promise<void>((resolve) => fake.listen(join(fakeDir, 'fake.sock'), resolve));
-    routes.set(FAKE, { sandboxId: FAKE, socketPath: join(fakeDir, 'fake.sock') });
+    routes.set(FAKE, { sandboxId: FAKE, socket: guarded(join(fakeDir, 'fake.sock')) });
 
     proxy = new DataPlaneProxy(resolver, { domain: 'cubebox.test' });
     server = createServer({ requestTimeout: 0 }, (req, res) => {
@@ -595,7 +598,7 @@ describe('data-plane proxy', () => {
   });
 
   test('a command in flight when its sandbox is killed: the SDK reports the kill', T, async () => {
-    routes.set(VICTIM, { sandboxId: VICTIM, socketPath: two.socket, accessToken: TOKEN_TWO });
+    routes.set(VICTIM, { sandboxId: VICTIM, socket: guarded(two.socket), accessToken: TOKEN_TWO });
     const sbx = sdkFor(VICTIM, TOKEN_TWO);
     let killed = false;
     const run = sbx.commands.run('echo started; exec sleep 300', {

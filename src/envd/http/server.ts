@@ -8,7 +8,9 @@ import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { Filesystem } from '../gen/filesystem/filesystem_pb.js';
 import { Process } from '../gen/process/process_pb.js';
 import { checkToken, safeEqual } from '../auth.js';
+import { INIT_SECRET_HEADER } from '../host-contract.js';
 import { MetadataStore } from '../fs/metadata.js';
+import { UserFs } from '../fs/user-fs.js';
 import { filesystemService } from '../fs/service.js';
 import { ProcessManager } from '../process/manager.js';
 import { processService } from '../process/service.js';
@@ -51,7 +53,8 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
   const users = new UserDb(opts.passwdPath, opts.groupPath);
   const state = new EnvdState(opts, users);
   const metadata = new MetadataStore(opts.stateDir || undefined);
-  const deps = { users, metadata };
+  const userFs = new UserFs(opts.helperPath);
+  const deps = { users, metadata, fs: userFs };
   const pm = new ProcessManager(opts.helperPath);
   const metrics = new MetricsCollector(opts.cgroupRoot);
 
@@ -92,8 +95,13 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
       }
       if (!body || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object');
     }
-    // Once a token is set, only the host (unix socket) or a holder of the token may re-init.
-    if (state.accessToken && !viaSocket) {
+    const secret = state.opts.initSecret;
+    if (secret) {
+      // Under cubebox only the host, which alone knows the boot's secret, may init.
+      const given = req.headers[INIT_SECRET_HEADER];
+      if (!(typeof given === 'string' && safeEqual(given, secret))) throw new HttpError(401, '/init needs the host secret');
+    } else if (state.accessToken && !viaSocket) {
+      // Standalone envd: once a token is set, only the unix socket or a holder of the token may re-init.
       const t = req.headers['x-access-token'];
       const sameToken = typeof body.accessToken === 'string' && safeEqual(body.accessToken, state.accessToken);
       if (!(typeof t === 'string' && safeEqual(t, state.accessToken)) && !sameToken) throw new HttpError(401, 'invalid access token');
@@ -127,8 +135,8 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
         res.writeHead(204, { 'Cache-Control': 'no-store' }).end();
         return;
       case '/files':
-        if (method === 'GET' || method === 'HEAD') return handleDownload(state, req, res, url);
-        if (method === 'POST') return handleUpload(state, metadata, req, res, url);
+        if (method === 'GET' || method === 'HEAD') return handleDownload(state, userFs, req, res, url);
+        if (method === 'POST') return handleUpload(state, userFs, metadata, req, res, url);
         throw new HttpError(405, 'method not allowed');
       case '/init':
         if (method !== 'POST') throw new HttpError(405, 'method not allowed');
@@ -200,25 +208,34 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
       });
     });
 
-  try {
-    if (opts.port > 0) {
-      if (opts.hosts.length === 0) {
-        const s = newServer(false);
-        try {
-          await listen(s, { port: opts.port, host: '::', ipv6Only: false });
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') throw e;
-          await listen(s, { port: opts.port, host: '0.0.0.0' });
-        }
-      } else {
-        for (const host of opts.hosts) await listen(newServer(false), { port: opts.port, host });
+  // TCP only when asked for (--port), and never without an access token: without one, anybody
+  // inside the sandbox could act as root through it. Without a token yet, TCP waits for /init.
+  const startTcp = async () => {
+    const tcp: Server[] = [];
+    if (opts.hosts.length === 0) {
+      const s = newServer(false);
+      tcp.push(s);
+      try {
+        await listen(s, { port: opts.port, host: '::', ipv6Only: false });
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') throw e;
+        await listen(s, { port: opts.port, host: '0.0.0.0' });
       }
-      for (const s of servers) {
-        const a = s.address() as AddressInfo;
-        addresses.push(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
+    } else {
+      for (const host of opts.hosts) {
+        const s = newServer(false);
+        tcp.push(s);
+        await listen(s, { port: opts.port, host });
       }
     }
+    for (const s of tcp) {
+      const a = s.address() as AddressInfo;
+      addresses.push(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
+    }
+  };
+  try {
+    if (opts.port > 0 && state.accessToken) await startTcp();
     if (opts.socketPath) {
       try {
         if (lstatSync(opts.socketPath).isSocket()) unlinkSync(opts.socketPath);
@@ -233,6 +250,13 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
     throw e;
   }
 
+  if (opts.port > 0 && !state.accessToken) {
+    state.onToken = () => {
+      state.onToken = undefined;
+      startTcp().catch((e: Error) => process.stderr.write(`envd: cannot listen on TCP port ${opts.port}: ${e.message}\n`));
+    };
+  }
+
   return {
     state,
     processes: pm,
@@ -240,6 +264,7 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
     async close() {
       pm.killAll();
       metadata.flush();
+      userFs.close();
       await Promise.all(
         servers.map(
           (s) =>
