@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RuntimeName } from '../config.js';
 import { defaultSeccomp } from './seccomp.js';
@@ -155,6 +155,12 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     mounts,
     linux,
   };
+}
+
+/** Gives the next boot of a bundle's sandbox a new boot id (when its config mounts one). */
+export function renewBootId(bundleDir: string): void {
+  const file = join(bundleDir, 'boot_id');
+  if (existsSync(file)) writeFileSync(file, `${randomUUID()}\n`, { mode: 0o644 });
 }
 
 /**
