@@ -101,6 +101,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     startedAt: new Date(info.startedAt ?? info.createdAt).toISOString(),
     endAt: new Date(info.endAt ?? info.startedAt ?? info.createdAt).toISOString(),
     state: e2bState(info)!,
+    ...(info.state === 'stopped' || info.state === 'failed' || info.state === 'deleting' ? { cubeboxState: info.state, error: info.lastError ?? undefined } : {}),
     cpuCount: info.limits.cpuCount,
     memoryMB: info.limits.memoryMB,
     diskSizeMB: diskSizeMB(manager, info),
@@ -370,6 +371,12 @@ export function e2bState(info: SandboxInfo): 'running' | 'paused' | undefined {
       return 'running';
     case 'paused':
     case 'resuming':
+      return 'paused';
+    case 'stopped':
+    case 'failed':
+    case 'deleting':
+      // not E2B states: the sandbox exists and holds its disk but runs nothing. Shown as paused,
+      // with `cubeboxState` and `error` (listedBody); DELETE retries its teardown.
       return 'paused';
     default:
       return undefined;
