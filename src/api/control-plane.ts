@@ -1,9 +1,10 @@
-import { readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { MetricsSampler, MetricSample } from '../sandbox/metrics.js';
 import type { Lifecycle, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
+import type { Template } from '../template/store.js';
 import { CubeboxError, errorMessage, invalid, notFound, type ErrorKind } from '../util/errors.js';
+import { DEFAULT_LOG_LINES, MAX_LOG_LINES, readConsoleLog, type LogRange } from './logs.js';
+import { HttpError, type Caller, type Tenancy } from './tenancy.js';
 
 /** The envd version cubebox answers: a semver the SDK compares against feature thresholds. */
 export const ENVD_VERSION = '0.6.13';
@@ -13,8 +14,10 @@ export const MAX_TIMEOUT_SEC = 24 * 60 * 60;
 export interface ControlPlaneOptions {
   manager: SandboxManager;
   metrics: MetricsSampler;
-  /** true when the X-API-KEY value is a valid key. */
-  verifyKey: (key: string | undefined) => boolean;
+  /** The caller behind an X-API-KEY value (its team, whether it is an admin key); undefined: not a live key. */
+  authenticate: (key: string | undefined) => Caller | undefined;
+  /** Teams and quotas. */
+  tenancy: Tenancy;
   domain: string;
   clientId: string;
   /** Wraps each lifecycle operation (for latency and failure metrics). */
@@ -34,10 +37,17 @@ type Req = FastifyRequest<{ Params: { id: string }; Querystring: Record<string, 
 
 /** E2B's REST control plane (contract section 2) over the sandbox manager. */
 export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOptions): void {
-  const { manager, metrics } = opts;
+  const { manager, metrics, tenancy } = opts;
+  const callers = new WeakMap<FastifyRequest, Caller>();
+  const callerOf = (req: FastifyRequest): Caller => {
+    const c = callers.get(req);
+    if (!c) throw new HttpError(401, 'Invalid API key');
+    return c;
+  };
   const observe = opts.observe ?? (<T>(_op: string, fn: () => Promise<T>) => fn());
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
+    if (err instanceof HttpError) return sendError(reply, err.status, err.message);
     if (err instanceof CubeboxError) return sendError(reply, STATUS[err.kind], err.message);
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
     if (status >= 500) manager.log.error({ err: errorMessage(err) }, 'control-plane request failed');
@@ -49,9 +59,11 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     const path = req.url.split('?')[0];
     if (path === '/health' || (path === '/metrics' && opts.prometheus)) return;
     const key = req.headers['x-api-key'];
-    if (!opts.verifyKey(Array.isArray(key) ? key[0] : key)) {
+    const caller = opts.authenticate(Array.isArray(key) ? key[0] : key);
+    if (!caller) {
       return sendError(reply, 401, 'Invalid API key: pass a valid key (e2b_...) in the X-API-KEY header; create one with `cubebox keys create`');
     }
+    callers.set(req, caller);
   });
 
   app.get('/health', async (_req, reply) => reply.code(200).send({ status: 'ok' }));
@@ -70,12 +82,34 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (!/^[a-z0-9]{1,64}$/.test(id)) throw notFound(`sandbox '${raw}' not found`);
     return id;
   };
-  /** The sandbox as the E2B API sees it: stopped, failed or deleting sandboxes are gone. */
-  const visible = (id: string): SandboxInfo => {
-    const info = manager.get(id);
-    if (e2bState(info) === undefined) throw notFound(`sandbox '${id}' not found`);
+  /**
+   * The sandbox as the E2B API sees it: stopped, failed or deleting sandboxes are gone, and so
+   * are other teams' sandboxes (404 like an unknown id: ids do not leak) unless the key is an admin's.
+   */
+  const visible = (req: FastifyRequest, id: string): SandboxInfo => {
+    const caller = callerOf(req);
+    let info: SandboxInfo;
+    try {
+      info = manager.get(id);
+    } catch {
+      throw notFound(`sandbox '${id}' not found`);
+    }
+    if (e2bState(info) === undefined || !owns(caller, info.team)) throw notFound(`sandbox '${id}' not found`);
     return info;
   };
+  /** visible(), and the sandbox's team still has a live key (a blocked team's sandboxes only answer get, list and kill). */
+  const usable = (req: FastifyRequest, id: string): SandboxInfo => {
+    const info = visible(req, id);
+    if (tenancy.blocked(info.team)) throw new HttpError(403, `sandbox '${id}' is blocked: its team has no live API key`);
+    return info;
+  };
+  /** Templates a caller may start sandboxes from: public ones (built-in, host-made) and its team's. */
+  const templateVisible = (caller: Caller, t: Template): boolean => {
+    if (caller.admin) return true;
+    if (t.config.team !== undefined) return t.config.team === caller.team;
+    return !t.config.snapshotOf && !t.config.ephemeral; // fork and host snapshots carry a sandbox's files: admins only
+  };
+  const isSnapshot = (t: Template) => !!t.config.snapshotOf && !t.config.ephemeral && !t.config.buildStep;
   const timeoutOf = (body: Record<string, unknown> | undefined, key = 'timeout', fallback?: number): number | undefined => {
     const v = body?.[key];
     if (v === undefined || v === null) return fallback;
@@ -120,13 +154,16 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
 
   // ---- create
   const create = async (req: Req, reply: FastifyReply) => {
-    const b = req.body ?? {};
-    if (typeof b !== 'object' || Array.isArray(b)) throw invalid('request body must be a JSON object');
+    const caller = callerOf(req);
+    const raw: unknown = req.body;
+    if (raw === null || (raw !== undefined && (typeof raw !== 'object' || Array.isArray(raw)))) throw invalid('request body must be a JSON object');
+    const b = (raw ?? {}) as Record<string, unknown>;
     const templateRef = b.templateID ?? 'base';
     if (typeof templateRef !== 'string' || !templateRef) throw invalid('templateID must be a string');
     const template = manager.templates.find(templateRef);
-    if (!template) throw notFound(`template '${templateRef}' not found`);
+    if (!template || !templateVisible(caller, template)) throw notFound(`template '${templateRef}' not found`);
     const metadata = stringMap(b.metadata, 'metadata');
+    tenancy.checkMetadata(caller.team, metadata);
     const envVars = stringMap(b.envVars, 'envVars');
     const timeoutSec = timeoutOf(b, 'timeout', DEFAULT_TIMEOUT_SEC)!;
     const autoPause = b.autoPause === true;
@@ -139,6 +176,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
       envVars,
       lifecycle,
       secure: b.secure !== false,
+      team: caller.team,
       extra: { allowInternetAccess: b.allow_internet_access ?? true, network: b.network ?? undefined, mcp: b.mcp ?? undefined },
     }));
     return reply.code(201).send(sandboxBody(info));
@@ -148,7 +186,8 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
 
   // ---- list
   app.get('/sandboxes', async (req: Req) => {
-    const all = filterList(manager.list(), req.query, { defaultStates: ['running'] });
+    const caller = callerOf(req);
+    const all = filterList(manager.list().filter((s) => owns(caller, s.team)), req.query, { defaultStates: ['running'] });
     return all.map(listedBody);
   });
   app.get('/v2/sandboxes', async (req: Req, reply) => {
@@ -158,7 +197,8 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
     const order = (one(q.order) ?? 'desc').toLowerCase();
     if (order !== 'asc' && order !== 'desc') throw invalid("order must be 'asc' or 'desc'");
-    let items = filterList(manager.list(), q, { defaultStates: ['running', 'paused'] });
+    const caller = callerOf(req);
+    let items = filterList(manager.list().filter((s) => owns(caller, s.team)), q, { defaultStates: ['running', 'paused'] });
     const key = (s: SandboxInfo) => [s.startedAt ?? s.createdAt, s.id] as const;
     items.sort((a, b) => {
       const [ta, ia] = key(a);
@@ -191,25 +231,25 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   });
 
   // ---- one sandbox
-  app.get('/sandboxes/:id', async (req: Req) => detailBody(visible(idOf(req))));
+  app.get('/sandboxes/:id', async (req: Req) => detailBody(visible(req, idOf(req))));
 
   app.delete('/sandboxes/:id', async (req: Req, reply) => {
     const id = idOf(req);
-    visible(id);
+    visible(req, id);
     await observe('delete', () => manager.delete(id));
     return reply.code(204).send();
   });
 
   app.post('/sandboxes/:id/pause', async (req: Req, reply) => {
     const id = idOf(req);
-    visible(id);
+    usable(req, id);
     await observe('pause', () => manager.pause(id, { memory: req.body?.memory !== false }));
     return reply.code(204).send();
   });
 
   app.post('/sandboxes/:id/resume', async (req: Req, reply) => {
     const id = idOf(req);
-    visible(id);
+    usable(req, id);
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
     const info = await observe('resume', () => manager.resume(id, { timeoutSec }));
     return reply.code(201).send(sandboxBody(info));
@@ -217,7 +257,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
 
   const connect = async (req: Req, reply: FastifyReply) => {
     const id = idOf(req);
-    visible(id);
+    usable(req, id);
     const timeoutSec = timeoutOf(req.body, 'timeout');
     const { info, resumed } = await observe('connect', () => manager.connect(id, timeoutSec));
     return reply.code(resumed ? 201 : 200).send(sandboxBody(info));
@@ -227,7 +267,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
 
   app.post('/sandboxes/:id/timeout', async (req: Req, reply) => {
     const id = idOf(req);
-    visible(id);
+    usable(req, id);
     const t = timeoutOf(req.body, 'timeout');
     if (t === undefined) throw invalid('timeout is required');
     await manager.setTimeout(id, t);
@@ -236,7 +276,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
 
   app.post('/sandboxes/:id/refreshes', async (req: Req, reply) => {
     const id = idOf(req);
-    visible(id);
+    usable(req, id);
     const d = timeoutOf(req.body, 'duration', 60)!;
     await manager.refresh(id, d);
     return reply.code(204).send();
@@ -260,7 +300,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     const out: Record<string, unknown> = {};
     for (const id of ids) {
       try {
-        const info = visible(id);
+        const info = visible(req, id);
         const m = metrics.latest(id);
         if (m) out[id] = metricBody(info, m);
       } catch {
@@ -271,7 +311,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   });
   app.get('/sandboxes/:id/metrics', async (req: Req) => {
     const id = idOf(req);
-    const info = visible(id);
+    const info = visible(req, id);
     const sec = (k: string) => {
       const v = one(req.query[k]);
       if (v === undefined) return undefined;
@@ -282,44 +322,63 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     return metrics.range(id, sec('start'), sec('end')).map((m) => metricBody(info, m));
   });
 
-  const logs = (id: string) => {
-    const file = join(manager.sandboxDir(id), 'console.log');
-    let text = '';
-    let at = new Date();
-    try {
-      text = readFileSync(file, 'utf8');
-      at = statSync(file).mtime;
-    } catch {
-      /* no output yet */
-    }
-    return text
-      .split('\n')
-      .filter(Boolean)
-      .slice(-1000)
-      .map((line) => ({ timestamp: at.toISOString(), line }));
+  /**
+   * The console log by range, read asynchronously and bounded (lines and bytes): E2B's `start`
+   * (v1) or `cursor` (v2) in ms, `limit`, and v2's `direction`. Lines carry the log's last write
+   * time (the console keeps no per-line times): with a start at or before it the read goes
+   * forward from the beginning; with none (or `direction=backward`) it is the tail.
+   */
+  const logs = async (id: string, q: Record<string, string | string[] | undefined>, startKey: 'start' | 'cursor') => {
+    const limitRaw = one(q.limit);
+    const limit = limitRaw === undefined ? DEFAULT_LOG_LINES : Number(limitRaw);
+    if (!Number.isInteger(limit) || limit < 0) throw invalid('limit must be a non-negative integer');
+    const startRaw = one(q[startKey]);
+    const start = startRaw === undefined || startRaw === '' ? undefined : Number(startRaw);
+    if (start !== undefined && !Number.isFinite(start)) throw invalid(`${startKey} must be a timestamp in milliseconds`);
+    const direction = one(q.direction);
+    if (direction !== undefined && direction !== 'forward' && direction !== 'backward') throw invalid("direction must be 'forward' or 'backward'");
+    const range: LogRange = {
+      from: direction === 'backward' || (direction === undefined && start === undefined) ? 'tail' : 'head',
+      limit: Math.min(limit, MAX_LOG_LINES),
+    };
+    const read = await readConsoleLog(manager.consoleLogPath(id), range);
+    if (start !== undefined && read.mtime.getTime() < start) return [];
+    const level = one(q.level);
+    if (level !== undefined && level !== 'debug' && level !== 'info') return [];
+    const search = one(q.search);
+    const at = read.mtime.toISOString();
+    return read.lines.filter((l) => !search || l.includes(search)).map((line) => ({ timestamp: at, line }));
   };
   app.get('/sandboxes/:id/logs', async (req: Req) => {
     const id = idOf(req);
-    visible(id);
-    const lines = logs(id);
+    usable(req, id);
+    const lines = await logs(id, req.query, 'start');
     return { logs: lines, logEntries: lines.map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
   });
   app.get('/v2/sandboxes/:id/logs', async (req: Req) => {
     const id = idOf(req);
-    visible(id);
-    return { logs: logs(id).map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
+    usable(req, id);
+    return { logs: (await logs(id, req.query, 'cursor')).map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
   });
 
   // ---- snapshots, fork, templates
   app.post('/sandboxes/:id/snapshots', async (req: Req, reply) => {
     const id = idOf(req);
-    visible(id);
+    const info = usable(req, id);
     const name = req.body?.name;
     if (name !== undefined && typeof name !== 'string') throw invalid('name must be a string');
-    const t = await observe('snapshot', () => manager.snapshot(id, { name }));
-    return reply.code(201).send({ snapshotID: t.id, names: [t.name] });
+    // the snapshot belongs to the sandbox's team, and counts against its quota from now on
+    const team = info.team ?? undefined;
+    const release = team ? tenancy.reserveSnapshot(team, manager.templates.list().filter((t) => isSnapshot(t) && t.config.team === team).length) : () => {};
+    try {
+      const t = await observe('snapshot', () => manager.snapshot(id, { name, config: team ? { team } : {} }));
+      return reply.code(201).send({ snapshotID: t.id, names: [t.name] });
+    } finally {
+      release();
+    }
   });
   app.get('/snapshots', async (req: Req, reply) => {
+    const caller = callerOf(req);
     const q = req.query;
     const sandboxId = one(q.sandboxID);
     const name = one(q.name);
@@ -327,7 +386,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
     let snaps = manager.templates
       .list()
-      .filter((t) => t.config.snapshotOf && !t.config.ephemeral && !t.config.buildStep)
+      .filter((t) => isSnapshot(t) && (caller.admin || t.config.team === caller.team))
       .filter((t) => (!sandboxId || t.config.snapshotOf === sandboxId) && (!name || t.name === name))
       .sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? -1 : 1));
     const token = one(q.nextToken);
@@ -340,22 +399,40 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     return page.map((t) => ({ snapshotID: t.id, names: [t.name], sandboxID: t.config.snapshotOf, createdAt: new Date(t.createdAt).toISOString() }));
   });
   app.delete('/templates/:id', async (req: Req, reply) => {
+    const caller = callerOf(req);
     const t = manager.templates.find(req.params.id);
-    if (!t) throw notFound(`template '${req.params.id}' not found`);
+    if (!t || !templateVisible(caller, t)) throw notFound(`template '${req.params.id}' not found`);
+    if (!caller.admin && t.config.team !== caller.team) throw new HttpError(403, `template '${req.params.id}' is public: only an admin key (or the CLI) can delete it`);
     await manager.removeTemplate(t.id);
     return reply.code(204).send();
   });
   app.post('/sandboxes/:id/fork', async (req: Req, reply) => {
     const id = idOf(req);
-    visible(id);
+    usable(req, id);
     const count = req.body?.count ?? 1;
     if (typeof count !== 'number') throw invalid('count must be a number');
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
     const src = manager.get(id);
-    const results = await observe('fork', () => manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra }));
-    return reply.code(201).send(
-      results.map((r) => (r.info ? { sandbox: sandboxBody(r.info) } : { error: { code: STATUS[r.error!.kind], message: r.error!.message } })),
+    const results = await observe('fork', () =>
+      manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra, team: src.team }),
     );
+    const statusOf = (e: CubeboxError) => (e instanceof HttpError ? e.status : STATUS[e.kind]);
+    return reply.code(201).send(
+      results.map((r) => (r.info ? { sandbox: sandboxBody(r.info) } : { error: { code: statusOf(r.error!), message: r.error!.message } })),
+    );
+  });
+
+  // ---- teams (E2B's Team: the caller's own; an admin key sees every team)
+  app.get('/teams', async (req) => {
+    const caller = callerOf(req);
+    const rows = caller.admin ? tenancy.teams() : [tenancy.team(caller.team)].filter((t) => t !== undefined);
+    return rows.map((t) => ({
+      teamID: t.id,
+      name: t.name,
+      // the key is stored hashed: its prefix identifies it without handing a secret around
+      apiKey: t.id === caller.team ? `${caller.keyPrefix}…` : '',
+      isDefault: t.id === caller.team,
+    }));
   });
 
   // ---- not there yet: say so clearly
@@ -387,6 +464,11 @@ function diskSizeMB(manager: SandboxManager, info: SandboxInfo): number {
   return manager.templates.find(info.templateId)?.config.diskSizeMB ?? 1024;
 }
 
+/** An admin key acts on every team's objects; any other key on its own team's. */
+function owns(caller: Caller, team: string | null): boolean {
+  return caller.admin || team === caller.team;
+}
+
 function one(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[v.length - 1] : v;
 }
@@ -410,6 +492,11 @@ function filterList(all: SandboxInfo[], q: Record<string, string | string[] | un
   const meta: [string, string][] = [];
   const m = one(q.metadata);
   if (m) {
+    // key=value pairs joined by '&' (each part URL-encoded): anything else is a bad filter, not "no match"
+    for (const part of m.split('&')) {
+      const eq = part.indexOf('=');
+      if (eq <= 0) throw invalid(`bad metadata filter '${m.slice(0, 200)}': use key=value pairs joined by '&'`);
+    }
     for (const [k, v] of new URLSearchParams(m)) meta.push([safeDecode(k), safeDecode(v)]);
   }
   const template = one(q.template);
@@ -430,6 +517,6 @@ function safeDecode(s: string): string {
   try {
     return decodeURIComponent(s);
   } catch {
-    return s;
+    throw invalid(`bad metadata filter: '${s.slice(0, 200)}' is not URL-encoded`);
   }
 }

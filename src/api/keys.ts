@@ -1,9 +1,11 @@
 // API keys of the control plane: `e2b_` + 40 hex characters, stored as SHA-256 hashes only.
-// The table lives in the instance's SQLite store; the CLI (`cubebox keys ...`) and a running
+// Every key belongs to a team (E2B's model); an admin key manages every team's objects.
+// The table lives in the instance's SQLite store (its schema and migrations: store.ts); the CLI (`cubebox keys ...`) and a running
 // `cubebox serve` use it through separate connections (WAL), and verify() reads it on every
 // request, so a key created or revoked by the CLI takes effect at once.
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type Database from 'better-sqlite3';
+import { DEFAULT_TEAM_ID, migrateStore, type TeamRow } from '../store/store.js';
 import { invalid, notFound } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 
@@ -15,6 +17,10 @@ export interface ApiKeyInfo {
   createdAt: number;
   lastUsedAt: number | null;
   revokedAt: number | null;
+  /** The team's id. */
+  team: string;
+  /** Manages every team's sandboxes, snapshots and templates. */
+  admin: boolean;
 }
 
 export const API_KEY_RE = /^e2b_[0-9a-f]{40}$/;
@@ -22,17 +28,8 @@ const PREFIX_LENGTH = 12; // 'e2b_' + 8 hex
 const MIN_LOOKUP_PREFIX = 8; // 'e2b_' + 4 hex: shorter prefixes are refused by revoke()
 const LAST_USED_RESOLUTION_MS = 60_000;
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS api_keys (
-  id TEXT PRIMARY KEY,
-  name TEXT NOT NULL,
-  prefix TEXT NOT NULL,
-  hash TEXT NOT NULL UNIQUE,
-  created_at BIGINT NOT NULL,
-  last_used_at BIGINT,
-  revoked_at BIGINT
-);
-`;
+/** Team names: what `--team` takes and GET /teams shows. */
+export const TEAM_NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 
 type Row = {
   id: string;
@@ -42,6 +39,8 @@ type Row = {
   created_at: number;
   last_used_at: number | null;
   revoked_at: number | null;
+  team_id: string | null;
+  admin: number;
 };
 
 function toInfo(r: Row): ApiKeyInfo {
@@ -52,6 +51,8 @@ function toInfo(r: Row): ApiKeyInfo {
     createdAt: Number(r.created_at),
     lastUsedAt: r.last_used_at === null ? null : Number(r.last_used_at),
     revokedAt: r.revoked_at === null ? null : Number(r.revoked_at),
+    team: r.team_id ?? DEFAULT_TEAM_ID,
+    admin: Number(r.admin) === 1,
   };
 }
 
@@ -64,27 +65,55 @@ export class ApiKeys {
   private readonly touch: Database.Statement<[number, string]>;
 
   constructor(private readonly db: Database.Database) {
-    db.exec(SCHEMA);
+    migrateStore(db);
     this.byHash = db.prepare<[string], Row>('SELECT * FROM api_keys WHERE hash = ?');
     this.touch = db.prepare<[number, string]>('UPDATE api_keys SET last_used_at = ? WHERE id = ?');
   }
 
-  create(name = ''): { key: string; info: ApiKeyInfo } {
+  /**
+   * A new key of a team (by name or id; a name that no team has yet makes that team; default:
+   * the default team). `admin` keys manage every team's objects.
+   */
+  create(name = '', opts: { team?: string; admin?: boolean } = {}): { key: string; info: ApiKeyInfo } {
     if (typeof name !== 'string' || name.length > 200) throw invalid('the key name must be a string of at most 200 characters');
     const key = 'e2b_' + randomBytes(20).toString('hex');
-    const row: Row = {
-      id: 'key_' + randomId(12),
-      name,
-      prefix: key.slice(0, PREFIX_LENGTH),
-      hash: hashApiKey(key),
-      created_at: Date.now(),
-      last_used_at: null,
-      revoked_at: null,
-    };
-    this.db
-      .prepare('INSERT INTO api_keys (id, name, prefix, hash, created_at, last_used_at, revoked_at) VALUES (@id, @name, @prefix, @hash, @created_at, @last_used_at, @revoked_at)')
-      .run(row);
-    return { key, info: toInfo(row) };
+    return this.db.transaction(() => {
+      const team = this.ensureTeam(opts.team ?? DEFAULT_TEAM_ID);
+      const row: Row = {
+        id: 'key_' + randomId(12),
+        name,
+        prefix: key.slice(0, PREFIX_LENGTH),
+        hash: hashApiKey(key),
+        created_at: Date.now(),
+        last_used_at: null,
+        revoked_at: null,
+        team_id: team.id,
+        admin: opts.admin ? 1 : 0,
+      };
+      this.db
+        .prepare(
+          'INSERT INTO api_keys (id, name, prefix, hash, created_at, last_used_at, revoked_at, team_id, admin) VALUES (@id, @name, @prefix, @hash, @created_at, @last_used_at, @revoked_at, @team_id, @admin)',
+        )
+        .run(row);
+      return { key, info: toInfo(row) };
+    })();
+  }
+
+  /** The team named (by id or name), made when no team has that name. */
+  ensureTeam(ref: string): TeamRow {
+    const found = this.team(ref);
+    if (found) return found;
+    if (!TEAM_NAME_RE.test(ref)) throw invalid(`bad team name '${ref}': use 1-63 of [a-z0-9_.-], starting with a letter or digit`);
+    const row: TeamRow = { id: 'team_' + randomId(12), name: ref, createdAt: Date.now(), quota: '{}' };
+    this.db.prepare('INSERT INTO teams (id, name, created_at, quota) VALUES (?, ?, ?, ?)').run(row.id, row.name, row.createdAt, row.quota);
+    return row;
+  }
+
+  team(ref: string): TeamRow | undefined {
+    const r = this.db.prepare('SELECT * FROM teams WHERE id = ? OR name = ?').get(ref, ref) as
+      | { id: string; name: string; created_at: number; quota: string }
+      | undefined;
+    return r && { id: r.id, name: r.name, createdAt: Number(r.created_at), quota: r.quota };
   }
 
   /** Every key, revoked ones included, oldest first. */

@@ -1,14 +1,16 @@
-// `cubebox keys create|list|revoke`: API keys of a data directory. The CLI opens the instance's
+// `cubebox keys create|list|revoke` and `cubebox teams list|create|set-quota`: API keys and
+// their teams in a data directory. The CLI opens the instance's
 // SQLite store directly (WAL mode), so it works while `cubebox serve` runs; serve checks keys
 // against the same database on every request.
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { ApiKeys, type ApiKeyInfo } from '../api/keys.js';
+import { DEFAULT_QUOTA, parseQuota, QUOTA_KEYS, setTeamQuota, type Quota } from '../api/tenancy.js';
 import { openPaths } from '../config.js';
 import { Store } from '../store/store.js';
-import { notFound } from '../util/errors.js';
+import { invalid, notFound } from '../util/errors.js';
 
-function withKeys<T>(dataDir: string, create: boolean, fn: (keys: ApiKeys) => T): T {
+function withKeys<T>(dataDir: string, create: boolean, fn: (keys: ApiKeys, store: Store) => T): T {
   if (!create && !existsSync(dataDir)) throw notFound(`${dataDir} is not a cubebox data directory`);
   let paths;
   try {
@@ -19,7 +21,7 @@ function withKeys<T>(dataDir: string, create: boolean, fn: (keys: ApiKeys) => T)
   if (!create && !existsSync(paths.db)) throw notFound(`${dataDir} has no store yet (no API keys)`);
   const store = new Store(paths.db);
   try {
-    return fn(new ApiKeys(store.db));
+    return fn(new ApiKeys(store.db), store);
   } finally {
     store.close();
   }
@@ -27,9 +29,10 @@ function withKeys<T>(dataDir: string, create: boolean, fn: (keys: ApiKeys) => T)
 
 const iso = (t: number | null) => (t === null ? '-' : new Date(t).toISOString());
 
-function describe(k: ApiKeyInfo): string {
+function describe(k: ApiKeyInfo & { teamName?: string }): string {
   const state = k.revokedAt === null ? 'active' : `revoked ${iso(k.revokedAt)}`;
-  return `${k.id}  ${(k.prefix + '…').padEnd(14)} ${(k.name || '-').padEnd(20)} created ${iso(k.createdAt)}  last used ${iso(k.lastUsedAt)}  ${state}`;
+  const team = `${k.teamName ?? k.team}${k.admin ? ' (admin)' : ''}`;
+  return `${k.id}  ${(k.prefix + '…').padEnd(14)} ${(k.name || '-').padEnd(20)} team ${team.padEnd(16)} created ${iso(k.createdAt)}  last used ${iso(k.lastUsedAt)}  ${state}`;
 }
 
 export function registerKeysCommand(program: Command, dataDirOf: (cmd: Command) => string): void {
@@ -38,9 +41,16 @@ export function registerKeysCommand(program: Command, dataDirOf: (cmd: Command) 
     .command('create')
     .description('create an API key; prints the key alone on the last line (it is stored hashed and never shown again)')
     .option('--name <name>', 'a name to recognise the key by')
-    .action((opts: { name?: string }, cmd: Command) => {
-      const { key, info } = withKeys(dataDirOf(cmd), true, (k) => k.create(opts.name ?? ''));
-      process.stderr.write(`created API key ${info.id}${info.name ? ` (${info.name})` : ''}; keep it now, it cannot be shown again\n`);
+    .option('--team <team>', "the key's team (made when no team has that name; default: the default team)")
+    .option('--admin', "an admin key: sees and manages every team's sandboxes, snapshots and templates")
+    .action((opts: { name?: string; team?: string; admin?: boolean }, cmd: Command) => {
+      const { key, info, team } = withKeys(dataDirOf(cmd), true, (k) => {
+        const made = k.create(opts.name ?? '', { team: opts.team, admin: opts.admin });
+        return { ...made, team: k.team(made.info.team)?.name ?? made.info.team };
+      });
+      process.stderr.write(
+        `created ${info.admin ? 'admin ' : ''}API key ${info.id}${info.name ? ` (${info.name})` : ''} of team '${team}'; keep it now, it cannot be shown again\n`,
+      );
       process.stdout.write(key + '\n');
     });
   keys
@@ -48,7 +58,10 @@ export function registerKeysCommand(program: Command, dataDirOf: (cmd: Command) 
     .description('list API keys (prefixes only)')
     .option('--json', 'print JSON')
     .action((opts: { json?: boolean }, cmd: Command) => {
-      const list = withKeys(dataDirOf(cmd), false, (k) => k.list());
+      const list = withKeys(dataDirOf(cmd), false, (k, store) => {
+        const names = new Map(store.listTeams().map((t) => [t.id, t.name]));
+        return k.list().map((i) => ({ ...i, teamName: names.get(i.team) ?? i.team }));
+      });
       if (opts.json) return void process.stdout.write(JSON.stringify(list, null, 2) + '\n');
       if (!list.length) return void process.stderr.write('no API keys: create one with `cubebox keys create`\n');
       for (const k of list) process.stdout.write(describe(k) + '\n');
@@ -61,4 +74,66 @@ export function registerKeysCommand(program: Command, dataDirOf: (cmd: Command) 
       process.stderr.write(`revoked API key ${info.id} (${info.prefix}…)\n`);
       process.stdout.write(info.id + '\n');
     });
+}
+
+const QUOTA_FLAGS: Record<keyof Quota, string> = {
+  sandboxes: 'sandboxes',
+  vcpus: 'vcpus',
+  memoryMB: 'memory-mb',
+  diskMB: 'disk-mb',
+  snapshots: 'snapshots',
+  metadataBytes: 'metadata-bytes',
+};
+
+/** `cubebox teams ...`: teams, their live keys and quotas. Teams are made by `keys create --team` or `teams create`. */
+export function registerTeamsCommand(program: Command, dataDirOf: (cmd: Command) => string): void {
+  const teams = program.command('teams').description('manage teams (every API key belongs to one) and their quotas');
+  teams
+    .command('list')
+    .description('list teams with their live keys and quotas')
+    .option('--json', 'print JSON')
+    .action((opts: { json?: boolean }, cmd: Command) => {
+      const list = withKeys(dataDirOf(cmd), false, (k, store) => {
+        const keys = k.list();
+        return store.listTeams().map((t) => ({
+          teamID: t.id,
+          name: t.name,
+          liveKeys: keys.filter((x) => x.team === t.id && x.revokedAt === null).length,
+          blocked: !store.teamHasLiveKey(t.id),
+          quota: { ...DEFAULT_QUOTA, ...parseQuota(t.quota) },
+        }));
+      });
+      if (opts.json) return void process.stdout.write(JSON.stringify(list, null, 2) + '\n');
+      for (const t of list) {
+        const q = QUOTA_KEYS.map((k) => `${QUOTA_FLAGS[k]}=${t.quota[k]}`).join(' ');
+        process.stdout.write(`${t.teamID}  ${t.name.padEnd(20)} keys ${t.liveKeys}${t.blocked ? ' (blocked)' : ''}  ${q}\n`);
+      }
+    });
+  teams
+    .command('create <name>')
+    .description('create a team (without keys it is blocked until one is made with `keys create --team`)')
+    .action((name: string, _o: unknown, cmd: Command) => {
+      const team = withKeys(dataDirOf(cmd), true, (k) => {
+        if (k.team(name)) throw invalid(`team '${name}' exists`);
+        return k.ensureTeam(name);
+      });
+      process.stdout.write(team.id + '\n');
+    });
+  let set = teams
+    .command('set-quota <team>')
+    .description(`set a team's limits (a 429 names the one a create or resume would pass); 'default' resets one. Defaults: ${QUOTA_KEYS.map((k) => `${QUOTA_FLAGS[k]} ${DEFAULT_QUOTA[k]}`).join(', ')}`);
+  for (const k of QUOTA_KEYS) set = set.option(`--${QUOTA_FLAGS[k]} <n>`, `limit: ${k}`);
+  set.action((ref: string, opts: Record<string, string | undefined>, cmd: Command) => {
+    const change: Partial<Record<keyof Quota, number | null>> = {};
+    for (const k of QUOTA_KEYS) {
+      const raw = opts[QUOTA_FLAGS[k].replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase())];
+      if (raw === undefined) continue;
+      if (raw === 'default') change[k] = null;
+      else if (/^\d+$/.test(raw)) change[k] = Number(raw);
+      else throw invalid(`--${QUOTA_FLAGS[k]} must be a non-negative integer or 'default', got '${raw}'`);
+    }
+    if (!Object.keys(change).length) throw invalid(`name at least one limit: ${QUOTA_KEYS.map((k) => '--' + QUOTA_FLAGS[k]).join(' ')}`);
+    const q = withKeys(dataDirOf(cmd), false, (_k, store) => setTeamQuota(store, ref, change));
+    process.stdout.write(JSON.stringify(q) + '\n');
+  });
 }

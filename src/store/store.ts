@@ -23,6 +23,8 @@ export type ResourceKind = 'dir' | 'mount' | 'cgroup' | 'container' | 'uidrange'
 export interface SandboxRow {
   id: string;
   templateId: string;
+  /** The owning team (API creates); null for sandboxes made on the host (CLI) and pooled ones. */
+  team?: string | null;
   state: SandboxState;
   stateDeadline: number | null; // ms epoch: the reconciler acts when a transitional state outlives it
   runtime: string;
@@ -86,12 +88,83 @@ CREATE TABLE IF NOT EXISTS resources (
 );
 `;
 
+/** The schema version this code writes; migrate() brings older stores up to it. */
+export const SCHEMA_VERSION = 2;
+
+/** The team that keys and sandboxes made before teams existed belong to. */
+export const DEFAULT_TEAM_ID = 'team_default';
+export const DEFAULT_TEAM_NAME = 'default';
+
+/**
+ * Brings a store to SCHEMA_VERSION, one step at a time, each in an immediate transaction
+ * (a second process opening the same store waits, then finds the work done). Idempotent.
+ *   1 -> 2: teams; API keys move here and get a team (existing ones: the default team) and
+ *           an admin flag; sandboxes get a team column (existing ones: the default team);
+ *           snapshots made through the API before teams belong to the default team.
+ */
+export function migrateStore(db: Database.Database): void {
+  db.exec(SCHEMA);
+  const version = (): number => {
+    const r = db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: string } | undefined;
+    return r ? Number(r.value) : 1;
+  };
+  if (version() >= SCHEMA_VERSION) return;
+  db.transaction(() => {
+    if (version() >= SCHEMA_VERSION) return;
+    const columns = (table: string) => new Set((db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).map((c) => c.name));
+    if (version() < 2) {
+      db.exec(`
+        CREATE TABLE IF NOT EXISTS teams (
+          id TEXT PRIMARY KEY,
+          name TEXT NOT NULL UNIQUE,
+          created_at BIGINT NOT NULL,
+          quota TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE IF NOT EXISTS api_keys (
+          id TEXT PRIMARY KEY,
+          name TEXT NOT NULL,
+          prefix TEXT NOT NULL,
+          hash TEXT NOT NULL UNIQUE,
+          created_at BIGINT NOT NULL,
+          last_used_at BIGINT,
+          revoked_at BIGINT
+        );
+      `);
+      const keyCols = columns('api_keys');
+      if (!keyCols.has('team_id')) db.exec('ALTER TABLE api_keys ADD COLUMN team_id TEXT');
+      if (!keyCols.has('admin')) db.exec('ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0');
+      if (!columns('sandboxes').has('team')) db.exec('ALTER TABLE sandboxes ADD COLUMN team TEXT');
+      db.exec('CREATE INDEX IF NOT EXISTS api_keys_team ON api_keys (team_id, revoked_at)');
+      db.exec('CREATE INDEX IF NOT EXISTS sandboxes_team ON sandboxes (team, state)');
+      db.prepare('INSERT INTO teams (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING').run(DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, Date.now());
+      db.prepare('UPDATE api_keys SET team_id = ? WHERE team_id IS NULL').run(DEFAULT_TEAM_ID);
+      db.prepare("UPDATE sandboxes SET team = ? WHERE team IS NULL AND state <> 'pooled'").run(DEFAULT_TEAM_ID);
+      for (const t of db.prepare('SELECT id, config FROM templates').all() as { id: string; config: string }[]) {
+        const c = JSON.parse(t.config) as { snapshotOf?: string; ephemeral?: boolean; buildStep?: boolean; team?: string };
+        if (c.snapshotOf && !c.ephemeral && !c.buildStep && c.team === undefined) {
+          db.prepare('UPDATE templates SET config = ? WHERE id = ?').run(JSON.stringify({ ...c, team: DEFAULT_TEAM_ID }), t.id);
+        }
+      }
+    }
+    db.prepare("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value").run(String(SCHEMA_VERSION));
+  }).immediate();
+}
+
+export interface TeamRow {
+  id: string;
+  name: string;
+  createdAt: number;
+  /** JSON of the quota overrides (unset limits take the defaults). */
+  quota: string;
+}
+
 type Raw = Record<string, unknown>;
 
 function toSandbox(r: Raw): SandboxRow {
   return {
     id: r.id as string,
     templateId: r.template_id as string,
+    team: (r.team as string | null) ?? null,
     state: r.state as SandboxState,
     stateDeadline: (r.state_deadline as number | null) ?? null,
     runtime: r.runtime as string,
@@ -128,7 +201,7 @@ export class Store {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('busy_timeout = 5000');
-    this.db.exec(SCHEMA);
+    migrateStore(this.db);
   }
 
   close(): void {
@@ -143,10 +216,10 @@ export class Store {
   insertSandbox(row: SandboxRow): void {
     this.db
       .prepare(
-        `INSERT INTO sandboxes (id, template_id, state, state_deadline, runtime, uid_slot, pid, created_at, started_at, end_at, spec, last_error, attempts, next_attempt_at)
-         VALUES (@id, @templateId, @state, @stateDeadline, @runtime, @uidSlot, @pid, @createdAt, @startedAt, @endAt, @spec, @lastError, @attempts, @nextAttemptAt)`,
+        `INSERT INTO sandboxes (id, template_id, team, state, state_deadline, runtime, uid_slot, pid, created_at, started_at, end_at, spec, last_error, attempts, next_attempt_at)
+         VALUES (@id, @templateId, @team, @state, @stateDeadline, @runtime, @uidSlot, @pid, @createdAt, @startedAt, @endAt, @spec, @lastError, @attempts, @nextAttemptAt)`,
       )
-      .run(row);
+      .run({ ...row, team: row.team ?? null });
   }
 
   getSandbox(id: string): SandboxRow | undefined {
@@ -161,6 +234,7 @@ export class Store {
   updateSandbox(id: string, fields: Partial<Omit<SandboxRow, 'id'>>): void {
     const cols: Record<string, string> = {
       templateId: 'template_id',
+      team: 'team',
       state: 'state',
       stateDeadline: 'state_deadline',
       runtime: 'runtime',
@@ -191,6 +265,42 @@ export class Store {
     const rows = this.db.prepare('SELECT uid_slot FROM sandboxes WHERE uid_slot IS NOT NULL').all() as { uid_slot: number }[];
     return new Set(rows.map((r) => r.uid_slot));
   }
+
+  /** A team's sandboxes in the given states (for quota accounting). */
+  teamSandboxes(team: string, states: readonly SandboxState[]): SandboxRow[] {
+    const marks = states.map(() => '?').join(', ');
+    return (this.db.prepare(`SELECT * FROM sandboxes WHERE team = ? AND state IN (${marks})`).all(team, ...states) as Raw[]).map(toSandbox);
+  }
+
+  // --- teams ---
+  insertTeam(row: TeamRow): void {
+    this.db.prepare('INSERT INTO teams (id, name, created_at, quota) VALUES (?, ?, ?, ?)').run(row.id, row.name, row.createdAt, row.quota);
+  }
+
+  getTeam(idOrName: string): TeamRow | undefined {
+    const r = this.db.prepare('SELECT * FROM teams WHERE id = ? OR name = ?').get(idOrName, idOrName) as Raw | undefined;
+    return r ? { id: r.id as string, name: r.name as string, createdAt: Number(r.created_at), quota: r.quota as string } : undefined;
+  }
+
+  listTeams(): TeamRow[] {
+    return (this.db.prepare('SELECT * FROM teams ORDER BY created_at, id').all() as Raw[]).map((r) => ({
+      id: r.id as string,
+      name: r.name as string,
+      createdAt: Number(r.created_at),
+      quota: r.quota as string,
+    }));
+  }
+
+  setTeamQuota(id: string, quota: string): void {
+    this.db.prepare('UPDATE teams SET quota = ? WHERE id = ?').run(quota, id);
+  }
+
+  /** Whether the team has at least one API key that is not revoked (a team without one is blocked). */
+  teamHasLiveKey(team: string): boolean {
+    this.liveKeyStmt ??= this.db.prepare('SELECT 1 AS x FROM api_keys WHERE team_id = ? AND revoked_at IS NULL LIMIT 1');
+    return this.liveKeyStmt.get(team) !== undefined;
+  }
+  private liveKeyStmt: Database.Statement | undefined;
 
   // --- ledger ---
   /** Records a resource before it is created, so that a crash leaves a record of it. */

@@ -36,6 +36,8 @@ export interface TemplateConfig {
    * default; `cubebox doctor` lists the templates that turn it on.
    */
   nestedContainers?: boolean;
+  /** The owning team (snapshots made through the API); unset: public (built-in and host-made templates). */
+  team?: string;
 }
 
 function shellQuote(arg: string): string {

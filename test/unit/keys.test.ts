@@ -9,7 +9,8 @@ import { Command } from 'commander';
 import { ApiKeys, hashApiKey } from '../../src/api/keys.js';
 import { registerKeysCommand } from '../../src/cli/keys.js';
 import { openPaths, PROJECT_ROOT } from '../../src/config.js';
-import { Store } from '../../src/store/store.js';
+import Database from 'better-sqlite3';
+import { DEFAULT_TEAM_ID, migrateStore, Store } from '../../src/store/store.js';
 import { CubeboxError } from '../../src/util/errors.js';
 
 const KEY_RE = /^e2b_[0-9a-f]{40}$/;
@@ -90,7 +91,53 @@ describe('ApiKeys', () => {
     assert.ok(list.length >= 4);
     for (const k of list) {
       assert.match(k.prefix, /^e2b_[0-9a-f]{8}$/);
-      assert.deepEqual(Object.keys(k).sort(), ['createdAt', 'id', 'lastUsedAt', 'name', 'prefix', 'revokedAt']);
+      assert.deepEqual(Object.keys(k).sort(), ['admin', 'createdAt', 'id', 'lastUsedAt', 'name', 'prefix', 'revokedAt', 'team']);
+    }
+  });
+
+  test('every key has a team: the default one, or a named one made on first use; admin is a flag', () => {
+    const plain = keys.create('p');
+    assert.equal(plain.info.team, DEFAULT_TEAM_ID);
+    assert.equal(plain.info.admin, false);
+    const t1 = keys.create('t1', { team: 'acme' });
+    const t2 = keys.create('t2', { team: 'acme', admin: true });
+    assert.notEqual(t1.info.team, DEFAULT_TEAM_ID);
+    assert.equal(t2.info.team, t1.info.team);
+    assert.equal(t2.info.admin, true);
+    assert.equal(keys.verify(t2.key)?.admin, true);
+    assert.equal(keys.team('acme')?.id, t1.info.team);
+    assert.throws(() => keys.create('bad', { team: 'Bad Name!' }), CubeboxError);
+    assert.equal(store.teamHasLiveKey(t1.info.team), true);
+    keys.revoke(t1.info.id);
+    assert.equal(store.teamHasLiveKey(t1.info.team), true);
+    keys.revoke(t2.info.id);
+    assert.equal(store.teamHasLiveKey(t1.info.team), false);
+  });
+
+  test('a store from before teams is migrated: its keys and sandboxes join the default team', () => {
+    const old = mkdtempSync(join(tmpdir(), 'cubebox-keys-old-'));
+    try {
+      const db = new Database(join(old, 'cubebox.db'));
+      db.exec(`CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL, last_used_at BIGINT, revoked_at BIGINT);
+        CREATE TABLE sandboxes (id TEXT PRIMARY KEY, template_id TEXT NOT NULL, state TEXT NOT NULL, state_deadline BIGINT, runtime TEXT NOT NULL, uid_slot INTEGER UNIQUE, pid INTEGER, created_at BIGINT NOT NULL, started_at BIGINT, end_at BIGINT, spec TEXT NOT NULL, last_error TEXT, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT);`);
+      const key = 'e2b_' + 'ab'.repeat(20);
+      db.prepare('INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL, NULL)').run('key_old', 'old', key.slice(0, 12), hashApiKey(key), 1);
+      db.prepare("INSERT INTO sandboxes (id, template_id, state, runtime, created_at, spec) VALUES ('s1', 't', 'running', 'crun', 1, '{}'), ('s2', 't', 'pooled', 'crun', 1, '{}')").run();
+      db.close();
+      const s2 = new Store(join(old, 'cubebox.db'));
+      try {
+        const k2 = new ApiKeys(s2.db);
+        assert.equal(k2.verify(key)?.team, DEFAULT_TEAM_ID);
+        assert.equal(s2.getSandbox('s1')?.team, DEFAULT_TEAM_ID);
+        assert.equal(s2.getSandbox('s2')?.team, null);
+        assert.equal((s2.db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: string }).value, '2');
+        migrateStore(s2.db); // idempotent
+      } finally {
+        s2.close();
+      }
+    } finally {
+      rmSync(old, { recursive: true, force: true });
     }
   });
 
