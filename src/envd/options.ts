@@ -19,7 +19,8 @@ function defaultHelper(): string | undefined {
 
 export function parseArgs(argv: string[]): EnvdOptions {
   const opts: EnvdOptions = {
-    port: 49983,
+    // TCP is off unless asked for; it then also needs an access token (ENVD_ACCESS_TOKEN or /init).
+    port: 0,
     hosts: [],
     passwdPath: '/etc/passwd',
     groupPath: '/etc/group',

@@ -1,12 +1,14 @@
 // Test harness for envd: runs the built bundle (dist/envd, copied into a temporary directory with
-// no node_modules around it) on 127.0.0.1/::1:49983 (where the SDK's debug mode looks) and on a
-// unix socket, with its own passwd/group files: the user `user` gets a uid and gid that are free
+// no node_modules around it) on a unix socket, as the host runs it, and forwards
+// 127.0.0.1/::1:49983 (where the SDK's debug mode looks) to that socket, as the host's proxy
+// does (envd's own TCP listener needs a token: see test/security/envd-users.test.ts). It has its
+// own passwd/group files: the user `user` gets a uid and gid that are free
 // on this host and a home inside the temporary directory, so nothing outside it is touched.
 // stop() kills envd (which kills every process it started) and removes the directory.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -100,8 +102,6 @@ export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[
     [
       ...nodeFlags,
       join(bin, 'envd.mjs'),
-      '--port', String(ENVD_PORT),
-      '--host', hosts.join(','),
       '--socket', socket,
       '--passwd', join(dir, 'passwd'),
       '--group', join(dir, 'group'),
@@ -135,6 +135,23 @@ export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[
     throw new Error(`envd did not become ready: ${stderr}`);
   }
 
+  // TCP on the SDK's debug address, forwarded to the socket.
+  const forwarders: Server[] = [];
+  for (const host of hosts) {
+    const srv = createServer((c) => {
+      const up = connect(socket);
+      c.on('error', () => up.destroy());
+      up.on('error', () => c.destroy());
+      c.pipe(up);
+      up.pipe(c);
+    });
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen({ host, port: ENVD_PORT, exclusive: true }, () => resolve());
+    });
+    forwarders.push(srv);
+  }
+
   return {
     dir,
     home,
@@ -147,6 +164,9 @@ export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[
     pid: child.pid as number,
     stderr: () => stderr,
     async stop() {
+      for (const f of forwarders) {
+        f.close();
+      }
       if (!exited) {
         child.kill('SIGTERM');
         const t = setTimeout(() => {

@@ -9,7 +9,8 @@ import { permissionString } from '../../src/envd/fs/entry.js';
 import { MultipartParser, multipartBoundary, parseContentDisposition, type PartInfo } from '../../src/envd/http/multipart.js';
 import { parseArgs, UsageError } from '../../src/envd/options.js';
 import { resolvePath } from '../../src/envd/paths.js';
-import { endInfo } from '../../src/envd/process/manager.js';
+import { Code } from '@connectrpc/connect';
+import { endInfo, spawnError } from '../../src/envd/process/manager.js';
 import { UserDb } from '../../src/envd/users.js';
 
 async function parseAll(body: Buffer, boundary: string, chunk: number): Promise<{ part: PartInfo; data: string }[]> {
@@ -110,8 +111,19 @@ describe('envd units', () => {
     assert.equal(o.passwdPath, '/p');
     assert.equal(o.stateDir, '');
     assert.equal(o.helperPath, process.execPath);
-    assert.equal(parseArgs([]).port, 49983);
+    // No TCP unless asked for.
+    assert.equal(parseArgs(['--socket', '/run/e.sock']).port, 0);
+    assert.equal(parseArgs(['--port', '49983']).port, 49983);
+    assert.throws(() => parseArgs([]), UsageError);
     assert.throws(() => parseArgs(['--port', '0']), UsageError);
     assert.throws(() => parseArgs(['--bogus']), UsageError);
+  });
+
+  test('a fork refused under the pids limit is resource_exhausted, naming the limit', () => {
+    const e = spawnError(Object.assign(new Error('spawn EAGAIN'), { code: 'EAGAIN' }));
+    assert.equal(e.code, Code.ResourceExhausted);
+    assert.match(e.message, /pids limit/);
+    assert.equal(spawnError(new Error('posix_spawnp failed: EAGAIN')).code, Code.ResourceExhausted);
+    assert.equal(spawnError(Object.assign(new Error('spawn ENOENT'), { code: 'ENOENT' })).code, Code.InvalidArgument);
   });
 });

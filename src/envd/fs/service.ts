@@ -38,6 +38,8 @@ export function errnoToConnect(e: unknown, path: string): ConnectError {
       return new ConnectError(`permission denied: ${path}`, Code.PermissionDenied);
     case 'ENOSPC':
       return new ConnectError(`no space left on device: ${path}`, Code.ResourceExhausted);
+    case 'EAGAIN':
+      return new ConnectError(`the sandbox reached its process limit (pids limit): ${err.message}`, Code.ResourceExhausted);
     case 'EINVAL':
       return new ConnectError(`${err.message}`, Code.InvalidArgument);
     default:

@@ -121,6 +121,29 @@ export function killSession(sid: number, sig: NodeJS.Signals): void {
   }
 }
 
+/**
+ * Why a process could not start, as a Connect error: the sandbox's limits (a fork refused with
+ * EAGAIN under the pids limit, no memory, no file descriptors) are resource_exhausted, not a bad
+ * request.
+ */
+export function spawnError(e: NodeJS.ErrnoException): ConnectError {
+  const code = e.code ?? /\b(EAGAIN|ENOMEM|EMFILE|ENFILE)\b/.exec(e.message ?? '')?.[1];
+  switch (code) {
+    case 'EAGAIN':
+      return new ConnectError(
+        `failed to start the process: the sandbox reached its process limit (pids limit: too many processes or threads running): ${e.message}`,
+        Code.ResourceExhausted,
+      );
+    case 'ENOMEM':
+      return new ConnectError(`failed to start the process: the sandbox is out of memory: ${e.message}`, Code.ResourceExhausted);
+    case 'EMFILE':
+    case 'ENFILE':
+      return new ConnectError(`failed to start the process: too many open files: ${e.message}`, Code.ResourceExhausted);
+    default:
+      return new ConnectError(`failed to start the process: ${e.message}`, Code.InvalidArgument);
+  }
+}
+
 let ptyModule: typeof import('node-pty') | undefined;
 async function loadPty(): Promise<typeof import('node-pty')> {
   if (!ptyModule) {
@@ -307,7 +330,7 @@ export class ProcessManager {
           ...(w.direct ? { uid: spec.user.uid, gid: spec.user.gid } : {}),
         });
       } catch (e) {
-        throw new ConnectError(`failed to start the process: ${(e as Error).message}`, Code.InvalidArgument);
+        throw spawnError(e as NodeJS.ErrnoException);
       }
       const proc = new ManagedProcess(term.pid, spec, undefined, term, onEnd);
       this.processes.set(proc.pid, proc);
@@ -326,8 +349,8 @@ export class ProcessManager {
       ...(w.direct ? { uid: spec.user.uid, gid: spec.user.gid } : {}),
     });
     if (child.pid === undefined) {
-      const err = await new Promise<Error>((resolve) => child.once('error', resolve));
-      throw new ConnectError(`failed to start the process: ${err.message}`, Code.InvalidArgument);
+      const err = await new Promise<NodeJS.ErrnoException>((resolve) => child.once('error', resolve));
+      throw spawnError(err);
     }
     const proc = new ManagedProcess(child.pid, spec, child, undefined, onEnd);
     this.processes.set(proc.pid, proc);
