@@ -3,6 +3,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RuntimeName } from '../config.js';
 import { defaultSeccomp } from './seccomp.js';
+import { sandboxCpuCeiling } from './cgroups.js';
 
 /** The capabilities a sandbox's root keeps (podman's default set, without MKNOD, NET_RAW, AUDIT_WRITE). */
 export const SANDBOX_CAPABILITIES = [
@@ -116,7 +117,8 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     resources: {
       devices: [{ allow: false, access: 'rwm' }],
       memory: { limit: spec.limits.memoryMB * 1024 * 1024 },
-      cpu: { period: 100000, quota: Math.round(spec.limits.cpuCount * 100000) },
+      // never the whole host: it keeps a tenth of its CPUs whatever a template asks
+      cpu: { period: 100000, quota: Math.round(Math.min(spec.limits.cpuCount, sandboxCpuCeiling()) * 100000) },
       pids: { limit: spec.limits.pids },
     },
     maskedPaths: MASKED_PATHS,

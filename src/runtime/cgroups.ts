@@ -1,4 +1,5 @@
 import { existsSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 
 export type CgroupMode = 'v1' | 'v2' | 'hybrid';
@@ -203,3 +204,65 @@ export function listInstanceCgroups(mode: CgroupMode, parent: string): string[] 
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** What all of an instance's sandboxes together may use, set on their common parent cgroup. */
+export interface InstanceLimits {
+  /** Processes of every sandbox together: many fork bombs cannot exhaust the host's pid_max. */
+  pids: number;
+  /**
+   * CPU weight of the sandboxes together against the host's other cgroups (v1 cpu.shares,
+   * default 1024): under contention the host's own work comes first. A weight rather than a
+   * quota, since v1 refuses a child quota above its parent's; each sandbox has its quota.
+   */
+  cpuShares: number;
+  /** Block-IO weight of the sandboxes together against the host's other cgroups (BFQ, 1-1000; the default is 100). */
+  ioWeight: number;
+}
+
+/** Defaults from the host: half of pid_max, half the default CPU and IO weights. */
+export function defaultInstanceLimits(): InstanceLimits {
+  let pidMax = 32768;
+  try {
+    pidMax = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim()) || pidMax;
+  } catch {
+    /* the kernel's own default */
+  }
+  const budget = Number(process.env.CUBEBOX_SANDBOX_PIDS_BUDGET);
+  return { pids: Number.isInteger(budget) && budget > 0 ? budget : Math.floor(pidMax / 2), cpuShares: 512, ioWeight: 50 };
+}
+
+/** The most CPUs one sandbox gets: 90% of the host's, so that the host always keeps some. */
+export function sandboxCpuCeiling(hostCpus = availableParallelism()): number {
+  return Math.max(0.1, Math.floor(hostCpus * 90) / 100);
+}
+
+/**
+ * Sets the instance-wide limits on the sandboxes' parent cgroup (the runtime creates it
+ * with the first sandbox). Idempotent and cheap: called after every start. Controllers this
+ * host lacks are skipped; returns the files that hold the limits.
+ */
+export function applyInstanceLimits(mode: CgroupMode, parent: string, limits: InstanceLimits): string[] {
+  const writes: [string, string][] =
+    mode === 'v2'
+      ? [
+          [join(ROOT, parent, 'pids.max'), String(limits.pids)],
+          // cpu.weight is 1-10000 with 100 the default: the same ratio as shares/1024
+          [join(ROOT, parent, 'cpu.weight'), String(Math.max(1, Math.round((limits.cpuShares / 1024) * 100)))],
+          [join(ROOT, parent, 'io.bfq.weight'), String(limits.ioWeight)],
+        ]
+      : [
+          [join(ROOT, 'pids', parent, 'pids.max'), String(limits.pids)],
+          [join(ROOT, 'cpu', parent, 'cpu.shares'), String(limits.cpuShares)],
+          [join(ROOT, 'blkio', parent, 'blkio.bfq.weight'), String(limits.ioWeight)],
+        ];
+  const set: string[] = [];
+  for (const [file, value] of writes) {
+    try {
+      if (readFileSync(file, 'utf8').trim().split(/\s+/).pop() !== value) writeFileSync(file, value);
+      set.push(file);
+    } catch {
+      /* no such controller here, or no parent yet */
+    }
+  }
+  return set;
+}

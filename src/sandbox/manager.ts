@@ -7,7 +7,7 @@ import pino, { type Logger } from 'pino';
 import { naming, openPaths, type Paths, type RuntimeName } from '../config.js';
 import { type BundleSpec, type Limits, renewBootId, writeBundle } from '../runtime/bundle.js';
 import { prepareSupportTree, SANDBOX_SUPPORT, type SupportTree } from '../runtime/support.js';
-import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
+import { applyInstanceLimits, defaultInstanceLimits, detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
 import { mountDisk, mountRootfs, mountsUnder, mountTable, releaseLoopDevices, rootfsLayout, unmountRootfs } from '../runtime/rootfs.js';
 import { copyLayerUnshifted } from '../template/layer-copy.js';
@@ -189,6 +189,7 @@ export interface ReconcileReport {
  */
 export class SandboxManager {
   readonly locks = new KeyedMutex();
+  private readonly instanceLimits = defaultInstanceLimits();
   /**
    * 'interrupt' (sandboxId, reason: 'paused' | 'killed'): the sandbox stops serving (pause,
    *   delete); open streams must be cut, telling the client why.
@@ -495,6 +496,7 @@ export class SandboxManager {
     faultPoint('create:before-run');
     // a zero exit of a detached run means the container's first process is running
     const pid = await this.runtime.run(cid, bundleDir, this.consoleLogPath(id));
+    this.applyInstanceLimits();
     faultPoint('create:after-run');
     if (spec.agent) await this.waitForAgent(id);
     await this.startTemplateCommand(id, spec);
@@ -730,6 +732,11 @@ export class SandboxManager {
     throw new Error(`the template's readiness check did not pass in ${timeoutMs / 1000} s (last exit ${last})`);
   }
 
+  /** The pids budget and CPU and IO weights of all sandboxes together, on their parent cgroup. */
+  private applyInstanceLimits(): void {
+    applyInstanceLimits(this.cgroupMode, naming.cgroupParent(this.paths.instanceId), this.instanceLimits);
+  }
+
   /** Host path of the unix socket on which a sandbox's envd listens (on the sandbox's disk). */
   envdSocket(id: string): string {
     return join(this.sandboxDir(id), 'disk', 'run', 'envd.sock');
@@ -860,6 +867,7 @@ export class SandboxManager {
     writeBundle(join(this.sandboxDir(id), 'bundle'), this.bundleSpec(id, spec, rootfs, this.idMapFor(this.requireRow(id).uidSlot)));
     renewBootId(join(this.sandboxDir(id), 'bundle')); // a new boot, a new boot id
     const pid = await this.runtimeOf(id).run(cid, join(this.sandboxDir(id), 'bundle'), this.consoleLogPath(id));
+    this.applyInstanceLimits();
     if (spec.agent) {
       await this.waitForAgent(id);
       await this.personalize(id, spec);
