@@ -48,7 +48,7 @@ exports.loadNativeModule = function loadNativeModule(name) {
 
 // 4. The filesystem worker (src/envd/fs/worker-main.ts): envd runs one per user, as that user.
 await build({
-  entryPoints: [join(root, 'src/envd/fs/worker-main.ts')],
+  entryPoints: [join(root, 'src/envd/fs/worker-entry.ts')],
   outfile: join(out, 'fs-worker.mjs'),
   bundle: true,
   platform: 'node',

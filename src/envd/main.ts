@@ -32,6 +32,7 @@
 import { startEnvd } from './http/server.js';
 import { INIT_SECRET_ENV } from './host-contract.js';
 import { parseArgs, UsageError } from './options.js';
+import { runFsWorker } from './fs/worker-main.js';
 
 async function main(): Promise<void> {
   let opts;
@@ -77,4 +78,6 @@ async function main(): Promise<void> {
   });
 }
 
-void main();
+// `envd.mjs --fs-worker`: a per-user filesystem worker (fs/user-fs.ts), when fs-worker.mjs is absent.
+if (process.argv[2] === '--fs-worker') runFsWorker();
+else void main();

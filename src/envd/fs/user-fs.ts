@@ -189,12 +189,14 @@ export class UserFs {
   private readonly local = new LocalFs();
   private readonly workers = new Map<string, WorkerFs>();
   private readonly launcher = nodeLauncher();
-  private readonly workerScript?: string;
+  /** The worker's script and arguments: fs-worker.mjs next to the helper, or envd's own bundle. */
+  private readonly workerScript?: string[];
 
   constructor(private readonly helperPath: string | undefined) {
     if (helperPath) {
       const w = join(dirname(helperPath), 'fs-worker.mjs');
-      if (existsSync(w)) this.workerScript = w;
+      if (existsSync(w)) this.workerScript = [w];
+      else if (process.argv[1]?.endsWith('.mjs')) this.workerScript = [process.argv[1], '--fs-worker'];
     }
   }
 
@@ -211,7 +213,7 @@ export class UserFs {
       const helper = this.helperPath;
       const script = this.workerScript;
       const groups = user.groups.length ? user.groups.join(',') : '-';
-      w = new WorkerFs(user, () => [helper, String(user.uid), String(user.gid), groups, '/', ...this.launcher, '--max-semi-space-size=1', script]);
+      w = new WorkerFs(user, () => [helper, String(user.uid), String(user.gid), groups, '/', ...this.launcher, '--max-semi-space-size=1', ...script]);
       this.workers.set(key, w);
     }
     return w;

@@ -1,5 +1,5 @@
 /**
- * envd's filesystem worker (dist/envd/fs-worker.mjs). envd starts one per user, through
+ * envd's filesystem worker (dist/envd/fs-worker.mjs, or `envd.mjs --fs-worker`). envd starts one per user, through
  * envd-exec, so it runs with that user's uid, gid and supplementary groups; it performs the
  * filesystem operations of that user's requests (fs/ops.ts LocalFs) and answers over its
  * stdin/stdout (fs/wire.ts). It exits when its stdin ends.
@@ -7,7 +7,6 @@
 import { errorToWire, LocalFs } from './ops.js';
 import { encodeFrame, entryToWire, FrameReader, type Frame } from './wire.js';
 
-process.umask(0o022);
 const fs = new LocalFs();
 const out = process.stdout;
 
@@ -66,8 +65,11 @@ function handle(f: Frame): void {
   );
 }
 
-const reader = new FrameReader();
-process.stdin.on('data', (c: Buffer) => {
+/** Serve requests on stdin/stdout until stdin ends. */
+export function runFsWorker(): void {
+  process.umask(0o022);
+  const reader = new FrameReader();
+  process.stdin.on('data', (c: Buffer) => {
   try {
     reader.push(c, handle);
   } catch (e) {
@@ -79,3 +81,4 @@ process.stdin.on('end', () => {
   void fs.closeAll().finally(() => process.exit(0));
 });
 process.stdout.on('error', () => process.exit(0));
+}
