@@ -112,6 +112,7 @@ program
 
 /** Templates of a data directory that allow nested containers; undefined when it has no store yet. */
 function nestedContainerTemplates(dataDir: string): string[] | undefined {
+  if (!existsSync(join(dataDir, 'instance-id'))) return undefined; // doctor before any data directory exists
   const paths = openPaths(dataDir, false);
   if (!existsSync(paths.db)) return undefined;
   const store = new Store(paths.db);

@@ -134,8 +134,12 @@ export function isolationChecks(runtimes: RuntimeProbe[], nestedTemplates?: stri
   if (uffd !== undefined) add('unprivileged userfaultfd', uffd === 0, uffd === 0 ? 'kernel-mode faults need CAP_SYS_PTRACE' : 'enabled (an exploit helper): set vm.unprivileged_userfaultfd = 0');
   const perf = sysctl('kernel.perf_event_paranoid');
   if (perf !== undefined) add('perf events', perf >= 2, perf >= 2 ? `paranoid = ${perf}` : `kernel.perf_event_paranoid = ${perf}: set it to 2 or more`);
+  // kallsyms shows real addresses to everyone only with both of these low (KASLR gone)
   const kptr = sysctl('kernel.kptr_restrict');
-  if (kptr !== undefined) add('kernel pointers', kptr >= 1, kptr >= 1 ? `kptr_restrict = ${kptr}` : 'kernel.kptr_restrict = 0: /proc/kallsyms shows kernel addresses to every process, sandboxes included (defeats KASLR): set it to 1');
+  if (kptr !== undefined && perf !== undefined) {
+    const open = kptr === 0 && perf <= 1;
+    add('kernel pointers', !open, open ? `kernel.kptr_restrict = 0 and perf_event_paranoid = ${perf}: /proc/kallsyms shows kernel addresses to every process, sandboxes included: set kptr_restrict to 1` : `hidden from unprivileged processes (kptr_restrict = ${kptr}, perf_event_paranoid = ${perf})`);
+  }
   const dmesg = sysctl('kernel.dmesg_restrict');
   if (dmesg !== undefined) add('kernel log', dmesg === 1, dmesg === 1 ? 'dmesg_restrict = 1' : 'kernel.dmesg_restrict = 0: set it to 1');
   const links = sysctl('fs.protected_symlinks');
