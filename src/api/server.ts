@@ -2,7 +2,7 @@ import http, { type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import Fastify from 'fastify';
 import type { Logger } from 'pino';
-import { DataPlaneProxy, type RouteResolver, type SandboxRoute } from '../proxy/proxy.js';
+import { DataPlaneProxy, type InterruptReason, type RouteResolver, type SandboxRoute } from '../proxy/proxy.js';
 import { MetricsSampler } from '../sandbox/metrics.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { fileSignature, safeEqual } from '../proxy/routing.js';
@@ -132,7 +132,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const dp = (dataServer.address() as AddressInfo).port;
     dataUrl = `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${dp}`;
   }
-  const onInterrupt = (id: string) => proxy.cut(id);
+  const onInterrupt = (id: string, reason?: InterruptReason) => proxy.cut(id, reason);
   const onDeleted = (id: string) => {
     proxy.forget(id);
     metrics.forget(id);

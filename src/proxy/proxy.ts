@@ -143,7 +143,26 @@ const RETRYABLE = new Set(['ECONNRESET', 'EPIPE']);
 interface Exchange {
   destroyed: boolean;
   upstream?: ClientRequest | Socket;
+  /** The sandbox's response being relayed, if it started. */
+  upstreamResponse?: IncomingMessage;
   destroy(): void;
+  /** Ends the exchange with an error the client can read (falls back to destroy()). */
+  interrupt?(message: string): void;
+}
+
+/** Why a sandbox stopped serving, as cut() tells clients. */
+export type InterruptReason = 'paused' | 'killed';
+
+/**
+ * A Connect end-of-stream message (flag 0x02, always JSON) carrying an error: a client
+ * reading a server stream sees the reason instead of a broken connection.
+ */
+export function connectEndStreamError(code: string, message: string): Buffer {
+  const body = Buffer.from(JSON.stringify({ error: { code, message } }));
+  const head = Buffer.alloc(5);
+  head.writeUInt8(0x02, 0);
+  head.writeUInt32BE(body.length, 1);
+  return Buffer.concat([head, body]);
 }
 
 export class DataPlaneProxy {
@@ -218,11 +237,15 @@ export class DataPlaneProxy {
   }
 
   /** Cut every open proxied stream of the sandbox now (client and upstream sockets destroyed, no end-stream envelope). */
-  cut(sandboxId: string): void {
+  cut(sandboxId: string, reason?: InterruptReason): void {
     const set = this.open.get(sandboxId);
     if (set) {
       this.open.delete(sandboxId);
-      for (const ex of set) ex.destroy();
+      const message = reason && `the sandbox was ${reason} while the request was in flight`;
+      for (const ex of set) {
+        if (message && ex.interrupt) ex.interrupt(message);
+        else ex.destroy();
+      }
       if (set.size) this.log?.debug({ sandboxId, streams: set.size }, 'cut open data-plane streams');
     }
     const a = this.agents.get(sandboxId);
@@ -323,6 +346,22 @@ export class DataPlaneProxy {
         res.destroy();
         req.socket?.destroy();
       },
+      interrupt(message: string) {
+        this.destroyed = true;
+        this.upstreamResponse?.unpipe(res);
+        const connect = /^application\/(connect\+|json|proto)/.test(String(req.headers['content-type'] ?? ''));
+        if (!res.headersSent && !res.destroyed) {
+          // not answered yet: a Connect error (unary form) or the data plane's JSON error
+          const body = connect ? JSON.stringify({ code: 'unavailable', message }) : JSON.stringify({ sandboxId, message, code: 502 });
+          sendJson(res, connect ? 503 : 502, body, { Connection: 'close' });
+        } else if (!res.destroyed && /^application\/connect\+/.test(String(this.upstreamResponse?.headers['content-type'] ?? ''))) {
+          // a server stream under way: end it with an error message of the stream's own
+          res.end(connectEndStreamError('unavailable', message));
+        } else {
+          res.destroy();
+        }
+        this.upstream?.destroy();
+      },
     };
     const untrack = this.track(sandboxId, ex);
     res.once('close', () => {
@@ -384,6 +423,7 @@ export class DataPlaneProxy {
 
       up.on('response', (upRes: IncomingMessage) => {
         responded = true;
+        ex.upstreamResponse = upRes;
         if (ex.destroyed || res.destroyed) {
           upRes.destroy();
           return;
@@ -408,10 +448,13 @@ export class DataPlaneProxy {
           res.end();
         });
         // envd went away mid-response: the client must see a broken stream, not a clean end.
+        // (after interrupt() the client's answer is already written: leave it to finish)
         upRes.on('close', () => {
-          if (!upRes.complete) res.destroy();
+          if (!upRes.complete && !ex.destroyed) res.destroy();
         });
-        upRes.on('error', () => res.destroy());
+        upRes.on('error', () => {
+          if (!ex.destroyed) res.destroy();
+        });
       });
 
       up.on('error', (err: NodeJS.ErrnoException) => {

@@ -636,6 +636,41 @@ describe('data-plane proxy', () => {
 
   // --- upgrades ---
 
+  for (const reason of ['paused', 'killed'] as const) {
+    test(`a command cut off because its sandbox was ${reason}: the SDK says so, not "fetch failed"`, T, async () => {
+      const sbx = sdkFor(TWO, TOKEN_TWO);
+      let cut = false;
+      const run = sbx.commands.run(`echo started; exec sleep 301`, {
+        timeoutMs: 120_000,
+        onStdout: (d) => {
+          if (d.includes('started') && !cut) {
+            cut = true;
+            proxy.cut(TWO, reason);
+          }
+        },
+      });
+      await assert.rejects(run, (e: unknown) => {
+        assert.match((e as Error).message, new RegExp(`the sandbox was ${reason}`));
+        return true;
+      });
+      // a unary call cut before its answer gets the reason too
+      const unary = await fetch(`${base}/process.Process/List`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'Connect-Protocol-Version': '1', 'E2b-Sandbox-Id': TWO, 'X-Access-Token': TOKEN_TWO },
+        body: '{}',
+      });
+      const procs = ((await unary.json()) as { processes: { pid: number; config: { args?: string[] } }[] }).processes;
+      for (const p of procs.filter((p) => p.config.args?.some((a) => a.includes('sleep 301')))) {
+        const k = await fetch(`${base}/process.Process/SendSignal`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', 'Connect-Protocol-Version': '1', 'E2b-Sandbox-Id': TWO, 'X-Access-Token': TOKEN_TWO },
+          body: JSON.stringify({ process: { pid: p.pid }, signal: 'SIGNAL_SIGKILL' }),
+        });
+        await k.arrayBuffer();
+      }
+    });
+  }
+
   test('an Upgrade request becomes a byte pipe; cut() closes it', T, async () => {
     const sock = connect({ host: '127.0.0.1', port });
     await new Promise<void>((resolve, reject) => {
