@@ -2,7 +2,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { MetricsSampler, MetricSample } from '../sandbox/metrics.js';
 import type { Lifecycle, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
 import type { Template } from '../template/store.js';
-import { CubeboxError, errorMessage, invalid, notFound, type ErrorKind } from '../util/errors.js';
+import { sandboxIdOf } from '../protocol/ids.js';
+import { CubeboxError, errorMessage, HTTP_STATUS, invalid, notFound } from '../util/errors.js';
 import { DEFAULT_LOG_LINES, MAX_LOG_LINES, readConsoleLog, type LogRange } from './logs.js';
 import { HttpError, type Caller, type Tenancy } from './tenancy.js';
 
@@ -26,8 +27,6 @@ export interface ControlPlaneOptions {
   prometheus?: () => Promise<{ contentType: string; body: string }>;
 }
 
-const STATUS: Record<ErrorKind, number> = { not_found: 404, invalid_argument: 400, conflict: 409, unavailable: 503, internal: 500 };
-
 /** E2B's error body: {code, message}, code equal to the HTTP status (the SDK reads the body's code). */
 export function sendError(reply: FastifyReply, status: number, message: string): FastifyReply {
   return reply.code(status).type('application/json').send({ code: status, message });
@@ -48,7 +47,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
     if (err instanceof HttpError) return sendError(reply, err.status, err.message);
-    if (err instanceof CubeboxError) return sendError(reply, STATUS[err.kind], err.message);
+    if (err instanceof CubeboxError) return sendError(reply, HTTP_STATUS[err.kind], err.message);
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
     if (status >= 500) manager.log.error({ err: errorMessage(err) }, 'control-plane request failed');
     return sendError(reply, status, status === 400 && /JSON/i.test(err.message) ? `malformed request body: ${err.message}` : err.message);
@@ -78,8 +77,8 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   // ---- helpers
   const idOf = (req: Req): string => {
     const raw = req.params.id;
-    const id = raw.includes('-') ? raw.slice(0, raw.indexOf('-')) : raw; // accept <id>-<clientID>
-    if (!/^[a-z0-9]{1,64}$/.test(id)) throw notFound(`sandbox '${raw}' not found`);
+    const id = sandboxIdOf(raw); // accepts <id>-<clientID>
+    if (!id) throw notFound(`sandbox '${raw}' not found`);
     return id;
   };
   /**
@@ -416,7 +415,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     const results = await observe('fork', () =>
       manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra, team: src.team }),
     );
-    const statusOf = (e: CubeboxError) => (e instanceof HttpError ? e.status : STATUS[e.kind]);
+    const statusOf = (e: CubeboxError) => (e instanceof HttpError ? e.status : HTTP_STATUS[e.kind]);
     return reply.code(201).send(
       results.map((r) => (r.info ? { sandbox: sandboxBody(r.info) } : { error: { code: statusOf(r.error!), message: r.error!.message } })),
     );

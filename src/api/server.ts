@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { DataPlaneProxy, type InterruptReason, type RouteResolver, type SandboxRoute } from '../proxy/proxy.js';
 import { MetricsSampler } from '../sandbox/metrics.js';
 import type { SandboxManager } from '../sandbox/manager.js';
-import { fileSignature, safeEqual } from '../proxy/routing.js';
+import { fileOpOf, safeEqual, signatureMatches, signedFileRequest } from '../protocol/signature.js';
 import type { SandboxInfo } from '../sandbox/manager.js';
 import { ApiKeys } from './keys.js';
 import { registerControlPlane } from './control-plane.js';
@@ -174,18 +174,12 @@ function mayWake(info: SandboxInfo, req: IncomingMessage | undefined): boolean {
   } catch {
     return false;
   }
-  const signature = url.searchParams.get('signature');
-  if (!signature || url.pathname !== '/files') return false;
-  const op = req.method === 'POST' ? 'write' : req.method === 'GET' || req.method === 'HEAD' ? 'read' : undefined;
-  if (!op) return false;
-  const expRaw = url.searchParams.get('signature_expiration');
-  let exp: number | undefined;
-  if (expRaw !== null && expRaw !== '') {
-    exp = Number(expRaw);
-    if (!Number.isInteger(exp) || exp * 1000 < Date.now()) return false;
-  }
-  const expected = fileSignature(url.searchParams.get('path') ?? '', op, url.searchParams.get('username') ?? undefined, token, exp);
-  return safeEqual(signature, expected);
+  if (url.pathname !== '/files') return false;
+  const signed = signedFileRequest(url);
+  const op = fileOpOf(req.method);
+  if (!signed || signed === 'bad-expiration' || !op) return false;
+  if (signed.expiration !== undefined && signed.expiration * 1000 < Date.now()) return false;
+  return signatureMatches(signed, op, token);
 }
 
 /** A URL for logs: the query (signatures, tokens) replaced. */

@@ -1,6 +1,6 @@
 // Who a request acts as, and the access token checks (contract 5.1, 5.3).
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { Code, ConnectError } from '@connectrpc/connect';
+import { safeEqual } from '../protocol/signature.js';
 import type { EnvdState } from './state.js';
 import type { UserInfo } from './users.js';
 
@@ -28,22 +28,10 @@ export function rpcUser(state: EnvdState, headers: Headers): UserInfo {
   return u;
 }
 
-export function safeEqual(a: string, b: string): boolean {
-  const ha = createHash('sha256').update(a).digest();
-  const hb = createHash('sha256').update(b).digest();
-  return timingSafeEqual(ha, hb) && a.length === b.length;
-}
-
 /** Token check: undefined when allowed, else the error message. */
 export function checkToken(state: EnvdState, presented: string | null | undefined): string | undefined {
   if (!state.accessToken) return undefined;
   if (presented === undefined || presented === null || presented === '') return 'missing access token';
   if (!safeEqual(presented, state.accessToken)) return 'invalid access token';
   return undefined;
-}
-
-export function fileSignature(path: string, op: 'read' | 'write', user: string | undefined, token: string, expiration?: number): string {
-  let raw = `${path}:${op}:${user ?? ''}:${token}`;
-  if (expiration !== undefined) raw += `:${expiration}`;
-  return 'v1_' + createHash('sha256').update(raw).digest('base64').replace(/=+$/, '');
 }

@@ -17,6 +17,14 @@ export class CubeboxError extends Error {
   }
 }
 
+/** The HTTP status of each kind: the one map every HTTP surface (the API, the control socket) answers with. */
+export const HTTP_STATUS: Record<ErrorKind, number> = { not_found: 404, invalid_argument: 400, conflict: 409, unavailable: 503, internal: 500 };
+
+/** The kind of any thrown value: a CubeboxError's own, otherwise internal. */
+export function errorKind(err: unknown): ErrorKind {
+  return err instanceof CubeboxError ? err.kind : 'internal';
+}
+
 export const notFound = (msg: string) => new CubeboxError('not_found', msg);
 export const invalid = (msg: string) => new CubeboxError('invalid_argument', msg);
 export const conflict = (msg: string) => new CubeboxError('conflict', msg);

@@ -6,7 +6,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { fileSignature } from '../../src/envd/auth.js';
+import { fileSignature } from '../../src/protocol/signature.js';
 import { BASE_URL, initEnvd, sdk, startTestEnvd, streamRequest, readEnvelopes, unaryRequest, type TestEnvd } from './helpers.js';
 
 type Json = Record<string, unknown>;

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, TimeoutError } from 'e2b';
 import { DataPlaneProxy, type RouteResolver, type SandboxRoute } from '../../src/proxy/proxy.js';
-import { fileSignature } from '../../src/proxy/routing.js';
+import { fileSignature } from '../../src/protocol/signature.js';
 import { envelope, readEnvelopes, type Envelope } from '../envd/helpers.js';
 import { removeOnExit, startSocketEnvd, type SocketEnvd } from './proxy-envd.js';
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { fileSignature } from '../../src/proxy/routing.js';
+import { fileSignature } from '../../src/protocol/signature.js';
 import { cli, destroyInstance } from '../helpers/instance.js';
 import { sdkService, type E2B, type Service } from '../helpers/service.js';
 

@@ -7,7 +7,8 @@ import { posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, createGzip, constants as zlibConstants } from 'node:zlib';
 import { Readable } from 'node:stream';
-import { fileSignature, lookupUser, safeEqual } from '../auth.js';
+import { safeEqual, signatureMatches, signedFileRequest } from '../../protocol/signature.js';
+import { lookupUser } from '../auth.js';
 import type { MetadataStore } from '../fs/metadata.js';
 import type { FsOps } from '../fs/ops.js';
 import type { UserFs } from '../fs/user-fs.js';
@@ -73,18 +74,11 @@ function authorize(state: EnvdState, req: IncomingMessage, url: URL, op: 'read' 
     if (!safeEqual(presented, token)) throw new HttpError(401, 'invalid access token');
     return;
   }
-  const signature = url.searchParams.get('signature');
-  if (!signature) throw new HttpError(401, 'missing access token or signature');
-  const expRaw = url.searchParams.get('signature_expiration');
-  let exp: number | undefined;
-  if (expRaw !== null && expRaw !== '') {
-    exp = Number(expRaw);
-    if (!Number.isInteger(exp)) throw new HttpError(401, 'invalid signature expiration');
-  }
-  const path = url.searchParams.get('path') ?? '';
-  const user = url.searchParams.get('username') ?? undefined;
-  const expected = fileSignature(path, op, user, token, exp);
-  if (!safeEqual(signature, expected)) throw new HttpError(401, 'invalid signature');
+  const signed = signedFileRequest(url);
+  if (!signed) throw new HttpError(401, 'missing access token or signature');
+  if (signed === 'bad-expiration') throw new HttpError(401, 'invalid signature expiration');
+  if (!signatureMatches(signed, op, token)) throw new HttpError(401, 'invalid signature');
+  const exp = signed.expiration;
   if (exp !== undefined && exp < Math.floor(Date.now() / 1000)) throw new HttpError(401, 'signature is already expired');
 }
 
