@@ -1,35 +1,15 @@
 import { existsSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { mountTable } from './mountinfo.js';
 
 export type CgroupMode = 'v1' | 'v2' | 'hybrid';
 const ROOT = '/sys/fs/cgroup';
 
-interface MountInfo {
-  mountPoint: string;
-  fsType: string;
-  superOptions: string;
-}
-
-function mounts(): MountInfo[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => {
-      const [pre, post] = line.split(' - ');
-      const fields = pre!.split(' ');
-      const postFields = post!.split(' ');
-      return { mountPoint: unescapeMount(fields[4]!), fsType: postFields[0]!, superOptions: postFields[2] ?? '' };
-    });
-}
-
-export function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
 
 /** cgroup v2 only, v1 only, or hybrid (v1 controllers plus a controller-less cgroup2 mount). */
 export function detectCgroupMode(): CgroupMode {
-  const all = mounts();
+  const all = mountTable();
   const root = all.find((m) => m.mountPoint === ROOT);
   if (root?.fsType === 'cgroup2') return 'v2';
   const hasUnified = all.some((m) => m.fsType === 'cgroup2' && m.mountPoint.startsWith(ROOT + '/'));
@@ -38,7 +18,7 @@ export function detectCgroupMode(): CgroupMode {
 
 /** The v1 hierarchies mounted on this host, as directory names under /sys/fs/cgroup. */
 export function v1Hierarchies(): string[] {
-  return mounts()
+  return mountTable()
     .filter((m) => m.fsType === 'cgroup' && m.mountPoint.startsWith(ROOT + '/'))
     .map((m) => m.mountPoint.slice(ROOT.length + 1));
 }
@@ -131,7 +111,7 @@ export class SandboxCgroup {
    */
   async remove(): Promise<void> {
     for (const dir of this.dirs()) {
-      await removeTree(dir);
+      await removeCgroupDir(dir);
       const parent = join(dir, '..');
       try {
         rmdirSync(parent); // only succeeds when no other sandbox of this instance remains
@@ -142,7 +122,8 @@ export class SandboxCgroup {
   }
 }
 
-async function removeTree(dir: string): Promise<void> {
+/** rmdir of a cgroup directory and its child cgroups, deepest first (cgroupfs refuses rm -r). */
+async function removeCgroupDir(dir: string): Promise<void> {
   let entries: string[] = [];
   try {
     entries = readdirSync(dir, { withFileTypes: true })
@@ -151,7 +132,7 @@ async function removeTree(dir: string): Promise<void> {
   } catch {
     return;
   }
-  for (const e of entries) await removeTree(join(dir, e));
+  for (const e of entries) await removeCgroupDir(join(dir, e));
   for (let attempt = 0; ; attempt++) {
     try {
       rmdirSync(dir);

@@ -2,7 +2,12 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import { dirname, join } from 'node:path';
 import { HELPER_BIN } from '../config.js';
 import { runOk } from '../util/exec.js';
-import { unescapeMount } from './cgroups.js';
+import { mountPoints } from './mountinfo.js';
+
+// The mount table lives in mountinfo.ts; these names stay importable from here.
+export { mountPoints, mountTable, type MountEntry } from './mountinfo.js';
+/** @deprecated the same as mountsAtOrUnder in mountinfo.ts (at or below dir, deepest first). */
+export { mountsAtOrUnder as mountsUnder } from './mountinfo.js';
 
 /**
  * A sandbox's copy-on-write root: the template's read-only layers (each seen through an
@@ -122,36 +127,6 @@ export async function unmountRootfs(paths: string[]): Promise<void> {
   if (todo.length) await runOk(HELPER_BIN, ['umount', ...todo], { timeoutMs: HELPER_TIMEOUT_MS });
   const left = todo.filter((p) => new Set(mountPoints()).has(p));
   if (left.length) throw new Error(`still mounted: ${left.join(', ')}`);
-}
-
-export interface MountEntry {
-  mountPoint: string;
-  source: string;
-  fsType: string;
-}
-
-export function mountTable(): MountEntry[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => {
-      const [pre, post] = line.split(' - ');
-      const f = pre!.split(' ');
-      const p = post!.split(' ');
-      return { mountPoint: unescapeMount(f[4]!), fsType: p[0]!, source: unescapeMount(p[1] ?? '') };
-    });
-}
-
-export function mountPoints(): string[] {
-  return mountTable().map((m) => m.mountPoint);
-}
-
-/** Mount points at or below dir (deepest first, so they can be unmounted in order). */
-export function mountsUnder(dir: string): string[] {
-  const prefix = dir.endsWith('/') ? dir : dir + '/';
-  return mountPoints()
-    .filter((m) => m === dir || m.startsWith(prefix))
-    .sort((a, b) => b.length - a.length);
 }
 
 /**

@@ -21,12 +21,12 @@
  * the target is checked against /proc/self/mountinfo anyway, unmounted if needed, and
  * emptied without crossing file systems.
  */
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { mountsUnder as mountPointsAtOrUnder } from '../runtime/rootfs.js';
+import { removeTree } from '../runtime/remove-tree.js';
+import { runLines, type LinesResult } from '../util/exec.js';
 import { CubeboxError, errorMessage } from '../util/errors.js';
 
 export interface BaseBuildOptions {
@@ -654,40 +654,7 @@ async function diskUsage(dir: string): Promise<number> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Mounts and safe removal
-
-/** Mount points strictly below dir (deepest first), from the runtime's own mount table reader. */
-export async function mountsUnder(dir: string): Promise<string[]> {
-  let real: string;
-  try {
-    real = await fs.realpath(dir);
-  } catch {
-    real = path.resolve(dir);
-  }
-  return mountPointsAtOrUnder(real).filter((m) => m !== real);
-}
-
-/**
- * Removes dir (or only its contents when keepDir), first unmounting anything mounted below
- * it; never crosses into a file system that is still mounted there.
- */
-export async function removeTree(dir: string, keepDir: boolean): Promise<void> {
-  try {
-    await fs.lstat(dir);
-  } catch {
-    return;
-  }
-  for (const mp of await mountsUnder(dir)) {
-    const r = await runCapture('umount', [mp], undefined);
-    if (r.code !== 0) await runCapture('umount', ['--lazy', mp], undefined);
-  }
-  const left = await mountsUnder(dir);
-  if (left.length) throw new CubeboxError('internal', `refusing to delete ${dir}: still mounted below it: ${left.join(', ')}`);
-  const victims = keepDir ? (await fs.readdir(dir)).map((n) => path.join(dir, n)) : [dir];
-  if (!victims.length) return;
-  const r = await runCapture('rm', ['-rf', '--one-file-system', '--', ...victims], undefined);
-  if (r.code !== 0) throw new CubeboxError('internal', `deleting ${dir} failed: ${tail(r.output, 3)}`);
-}
+// Removal (a tree with mounts below it: removeTree in runtime/remove-tree.ts)
 
 async function emptyDir(dir: string, match: (name: string) => boolean = () => true): Promise<void> {
   let names: string[];
@@ -709,60 +676,9 @@ const CHILD_ENV = (): NodeJS.ProcessEnv => {
   return env;
 };
 
-interface StreamResult {
-  code: number;
-  signal: NodeJS.Signals | null;
-  lines: string[];
-  error?: string;
-}
-
-/**
- * Runs a program in its own process group, passing each output line to onLine and keeping
- * the last ones. An abort kills the whole group.
- */
-function runStreaming(file: string, args: string[], onLine: (l: string) => void, signal: AbortSignal | undefined): Promise<StreamResult> {
-  return new Promise((resolve) => {
-    const lines: string[] = [];
-    const keep = (l: string) => {
-      lines.push(l);
-      if (lines.length > 200) lines.shift();
-      onLine(l);
-    };
-    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV(), detached: true });
-    const kill = () => {
-      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-        try {
-          process.kill(-child.pid, 'SIGKILL');
-        } catch {
-          /* already gone */
-        }
-      }
-    };
-    signal?.addEventListener('abort', kill, { once: true });
-    process.once('exit', kill); // do not leave it running if this process exits
-    for (const stream of [child.stdout!, child.stderr!]) {
-      let buf = '';
-      stream.setEncoding('utf8');
-      stream.on('data', (d: string) => {
-        buf += d;
-        const parts = buf.split(/\r?\n|\r/);
-        buf = parts.pop() ?? '';
-        for (const p of parts) if (p.trim()) keep(p);
-      });
-      stream.on('end', () => {
-        if (buf.trim()) keep(buf);
-        buf = '';
-      });
-    }
-    let error: string | undefined;
-    child.on('error', (e) => (error = errorMessage(e)));
-    child.on('close', (code, sig) => {
-      signal?.removeEventListener('abort', kill);
-      process.removeListener('exit', kill);
-      resolve({ code: code ?? -1, signal: sig, lines, error });
-    });
-    if (signal?.aborted) kill();
-  });
+/** Runs a build program (in its own process group, killed on abort) with the builder's environment. */
+function runStreaming(file: string, args: string[], onLine: (l: string) => void, signal: AbortSignal | undefined): Promise<LinesResult> {
+  return runLines(file, args, { onLine, signal, env: CHILD_ENV() });
 }
 
 /** Runs a program to completion, collecting stdout and stderr together. */

@@ -45,3 +45,67 @@ export async function runOk(file: string, args: readonly string[], opts: Paramet
   }
   return r.stdout;
 }
+
+export interface LinesResult {
+  code: number;
+  signal: NodeJS.Signals | null;
+  /** The last output lines (stdout and stderr interleaved), at most `keep` of them. */
+  lines: string[];
+  /** Set when the program could not be started; the result then has code -1. */
+  error?: string;
+}
+
+/**
+ * Runs a long program (a build step) in its own process group, passing each non-empty output
+ * line of stdout and stderr to onLine and keeping the last ones. Never rejects: a program that
+ * cannot start comes back with `error`. An abort, or this process exiting, kills the whole group.
+ */
+export function runLines(
+  file: string,
+  args: readonly string[],
+  opts: { onLine?: (line: string) => void; signal?: AbortSignal; env?: NodeJS.ProcessEnv; keep?: number } = {},
+): Promise<LinesResult> {
+  const { onLine, signal, keep = 200 } = opts;
+  return new Promise((resolve) => {
+    const lines: string[] = [];
+    const take = (l: string) => {
+      lines.push(l);
+      if (lines.length > keep) lines.shift();
+      onLine?.(l);
+    };
+    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env, detached: true });
+    const kill = () => {
+      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+        try {
+          process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+      }
+    };
+    signal?.addEventListener('abort', kill, { once: true });
+    process.once('exit', kill); // do not leave it running if this process exits
+    for (const stream of [child.stdout!, child.stderr!]) {
+      let buf = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (d: string) => {
+        buf += d;
+        const parts = buf.split(/\r?\n|\r/);
+        buf = parts.pop() ?? '';
+        for (const p of parts) if (p.trim()) take(p);
+      });
+      stream.on('end', () => {
+        if (buf.trim()) take(buf);
+        buf = '';
+      });
+    }
+    let error: string | undefined;
+    child.on('error', (e) => (error = e.message));
+    child.on('close', (code, sig) => {
+      signal?.removeEventListener('abort', kill);
+      process.removeListener('exit', kill);
+      resolve({ code: code ?? -1, signal: sig, lines, error });
+    });
+    if (signal?.aborted) kill();
+  });
+}

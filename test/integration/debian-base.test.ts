@@ -9,13 +9,9 @@ import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import {
-  buildDebianBase,
-  findDebianMirror,
-  mountsUnder,
-  removeTree,
-  type BaseBuildResult,
-} from '../../src/template/debian-base.js';
+import { buildDebianBase, findDebianMirror, type BaseBuildResult } from '../../src/template/debian-base.js';
+import { mountsBelow as mountsUnder } from '../../src/runtime/mountinfo.js';
+import { removeTree } from '../../src/runtime/remove-tree.js';
 
 const BUILD_TIMEOUT = 30 * 60_000;
 

@@ -8,9 +8,9 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { mountsAtOrUnder as mountsUnder } from '../../src/runtime/mountinfo.js';
 import { mountRootfs, rootfsLayout, unmountRootfs } from '../../src/runtime/rootfs.js';
 import { importImage, type ImportedImage } from '../../src/template/oci-import.js';
 import { CubeboxError } from '../../src/util/errors.js';
@@ -30,15 +30,6 @@ after(async () => {
 });
 
 // --- helpers ------------------------------------------------------------------------------
-
-function mountsUnder(dir: string): string[] {
-  const out: string[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const mp = line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    if (mp && (mp === dir || mp.startsWith(dir + '/'))) out.push(mp);
-  }
-  return out.sort((a, b) => b.length - a.length);
-}
 
 function sh(file: string, args: string[], input?: Buffer): Promise<{ code: number; stdout: Buffer; stderr: string }> {
   return new Promise((resolve, reject) => {
