@@ -4,7 +4,7 @@ import type { Readable, Writable } from 'node:stream';
 import { resolveCacheDir } from '../config.js';
 import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
 import type { Template, TemplateConfig } from '../template/store.js';
-import { buildRecipe, type BuildResult, type Recipe } from '../template/recipe.js';
+import { buildRecipe, type BuildResult, type Recipe } from '../build/recipe.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from './manager.js';
 
 /**

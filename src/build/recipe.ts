@@ -5,7 +5,10 @@ import { isAbsolute, join, relative } from 'node:path';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
 import { NAME_RE } from '../util/ids.js';
-import type { Template, TemplateConfig } from './store.js';
+import type { Template, TemplateConfig } from '../template/store.js';
+
+// Builds sit above sandboxes and templates: a recipe runs its steps in real sandboxes and
+// commits each as a template layer.
 
 /**
  * A build recipe: a parent template plus steps. `run` and `copy` steps execute in a real
