@@ -1,9 +1,11 @@
 import { Command, Option } from 'commander';
-import pino from 'pino';
-import { openPaths, resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
+import { openPaths, resolveDataDir } from '../config.js';
 import { formatReport, probeHost } from '../runtime/probe.js';
 import { registerKeysCommand, registerTeamsCommand } from './keys.js';
-import { ControlServer, LocalApi, RemoteApi, type ManagerApi } from '../sandbox/control.js';
+import { RemoteApi } from '../api/control-client.js';
+import { ControlServer } from '../api/control-socket.js';
+import { LocalApi, type ManagerApi } from '../api/manager-api.js';
+import type { ServeFlags } from '../app/serve.js';
 import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { Store } from '../store/store.js';
@@ -264,61 +266,16 @@ for (const op of ['pause', 'resume', 'rm'] as const) {
 program
   .command('serve')
   .description('run the E2B-compatible service (control plane, data-plane proxy, sandbox manager) until SIGTERM; sandboxes survive restarts')
-  .addOption(new Option('--host <host>', 'listen address (env CUBEBOX_HOST)').default(process.env.CUBEBOX_HOST ?? '127.0.0.1'))
-  .addOption(new Option('--port <port>', 'listen port for both planes (env CUBEBOX_PORT)').default(process.env.CUBEBOX_PORT ?? '3000'))
-  .addOption(new Option('--data-port <port>', 'also serve the data plane alone on this port (env CUBEBOX_DATA_PORT)').default(process.env.CUBEBOX_DATA_PORT))
-  .addOption(new Option('--domain <domain>', 'sandbox domain reported to the SDK (env CUBEBOX_DOMAIN; default localhost:<port>)').default(process.env.CUBEBOX_DOMAIN))
-  .addOption(new Option('--runtime <name>', 'OCI runtime (env CUBEBOX_RUNTIME)').choices(['crun', 'runc', 'runsc']))
+  .addOption(new Option('--host <host>', 'listen address (env CUBEBOX_HOST, default 127.0.0.1)'))
+  .addOption(new Option('--port <port>', 'listen port for both planes (env CUBEBOX_PORT, default 3000)'))
+  .addOption(new Option('--data-port <port>', 'also serve the data plane alone on this port (env CUBEBOX_DATA_PORT)'))
+  .addOption(new Option('--domain <domain>', 'sandbox domain reported to the SDK (env CUBEBOX_DOMAIN; default localhost:<port>)'))
+  .addOption(new Option('--runtime <name>', 'OCI runtime (env CUBEBOX_RUNTIME, default crun)').choices(['crun', 'runc', 'runsc']))
   .option('--no-base', 'do not build the base template on first start')
-  .addOption(new Option('--pool <template=size,...>', 'warm pool: sandboxes prepared ahead of requests (env CUBEBOX_POOL; "" for none)').default(process.env.CUBEBOX_POOL ?? 'base=2'))
-  .action(async (opts: { host: string; port: string; dataPort?: string; domain?: string; runtime?: RuntimeName; base: boolean; pool: string }, cmd: Command) => {
-    const pool: Record<string, number> = {};
-    for (const part of opts.pool.split(',').filter(Boolean)) {
-      const [name, size] = part.split('=');
-      const n = Number(size);
-      if (!name || !Number.isInteger(n) || n < 0 || n > 64) throw new CubeboxError('invalid_argument', `bad --pool entry '${part}': use <template>=<size 0..64>`);
-      pool[name] = n;
-    }
-    const dataDir = dataDirOf(cmd);
-    const port = Number(opts.port);
-    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CubeboxError('invalid_argument', `bad port '${opts.port}'`);
-    const logger = pino({ level: process.env.CUBEBOX_LOG_LEVEL ?? 'info' });
-    const report = await probeHost({ runtimes: [opts.runtime ?? ((process.env.CUBEBOX_RUNTIME as RuntimeName | undefined) ?? 'crun')] });
-    const failed = report.checks.filter((c) => c.essential && !c.ok);
-    if (failed.length) throw new CubeboxError('unavailable', `this host cannot run cubebox:\n${failed.map((c) => `  ${c.name}: ${c.detail}`).join('\n')}`);
-    let manager: SandboxManager | undefined;
-    for (let attempt = 0; !manager; attempt++) {
-      try {
-        manager = await SandboxManager.open({ dataDir, runtime: opts.runtime, logger, reconcileIntervalMs: 5000, reaperIntervalMs: 250, deleteStopped: true });
-      } catch (err) {
-        // a short-lived CLI manager may hold the data directory for a moment
-        if (!(err instanceof CubeboxError && /another cubebox manager/.test(err.message)) || attempt >= 300) throw err;
-        if (attempt === 0) logger.warn('another manager holds the data directory; waiting for it');
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    }
-    const startPool = () => manager.setPool(pool);
-    const control = new ControlServer(new LocalApi(manager), manager.paths.socket);
-    await control.listen();
-    if (opts.base && !manager.templates.find('base')) {
-      logger.info('building the base template (first start; later starts reuse it)');
-      await manager.templates.addDebianBase('base', { cacheDir: resolveCacheDir(), onProgress: (line) => logger.info({ template: 'base' }, line) });
-    }
-    const { startServer } = await import('../api/server.js');
-    const dataPort = opts.dataPort === undefined ? undefined : Number(opts.dataPort);
-    if (dataPort !== undefined && (!Number.isInteger(dataPort) || dataPort < 0 || dataPort > 65535)) throw new CubeboxError('invalid_argument', `bad data port '${opts.dataPort}'`);
-    const server = await startServer({ manager, host: opts.host, port, dataPort, domain: opts.domain, log: logger });
-    startPool();
-    logger.info({ url: server.url, dataUrl: server.dataUrl, dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox serve ready');
-    const stop = async (signal: string) => {
-      logger.info({ signal }, 'shutting down; sandboxes keep running');
-      await server.close();
-      await control.close(true);
-      await manager.close();
-      process.exit(0);
-    };
-    process.once('SIGTERM', () => void stop('SIGTERM'));
-    process.once('SIGINT', () => void stop('SIGINT'));
+  .addOption(new Option('--pool <template=size,...>', 'warm pool: sandboxes prepared ahead of requests (env CUBEBOX_POOL, default base=2; "" for none)'))
+  .action(async (opts: Omit<ServeFlags, 'dataDir'>, cmd: Command) => {
+    const { serve } = await import('../app/serve.js');
+    await serve({ ...opts, dataDir: (cmd.optsWithGlobals() as { dataDir?: string }).dataDir });
   });
 
 registerKeysCommand(program, dataDirOf);

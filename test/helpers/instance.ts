@@ -101,7 +101,7 @@ export async function startServe(dataDir: string, env: NodeJS.ProcessEnv = {}): 
     env: { ...process.env, CUBEBOX_LOG_LEVEL: 'warn', CUBEBOX_POOL: '', ...env },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
-  const { RemoteApi } = await import('../../src/sandbox/control.js');
+  const { RemoteApi } = await import('../../src/api/control-client.js');
   const socket = join(dataDir, 'manager.sock');
   for (let i = 0; i < 300; i++) {
     if (child.exitCode !== null) throw new Error(`cubebox serve exited with ${child.exitCode}`);

@@ -6,7 +6,7 @@ import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
 import { formatLeaks, LeakChecker } from '../../src/sandbox/leaks.js';
-import { RemoteApi } from '../../src/sandbox/control.js';
+import { RemoteApi } from '../../src/api/control-client.js';
 import type { SandboxInfo } from '../../src/sandbox/manager.js';
 import { cli, destroyInstance, newDataDir, startServe, waitExit } from '../helpers/instance.js';
 
