@@ -1,7 +1,7 @@
 import http from 'node:http';
 import { existsSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
-import type { BuildResult, Recipe } from '../build/recipe.js';
+import type { BuildResult, Recipe } from '../builder/recipe.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo } from '../sandbox/manager.js';
 import type { Template, TemplateConfig } from '../template/store.js';
 import { CubeboxError, type ErrorKind } from '../util/errors.js';

@@ -4,7 +4,7 @@
 import { mkdtempSync, renameSync, readdirSync, rmSync, statSync, chmodSync, unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { Recipe } from '../build/recipe.js';
+import type { Recipe } from '../builder/recipe.js';
 import type { CreateRequest } from '../sandbox/manager.js';
 import type { TemplateConfig } from '../template/store.js';
 import { CubeboxError, errorKind, errorMessage, HTTP_STATUS, type ErrorKind } from '../util/errors.js';

@@ -1,5 +1,5 @@
 import type { Readable, Writable } from 'node:stream';
-import { buildRecipe, type BuildResult, type Recipe } from '../build/recipe.js';
+import { buildRecipe, type BuildResult, type Recipe } from '../builder/recipe.js';
 import { resolveCacheDir } from '../config.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
 import type { Template, TemplateConfig } from '../template/store.js';

@@ -156,7 +156,7 @@ template
   .option('--context <dir>', 'directory that copy steps take files from (default: the recipe file\'s directory)')
   .action(async (kind: string, opts: { name?: string; recipe?: string; context?: string }, cmd: Command) => {
     if (opts.recipe) {
-      const { parseRecipe } = await import('../build/recipe.js');
+      const { parseRecipe } = await import('../builder/recipe.js');
       if (!existsSync(opts.recipe)) throw new CubeboxError('invalid_argument', `recipe file ${opts.recipe} not found`);
       const recipe = parseRecipe(readFileSync(opts.recipe, 'utf8'));
       const context = resolve(opts.context ?? dirname(resolve(opts.recipe)));

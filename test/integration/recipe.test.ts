@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
-import { buildRecipe, parseRecipe, type Recipe } from '../../src/build/recipe.js';
+import { buildRecipe, parseRecipe, type Recipe } from '../../src/builder/recipe.js';
 import { CubeboxError } from '../../src/util/errors.js';
 import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance } from '../helpers/instance.js';
 
