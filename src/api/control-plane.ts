@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { MetricsSampler, MetricSample } from '../sandbox/metrics.js';
 import type { Lifecycle, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
+import { cubeboxStateShown, e2bStateOf } from '../sandbox/states.js';
 import type { Template } from '../template/store.js';
 import { sandboxIdOf } from '../protocol/ids.js';
 import { CubeboxError, errorMessage, HTTP_STATUS, invalid, notFound } from '../util/errors.js';
@@ -134,7 +135,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     startedAt: new Date(info.startedAt ?? info.createdAt).toISOString(),
     endAt: new Date(info.endAt ?? info.startedAt ?? info.createdAt).toISOString(),
     state: e2bState(info)!,
-    ...(info.state === 'stopped' || info.state === 'failed' || info.state === 'deleting' ? { cubeboxState: info.state, error: info.lastError ?? undefined } : {}),
+    ...(cubeboxStateShown(info.state) ? { cubeboxState: info.state, error: info.lastError ?? undefined } : {}),
     cpuCount: info.limits.cpuCount,
     memoryMB: info.limits.memoryMB,
     diskSizeMB: diskSizeMB(manager, info),
@@ -438,25 +439,9 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   app.put('/sandboxes/:id/network', async (_req, reply) => sendError(reply, 501, 'network policies are not supported by this cubebox version'));
 }
 
-/** running/paused as E2B reports them; undefined for sandboxes the API treats as gone. */
+/** running/paused as E2B reports them; undefined for sandboxes the API treats as gone (states.ts). */
 export function e2bState(info: SandboxInfo): 'running' | 'paused' | undefined {
-  switch (info.state) {
-    case 'creating':
-    case 'running':
-    case 'pausing':
-      return 'running';
-    case 'paused':
-    case 'resuming':
-      return 'paused';
-    case 'stopped':
-    case 'failed':
-    case 'deleting':
-      // not E2B states: the sandbox exists and holds its disk but runs nothing. Shown as paused,
-      // with `cubeboxState` and `error` (listedBody); DELETE retries its teardown.
-      return 'paused';
-    default:
-      return undefined;
-  }
+  return e2bStateOf(info.state);
 }
 
 function diskSizeMB(manager: SandboxManager, info: SandboxInfo): number {

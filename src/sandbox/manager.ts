@@ -14,9 +14,10 @@ import { copyLayerUnshifted } from '../template/layer-copy.js';
 import { envdCommand, envdRequest, healthy, INIT_SECRET_ENV, INIT_SECRET_HEADER } from './envd-client.js';
 import { mountDevice, type GuardedSocket } from '../util/safe-socket.js';
 import { readLogTail, rotateConsoleLog } from './console-log.js';
-import { ManagerLock, Store, type SandboxRow, type SandboxState } from '../store/store.js';
+import { ManagerLock, Store, type SandboxRow } from '../store/store.js';
+import { allows, assertOperation, assertTransition, deadlineFor, type SandboxState } from './states.js';
 import { TemplateStore, type Template, type TemplateConfig } from '../template/store.js';
-import { conflict, CubeboxError, errorMessage, invalid, notFound } from '../util/errors.js';
+import { CubeboxError, errorMessage, invalid, notFound } from '../util/errors.js';
 import { faultPoint } from '../util/fault.js';
 import { randomId, SANDBOX_ID_RE } from '../util/ids.js';
 import { KeyedMutex } from '../util/lock.js';
@@ -26,14 +27,6 @@ const RUNTIME_NAMES: RuntimeName[] = ['crun', 'runc', 'runsc'];
 const RECONCILE_CONCURRENCY = 4;
 
 const BASE_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' };
-
-/** How long each transitional state may last before the reconciler resolves it. */
-const STATE_DEADLINE_MS: Partial<Record<SandboxState, number>> = {
-  creating: 120_000,
-  pausing: 30_000,
-  resuming: 30_000,
-  deleting: 60_000,
-};
 
 /** Each sandbox's root maps to its own block of 65536 host ids. */
 const ID_BLOCK = 65536;
@@ -420,7 +413,7 @@ export class SandboxManager {
           templateId: template.id,
           team: req.team ?? null,
           state: 'creating',
-          stateDeadline: now + STATE_DEADLINE_MS.creating!,
+          stateDeadline: deadlineFor('creating', now),
           runtime: this.runtime.name,
           uidSlot: slot,
           pid: null,
@@ -440,7 +433,7 @@ export class SandboxManager {
         try {
           await this.teardown(id);
         } catch (e2) {
-          this.store.updateSandbox(id, { state: 'failed', lastError: `create: ${errorMessage(err)}; teardown: ${errorMessage(e2)}` });
+          this.setState(id, 'failed', { lastError: `create: ${errorMessage(err)}; teardown: ${errorMessage(e2)}` });
         }
         throw new CubeboxError('internal', `creating a sandbox from template '${template.name}' failed: ${errorMessage(err)}`, { cause: err });
       }
@@ -501,7 +494,7 @@ export class SandboxManager {
     if (spec.agent) await this.waitForAgent(id);
     await this.startTemplateCommand(id, spec);
     if (pooled) {
-      this.store.updateSandbox(id, { state: 'pooled', stateDeadline: null, pid });
+      this.setState(id, 'pooled', { pid });
       return;
     }
     if (spec.agent) await this.personalize(id, spec);
@@ -509,7 +502,7 @@ export class SandboxManager {
     const startedAt = Date.now();
     // the TTL counts from the moment the sandbox is usable
     const endAt = row.endAt !== null ? startedAt + (row.endAt - row.createdAt) : null;
-    this.store.updateSandbox(id, { state: 'running', stateDeadline: null, pid, startedAt, endAt });
+    this.setState(id, 'running', { pid, startedAt, endAt });
   }
 
   // ---------------------------------------------------------------- snapshots and fork
@@ -522,7 +515,7 @@ export class SandboxManager {
   async snapshot(id: string, opts: { name?: string; ephemeral?: boolean; config?: Partial<TemplateConfig> } = {}): Promise<Template> {
     return this.locks.run(id, async () => {
       const row = this.requireRow(id);
-      if (row.state !== 'running' && row.state !== 'paused') throw conflict(`sandbox '${id}' is ${row.state}; only a running or paused sandbox can be snapshotted`);
+      assertOperation('snapshot', id, row.state);
       const spec = JSON.parse(row.spec) as StoredSpec;
       const parent = this.templates.get(row.templateId);
       const name = opts.name ?? `${spec.templateName}-snap-${randomId(8)}`;
@@ -593,7 +586,7 @@ export class SandboxManager {
     for (const c of candidates) {
       const info = await this.locks.run(c.id, async () => {
         const row = this.store.getSandbox(c.id);
-        if (!row || row.state !== 'pooled') return undefined;
+        if (!row || !allows('claim', row.state)) return undefined;
         const spec: StoredSpec = {
           ...(JSON.parse(row.spec) as StoredSpec),
           metadata: req.metadata ?? {},
@@ -603,17 +596,17 @@ export class SandboxManager {
           extra: req.extra ?? {},
         };
         this.admit?.({ op: 'create', team: req.team ?? null, sandboxId: c.id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata });
-        this.store.updateSandbox(c.id, { state: 'creating', team: req.team ?? null, stateDeadline: Date.now() + STATE_DEADLINE_MS.creating!, spec: JSON.stringify(spec) });
+        this.setState(c.id, 'creating', { team: req.team ?? null, spec: JSON.stringify(spec) });
         try {
           await this.personalize(c.id, spec);
         } catch (err) {
           this.log.warn({ sandbox: c.id, err: errorMessage(err) }, 'a pooled sandbox could not be claimed; removing it');
-          await this.teardown(c.id).catch((e) => this.store.updateSandbox(c.id, { state: 'failed', lastError: errorMessage(e) }));
+          await this.teardown(c.id).catch((e) => this.setState(c.id, 'failed', { lastError: errorMessage(e) }));
           return undefined;
         }
         const startedAt = Date.now();
         const endAt = req.timeoutSec !== undefined ? startedAt + req.timeoutSec * 1000 : null;
-        this.store.updateSandbox(c.id, { state: 'running', stateDeadline: null, startedAt, createdAt: startedAt, endAt });
+        this.setState(c.id, 'running', { startedAt, createdAt: startedAt, endAt });
         return this.get(c.id);
       });
       if (info) return info;
@@ -782,8 +775,7 @@ export class SandboxManager {
     if (!args.length) throw invalid('exec needs a command');
     return this.locks.run(id, async () => {
       const row = this.requireRow(id);
-      if (row.state === 'paused') throw conflict(`sandbox '${id}' is paused; resume it before running commands`);
-      if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}; commands need a running sandbox`);
+      assertOperation('exec', id, row.state);
       const spec = JSON.parse(row.spec) as StoredSpec;
       // the runtime replaces the whole environment when any variable is given
       const env = { ...BASE_ENV, ...spec.env, ...(opts.env ?? {}) };
@@ -802,8 +794,7 @@ export class SandboxManager {
 
   private async pauseLocked(id: string, memory: boolean): Promise<SandboxInfo> {
     const row = this.requireRow(id);
-    if (row.state === 'paused') throw conflict(`sandbox '${id}' is already paused`);
-    if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}; only a running sandbox can be paused`);
+    assertOperation('pause', id, row.state);
     this.setState(id, 'pausing');
     this.events.emit('interrupt', id, 'paused');
     try {
@@ -828,8 +819,7 @@ export class SandboxManager {
 
   private async resumeLocked(id: string, timeoutSec?: number): Promise<SandboxInfo> {
     const row = this.requireRow(id);
-    if (row.state === 'running') throw conflict(`sandbox '${id}' is already running`);
-    if (row.state !== 'paused') throw conflict(`sandbox '${id}' is ${row.state}; only a paused sandbox can be resumed`);
+    assertOperation('resume', id, row.state);
     const spec = JSON.parse(row.spec) as StoredSpec;
     this.admit?.({ op: 'resume', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata });
     this.setState(id, 'resuming');
@@ -884,6 +874,7 @@ export class SandboxManager {
   async connect(id: string, timeoutSec?: number): Promise<{ info: SandboxInfo; resumed: boolean }> {
     return this.locks.run(id, async () => {
       const row = this.requireRow(id);
+      assertOperation('connect', id, row.state);
       if (row.state === 'running') {
         if (timeoutSec !== undefined) {
           const wanted = Date.now() + timeoutSec * 1000;
@@ -891,9 +882,7 @@ export class SandboxManager {
         }
         return { info: this.get(id), resumed: false };
       }
-      if (row.state === 'paused') return { info: await this.resumeLocked(id, timeoutSec ?? 300), resumed: true };
-      if (row.state === 'deleting') throw conflict(`sandbox '${id}' is being deleted`);
-      throw conflict(`sandbox '${id}' is ${row.state}`);
+      return { info: await this.resumeLocked(id, timeoutSec ?? 300), resumed: true };
     });
   }
 
@@ -902,7 +891,7 @@ export class SandboxManager {
     if (!(Number.isFinite(timeoutSec) && timeoutSec >= 0)) throw invalid(`timeout must be a number of seconds >= 0, got ${timeoutSec}`);
     return this.locks.run(id, async () => {
       const row = this.requireRow(id);
-      if (row.state === 'deleting') throw conflict(`sandbox '${id}' is being deleted`);
+      assertOperation('setTimeout', id, row.state);
       this.store.updateSandbox(id, { endAt: Date.now() + timeoutSec * 1000 });
       return this.get(id);
     });
@@ -913,7 +902,7 @@ export class SandboxManager {
     if (!(Number.isFinite(durationSec) && durationSec >= 0)) throw invalid(`duration must be a number of seconds >= 0, got ${durationSec}`);
     await this.locks.run(id, async () => {
       const row = this.requireRow(id);
-      if (row.state !== 'running') throw conflict(`sandbox '${id}' is ${row.state}`);
+      assertOperation('refresh', id, row.state);
       const wanted = Date.now() + durationSec * 1000;
       if (row.endAt === null || wanted > row.endAt) this.store.updateSandbox(id, { endAt: wanted });
     });
@@ -968,9 +957,10 @@ export class SandboxManager {
     return row;
   }
 
+  /** Every state change goes through here and is checked against the table (states.ts). */
   private setState(id: string, state: SandboxState, extra: Partial<SandboxRow> = {}): void {
-    const d = STATE_DEADLINE_MS[state];
-    this.store.updateSandbox(id, { state, stateDeadline: d ? Date.now() + d : null, ...extra });
+    assertTransition(this.requireRow(id).state, state);
+    this.store.updateSandbox(id, { state, stateDeadline: deadlineFor(state, Date.now()), ...extra });
   }
 
   /** After a failed or interrupted operation: make the stored state what the host shows. */

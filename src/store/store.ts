@@ -7,16 +7,10 @@ import Database from 'better-sqlite3';
  * ON CONFLICT), so a cluster store can take the same schema.
  */
 
-export type SandboxState =
-  | 'creating'
-  | 'pooled' // prepared ahead of requests (warm pool): envd answers, no identity yet
-  | 'running'
-  | 'pausing'
-  | 'paused'
-  | 'resuming'
-  | 'stopped' // PID 1 exited or the sandbox died; resources remain until delete
-  | 'failed' // an operation failed; delete (or the reconciler) reclaims it
-  | 'deleting';
+// The states and their transition table live with the lifecycle (sandbox/states.ts); a type-only
+// import, re-exported so that readers of rows keep importing it from here.
+import type { SandboxState } from '../sandbox/states.js';
+export type { SandboxState };
 
 export type ResourceKind = 'dir' | 'mount' | 'cgroup' | 'container' | 'uidrange';
 
