@@ -1,0 +1,143 @@
+import { EventEmitter } from 'node:events';
+import { join } from 'node:path';
+import { naming } from '../config.js';
+import type { SandboxRuntime } from '../runtime/oci-runtime.js';
+import type { SandboxRow } from '../store/store.js';
+import { notFound } from '../util/errors.js';
+import type { GuardedSocket } from '../util/safe-socket.js';
+import { KeyedMutex } from '../util/lock.js';
+import type { CgroupHandle, ManagerDeps } from './deps.js';
+import { assertTransition, deadlineFor, type SandboxState } from './states.js';
+import { ID_BLOCK, idRegionBase, type Admission, type SandboxInfo, type StoredSpec } from './types.js';
+
+/**
+ * What every lifecycle file shares: the injected dependencies, the per-sandbox locks, the
+ * events, and the small helpers on names, rows and state. The verbs (provision.ts,
+ * teardown.ts, lifecycle.ts, ...) are functions over it; the manager is their façade.
+ */
+export class SandboxCore {
+  readonly locks = new KeyedMutex();
+  /**
+   * 'interrupt' (sandboxId, reason: 'paused' | 'killed'): the sandbox stops serving (pause,
+   *   delete); open streams must be cut, telling the client why.
+   * 'deleted' (sandboxId): the sandbox and everything it owned are gone.
+   */
+  readonly events = new EventEmitter();
+  /** Quota admission for creates and resumes (see Admission); unset: everything is admitted. */
+  admit?: (a: Admission) => void;
+  /** Delete sandboxes that stopped by themselves (E2B semantics). */
+  deleteStopped = false;
+  closed = false;
+
+  constructor(readonly deps: ManagerDeps) {}
+
+  get store() {
+    return this.deps.store;
+  }
+  get log() {
+    return this.deps.log;
+  }
+  get host() {
+    return this.deps.host;
+  }
+  now(): number {
+    return this.deps.clock.now();
+  }
+
+  requireRow(id: string): SandboxRow {
+    const row = this.store.getSandbox(id);
+    if (!row) throw notFound(`sandbox '${id}' not found`);
+    return row;
+  }
+
+  spec(id: string): StoredSpec {
+    return JSON.parse(this.requireRow(id).spec) as StoredSpec;
+  }
+
+  updateSpec(id: string, change: Partial<StoredSpec>): void {
+    this.store.updateSandbox(id, { spec: JSON.stringify({ ...this.spec(id), ...change }) });
+  }
+
+  /** Every state change goes through here and is checked against the table (states.ts). */
+  setState(id: string, state: SandboxState, extra: Partial<SandboxRow> = {}): void {
+    assertTransition(this.requireRow(id).state, state);
+    this.store.updateSandbox(id, { state, stateDeadline: deadlineFor(state, this.now()), ...extra });
+  }
+
+  info(row: SandboxRow): SandboxInfo {
+    const spec = JSON.parse(row.spec) as StoredSpec;
+    return {
+      id: row.id,
+      templateId: row.templateId,
+      state: row.state,
+      runtime: row.runtime,
+      createdAt: row.createdAt,
+      startedAt: row.startedAt,
+      endAt: row.endAt,
+      limits: spec.limits,
+      metadata: spec.metadata,
+      lastError: row.lastError,
+      templateName: spec.templateName,
+      accessToken: spec.accessToken,
+      lifecycle: spec.lifecycle,
+      coldPaused: spec.coldPaused,
+      extra: spec.extra,
+      team: row.team ?? null,
+    };
+  }
+
+  get(id: string): SandboxInfo {
+    return this.info(this.requireRow(id));
+  }
+
+  containerId(id: string): string {
+    return naming.containerId(this.deps.paths.instanceId, id);
+  }
+
+  sandboxDir(id: string): string {
+    return join(this.deps.paths.sandboxesDir, id);
+  }
+
+  cgroupPath(id: string): string {
+    return naming.cgroupPath(this.deps.paths.instanceId, id);
+  }
+
+  cgroup(id: string): CgroupHandle {
+    return this.host.cgroup(this.cgroupPath(id));
+  }
+
+  /** The runtime a sandbox was created with (its row records it), whatever the default. */
+  runtimeOf(id: string): SandboxRuntime {
+    return this.deps.runtimes.byName(this.store.getSandbox(id)?.runtime ?? this.deps.runtimes.default.name);
+  }
+
+  /** Host ids for a sandbox's user namespace: a per-instance region, one block per slot. */
+  idMapFor(slot: number | null): { hostId: number; size: number } | undefined {
+    if (slot === null || !this.deps.runtimes.default.userNamespaces) return undefined;
+    return { hostId: idRegionBase(this.deps.paths.instanceId) + slot * ID_BLOCK, size: ID_BLOCK };
+  }
+
+  /** The pids budget and CPU and IO weights of all sandboxes together, on their parent cgroup. */
+  applyInstanceLimits(): void {
+    this.host.applyInstanceLimits(naming.cgroupParent(this.deps.paths.instanceId));
+  }
+
+  /** Host path of the unix socket on which a sandbox's envd listens (on the sandbox's disk). */
+  envdSocket(id: string): string {
+    return join(this.sandboxDir(id), 'disk', 'run', 'envd.sock');
+  }
+
+  /**
+   * envd's socket as the host may connect to it: only a socket on the sandbox's own mounted
+   * disk, never through a link the sandbox planted. undefined when the disk is not mounted.
+   */
+  envdEndpoint(id: string): GuardedSocket | undefined {
+    const device = this.host.mountDevice(join(this.sandboxDir(id), 'disk'));
+    return device === undefined ? undefined : { path: this.envdSocket(id), device };
+  }
+
+  /** The sandbox's console (tini and envd's stdout and stderr), on its own disk. */
+  consoleLogPath(id: string): string {
+    return join(this.sandboxDir(id), 'disk', 'console.log');
+  }
+}

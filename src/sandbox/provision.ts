@@ -1,0 +1,257 @@
+import { randomBytes } from 'node:crypto';
+import { chownSync, existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { naming } from '../config.js';
+import { type BundleSpec, renewBootId, writeBundle } from '../runtime/bundle.js';
+import { rootfsLayout } from '../runtime/rootfs.js';
+import { SANDBOX_SUPPORT } from '../runtime/support.js';
+import type { Template } from '../template/store.js';
+import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
+import { faultPoint } from '../util/fault.js';
+import { randomId } from '../util/ids.js';
+import { readLogTail } from './console-log.js';
+import type { SandboxCore } from './core.js';
+import { envdCommand, envdRequest, healthy, INIT_SECRET_ENV, INIT_SECRET_HEADER } from './envd-client.js';
+import { deadlineFor } from './states.js';
+import { teardown } from './teardown.js';
+import { BASE_ENV, ID_SLOTS, normalizeLifecycle, resolveLimits, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
+
+/**
+ * Provisioning: a new sandbox's row, then every host resource (each recorded in the ledger
+ * before it is made, rule 7) up to envd answering. What state follows is the caller's choice:
+ * a create gives it its identity and makes it running, a pool fill leaves it pooled.
+ */
+
+/** A new sandbox, running: provisioned up to envd ready, then given its identity (/init). */
+export async function createSandbox(core: SandboxCore, template: Template, req: CreateRequest): Promise<SandboxInfo> {
+  const id = randomId(20);
+  return core.locks.run(id, async () => {
+    const spec = recordNew(core, id, template, req);
+    await rollbackOnFailure(core, id, template.name, async () => {
+      const pid = await provision(core, id, spec);
+      if (spec.agent) await personalize(core, id, spec);
+      faultPoint('create:after-agent');
+      const row = core.requireRow(id);
+      const startedAt = core.now();
+      // the TTL counts from the moment the sandbox is usable
+      const endAt = row.endAt !== null ? startedAt + (row.endAt - row.createdAt) : null;
+      core.setState(id, 'running', { pid, startedAt, endAt });
+    });
+    return core.get(id);
+  });
+}
+
+/** Writes a new sandbox's row (state creating) after admission; returns its spec. Under id's lock. */
+export function recordNew(core: SandboxCore, id: string, template: Template, req: CreateRequest): StoredSpec {
+  const limits = resolveLimits(template, req.limits, req);
+  const now = core.now();
+  const spec: StoredSpec = {
+    limits,
+    env: { ...template.config.env, ...(req.env ?? {}) },
+    metadata: req.metadata ?? {},
+    layers: template.layers,
+    command: req.command ?? ['/bin/sh', '-c', 'exec sleep 2147483647'],
+    agent: req.agent ?? req.command === undefined,
+    diskMB: template.config.diskSizeMB,
+    startCommand: template.config.startCommand,
+    readyCommand: template.config.readyCommand,
+    nestedContainers: template.config.nestedContainers === true,
+    support: core.deps.supportDir,
+    templateName: template.name,
+    user: template.config.user,
+    workdir: template.config.workdir,
+    envVars: req.envVars ?? {},
+    accessToken: req.secure === false ? null : randomBytes(24).toString('base64url'),
+    initSecret: randomBytes(24).toString('base64url'),
+    lifecycle: normalizeLifecycle(req.lifecycle),
+    coldPaused: false,
+    extra: req.extra ?? {},
+  };
+  if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0)) throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
+  const runtime = core.deps.runtimes.default;
+  core.store.transaction(() => {
+    core.admit?.({ op: 'create', team: req.team ?? null, sandboxId: id, limits, diskMB: spec.diskMB, metadata: spec.metadata });
+    const slot = runtime.userNamespaces ? allocateIdSlot(core) : null;
+    core.store.insertSandbox({
+      id,
+      templateId: template.id,
+      team: req.team ?? null,
+      state: 'creating',
+      stateDeadline: deadlineFor('creating', now),
+      runtime: runtime.name,
+      uidSlot: slot,
+      pid: null,
+      createdAt: now,
+      startedAt: null,
+      endAt: req.timeoutSec !== undefined ? now + req.timeoutSec * 1000 : null,
+      spec: JSON.stringify(spec),
+      lastError: null,
+      attempts: 0,
+      nextAttemptAt: null,
+    });
+  });
+  return spec;
+}
+
+function allocateIdSlot(core: SandboxCore): number {
+  const used = core.store.usedUidSlots();
+  for (let s = 0; s < ID_SLOTS; s++) if (!used.has(s)) return s;
+  throw new CubeboxError('unavailable', `no free user-id range: ${ID_SLOTS} sandboxes exist on this instance`);
+}
+
+/**
+ * Runs the rest of a create; if it fails, tears down what was made (a failed teardown leaves
+ * the sandbox failed, with both errors, rule 4) and reports the create's error.
+ */
+export async function rollbackOnFailure<T>(core: SandboxCore, id: string, templateName: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    core.log.warn({ sandbox: id, err: errorMessage(err) }, 'create failed; tearing down');
+    try {
+      await teardown(core, id);
+    } catch (e2) {
+      core.setState(id, 'failed', { lastError: `create: ${errorMessage(err)}; teardown: ${errorMessage(e2)}` });
+    }
+    throw new CubeboxError('internal', `creating a sandbox from template '${templateName}' failed: ${errorMessage(err)}`, { cause: err });
+  }
+}
+
+/** Creates every host resource of a recorded sandbox, up to envd ready; returns the runtime's PID (informational). */
+export async function provision(core: SandboxCore, id: string, spec: StoredSpec): Promise<number> {
+  const { paths, store, host } = { paths: core.deps.paths, store: core.store, host: core.host };
+  const inst = paths.instanceId;
+  const row = core.requireRow(id);
+  const idMap = core.idMapFor(row.uidSlot);
+  const dir = core.sandboxDir(id);
+
+  store.recordResource(id, 'dir', dir);
+  // root-only until mountRootfs lets the sandbox's own root group traverse it (rootfs.ts)
+  mkdirSync(dir, { mode: 0o700 });
+  faultPoint('create:after-dir');
+
+  const layout = rootfsLayout(dir, naming.mountSource(inst, id), spec.layers.length);
+  store.recordResource(id, 'mount', layout.disk);
+  await host.mountDisk(layout, spec.diskMB, join(paths.dataDir, 'disks'));
+  faultPoint('create:after-disk');
+  for (const m of [layout.target, ...layout.views]) store.recordResource(id, 'mount', m);
+  await host.mountRootfs(layout, spec.layers, idMap);
+  faultPoint('create:after-mount');
+
+  // The directory shared with the sandbox (envd's socket lives here) and the console log
+  // sit on the sandbox's own disk: bounded by its size, and a socket found there is the
+  // sandbox's (see safe-socket.ts).
+  const shared = join(layout.disk, 'run');
+  mkdirSync(shared, { mode: 0o700 });
+  if (idMap) chownSync(shared, idMap.hostId, idMap.hostId);
+  const bundleDir = join(dir, 'bundle');
+  mkdirSync(bundleDir, { mode: 0o700 });
+  writeBundle(bundleDir, bundleSpec(core, id, spec, layout.target, idMap));
+
+  const cid = core.containerId(id);
+  store.recordResource(id, 'cgroup', core.cgroupPath(id));
+  store.recordResource(id, 'container', cid);
+  faultPoint('create:before-run');
+  // a zero exit of a detached run means the container's first process is running
+  const pid = await core.runtimeOf(id).run(cid, bundleDir, core.consoleLogPath(id));
+  core.applyInstanceLimits();
+  faultPoint('create:after-run');
+  if (spec.agent) await waitForAgent(core, id);
+  await startTemplateCommand(core, id, spec);
+  return pid;
+}
+
+/** Starts a cold-paused sandbox again from its bundle and filesystem: a new boot. Returns its PID. */
+export async function bootAgain(core: SandboxCore, id: string, spec: StoredSpec): Promise<number> {
+  const cid = core.containerId(id);
+  const dir = core.sandboxDir(id);
+  // a new boot gets a new /init secret: whatever learnt the last one inside the sandbox cannot reuse it
+  spec = { ...spec, initSecret: randomBytes(24).toString('base64url') };
+  core.updateSpec(id, { initSecret: spec.initSecret });
+  writeBundle(join(dir, 'bundle'), bundleSpec(core, id, spec, join(dir, 'rootfs'), core.idMapFor(core.requireRow(id).uidSlot)));
+  renewBootId(join(dir, 'bundle')); // a new boot, a new boot id
+  const pid = await core.runtimeOf(id).run(cid, join(dir, 'bundle'), core.consoleLogPath(id));
+  core.applyInstanceLimits();
+  if (spec.agent) {
+    await waitForAgent(core, id);
+    await personalize(core, id, spec);
+  }
+  await startTemplateCommand(core, id, spec);
+  return pid;
+}
+
+/** Gives envd what is particular to this sandbox: env vars, access token, default user and workdir. */
+export async function personalize(core: SandboxCore, id: string, spec: StoredSpec): Promise<void> {
+  const body: Record<string, unknown> = { envVars: spec.envVars, defaultUser: spec.user, timestamp: new Date().toISOString() };
+  if (spec.accessToken) body.accessToken = spec.accessToken;
+  if (spec.workdir) body.defaultWorkdir = spec.workdir;
+  const socket = core.envdEndpoint(id);
+  if (!socket) throw new Error(`the disk of sandbox '${id}' is not mounted`);
+  const status = await envdRequest(socket, 'POST', '/init', body, spec.initSecret ? { [INIT_SECRET_HEADER]: spec.initSecret } : {});
+  if (status !== 204 && status !== 200) throw new Error(`envd /init answered ${status}`);
+}
+
+function bundleSpec(core: SandboxCore, id: string, spec: StoredSpec, rootfs: string, idMap?: { hostId: number; size: number }): BundleSpec {
+  return {
+    runtime: core.runtimeOf(id).name,
+    hostname: id,
+    rootfs,
+    command: spec.agent ? envdCommand(`${SANDBOX_SUPPORT}/run/envd.sock`) : spec.command,
+    env: envList({ ...BASE_ENV, ...spec.env, ...(spec.agent && spec.initSecret ? { [INIT_SECRET_ENV]: spec.initSecret } : {}) }),
+    cwd: '/',
+    idMap,
+    limits: spec.limits,
+    binds: [
+      { source: spec.support, destination: SANDBOX_SUPPORT, readonly: true },
+      { source: join(core.sandboxDir(id), 'disk', 'run'), destination: `${SANDBOX_SUPPORT}/run`, readonly: false },
+    ],
+    cgroupsPath: core.cgroupPath(id),
+    tiniPath: `${SANDBOX_SUPPORT}/tini`,
+    nestedContainers: spec.nestedContainers === true,
+  };
+}
+
+/**
+ * The template's start command, in the background, then its readiness check until it
+ * passes (the sandbox is not handed out before).
+ */
+async function startTemplateCommand(core: SandboxCore, id: string, spec: StoredSpec, timeoutMs = 120_000): Promise<void> {
+  if (!spec.startCommand) return;
+  const env = { ...BASE_ENV, ...spec.env, ...spec.envVars };
+  const cid = core.containerId(id);
+  const start = core.runtimeOf(id).exec(cid, ['/bin/sh', '-c', `(${spec.startCommand}) >>/proc/1/fd/1 2>&1`], { env, cwd: spec.workdir, detach: true, stdio: 'ignore' });
+  const code = await new Promise<number>((r) => start.on('close', (c) => r(c ?? 1)));
+  if (code !== 0) throw new Error(`the template's start command could not be started (exit ${code}); see ${core.consoleLogPath(id)}`);
+  if (!spec.readyCommand) return;
+  const until = Date.now() + timeoutMs;
+  let last = -1;
+  while (Date.now() < until) {
+    const check = core.runtimeOf(id).exec(cid, ['/bin/sh', '-c', spec.readyCommand], { env, cwd: spec.workdir, stdio: 'ignore' });
+    last = await new Promise<number>((r) => check.on('close', (c) => r(c ?? 1)));
+    if (last === 0) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`the template's readiness check did not pass in ${timeoutMs / 1000} s (last exit ${last})`);
+}
+
+/** Waits until envd answers GET /health on its socket; a sandbox that never gets there fails. */
+async function waitForAgent(core: SandboxCore, id: string, timeoutMs = 20_000): Promise<void> {
+  const socket = core.envdEndpoint(id);
+  if (!socket) throw new Error(`the disk of sandbox '${id}' is not mounted`);
+  const until = Date.now() + timeoutMs;
+  let delay = 2;
+  const cg = core.cgroup(id);
+  while (Date.now() < until) {
+    if (existsSync(socket.path) && (await healthy(socket))) return;
+    // an emptied cgroup means the sandbox died: a file read, not a runtime call, while envd starts
+    if (cg.pids().length === 0) break;
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 50);
+  }
+  const log = readLogTail(core.consoleLogPath(id), 4096).trim().split('\n').slice(-5).join(' | ');
+  throw new Error(`envd did not become ready in the sandbox${log ? `: ${log}` : ''}`);
+}
+
+function envList(env: Record<string, string>): string[] {
+  return Object.entries(env).map(([k, v]) => `${k}=${v}`);
+}

@@ -1,0 +1,137 @@
+import { readdirSync } from 'node:fs';
+import { naming } from '../config.js';
+import { errorMessage } from '../util/errors.js';
+import { SANDBOX_ID_RE } from '../util/ids.js';
+import { rotateConsoleLog } from './console-log.js';
+import type { SandboxCore } from './core.js';
+import type { SandboxState } from './states.js';
+import { settleFromHost, teardown } from './teardown.js';
+import type { ReconcileReport, StoredSpec } from './types.js';
+
+/** How many sandboxes one reconciler pass handles at once. */
+const RECONCILE_CONCURRENCY = 4;
+
+/**
+ * The reconciler (rules 5, 8, 9): compares the store with the host and converges. Adopts
+ * healthy sandboxes, resolves transitional states past their deadline, finishes interrupted
+ * teardowns, and removes orphans carrying this instance's naming. Never touches another
+ * instance's resources. One pass at a time; `afterPass` runs at the end of each (the pool
+ * refill, the collection of ephemeral templates).
+ */
+export class Reconciler {
+  private running: Promise<ReconcileReport> | undefined;
+
+  constructor(
+    private readonly core: SandboxCore,
+    private readonly afterPass: () => void,
+  ) {}
+
+  reconcile(opts: { startup?: boolean } = {}): Promise<ReconcileReport> {
+    if (this.running) return this.running;
+    this.running = this.once(opts.startup ?? false).finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  /** Waits for a pass in progress (close). */
+  async settled(): Promise<void> {
+    await this.running?.catch(() => undefined);
+  }
+
+  private async once(startup: boolean): Promise<ReconcileReport> {
+    const core = this.core;
+    const report: ReconcileReport = { adopted: [], skipped: [], tornDown: [], orphansRemoved: [], errors: [] };
+    const now = core.now();
+    // Each sandbox on its own, a few at a time. A sandbox whose lock is held (an operation in
+    // flight, or one stuck in a runtime call until its timeout) is skipped, never waited for:
+    // the next pass comes back to it, and the others are handled meanwhile.
+    await eachLimited(core.store.listSandboxes(), RECONCILE_CONCURRENCY, async (row) => {
+      if (core.closed) return;
+      const done = await core.locks.tryRun(row.id, () => this.sandbox(row.id, startup, now, report));
+      if (!done.ran) report.skipped.push(row.id);
+    });
+    await this.removeOrphans(report);
+    for (const r of core.store.listSandboxes()) if (r.state === 'running' || r.state === 'pooled') rotateConsoleLog(core.consoleLogPath(r.id));
+    this.afterPass();
+    return report;
+  }
+
+  /** One sandbox's reconciliation; under its lock. */
+  private async sandbox(id: string, startup: boolean, now: number, report: ReconcileReport): Promise<void> {
+    const core = this.core;
+    const r = core.store.getSandbox(id);
+    if (!r) return;
+    try {
+      const expired = r.stateDeadline !== null && r.stateDeadline < now;
+      const spec = JSON.parse(r.spec) as StoredSpec;
+      if (r.state === 'deleting' || r.state === 'failed' || (r.state === 'stopped' && core.deleteStopped) || (r.state === 'creating' && (startup || expired))) {
+        if (r.nextAttemptAt && r.nextAttemptAt > now && !startup) return;
+        await teardown(core, r.id);
+        report.tornDown.push(r.id);
+      } else if (r.state === 'pausing' || r.state === 'resuming') {
+        if (r.nextAttemptAt && r.nextAttemptAt > now && !startup) return;
+        if (startup || expired) await settleFromHost(core, r.id, `interrupted while ${r.state}`);
+      } else if (r.state === 'paused' && spec.coldPaused) {
+        // paused without memory: no container by design; its disk waits for a resume
+        if (startup) report.adopted.push(r.id);
+      } else if (r.state === 'running' || r.state === 'paused' || r.state === 'pooled') {
+        const st = await core.runtimeOf(r.id).state(core.containerId(r.id));
+        const live: SandboxState = r.state === 'pooled' ? 'pooled' : 'running';
+        const hostState: SandboxState = st?.status === 'running' ? live : st?.status === 'paused' ? 'paused' : 'stopped';
+        if (hostState !== r.state) {
+          core.log.warn({ sandbox: r.id, stored: r.state, host: hostState }, 'sandbox state differs from the host; taking the host state');
+          core.setState(r.id, hostState, hostState === 'stopped' ? { lastError: 'the sandbox stopped (its main process exited or was killed)' } : {});
+        }
+        if (startup) report.adopted.push(r.id);
+      }
+    } catch (err) {
+      const attempts = r.attempts + 1;
+      core.store.updateSandbox(r.id, {
+        attempts,
+        lastError: errorMessage(err),
+        nextAttemptAt: now + Math.min(2 ** attempts * 1000, 300_000),
+      });
+      report.errors.push(`${r.id}: ${errorMessage(err)}`);
+    }
+  }
+
+  /** Host resources named for this instance that no stored sandbox owns. */
+  private async removeOrphans(report: ReconcileReport): Promise<void> {
+    const core = this.core;
+    const { paths, host, runtimes } = core.deps;
+    const inst = paths.instanceId;
+    const known = new Set(core.store.listSandboxes().map((r) => r.id));
+    const prefix = `cubebox-${inst}-`;
+    const candidates = new Set<string>(core.store.orphanLedgerIds());
+    for (const rt of runtimes.all()) for (const cid of await rt.list()) if (cid.startsWith(prefix)) candidates.add(cid.slice(prefix.length));
+    for (const name of host.listInstanceCgroups(naming.cgroupParent(inst))) candidates.add(name);
+    for (const m of host.mountTable()) if (m.source.startsWith(prefix)) candidates.add(m.source.slice(prefix.length));
+    try {
+      for (const d of readdirSync(paths.sandboxesDir)) candidates.add(d);
+    } catch {
+      /* no sandboxes dir yet */
+    }
+    for (const id of candidates) {
+      if (known.has(id) || !SANDBOX_ID_RE.test(id)) continue;
+      // a busy id is a sandbox being made right now, not an orphan
+      await core.locks.tryRun(id, async () => {
+        if (core.store.getSandbox(id)) return;
+        try {
+          await teardown(core, id);
+          report.orphansRemoved.push(id);
+          core.log.warn({ sandbox: id }, 'removed orphaned sandbox resources');
+        } catch (err) {
+          report.errors.push(`orphan ${id}: ${errorMessage(err)}`);
+        }
+      });
+    }
+  }
+}
+
+/** Runs fn for every item, at most `limit` at once. */
+async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}

@@ -1,0 +1,183 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { RuntimeName } from '../config.js';
+import type { Limits } from '../runtime/bundle.js';
+import type { Template } from '../template/store.js';
+import { invalid } from '../util/errors.js';
+import type { SandboxState } from './states.js';
+
+/** The manager's public types, the stored spec, and the pure rules on requests (no host access). */
+
+export const BASE_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' };
+
+/** Each sandbox's root maps to its own block of 65536 host ids. */
+export const ID_BLOCK = 65536;
+export const ID_SLOTS = 512;
+
+export interface CreateRequest {
+  template: string;
+  limits?: Partial<Limits>;
+  env?: Record<string, string>;
+  metadata?: Record<string, string>;
+  /**
+   * Run envd (the in-sandbox agent) as the sandbox's main process and wait until it
+   * answers (default true). Without it the sandbox runs `command` and only the runtime's
+   * exec reaches it.
+   */
+  agent?: boolean;
+  /** The main process when there is no agent (default: one that keeps the sandbox alive). */
+  command?: string[];
+  /** Seconds until the TTL reaper acts (undefined: no TTL). */
+  timeoutSec?: number;
+  /** Environment for every process envd starts (given to envd's /init). */
+  envVars?: Record<string, string>;
+  /** What the reaper does at endAt, and whether traffic wakes a paused sandbox. */
+  lifecycle?: LifecycleInput;
+  /** Issue an envd access token (default true). */
+  secure?: boolean;
+  /** Further request fields kept with the sandbox and reported back (network, ...). */
+  extra?: Record<string, unknown>;
+  /** The owning team (API creates); none for host-made sandboxes. */
+  team?: string | null;
+}
+
+/**
+ * What the admission hook (quotas) sees. It runs synchronously right before a sandbox's row is
+ * written (create, warm-pool claim) or the sandbox leaves `paused` (resume), so that the check
+ * and the write are one step; throwing refuses the operation.
+ */
+export interface Admission {
+  op: 'create' | 'resume';
+  team: string | null;
+  sandboxId: string;
+  limits: Limits;
+  diskMB: number;
+  metadata: Record<string, string>;
+}
+
+export interface Lifecycle {
+  onTimeout: 'kill' | 'pause';
+  autoResume: boolean;
+  keepMemory: boolean;
+}
+
+const DEFAULT_LIFECYCLE: Lifecycle = { onTimeout: 'kill', autoResume: false, keepMemory: true };
+
+/** A lifecycle as callers give it: onTimeout as E2B's string or as the SDK's object form. */
+export interface LifecycleInput {
+  onTimeout?: 'kill' | 'pause' | { action: 'kill' } | { action: 'pause'; keepMemory?: boolean };
+  autoResume?: boolean;
+  keepMemory?: boolean;
+}
+
+/** Both forms of onTimeout ('pause', { action: 'pause', keepMemory: false }, ...) to one Lifecycle. */
+export function normalizeLifecycle(input: LifecycleInput | undefined): Lifecycle {
+  const out: Lifecycle = { ...DEFAULT_LIFECYCLE };
+  if (!input) return out;
+  const t = input.onTimeout;
+  const action = typeof t === 'object' && t !== null ? t.action : t;
+  if (action !== undefined && action !== 'kill' && action !== 'pause') throw invalid(`onTimeout must be 'kill' or 'pause' (or { action, keepMemory }), got ${JSON.stringify(t)}`);
+  if (action) out.onTimeout = action;
+  const objKeep = typeof t === 'object' && t !== null && 'keepMemory' in t ? t.keepMemory : undefined;
+  if (objKeep !== undefined && action !== 'pause') throw invalid('onTimeout.keepMemory is only allowed when the action is pause');
+  const keep = objKeep ?? input.keepMemory;
+  if (keep !== undefined) out.keepMemory = keep !== false;
+  if (input.autoResume !== undefined) out.autoResume = input.autoResume === true;
+  if (out.autoResume && out.onTimeout !== 'pause') throw invalid('autoResume needs onTimeout pause');
+  if (out.autoResume && !out.keepMemory) throw invalid('autoResume cannot be combined with a filesystem-only pause (keepMemory: false): resume it explicitly');
+  return out;
+}
+
+export interface SandboxInfo {
+  id: string;
+  templateId: string;
+  state: SandboxState;
+  runtime: string;
+  createdAt: number;
+  startedAt: number | null;
+  endAt: number | null;
+  limits: Limits;
+  metadata: Record<string, string>;
+  lastError: string | null;
+  templateName: string;
+  accessToken: string | null;
+  lifecycle: Lifecycle;
+  /** Paused without memory: resume boots it again from its filesystem. */
+  coldPaused: boolean;
+  extra: Record<string, unknown>;
+  /** The owning team; null for host-made sandboxes. */
+  team: string | null;
+}
+
+export interface StoredSpec {
+  limits: Limits;
+  env: Record<string, string>;
+  metadata: Record<string, string>;
+  layers: string[];
+  command: string[];
+  agent: boolean;
+  diskMB: number;
+  startCommand?: string;
+  readyCommand?: string;
+  support: string; // host directory mounted at /.cubebox
+  templateName: string;
+  user: string;
+  workdir?: string;
+  envVars: Record<string, string>;
+  accessToken: string | null;
+  /** What envd requires on /init; given to envd at boot, new for every boot. */
+  initSecret?: string;
+  lifecycle: Lifecycle;
+  coldPaused: boolean;
+  extra: Record<string, unknown>;
+  /** From the template: seccomp allows user namespaces and mounts in them (seccomp.ts). */
+  nestedContainers?: boolean;
+}
+
+export interface ManagerOptions {
+  dataDir: string;
+  runtime?: RuntimeName;
+  logger?: Logger;
+  /** Run the reconciler every this many ms (0 = only at start-up). */
+  reconcileIntervalMs?: number;
+  /** Run the TTL reaper every this many ms (0 = never). */
+  reaperIntervalMs?: number;
+  /** Delete sandboxes that stopped by themselves (E2B semantics: a dead sandbox is gone). */
+  deleteStopped?: boolean;
+  /** Warm pool: sandboxes prepared ahead of requests, per template name. */
+  pool?: Record<string, number>;
+}
+
+export interface ReconcileReport {
+  adopted: string[];
+  /** Busy sandboxes (an operation holds their lock): a later pass comes back to them. */
+  skipped: string[];
+  tornDown: string[];
+  orphansRemoved: string[];
+  errors: string[];
+}
+
+/** Per-instance region of host ids above 2^31, so instances on one host rarely overlap. */
+export function idRegionBase(instanceId: string): number {
+  const region = createHash('sha256').update(instanceId).digest().readUInt32BE(0) % 63;
+  return 2 ** 31 + region * ID_SLOTS * ID_BLOCK;
+}
+
+/** Requests a pooled sandbox can serve: nothing that changes how the sandbox is built. */
+export function poolable(req: CreateRequest): boolean {
+  return !req.limits && !req.env && !req.command && req.agent !== false;
+}
+
+export function resolveLimits(template: Template, reqLimits: Partial<Limits> = {}, req: Pick<CreateRequest, 'agent' | 'command'> = {}): Limits {
+  const limits: Limits = {
+    memoryMB: reqLimits.memoryMB ?? template.config.memoryMB,
+    cpuCount: reqLimits.cpuCount ?? template.config.cpuCount,
+    pids: reqLimits.pids ?? 1024,
+  };
+  if (!Number.isFinite(limits.memoryMB) || limits.memoryMB < 16 || limits.memoryMB > 1024 * 1024) throw invalid(`memory must be between 16 MB and 1 TB, got ${limits.memoryMB}`);
+  // envd (node) needs room of its own: below 64 MB only an agent-less sandbox makes sense
+  if (limits.memoryMB < 64 && (req.agent ?? true) && !req.command) throw invalid(`memory must be at least 64 MB for a sandbox with envd, got ${limits.memoryMB}`);
+  if (!Number.isFinite(limits.cpuCount) || limits.cpuCount <= 0 || limits.cpuCount > 1024) throw invalid(`cpu count must be > 0, got ${limits.cpuCount}`);
+  if (!Number.isInteger(limits.pids) || limits.pids < 8 || limits.pids > 1_000_000) throw invalid(`pids limit must be an integer >= 8, got ${limits.pids}`);
+  return limits;
+}
