@@ -133,10 +133,18 @@ export async function unmountRootfs(paths: string[]): Promise<void> {
  * The kernel frees an auto-clearing loop device asynchronously after the unmount: wait for
  * that, and detach explicitly what is still bound to a file of this sandbox.
  */
+/** Polls `done` (every 10 ms, then less often) until it holds or `ms` have passed. */
+async function waitUntil(done: () => boolean, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  for (let delay = 10; !done() && Date.now() < until; delay = Math.min(delay * 2, 200)) await new Promise((r) => setTimeout(r, delay));
+}
+
 export async function releaseLoopDevices(dir: string): Promise<void> {
-  for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
+  // A lazily unmounted disk lets its loop device go once the filesystem is torn down, which
+  // writes its dirty pages back first: seconds on a loaded host after a sandbox wrote a lot.
+  await waitUntil(() => loopDevicesUnder(dir).length === 0, 10_000);
   for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!], { timeoutMs: HELPER_TIMEOUT_MS }).catch(() => undefined);
-  for (let i = 0; i < 100 && loopDevicesUnder(dir).length; i++) await new Promise((r) => setTimeout(r, 10));
+  await waitUntil(() => loopDevicesUnder(dir).length === 0, 5_000);
   const left = loopDevicesUnder(dir);
   if (left.length) throw new Error(`loop devices remain: ${left.join(', ')}`);
 }
