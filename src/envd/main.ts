@@ -64,7 +64,8 @@ async function main(): Promise<void> {
   const stop = () => {
     if (stopping) return;
     stopping = true;
-    envd.close().finally(() => process.exit(0));
+    // exits either way: a failed close must not keep a stopping envd alive
+    void envd.close().catch(() => undefined).finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };
   process.on('SIGTERM', stop);

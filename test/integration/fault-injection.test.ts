@@ -77,7 +77,7 @@ describe('fault injection: SIGKILL of cubebox serve during lifecycle operations'
         if (list) {
           const now = Date.now();
           const ids = new Set(list.map((s) => s.id));
-          for (const [id, v] of seen) if (!ids.has(id)) seen.delete(id);
+          for (const id of seen.keys()) if (!ids.has(id)) seen.delete(id);
           for (const s of list) {
             const prev = seen.get(s.id);
             if (!prev || prev.state !== s.state) seen.set(s.id, { state: s.state, since: prev && prev.state === s.state ? prev.since : now });
