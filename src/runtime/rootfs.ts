@@ -129,16 +129,16 @@ export async function unmountRootfs(paths: string[]): Promise<void> {
   if (left.length) throw new Error(`still mounted: ${left.join(', ')}`);
 }
 
-/**
- * The kernel frees an auto-clearing loop device asynchronously after the unmount: wait for
- * that, and detach explicitly what is still bound to a file of this sandbox.
- */
 /** Polls `done` (every 10 ms, then less often) until it holds or `ms` have passed. */
 async function waitUntil(done: () => boolean, ms: number): Promise<void> {
   const until = Date.now() + ms;
   for (let delay = 10; !done() && Date.now() < until; delay = Math.min(delay * 2, 200)) await new Promise((r) => setTimeout(r, delay));
 }
 
+/**
+ * The kernel frees an auto-clearing loop device asynchronously after the unmount: wait for
+ * that, and detach explicitly what is still bound to a file of this sandbox.
+ */
 export async function releaseLoopDevices(dir: string): Promise<void> {
   // A lazily unmounted disk lets its loop device go once the filesystem is torn down, which
   // writes its dirty pages back first: seconds on a loaded host after a sandbox wrote a lot.

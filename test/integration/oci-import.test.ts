@@ -496,6 +496,7 @@ test('through the runtime\'s idmapped layer views, a sandbox root sees the same 
   // (image uid 0 -> host HOST), a writable upper layer on top.
   const HOST = 300000;
   const dir = path.join(root, 'sandbox');
+  await fs.mkdir(dir); // the manager makes a sandbox's directory before its root
   const layout = rootfsLayout(dir, 'cubebox-ocitest', first!.layerIds.length);
   await mountRootfs(layout, first!.layerIds.map((id) => path.join(sharedLayers(), id)), { hostId: HOST, size: 65536 });
   try {
