@@ -1,3 +1,4 @@
+import { SANDBOX_STATES, type SandboxState } from '../store/store.js';
 import { conflict, CubeboxError } from '../util/errors.js';
 
 /**
@@ -20,18 +21,8 @@ import { conflict, CubeboxError } from '../util/errors.js';
  *   running, paused, pooled ──► stopped (the main process exited); failed: an operation failed
  */
 
-export type SandboxState =
-  | 'creating'
-  | 'pooled' // prepared ahead of requests (warm pool): envd answers, no identity yet
-  | 'running'
-  | 'pausing'
-  | 'paused'
-  | 'resuming'
-  | 'stopped' // PID 1 exited or the sandbox died; resources remain until delete
-  | 'failed' // an operation failed; delete (or the reconciler) reclaims it
-  | 'deleting';
-
-export const SANDBOX_STATES: readonly SandboxState[] = ['creating', 'pooled', 'running', 'pausing', 'paused', 'resuming', 'stopped', 'failed', 'deleting'];
+// The names themselves are the store's vocabulary (a lower floor), re-exported here.
+export { SANDBOX_STATES, type SandboxState };
 
 /**
  * Every state change the manager makes, from -> to. `deleting` is reachable from every state

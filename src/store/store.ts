@@ -1,16 +1,25 @@
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 
+/** The states a sandbox row can be in; their transitions, deadlines and E2B names are in src/sandbox/states.ts. */
+export type SandboxState =
+  | 'creating'
+  | 'pooled' // prepared ahead of requests (warm pool): envd answers, no identity yet
+  | 'running'
+  | 'pausing'
+  | 'paused'
+  | 'resuming'
+  | 'stopped' // PID 1 exited or the sandbox died; resources remain until delete
+  | 'failed' // an operation failed; delete (or the reconciler) reclaims it
+  | 'deleting';
+
+export const SANDBOX_STATES: readonly SandboxState[] = ['creating', 'pooled', 'running', 'pausing', 'paused', 'resuming', 'stopped', 'failed', 'deleting'];
+
 /**
  * The embedded store: sandboxes, templates, and the ledger of host resources each
  * sandbox owns. Plain SQL kept to what PostgreSQL also speaks (TEXT, BIGINT, INTEGER,
  * ON CONFLICT), so a cluster store can take the same schema.
  */
-
-// The states and their transition table live with the lifecycle (sandbox/states.ts); a type-only
-// import, re-exported so that readers of rows keep importing it from here.
-import type { SandboxState } from '../sandbox/states.js';
-export type { SandboxState };
 
 export type ResourceKind = 'dir' | 'mount' | 'cgroup' | 'container' | 'uidrange';
 
