@@ -1,0 +1,92 @@
+// Getting an image source onto local disk in a readable form: pulling from a registry with
+// skopeo, decompressing a compressed tarball, and splitting `<path>:<tag>` references.
+import { spawn } from 'node:child_process';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import { CubeboxError, invalid, notFound } from '../../util/errors.js';
+import { abortError } from './layer-blob.js';
+
+// --- registries ---------------------------------------------------------------------------
+
+function registryHost(ref: string): string {
+  const name = ref.replace(/^docker:\/\//, '').replace(/^\/+/, '');
+  const first = name.split('/')[0] ?? '';
+  return name.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost') ? first : 'docker.io';
+}
+
+export async function pull(source: string, dir: string, opts: { signal?: AbortSignal; timeoutMs?: number }, progress: (l: string) => void): Promise<void> {
+  const args: string[] = [];
+  if (!existsSync('/etc/containers/policy.json')) args.push('--insecure-policy');
+  if (opts.timeoutMs) args.push('--command-timeout', `${Math.ceil(opts.timeoutMs / 1000)}s`);
+  args.push('copy', '--retry-times', '0', source, `oci:${dir}:import`);
+  const host = registryHost(source);
+  progress(`pulling ${source} with skopeo`);
+  const r = await new Promise<{ code: number | null; stderr: string; spawnErr?: Error }>((resolve) => {
+    const c = spawn('skopeo', args, { stdio: ['ignore', 'pipe', 'pipe'], signal: opts.signal });
+    let stderr = '';
+    let partial = '';
+    c.stdout.setEncoding('utf8').on('data', (d: string) => {
+      const lines = (partial + d).split('\n');
+      partial = lines.pop() ?? '';
+      for (const l of lines) if (l.trim()) progress(l.trim());
+    });
+    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-8000)));
+    c.on('error', (e) => resolve({ code: null, stderr, spawnErr: e }));
+    c.on('close', (code) => resolve({ code, stderr }));
+  });
+  if (opts.signal?.aborted) throw abortError(opts.signal);
+  if (r.spawnErr) throw new CubeboxError('unavailable', `cannot run skopeo to pull ${source} (install the skopeo package): ${r.spawnErr.message}`);
+  if (r.code === 0) return;
+  const last = r.stderr.trim().split('\n').filter(Boolean).slice(-1)[0];
+  const msg = last?.replace(/^time="[^"]*" level=\w+ msg="?/, '').replace(/"$/, '').replace(/\\"/g, '"') ?? `skopeo exit ${r.code}`;
+  if (/connection refused|no such host|network is unreachable|no route to host|i\/o timeout|TLS handshake timeout|dial tcp|server misbehaving|context deadline exceeded|connection reset|timed out|EOF$/i.test(r.stderr)) {
+    throw new CubeboxError('unavailable', `cannot reach registry ${host} to pull ${source}: ${msg}`);
+  }
+  if (/x509|certificate|tls:/i.test(r.stderr)) throw new CubeboxError('unavailable', `cannot reach registry ${host} securely to pull ${source}: ${msg}`);
+  if (/manifest unknown|name unknown|not found/i.test(r.stderr)) throw notFound(`image ${source} not found in registry ${host}: ${msg}`);
+  if (/unauthorized|authentication required|denied|forbidden/i.test(r.stderr)) throw invalid(`registry ${host} refused access to ${source}: ${msg}`);
+  throw invalid(`cannot pull ${source}: ${msg}`);
+}
+
+export async function sniffFile(path: string): Promise<'gzip' | 'zstd' | 'none'> {
+  const fh = await fs.open(path, 'r');
+  try {
+    const b = Buffer.alloc(4);
+    const { bytesRead } = await fh.read(b, 0, 4, 0);
+    if (bytesRead >= 2 && b[0] === 0x1f && b[1] === 0x8b) return 'gzip';
+    if (bytesRead === 4 && b.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+    return 'none';
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function decompressTo(src: string, dest: string, kind: 'gzip' | 'zstd', signal?: AbortSignal): Promise<void> {
+  if (kind === 'gzip') {
+    try {
+      await pipeline(createReadStream(src), createGunzip(), createWriteStream(dest, { mode: 0o600 }), { signal });
+    } catch (err) {
+      if (signal?.aborted) throw abortError(signal);
+      throw invalid(`${src} is not valid gzip data: ${(err as Error).message}`);
+    }
+    return;
+  }
+  const r = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    const c = spawn('zstd', ['-d', '-q', '-f', '-o', dest, src], { stdio: ['ignore', 'ignore', 'pipe'], signal });
+    let stderr = '';
+    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    c.on('error', (e) => reject(signal?.aborted ? abortError(signal) : new CubeboxError('unavailable', `cannot run zstd: ${e.message}`)));
+    c.on('close', (code) => resolve({ code, stderr }));
+  });
+  if (r.code !== 0) throw invalid(`${src} is not valid zstd data: ${r.stderr.trim()}`);
+}
+
+/** Splits `<path>:<tag>` / `<path>@sha256:...` when the whole string is not a path itself. */
+export function splitRef(source: string): { path: string; ref?: string } {
+  if (existsSync(source)) return { path: source };
+  const m = /^(.+?)(?:@(sha256:[0-9a-f]{64})|:([^/:@]+))$/.exec(source);
+  if (m && existsSync(m[1]!)) return { path: m[1]!, ref: m[2] ?? m[3] };
+  throw invalid(`image source ${source} does not exist`);
+}
