@@ -420,37 +420,67 @@ async function xattrsOf(dir: string, rel: string): Promise<string> {
   return out.toString('latin1');
 }
 
-let L: Layer[] = [];
-let ociDir = '';
-let ociDigests: string[] = [];
 const sharedLayers = () => path.join(root, 'layers');
+
+interface TestImages {
+  /** The three layers of image v1 (gzip, zstd, uncompressed). */
+  L: Layer[];
+  /** An OCI layout with v1 and base (v1's first layer alone). */
+  ociDir: string;
+  /** Manifest digests of v1 and base. */
+  ociDigests: string[];
+}
+
+let imagesMade: Promise<TestImages> | undefined;
+
+/** The test images (made once, by whichever test needs them first): the OCI layout and docker save tarballs. */
+function images(): Promise<TestImages> {
+  return (imagesMade ??= (async () => {
+    const L = [layer(layer1(), 'gzip'), layer(layer2(), 'zstd'), layer(await layer3(), 'none')];
+    const ociDir = path.join(root, 'oci');
+    const ociDigests = await writeOci(ociDir, [
+      { tag: 'v1', layers: L },
+      { tag: 'base', layers: [L[0]!] },
+    ]);
+    await writeDockerSave(path.join(root, 'legacy.tar'), [{ tags: ['test/image:v1'], layers: L }], true);
+    await writeDockerSave(path.join(root, 'current.tar'), [{ tags: ['test/image:v1'], layers: L }], false);
+    await writeDockerSave(path.join(root, 'two.tar'), [
+      { tags: ['test/image:v1'], layers: L },
+      { tags: ['test/base:latest'], layers: [L[0]!] },
+    ], true);
+    return { L, ociDir, ociDigests };
+  })());
+}
+
+interface FirstImport {
+  img: ImportedImage;
+  /** Progress lines of the import. */
+  lines: string[];
+  ms: number;
+  /** The shared layers directory's entries right after the import. */
+  entries: string[];
+}
+
+let firstMade: Promise<FirstImport> | undefined;
+
+/** v1 imported from the OCI layout into the shared layers directory (once, into an empty directory). */
+function firstImport(): Promise<FirstImport> {
+  return (firstMade ??= (async () => {
+    const { ociDir } = await images();
+    const lines: string[] = [];
+    const t0 = process.hrtime.bigint();
+    const img = await importImage(ociDir, sharedLayers(), { ref: 'v1', onProgress: (l) => lines.push(l) });
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    return { img, lines, ms, entries: (await fs.readdir(sharedLayers())).sort() };
+  })());
+}
 
 // --- tests --------------------------------------------------------------------------------
 
-test('build the test images', async () => {
-  L = [layer(layer1(), 'gzip'), layer(layer2(), 'zstd'), layer(await layer3(), 'none')];
-  ociDir = path.join(root, 'oci');
-  ociDigests = await writeOci(ociDir, [
-    { tag: 'v1', layers: L },
-    { tag: 'base', layers: [L[0]!] },
-  ]);
-  await writeDockerSave(path.join(root, 'legacy.tar'), [{ tags: ['test/image:v1'], layers: L }], true);
-  await writeDockerSave(path.join(root, 'current.tar'), [{ tags: ['test/image:v1'], layers: L }], false);
-  await writeDockerSave(path.join(root, 'two.tar'), [
-    { tags: ['test/image:v1'], layers: L },
-    { tags: ['test/base:latest'], layers: [L[0]!] },
-  ], true);
-});
-
-let first: ImportedImage | undefined;
-
 test('an OCI layout imports to exactly the final filesystem', async () => {
-  const lines: string[] = [];
-  const t0 = process.hrtime.bigint();
-  const img = await importImage(ociDir, sharedLayers(), { ref: 'v1', onProgress: (l) => lines.push(l) });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  const { L, ociDigests } = await images();
+  const { img, lines, ms, entries } = await firstImport();
   console.log(`import of the 3-layer test image (OCI layout): ${ms.toFixed(0)} ms`);
-  first = img;
   assert.deepEqual(img.layerIds, [...L].reverse().map((l) => `sha256-${hex(l.diffId)}`));
   assert.equal(img.digest, ociDigests[0]);
   assert.deepEqual(img.config, {
@@ -461,9 +491,8 @@ test('an OCI layout imports to exactly the final filesystem', async () => {
     entrypoint: ['/usr/bin/env'],
   });
   assert.ok(lines.some((l) => /layer 3\/3 .*extracted/.test(l)), lines.join('\n'));
-  assert.deepEqual((await fs.readdir(sharedLayers())).sort(), [...img.layerIds].sort(), 'only the layer directories remain');
+  assert.deepEqual(entries, [...img.layerIds].sort(), 'only the layer directories remain');
 
-  // In the layer directories themselves: overlayfs's whiteout format.
   const [top, mid] = img.layerIds.map((id) => path.join(sharedLayers(), id)) as [string, string, string];
   const wh = await fs.lstat(path.join(mid, 'etc/hostname'));
   assert.ok(wh.isCharacterDevice() && wh.rdev === 0 && wh.uid === 0 && wh.gid === 0, 'whiteout is a 0/0 character device');
@@ -492,13 +521,14 @@ test('an OCI layout imports to exactly the final filesystem', async () => {
 });
 
 test('through the runtime\'s idmapped layer views, a sandbox root sees the same tree', async () => {
+  const first = (await firstImport()).img;
   // As src/runtime/rootfs.ts mounts a sandbox: each layer through an idmapped bind mount
   // (image uid 0 -> host HOST), a writable upper layer on top.
   const HOST = 300000;
   const dir = path.join(root, 'sandbox');
   await fs.mkdir(dir); // the manager makes a sandbox's directory before its root
-  const layout = rootfsLayout(dir, 'cubebox-ocitest', first!.layerIds.length);
-  await mountRootfs(layout, first!.layerIds.map((id) => path.join(sharedLayers(), id)), { hostId: HOST, size: 65536 });
+  const layout = rootfsLayout(dir, 'cubebox-ocitest', first.layerIds.length);
+  await mountRootfs(layout, first.layerIds.map((id) => path.join(sharedLayers(), id)), { hostId: HOST, size: 65536 });
   try {
     const shifted = EXPECTED.map(([p, t, m, u, g, ...rest]) => [p, t, m, u + HOST, g + HOST, ...rest] as Row);
     const seen = await walk(layout.target);
@@ -510,7 +540,7 @@ test('through the runtime\'s idmapped layer views, a sandbox root sees the same 
     await fs.writeFile(path.join(layout.target, 'data/new'), 'mine\n');
     assert.deepEqual((await fs.readdir(path.join(layout.target, 'opt'))).sort(), ['hard1', 'hard2']);
     assert.equal(await fs.readFile(path.join(layout.target, 'data/new'), 'utf8'), 'mine\n');
-    assert.equal(await fs.readFile(path.join(sharedLayers(), first!.layerIds[2]!, 'opt/keep'), 'utf8'), 'keep\n');
+    assert.equal(await fs.readFile(path.join(sharedLayers(), first.layerIds[2]!, 'opt/keep'), 'utf8'), 'keep\n');
   } finally {
     await unmountRootfs([layout.target, ...layout.views]);
   }
@@ -519,18 +549,20 @@ test('through the runtime\'s idmapped layer views, a sandbox root sees the same 
 });
 
 test('umoci, unpacking the same image, gives the same tree', async () => {
+  const { L } = await images();
+  const first = (await firstImport()).img;
   // umoci 0.4 reads no zstd layers: the same image with the second layer gzip-compressed.
   const gz = path.join(root, 'oci-gzip');
   const same = [L[0]!, layer(L[1]!.tar, 'gzip'), L[2]!];
   await writeOci(gz, [{ tag: 'v1', layers: same }]);
   const img = await importImage(gz, sharedLayers());
-  assert.deepEqual(img.layerIds, first!.layerIds, 'same diff IDs, same layers');
+  assert.deepEqual(img.layerIds, first.layerIds, 'same diff IDs, same layers');
   const bundle = path.join(root, 'umoci-bundle');
   const r = await sh('umoci', ['unpack', '--image', `${gz}:v1`, bundle]);
   assert.equal(r.code, 0, r.stderr);
   try {
     const theirs = await walk(path.join(bundle, 'rootfs'), { mtimes: false });
-    await withOverlay(sharedLayers(), first!.layerIds, async (merged) => {
+    await withOverlay(sharedLayers(), first.layerIds, async (merged) => {
       assert.deepEqual(await walk(merged, { mtimes: false }), theirs);
     });
   } finally {
@@ -540,14 +572,16 @@ test('umoci, unpacking the same image, gives the same tree', async () => {
 });
 
 test('docker save tarballs (legacy and current layouts) import to the same, shared layers', async () => {
-  const inodes = await Promise.all(first!.layerIds.map(async (id) => (await fs.stat(path.join(sharedLayers(), id))).ino));
+  const { L, ociDir } = await images();
+  const first = (await firstImport()).img;
+  const inodes = await Promise.all(first.layerIds.map(async (id) => (await fs.stat(path.join(sharedLayers(), id))).ino));
   for (const name of ['legacy.tar', 'current.tar']) {
     const lines: string[] = [];
     const t0 = Date.now();
     const img = await importImage(path.join(root, name), sharedLayers(), { onProgress: (l) => lines.push(l) });
     console.log(`import of ${name} with every layer shared: ${Date.now() - t0} ms`);
-    assert.deepEqual(img.layerIds, first!.layerIds);
-    assert.deepEqual(img.config, first!.config);
+    assert.deepEqual(img.layerIds, first.layerIds);
+    assert.deepEqual(img.config, first.config);
     assert.equal(img.digest, sha(configFor(L)), 'a docker save image is named by its config digest');
     assert.equal(lines.filter((l) => /already present, shared/.test(l)).length, 3, lines.join('\n'));
     const now = await Promise.all(img.layerIds.map(async (id) => (await fs.stat(path.join(sharedLayers(), id))).ino));
@@ -562,7 +596,7 @@ test('docker save tarballs (legacy and current layouts) import to the same, shar
   await shOk('tar', ['-c', '-f', ociTar, '-C', ociDir, '.']);
   for (const [src, ref] of [[gz, undefined], [ociTar, 'v1']] as const) {
     const img = await importImage(src, sharedLayers(), { ref });
-    assert.deepEqual(img.layerIds, first!.layerIds, src);
+    assert.deepEqual(img.layerIds, first.layerIds, src);
   }
   await fs.rm(gz);
   await fs.rm(ociTar);
@@ -573,22 +607,24 @@ test('docker save tarballs (legacy and current layouts) import to the same, shar
   const t0 = Date.now();
   const img = await importImage(path.join(root, 'legacy.tar'), fresh);
   console.log(`import of the 3-layer test image (docker save, fresh): ${Date.now() - t0} ms`);
-  assert.deepEqual(img.layerIds, first!.layerIds);
+  assert.deepEqual(img.layerIds, first.layerIds);
   await withOverlay(fresh, img.layerIds, async (merged) => assert.deepEqual(await walk(merged), EXPECTED));
   await fs.rm(fresh, { recursive: true });
 });
 
 test('choosing an image by tag or digest; ambiguity and unknown names are clear errors', async () => {
+  const { L, ociDir, ociDigests } = await images();
+  const first = (await firstImport()).img;
   await assert.rejects(importImage(ociDir, sharedLayers()), (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /contains 2 images.*v1, base/.test(e.message));
   await assert.rejects(importImage(ociDir, sharedLayers(), { ref: 'nope' }), (e: unknown) => e instanceof CubeboxError && e.kind === 'not_found' && /no image tagged 'nope' \(it has: v1, base\)/.test(e.message));
   const base = await importImage(`${ociDir}:base`, sharedLayers());
   assert.deepEqual(base.layerIds, [`sha256-${hex(L[0]!.diffId)}`]);
   const byDigest = await importImage(`${ociDir}@${ociDigests[0]}`, sharedLayers());
-  assert.deepEqual(byDigest.layerIds, first!.layerIds);
+  assert.deepEqual(byDigest.layerIds, first.layerIds);
   const two = path.join(root, 'two.tar');
   await assert.rejects(importImage(two, sharedLayers()), (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /2 images.*test\/image:v1, test\/base:latest/.test(e.message));
   assert.deepEqual((await importImage(two, sharedLayers(), { ref: 'test/base' })).layerIds, base.layerIds);
-  assert.deepEqual((await importImage(two, sharedLayers(), { ref: 'test/image:v1' })).layerIds, first!.layerIds);
+  assert.deepEqual((await importImage(two, sharedLayers(), { ref: 'test/image:v1' })).layerIds, first.layerIds);
   // A multi-platform image index: this host's platform is chosen.
   const multi = path.join(root, 'oci-multi');
   await shOk('cp', ['-a', ociDir, multi]);
@@ -612,7 +648,7 @@ test('choosing an image by tag or digest; ambiguity and unknown names are clear 
   );
   const lines: string[] = [];
   const chosen = await importImage(multi, sharedLayers(), { onProgress: (l) => lines.push(l) });
-  assert.deepEqual(chosen.layerIds, first!.layerIds);
+  assert.deepEqual(chosen.layerIds, first.layerIds);
   assert.equal(chosen.digest, ociDigests[0]);
   assert.ok(lines.some((l) => l.includes(`using linux/${ARCH} manifest`)), lines.join('\n'));
   await fs.rm(multi, { recursive: true });
@@ -623,6 +659,7 @@ test('choosing an image by tag or digest; ambiguity and unknown names are clear 
 });
 
 test('corrupt layers are refused and leave nothing behind', async () => {
+  const { L, ociDir } = await images();
   const dir = path.join(root, 'layers-corrupt');
   // A flipped byte in the middle of the second layer's blob.
   const bad = path.join(root, 'oci-corrupt');
@@ -726,11 +763,13 @@ test('a layer that makes its root opaque hides the layers below it, also when sh
 });
 
 test('concurrent imports of the same image share the layers and collide nowhere', async () => {
+  const { ociDir } = await images();
+  const first = (await firstImport()).img;
   const dir = path.join(root, 'layers-concurrent');
   const results = await Promise.all([importImage(ociDir, dir, { ref: 'v1' }), importImage(path.join(root, 'current.tar'), dir), importImage(ociDir, dir, { ref: 'v1' })]);
-  for (const r of results) assert.deepEqual(r.layerIds, first!.layerIds);
-  assert.deepEqual((await fs.readdir(dir)).sort(), [...first!.layerIds].sort());
-  await withOverlay(dir, first!.layerIds, async (merged) => assert.deepEqual(await walk(merged), EXPECTED));
+  for (const r of results) assert.deepEqual(r.layerIds, first.layerIds);
+  assert.deepEqual((await fs.readdir(dir)).sort(), [...first.layerIds].sort());
+  await withOverlay(dir, first.layerIds, async (merged) => assert.deepEqual(await walk(merged), EXPECTED));
   await fs.rm(dir, { recursive: true });
 });
 
