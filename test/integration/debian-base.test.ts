@@ -70,8 +70,14 @@ async function assertNoMountsUnder(dir: string): Promise<void> {
   assert.deepEqual(await mountsUnder(dir), [], `mounts left under ${dir}`);
 }
 
+/** The cache directory's entries (none before the first build has made it). */
 async function cacheEntries(): Promise<string[]> {
-  return (await fs.readdir(cacheDir)).sort();
+  try {
+    return (await fs.readdir(cacheDir)).sort();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
 }
 
 async function build(target: string, extra: Partial<Parameters<typeof buildDebianBase>[1]> = {}) {
@@ -84,12 +90,30 @@ function describe(r: BaseBuildResult): string {
   return `${r.source}: ${r.seconds.toFixed(1)} s, ${(r.bytes / 1e6).toFixed(0)} MB`;
 }
 
-let fresh: BaseBuildResult | undefined;
+interface FreshBuild {
+  tree: string;
+  result: BaseBuildResult;
+  lines: string[];
+  /** The cache's entries right after the build. */
+  entries: string[];
+}
+
+let freshMade: Promise<FreshBuild> | undefined;
+
+/**
+ * The first build, from the mirror into an empty cache (made once, by whichever test needs it
+ * first): it fills the cache the later tests use.
+ */
+function freshBuild(): Promise<FreshBuild> {
+  return (freshMade ??= (async () => {
+    const tree = path.join(root, 'fresh');
+    const { result, lines } = await build(tree);
+    return { tree, result, lines, entries: await cacheEntries() };
+  })());
+}
 
 test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIMEOUT }, async () => {
-  const tree = path.join(root, 'fresh');
-  const { result, lines } = await build(tree);
-  fresh = result;
+  const { tree, result, lines, entries } = await freshBuild();
   console.log(`fresh build of base: ${describe(result)}`);
   assert.equal(result.source, 'mirror');
   assert.ok(lines.some((l) => l.startsWith('I: Retrieving ')), 'debootstrap output is streamed');
@@ -114,7 +138,6 @@ test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIME
   assert.equal((await fs.stat(path.join(tree, 'tmp'))).mode & 0o7777, 0o1777);
 
   // The cache now holds the packages and the finished tree, and nothing temporary.
-  const entries = await cacheEntries();
   assert.equal(entries.filter((n) => /^debs-bookworm-[a-z0-9]+-[0-9a-f]+\.tgz$/.test(n)).length, 1, entries.join());
   assert.equal(entries.filter((n) => /^rootfs-bookworm-[a-z0-9]+-[0-9a-f]+\.tar\.(zst|gz)$/.test(n)).length, 1, entries.join());
   assert.equal(entries.length, 2, entries.join());
@@ -140,13 +163,14 @@ test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIME
 });
 
 test('a second build comes from the cached root filesystem', { timeout: BUILD_TIMEOUT }, async () => {
+  const fresh = (await freshBuild()).result;
   const tree = path.join(root, 'cached');
   const { result, lines } = await build(tree);
-  console.log(`base from cache: ${describe(result)} (fresh: ${fresh ? describe(fresh) : 'n/a'})`);
+  console.log(`base from cache: ${describe(result)} (fresh: ${describe(fresh)})`);
   assert.equal(result.source, 'rootfs-cache');
   assert.ok(lines.some((l) => /^base: used cached root filesystem rootfs-bookworm-/.test(l)), lines.join('\n'));
   assert.ok(!lines.some((l) => l.startsWith('I: ')), 'debootstrap did not run');
-  if (fresh) assert.ok(Math.abs(result.bytes - fresh.bytes) < fresh.bytes * 0.02, `${result.bytes} vs ${fresh.bytes}`);
+  assert.ok(Math.abs(result.bytes - fresh.bytes) < fresh.bytes * 0.02, `${result.bytes} vs ${fresh.bytes}`);
   assert.equal((await fs.stat(path.join(tree, 'home/user'))).uid, 1000);
   assert.equal((await fs.stat(path.join(tree, 'etc/sudoers.d/user'))).mode & 0o7777, 0o440);
   await expectOutput(tree, "runuser -u user -- /bin/bash -l -c 'sudo -n true && whoami'", /^user$/);
@@ -155,6 +179,7 @@ test('a second build comes from the cached root filesystem', { timeout: BUILD_TI
 });
 
 test('a full disk fails clearly, keeps the good cache entry and leaves nothing behind', { timeout: BUILD_TIMEOUT }, async () => {
+  await freshBuild(); // the good cache entries
   const small = path.join(root, 'small');
   await fs.mkdir(small);
   const m = await sh('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', small]);
@@ -203,6 +228,7 @@ async function abortedBuild(tree: string, abortOn: RegExp, onAbort?: () => Promi
 }
 
 test('corrupt cache entries are skipped and deleted; an abort mid-install leaves nothing behind', { timeout: BUILD_TIMEOUT }, async () => {
+  await freshBuild(); // the cache entries to corrupt
   const entry = (await cacheEntries()).find((n) => n.startsWith('rootfs-'));
   assert.ok(entry);
   const p = path.join(cacheDir, entry);

@@ -33,8 +33,12 @@ describe('template build recipes', { timeout: 600_000 }, () => {
     await destroyInstance(m);
   });
 
+  // The first build of `recipe` as template `app` (made once, by whichever test needs it first).
+  let appBuilt: ReturnType<typeof buildRecipe> | undefined;
+  const buildApp = () => (appBuilt ??= buildRecipe(m, 'app', recipe, { contextDir: ctx }));
+
   it('runs the steps in real sandboxes, commits layers, and applies settings', async () => {
-    const r = await buildRecipe(m, 'app', recipe, { contextDir: ctx });
+    const r = await buildApp();
     assert.deepEqual(
       r.steps.map((s) => s.cached),
       [false, false, true, true, true, true],
@@ -47,6 +51,7 @@ describe('template build recipes', { timeout: 600_000 }, () => {
   });
 
   it('caches unchanged steps across builds', async () => {
+    await buildApp();
     const layersBefore = readdirSync(m.paths.layersDir).length;
     const r = await buildRecipe(m, 'app-again', recipe, { contextDir: ctx });
     assert.ok(r.steps.every((s) => s.cached), JSON.stringify(r.steps));
