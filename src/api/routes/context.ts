@@ -1,0 +1,160 @@
+// What every control-plane route file shares: the options, the caller of a request, how a
+// sandbox id is read and checked against the caller, and the bodies E2B's SDK reads.
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { MetricsSampler } from '../../sandbox/metrics.js';
+import type { SandboxInfo, SandboxManager } from '../../sandbox/manager.js';
+import { cubeboxStateShown, e2bStateOf } from '../../sandbox/states.js';
+import type { Template } from '../../template/store.js';
+import { sandboxIdOf } from '../../protocol/ids.js';
+import { invalid, notFound } from '../../util/errors.js';
+import { HttpError, type Caller, type Tenancy } from '../tenancy.js';
+
+/** The envd version cubebox answers: a semver the SDK compares against feature thresholds. */
+export const ENVD_VERSION = '0.6.13';
+export const DEFAULT_TIMEOUT_SEC = 300;
+export const MAX_TIMEOUT_SEC = 24 * 60 * 60;
+
+export interface ControlPlaneOptions {
+  manager: SandboxManager;
+  metrics: MetricsSampler;
+  /** The caller behind an X-API-KEY value (its team, whether it is an admin key); undefined: not a live key. */
+  authenticate: (key: string | undefined) => Caller | undefined;
+  /** Teams and quotas. */
+  tenancy: Tenancy;
+  domain: string;
+  clientId: string;
+  /** Wraps each lifecycle operation (for latency and failure metrics). */
+  observe?: <T>(op: string, fn: () => Promise<T>) => Promise<T>;
+  /** GET /metrics: Prometheus text (no API key needed; aggregates only). */
+  prometheus?: () => Promise<{ contentType: string; body: string }>;
+}
+
+/** E2B's error body: {code, message}, code equal to the HTTP status (the SDK reads the body's code). */
+export function sendError(reply: FastifyReply, status: number, message: string): FastifyReply {
+  return reply.code(status).type('application/json').send({ code: status, message });
+}
+
+export type Query = Record<string, string | string[] | undefined>;
+export type Req = FastifyRequest<{ Params: { id: string }; Querystring: Query; Body: Record<string, unknown> | undefined }>;
+
+/** running/paused as E2B reports them; undefined for sandboxes the API treats as gone (states.ts). */
+export function e2bState(info: SandboxInfo): 'running' | 'paused' | undefined {
+  return e2bStateOf(info.state);
+}
+
+/** An admin key acts on every team's objects; any other key on its own team's. */
+export function owns(caller: Caller, team: string | null): boolean {
+  return caller.admin || team === caller.team;
+}
+
+/** A query parameter given once or more: its last value. */
+export function one(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[v.length - 1] : v;
+}
+
+export function timeoutOf(body: Record<string, unknown> | undefined, key = 'timeout', fallback?: number): number | undefined {
+  const v = body?.[key];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw invalid(`${key} must be a non-negative number of seconds`);
+  if (v > MAX_TIMEOUT_SEC) throw invalid(`${key} cannot be greater than ${MAX_TIMEOUT_SEC} seconds (24 hours)`);
+  return Math.floor(v);
+}
+
+/** The helpers of one registerControlPlane call, over its options and the callers its auth hook recorded. */
+export type RouteContext = ReturnType<typeof routeContext>;
+
+export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<FastifyRequest, Caller>) {
+  const { manager, tenancy } = opts;
+  const callerOf = (req: FastifyRequest): Caller => {
+    const c = callers.get(req);
+    if (!c) throw new HttpError(401, 'Invalid API key');
+    return c;
+  };
+  const observe = opts.observe ?? (<T>(_op: string, fn: () => Promise<T>) => fn());
+  const idOf = (req: Req): string => {
+    const raw = req.params.id;
+    const id = sandboxIdOf(raw); // accepts <id>-<clientID>
+    if (!id) throw notFound(`sandbox '${raw}' not found`);
+    return id;
+  };
+  /**
+   * The sandbox as the E2B API sees it: stopped, failed or deleting sandboxes are gone, and so
+   * are other teams' sandboxes (404 like an unknown id: ids do not leak) unless the key is an admin's.
+   */
+  const visible = (req: FastifyRequest, id: string): SandboxInfo => {
+    const caller = callerOf(req);
+    let info: SandboxInfo;
+    try {
+      info = manager.get(id);
+    } catch {
+      throw notFound(`sandbox '${id}' not found`);
+    }
+    if (e2bState(info) === undefined || !owns(caller, info.team)) throw notFound(`sandbox '${id}' not found`);
+    return info;
+  };
+  /** visible(), and the sandbox's team still has a live key (a blocked team's sandboxes only answer get, list and kill). */
+  const usable = (req: FastifyRequest, id: string): SandboxInfo => {
+    const info = visible(req, id);
+    if (tenancy.blocked(info.team)) throw new HttpError(403, `sandbox '${id}' is blocked: its team has no live API key`);
+    return info;
+  };
+  /** Templates a caller may start sandboxes from: public ones (built-in, host-made) and its team's. */
+  const templateVisible = (caller: Caller, t: Template): boolean => {
+    if (caller.admin) return true;
+    if (t.config.team !== undefined) return t.config.team === caller.team;
+    return !t.config.snapshotOf && !t.config.ephemeral; // fork and host snapshots carry a sandbox's files: admins only
+  };
+  const isSnapshot = (t: Template) => !!t.config.snapshotOf && !t.config.ephemeral && !t.config.buildStep;
+  const diskSizeMB = (info: SandboxInfo): number => manager.templates.find(info.templateId)?.config.diskSizeMB ?? 1024;
+  const sandboxBody = (info: SandboxInfo) => ({
+    sandboxID: info.id,
+    templateID: info.templateId,
+    clientID: opts.clientId,
+    alias: info.templateName,
+    envdVersion: ENVD_VERSION,
+    envdAccessToken: info.accessToken ?? undefined,
+    trafficAccessToken: null,
+    domain: opts.domain,
+  });
+  const listedBody = (info: SandboxInfo) => ({
+    sandboxID: info.id,
+    templateID: info.templateId,
+    clientID: opts.clientId,
+    alias: info.templateName,
+    startedAt: new Date(info.startedAt ?? info.createdAt).toISOString(),
+    endAt: new Date(info.endAt ?? info.startedAt ?? info.createdAt).toISOString(),
+    state: e2bState(info)!,
+    ...(cubeboxStateShown(info.state) ? { cubeboxState: info.state, error: info.lastError ?? undefined } : {}),
+    cpuCount: info.limits.cpuCount,
+    memoryMB: info.limits.memoryMB,
+    diskSizeMB: diskSizeMB(info),
+    envdVersion: ENVD_VERSION,
+    metadata: info.metadata,
+  });
+  const detailBody = (info: SandboxInfo) => ({
+    ...listedBody(info),
+    envdAccessToken: info.accessToken ?? undefined,
+    domain: opts.domain,
+    allowInternetAccess: (info.extra.allowInternetAccess as boolean | undefined) ?? true,
+    network: info.extra.network ?? undefined,
+    lifecycle: { onTimeout: info.lifecycle.onTimeout, autoResume: info.lifecycle.autoResume },
+    volumeMounts: [],
+  });
+  // (not a spread of opts: `domain` may be a getter, read when a body is made)
+  return {
+    manager,
+    metrics: opts.metrics,
+    tenancy,
+    observe,
+    callerOf,
+    idOf,
+    visible,
+    usable,
+    templateVisible,
+    isSnapshot,
+    diskSizeMB,
+    sandboxBody,
+    listedBody,
+    detailBody,
+  };
+}

@@ -1,0 +1,89 @@
+// A sandbox's metrics (sampled from its cgroup) and its console log, read by bounded range.
+import type { FastifyInstance } from 'fastify';
+import type { SandboxInfo } from '../../sandbox/manager.js';
+import type { MetricSample } from '../../sandbox/metrics.js';
+import { invalid } from '../../util/errors.js';
+import { DEFAULT_LOG_LINES, MAX_LOG_LINES, readConsoleLog, type LogRange } from '../logs.js';
+import { one, type Query, type Req, type RouteContext } from './context.js';
+
+export function registerMetricsLogsRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const { manager, metrics, idOf, visible, usable, diskSizeMB } = ctx;
+
+  const metricBody = (info: SandboxInfo, m: MetricSample) => ({
+    timestamp: new Date(m.ts).toISOString(),
+    timestampUnix: Math.floor(m.ts / 1000),
+    cpuCount: m.cpuCount,
+    cpuUsedPct: m.cpuUsedPct,
+    memUsed: m.memUsed,
+    memTotal: m.memTotal,
+    memCache: m.memCache,
+    diskUsed: m.diskUsed,
+    diskTotal: diskSizeMB(info) * 1024 * 1024,
+  });
+  app.get('/sandboxes/metrics', async (req: Req) => {
+    const ids = (one(req.query.sandbox_ids) ?? '').split(',').filter(Boolean);
+    if (!ids.length) throw invalid('sandbox_ids is required');
+    const out: Record<string, unknown> = {};
+    for (const id of ids) {
+      try {
+        const info = visible(req, id);
+        const m = metrics.latest(id);
+        if (m) out[id] = metricBody(info, m);
+      } catch {
+        /* unknown ids are left out */
+      }
+    }
+    return { sandboxes: out };
+  });
+  app.get('/sandboxes/:id/metrics', async (req: Req) => {
+    const id = idOf(req);
+    const info = visible(req, id);
+    const sec = (k: string) => {
+      const v = one(req.query[k]);
+      if (v === undefined) return undefined;
+      const n = Number(v);
+      if (!Number.isFinite(n)) throw invalid(`${k} must be a unix timestamp in seconds`);
+      return n * 1000;
+    };
+    return metrics.range(id, sec('start'), sec('end')).map((m) => metricBody(info, m));
+  });
+
+  /**
+   * The console log by range, read asynchronously and bounded (lines and bytes): E2B's `start`
+   * (v1) or `cursor` (v2) in ms, `limit`, and v2's `direction`. Lines carry the log's last write
+   * time (the console keeps no per-line times): with a start at or before it the read goes
+   * forward from the beginning; with none (or `direction=backward`) it is the tail.
+   */
+  const logs = async (id: string, q: Query, startKey: 'start' | 'cursor') => {
+    const limitRaw = one(q.limit);
+    const limit = limitRaw === undefined ? DEFAULT_LOG_LINES : Number(limitRaw);
+    if (!Number.isInteger(limit) || limit < 0) throw invalid('limit must be a non-negative integer');
+    const startRaw = one(q[startKey]);
+    const start = startRaw === undefined || startRaw === '' ? undefined : Number(startRaw);
+    if (start !== undefined && !Number.isFinite(start)) throw invalid(`${startKey} must be a timestamp in milliseconds`);
+    const direction = one(q.direction);
+    if (direction !== undefined && direction !== 'forward' && direction !== 'backward') throw invalid("direction must be 'forward' or 'backward'");
+    const range: LogRange = {
+      from: direction === 'backward' || (direction === undefined && start === undefined) ? 'tail' : 'head',
+      limit: Math.min(limit, MAX_LOG_LINES),
+    };
+    const read = await readConsoleLog(manager.consoleLogPath(id), range);
+    if (start !== undefined && read.mtime.getTime() < start) return [];
+    const level = one(q.level);
+    if (level !== undefined && level !== 'debug' && level !== 'info') return [];
+    const search = one(q.search);
+    const at = read.mtime.toISOString();
+    return read.lines.filter((l) => !search || l.includes(search)).map((line) => ({ timestamp: at, line }));
+  };
+  app.get('/sandboxes/:id/logs', async (req: Req) => {
+    const id = idOf(req);
+    usable(req, id);
+    const lines = await logs(id, req.query, 'start');
+    return { logs: lines, logEntries: lines.map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
+  });
+  app.get('/v2/sandboxes/:id/logs', async (req: Req) => {
+    const id = idOf(req);
+    usable(req, id);
+    return { logs: (await logs(id, req.query, 'cursor')).map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
+  });
+}

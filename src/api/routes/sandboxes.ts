@@ -1,0 +1,148 @@
+// Sandboxes as a collection and one by one: create, list (v1 and the paginated v2), get, delete.
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { Lifecycle, SandboxInfo } from '../../sandbox/manager.js';
+import { invalid, notFound } from '../../util/errors.js';
+import { DEFAULT_TIMEOUT_SEC, e2bState, one, owns, sendError, timeoutOf, type Query, type Req, type RouteContext } from './context.js';
+
+export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const { manager, tenancy, observe, callerOf, idOf, visible, templateVisible, sandboxBody, listedBody, detailBody } = ctx;
+
+  // ---- create
+  const create = async (req: Req, reply: FastifyReply) => {
+    const caller = callerOf(req);
+    const raw: unknown = req.body;
+    if (raw === null || (raw !== undefined && (typeof raw !== 'object' || Array.isArray(raw)))) throw invalid('request body must be a JSON object');
+    const b = (raw ?? {}) as Record<string, unknown>;
+    const templateRef = b.templateID ?? 'base';
+    if (typeof templateRef !== 'string' || !templateRef) throw invalid('templateID must be a string');
+    const template = manager.templates.find(templateRef);
+    if (!template || !templateVisible(caller, template)) throw notFound(`template '${templateRef}' not found`);
+    const metadata = stringMap(b.metadata, 'metadata');
+    tenancy.checkMetadata(caller.team, metadata);
+    const envVars = stringMap(b.envVars, 'envVars');
+    const timeoutSec = timeoutOf(b, 'timeout', DEFAULT_TIMEOUT_SEC)!;
+    const autoPause = b.autoPause === true;
+    const autoResume = typeof b.autoResume === 'object' && b.autoResume !== null && (b.autoResume as { enabled?: unknown }).enabled === true;
+    const lifecycle: Lifecycle = { onTimeout: autoPause ? 'pause' : 'kill', autoResume, keepMemory: b.autoPauseMemory !== false };
+    const info = await observe('create', () => manager.create({
+      template: template.id,
+      timeoutSec,
+      metadata,
+      envVars,
+      lifecycle,
+      secure: b.secure !== false,
+      team: caller.team,
+      extra: { allowInternetAccess: b.allow_internet_access ?? true, network: b.network ?? undefined, mcp: b.mcp ?? undefined },
+    }));
+    return reply.code(201).send(sandboxBody(info));
+  };
+  app.post('/sandboxes', create);
+  app.post('/v2/sandboxes', create);
+
+  // ---- list
+  app.get('/sandboxes', async (req: Req) => {
+    const caller = callerOf(req);
+    const all = filterList(manager.list().filter((s) => owns(caller, s.team)), req.query, { defaultStates: ['running'] });
+    return all.map(listedBody);
+  });
+  app.get('/v2/sandboxes', async (req: Req, reply) => {
+    const q = req.query;
+    const limitRaw = one(q.limit);
+    const limit = limitRaw === undefined ? 100 : Number(limitRaw);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
+    const order = (one(q.order) ?? 'desc').toLowerCase();
+    if (order !== 'asc' && order !== 'desc') throw invalid("order must be 'asc' or 'desc'");
+    const caller = callerOf(req);
+    let items = filterList(manager.list().filter((s) => owns(caller, s.team)), q, { defaultStates: ['running', 'paused'] });
+    const key = (s: SandboxInfo) => [s.startedAt ?? s.createdAt, s.id] as const;
+    items.sort((a, b) => {
+      const [ta, ia] = key(a);
+      const [tb, ib] = key(b);
+      const c = ta - tb || (ia < ib ? -1 : ia > ib ? 1 : 0);
+      return order === 'asc' ? c : -c;
+    });
+    const token = one(q.nextToken);
+    if (token) {
+      let after: [number, string];
+      try {
+        after = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as [number, string];
+        if (!Array.isArray(after) || typeof after[0] !== 'number' || typeof after[1] !== 'string') throw new Error();
+      } catch {
+        throw invalid('nextToken is not a token this server issued');
+      }
+      const idx = items.findIndex((s) => {
+        const [t, i] = key(s);
+        const c = t - after[0] || (i < after[1] ? -1 : i > after[1] ? 1 : 0);
+        return order === 'asc' ? c > 0 : c < 0;
+      });
+      items = idx < 0 ? [] : items.slice(idx);
+    }
+    const page = items.slice(0, limit);
+    if (items.length > limit) {
+      const last = page[page.length - 1]!;
+      reply.header('X-Next-Token', Buffer.from(JSON.stringify(key(last))).toString('base64url'));
+    }
+    return page.map(listedBody);
+  });
+
+  // ---- one sandbox
+  app.get('/sandboxes/:id', async (req: Req) => detailBody(visible(req, idOf(req))));
+
+  app.delete('/sandboxes/:id', async (req: Req, reply) => {
+    const id = idOf(req);
+    visible(req, id);
+    await observe('delete', () => manager.delete(id));
+    return reply.code(204).send();
+  });
+
+  // ---- not there yet: say so clearly
+  app.put('/sandboxes/:id/network', async (_req, reply) => sendError(reply, 501, 'network policies are not supported by this cubebox version'));
+}
+
+function stringMap(v: unknown, name: string): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`${name} must be an object of strings`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(v)) {
+    if (typeof val !== 'string') throw invalid(`${name}.${k} must be a string`);
+    out[k] = val;
+  }
+  return out;
+}
+
+/** The list filters: state, metadata (decoded as the SDK encodes it), template, startedAfter. */
+function filterList(all: SandboxInfo[], q: Query, opts: { defaultStates: string[] }): SandboxInfo[] {
+  const rawStates = q.state === undefined ? opts.defaultStates : (Array.isArray(q.state) ? q.state : [q.state]).flatMap((s) => s.split(','));
+  for (const s of rawStates) if (s !== 'running' && s !== 'paused') throw invalid(`unknown state '${s}' (running, paused)`);
+  const states = new Set(rawStates);
+  const meta: [string, string][] = [];
+  const m = one(q.metadata);
+  if (m) {
+    // key=value pairs joined by '&' (each part URL-encoded): anything else is a bad filter, not "no match"
+    for (const part of m.split('&')) {
+      const eq = part.indexOf('=');
+      if (eq <= 0) throw invalid(`bad metadata filter '${m.slice(0, 200)}': use key=value pairs joined by '&'`);
+    }
+    for (const [k, v] of new URLSearchParams(m)) meta.push([safeDecode(k), safeDecode(v)]);
+  }
+  const template = one(q.template);
+  const afterRaw = one(q.startedAfter);
+  const after = afterRaw ? Date.parse(afterRaw) : undefined;
+  if (afterRaw && !Number.isFinite(after)) throw invalid('startedAfter must be an RFC 3339 time');
+  return all.filter((s) => {
+    const st = e2bState(s);
+    if (!st || !states.has(st)) return false;
+    if (meta.some(([k, v]) => s.metadata[k] !== v)) return false;
+    if (template && s.templateId !== template && s.templateName !== template) return false;
+    if (after !== undefined && (s.startedAt ?? s.createdAt) <= after) return false;
+    return true;
+  });
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw invalid(`bad metadata filter: '${s.slice(0, 200)}' is not URL-encoded`);
+  }
+}

@@ -1,0 +1,69 @@
+// Snapshots (templates made from a sandbox through the API), fork, and deleting templates.
+import type { FastifyInstance } from 'fastify';
+import { CubeboxError, HTTP_STATUS, invalid, notFound } from '../../util/errors.js';
+import { HttpError } from '../tenancy.js';
+import { DEFAULT_TIMEOUT_SEC, one, timeoutOf, type Req, type RouteContext } from './context.js';
+
+export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const { manager, tenancy, observe, callerOf, idOf, usable, templateVisible, isSnapshot, sandboxBody } = ctx;
+
+  app.post('/sandboxes/:id/snapshots', async (req: Req, reply) => {
+    const id = idOf(req);
+    const info = usable(req, id);
+    const name = req.body?.name;
+    if (name !== undefined && typeof name !== 'string') throw invalid('name must be a string');
+    // the snapshot belongs to the sandbox's team, and counts against its quota from now on
+    const team = info.team ?? undefined;
+    const release = team ? tenancy.reserveSnapshot(team, manager.templates.list().filter((t) => isSnapshot(t) && t.config.team === team).length) : () => {};
+    try {
+      const t = await observe('snapshot', () => manager.snapshot(id, { name, config: team ? { team } : {} }));
+      return reply.code(201).send({ snapshotID: t.id, names: [t.name] });
+    } finally {
+      release();
+    }
+  });
+  app.get('/snapshots', async (req: Req, reply) => {
+    const caller = callerOf(req);
+    const q = req.query;
+    const sandboxId = one(q.sandboxID);
+    const name = one(q.name);
+    const limit = Number(one(q.limit) ?? 100);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
+    let snaps = manager.templates
+      .list()
+      .filter((t) => isSnapshot(t) && (caller.admin || t.config.team === caller.team))
+      .filter((t) => (!sandboxId || t.config.snapshotOf === sandboxId) && (!name || t.name === name))
+      .sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? -1 : 1));
+    const token = one(q.nextToken);
+    if (token) {
+      const at = snaps.findIndex((t) => t.id === Buffer.from(token, 'base64url').toString('utf8'));
+      snaps = at < 0 ? [] : snaps.slice(at + 1);
+    }
+    const page = snaps.slice(0, limit);
+    if (snaps.length > limit) reply.header('X-Next-Token', Buffer.from(page[page.length - 1]!.id).toString('base64url'));
+    return page.map((t) => ({ snapshotID: t.id, names: [t.name], sandboxID: t.config.snapshotOf, createdAt: new Date(t.createdAt).toISOString() }));
+  });
+  app.delete('/templates/:id', async (req: Req, reply) => {
+    const caller = callerOf(req);
+    const t = manager.templates.find(req.params.id);
+    if (!t || !templateVisible(caller, t)) throw notFound(`template '${req.params.id}' not found`);
+    if (!caller.admin && t.config.team !== caller.team) throw new HttpError(403, `template '${req.params.id}' is public: only an admin key (or the CLI) can delete it`);
+    await manager.removeTemplate(t.id);
+    return reply.code(204).send();
+  });
+  app.post('/sandboxes/:id/fork', async (req: Req, reply) => {
+    const id = idOf(req);
+    usable(req, id);
+    const count = req.body?.count ?? 1;
+    if (typeof count !== 'number') throw invalid('count must be a number');
+    const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
+    const src = manager.get(id);
+    const results = await observe('fork', () =>
+      manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra, team: src.team }),
+    );
+    const statusOf = (e: CubeboxError) => (e instanceof HttpError ? e.status : HTTP_STATUS[e.kind]);
+    return reply.code(201).send(
+      results.map((r) => (r.info ? { sandbox: sandboxBody(r.info) } : { error: { code: statusOf(r.error!), message: r.error!.message } })),
+    );
+  });
+}
