@@ -1,6 +1,6 @@
 // E2B's REST control plane (contract section 2) over the sandbox manager: the listener-wide
 // parts here (errors, authentication, health, Prometheus), the routes by resource in routes/.
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
 import { CubeboxError, errorMessage, HTTP_STATUS } from '../util/errors.js';
 import { routeContext, sendError, type ControlPlaneOptions } from './routes/context.js';
 import { registerLifecycleRoutes } from './routes/lifecycle.js';
@@ -8,15 +8,19 @@ import { registerMetricsLogsRoutes } from './routes/metrics-logs.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerTeamRoutes } from './routes/teams.js';
+import { validationMessage } from './routes/schemas.js';
 import { HttpError, type Caller } from './tenancy.js';
 
+export { CONTROL_PLANE_AJV } from './routes/schemas.js';
 export { DEFAULT_TIMEOUT_SEC, e2bState, ENVD_VERSION, MAX_TIMEOUT_SEC, sendError, type ControlPlaneOptions } from './routes/context.js';
 
 /** E2B's REST control plane (contract section 2) over the sandbox manager. */
 export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOptions): void {
   const callers = new WeakMap<FastifyRequest, Caller>();
 
-  app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
+  app.setErrorHandler((err: FastifyError, _req, reply) => {
+    // a route schema refused the request: 400, worded as the checks in the routes word theirs
+    if (err.validation) return sendError(reply, 400, validationMessage(err));
     if (err instanceof HttpError) return sendError(reply, err.status, err.message);
     if (err instanceof CubeboxError) return sendError(reply, HTTP_STATUS[err.kind], err.message);
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;

@@ -8,7 +8,7 @@ import type { SandboxManager } from '../sandbox/manager.js';
 import { fileOpOf, safeEqual, signatureMatches, signedFileRequest } from '../protocol/signature.js';
 import type { SandboxInfo } from '../sandbox/manager.js';
 import { ApiKeys } from './keys.js';
-import { registerControlPlane } from './control-plane.js';
+import { CONTROL_PLANE_AJV, registerControlPlane } from './control-plane.js';
 import { Tenancy } from './tenancy.js';
 import { ServiceMetrics } from './prometheus.js';
 
@@ -82,6 +82,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const proxy = new DataPlaneProxy(resolver, { domain: opts.domain ?? 'localhost', log: proxyLog });
   const app = Fastify({
     logger: false,
+    // the control plane's schemas check types as sent (no coercion)
+    ajv: CONTROL_PLANE_AJV,
     bodyLimit: 8 * 1024 * 1024,
     serverFactory: (handler) =>
       // no request timeout: uploads and command streams may legitimately last long

@@ -1,18 +1,20 @@
 // What every control-plane route file shares: the options, the caller of a request, how a
 // sandbox id is read and checked against the caller, and the bodies E2B's SDK reads.
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import type { MetricsSampler } from '../../sandbox/metrics.js';
 import type { SandboxInfo, SandboxManager } from '../../sandbox/manager.js';
 import { cubeboxStateShown, e2bStateOf } from '../../sandbox/states.js';
 import type { Template } from '../../template/store.js';
 import { sandboxIdOf } from '../../protocol/ids.js';
-import { invalid, notFound } from '../../util/errors.js';
+import { notFound } from '../../util/errors.js';
 import { HttpError, type Caller, type Tenancy } from '../tenancy.js';
+import { MAX_TIMEOUT_SEC } from './schemas.js';
+
+export { MAX_TIMEOUT_SEC };
 
 /** The envd version cubebox answers: a semver the SDK compares against feature thresholds. */
 export const ENVD_VERSION = '0.6.13';
 export const DEFAULT_TIMEOUT_SEC = 300;
-export const MAX_TIMEOUT_SEC = 24 * 60 * 60;
 
 export interface ControlPlaneOptions {
   manager: SandboxManager;
@@ -35,7 +37,12 @@ export function sendError(reply: FastifyReply, status: number, message: string):
 }
 
 export type Query = Record<string, string | string[] | undefined>;
-export type Req = FastifyRequest<{ Params: { id: string }; Querystring: Query; Body: Record<string, unknown> | undefined }>;
+export interface RouteTypes {
+  Params: { id: string };
+  Querystring: Query;
+  Body: Record<string, unknown> | undefined;
+}
+export type Req = FastifyRequest<RouteTypes>;
 
 /** running/paused as E2B reports them; undefined for sandboxes the API treats as gone (states.ts). */
 export function e2bState(info: SandboxInfo): 'running' | 'paused' | undefined {
@@ -52,12 +59,21 @@ export function one(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[v.length - 1] : v;
 }
 
-export function timeoutOf(body: Record<string, unknown> | undefined, key = 'timeout', fallback?: number): number | undefined {
-  const v = body?.[key];
-  if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw invalid(`${key} must be a non-negative number of seconds`);
-  if (v > MAX_TIMEOUT_SEC) throw invalid(`${key} cannot be greater than ${MAX_TIMEOUT_SEC} seconds (24 hours)`);
-  return Math.floor(v);
+/** The schema's verdict on the request (routes declare attachValidation), undefined if it passed. */
+export function schemaError(req: FastifyRequest): FastifyError | undefined {
+  return req.validationError as FastifyError | undefined;
+}
+
+/** Throws the schema's verdict: for the error handler, which answers it with a 400. */
+export function checked(req: FastifyRequest): void {
+  const err = schemaError(req);
+  if (err) throw err;
+}
+
+/** A seconds field of a body the route's schema checked (0 to MAX_TIMEOUT_SEC, or null or absent: the fallback). */
+export function timeoutOf(body: unknown, key = 'timeout', fallback?: number): number | undefined {
+  const v = body !== null && typeof body === 'object' && !Array.isArray(body) ? (body as Record<string, unknown>)[key] : undefined;
+  return typeof v === 'number' ? Math.floor(v) : fallback;
 }
 
 /** The helpers of one registerControlPlane call, over its options and the callers its auth hook recorded. */

@@ -1,8 +1,9 @@
 // Sandboxes as a collection and one by one: create, list (v1 and the paginated v2), get, delete.
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Lifecycle, SandboxInfo } from '../../sandbox/manager.js';
 import { invalid, notFound } from '../../util/errors.js';
-import { DEFAULT_TIMEOUT_SEC, e2bState, one, owns, sendError, timeoutOf, type Query, type Req, type RouteContext } from './context.js';
+import { DEFAULT_TIMEOUT_SEC, e2bState, schemaError, one, owns, sendError, timeoutOf, type Query, type Req, type RouteContext, type RouteTypes } from './context.js';
+import { createBody, invalidPath } from './schemas.js';
 
 export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { manager, tenancy, observe, callerOf, idOf, visible, templateVisible, sandboxBody, listedBody, detailBody } = ctx;
@@ -10,16 +11,20 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
   // ---- create
   const create = async (req: Req, reply: FastifyReply) => {
     const caller = callerOf(req);
-    const raw: unknown = req.body;
-    if (raw === null || (raw !== undefined && (typeof raw !== 'object' || Array.isArray(raw)))) throw invalid('request body must be a JSON object');
-    const b = (raw ?? {}) as Record<string, unknown>;
-    const templateRef = b.templateID ?? 'base';
-    if (typeof templateRef !== 'string' || !templateRef) throw invalid('templateID must be a string');
+    // createBody checks an object whose templateID, metadata, envVars and timeout are well formed;
+    // its verdict counts in that order, around the template lookup and the metadata quota
+    const bad = schemaError(req);
+    const badField = bad && (invalidPath(bad)[0] ?? '');
+    if (bad && (badField === '' || badField === 'templateID')) throw bad;
+    const b = req.body as Record<string, unknown>;
+    const templateRef = (b.templateID ?? 'base') as string;
     const template = manager.templates.find(templateRef);
     if (!template || !templateVisible(caller, template)) throw notFound(`template '${templateRef}' not found`);
-    const metadata = stringMap(b.metadata, 'metadata');
+    if (bad && badField === 'metadata') throw bad;
+    const metadata = { ...(b.metadata as Record<string, string> | null | undefined) };
     tenancy.checkMetadata(caller.team, metadata);
-    const envVars = stringMap(b.envVars, 'envVars');
+    if (bad) throw bad;
+    const envVars = { ...(b.envVars as Record<string, string> | null | undefined) };
     const timeoutSec = timeoutOf(b, 'timeout', DEFAULT_TIMEOUT_SEC)!;
     const autoPause = b.autoPause === true;
     const autoResume = typeof b.autoResume === 'object' && b.autoResume !== null && (b.autoResume as { enabled?: unknown }).enabled === true;
@@ -36,8 +41,12 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     }));
     return reply.code(201).send(sandboxBody(info));
   };
-  app.post('/sandboxes', create);
-  app.post('/v2/sandboxes', create);
+  // no body is an empty one (a JSON null is not: the schema refuses it)
+  const noBodyIsEmpty = async (req: FastifyRequest) => {
+    if (req.body === undefined) req.body = {};
+  };
+  app.post<RouteTypes>('/sandboxes', { schema: { body: createBody }, attachValidation: true, preValidation: noBodyIsEmpty }, create);
+  app.post<RouteTypes>('/v2/sandboxes', { schema: { body: createBody }, attachValidation: true, preValidation: noBodyIsEmpty }, create);
 
   // ---- list
   app.get('/sandboxes', async (req: Req) => {
@@ -99,16 +108,6 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.put('/sandboxes/:id/network', async (_req, reply) => sendError(reply, 501, 'network policies are not supported by this cubebox version'));
 }
 
-function stringMap(v: unknown, name: string): Record<string, string> {
-  if (v === undefined || v === null) return {};
-  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`${name} must be an object of strings`);
-  const out: Record<string, string> = {};
-  for (const [k, val] of Object.entries(v)) {
-    if (typeof val !== 'string') throw invalid(`${name}.${k} must be a string`);
-    out[k] = val;
-  }
-  return out;
-}
 
 /** The list filters: state, metadata (decoded as the SDK encodes it), template, startedAfter. */
 function filterList(all: SandboxInfo[], q: Query, opts: { defaultStates: string[] }): SandboxInfo[] {

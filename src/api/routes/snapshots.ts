@@ -2,16 +2,17 @@
 import type { FastifyInstance } from 'fastify';
 import { CubeboxError, HTTP_STATUS, invalid, notFound } from '../../util/errors.js';
 import { HttpError } from '../tenancy.js';
-import { DEFAULT_TIMEOUT_SEC, one, timeoutOf, type Req, type RouteContext } from './context.js';
+import { checked, DEFAULT_TIMEOUT_SEC, one, timeoutOf, type Req, type RouteContext } from './context.js';
+import { forkBody, snapshotBody } from './schemas.js';
 
 export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { manager, tenancy, observe, callerOf, idOf, usable, templateVisible, isSnapshot, sandboxBody } = ctx;
 
-  app.post('/sandboxes/:id/snapshots', async (req: Req, reply) => {
+  app.post('/sandboxes/:id/snapshots', { schema: { body: snapshotBody }, attachValidation: true }, async (req: Req, reply) => {
     const id = idOf(req);
     const info = usable(req, id);
-    const name = req.body?.name;
-    if (name !== undefined && typeof name !== 'string') throw invalid('name must be a string');
+    checked(req);
+    const name = req.body?.name as string | undefined; // snapshotBody: a string if given
     // the snapshot belongs to the sandbox's team, and counts against its quota from now on
     const team = info.team ?? undefined;
     const release = team ? tenancy.reserveSnapshot(team, manager.templates.list().filter((t) => isSnapshot(t) && t.config.team === team).length) : () => {};
@@ -51,11 +52,11 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     await manager.removeTemplate(t.id);
     return reply.code(204).send();
   });
-  app.post('/sandboxes/:id/fork', async (req: Req, reply) => {
+  app.post('/sandboxes/:id/fork', { schema: { body: forkBody }, attachValidation: true }, async (req: Req, reply) => {
     const id = idOf(req);
     usable(req, id);
-    const count = req.body?.count ?? 1;
-    if (typeof count !== 'number') throw invalid('count must be a number');
+    checked(req);
+    const count = (req.body?.count ?? 1) as number; // forkBody: a number if given
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
     const src = manager.get(id);
     const results = await observe('fork', () =>
