@@ -201,9 +201,11 @@ export class Store {
     // API key hashes and envd access tokens live here: root only (SQLite gives its
     // -wal and -shm files the database file's permissions)
     chmodSync(file, 0o600);
+    // first: every later statement, the journal mode switch included, may meet the running
+    // service's lock and must wait for it rather than fail with "database is locked"
+    this.db.pragma('busy_timeout = 5000');
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('busy_timeout = 5000');
     migrateStore(this.db);
   }
 
