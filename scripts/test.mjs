@@ -13,7 +13,11 @@ const chosen = args.length ? args : suites;
 function walk(dir) {
   let out = [];
   let entries = [];
-  try { entries = readdirSync(dir); } catch { return out; }
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return out;
+  }
   for (const e of entries.sort()) {
     const p = join(dir, e);
     if (statSync(p).isDirectory()) out = out.concat(walk(p));
@@ -27,6 +31,9 @@ for (const c of chosen) {
   if (suites.includes(c)) files.push(...walk(join(root, 'dist/test', c)));
   else files.push(c);
 }
-if (!files.length) { console.error('no test files found (did you run npm run build?)'); process.exit(1); }
+if (!files.length) {
+  console.error('no test files found (did you run npm run build?)');
+  process.exit(1);
+}
 const r = spawnSync(process.execPath, ['--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { stdio: 'inherit', cwd: root });
 process.exit(r.status ?? 1);

@@ -53,7 +53,6 @@ const namesBody = { type: 'object', properties: { alias: str, tag: str } } as co
 
 type IdReq = FastifyRequest<{ Params: { id: string } }>;
 
-
 /** Serves a LocalApi on the data directory's unix socket (root-only: the socket is 0600). */
 export class ControlServer {
   private app: FastifyInstance | undefined;

@@ -111,8 +111,7 @@ export class ApiKeys {
 
   team(ref: string): TeamRow | undefined {
     const r = this.db.prepare('SELECT * FROM teams WHERE id = ? OR name = ?').get(ref, ref) as
-      | { id: string; name: string; created_at: number; quota: string }
-      | undefined;
+      { id: string; name: string; created_at: number; quota: string } | undefined;
     return r && { id: r.id, name: r.name, createdAt: Number(r.created_at), quota: r.quota };
   }
 

@@ -48,8 +48,14 @@ export class ServiceMetrics {
       registers: [this.registry],
       collect() {
         const t = traffic();
-        this.set({ direction: 'in' }, t.reduce((n, x) => n + x.bytesIn, 0));
-        this.set({ direction: 'out' }, t.reduce((n, x) => n + x.bytesOut, 0));
+        this.set(
+          { direction: 'in' },
+          t.reduce((n, x) => n + x.bytesIn, 0),
+        );
+        this.set(
+          { direction: 'out' },
+          t.reduce((n, x) => n + x.bytesOut, 0),
+        );
       },
     });
     this.opSeconds = new Histogram({
@@ -59,7 +65,12 @@ export class ServiceMetrics {
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [this.registry],
     });
-    this.opFailures = new Counter({ name: 'cubebox_operation_failures_total', help: 'Failed lifecycle operations', labelNames: ['op'], registers: [this.registry] });
+    this.opFailures = new Counter({
+      name: 'cubebox_operation_failures_total',
+      help: 'Failed lifecycle operations',
+      labelNames: ['op'],
+      registers: [this.registry],
+    });
   }
 
   /** Times a lifecycle operation (create, pause, resume, delete, connect, snapshot, fork). */

@@ -124,7 +124,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     dataServer = http.createServer({ requestTimeout: 0 }, (req, res) => {
       if (proxy.matches(req)) return proxy.handle(req, res);
       res.writeHead(404, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ code: 404, message: 'this is the data-plane port: name a sandbox (E2b-Sandbox-Id header, <port>-<id>.<domain> Host, or a signed /files URL)' }));
+      res.end(
+        JSON.stringify({
+          code: 404,
+          message: 'this is the data-plane port: name a sandbox (E2b-Sandbox-Id header, <port>-<id>.<domain> Host, or a signed /files URL)',
+        }),
+      );
     });
     dataServer.on('upgrade', (req, socket, head) => (proxy.matches(req) ? proxy.handleUpgrade(req, socket, head) : socket.destroy()));
     await new Promise<void>((resolve, reject) => {

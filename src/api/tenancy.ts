@@ -121,7 +121,8 @@ export class Tenancy {
       quotaExceeded(`quota exceeded: ${QUOTA_NAMES[k]} of team '${name}' would be ${want}, its limit (${k}) is ${q[k]}`);
     if (a.op === 'create') {
       const mb = metadataBytes(a.metadata);
-      if (mb > q.metadataBytes) throw quotaExceeded(`quota exceeded: metadata is ${mb} bytes, the limit of team '${name}' (metadataBytes) is ${q.metadataBytes}`);
+      if (mb > q.metadataBytes)
+        throw quotaExceeded(`quota exceeded: metadata is ${mb} bytes, the limit of team '${name}' (metadataBytes) is ${q.metadataBytes}`);
     }
     const u = this.usage(a.team, a.sandboxId);
     if (u.sandboxes + 1 > q.sandboxes) throw refuse('sandboxes', u.sandboxes + 1);
@@ -134,7 +135,8 @@ export class Tenancy {
   checkMetadata(team: string, metadata: Record<string, string>): void {
     const q = this.quota(team);
     const mb = metadataBytes(metadata);
-    if (mb > q.metadataBytes) throw quotaExceeded(`quota exceeded: metadata is ${mb} bytes, the limit of team '${this.teamName(team)}' (metadataBytes) is ${q.metadataBytes}`);
+    if (mb > q.metadataBytes)
+      throw quotaExceeded(`quota exceeded: metadata is ${mb} bytes, the limit of team '${this.teamName(team)}' (metadataBytes) is ${q.metadataBytes}`);
   }
 
   /**
@@ -145,7 +147,9 @@ export class Tenancy {
     const q = this.quota(team);
     const pending = this.pendingSnapshots.get(team) ?? 0;
     if (existing + pending + 1 > q.snapshots) {
-      throw quotaExceeded(`quota exceeded: snapshots of team '${this.teamName(team)}' would be ${existing + pending + 1}, its limit (snapshots) is ${q.snapshots}`);
+      throw quotaExceeded(
+        `quota exceeded: snapshots of team '${this.teamName(team)}' would be ${existing + pending + 1}, its limit (snapshots) is ${q.snapshots}`,
+      );
     }
     this.pendingSnapshots.set(team, pending + 1);
     let released = false;

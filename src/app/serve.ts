@@ -91,7 +91,14 @@ export async function startService(config: ServeConfig): Promise<RunningService>
   let manager: SandboxManager | undefined;
   for (let attempt = 0; !manager; attempt++) {
     try {
-      manager = await SandboxManager.open({ dataDir: config.dataDir, runtime: config.runtime, logger, reconcileIntervalMs: 5000, reaperIntervalMs: 250, deleteStopped: true });
+      manager = await SandboxManager.open({
+        dataDir: config.dataDir,
+        runtime: config.runtime,
+        logger,
+        reconcileIntervalMs: 5000,
+        reaperIntervalMs: 250,
+        deleteStopped: true,
+      });
     } catch (err) {
       // a short-lived CLI manager may hold the data directory for a moment
       if (!(err instanceof CubeboxError && /another cubebox manager/.test(err.message)) || attempt >= 300) throw err;
@@ -107,7 +114,10 @@ export async function startService(config: ServeConfig): Promise<RunningService>
   }
   const server = await startServer({ manager, host: config.host, port: config.port, dataPort: config.dataPort, domain: config.domain, log: logger });
   manager.setPool(config.pool);
-  logger.info({ url: server.url, dataUrl: server.dataUrl, dataDir: config.dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name }, 'cubebox serve ready');
+  logger.info(
+    { url: server.url, dataUrl: server.dataUrl, dataDir: config.dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name },
+    'cubebox serve ready',
+  );
   const m = manager;
   return {
     manager: m,

@@ -64,9 +64,7 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
       t.createBare.push(await timed(async () => (id = (await m!.create({ template: 'busybox', agent: false })).id)));
       await m.delete(id);
       t.create.push(await timed(async () => (id = (await m!.create({ template: 'busybox' })).id)));
-      t.exec.push(
-        await timed(async () => waitClose(await m!.exec(id, ['/bin/true'], { stdio: 'ignore' }))),
-      );
+      t.exec.push(await timed(async () => waitClose(await m!.exec(id, ['/bin/true'], { stdio: 'ignore' }))));
       t.pause.push(await timed(() => m!.pause(id)));
       t.resume.push(await timed(() => m!.resume(id)));
       t.delete.push(await timed(() => m!.delete(id)));
@@ -103,7 +101,9 @@ export function formatBench(rows: BenchRow[]): string {
   const lines = [`${'operation'.padEnd(28)} ${'median'.padStart(9)}   ${'baseline (same run)'.padEnd(26)} ${'median'.padStart(9)}   ratio`];
   for (const r of rows) {
     const ratio = r.baselineMs ? (r.medianMs / r.baselineMs).toFixed(2) + 'x' : '';
-    lines.push(`${r.name.padEnd(28)} ${r.medianMs.toFixed(1).padStart(7)}ms   ${(r.baselineName ?? '').padEnd(26)} ${r.baselineMs !== undefined ? r.baselineMs.toFixed(1).padStart(7) + 'ms' : ''}   ${ratio}`);
+    lines.push(
+      `${r.name.padEnd(28)} ${r.medianMs.toFixed(1).padStart(7)}ms   ${(r.baselineName ?? '').padEnd(26)} ${r.baselineMs !== undefined ? r.baselineMs.toFixed(1).padStart(7) + 'ms' : ''}   ${ratio}`,
+    );
   }
   return lines.join('\n');
 }

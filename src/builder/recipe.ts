@@ -51,9 +51,11 @@ export function parseRecipe(text: string): Recipe {
     const st = s as Record<string, unknown>;
     if ('copy' in st) {
       const c = st.copy as { src?: unknown; dest?: unknown };
-      if (typeof c?.src !== 'string' || typeof c?.dest !== 'string' || !c.dest.startsWith('/')) throw invalid(`step ${i + 1}: copy needs "src" (in the context) and an absolute "dest"`);
+      if (typeof c?.src !== 'string' || typeof c?.dest !== 'string' || !c.dest.startsWith('/'))
+        throw invalid(`step ${i + 1}: copy needs "src" (in the context) and an absolute "dest"`);
     } else if ('env' in st) {
-      if (typeof st.env !== 'object' || st.env === null || Object.values(st.env).some((v) => typeof v !== 'string')) throw invalid(`step ${i + 1}: env must map names to strings`);
+      if (typeof st.env !== 'object' || st.env === null || Object.values(st.env).some((v) => typeof v !== 'string'))
+        throw invalid(`step ${i + 1}: env must map names to strings`);
     } else if (typeof Object.values(st)[0] !== 'string') {
       throw invalid(`step ${i + 1}: ${keys[0]} must be a string`);
     }
@@ -95,7 +97,9 @@ export async function buildRecipe(
         continue;
       }
       const contentHash = 'copy' in step ? hashContext(opts.contextDir, step.copy.src) : '';
-      key = createHash('sha256').update(JSON.stringify([key, step, settings.env, settings.user, settings.workdir, contentHash])).digest('hex');
+      key = createHash('sha256')
+        .update(JSON.stringify([key, step, settings.env, settings.user, settings.workdir, contentHash]))
+        .digest('hex');
       const cached = manager.templates.list().find((t) => t.config.cacheKey === key);
       if (cached) {
         progress(`${label}: ${describe(step)} (cached)`);
@@ -183,7 +187,10 @@ async function runStep(
       throw new Error('not a layer step');
     }
     if (result.code !== 0) {
-      throw new CubeboxError('invalid_argument', `build step failed (exit ${result.code}): ${describe(step)}\n${result.output.trim().split('\n').slice(-40).join('\n')}`);
+      throw new CubeboxError(
+        'invalid_argument',
+        `build step failed (exit ${result.code}): ${describe(step)}\n${result.output.trim().split('\n').slice(-40).join('\n')}`,
+      );
     }
     return await manager.snapshot(sbx.id, { name: layerName, config: { cacheKey, buildStep: true } });
   } finally {

@@ -121,7 +121,9 @@ export function registerTeamsCommand(program: Command, dataDirOf: (cmd: Command)
     });
   let set = teams
     .command('set-quota <team>')
-    .description(`set a team's limits (a 429 names the one a create or resume would pass); 'default' resets one. Defaults: ${QUOTA_KEYS.map((k) => `${QUOTA_FLAGS[k]} ${DEFAULT_QUOTA[k]}`).join(', ')}`);
+    .description(
+      `set a team's limits (a 429 names the one a create or resume would pass); 'default' resets one. Defaults: ${QUOTA_KEYS.map((k) => `${QUOTA_FLAGS[k]} ${DEFAULT_QUOTA[k]}`).join(', ')}`,
+    );
   for (const k of QUOTA_KEYS) set = set.option(`--${QUOTA_FLAGS[k]} <n>`, `limit: ${k}`);
   set.action((ref: string, opts: Record<string, string | undefined>, cmd: Command) => {
     const change: Partial<Record<keyof Quota, number | null>> = {};

@@ -152,8 +152,11 @@ template
   .command('build <kind-or-name>')
   .description('build a template: base (Debian, E2B-style, with debootstrap), busybox (tiny, for tests), or <name> --recipe <file.json>')
   .option('--name <name>', 'template name (default: the kind)')
-  .option('--recipe <file>', 'a JSON recipe: {"from": "<template>", "steps": [{"run": "..."}, {"copy": {"src", "dest"}}, {"env": {}}, {"workdir"}, {"user"}, {"start"}, {"ready"}]}')
-  .option('--context <dir>', 'directory that copy steps take files from (default: the recipe file\'s directory)')
+  .option(
+    '--recipe <file>',
+    'a JSON recipe: {"from": "<template>", "steps": [{"run": "..."}, {"copy": {"src", "dest"}}, {"env": {}}, {"workdir"}, {"user"}, {"start"}, {"ready"}]}',
+  )
+  .option('--context <dir>', "directory that copy steps take files from (default: the recipe file's directory)")
   .action(async (kind: string, opts: { name?: string; recipe?: string; context?: string }, cmd: Command) => {
     if (opts.recipe) {
       const { parseRecipe } = await import('../builder/recipe.js');
@@ -223,11 +226,9 @@ sandbox
     if (opts.json) return console.log(JSON.stringify(list, null, 2));
     for (const s of list) console.log(`${s.id}  ${s.state.padEnd(9)} ${new Date(s.createdAt).toISOString()}${s.lastError ? `  (${s.lastError})` : ''}`);
   });
-sandbox
-  .command('inspect <id>')
-  .action(async (id: string, _o: unknown, cmd: Command) => {
-    console.log(JSON.stringify(await withApi(dataDirOf(cmd), (api) => api.get(id)), null, 2));
-  });
+sandbox.command('inspect <id>').action(async (id: string, _o: unknown, cmd: Command) => {
+  console.log(JSON.stringify(await withApi(dataDirOf(cmd), (api) => api.get(id)), null, 2));
+});
 sandbox
   .command('logs <id>')
   .description("print a sandbox's console output (envd and its main process)")
@@ -246,7 +247,9 @@ sandbox
   .option('-i, --interactive', "pass this command's stdin to the sandbox command")
   .action(async (id: string, command: string[], opts: { env?: string[]; cwd?: string; interactive?: boolean }, cmd: Command) => {
     const stdin = opts.interactive ? process.stdin : undefined;
-    const code = await withApi(dataDirOf(cmd), (api) => api.exec(id, command, process.stdout, process.stderr, { env: parseEnv(opts.env), cwd: opts.cwd, stdin }));
+    const code = await withApi(dataDirOf(cmd), (api) =>
+      api.exec(id, command, process.stdout, process.stderr, { env: parseEnv(opts.env), cwd: opts.cwd, stdin }),
+    );
     process.exitCode = code;
     if (stdin) process.stdin.destroy(); // let the process exit even if stdin stays open
   });

@@ -65,7 +65,10 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     // exits either way: a failed close must not keep a stopping envd alive
-    void envd.close().catch(() => undefined).finally(() => process.exit(0));
+    void envd
+      .close()
+      .catch(() => undefined)
+      .finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };
   process.on('SIGTERM', stop);

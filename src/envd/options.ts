@@ -50,7 +50,10 @@ export function parseArgs(argv: string[]): EnvdOptions {
         break;
       }
       case '--host':
-        opts.hosts = value().split(',').map((h) => h.trim()).filter(Boolean);
+        opts.hosts = value()
+          .split(',')
+          .map((h) => h.trim())
+          .filter(Boolean);
         break;
       case '--passwd':
         opts.passwdPath = value();
@@ -72,7 +75,9 @@ export function parseArgs(argv: string[]): EnvdOptions {
         break;
       case '--help':
       case '-h':
-        process.stdout.write('usage: node envd.mjs [--socket <path>] [--port <n>] [--host <addrs>] [--passwd <file>] [--group <file>] [--state-dir <dir>] [--exec-helper <path>] [--cgroup-root <dir>] [--default-user <name>]\n');
+        process.stdout.write(
+          'usage: node envd.mjs [--socket <path>] [--port <n>] [--host <addrs>] [--passwd <file>] [--group <file>] [--state-dir <dir>] [--exec-helper <path>] [--cgroup-root <dir>] [--default-user <name>]\n',
+        );
         process.exit(0);
         break;
       default:
@@ -84,4 +89,3 @@ export function parseArgs(argv: string[]): EnvdOptions {
   if (opts.helperPath && !existsSync(opts.helperPath)) usage(`exec helper not found: ${opts.helperPath}`);
   return opts;
 }
-

@@ -60,11 +60,7 @@ export function classify(req: IncomingMessage, envdPort = ENVD_PORT): Target | u
  * The candidate whose token makes the URL's signature valid. The expiration is part of what is
  * signed but is not checked here: envd checks it and answers "signature is already expired".
  */
-export function matchSignature(
-  url: URL,
-  op: FileOp,
-  candidates: Iterable<{ sandboxId: string; accessToken: string }>,
-): string | undefined {
+export function matchSignature(url: URL, op: FileOp, candidates: Iterable<{ sandboxId: string; accessToken: string }>): string | undefined {
   const signed = signedFileRequest(url);
   if (!signed || signed === 'bad-expiration') return undefined;
   for (const c of candidates) {

@@ -16,14 +16,25 @@ const MAX_REFUSAL_BODY = 64 * 1024;
 
 /** A WebSocket handshake: GET, `Upgrade: websocket` and `Connection: upgrade` (RFC 6455 4.1, 4.2.2). */
 export function isWebSocketUpgrade(msg: IncomingMessage): boolean {
-  const upgrade = String(msg.headers.upgrade ?? '').trim().toLowerCase();
-  const connection = String(msg.headers.connection ?? '').toLowerCase().split(',').map((t) => t.trim());
+  const upgrade = String(msg.headers.upgrade ?? '')
+    .trim()
+    .toLowerCase();
+  const connection = String(msg.headers.connection ?? '')
+    .toLowerCase()
+    .split(',')
+    .map((t) => t.trim());
   const isRequest = typeof msg.method === 'string'; // a response's method is null
   return upgrade === 'websocket' && connection.includes('upgrade') && (!isRequest || msg.method === 'GET');
 }
 
 /** A checked WebSocket handshake to a sandbox: the handshake goes to envd, the tunnel follows its 101. */
-export async function upgrade(ctx: ProxyContext, target: Extract<Target, { kind: 'sandbox' }>, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+export async function upgrade(
+  ctx: ProxyContext,
+  target: Extract<Target, { kind: 'sandbox' }>,
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+): Promise<void> {
   const { sandboxId } = target;
   const ex: Exchange = {
     destroyed: false,

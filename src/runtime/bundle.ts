@@ -108,7 +108,12 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
   }
 
   if (spec.bootIdFile && spec.runtime !== 'runc') {
-    mounts.push({ destination: '/proc/sys/kernel/random/boot_id', type: 'bind', source: spec.bootIdFile, options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+    mounts.push({
+      destination: '/proc/sys/kernel/random/boot_id',
+      type: 'bind',
+      source: spec.bootIdFile,
+      options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'],
+    });
   }
 
   const linux: Record<string, unknown> = {

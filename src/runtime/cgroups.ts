@@ -6,7 +6,6 @@ import { mountTable } from './mountinfo.js';
 export type CgroupMode = 'v1' | 'v2' | 'hybrid';
 const ROOT = '/sys/fs/cgroup';
 
-
 /** cgroup v2 only, v1 only, or hybrid (v1 controllers plus a controller-less cgroup2 mount). */
 export function detectCgroupMode(): CgroupMode {
   const all = mountTable();
@@ -160,10 +159,7 @@ async function setFrozen(dir: string, frozen: boolean): Promise<void> {
 
 function readList(file: string): number[] {
   try {
-    return readFileSync(file, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map(Number);
+    return readFileSync(file, 'utf8').split('\n').filter(Boolean).map(Number);
   } catch {
     return [];
   }

@@ -105,10 +105,16 @@ export class OciRuntime implements SandboxRuntime {
     const [file, argv] = this.command(args);
     let out = '';
     let err = '';
-    const code = await this.spawnBounded(file, argv, ['ignore', 'pipe', 'pipe'], (child) => {
-      child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-      child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-    }, args[0]!);
+    const code = await this.spawnBounded(
+      file,
+      argv,
+      ['ignore', 'pipe', 'pipe'],
+      (child) => {
+        child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+        child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+      },
+      args[0]!,
+    );
     return { code, out, err: err.trim() };
   }
 

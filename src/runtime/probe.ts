@@ -65,8 +65,15 @@ export async function probeHost(opts: { runtimes?: RuntimeName[]; nestedTemplate
   );
 
   const maxUserNs = Number(readOr('/proc/sys/user/max_user_namespaces', '0'));
-  const unshareU = isRoot ? await run('unshare', ['--user', '--map-root-user', 'true']).catch(() => ({ code: 1, stderr: 'unshare missing' })) : { code: 1, stderr: '' };
-  add('user namespaces', maxUserNs > 0 && unshareU.code === 0, false, maxUserNs > 0 ? (unshareU.code === 0 ? `max ${maxUserNs}` : `unshare --user failed: ${unshareU.stderr.trim()}`) : 'disabled (max_user_namespaces = 0)');
+  const unshareU = isRoot
+    ? await run('unshare', ['--user', '--map-root-user', 'true']).catch(() => ({ code: 1, stderr: 'unshare missing' }))
+    : { code: 1, stderr: '' };
+  add(
+    'user namespaces',
+    maxUserNs > 0 && unshareU.code === 0,
+    false,
+    maxUserNs > 0 ? (unshareU.code === 0 ? `max ${maxUserNs}` : `unshare --user failed: ${unshareU.stderr.trim()}`) : 'disabled (max_user_namespaces = 0)',
+  );
 
   const helper = existsSync(HELPER_BIN);
   add('native helper', helper, true, helper ? HELPER_BIN : `${HELPER_BIN} missing: run npm run build`);
@@ -82,7 +89,12 @@ export async function probeHost(opts: { runtimes?: RuntimeName[]; nestedTemplate
   add('overlay over idmapped layers', overlayOk, true, overlayDetail);
 
   const loop = existsSync('/dev/loop-control');
-  add('loop devices', loop, true, loop ? '/dev/loop-control (each sandbox disk is a loop-mounted image)' : 'no /dev/loop-control: sandbox disks need loop devices (modprobe loop)');
+  add(
+    'loop devices',
+    loop,
+    true,
+    loop ? '/dev/loop-control (each sandbox disk is a loop-mounted image)' : 'no /dev/loop-control: sandbox disks need loop devices (modprobe loop)',
+  );
   add('tini', existsSync(TINI), true, existsSync(TINI) ? TINI : `${TINI} missing: install the tini package`);
 
   const runtimes: RuntimeProbe[] = [];
@@ -113,7 +125,13 @@ export function isolationChecks(runtimes: RuntimeProbe[], nestedTemplates?: stri
   const seccompKernel = /^Seccomp:\s/m.test(readOr('/proc/self/status', ''));
   add('kernel seccomp', seccompKernel, seccompKernel ? 'seccomp filters supported' : 'the kernel has no seccomp: sandboxes run without a syscall filter');
   const profile = existsSync(DEFAULT_PROFILE);
-  add('seccomp profile', profile, profile ? `${DEFAULT_PROFILE}, tightened to Docker's rules for namespaces, mounts and the keyring` : `${DEFAULT_PROFILE} missing (package golang-github-containers-common): sandboxes run WITHOUT a seccomp filter`);
+  add(
+    'seccomp profile',
+    profile,
+    profile
+      ? `${DEFAULT_PROFILE}, tightened to Docker's rules for namespaces, mounts and the keyring`
+      : `${DEFAULT_PROFILE} missing (package golang-github-containers-common): sandboxes run WITHOUT a seccomp filter`,
+  );
 
   // Debian/Ubuntu: unprivileged_userns_clone; Ubuntu 23.10+: AppArmor's restriction
   const clone = sysctl('kernel.unprivileged_userns_clone');
@@ -131,33 +149,61 @@ export function isolationChecks(runtimes: RuntimeProbe[], nestedTemplates?: stri
   const bpf = sysctl('kernel.unprivileged_bpf_disabled');
   if (bpf !== undefined) add('unprivileged bpf', bpf !== 0, bpf !== 0 ? `disabled (${bpf})` : 'enabled: set kernel.unprivileged_bpf_disabled = 2');
   const uffd = sysctl('vm.unprivileged_userfaultfd');
-  if (uffd !== undefined) add('unprivileged userfaultfd', uffd === 0, uffd === 0 ? 'kernel-mode faults need CAP_SYS_PTRACE' : 'enabled (an exploit helper): set vm.unprivileged_userfaultfd = 0');
+  if (uffd !== undefined)
+    add(
+      'unprivileged userfaultfd',
+      uffd === 0,
+      uffd === 0 ? 'kernel-mode faults need CAP_SYS_PTRACE' : 'enabled (an exploit helper): set vm.unprivileged_userfaultfd = 0',
+    );
   const perf = sysctl('kernel.perf_event_paranoid');
   if (perf !== undefined) add('perf events', perf >= 2, perf >= 2 ? `paranoid = ${perf}` : `kernel.perf_event_paranoid = ${perf}: set it to 2 or more`);
   // kallsyms shows real addresses to everyone only with both of these low (KASLR gone)
   const kptr = sysctl('kernel.kptr_restrict');
   if (kptr !== undefined && perf !== undefined) {
     const open = kptr === 0 && perf <= 1;
-    add('kernel pointers', !open, open ? `kernel.kptr_restrict = 0 and perf_event_paranoid = ${perf}: /proc/kallsyms shows kernel addresses to every process, sandboxes included: set kptr_restrict to 1` : `hidden from unprivileged processes (kptr_restrict = ${kptr}, perf_event_paranoid = ${perf})`);
+    add(
+      'kernel pointers',
+      !open,
+      open
+        ? `kernel.kptr_restrict = 0 and perf_event_paranoid = ${perf}: /proc/kallsyms shows kernel addresses to every process, sandboxes included: set kptr_restrict to 1`
+        : `hidden from unprivileged processes (kptr_restrict = ${kptr}, perf_event_paranoid = ${perf})`,
+    );
   }
   const dmesg = sysctl('kernel.dmesg_restrict');
   if (dmesg !== undefined) add('kernel log', dmesg === 1, dmesg === 1 ? 'dmesg_restrict = 1' : 'kernel.dmesg_restrict = 0: set it to 1');
   const links = sysctl('fs.protected_symlinks');
-  if (links !== undefined) add('protected symlinks', links === 1, links === 1 ? 'fs.protected_symlinks = 1' : 'fs.protected_symlinks = 0: set it to 1 (symlink races in world-writable directories)');
+  if (links !== undefined)
+    add(
+      'protected symlinks',
+      links === 1,
+      links === 1 ? 'fs.protected_symlinks = 1' : 'fs.protected_symlinks = 0: set it to 1 (symlink races in world-writable directories)',
+    );
 
   for (const rt of runtimes) {
     if (!rt.works) continue;
     if (rt.name === 'runsc') {
-      add('runsc isolation', true, "gVisor's user-space kernel is the boundary: no user namespace and no seccomp profile from cubebox (runsc filters its own syscalls)");
+      add(
+        'runsc isolation',
+        true,
+        "gVisor's user-space kernel is the boundary: no user namespace and no seccomp profile from cubebox (runsc filters its own syscalls)",
+      );
     } else if (rt.userns !== undefined) {
-      add(`${rt.name} user namespaces`, rt.userns, rt.userns ? 'runs containers in a user namespace, sandbox root unprivileged on the host' : 'cannot run a container in a user namespace: sandbox root would be host root');
+      add(
+        `${rt.name} user namespaces`,
+        rt.userns,
+        rt.userns
+          ? 'runs containers in a user namespace, sandbox root unprivileged on the host'
+          : 'cannot run a container in a user namespace: sandbox root would be host root',
+      );
     }
   }
   if (nestedTemplates) {
     add(
       'nested containers',
       nestedTemplates.length === 0,
-      nestedTemplates.length ? `allowed in template(s) ${nestedTemplates.join(', ')}: their sandboxes may create user namespaces and mount in them` : 'no template allows them',
+      nestedTemplates.length
+        ? `allowed in template(s) ${nestedTemplates.join(', ')}: their sandboxes may create user namespaces and mount in them`
+        : 'no template allows them',
     );
   }
   return out;
@@ -206,9 +252,14 @@ async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean
     const id = `cubebox-probe-${process.pid}`;
     const tryRun = async (wrapped: boolean) => {
       const argv = [...extra, '--root', root, 'run', '--bundle', dir, id];
-      const r = wrapped ? await run(HELPER_BIN, ['run-runtime', '--private-cgroupv1', binary, ...argv], { timeoutMs: 30_000 }) : await run(binary, argv, { timeoutMs: 30_000 });
+      const r = wrapped
+        ? await run(HELPER_BIN, ['run-runtime', '--private-cgroupv1', binary, ...argv], { timeoutMs: 30_000 })
+        : await run(binary, argv, { timeoutMs: 30_000 });
       // clean whatever a failed run left behind
-      if (r.code !== 0) await (wrapped ? run(HELPER_BIN, ['run-runtime', '--private-cgroupv1', binary, ...extra, '--root', root, 'delete', '--force', id]) : run(binary, [...extra, '--root', root, 'delete', '--force', id]));
+      if (r.code !== 0)
+        await (wrapped
+          ? run(HELPER_BIN, ['run-runtime', '--private-cgroupv1', binary, ...extra, '--root', root, 'delete', '--force', id])
+          : run(binary, [...extra, '--root', root, 'delete', '--force', id]));
       return r;
     };
     // Then as sandboxes run: in a user namespace, behind the sandbox directory's guard.
@@ -228,12 +279,29 @@ async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean
       return r.code === 0 && r.stdout.includes('tini');
     };
     const direct = await tryRun(false);
-    if (direct.code === 0 && direct.stdout.includes('tini')) return { name, installed: true, version, works: true, needsWrapper: false, detail: 'runs containers', userns: await withUserns(false) };
+    if (direct.code === 0 && direct.stdout.includes('tini'))
+      return { name, installed: true, version, works: true, needsWrapper: false, detail: 'runs containers', userns: await withUserns(false) };
     const reason = (direct.stderr || direct.stdout).trim().split('\n').pop() ?? '';
     if (name === 'crun' && mode === 'hybrid') {
       const wrapped = await tryRun(true);
-      if (wrapped.code === 0) return { name, installed: true, version, works: true, needsWrapper: true, detail: `refuses hybrid cgroups directly (${reason}); works through the private-mount wrapper`, userns: await withUserns(true) };
-      return { name, installed: true, version, works: false, needsWrapper: true, detail: `fails even through the wrapper: ${(wrapped.stderr || wrapped.stdout).trim()}` };
+      if (wrapped.code === 0)
+        return {
+          name,
+          installed: true,
+          version,
+          works: true,
+          needsWrapper: true,
+          detail: `refuses hybrid cgroups directly (${reason}); works through the private-mount wrapper`,
+          userns: await withUserns(true),
+        };
+      return {
+        name,
+        installed: true,
+        version,
+        works: false,
+        needsWrapper: true,
+        detail: `fails even through the wrapper: ${(wrapped.stderr || wrapped.stdout).trim()}`,
+      };
     }
     return { name, installed: true, version, works: false, needsWrapper: false, detail: `cannot run a container: ${reason}` };
   } finally {

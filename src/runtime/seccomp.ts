@@ -69,9 +69,21 @@ export function convertProfile(profile: DockerProfile, capabilities: string[], a
  * with them filesystems and nf_tables code that most recent kernel exploits go through.
  */
 const NAMESPACE_SYSCALLS = [
-  'unshare', 'setns', 'mount', 'umount', 'umount2', 'pivot_root',
-  'fsopen', 'fsconfig', 'fsmount', 'fspick', 'move_mount', 'open_tree', 'mount_setattr',
-  'sethostname', 'setdomainname',
+  'unshare',
+  'setns',
+  'mount',
+  'umount',
+  'umount2',
+  'pivot_root',
+  'fsopen',
+  'fsconfig',
+  'fsmount',
+  'fspick',
+  'move_mount',
+  'open_tree',
+  'mount_setattr',
+  'sethostname',
+  'setdomainname',
 ];
 /** Host-wide kernel state (the keyring is not namespaced) or capability-gated in Docker. */
 const KERNEL_SYSCALLS: Record<string, string[]> = {
@@ -130,7 +142,12 @@ export function hardenProfile(profile: OciSeccomp, capabilities: string[], opts:
     syscalls.push({ names: ['clone'], action: 'SCMP_ACT_ALLOW', args: [{ index: 0, value: mask, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' }] });
     // clone with any namespace flag: EPERM rather than the profile's default ENOSYS
     for (const flag of CLONE_NAMESPACE_FLAGS) {
-      syscalls.push({ names: ['clone'], action: 'SCMP_ACT_ERRNO', errnoRet: EPERM, args: [{ index: 0, value: flag, valueTwo: flag, op: 'SCMP_CMP_MASKED_EQ' }] });
+      syscalls.push({
+        names: ['clone'],
+        action: 'SCMP_ACT_ERRNO',
+        errnoRet: EPERM,
+        args: [{ index: 0, value: flag, valueTwo: flag, op: 'SCMP_CMP_MASKED_EQ' }],
+      });
     }
     syscalls.push({ names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS });
     refused.push(...NAMESPACE_SYSCALLS);
@@ -146,7 +163,9 @@ const cache = new Map<string, OciSeccomp | undefined>();
 export function defaultSeccomp(capabilities: string[], opts: SeccompOptions = {}, file = DEFAULT_PROFILE): OciSeccomp | undefined {
   const key = `${file}|${capabilities.join(',')}|${opts.nestedContainers === true}`;
   if (cache.has(key)) return cache.get(key);
-  const value = existsSync(file) ? hardenProfile(convertProfile(JSON.parse(readFileSync(file, 'utf8')) as DockerProfile, capabilities), capabilities, opts) : undefined;
+  const value = existsSync(file)
+    ? hardenProfile(convertProfile(JSON.parse(readFileSync(file, 'utf8')) as DockerProfile, capabilities), capabilities, opts)
+    : undefined;
   cache.set(key, value);
   return value;
 }

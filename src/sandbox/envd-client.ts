@@ -8,7 +8,16 @@ export { INIT_SECRET_ENV, INIT_SECRET_HEADER } from '../envd/host-contract.js';
 
 /** envd's argv inside the sandbox, through the support tree's own loader and node. */
 export function envdCommand(socket: string): string[] {
-  return [`${SANDBOX_SUPPORT}/lib/ld.so`, '--library-path', `${SANDBOX_SUPPORT}/lib`, `${SANDBOX_SUPPORT}/bin/node`, '--max-semi-space-size=1', `${SANDBOX_SUPPORT}/envd/envd.mjs`, '--socket', socket];
+  return [
+    `${SANDBOX_SUPPORT}/lib/ld.so`,
+    '--library-path',
+    `${SANDBOX_SUPPORT}/lib`,
+    `${SANDBOX_SUPPORT}/bin/node`,
+    '--max-semi-space-size=1',
+    `${SANDBOX_SUPPORT}/envd/envd.mjs`,
+    '--socket',
+    socket,
+  ];
 }
 
 /** A JSON request to a sandbox's envd on its unix socket; resolves to the status code. */

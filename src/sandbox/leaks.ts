@@ -128,4 +128,3 @@ function comm(pid: number): string {
 export function formatLeaks(leaks: Leak[]): string {
   return leaks.map((l) => `${l.sandbox}  ${l.kind.padEnd(13)} ${l.what}`).join('\n');
 }
-

@@ -114,7 +114,8 @@ export class WarmPool {
         while (!core.closed) {
           const pooled = core.store.listSandboxes().filter((r) => r.state === 'pooled' && r.templateId === template.id);
           // a pool made smaller gives back what it holds beyond its size
-          for (const extra of pooled.slice(size)) await deleteSandbox(core, extra.id).catch((e) => core.log.warn({ sandbox: extra.id, err: errorMessage(e) }, 'could not shrink the pool'));
+          for (const extra of pooled.slice(size))
+            await deleteSandbox(core, extra.id).catch((e) => core.log.warn({ sandbox: extra.id, err: errorMessage(e) }, 'could not shrink the pool'));
           if (pooled.length >= size) break;
           try {
             await prepare(core, template);

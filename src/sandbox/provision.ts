@@ -67,7 +67,8 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
     coldPaused: false,
     extra: req.extra ?? {},
   };
-  if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0)) throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
+  if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0))
+    throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
   const runtime = core.deps.runtimes.default;
   core.store.transaction(() => {
     core.admit?.({ op: 'create', team: req.team ?? null, sandboxId: id, limits, diskMB: spec.diskMB, metadata: spec.metadata });
@@ -219,7 +220,9 @@ async function startTemplateCommand(core: SandboxCore, id: string, spec: StoredS
   if (!spec.startCommand) return;
   const env = { ...BASE_ENV, ...spec.env, ...spec.envVars };
   const cid = core.containerId(id);
-  const start = core.runtimeOf(id).exec(cid, ['/bin/sh', '-c', `(${spec.startCommand}) >>/proc/1/fd/1 2>&1`], { env, cwd: spec.workdir, detach: true, stdio: 'ignore' });
+  const start = core
+    .runtimeOf(id)
+    .exec(cid, ['/bin/sh', '-c', `(${spec.startCommand}) >>/proc/1/fd/1 2>&1`], { env, cwd: spec.workdir, detach: true, stdio: 'ignore' });
   const code = await new Promise<number>((r) => start.on('close', (c) => r(c ?? 1)));
   if (code !== 0) throw new Error(`the template's start command could not be started (exit ${code}); see ${core.consoleLogPath(id)}`);
   if (!spec.readyCommand) return;

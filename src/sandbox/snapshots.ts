@@ -35,11 +35,16 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
     }
     try {
       const idMap = core.idMapFor(row.uidSlot);
-      return await templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK), {
-        snapshotOf: id,
-        ephemeral: opts.ephemeral,
-        ...opts.config,
-      });
+      return await templates.addOnTop(
+        name,
+        parent,
+        (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK),
+        {
+          snapshotOf: id,
+          ephemeral: opts.ephemeral,
+          ...opts.config,
+        },
+      );
     } finally {
       if (frozeIt) {
         await core.runtimeOf(id).resume(core.containerId(id));

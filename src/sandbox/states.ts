@@ -74,7 +74,8 @@ const OPERATIONS: Readonly<Record<Operation, OperationRule>> = {
   snapshot: { from: ['running', 'paused'], refusal: (id, s) => `sandbox '${id}' is ${s}; only a running or paused sandbox can be snapshotted` },
   exec: {
     from: ['running'],
-    refusal: (id, s) => (s === 'paused' ? `sandbox '${id}' is paused; resume it before running commands` : `sandbox '${id}' is ${s}; commands need a running sandbox`),
+    refusal: (id, s) =>
+      s === 'paused' ? `sandbox '${id}' is paused; resume it before running commands` : `sandbox '${id}' is ${s}; commands need a running sandbox`,
   },
   connect: { from: ['running', 'paused'], refusal: (id, s) => (s === 'deleting' ? `sandbox '${id}' is being deleted` : `sandbox '${id}' is ${s}`) },
   refresh: { from: ['running'], refusal: (id, s) => `sandbox '${id}' is ${s}` },

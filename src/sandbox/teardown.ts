@@ -25,7 +25,10 @@ export async function deleteSandbox(core: SandboxCore, id: string): Promise<void
       // the sandbox stays recorded (state deleting, with the error) and the reconciler retries (rule 4)
       const remains = core.store.resources(id).map((r) => `${r.kind} ${r.name}`);
       if (core.store.getSandbox(id)) core.store.updateSandbox(id, { lastError: `delete: ${errorMessage(err)}`, nextAttemptAt: core.now() + 1000 });
-      throw new CubeboxError('internal', `deleting sandbox '${id}' did not finish: ${errorMessage(err)}${remains.length ? `; still held: ${remains.join(', ')}` : ''}; it stays listed as deleting and is retried`);
+      throw new CubeboxError(
+        'internal',
+        `deleting sandbox '${id}' did not finish: ${errorMessage(err)}${remains.length ? `; still held: ${remains.join(', ')}` : ''}; it stays listed as deleting and is retried`,
+      );
     }
   });
 }
@@ -63,7 +66,13 @@ export async function teardown(core: SandboxCore, id: string): Promise<void> {
   await cg.remove();
   store.forgetResource(id, 'cgroup', naming.cgroupPath(inst, id));
 
-  const mounts = new Set([...host.mountsUnder(dir), ...store.resources(id).filter((r) => r.kind === 'mount').map((r) => r.name)]);
+  const mounts = new Set([
+    ...host.mountsUnder(dir),
+    ...store
+      .resources(id)
+      .filter((r) => r.kind === 'mount')
+      .map((r) => r.name),
+  ]);
   // also anything carrying this sandbox's mount name, wherever it is mounted
   for (const m of host.mountTable()) if (m.source === naming.mountSource(inst, id)) mounts.add(m.mountPoint);
   // deepest first, and the disk (which holds the overlay's upper layer) after the overlay

@@ -76,7 +76,8 @@ export function normalizeLifecycle(input: LifecycleInput | undefined): Lifecycle
   if (!input) return out;
   const t = input.onTimeout;
   const action = typeof t === 'object' && t !== null ? t.action : t;
-  if (action !== undefined && action !== 'kill' && action !== 'pause') throw invalid(`onTimeout must be 'kill' or 'pause' (or { action, keepMemory }), got ${JSON.stringify(t)}`);
+  if (action !== undefined && action !== 'kill' && action !== 'pause')
+    throw invalid(`onTimeout must be 'kill' or 'pause' (or { action, keepMemory }), got ${JSON.stringify(t)}`);
   if (action) out.onTimeout = action;
   const objKeep = typeof t === 'object' && t !== null && 'keepMemory' in t ? t.keepMemory : undefined;
   if (objKeep !== undefined && action !== 'pause') throw invalid('onTimeout.keepMemory is only allowed when the action is pause');
@@ -174,9 +175,11 @@ export function resolveLimits(template: Template, reqLimits: Partial<Limits> = {
     cpuCount: reqLimits.cpuCount ?? template.config.cpuCount,
     pids: reqLimits.pids ?? 1024,
   };
-  if (!Number.isFinite(limits.memoryMB) || limits.memoryMB < 16 || limits.memoryMB > 1024 * 1024) throw invalid(`memory must be between 16 MB and 1 TB, got ${limits.memoryMB}`);
+  if (!Number.isFinite(limits.memoryMB) || limits.memoryMB < 16 || limits.memoryMB > 1024 * 1024)
+    throw invalid(`memory must be between 16 MB and 1 TB, got ${limits.memoryMB}`);
   // envd (node) needs room of its own: below 64 MB only an agent-less sandbox makes sense
-  if (limits.memoryMB < 64 && (req.agent ?? true) && !req.command) throw invalid(`memory must be at least 64 MB for a sandbox with envd, got ${limits.memoryMB}`);
+  if (limits.memoryMB < 64 && (req.agent ?? true) && !req.command)
+    throw invalid(`memory must be at least 64 MB for a sandbox with envd, got ${limits.memoryMB}`);
   if (!Number.isFinite(limits.cpuCount) || limits.cpuCount <= 0 || limits.cpuCount > 1024) throw invalid(`cpu count must be > 0, got ${limits.cpuCount}`);
   if (!Number.isInteger(limits.pids) || limits.pids < 8 || limits.pids > 1_000_000) throw invalid(`pids limit must be an integer >= 8, got ${limits.pids}`);
   return limits;

@@ -320,9 +320,12 @@ export class Store {
   }
 
   resources(sandboxId: string): ResourceRow[] {
-    return (
-      this.db.prepare('SELECT * FROM resources WHERE sandbox_id = ? ORDER BY created_at, kind, name').all(sandboxId) as Raw[]
-    ).map((r) => ({ sandboxId: r.sandbox_id as string, kind: r.kind as ResourceKind, name: r.name as string, createdAt: r.created_at as number }));
+    return (this.db.prepare('SELECT * FROM resources WHERE sandbox_id = ? ORDER BY created_at, kind, name').all(sandboxId) as Raw[]).map((r) => ({
+      sandboxId: r.sandbox_id as string,
+      kind: r.kind as ResourceKind,
+      name: r.name as string,
+      createdAt: r.created_at as number,
+    }));
   }
 
   /** Sandbox ids that have ledger rows but no sandbox row (a crash between the two deletes). */

@@ -52,7 +52,9 @@ async function exists(p: string): Promise<boolean> {
 /** Whether an existing layer directory hides everything below it (its root is opaque). */
 async function probeRootOpaque(dir: string): Promise<boolean> {
   const out = await new Promise<Buffer>((resolve, reject) => {
-    const c = spawn('tar', ['--xattrs', '--xattrs-include=trusted.overlay.opaque', '--no-recursion', '-c', '-f', '-', '-C', dir, '.'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const c = spawn('tar', ['--xattrs', '--xattrs-include=trusted.overlay.opaque', '--no-recursion', '-c', '-f', '-', '-C', dir, '.'], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     const chunks: Buffer[] = [];
     c.stdout.on('data', (d: Buffer) => chunks.push(d));
     c.on('error', reject);

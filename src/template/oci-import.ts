@@ -110,7 +110,11 @@ export async function importImage(source: string, layersDir: string, opts: Impor
           const t0 = Date.now();
           const label = `layer ${i + 1}/${n} ${short(l.expect.diffId)}`;
           p = importLayer(l.src, l.expect, layersDir, { signal, onProgress: progress }).then((r) => {
-            progress(r.reused && r.entries === undefined ? `${label}: already present, shared` : `${label}: extracted ${r.entries ?? 0} entries from ${(l.src.size / 1e6).toFixed(1)} MB in ${((Date.now() - t0) / 1000).toFixed(2)}s`);
+            progress(
+              r.reused && r.entries === undefined
+                ? `${label}: already present, shared`
+                : `${label}: extracted ${r.entries ?? 0} entries from ${(l.src.size / 1e6).toFixed(1)} MB in ${((Date.now() - t0) / 1000).toFixed(2)}s`,
+            );
             return r;
           });
           byDiffId.set(l.expect.diffId, p);

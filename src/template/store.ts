@@ -177,7 +177,10 @@ export class TemplateStore {
         const depth = applet.split('/').length - 1;
         symlinkSync('../'.repeat(depth) + 'bin/busybox', target);
       }
-      writeFileSync(join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+      writeFileSync(
+        join(dir, 'etc/passwd'),
+        'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n',
+      );
       writeFileSync(join(dir, 'etc/group'), 'root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n');
       writeFileSync(join(dir, 'etc/hosts'), '127.0.0.1 localhost\n::1 localhost\n');
       // The E2B SDK runs every command as `/bin/bash -l -c`: busybox's ash takes the same flags.
@@ -254,7 +257,12 @@ export class TemplateStore {
   async addOnTop(name: string, parent: Template, fill: (dir: string) => Promise<void>, config: Partial<TemplateConfig> = {}): Promise<Template> {
     this.checkNewName(name);
     const { parent: _p, cacheKey: _k, buildStep: _b, snapshotOf: _s, ephemeral: _e, ...inherited } = parent.config;
-    return this.addLayer(name, { ...inherited, ...config, parent: parent.id }, fill, parent.layers.map((l) => basename(l)));
+    return this.addLayer(
+      name,
+      { ...inherited, ...config, parent: parent.id },
+      fill,
+      parent.layers.map((l) => basename(l)),
+    );
   }
 
   private checkNewName(name: string): void {

@@ -11,11 +11,7 @@ export interface RunResult {
  * Runs a program to completion and captures its output. Never goes through a shell.
  * stdin is /dev/null so that a detaching runtime cannot hold a pipe of ours open.
  */
-export function run(
-  file: string,
-  args: readonly string[],
-  opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {},
-): Promise<RunResult> {
+export function run(file: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const options: SpawnOptions = { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env, cwd: opts.cwd };
     const child = spawn(file, args, options);

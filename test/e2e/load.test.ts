@@ -83,7 +83,9 @@ describe(`load: ${CLIENTS} SDK clients over ${SANDBOXES} sandboxes for ${SECONDS
     );
     const wall = Number(process.hrtime.bigint() - t0) / 1e9;
     const total = Object.values(lat).reduce((n, l) => n + l.length, 0);
-    console.log(`load: ${CLIENTS} clients, ${SANDBOXES} sandboxes, ${wall.toFixed(1)} s: ${total} operations, ${(total / wall).toFixed(1)} ops/s, ${wrong.length} wrong, ${errors.length} errors`);
+    console.log(
+      `load: ${CLIENTS} clients, ${SANDBOXES} sandboxes, ${wall.toFixed(1)} s: ${total} operations, ${(total / wall).toFixed(1)} ops/s, ${wrong.length} wrong, ${errors.length} errors`,
+    );
     for (const [op, l] of Object.entries(lat)) {
       const s = [...l].sort((a, b) => a - b);
       console.log(`  ${op.padEnd(8)} n=${String(s.length).padStart(6)}  p50 ${pct(s, 50).toFixed(1)} ms  p99 ${pct(s, 99).toFixed(1)} ms`);

@@ -187,7 +187,8 @@ describe('cubebox serve with the e2b SDK', { timeout: 900_000 }, () => {
 
   it('control-plane errors have E2B shape and change nothing', async () => {
     const key = process.env.E2B_API_KEY!;
-    const post = (path: string, body: string) => fetch(`${svc.url}${path}`, { method: 'POST', headers: { 'X-API-KEY': key, 'content-type': 'application/json' }, body });
+    const post = (path: string, body: string) =>
+      fetch(`${svc.url}${path}`, { method: 'POST', headers: { 'X-API-KEY': key, 'content-type': 'application/json' }, body });
     const bad = await post('/v2/sandboxes', '{"templateID": ');
     assert.equal(bad.status, 400);
     assert.equal(((await bad.json()) as { code: number }).code, 400);

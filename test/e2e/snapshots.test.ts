@@ -32,7 +32,10 @@ describe('snapshots and fork through the SDK', { timeout: 900_000 }, () => {
     );
 
     const child = await e2b.Sandbox.create(snap.snapshotId);
-    assert.equal((await child.commands.run('cat ~/project/README; stat -c %U ~/project/README; cat /opt/r; stat -c %U /opt/r')).stdout, 'from the snapshot\nuser\nroot-file\nroot\n');
+    assert.equal(
+      (await child.commands.run('cat ~/project/README; stat -c %U ~/project/README; cat /opt/r; stat -c %U /opt/r')).stdout,
+      'from the snapshot\nuser\nroot-file\nroot\n',
+    );
     const byName = await e2b.Sandbox.create('my-snapshot');
     assert.equal((await byName.commands.run('cat ~/project/README')).stdout, 'from the snapshot\n');
 

@@ -54,7 +54,14 @@ async function localSpawn(envd: TestEnvd): Promise<number> {
   const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: envd.home, USER: 'user', LOGNAME: 'user' };
   const t0 = process.hrtime.bigint();
   await new Promise<void>((resolve, reject) => {
-    const c = spawn('/bin/bash', ['-l', '-c', 'true'], { stdio: ['ignore', 'pipe', 'pipe'], cwd: envd.home, env, uid: envd.uid, gid: envd.gid, detached: true });
+    const c = spawn('/bin/bash', ['-l', '-c', 'true'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: envd.home,
+      env,
+      uid: envd.uid,
+      gid: envd.gid,
+      detached: true,
+    });
     c.stdout.resume();
     c.stderr.resume();
     c.once('error', reject);
@@ -113,7 +120,9 @@ async function main(): Promise<void> {
     const f = (x: number) => x.toFixed(2);
     console.log(`node ${process.version}${nodeFlags.length ? ' ' + nodeFlags.join(' ') : ''}, ${runs} runs`);
     console.log(`envd start-to-ready (median of ${ready.length}): ${f(median(ready))} ms  [min ${f(Math.min(...ready))}, max ${f(Math.max(...ready))}]`);
-    console.log(`envd idle memory: PSS ${(freshPss / 1024).toFixed(1)} MiB (anonymous ${(freshAnon / 1024).toFixed(1)} MiB, RSS ${(freshRss / 1024).toFixed(1)} MiB); after load PSS ${(loadedPss / 1024).toFixed(1)} MiB`);
+    console.log(
+      `envd idle memory: PSS ${(freshPss / 1024).toFixed(1)} MiB (anonymous ${(freshAnon / 1024).toFixed(1)} MiB, RSS ${(freshRss / 1024).toFixed(1)} MiB); after load PSS ${(loadedPss / 1024).toFixed(1)} MiB`,
+    );
     console.log(`commands.run('true') via SDK+envd, median: ${f(median(viaEnvd))} ms`);
     console.log(`child_process.spawn('/bin/bash -l -c true') locally, median: ${f(median(local))} ms`);
     console.log(`overhead of envd + SDK, median: ${f(median(viaEnvd) - median(local))} ms`);

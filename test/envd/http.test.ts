@@ -90,7 +90,11 @@ describe('envd HTTP routes', () => {
     assert.deepEqual(j1, [{ name: 'one.txt', path: join(envd.home, 'up/one.txt'), type: 'file' }]);
     assert.equal(readFileSync(join(envd.home, 'up/one.txt'), 'utf8'), 'multipart body');
 
-    const r2 = await fetch(`${BASE_URL}/files?path=up/raw.bin`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: new Uint8Array([1, 2, 3]) });
+    const r2 = await fetch(`${BASE_URL}/files?path=up/raw.bin`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/octet-stream' },
+      body: new Uint8Array([1, 2, 3]),
+    });
     assert.equal(r2.status, 200);
     assert.deepEqual(readFileSync(join(envd.home, 'up/raw.bin')), Buffer.from([1, 2, 3]));
 
@@ -103,7 +107,11 @@ describe('envd HTTP routes', () => {
     assert.deepEqual(((await r3.json()) as Json[])[0]?.metadata, { kind: 'zipped' });
     assert.equal(readFileSync(join(envd.home, 'up/gz.txt'), 'utf8'), 'inflated');
 
-    const badGz = await fetch(`${BASE_URL}/files?path=up/bad.txt`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'gzip' }, body: 'not gzip' });
+    const badGz = await fetch(`${BASE_URL}/files?path=up/bad.txt`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'gzip' },
+      body: 'not gzip',
+    });
     assert.equal(badGz.status, 400);
 
     const dup = new FormData();
@@ -119,7 +127,11 @@ describe('envd HTTP routes', () => {
     const onDir = await fetch(`${BASE_URL}/files?path=up`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: 'x' });
     assert.equal(onDir.status, 400);
 
-    const asRoot = await fetch(`${BASE_URL}/files?path=~/mine.txt&username=root`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: 'r' });
+    const asRoot = await fetch(`${BASE_URL}/files?path=~/mine.txt&username=root`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/octet-stream' },
+      body: 'r',
+    });
     assert.equal(((await asRoot.json()) as Json[])[0]?.path, join(envd.rootHome, 'mine.txt'));
   });
 
@@ -137,7 +149,10 @@ describe('envd HTTP routes', () => {
       assert.equal((await fetch(`${BASE_URL}/files`, { method: 'POST', body: dup, signal: AbortSignal.timeout(20_000) })).status, 400);
       assert.equal((await fetch(`${BASE_URL}/files`, opts('x'))).status, 400);
       assert.equal((await fetch(`${BASE_URL}/files?path=up`, opts(new Uint8Array(300_000)))).status, 400);
-      assert.equal((await fetch(`${BASE_URL}/files?path=up/bad.gz`, opts('not gzip', { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'gzip' }))).status, 400);
+      assert.equal(
+        (await fetch(`${BASE_URL}/files?path=up/bad.gz`, opts('not gzip', { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'gzip' }))).status,
+        400,
+      );
     }
   });
 
@@ -157,7 +172,10 @@ describe('envd HTTP routes', () => {
   });
 
   test('/init: env vars, default user and workdir; /envs', async () => {
-    assert.equal(await initEnvd(envd.socket, { envVars: { FROM_INIT: '1' }, defaultUser: 'root', defaultWorkdir: '/tmp', timestamp: new Date().toISOString() }), 204);
+    assert.equal(
+      await initEnvd(envd.socket, { envVars: { FROM_INIT: '1' }, defaultUser: 'root', defaultWorkdir: '/tmp', timestamp: new Date().toISOString() }),
+      204,
+    );
     const envs = (await (await fetch(`${BASE_URL}/envs`)).json()) as Json;
     assert.equal(envs.FROM_INIT, '1');
     const sbx = await sdk();
@@ -192,7 +210,7 @@ describe('envd HTTP routes', () => {
     const s = await streamRequest('/process.Process/Start', { process: { cmd: '/bin/true' } });
     const envs = [];
     for await (const e of readEnvelopes(s.body as ReadableStream<Uint8Array>)) envs.push(e);
-    assert.equal(((envs[envs.length - 1]?.json as { error: Json }).error).code, 'unauthenticated');
+    assert.equal((envs[envs.length - 1]?.json as { error: Json }).error.code, 'unauthenticated');
 
     // /files: the token, or a valid signature.
     assert.equal((await fetch(`${BASE_URL}/files?path=data.txt`)).status, 401);
@@ -219,7 +237,11 @@ describe('envd HTTP routes', () => {
     assert.deepEqual(await expired.json(), { code: 401, message: 'signature is already expired' });
     // Upload signature.
     const wsig = fileSignature('signed-up.txt', 'write', undefined, token);
-    const up = await fetch(`${BASE_URL}/files?path=signed-up.txt&signature=${encodeURIComponent(wsig)}`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: 'w' });
+    const up = await fetch(`${BASE_URL}/files?path=signed-up.txt&signature=${encodeURIComponent(wsig)}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/octet-stream' },
+      body: 'w',
+    });
     assert.equal(up.status, 200);
     // /init over envd's own TCP listener: test/security/envd-users.test.ts.
   });

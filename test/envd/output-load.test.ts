@@ -102,7 +102,8 @@ describe('envd output under load', () => {
           else if (r.exitCode !== 0) failures.push(`${tag}: exit ${r.exitCode}`);
           if (r.endStream && Object.keys(r.endStream).length) failures.push(`${tag}: end-stream ${JSON.stringify(r.endStream)}`);
           if (r.afterEnd) failures.push(`${tag}: ${r.afterEnd} data events after the end event`);
-          if (!r.stdout.equals(expect)) failures.push(`${tag}: stdout ${r.stdout.length} bytes, want ${expect.length} (${JSON.stringify(r.stdout.subarray(0, 40).toString())})`);
+          if (!r.stdout.equals(expect))
+            failures.push(`${tag}: stdout ${r.stdout.length} bytes, want ${expect.length} (${JSON.stringify(r.stdout.subarray(0, 40).toString())})`);
           if (expectErr && !r.stderr.equals(expectErr)) failures.push(`${tag}: stderr ${r.stderr.length} bytes, want ${expectErr.length}`);
         }
       }),

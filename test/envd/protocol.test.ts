@@ -111,18 +111,21 @@ describe('envd Connect protocol', () => {
     assert.equal(err.code, 'not_found');
 
     const cwd = await collect(await streamRequest('/process.Process/Start', { process: { cmd: '/bin/true', cwd: '/no/such/dir' } }));
-    assert.equal(((cwd[0]?.json as { error: Json }).error).code, 'invalid_argument');
+    assert.equal((cwd[0]?.json as { error: Json }).error.code, 'invalid_argument');
     const cmd = await collect(await streamRequest('/process.Process/Start', { process: { cmd: 'no-such-command-here' } }));
-    assert.equal(((cmd[0]?.json as { error: Json }).error).code, 'invalid_argument');
+    assert.equal((cmd[0]?.json as { error: Json }).error.code, 'invalid_argument');
 
     const watch = await collect(await streamRequest('/filesystem.Filesystem/WatchDir', { path: '/no/such/dir' }));
-    assert.equal(((watch[0]?.json as { error: Json }).error).code, 'not_found');
+    assert.equal((watch[0]?.json as { error: Json }).error.code, 'not_found');
   });
 
   test('keepalive events after the requested interval of silence', async () => {
     const res = await streamRequest('/process.Process/Start', start(['-c', 'sleep 3; echo done']), { 'Keepalive-Ping-Interval': '1' });
     const envs = await collect(res);
-    assert.ok(envs.some((e) => e.json.event !== undefined && 'keepalive' in event(e)), JSON.stringify(envs.map((e) => e.json)));
+    assert.ok(
+      envs.some((e) => e.json.event !== undefined && 'keepalive' in event(e)),
+      JSON.stringify(envs.map((e) => e.json)),
+    );
     assert.equal(stdoutOf(envs).toString(), 'done\n');
 
     const ac = new AbortController();
@@ -169,7 +172,7 @@ describe('envd Connect protocol', () => {
     assert.ok(bg > 0);
     const last = envs[envs.length - 1] as Envelope;
     assert.equal(last.flags, 2);
-    assert.equal(((last.json as { error: Json }).error).code, 'deadline_exceeded');
+    assert.equal((last.json as { error: Json }).error.code, 'deadline_exceeded');
     assert.ok(await eventually(() => !isAlive(pid)), 'leader alive');
     assert.ok(await eventually(() => !isAlive(bg)), 'background child alive');
 
@@ -229,7 +232,12 @@ describe('envd Connect protocol', () => {
   test('the unix socket serves the same routes', async () => {
     const status = await new Promise<{ status: number; body: string }>((resolve, reject) => {
       const req = request(
-        { socketPath: envd.socket, path: '/process.Process/List', method: 'POST', headers: { 'Content-Type': 'application/json', 'Connect-Protocol-Version': '1' } },
+        {
+          socketPath: envd.socket,
+          path: '/process.Process/List',
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json', 'Connect-Protocol-Version': '1' },
+        },
         (res) => {
           let body = '';
           res.on('data', (d: Buffer) => (body += d.toString()));

@@ -83,16 +83,25 @@ describe('envd watchDir through the SDK', () => {
       assert.ok(await eventually(() => events.filter((e) => e.name === 'fresh/deeper/b.txt' && e.type === FilesystemEventType.WRITE).length > 0));
       rmSync(join(dir, 'fresh'), { recursive: true });
       assert.ok(await eventually(() => has(events, 'fresh', FilesystemEventType.REMOVE)), JSON.stringify(events));
-      assert.ok(events.every((e) => e.type === FilesystemEventType.REMOVE || e.entry !== undefined), JSON.stringify(events));
+      assert.ok(
+        events.every((e) => e.type === FilesystemEventType.REMOVE || e.entry !== undefined),
+        JSON.stringify(events),
+      );
     } finally {
       await h.stop();
     }
   });
 
   test('errors: missing directory, a file, and the watch ending on its timeout', async () => {
-    await assert.rejects(sbx.files.watchDir('no-such-dir', () => {}), NotFoundError);
+    await assert.rejects(
+      sbx.files.watchDir('no-such-dir', () => {}),
+      NotFoundError,
+    );
     writeFileSync(join(envd.home, 'plain.txt'), 'p');
-    await assert.rejects(sbx.files.watchDir('plain.txt', () => {}), InvalidArgumentError);
+    await assert.rejects(
+      sbx.files.watchDir('plain.txt', () => {}),
+      InvalidArgumentError,
+    );
     let exitErr: Error | undefined | null = null;
     mkdirSync(join(envd.home, 'w3'));
     await sbx.files.watchDir('w3', () => {}, { timeoutMs: 500, onExit: (e) => void (exitErr = e) });

@@ -153,7 +153,10 @@ describe('cubebox CLI', () => {
   it('registers a tarball as a template', async () => {
     const src = newDataDir();
     try {
-      execFileSync('sh', ['-c', `mkdir -p ${src}/root/bin && cp /bin/busybox ${src}/root/bin/ && ln -s busybox ${src}/root/bin/sh && ln -s busybox ${src}/root/bin/sleep && ln -s busybox ${src}/root/bin/cat && echo tarred > ${src}/root/marker && tar -C ${src}/root -czf ${src}/t.tgz .`]);
+      execFileSync('sh', [
+        '-c',
+        `mkdir -p ${src}/root/bin && cp /bin/busybox ${src}/root/bin/ && ln -s busybox ${src}/root/bin/sh && ln -s busybox ${src}/root/bin/sleep && ln -s busybox ${src}/root/bin/cat && echo tarred > ${src}/root/marker && tar -C ${src}/root -czf ${src}/t.tgz .`,
+      ]);
       assert.equal((await cli(dataDir, ['template', 'add', 'fromtar', `${src}/t.tgz`])).code, 0);
       const id = lastLine((await cli(dataDir, ['sandbox', 'create', '--template', 'fromtar'])).stdout);
       assert.equal((await cli(dataDir, ['sandbox', 'exec', id, '--', 'cat', '/marker'])).stdout, 'tarred\n');

@@ -116,8 +116,14 @@ test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIME
   const { tree, result, lines, entries } = await freshBuild();
   console.log(`fresh build of base: ${describe(result)}`);
   assert.equal(result.source, 'mirror');
-  assert.ok(lines.some((l) => l.startsWith('I: Retrieving ')), 'debootstrap output is streamed');
-  assert.ok(lines.some((l) => l.startsWith('base: ')), 'own steps are reported');
+  assert.ok(
+    lines.some((l) => l.startsWith('I: Retrieving ')),
+    'debootstrap output is streamed',
+  );
+  assert.ok(
+    lines.some((l) => l.startsWith('base: ')),
+    'own steps are reported',
+  );
   assert.ok(result.bytes > 50e6 && result.bytes < 600e6, `size ${result.bytes}`);
   await assertNoMountsUnder(root);
 
@@ -131,7 +137,10 @@ test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIME
   assert.equal(await fs.readFile(sudoers, 'utf8'), 'user ALL=(ALL:ALL) NOPASSWD: ALL\n');
   assert.equal((await fs.stat(sudoers)).mode & 0o7777, 0o440);
   assert.match(await fs.readFile(path.join(tree, 'etc/passwd'), 'utf8'), /^user:x:1000:1000:[^:]*:\/home\/user:\/bin\/bash$/m);
-  assert.deepEqual((await fs.readdir(path.join(tree, 'var/cache/apt/archives'))).filter((n) => n.endsWith('.deb')), []);
+  assert.deepEqual(
+    (await fs.readdir(path.join(tree, 'var/cache/apt/archives'))).filter((n) => n.endsWith('.deb')),
+    [],
+  );
   assert.deepEqual(await fs.readdir(path.join(tree, 'var/lib/apt/lists')), []);
   assert.deepEqual(await fs.readdir(path.join(tree, 'dev')), []);
   assert.equal(await fs.readFile(path.join(tree, 'etc/resolv.conf'), 'utf8'), '');
@@ -146,7 +155,11 @@ test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIME
   await expectOutput(tree, 'id -un', /^root$/);
   await expectOutput(tree, 'runuser -u user -- id -un', /^user$/);
   await expectOutput(tree, "su user -c 'id -un'", /^user$/);
-  await expectOutput(tree, "runuser -u user -- /bin/bash -l -c 'whoami; id -u; id -g; echo $HOME; cd && pwd'", /^user\n1000\n1000\n\/home\/user\n\/home\/user$/);
+  await expectOutput(
+    tree,
+    "runuser -u user -- /bin/bash -l -c 'whoami; id -u; id -g; echo $HOME; cd && pwd'",
+    /^user\n1000\n1000\n\/home\/user\n\/home\/user$/,
+  );
   await expectOutput(tree, "runuser -u user -- /bin/bash -l -c 'sudo -n true && sudo -n id -un'", /^root$/);
   await expectOutput(tree, "su - user -c 'sudo -n true && echo ok'", /^ok$/);
   await expectOutput(tree, "python3 -c 'print(1)'", /^1$/);
@@ -154,11 +167,7 @@ test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIME
   await expectOutput(tree, 'curl --version', /^curl \d/);
   await expectOutput(tree, 'TERM=xterm tput cols', /^\d+$/);
   await expectOutput(tree, 'command -v ps', /^\/usr\/bin\/ps$/);
-  await expectOutput(
-    tree,
-    "runuser -u user -- /bin/bash -l -c 'echo $PATH'",
-    /^\/usr\/local\/sbin:\/usr\/local\/bin:\/usr\/sbin:\/usr\/bin:\/sbin:\/bin(:|$)/,
-  );
+  await expectOutput(tree, "runuser -u user -- /bin/bash -l -c 'echo $PATH'", /^\/usr\/local\/sbin:\/usr\/local\/bin:\/usr\/sbin:\/usr\/bin:\/sbin:\/bin(:|$)/);
   await assertNoMountsUnder(root);
 });
 
@@ -168,7 +177,10 @@ test('a second build comes from the cached root filesystem', { timeout: BUILD_TI
   const { result, lines } = await build(tree);
   console.log(`base from cache: ${describe(result)} (fresh: ${describe(fresh)})`);
   assert.equal(result.source, 'rootfs-cache');
-  assert.ok(lines.some((l) => /^base: used cached root filesystem rootfs-bookworm-/.test(l)), lines.join('\n'));
+  assert.ok(
+    lines.some((l) => /^base: used cached root filesystem rootfs-bookworm-/.test(l)),
+    lines.join('\n'),
+  );
   assert.ok(!lines.some((l) => l.startsWith('I: ')), 'debootstrap did not run');
   assert.ok(Math.abs(result.bytes - fresh.bytes) < fresh.bytes * 0.02, `${result.bytes} vs ${fresh.bytes}`);
   assert.equal((await fs.stat(path.join(tree, 'home/user'))).uid, 1000);
@@ -222,7 +234,10 @@ async function abortedBuild(tree: string, abortOn: RegExp, onAbort?: () => Promi
   await assert.rejects(fs.lstat(tree), { code: 'ENOENT' });
   await assertNoMountsUnder(root);
   const entries = await cacheEntries();
-  assert.ok(entries.some((n) => n.startsWith('debs-')), 'the package cache stays');
+  assert.ok(
+    entries.some((n) => n.startsWith('debs-')),
+    'the package cache stays',
+  );
   assert.ok(!entries.some((n) => n.startsWith('.tmp-')), entries.join());
   return lines;
 }
@@ -237,7 +252,10 @@ test('corrupt cache entries are skipped and deleted; an abort mid-install leaves
   // A truncated entry fails its compression check.
   await fs.truncate(p, Math.floor((await fs.stat(p)).size / 2));
   let lines = await abortedBuild(path.join(root, 'aborted-1'), /^base: installing packages from debs-/);
-  assert.ok(lines.some((l) => /^base: cached rootfs-.* is corrupt: deleting it$/.test(l)), lines.join('\n'));
+  assert.ok(
+    lines.some((l) => /^base: cached rootfs-.* is corrupt: deleting it$/.test(l)),
+    lines.join('\n'),
+  );
   await gone();
 
   // An intact compressed file that is not a tar archive fails extraction.
@@ -253,13 +271,19 @@ test('corrupt cache entries are skipped and deleted; an abort mid-install leaves
   lines = await abortedBuild(tree, /^I: Installing core packages/, async () => {
     mountsSeen = await mountsUnder(tree);
   });
-  assert.ok(lines.some((l) => /^base: cannot extract rootfs-.*: deleting it$/.test(l)), lines.join('\n'));
-  assert.ok(lines.some((l) => /^base: installing packages from debs-/.test(l)), 'fell back to the package cache');
+  assert.ok(
+    lines.some((l) => /^base: cannot extract rootfs-.*: deleting it$/.test(l)),
+    lines.join('\n'),
+  );
+  assert.ok(
+    lines.some((l) => /^base: installing packages from debs-/.test(l)),
+    'fell back to the package cache',
+  );
   assert.deepEqual(mountsSeen, [], 'debootstrap mounts are private to its namespace');
   await gone();
 });
 
-test('an unknown package fails with debootstrap\'s reason and leaves nothing behind', { timeout: BUILD_TIMEOUT }, async () => {
+test("an unknown package fails with debootstrap's reason and leaves nothing behind", { timeout: BUILD_TIMEOUT }, async () => {
   const before = await cacheEntries();
   const tree = path.join(root, 'unknown-package');
   const err = await build(tree, { extraPackages: ['cubebox-no-such-package'] }).then(

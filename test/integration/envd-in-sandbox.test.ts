@@ -94,9 +94,13 @@ describe('envd inside real sandboxes', { timeout: 900_000 }, () => {
       assert.equal((await sbx.commands.run('whoami', { user: 'root' })).stdout, 'root\n');
       // tput under a PTY sees the terminal size
       let out = '';
-      const pty = await sbx.pty.create({ cols: 97, rows: 31, onData: (d) => {
+      const pty = await sbx.pty.create({
+        cols: 97,
+        rows: 31,
+        onData: (d) => {
           out += new TextDecoder().decode(d);
-        } });
+        },
+      });
       await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('tput cols; exit\n'));
       await pty.wait().catch(() => undefined);
       assert.match(out, /\b97\b/);

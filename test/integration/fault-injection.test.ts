@@ -157,7 +157,9 @@ describe('fault injection: SIGKILL of cubebox serve during lifecycle operations'
       polling = false;
       await watcher;
     }
-    console.log(`fault injection: ${faults} SIGKILLs of cubebox serve, ${converged} converged; ${coldChecked} cold-paused sandboxes found with their files; longest in a transitional state: ${longest.ms} ms (${longest.state})`);
+    console.log(
+      `fault injection: ${faults} SIGKILLs of cubebox serve, ${converged} converged; ${coldChecked} cold-paused sandboxes found with their files; longest in a transitional state: ${longest.ms} ms (${longest.state})`,
+    );
     assert.deepEqual(problems, []);
     assert.equal(converged, faults);
     assert.ok(longest.ms <= (DEADLINE_MS[longest.state] ?? 0) + MARGIN_MS, `${longest.id} sat in ${longest.state} for ${longest.ms} ms`);

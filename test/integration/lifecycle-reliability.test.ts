@@ -68,10 +68,14 @@ describe('issue 9: a filesystem-only (cold) pause keeps the sandbox and its disk
 
     const s = await m!.create({ template: 'busybox', timeoutSec: 1, lifecycle: { onTimeout: { action: 'pause', keepMemory: false } } });
     assert.equal((await execIn(m!, s.id, ['sh', '-c', 'echo ttl > /ttl.txt'])).code, 0);
-    await until('the reaper pauses it', async () => {
-      await m!.reap();
-      return m!.get(s.id).state === 'paused';
-    }, 10_000);
+    await until(
+      'the reaper pauses it',
+      async () => {
+        await m!.reap();
+        return m!.get(s.id).state === 'paused';
+      },
+      10_000,
+    );
     assert.equal(m!.get(s.id).coldPaused, true);
     await m!.reconcile();
     assert.equal(m!.get(s.id).state, 'paused');

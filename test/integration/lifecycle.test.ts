@@ -81,7 +81,11 @@ describe('sandbox lifecycle (real runtime)', () => {
   });
 
   it('deletes a sandbox whose main process was OOM-killed', async () => {
-    const sbx = await m.create({ template: 'busybox', limits: { memoryMB: 32 }, command: ['/bin/sh', '-c', 'sleep 1; awk \'BEGIN { s = "x"; while (1) s = s s }\''] });
+    const sbx = await m.create({
+      template: 'busybox',
+      limits: { memoryMB: 32 },
+      command: ['/bin/sh', '-c', 'sleep 1; awk \'BEGIN { s = "x"; while (1) s = s s }\''],
+    });
     for (let i = 0; i < 200 && (await m.reconcile(), m.get(sbx.id).state) === 'running'; i++) await sleep(100);
     assert.equal(m.get(sbx.id).state, 'stopped', 'the OOM kill should stop the sandbox');
     await m.delete(sbx.id);
@@ -287,7 +291,12 @@ describe('several instances on one host', () => {
       const sb = await b.create({ template: 'busybox' });
       await b.pause(sb.id);
       // names carry the instance: an operator can tell whose a resource is
-      assert.ok(a.cgroup(sa.id).existing().every((d) => d.includes(`/cubebox-${a.paths.instanceId}/`)));
+      assert.ok(
+        a
+          .cgroup(sa.id)
+          .existing()
+          .every((d) => d.includes(`/cubebox-${a.paths.instanceId}/`)),
+      );
       assert.ok(b.containerId(sb.id).startsWith(`cubebox-${b.paths.instanceId}-`));
       const report = await a.reconcile({ startup: true });
       assert.deepEqual(report.orphansRemoved, []);
@@ -330,7 +339,14 @@ describe('warm pool', () => {
       m.setPool({});
       // the pool's own sandboxes go (a refill in flight finishes first, then goes too)
       for (let i = 0; i < 400 && m.list().length > 2; i++) await sleep(50);
-      assert.deepEqual(m.list().map((s) => s.id).sort(), [sbx.id, custom.id].sort(), 'an emptied pool gives its sandboxes back');
+      assert.deepEqual(
+        m
+          .list()
+          .map((s) => s.id)
+          .sort(),
+        [sbx.id, custom.id].sort(),
+        'an emptied pool gives its sandboxes back',
+      );
       for (const id of ready) if (id !== sbx.id) assertNoSandboxLeaks(m.paths, id);
     } finally {
       await destroyInstance(m);

@@ -199,7 +199,10 @@ async function writeOci(dir: string, images: OciImage[]): Promise<string[]> {
     });
   }
   await fs.writeFile(path.join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  await fs.writeFile(path.join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: descs }));
+  await fs.writeFile(
+    path.join(dir, 'index.json'),
+    JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: descs }),
+  );
   return descs.map((d) => d.digest);
 }
 
@@ -385,12 +388,32 @@ async function walk(dir: string, opts: { mtimes?: boolean } = {}): Promise<Row[]
   const visit = async (rel: string): Promise<void> => {
     const full = rel === '.' ? dir : path.join(dir, rel);
     const st = await fs.lstat(full);
-    const type = st.isDirectory() ? 'dir' : st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : st.isCharacterDevice() ? 'char' : st.isFIFO() ? 'fifo' : st.isBlockDevice() ? 'block' : 'other';
+    const type = st.isDirectory()
+      ? 'dir'
+      : st.isFile()
+        ? 'file'
+        : st.isSymbolicLink()
+          ? 'symlink'
+          : st.isCharacterDevice()
+            ? 'char'
+            : st.isFIFO()
+              ? 'fifo'
+              : st.isBlockDevice()
+                ? 'block'
+                : 'other';
     let extra: string | undefined;
     if (type === 'file') extra = await fs.readFile(full, 'utf8');
     if (type === 'symlink') extra = await fs.readlink(full);
     if (type === 'char' || type === 'block') extra = `${Math.floor(st.rdev / 256)}:${st.rdev % 256}`;
-    rows.push([rel, type, st.mode & 0o7777, st.uid, st.gid, opts.mtimes === false ? 0 : Math.floor(st.mtimeMs / 1000), ...(extra !== undefined ? [extra] : [])] as Row);
+    rows.push([
+      rel,
+      type,
+      st.mode & 0o7777,
+      st.uid,
+      st.gid,
+      opts.mtimes === false ? 0 : Math.floor(st.mtimeMs / 1000),
+      ...(extra !== undefined ? [extra] : []),
+    ] as Row);
     if (type === 'dir') for (const n of (await fs.readdir(full)).sort()) await visit(rel === '.' ? n : `${rel}/${n}`);
   };
   await visit('.');
@@ -444,10 +467,14 @@ function images(): Promise<TestImages> {
     ]);
     await writeDockerSave(path.join(root, 'legacy.tar'), [{ tags: ['test/image:v1'], layers: L }], true);
     await writeDockerSave(path.join(root, 'current.tar'), [{ tags: ['test/image:v1'], layers: L }], false);
-    await writeDockerSave(path.join(root, 'two.tar'), [
-      { tags: ['test/image:v1'], layers: L },
-      { tags: ['test/base:latest'], layers: [L[0]!] },
-    ], true);
+    await writeDockerSave(
+      path.join(root, 'two.tar'),
+      [
+        { tags: ['test/image:v1'], layers: L },
+        { tags: ['test/base:latest'], layers: [L[0]!] },
+      ],
+      true,
+    );
     return { L, ociDir, ociDigests };
   })());
 }
@@ -481,7 +508,10 @@ test('an OCI layout imports to exactly the final filesystem', async () => {
   const { L, ociDigests } = await images();
   const { img, lines, ms, entries } = await firstImport();
   console.log(`import of the 3-layer test image (OCI layout): ${ms.toFixed(0)} ms`);
-  assert.deepEqual(img.layerIds, [...L].reverse().map((l) => `sha256-${hex(l.diffId)}`));
+  assert.deepEqual(
+    img.layerIds,
+    [...L].reverse().map((l) => `sha256-${hex(l.diffId)}`),
+  );
   assert.equal(img.digest, ociDigests[0]);
   assert.deepEqual(img.config, {
     env: { PATH: '/usr/local/bin:/usr/bin:/bin', GREETING: 'hello=world' },
@@ -490,7 +520,10 @@ test('an OCI layout imports to exactly the final filesystem', async () => {
     cmd: ['/bin/sh', '-c', 'echo hi'],
     entrypoint: ['/usr/bin/env'],
   });
-  assert.ok(lines.some((l) => /layer 3\/3 .*extracted/.test(l)), lines.join('\n'));
+  assert.ok(
+    lines.some((l) => /layer 3\/3 .*extracted/.test(l)),
+    lines.join('\n'),
+  );
   assert.deepEqual(entries, [...img.layerIds].sort(), 'only the layer directories remain');
 
   const [top, mid] = img.layerIds.map((id) => path.join(sharedLayers(), id)) as [string, string, string];
@@ -520,7 +553,7 @@ test('an OCI layout imports to exactly the final filesystem', async () => {
   });
 });
 
-test('through the runtime\'s idmapped layer views, a sandbox root sees the same tree', async () => {
+test("through the runtime's idmapped layer views, a sandbox root sees the same tree", async () => {
   const first = (await firstImport()).img;
   // As src/runtime/rootfs.ts mounts a sandbox: each layer through an idmapped bind mount
   // (image uid 0 -> host HOST), a writable upper layer on top.
@@ -528,7 +561,11 @@ test('through the runtime\'s idmapped layer views, a sandbox root sees the same 
   const dir = path.join(root, 'sandbox');
   await fs.mkdir(dir); // the manager makes a sandbox's directory before its root
   const layout = rootfsLayout(dir, 'cubebox-ocitest', first.layerIds.length);
-  await mountRootfs(layout, first.layerIds.map((id) => path.join(sharedLayers(), id)), { hostId: HOST, size: 65536 });
+  await mountRootfs(
+    layout,
+    first.layerIds.map((id) => path.join(sharedLayers(), id)),
+    { hostId: HOST, size: 65536 },
+  );
   try {
     const shifted = EXPECTED.map(([p, t, m, u, g, ...rest]) => [p, t, m, u + HOST, g + HOST, ...rest] as Row);
     const seen = await walk(layout.target);
@@ -594,7 +631,10 @@ test('docker save tarballs (legacy and current layouts) import to the same, shar
   await fs.writeFile(gz, gzipSync(await fs.readFile(path.join(root, 'legacy.tar'))));
   const ociTar = path.join(root, 'oci.tar');
   await shOk('tar', ['-c', '-f', ociTar, '-C', ociDir, '.']);
-  for (const [src, ref] of [[gz, undefined], [ociTar, 'v1']] as const) {
+  for (const [src, ref] of [
+    [gz, undefined],
+    [ociTar, 'v1'],
+  ] as const) {
     const img = await importImage(src, sharedLayers(), { ref });
     assert.deepEqual(img.layerIds, first.layerIds, src);
   }
@@ -615,14 +655,23 @@ test('docker save tarballs (legacy and current layouts) import to the same, shar
 test('choosing an image by tag or digest; ambiguity and unknown names are clear errors', async () => {
   const { L, ociDir, ociDigests } = await images();
   const first = (await firstImport()).img;
-  await assert.rejects(importImage(ociDir, sharedLayers()), (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /contains 2 images.*v1, base/.test(e.message));
-  await assert.rejects(importImage(ociDir, sharedLayers(), { ref: 'nope' }), (e: unknown) => e instanceof CubeboxError && e.kind === 'not_found' && /no image tagged 'nope' \(it has: v1, base\)/.test(e.message));
+  await assert.rejects(
+    importImage(ociDir, sharedLayers()),
+    (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /contains 2 images.*v1, base/.test(e.message),
+  );
+  await assert.rejects(
+    importImage(ociDir, sharedLayers(), { ref: 'nope' }),
+    (e: unknown) => e instanceof CubeboxError && e.kind === 'not_found' && /no image tagged 'nope' \(it has: v1, base\)/.test(e.message),
+  );
   const base = await importImage(`${ociDir}:base`, sharedLayers());
   assert.deepEqual(base.layerIds, [`sha256-${hex(L[0]!.diffId)}`]);
   const byDigest = await importImage(`${ociDir}@${ociDigests[0]}`, sharedLayers());
   assert.deepEqual(byDigest.layerIds, first.layerIds);
   const two = path.join(root, 'two.tar');
-  await assert.rejects(importImage(two, sharedLayers()), (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /2 images.*test\/image:v1, test\/base:latest/.test(e.message));
+  await assert.rejects(
+    importImage(two, sharedLayers()),
+    (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /2 images.*test\/image:v1, test\/base:latest/.test(e.message),
+  );
   assert.deepEqual((await importImage(two, sharedLayers(), { ref: 'test/base' })).layerIds, base.layerIds);
   assert.deepEqual((await importImage(two, sharedLayers(), { ref: 'test/image:v1' })).layerIds, first.layerIds);
   // A multi-platform image index: this host's platform is chosen.
@@ -644,16 +693,32 @@ test('choosing an image by tag or digest; ambiguity and unknown names are clear 
   await fs.writeFile(path.join(multi, 'blobs/sha256', hex(sha(index))), index);
   await fs.writeFile(
     path.join(multi, 'index.json'),
-    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: sha(index), size: index.length, annotations: { 'org.opencontainers.image.ref.name': 'multi' } }] }),
+    JSON.stringify({
+      schemaVersion: 2,
+      manifests: [
+        {
+          mediaType: 'application/vnd.oci.image.index.v1+json',
+          digest: sha(index),
+          size: index.length,
+          annotations: { 'org.opencontainers.image.ref.name': 'multi' },
+        },
+      ],
+    }),
   );
   const lines: string[] = [];
   const chosen = await importImage(multi, sharedLayers(), { onProgress: (l) => lines.push(l) });
   assert.deepEqual(chosen.layerIds, first.layerIds);
   assert.equal(chosen.digest, ociDigests[0]);
-  assert.ok(lines.some((l) => l.includes(`using linux/${ARCH} manifest`)), lines.join('\n'));
+  assert.ok(
+    lines.some((l) => l.includes(`using linux/${ARCH} manifest`)),
+    lines.join('\n'),
+  );
   await fs.rm(multi, { recursive: true });
 
-  await assert.rejects(importImage(path.join(root, 'missing'), sharedLayers()), (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /does not exist/.test(e.message));
+  await assert.rejects(
+    importImage(path.join(root, 'missing'), sharedLayers()),
+    (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /does not exist/.test(e.message),
+  );
   await assert.rejects(importImage(path.join(root, 'layers'), sharedLayers()), (e: unknown) => e instanceof CubeboxError && /is not an image/.test(e.message));
   assert.deepEqual(await tempsIn(sharedLayers()), []);
 });
@@ -681,7 +746,10 @@ test('corrupt layers are refused and leave nothing behind', async () => {
   const lie = path.join(root, 'oci-lie');
   const wrong = { ...L[2]!, diffId: sha('something else') };
   await writeOci(lie, [{ layers: [L[0]!, L[1]!, L[2]!], config: configFor([L[0]!, L[1]!, wrong]) }]);
-  await assert.rejects(importImage(lie, dir), (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /layer 3\/3 .*does not match the image config's diff ID/.test(e.message));
+  await assert.rejects(
+    importImage(lie, dir),
+    (e: unknown) => e instanceof CubeboxError && e.kind === 'invalid_argument' && /layer 3\/3 .*does not match the image config's diff ID/.test(e.message),
+  );
   assert.deepEqual(await tempsIn(dir), []);
   assert.ok(!(await fs.readdir(dir)).includes(`sha256-${hex(wrong.diffId)}`));
 
@@ -692,7 +760,10 @@ test('corrupt layers are refused and leave nothing behind', async () => {
   const save = path.join(root, 'bad-save.tar');
   const swapped = { ...L[1]!, tar: L[2]!.tar };
   await writeDockerSave(save, [{ tags: ['x:y'], layers: [L[0]!, swapped] }], true);
-  await assert.rejects(importImage(save, dir), (e: unknown) => e instanceof CubeboxError && /layer 2\/2 .*does not match the image config's diff ID/.test(e.message));
+  await assert.rejects(
+    importImage(save, dir),
+    (e: unknown) => e instanceof CubeboxError && /layer 2\/2 .*does not match the image config's diff ID/.test(e.message),
+  );
   assert.deepEqual(await tempsIn(dir), []);
   assert.ok(!(await fs.readdir(dir)).includes(`sha256-${hex(L[1]!.diffId)}`));
   await fs.rm(dir, { recursive: true });
@@ -705,11 +776,32 @@ test('members that would write outside the layer are refused', async () => {
   const dir = path.join(root, 'layers-evil');
   const m = T1;
   const cases: [string, TE[], RegExp][] = [
-    ['dot-dot', [{ name: 'ok', data: 'x', mtime: m }, { name: '../escape', data: 'pwned', mtime: m }], /member '\.\.\/escape' contains '\.\.'/],
+    [
+      'dot-dot',
+      [
+        { name: 'ok', data: 'x', mtime: m },
+        { name: '../escape', data: 'pwned', mtime: m },
+      ],
+      /member '\.\.\/escape' contains '\.\.'/,
+    ],
     ['nested dot-dot', [{ name: 'a/../../escape', data: 'pwned', mtime: m }], /contains '\.\.'/],
     ['absolute', [{ name: '/escape', data: 'pwned', mtime: m }], /member '\/escape' has an absolute path/],
-    ['through a symlink', [{ name: 'link', type: 'symlink', link: path.join(root, 'victim'), mtime: m }, { name: 'link/escape', data: 'pwned', mtime: m }], /member 'link\/escape' goes through the symbolic link 'link'/],
-    ['through a relative symlink', [{ name: 'up', type: 'symlink', link: '..', mtime: m }, { name: 'up/escape', data: 'pwned', mtime: m }], /goes through the symbolic link 'up'/],
+    [
+      'through a symlink',
+      [
+        { name: 'link', type: 'symlink', link: path.join(root, 'victim'), mtime: m },
+        { name: 'link/escape', data: 'pwned', mtime: m },
+      ],
+      /member 'link\/escape' goes through the symbolic link 'link'/,
+    ],
+    [
+      'through a relative symlink',
+      [
+        { name: 'up', type: 'symlink', link: '..', mtime: m },
+        { name: 'up/escape', data: 'pwned', mtime: m },
+      ],
+      /goes through the symbolic link 'up'/,
+    ],
     ['hard link out', [{ name: 'h', type: 'hardlink', link: '../../etc/passwd', mtime: m }], /contains '\.\.'/],
     ['hard link to a missing file', [{ name: 'h', type: 'hardlink', link: 'etc/shadow', mtime: m }], /does not contain/],
     ['whiteout of a parent', [{ name: '.wh...', mtime: m }], /whiteout of nothing|contains '\.\.'/],
@@ -738,13 +830,23 @@ test('members that would write outside the layer are refused', async () => {
 test('a layer that makes its root opaque hides the layers below it, also when shared', async () => {
   const dir = path.join(root, 'layers-rootopq');
   const a = layer(tarOf([{ name: 'old', data: 'old\n', mtime: T1 }]), 'gzip');
-  const b = layer(tarOf([{ name: '.wh..wh..opq', mtime: T2 }, { name: 'new', data: 'new\n', mtime: T2 }]), 'gzip');
+  const b = layer(
+    tarOf([
+      { name: '.wh..wh..opq', mtime: T2 },
+      { name: 'new', data: 'new\n', mtime: T2 },
+    ]),
+    'gzip',
+  );
   const c = layer(tarOf([{ name: 'top', data: 'top\n', mtime: T3 }]), 'gzip');
   const d = path.join(root, 'oci-rootopq');
   await writeOci(d, [{ layers: [a, b, c] }]);
   for (let i = 0; i < 2; i++) {
     const img = await importImage(d, dir);
-    assert.deepEqual(img.layerIds, [c, b].map((l) => `sha256-${hex(l.diffId)}`), `import ${i + 1}`);
+    assert.deepEqual(
+      img.layerIds,
+      [c, b].map((l) => `sha256-${hex(l.diffId)}`),
+      `import ${i + 1}`,
+    );
   }
   const img = await importImage(d, dir);
   await withOverlay(dir, img.layerIds, async (merged) => assert.deepEqual((await fs.readdir(merged)).sort(), ['new', 'top']));
@@ -755,7 +857,10 @@ test('a layer that makes its root opaque hides the layers below it, also when sh
   const twice = path.join(root, 'oci-twice');
   await writeOci(twice, [{ layers: [a, c, a, empty] }]);
   const t = await importImage(twice, dir);
-  assert.deepEqual(t.layerIds, [empty, a, c].map((l) => `sha256-${hex(l.diffId)}`));
+  assert.deepEqual(
+    t.layerIds,
+    [empty, a, c].map((l) => `sha256-${hex(l.diffId)}`),
+  );
   assert.deepEqual(await fs.readdir(path.join(dir, t.layerIds[0]!)), []);
   await withOverlay(dir, t.layerIds, async (merged) => assert.deepEqual((await fs.readdir(merged)).sort(), ['old', 'top']));
   await fs.rm(twice, { recursive: true });
@@ -766,7 +871,11 @@ test('concurrent imports of the same image share the layers and collide nowhere'
   const { ociDir } = await images();
   const first = (await firstImport()).img;
   const dir = path.join(root, 'layers-concurrent');
-  const results = await Promise.all([importImage(ociDir, dir, { ref: 'v1' }), importImage(path.join(root, 'current.tar'), dir), importImage(ociDir, dir, { ref: 'v1' })]);
+  const results = await Promise.all([
+    importImage(ociDir, dir, { ref: 'v1' }),
+    importImage(path.join(root, 'current.tar'), dir),
+    importImage(ociDir, dir, { ref: 'v1' }),
+  ]);
   for (const r of results) assert.deepEqual(r.layerIds, first.layerIds);
   assert.deepEqual((await fs.readdir(dir)).sort(), [...first.layerIds].sort());
   await withOverlay(dir, first.layerIds, async (merged) => assert.deepEqual(await walk(merged), EXPECTED));

@@ -338,7 +338,11 @@ describe('data-plane proxy', () => {
   test('CORS preflight of a data-plane request', T, async () => {
     const r = await raw('/process.Process/Start', {
       method: 'OPTIONS',
-      headers: { Origin: 'http://app.test', 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'content-type,e2b-sandbox-id,e2b-sandbox-port,x-access-token' },
+      headers: {
+        Origin: 'http://app.test',
+        'Access-Control-Request-Method': 'POST',
+        'Access-Control-Request-Headers': 'content-type,e2b-sandbox-id,e2b-sandbox-port,x-access-token',
+      },
     });
     assert.equal(r.status, 204);
     assert.equal(r.headers['access-control-allow-origin'], '*');
@@ -411,7 +415,13 @@ describe('data-plane proxy', () => {
       method: 'POST',
       path: '/process.Process/StreamInput',
       agent: false,
-      headers: { 'Content-Type': 'application/connect+json', 'Connect-Protocol-Version': '1', 'E2b-Sandbox-Id': ONE, 'X-Access-Token': TOKEN_ONE, 'Transfer-Encoding': 'chunked' },
+      headers: {
+        'Content-Type': 'application/connect+json',
+        'Connect-Protocol-Version': '1',
+        'E2b-Sandbox-Id': ONE,
+        'X-Access-Token': TOKEN_ONE,
+        'Transfer-Encoding': 'chunked',
+      },
     });
     const reply = new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
       input.on('response', (res) => {
@@ -474,7 +484,12 @@ describe('data-plane proxy', () => {
       write(0);
     });
     assert.equal(status, 200);
-    assert.equal(createHash('sha256').update(readFileSync(join(one.home, 'chunked.bin'))).digest('hex'), want);
+    assert.equal(
+      createHash('sha256')
+        .update(readFileSync(join(one.home, 'chunked.bin')))
+        .digest('hex'),
+      want,
+    );
   });
 
   test('a large download streams through whole, and Range passes through', T, async () => {
@@ -484,16 +499,19 @@ describe('data-plane proxy', () => {
     chmodSync(file, 0o644);
     // node:http as the client (fetch's body reading is the slow part of such a download).
     const got = await new Promise<{ status: number; n: number; hash: string }>((resolve, reject) => {
-      const req = request({ host: '127.0.0.1', port, path: '/files?path=big.bin', agent: false, headers: { 'E2b-Sandbox-Id': ONE, 'X-Access-Token': TOKEN_ONE } }, (res) => {
-        const hash = createHash('sha256');
-        let n = 0;
-        res.on('data', (c: Buffer) => {
-          hash.update(c);
-          n += c.length;
-        });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, n, hash: hash.digest('hex') }));
-        res.on('error', reject);
-      });
+      const req = request(
+        { host: '127.0.0.1', port, path: '/files?path=big.bin', agent: false, headers: { 'E2b-Sandbox-Id': ONE, 'X-Access-Token': TOKEN_ONE } },
+        (res) => {
+          const hash = createHash('sha256');
+          let n = 0;
+          res.on('data', (c: Buffer) => {
+            hash.update(c);
+            n += c.length;
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, n, hash: hash.digest('hex') }));
+          res.on('error', reject);
+        },
+      );
       req.on('error', reject);
       req.end();
     });

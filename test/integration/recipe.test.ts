@@ -54,7 +54,10 @@ describe('template build recipes', { timeout: 600_000 }, () => {
     await buildApp();
     const layersBefore = readdirSync(m.paths.layersDir).length;
     const r = await buildRecipe(m, 'app-again', recipe, { contextDir: ctx });
-    assert.ok(r.steps.every((s) => s.cached), JSON.stringify(r.steps));
+    assert.ok(
+      r.steps.every((s) => s.cached),
+      JSON.stringify(r.steps),
+    );
     assert.equal(readdirSync(m.paths.layersDir).length, layersBefore, 'no new layers');
     // a changed file in the context invalidates the copy step, not the run step before it
     writeFileSync(join(ctx, 'app', 'hello.txt'), 'changed\n');
@@ -89,7 +92,10 @@ describe('template build recipes', { timeout: 600_000 }, () => {
   });
 
   it('refuses copy sources outside the build context', async () => {
-    await assert.rejects(buildRecipe(m, 'escape', { from: 'busybox', steps: [{ copy: { src: '../../etc/passwd', dest: '/p' } }] }, { contextDir: ctx }), /outside the build context|does not exist/);
+    await assert.rejects(
+      buildRecipe(m, 'escape', { from: 'busybox', steps: [{ copy: { src: '../../etc/passwd', dest: '/p' } }] }, { contextDir: ctx }),
+      /outside the build context|does not exist/,
+    );
     assert.equal(m.list().length, 0);
   });
 });

@@ -71,7 +71,10 @@ describe('API input and data-plane hardening', { timeout: 900_000 }, () => {
         assert.equal((await api(`/sandboxes?metadata=${encodeURIComponent(m)}`)).status, 400);
       }
       const hit = await e2b.Sandbox.list({ query: { metadata: { owner: 'ci', 'odd key': 'a&b=c' } } }).nextItems();
-      assert.deepEqual(hit.map((s) => s.sandboxId), [sbx.sandboxId]);
+      assert.deepEqual(
+        hit.map((s) => s.sandboxId),
+        [sbx.sandboxId],
+      );
       const miss = await e2b.Sandbox.list({ query: { metadata: { owner: 'someone-else' } } }).nextItems();
       assert.deepEqual(miss, []);
     } finally {
@@ -124,7 +127,10 @@ describe('API input and data-plane hardening', { timeout: 900_000 }, () => {
 
   it('signed URLs and access tokens stay out of the service log, even when a request fails', async () => {
     // made through the API alone: no data-plane connection to it is open yet
-    const made = (await (await api('/v2/sandboxes', { method: 'POST', body: '{"templateID":"base"}' })).json()) as { sandboxID: string; envdAccessToken: string };
+    const made = (await (await api('/v2/sandboxes', { method: 'POST', body: '{"templateID":"base"}' })).json()) as {
+      sandboxID: string;
+      envdAccessToken: string;
+    };
     const id = made.sandboxID;
     const token = made.envdAccessToken;
     try {

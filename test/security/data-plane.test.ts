@@ -58,7 +58,9 @@ describe('data-plane attacks', { timeout: 900_000 }, () => {
     assert.match(a, /^HTTP\/1\.1 400 /);
     assert.equal(a.match(/HTTP\/1\.1/g)?.length, 1, a);
     // a WebSocket upgrade on a path where envd answers an ordinary response: that response, then the end
-    const b = await raw(`GET /health HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: ${id}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n${initRequest(id)}`);
+    const b = await raw(
+      `GET /health HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: ${id}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n${initRequest(id)}`,
+    );
     assert.match(b, /^HTTP\/1\.1 204 /);
     assert.equal(b.match(/HTTP\/1\.1/g)?.length, 1, b);
     // the same, sent in two writes (the /init after the first answer)

@@ -100,7 +100,10 @@ describe('envd acts as the requested user', () => {
     await assert.rejects(sbx.files.makeDir(join(envd.rootHome, 'planted'), asUser), denied);
     await assert.rejects(sbx.files.rename(secret, join(envd.home, 'stolen.txt'), asUser), denied);
     await assert.rejects(sbx.files.remove(secret, asUser), denied);
-    await assert.rejects(sbx.files.watchDir(envd.rootHome, () => {}, { ...asUser, timeoutMs: 0 }), denied);
+    await assert.rejects(
+      sbx.files.watchDir(envd.rootHome, () => {}, { ...asUser, timeoutMs: 0 }),
+      denied,
+    );
     assert.equal(readFileSync(secret, 'utf8'), 'root only\n', 'the file is untouched');
     assert.deepEqual(readdirSync(envd.rootHome), ['secret.txt']);
     assert.ok(!existsSync(join(envd.home, 'stolen.txt')));
@@ -116,7 +119,10 @@ describe('envd acts as the requested user', () => {
 
   test('as user, writing /etc/sudoers.d is refused', async () => {
     const before = existsSync('/etc/sudoers.d') ? readdirSync('/etc/sudoers.d') : undefined;
-    await assert.rejects(sbx.files.write('/etc/sudoers.d/cubebox-envd-test', 'user ALL=(ALL) NOPASSWD:ALL\n', asUser), (e: unknown) => denied(e) || /not found|no such/i.test(String(e)));
+    await assert.rejects(
+      sbx.files.write('/etc/sudoers.d/cubebox-envd-test', 'user ALL=(ALL) NOPASSWD:ALL\n', asUser),
+      (e: unknown) => denied(e) || /not found|no such/i.test(String(e)),
+    );
     assert.ok(!existsSync('/etc/sudoers.d/cubebox-envd-test'));
     if (before) assert.deepEqual(readdirSync('/etc/sudoers.d'), before);
   });
@@ -131,7 +137,10 @@ describe('envd acts as the requested user', () => {
 
   test('as root the same operations work', async () => {
     assert.equal(await sbx.files.read(secret, asRoot), 'root only\n');
-    assert.deepEqual((await sbx.files.list(envd.rootHome, asRoot)).map((e) => e.name), ['secret.txt']);
+    assert.deepEqual(
+      (await sbx.files.list(envd.rootHome, asRoot)).map((e) => e.name),
+      ['secret.txt'],
+    );
     const w = await sbx.files.write(join(envd.rootHome, 'by-root.txt'), 'r', asRoot);
     assert.equal(w.path, join(envd.rootHome, 'by-root.txt'));
     const st = statSync(join(envd.rootHome, 'by-root.txt'));
@@ -143,8 +152,12 @@ describe('envd acts as the requested user', () => {
     assert.equal(await r.text(), 'root only\n');
   });
 
-  test('what the user creates is the user\'s, parents included; metadata still works', async () => {
-    const up = await fetch(`${BASE_URL}/files?path=made/deep/file.txt&username=user`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream', 'X-Metadata-Origin': 'test' }, body: 'mine' });
+  test("what the user creates is the user's, parents included; metadata still works", async () => {
+    const up = await fetch(`${BASE_URL}/files?path=made/deep/file.txt&username=user`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/octet-stream', 'X-Metadata-Origin': 'test' },
+      body: 'mine',
+    });
     assert.equal(up.status, 200);
     for (const p of ['made', 'made/deep', 'made/deep/file.txt']) {
       const st = statSync(join(envd.home, p));
@@ -162,7 +175,7 @@ describe('envd acts as the requested user', () => {
     assert.equal(statSync(join(envd.home, 'made/moved.txt')).uid, envd.uid);
   });
 
-  test('the user\'s supplementary groups count', async () => {
+  test("the user's supplementary groups count", async () => {
     await sbx.files.write(join(shared, 'via-group.txt'), 'g', asUser);
     const st = statSync(join(shared, 'via-group.txt'));
     assert.equal(st.uid, envd.uid);
@@ -183,10 +196,14 @@ describe('envd TCP listener', () => {
   /** A second envd of the same sandbox files, started by hand with these arguments and environment. */
   async function bareEnvd(args: string[], env: Record<string, string> = {}) {
     const sock = join(envd.dir, `bare-${Math.random().toString(36).slice(2)}.sock`);
-    const child = spawn(process.execPath, [join(bundleDir, 'envd.mjs'), '--socket', sock, '--passwd', join(envd.dir, 'passwd'), '--group', join(envd.dir, 'group'), '--state-dir', '', ...args], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
-    });
+    const child = spawn(
+      process.execPath,
+      [join(bundleDir, 'envd.mjs'), '--socket', sock, '--passwd', join(envd.dir, 'passwd'), '--group', join(envd.dir, 'group'), '--state-dir', '', ...args],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
+      },
+    );
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
     for (let i = 0; i < 400 && (await socketGet(sock, '/health')) !== 204; i++) await new Promise((r) => setTimeout(r, 25));
     return {
@@ -218,10 +235,18 @@ describe('envd TCP listener', () => {
       assert.ok(up, 'TCP listens once a token is set');
       assert.equal((await fetch(`http://127.0.0.1:${port}/envs`)).status, 401);
       assert.equal((await fetch(`http://127.0.0.1:${port}/envs`, { headers: { 'X-Access-Token': 'tcp-token-1' } })).status, 200);
-      const start = await fetch(`http://127.0.0.1:${port}/process.Process/List`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'Connect-Protocol-Version': '1' }, body: '{}' });
+      const start = await fetch(`http://127.0.0.1:${port}/process.Process/List`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'Connect-Protocol-Version': '1' },
+        body: '{}',
+      });
       assert.equal(start.status, 401);
       // Over TCP, /init cannot replace the token without it.
-      const hijack = await fetch(`http://127.0.0.1:${port}/init`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ accessToken: 'mine-now', defaultUser: 'root' }) });
+      const hijack = await fetch(`http://127.0.0.1:${port}/init`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ accessToken: 'mine-now', defaultUser: 'root' }),
+      });
       assert.equal(hijack.status, 401);
       assert.equal((await fetch(`http://127.0.0.1:${port}/envs`, { headers: { 'X-Access-Token': 'tcp-token-1' } })).status, 200);
     } finally {

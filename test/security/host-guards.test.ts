@@ -51,7 +51,9 @@ describe('host-wide guards', { timeout: 300_000 }, () => {
       assert.ok(quota > 0 && quota < availableParallelism() * 100_000, `quota ${quota}`);
     } else {
       assert.equal(readFileSync(join('/sys/fs/cgroup', parent, 'cpu.weight'), 'utf8').trim(), '50');
-      const [quota] = readFileSync(join('/sys/fs/cgroup', parent, s.id, 'cpu.max'), 'utf8').trim().split(' ');
+      const [quota] = readFileSync(join('/sys/fs/cgroup', parent, s.id, 'cpu.max'), 'utf8')
+        .trim()
+        .split(' ');
       assert.ok(quota !== 'max' && Number(quota) < availableParallelism() * 100_000, `cpu.max ${quota}`);
     }
     await m.delete(s.id);

@@ -41,7 +41,11 @@ for (const runtime of ['crun', 'runc'] as RuntimeName[]) {
 
     it('a setuid file planted in a sandbox does not run as its owner for a host user', async () => {
       // inside, setuid still works (sudo needs it)...
-      const inside = await sh(m, id, "cp /tmp/syscall-probe /tmp/suid && chmod 4755 /tmp/suid && echo secret > /tmp/secret && chmod 644 /tmp/secret && su user -s /bin/sh -c '/tmp/suid ids'");
+      const inside = await sh(
+        m,
+        id,
+        "cp /tmp/syscall-probe /tmp/suid && chmod 4755 /tmp/suid && echo secret > /tmp/secret && chmod 644 /tmp/secret && su user -s /bin/sh -c '/tmp/suid ids'",
+      );
       assert.equal(inside.out, 'uid=1000 euid=0');
       // ...but host users reach neither the merged root nor the writable layer
       const dir = m.sandboxDir(id);
@@ -63,7 +67,11 @@ for (const runtime of ['crun', 'runc'] as RuntimeName[]) {
       assert.equal(st.uid, 0);
       assert.equal(st.gid, statSync(join(dir, 'rootfs')).uid, 'group = the host id of sandbox root');
       const mountinfo = readFileSync('/proc/self/mountinfo', 'utf8');
-      const opts = (p: string) => mountinfo.split('\n').find((l) => l.split(' ')[4] === p)?.split(' ')[5] ?? '';
+      const opts = (p: string) =>
+        mountinfo
+          .split('\n')
+          .find((l) => l.split(' ')[4] === p)
+          ?.split(' ')[5] ?? '';
       assert.match(opts(join(dir, 'disk')), /nosuid/);
       assert.match(opts(join(dir, 'disk')), /nodev/);
       assert.match(opts(join(dir, 'layers', '0')), /nosuid/);

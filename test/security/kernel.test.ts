@@ -106,7 +106,11 @@ for (const runtime of ['crun', 'runc'] as RuntimeName[]) {
     if (runtime === 'crun') {
       it('cubebox doctor names the templates that allow nested containers and warns about host settings', async () => {
         const r = await cli(m.paths.dataDir, ['doctor', '--json']);
-        const report = JSON.parse(r.stdout) as { nestedTemplates?: string[]; isolation: { name: string; ok: boolean; detail: string }[]; runtimes: { name: string; works: boolean; userns?: boolean }[] };
+        const report = JSON.parse(r.stdout) as {
+          nestedTemplates?: string[];
+          isolation: { name: string; ok: boolean; detail: string }[];
+          runtimes: { name: string; works: boolean; userns?: boolean }[];
+        };
         assert.deepEqual(report.nestedTemplates, ['busybox-nested']);
         const check = (name: string) => report.isolation.find((c) => c.name === name);
         assert.equal(check('nested containers')?.ok, false);

@@ -18,10 +18,29 @@ describe('seccomp profile', () => {
   const nested = defaultSeccomp(SANDBOX_CAPABILITIES, { nestedContainers: true })!;
 
   it('never allows namespace, mount or keyring syscalls unconditionally without CAP_SYS_ADMIN', () => {
-    for (const n of ['unshare', 'setns', 'mount', 'umount2', 'pivot_root', 'fsopen', 'open_tree', 'move_mount', 'keyctl', 'add_key', 'request_key', 'bpf', 'perf_event_open', 'userfaultfd', 'clone3']) {
+    for (const n of [
+      'unshare',
+      'setns',
+      'mount',
+      'umount2',
+      'pivot_root',
+      'fsopen',
+      'open_tree',
+      'move_mount',
+      'keyctl',
+      'add_key',
+      'request_key',
+      'bpf',
+      'perf_event_open',
+      'userfaultfd',
+      'clone3',
+    ]) {
       const rules = rulesFor(plain, n);
       assert.ok(rules.length > 0, `${n} has an explicit rule`);
-      assert.ok(rules.every((r) => r.action === 'SCMP_ACT_ERRNO'), `${n}: ${JSON.stringify(rules)}`);
+      assert.ok(
+        rules.every((r) => r.action === 'SCMP_ACT_ERRNO'),
+        `${n}: ${JSON.stringify(rules)}`,
+      );
     }
     assert.equal(rulesFor(plain, 'clone3')[0]!.errnoRet, 38, 'clone3 ENOSYS, so libc falls back to clone');
     const clone = rulesFor(plain, 'clone');
@@ -31,11 +50,23 @@ describe('seccomp profile', () => {
   });
 
   it('nested containers get namespaces and mounts, not the keyring, bpf or perf', () => {
-    for (const n of ['unshare', 'setns', 'mount', 'umount2', 'clone', 'clone3']) assert.ok(rulesFor(nested, n).every((r) => r.action === 'SCMP_ACT_ALLOW' && !r.args), n);
-    for (const n of ['keyctl', 'add_key', 'bpf', 'perf_event_open', 'userfaultfd']) assert.ok(rulesFor(nested, n).every((r) => r.action === 'SCMP_ACT_ERRNO'), n);
+    for (const n of ['unshare', 'setns', 'mount', 'umount2', 'clone', 'clone3'])
+      assert.ok(
+        rulesFor(nested, n).every((r) => r.action === 'SCMP_ACT_ALLOW' && !r.args),
+        n,
+      );
+    for (const n of ['keyctl', 'add_key', 'bpf', 'perf_event_open', 'userfaultfd'])
+      assert.ok(
+        rulesFor(nested, n).every((r) => r.action === 'SCMP_ACT_ERRNO'),
+        n,
+      );
   });
 
   it('keeps the rest of the profile (a few everyday syscalls)', () => {
-    for (const n of ['read', 'openat', 'execve', 'ptrace', 'personality']) assert.ok(rulesFor(plain, n).some((r) => r.action === 'SCMP_ACT_ALLOW'), n);
+    for (const n of ['read', 'openat', 'execve', 'ptrace', 'personality'])
+      assert.ok(
+        rulesFor(plain, n).some((r) => r.action === 'SCMP_ACT_ALLOW'),
+        n,
+      );
   });
 });

@@ -155,7 +155,9 @@ describe('tenancy and quotas', { timeout: 1_200_000 }, () => {
       assert.equal((await dataPlane(a.id, a.token, how)).status, 200, `A's own token by ${how}`);
     }
     const sig = fileSignature('/etc/hostname', 'read', 'user', b.token);
-    const forged = await fetch(`${svc.url}/files?path=/etc/hostname&username=user&signature=${encodeURIComponent(sig)}`, { headers: { 'e2b-sandbox-id': a.id } });
+    const forged = await fetch(`${svc.url}/files?path=/etc/hostname&username=user&signature=${encodeURIComponent(sig)}`, {
+      headers: { 'e2b-sandbox-id': a.id },
+    });
     assert.equal(forged.status, 401, 'a signature made with B’s token read A’s file');
     await forged.arrayBuffer();
 
@@ -301,9 +303,12 @@ describe('tenancy and quotas', { timeout: 1_200_000 }, () => {
       assert.equal(r.status, 200);
       const text = await r.text();
       assert.ok(text.length <= 6 * 1024 * 1024, `${path}: a ${text.length}-byte response`);
-      const j = JSON.parse(text) as { logs: ({ line?: string; message?: string })[] };
+      const j = JSON.parse(text) as { logs: { line?: string; message?: string }[] };
       const lines = j.logs.map((l) => l.line ?? l.message ?? '');
-      assert.ok(lines.some((l) => /^x{1000}/.test(l)), `${path}: the log's lines are missing`);
+      assert.ok(
+        lines.some((l) => /^x{1000}/.test(l)),
+        `${path}: the log's lines are missing`,
+      );
     }
     const grew = peakRss() - before;
     assert.ok(grew < 100 * 1024 * 1024, `the service's peak memory grew by ${grew} bytes`);

@@ -53,12 +53,18 @@ describe('control-plane body schemas', () => {
   after(() => app.close());
   const post = async (url: string, payload?: string) => {
     calls.length = 0;
-    const r = await app.inject({ method: 'POST', url, payload, headers: { 'x-api-key': 'k', ...(payload === undefined ? {} : { 'content-type': 'application/json' }) } });
+    const r = await app.inject({
+      method: 'POST',
+      url,
+      payload,
+      headers: { 'x-api-key': 'k', ...(payload === undefined ? {} : { 'content-type': 'application/json' }) },
+    });
     return [r.statusCode, r.body ? (r.json<{ message?: string }>().message ?? '') : '', calls.join('|')];
   };
 
   it('refuses malformed create bodies with the old words and creates nothing', async () => {
-    for (const body of ['null', '5', '"base"', '[]', 'true']) assert.deepEqual(await post('/v2/sandboxes', body), [400, 'request body must be a JSON object', '']);
+    for (const body of ['null', '5', '"base"', '[]', 'true'])
+      assert.deepEqual(await post('/v2/sandboxes', body), [400, 'request body must be a JSON object', '']);
     assert.deepEqual(await post('/sandboxes', '{"templateID":""}'), [400, 'templateID must be a string', '']);
     assert.deepEqual(await post('/sandboxes', '{"metadata":[]}'), [400, 'metadata must be an object of strings', '']);
     assert.deepEqual(await post('/sandboxes', '{"metadata":{"a/b":1}}'), [400, 'metadata.a/b must be a string', '']);

@@ -123,7 +123,9 @@ describe('ApiKeys', () => {
         CREATE TABLE sandboxes (id TEXT PRIMARY KEY, template_id TEXT NOT NULL, state TEXT NOT NULL, state_deadline BIGINT, runtime TEXT NOT NULL, uid_slot INTEGER UNIQUE, pid INTEGER, created_at BIGINT NOT NULL, started_at BIGINT, end_at BIGINT, spec TEXT NOT NULL, last_error TEXT, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT);`);
       const key = 'e2b_' + 'ab'.repeat(20);
       db.prepare('INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL, NULL)').run('key_old', 'old', key.slice(0, 12), hashApiKey(key), 1);
-      db.prepare("INSERT INTO sandboxes (id, template_id, state, runtime, created_at, spec) VALUES ('s1', 't', 'running', 'crun', 1, '{}'), ('s2', 't', 'pooled', 'crun', 1, '{}')").run();
+      db.prepare(
+        "INSERT INTO sandboxes (id, template_id, state, runtime, created_at, spec) VALUES ('s1', 't', 'running', 'crun', 1, '{}'), ('s2', 't', 'pooled', 'crun', 1, '{}')",
+      ).run();
       db.close();
       const s2 = new Store(join(old, 'cubebox.db'));
       try {

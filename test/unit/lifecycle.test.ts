@@ -179,7 +179,11 @@ describe('lifecycle rules (fake runtime and host, real store)', () => {
     const del = m.delete(s.id).then(() => order.push('delete'));
     await new Promise((res) => setTimeout(res, 5));
     assert.equal(r.store.getSandbox(s.id)?.state, 'pausing');
-    assert.deepEqual(r.runtime.calls.filter((c) => c.startsWith('resume') || c.startsWith('forceDelete')), [], 'nothing slips in');
+    assert.deepEqual(
+      r.runtime.calls.filter((c) => c.startsWith('resume') || c.startsWith('forceDelete')),
+      [],
+      'nothing slips in',
+    );
     release();
     await Promise.all([pause, resume, del]);
     assert.deepEqual(order, ['pause', 'resume', 'delete']);
@@ -203,7 +207,10 @@ describe('lifecycle rules (fake runtime and host, real store)', () => {
     const seen: string[] = [];
     r.host.onCreate = (what, path) => {
       const id = path.split('/sandboxes/')[1]!.split('/')[0]!;
-      assert.ok(r.store.resources(id).some((x) => x.kind === what && x.name === path), `${path} recorded first`);
+      assert.ok(
+        r.store.resources(id).some((x) => x.kind === what && x.name === path),
+        `${path} recorded first`,
+      );
       seen.push(path);
     };
     r.runtime.failing.set('run', new Error('runtime refused'));

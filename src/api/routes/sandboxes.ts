@@ -2,7 +2,19 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Lifecycle, SandboxInfo } from '../../sandbox/manager.js';
 import { invalid, notFound } from '../../util/errors.js';
-import { DEFAULT_TIMEOUT_SEC, e2bState, schemaError, one, owns, sendError, timeoutOf, type Query, type Req, type RouteContext, type RouteTypes } from './context.js';
+import {
+  DEFAULT_TIMEOUT_SEC,
+  e2bState,
+  schemaError,
+  one,
+  owns,
+  sendError,
+  timeoutOf,
+  type Query,
+  type Req,
+  type RouteContext,
+  type RouteTypes,
+} from './context.js';
 import { createBody, invalidPath } from './schemas.js';
 
 export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): void {
@@ -29,16 +41,18 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     const autoPause = b.autoPause === true;
     const autoResume = typeof b.autoResume === 'object' && b.autoResume !== null && (b.autoResume as { enabled?: unknown }).enabled === true;
     const lifecycle: Lifecycle = { onTimeout: autoPause ? 'pause' : 'kill', autoResume, keepMemory: b.autoPauseMemory !== false };
-    const info = await observe('create', () => manager.create({
-      template: template.id,
-      timeoutSec,
-      metadata,
-      envVars,
-      lifecycle,
-      secure: b.secure !== false,
-      team: caller.team,
-      extra: { allowInternetAccess: b.allow_internet_access ?? true, network: b.network ?? undefined, mcp: b.mcp ?? undefined },
-    }));
+    const info = await observe('create', () =>
+      manager.create({
+        template: template.id,
+        timeoutSec,
+        metadata,
+        envVars,
+        lifecycle,
+        secure: b.secure !== false,
+        team: caller.team,
+        extra: { allowInternetAccess: b.allow_internet_access ?? true, network: b.network ?? undefined, mcp: b.mcp ?? undefined },
+      }),
+    );
     return reply.code(201).send(sandboxBody(info));
   };
   // no body is an empty one (a JSON null is not: the schema refuses it)
@@ -51,7 +65,11 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
   // ---- list
   app.get('/sandboxes', async (req: Req) => {
     const caller = callerOf(req);
-    const all = filterList(manager.list().filter((s) => owns(caller, s.team)), req.query, { defaultStates: ['running'] });
+    const all = filterList(
+      manager.list().filter((s) => owns(caller, s.team)),
+      req.query,
+      { defaultStates: ['running'] },
+    );
     return all.map(listedBody);
   });
   app.get('/v2/sandboxes', async (req: Req, reply) => {
@@ -62,7 +80,11 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     const order = (one(q.order) ?? 'desc').toLowerCase();
     if (order !== 'asc' && order !== 'desc') throw invalid("order must be 'asc' or 'desc'");
     const caller = callerOf(req);
-    let items = filterList(manager.list().filter((s) => owns(caller, s.team)), q, { defaultStates: ['running', 'paused'] });
+    let items = filterList(
+      manager.list().filter((s) => owns(caller, s.team)),
+      q,
+      { defaultStates: ['running', 'paused'] },
+    );
     const key = (s: SandboxInfo) => [s.startedAt ?? s.createdAt, s.id] as const;
     items.sort((a, b) => {
       const [ta, ia] = key(a);
@@ -107,7 +129,6 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
   // ---- not there yet: say so clearly
   app.put('/sandboxes/:id/network', async (_req, reply) => sendError(reply, 501, 'network policies are not supported by this cubebox version'));
 }
-
 
 /** The list filters: state, metadata (decoded as the SDK encodes it), template, startedAfter. */
 function filterList(all: SandboxInfo[], q: Query, opts: { defaultStates: string[] }): SandboxInfo[] {

@@ -48,7 +48,8 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     const caller = callerOf(req);
     const t = manager.templates.find(req.params.id);
     if (!t || !templateVisible(caller, t)) throw notFound(`template '${req.params.id}' not found`);
-    if (!caller.admin && t.config.team !== caller.team) throw new HttpError(403, `template '${req.params.id}' is public: only an admin key (or the CLI) can delete it`);
+    if (!caller.admin && t.config.team !== caller.team)
+      throw new HttpError(403, `template '${req.params.id}' is public: only an admin key (or the CLI) can delete it`);
     await manager.removeTemplate(t.id);
     return reply.code(204).send();
   });
@@ -63,8 +64,8 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
       manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra, team: src.team }),
     );
     const statusOf = (e: CubeboxError) => (e instanceof HttpError ? e.status : HTTP_STATUS[e.kind]);
-    return reply.code(201).send(
-      results.map((r) => (r.info ? { sandbox: sandboxBody(r.info) } : { error: { code: statusOf(r.error!), message: r.error!.message } })),
-    );
+    return reply
+      .code(201)
+      .send(results.map((r) => (r.info ? { sandbox: sandboxBody(r.info) } : { error: { code: statusOf(r.error!), message: r.error!.message } })));
   });
 }

@@ -61,7 +61,13 @@ function opsFor(deps: EntryDeps, state: EnvdState, ctx: HandlerContext): FsOps {
   }
 }
 
-async function prepareWatch(state: EnvdState, deps: EntryDeps, ctx: HandlerContext, path: string, allowNetworkMounts: boolean): Promise<{ p: string; fs: FsOps }> {
+async function prepareWatch(
+  state: EnvdState,
+  deps: EntryDeps,
+  ctx: HandlerContext,
+  path: string,
+  allowNetworkMounts: boolean,
+): Promise<{ p: string; fs: FsOps }> {
   const user = rpcUser(state, ctx.requestHeader);
   const fs = opsFor(deps, state, ctx);
   const p = resolvePath(path, user.home);

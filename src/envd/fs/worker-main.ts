@@ -70,15 +70,15 @@ export function runFsWorker(): void {
   process.umask(0o022);
   const reader = new FrameReader();
   process.stdin.on('data', (c: Buffer) => {
-  try {
-    reader.push(c, handle);
-  } catch (e) {
-    process.stderr.write(`envd fs worker: ${(e as Error).message}\n`);
-    process.exit(1);
-  }
-});
-process.stdin.on('end', () => {
-  void fs.closeAll().finally(() => process.exit(0));
-});
-process.stdout.on('error', () => process.exit(0));
+    try {
+      reader.push(c, handle);
+    } catch (e) {
+      process.stderr.write(`envd fs worker: ${(e as Error).message}\n`);
+      process.exit(1);
+    }
+  });
+  process.stdin.on('end', () => {
+    void fs.closeAll().finally(() => process.exit(0));
+  });
+  process.stdout.on('error', () => process.exit(0));
 }

@@ -166,11 +166,7 @@ export class MetricsCollector {
   async collect(): Promise<Record<string, number>> {
     await this.probe();
     const cpus = await this.cpuCount();
-    const [cpu, mem, disk] = await Promise.all([
-      this.cpuPercent(cpus),
-      this.memory(),
-      statfs('/').catch(() => undefined),
-    ]);
+    const [cpu, mem, disk] = await Promise.all([this.cpuPercent(cpus), this.memory(), statfs('/').catch(() => undefined)]);
     const diskTotal = disk ? disk.blocks * disk.bsize : 0;
     const diskUsed = disk ? (disk.blocks - disk.bfree) * disk.bsize : 0;
     return {

@@ -80,9 +80,7 @@ export async function pruneCache(cacheDir: string, keep: string): Promise<void> 
   const base = path.basename(keep);
   const prefix = base.split('-').slice(0, 3).join('-') + '-';
   const names = (await fs.readdir(cacheDir)).filter((n) => n.startsWith(prefix) && n !== base);
-  const entries = await Promise.all(
-    names.map(async (n) => ({ n, t: (await fs.stat(path.join(cacheDir, n)).catch(() => null))?.mtimeMs ?? 0 })),
-  );
+  const entries = await Promise.all(names.map(async (n) => ({ n, t: (await fs.stat(path.join(cacheDir, n)).catch(() => null))?.mtimeMs ?? 0 })));
   entries.sort((a, b) => b.t - a.t);
   for (const e of entries.slice(1)) await fs.rm(path.join(cacheDir, e.n), { force: true });
 }

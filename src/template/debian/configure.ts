@@ -18,11 +18,15 @@ export async function configure(ctx: Ctx): Promise<void> {
   await inTarget(['/usr/sbin/groupadd', '--gid', String(BASE_USER.gid), BASE_USER.name]);
   await inTarget([
     '/usr/sbin/useradd',
-    '--uid', String(BASE_USER.uid),
-    '--gid', String(BASE_USER.gid),
+    '--uid',
+    String(BASE_USER.uid),
+    '--gid',
+    String(BASE_USER.gid),
     '--create-home',
-    '--home-dir', BASE_USER.home,
-    '--shell', BASE_USER.shell,
+    '--home-dir',
+    BASE_USER.home,
+    '--shell',
+    BASE_USER.shell,
     BASE_USER.name,
   ]);
   for (const [file, f] of Object.entries(FILES)) {

@@ -30,10 +30,7 @@ export async function findDebianMirror(suite: string, aptDir = '/etc/apt'): Prom
   const usable = entries.filter((e) => /^(https?|file):/.test(e.uri));
   const hit = usable.find((e) => e.suites.includes(suite)) ?? usable.find((e) => e.suites.includes(`${suite}-updates`));
   if (!hit) {
-    throw new CubeboxError(
-      'unavailable',
-      `no Debian mirror for "${suite}" in ${aptDir}/sources.list or ${aptDir}/sources.list.d: pass a mirror URL`,
-    );
+    throw new CubeboxError('unavailable', `no Debian mirror for "${suite}" in ${aptDir}/sources.list or ${aptDir}/sources.list.d: pass a mirror URL`);
   }
   return hit.uri.replace(/\/+$/, '');
 }
@@ -41,7 +38,10 @@ export async function findDebianMirror(suite: string, aptDir = '/etc/apt'): Prom
 function parseOneLineSources(text: string): { uri: string; suites: string[] }[] {
   const out: { uri: string; suites: string[] }[] = [];
   for (const raw of text.split('\n')) {
-    const line = raw.replace(/#.*/, '').replace(/\[[^\]]*\]/, ' ').trim();
+    const line = raw
+      .replace(/#.*/, '')
+      .replace(/\[[^\]]*\]/, ' ')
+      .trim();
     const [type, uri, dist] = line.split(/\s+/);
     if (type === 'deb' && uri && dist) out.push({ uri, suites: [dist] });
   }

@@ -40,8 +40,16 @@ export async function pull(source: string, dir: string, opts: { signal?: AbortSi
   if (r.spawnErr) throw new CubeboxError('unavailable', `cannot run skopeo to pull ${source} (install the skopeo package): ${r.spawnErr.message}`);
   if (r.code === 0) return;
   const last = r.stderr.trim().split('\n').filter(Boolean).slice(-1)[0];
-  const msg = last?.replace(/^time="[^"]*" level=\w+ msg="?/, '').replace(/"$/, '').replace(/\\"/g, '"') ?? `skopeo exit ${r.code}`;
-  if (/connection refused|no such host|network is unreachable|no route to host|i\/o timeout|TLS handshake timeout|dial tcp|server misbehaving|context deadline exceeded|connection reset|timed out|EOF$/i.test(r.stderr)) {
+  const msg =
+    last
+      ?.replace(/^time="[^"]*" level=\w+ msg="?/, '')
+      .replace(/"$/, '')
+      .replace(/\\"/g, '"') ?? `skopeo exit ${r.code}`;
+  if (
+    /connection refused|no such host|network is unreachable|no route to host|i\/o timeout|TLS handshake timeout|dial tcp|server misbehaving|context deadline exceeded|connection reset|timed out|EOF$/i.test(
+      r.stderr,
+    )
+  ) {
     throw new CubeboxError('unavailable', `cannot reach registry ${host} to pull ${source}: ${msg}`);
   }
   if (/x509|certificate|tls:/i.test(r.stderr)) throw new CubeboxError('unavailable', `cannot reach registry ${host} securely to pull ${source}: ${msg}`);

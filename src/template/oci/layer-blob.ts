@@ -42,7 +42,11 @@ export interface Digests {
 }
 
 /** The blob's uncompressed bytes, with both digests computed on the way. */
-export function openLayer(src: BlobSource, compression: Compression, signal?: AbortSignal): { reader: ByteReader; finish: () => Promise<Digests>; destroy: () => void } {
+export function openLayer(
+  src: BlobSource,
+  compression: Compression,
+  signal?: AbortSignal,
+): { reader: ByteReader; finish: () => Promise<Digests>; destroy: () => void } {
   const hc = createHash('sha256');
   const hu = createHash('sha256');
   let nc = 0;
@@ -147,6 +151,8 @@ export function checkDigests(src: BlobSource, expect: LayerExpect, got: Digests)
     throw invalid(`${src.what} does not match its digest: expected ${expect.digest}, got ${got.compressed}: the image is corrupt`);
   }
   if (got.diffId !== expect.diffId) {
-    throw invalid(`${src.what} does not match the image config's diff ID: expected ${expect.diffId}, uncompressed content is ${got.diffId}: the image is corrupt`);
+    throw invalid(
+      `${src.what} does not match the image config's diff ID: expected ${expect.diffId}, uncompressed content is ${got.diffId}: the image is corrupt`,
+    );
   }
 }

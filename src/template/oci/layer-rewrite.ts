@@ -172,7 +172,13 @@ function carriedRecords(pax: Map<string, Buffer>): Map<string, Buffer> {
 
 const OPAQUE_XATTR = 'SCHILY.xattr.trusted.overlay.opaque';
 
-export async function* rewrite(reader: ByteReader, plan: Plan, what: string, finish: () => Promise<Digests>, check: (d: Digests) => void): AsyncGenerator<Buffer> {
+export async function* rewrite(
+  reader: ByteReader,
+  plan: Plan,
+  what: string,
+  finish: () => Promise<Digests>,
+  check: (d: Digests) => void,
+): AsyncGenerator<Buffer> {
   const planner = new Planner(what); // re-derives each member's classification identically
   const emitted = new Set<string>();
   const dirEntry = (path: string, mtime: number): Buffer => {

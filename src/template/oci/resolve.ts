@@ -150,7 +150,8 @@ async function resolveOciDescriptor(files: ImageFiles, d: Descriptor, progress: 
   if (!Array.isArray(doc.layers)) throw invalid(`${files.what}: manifest ${d.digest} has no layers list`);
   const descs = doc.layers.map((l, i) => descriptor(l, `${files.what}: layer ${i + 1}`));
   const diffIds = diffIdsOf(config, files.what);
-  if (diffIds.length !== descs.length) throw invalid(`${files.what}: the manifest lists ${descs.length} layers but the image config has ${diffIds.length} diff IDs`);
+  if (diffIds.length !== descs.length)
+    throw invalid(`${files.what}: the manifest lists ${descs.length} layers but the image config has ${diffIds.length} diff IDs`);
   const layers: LayerPlanItem[] = [];
   for (const [i, l] of descs.entries()) {
     const what = `layer ${i + 1}/${descs.length} (${l.digest})`;
@@ -212,11 +213,13 @@ export async function resolveDockerSave(files: ImageFiles, ref: string | undefin
   const raw = await files.read(img!.config, JSON_LIMIT);
   const digest = sha256(raw);
   const named = /(?:^|\/)([0-9a-f]{64})(?:\.json)?$/.exec(img!.config);
-  if (named && `sha256:${named[1]}` !== digest) throw invalid(`${files.what}: image config ${img!.config} does not match its digest (got ${digest}): the image is corrupt`);
+  if (named && `sha256:${named[1]}` !== digest)
+    throw invalid(`${files.what}: image config ${img!.config} does not match its digest (got ${digest}): the image is corrupt`);
   const config = parseJson(raw, `${files.what}: image config`);
   if (!isObj(config)) throw invalid(`${files.what}: image config is not an object`);
   const diffIds = diffIdsOf(config, files.what);
-  if (diffIds.length !== img!.layers.length) throw invalid(`${files.what}: manifest.json lists ${img!.layers.length} layers but the image config has ${diffIds.length} diff IDs`);
+  if (diffIds.length !== img!.layers.length)
+    throw invalid(`${files.what}: manifest.json lists ${img!.layers.length} layers but the image config has ${diffIds.length} diff IDs`);
   const layers: LayerPlanItem[] = [];
   for (const [i, path] of img!.layers.entries()) {
     const what = `layer ${i + 1}/${img!.layers.length} (${path})`;

@@ -24,7 +24,23 @@ function octal(b: Buffer, start: number, len: number, v: number): boolean {
   return true;
 }
 
-function header(name: string, flag: string, f: { mode: number; uid: number; gid: number; size: number; mtime: number; linkname?: string; uname?: string; gname?: string; devmajor?: number; devminor?: number }, over: Map<string, Buffer>): Buffer {
+function header(
+  name: string,
+  flag: string,
+  f: {
+    mode: number;
+    uid: number;
+    gid: number;
+    size: number;
+    mtime: number;
+    linkname?: string;
+    uname?: string;
+    gname?: string;
+    devmajor?: number;
+    devminor?: number;
+  },
+  over: Map<string, Buffer>,
+): Buffer {
   const h = Buffer.alloc(BLOCK);
   h.write(name.slice(0, 99), 0, 100, 'latin1');
   octal(h, 100, 8, f.mode & 0o7777777);
