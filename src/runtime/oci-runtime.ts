@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { HELPER_BIN, type RuntimeName } from '../config.js';
 import type { CgroupMode } from './cgroups.js';
+import { readLogTail } from '../util/log-tail.js';
 
 export type ContainerStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
 
@@ -157,13 +158,13 @@ export class OciRuntime implements SandboxRuntime {
 
   async run(containerId: string, bundleDir: string, logFile: string): Promise<number> {
     // The detached container inherits our stdio: give it a log file, never a pipe we wait on.
-    const fd = openSync(logFile, 'a', 0o600);
+    const fd = openSync(logFile, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
     const pidFile = join(bundleDir, 'pid');
     try {
       const [file, argv] = this.command(['run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId], { keepMounts: dirname(bundleDir) });
       const code = await this.spawnBounded(file, argv, ['ignore', fd, fd], () => undefined, 'run');
       if (code !== 0) {
-        const tail = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
+        const tail = readLogTail(logFile, 4096).trim().split('\n').slice(-3).join(' | ');
         throw new Error(`${this.name} run failed (exit ${code}): ${tail || 'no output'}`);
       }
       return Number(readFileSync(pidFile, 'utf8').trim()) || 0;

@@ -11,6 +11,8 @@ function openLog(file: string): number {
   return openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
 }
 
+export { readLogTail } from '../util/log-tail.js';
+
 /**
  * Rotates the log when it is past `max` bytes. The runtime opened it O_APPEND, so the
  * sandbox's next write lands at the start of the emptied file. Returns whether it rotated.
@@ -33,22 +35,5 @@ export function rotateConsoleLog(file: string, max = CONSOLE_LOG_MAX): boolean {
     return true;
   } finally {
     closeSync(fd);
-  }
-}
-
-/** At most `maxBytes` from the end of the log, as text (a partial first line is dropped). */
-export function readLogTail(file: string, maxBytes: number): string {
-  let fd: number | undefined;
-  try {
-    fd = openLog(file);
-    const size = fstatSync(fd).size;
-    const buf = Buffer.alloc(Math.min(size, maxBytes));
-    const n = readSync(fd, buf, 0, buf.length, size - buf.length);
-    const text = buf.subarray(0, n).toString('utf8');
-    return buf.length < size ? text.slice(text.indexOf('\n') + 1) : text;
-  } catch {
-    return '';
-  } finally {
-    if (fd !== undefined) closeSync(fd);
   }
 }

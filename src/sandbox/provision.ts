@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, mkdirSync } from 'node:fs';
+import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { naming } from '../config.js';
 import { type BundleSpec, renewBootId, writeBundle } from '../runtime/bundle.js';
@@ -245,7 +245,7 @@ async function waitForAgent(core: SandboxCore, id: string, timeoutMs = 20_000): 
   let delay = 2;
   const cg = core.cgroup(id);
   while (Date.now() < until) {
-    if (existsSync(socket.path) && (await healthy(socket))) return;
+    if (await healthy(socket)) return; // a missing socket is a failed connect, not a stat of a sandbox path
     // an emptied cgroup means the sandbox died: a file read, not a runtime call, while envd starts
     if (cg.pids().length === 0) break;
     await new Promise((r) => setTimeout(r, delay));
