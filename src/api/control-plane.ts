@@ -8,6 +8,7 @@ import { registerMetricsLogsRoutes } from './routes/metrics-logs.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerTeamRoutes } from './routes/teams.js';
+import { registerTemplateRoutes } from './routes/templates.js';
 import { validationMessage } from './routes/schemas.js';
 import { HttpError, type Caller } from './tenancy.js';
 
@@ -55,4 +56,5 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   registerMetricsLogsRoutes(app, ctx);
   registerSnapshotRoutes(app, ctx);
   registerTeamRoutes(app, ctx);
+  registerTemplateRoutes(app, ctx);
 }

@@ -15,6 +15,19 @@ export interface MetricSample {
 }
 
 const KEEP_MS = 60 * 60 * 1000;
+/** Team series are small (two numbers a tick): a day of them. */
+const TEAM_KEEP_MS = 24 * 60 * 60 * 1000;
+
+/** One point of a team's series, in E2B's TeamMetric terms (without timestamps). */
+export interface TeamSample {
+  ts: number; // ms epoch
+  concurrentSandboxes: number;
+  /** Sandboxes started per second since the previous point. */
+  sandboxStartRate: number;
+}
+
+/** Sandboxes that count as running for a team: E2B counts what holds resources now. */
+const LIVE_STATES = new Set(['creating', 'running', 'pausing', 'resuming']);
 
 /**
  * Samples every running sandbox's cgroup (CPU, memory) and writable layer (disk) on an
@@ -23,6 +36,8 @@ const KEEP_MS = 60 * 60 * 1000;
 export class MetricsSampler {
   private readonly history = new Map<string, MetricSample[]>();
   private readonly lastCpu = new Map<string, { at: number; usageNs: number }>();
+  private readonly teams = new Map<string, TeamSample[]>();
+  private lastTeamTick = Date.now();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly manager: SandboxManager) {}
@@ -37,6 +52,7 @@ export class MetricsSampler {
   }
 
   private sampleAll(): void {
+    this.sampleTeams();
     const live = new Set<string>();
     for (const s of this.manager.list()) {
       if (s.state !== 'running') continue;
@@ -71,6 +87,38 @@ export class MetricsSampler {
       if (!last || Date.now() - last.ts > 100) this.record(id, this.sample(id));
     }
     return (this.history.get(id) ?? []).filter((m) => (startMs === undefined || m.ts >= startMs) && (endMs === undefined || m.ts <= endMs));
+  }
+
+  /**
+   * Every team's concurrent sandboxes now, and its start rate since the last tick (sandboxes
+   * whose start falls in between: one created and deleted within a tick is not seen).
+   */
+  private sampleTeams(now = Date.now()): void {
+    const since = this.lastTeamTick;
+    this.lastTeamTick = now;
+    const counts = new Map<string, { live: number; started: number }>();
+    for (const t of this.teams.keys()) counts.set(t, { live: 0, started: 0 });
+    for (const s of this.manager.list()) {
+      if (!s.team) continue;
+      const c = counts.get(s.team) ?? { live: 0, started: 0 };
+      if (LIVE_STATES.has(s.state)) c.live++;
+      const started = s.startedAt ?? s.createdAt;
+      if (started > since && started <= now) c.started++;
+      counts.set(s.team, c);
+    }
+    const seconds = Math.max(1, (now - since) / 1000);
+    for (const [team, c] of counts) {
+      const list = this.teams.get(team) ?? [];
+      list.push({ ts: now, concurrentSandboxes: c.live, sandboxStartRate: Math.round((c.started / seconds) * 1000) / 1000 });
+      while (list.length && list[0]!.ts < now - TEAM_KEEP_MS) list.shift();
+      this.teams.set(team, list);
+    }
+  }
+
+  /** A team's points in [startMs, endMs], with a fresh one when the last is over a second old. */
+  teamRange(team: string, startMs?: number, endMs?: number): TeamSample[] {
+    if (Date.now() - this.lastTeamTick > 1000) this.sampleTeams();
+    return (this.teams.get(team) ?? []).filter((m) => (startMs === undefined || m.ts >= startMs) && (endMs === undefined || m.ts <= endMs));
   }
 
   latest(id: string): MetricSample | undefined {

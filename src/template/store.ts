@@ -30,6 +30,8 @@ export interface TemplateConfig {
   imageDigest?: string;
   aliases?: string[];
   tags?: string[];
+  /** When each tag was given (ms epoch); tags from before this field have none. */
+  tagsAt?: Record<string, number>;
   /**
    * Sandboxes may nest containers: seccomp then allows unprivileged user namespaces and
    * mounts in them, which Docker's default refuses (see src/runtime/seccomp.ts). Off by
@@ -43,6 +45,10 @@ export interface TemplateConfig {
 function shellQuote(arg: string): string {
   return /^[A-Za-z0-9_./=:@%+,-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
 }
+
+const TAG_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+/** Tags every template answers to without carrying them (see find). */
+export const RESERVED_TAGS = ['latest', 'default'];
 
 export const DEFAULT_TEMPLATE_CONFIG: TemplateConfig = { user: 'root', env: {}, cpuCount: 2, memoryMB: 512, diskSizeMB: 1024 };
 
@@ -109,7 +115,7 @@ export class TemplateStore {
       const [name, tag] = [ref.slice(0, colon), ref.slice(colon + 1)];
       const base = all.find((t) => t.name === name || t.config.aliases?.includes(name));
       if (!base) return undefined;
-      return tag === 'latest' || tag === 'default' || base.config.tags?.includes(tag) ? base : undefined;
+      return RESERVED_TAGS.includes(tag) || base.config.tags?.includes(tag) ? base : undefined;
     }
     return undefined;
   }
@@ -124,10 +130,19 @@ export class TemplateStore {
 
   /** Tags the template: `<name>:<tag>` then resolves to it. */
   addTag(ref: string, tag: string): Template {
-    if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(tag)) throw invalid(`bad tag '${tag}'`);
+    if (!TAG_RE.test(tag)) throw invalid(`bad tag '${tag}': use lowercase letters, digits, '.', '_' and '-' (max 63)`);
     const t = this.get(ref);
-    if (t.config.tags?.includes(tag)) return t;
-    return this.updateConfig(t, { tags: [...(t.config.tags ?? []), tag] });
+    if (RESERVED_TAGS.includes(tag) || t.config.tags?.includes(tag)) return t; // (reserved ones it answers to already)
+    return this.updateConfig(t, { tags: [...(t.config.tags ?? []), tag], tagsAt: { ...t.config.tagsAt, [tag]: Date.now() } });
+  }
+
+  /** Removes a tag (not found: the template does not carry it). */
+  removeTag(ref: string, tag: string): Template {
+    const t = this.get(ref);
+    if (RESERVED_TAGS.includes(tag)) throw invalid(`the tag '${tag}' always names the template itself and cannot be removed`);
+    if (!t.config.tags?.includes(tag)) throw notFound(`template '${t.name}' has no tag '${tag}'`);
+    const { [tag]: _gone, ...tagsAt } = t.config.tagsAt ?? {};
+    return this.updateConfig(t, { tags: t.config.tags.filter((x) => x !== tag), tagsAt });
   }
 
   private updateConfig(t: Template, change: Partial<TemplateConfig>): Template {

@@ -2,9 +2,13 @@
 import type { FastifyInstance } from 'fastify';
 import type { SandboxInfo } from '../../sandbox/manager.js';
 import type { MetricSample } from '../../sandbox/metrics.js';
+import { sandboxIdOf } from '../../protocol/ids.js';
 import { invalid } from '../../util/errors.js';
 import { DEFAULT_LOG_LINES, MAX_LOG_LINES, readConsoleLog, type LogRange } from '../logs.js';
 import { one, type Query, type Req, type RouteContext } from './context.js';
+
+/** Sandboxes one GET /sandboxes/metrics may name. */
+const MAX_METRICS_IDS = 100;
 
 export function registerMetricsLogsRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { manager, metrics, idOf, visible, usable, diskSizeMB } = ctx;
@@ -20,18 +24,36 @@ export function registerMetricsLogsRoutes(app: FastifyInstance, ctx: RouteContex
     diskUsed: m.diskUsed,
     diskTotal: diskSizeMB(info) * 1024 * 1024,
   });
+  /**
+   * The latest metric of each running sandbox named (`sandbox_ids=a,b`, or the parameter
+   * repeated as the SDK's client sends an array); unknown, other teams' and paused sandboxes
+   * are left out, as E2B leaves out what is not running.
+   */
   app.get('/sandboxes/metrics', async (req: Req) => {
-    const ids = (one(req.query.sandbox_ids) ?? '').split(',').filter(Boolean);
-    if (!ids.length) throw invalid('sandbox_ids is required');
+    const raw = req.query.sandbox_ids;
+    const ids = [
+      ...new Set(
+        (Array.isArray(raw) ? raw : [raw ?? ''])
+          .flatMap((v) => v.split(','))
+          .map((v) => v.trim())
+          .filter(Boolean),
+      ),
+    ];
+    if (!ids.length) throw invalid('sandbox_ids is required: a comma-separated list of sandbox ids');
+    if (ids.length > MAX_METRICS_IDS) throw invalid(`sandbox_ids names ${ids.length} sandboxes, at most ${MAX_METRICS_IDS} at once`);
     const out: Record<string, unknown> = {};
-    for (const id of ids) {
+    for (const raw of ids) {
+      const id = sandboxIdOf(raw);
+      if (!id) continue;
+      let info: SandboxInfo;
       try {
-        const info = visible(req, id);
-        const m = metrics.latest(id);
-        if (m) out[id] = metricBody(info, m);
+        info = visible(req, id);
       } catch {
-        /* unknown ids are left out */
+        continue;
       }
+      if (info.state !== 'running') continue;
+      const m = metrics.latest(id);
+      if (m) out[id] = metricBody(info, m);
     }
     return { sandboxes: out };
   });

@@ -154,7 +154,8 @@ function filterList(all: SandboxInfo[], q: Query, opts: { defaultStates: string[
     if (!st || !states.has(st)) return false;
     if (meta.some(([k, v]) => s.metadata[k] !== v)) return false;
     if (template && s.templateId !== template && s.templateName !== template) return false;
-    if (after !== undefined && (s.startedAt ?? s.createdAt) <= after) return false;
+    // inclusive, as E2B's: the SDK passes back the very startedAt it got (both in ms)
+    if (after !== undefined && (s.startedAt ?? s.createdAt) < after) return false;
     return true;
   });
 }

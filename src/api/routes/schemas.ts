@@ -26,7 +26,8 @@ export const createBody = {
 export const timeoutBody = { type: ANY, properties: { timeout: seconds } } as const;
 export const refreshBody = { type: ANY, properties: { duration: seconds } } as const;
 export const snapshotBody = { type: ANY, properties: { name: { type: 'string' } } } as const;
-export const forkBody = { type: ANY, properties: { count: { type: ['number', 'null'] }, timeout: seconds } } as const;
+export const MAX_FORK_COUNT = 16;
+export const forkBody = { type: ANY, properties: { count: { type: ['integer', 'null'], minimum: 1, maximum: MAX_FORK_COUNT }, timeout: seconds } } as const;
 
 const FIELD_MESSAGES: Record<string, (keyword: string) => string> = {
   templateID: () => 'templateID must be a string',
@@ -34,7 +35,7 @@ const FIELD_MESSAGES: Record<string, (keyword: string) => string> = {
   envVars: () => 'envVars must be an object of strings',
   timeout: (kw) => secondsMessage('timeout', kw),
   duration: (kw) => secondsMessage('duration', kw),
-  count: () => 'count must be a number',
+  count: () => `count must be an integer between 1 and ${MAX_FORK_COUNT}`,
   name: () => 'name must be a string',
 };
 
@@ -56,6 +57,7 @@ export function validationMessage(err: FastifyError): string {
   const e = err.validation?.[0];
   if (!e) return err.message;
   const [field, key] = invalidPath(err);
+  if (field === undefined && e.keyword === 'required') return `${String(e.params.missingProperty)} is required`;
   if (field === undefined) return err.validationContext === 'body' ? 'request body must be a JSON object' : err.message;
   // only the string maps have fields below the top level
   if (key !== undefined) return `${field}.${key} must be a string`;

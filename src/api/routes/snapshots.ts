@@ -1,12 +1,13 @@
-// Snapshots (templates made from a sandbox through the API), fork, and deleting templates.
+// Snapshots (templates made from a sandbox through the API) and fork; a snapshot is deleted as a
+// template (DELETE /templates/{id}, routes/templates.ts).
 import type { FastifyInstance } from 'fastify';
-import { CubeboxError, HTTP_STATUS, invalid, notFound } from '../../util/errors.js';
+import { CubeboxError, HTTP_STATUS, invalid } from '../../util/errors.js';
 import { HttpError } from '../tenancy.js';
 import { checked, DEFAULT_TIMEOUT_SEC, one, timeoutOf, type Req, type RouteContext } from './context.js';
 import { forkBody, snapshotBody } from './schemas.js';
 
 export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, tenancy, observe, callerOf, idOf, usable, templateVisible, isSnapshot, sandboxBody } = ctx;
+  const { manager, tenancy, observe, callerOf, idOf, usable, isSnapshot, sandboxBody } = ctx;
 
   app.post('/sandboxes/:id/snapshots', { schema: { body: snapshotBody }, attachValidation: true }, async (req: Req, reply) => {
     const id = idOf(req);
@@ -44,20 +45,12 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     if (snaps.length > limit) reply.header('X-Next-Token', Buffer.from(page[page.length - 1]!.id).toString('base64url'));
     return page.map((t) => ({ snapshotID: t.id, names: [t.name], sandboxID: t.config.snapshotOf, createdAt: new Date(t.createdAt).toISOString() }));
   });
-  app.delete('/templates/:id', async (req: Req, reply) => {
-    const caller = callerOf(req);
-    const t = manager.templates.find(req.params.id);
-    if (!t || !templateVisible(caller, t)) throw notFound(`template '${req.params.id}' not found`);
-    if (!caller.admin && t.config.team !== caller.team)
-      throw new HttpError(403, `template '${req.params.id}' is public: only an admin key (or the CLI) can delete it`);
-    await manager.removeTemplate(t.id);
-    return reply.code(204).send();
-  });
   app.post('/sandboxes/:id/fork', { schema: { body: forkBody }, attachValidation: true }, async (req: Req, reply) => {
+    // the body first, as E2B does: a bad count is a 400 whether or not the sandbox exists
+    checked(req);
     const id = idOf(req);
     usable(req, id);
-    checked(req);
-    const count = (req.body?.count ?? 1) as number; // forkBody: a number if given
+    const count = (req.body?.count ?? 1) as number; // forkBody: an integer from 1 to MAX_FORK_COUNT if given
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
     const src = manager.get(id);
     const results = await observe('fork', () =>

@@ -1,9 +1,21 @@
-// E2B's Team: the caller's own; an admin key sees every team.
-import type { FastifyInstance } from 'fastify';
-import type { RouteContext } from './context.js';
+// E2B's Team: the caller's own (an admin key sees every team), and the team's metrics over time
+// (concurrent sandboxes, start rate) as the sampler records them.
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { TeamSample } from '../../sandbox/metrics.js';
+import { invalid, notFound } from '../../util/errors.js';
+import { one, type Query, type RouteContext } from './context.js';
+
+/** E2B's default window for team metrics when no start is given. */
+const DEFAULT_WINDOW_MS = 60 * 60 * 1000;
+const MAX_METRICS = { concurrent_sandboxes: 'concurrentSandboxes', sandbox_start_rate: 'sandboxStartRate' } as const;
+
+interface TeamReq {
+  Params: { teamID: string };
+  Querystring: Query;
+}
 
 export function registerTeamRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { tenancy, callerOf } = ctx;
+  const { tenancy, callerOf, metrics } = ctx;
   app.get('/teams', async (req) => {
     const caller = callerOf(req);
     const rows = caller.admin ? tenancy.teams() : [tenancy.team(caller.team)].filter((t) => t !== undefined);
@@ -14,5 +26,49 @@ export function registerTeamRoutes(app: FastifyInstance, ctx: RouteContext): voi
       apiKey: t.id === caller.team ? `${caller.keyPrefix}…` : '',
       isDefault: t.id === caller.team,
     }));
+  });
+
+  /** The team of the path, by id: the caller's own, or any for an admin key; others are 404 like unknown ones. */
+  const teamOf = (req: FastifyRequest<TeamReq>): string => {
+    const caller = callerOf(req);
+    const t = tenancy.team(req.params.teamID);
+    if (!t || t.id !== req.params.teamID || (!caller.admin && t.id !== caller.team)) throw notFound(`team '${req.params.teamID}' not found`);
+    return t.id;
+  };
+  /** start and end (unix seconds) as E2B takes them; the window defaults to the last hour. */
+  const windowOf = (q: Query): { start: number; end: number } => {
+    const sec = (k: string): number | undefined => {
+      const v = one(q[k]);
+      if (v === undefined || v === '') return undefined;
+      const n = Number(v);
+      if (!Number.isFinite(n) || n < 0) throw invalid(`${k} must be a unix timestamp in seconds`);
+      return n * 1000;
+    };
+    const end = sec('end') ?? Date.now();
+    const start = sec('start') ?? end - DEFAULT_WINDOW_MS;
+    if (start > end) throw invalid('start must not be after end');
+    return { start, end };
+  };
+  const stamp = (ts: number) => ({ timestamp: new Date(ts).toISOString(), timestampUnix: Math.floor(ts / 1000) });
+
+  app.get<TeamReq>('/teams/:teamID/metrics', async (req) => {
+    const team = teamOf(req);
+    const { start, end } = windowOf(req.query);
+    return metrics
+      .teamRange(team, start, end)
+      .map((m) => ({ ...stamp(m.ts), concurrentSandboxes: m.concurrentSandboxes, sandboxStartRate: m.sandboxStartRate }));
+  });
+
+  app.get<TeamReq>('/teams/:teamID/metrics/max', async (req) => {
+    const team = teamOf(req);
+    const name = one(req.query.metric);
+    if (name === undefined) throw invalid('metric is required: concurrent_sandboxes or sandbox_start_rate');
+    if (!(name in MAX_METRICS)) throw invalid(`unknown metric '${name}' (concurrent_sandboxes, sandbox_start_rate)`);
+    const field = MAX_METRICS[name as keyof typeof MAX_METRICS];
+    const { start, end } = windowOf(req.query);
+    let best: TeamSample | undefined;
+    for (const m of metrics.teamRange(team, start, end)) if (!best || m[field] > best[field]) best = m;
+    // no point in the window: nothing ran, so the maximum is 0 at the window's end
+    return { ...stamp(best?.ts ?? end), value: best?.[field] ?? 0 };
   });
 }

@@ -4,7 +4,6 @@ import { posix } from 'node:path';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { FileType, type EntryInfoSchema } from '../gen/filesystem/filesystem_pb.js';
 import type { UserDb } from '../users.js';
-import type { MetadataStore } from './metadata.js';
 import type { FileStat, FsOps, PathEntry } from './ops.js';
 import type { UserFs } from './user-fs.js';
 
@@ -49,7 +48,6 @@ export function fileType(st: FileStat): FileType {
 
 export interface EntryDeps {
   users: UserDb;
-  metadata: MetadataStore;
   /** Filesystem operations with each user's credentials. */
   fs: UserFs;
 }
@@ -70,10 +68,7 @@ export function entryFromStat(e: PathEntry, deps: EntryDeps): EntryInit {
     modifiedTime: { seconds: st.mtimeNs / 1_000_000_000n, nanos: Number(st.mtimeNs % 1_000_000_000n) },
   };
   if (type === FileType.SYMLINK) entry.symlinkTarget = e.target ?? '';
-  if (type === FileType.FILE) {
-    const m = deps.metadata.get({ dev: st.dev, ino: st.ino, birthtimeNs: st.birthtimeNs });
-    if (m) entry.metadata = { ...m };
-  }
+  if (e.metadata) entry.metadata = { ...e.metadata };
   return entry;
 }
 

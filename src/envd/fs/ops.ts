@@ -6,6 +6,7 @@
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import { cp, lstat, mkdir, open, readdir, readlink, realpath, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
+import { XattrClient } from './metadata.js';
 
 const S_IFMT = 0o170000;
 
@@ -52,11 +53,12 @@ export class FileStat {
   }
 }
 
-/** A path's lstat and, for a symlink, its resolved absolute target. */
+/** A path's lstat and, for a symlink, its resolved absolute target; for a file or directory its metadata (fs/metadata.ts). */
 export interface PathEntry {
   path: string;
   stat: FileStat;
   target?: string;
+  metadata?: Record<string, string>;
 }
 
 /** An error as the worker reports it: errno code and message, rebuilt into an Error with `code`. */
@@ -96,6 +98,8 @@ export interface FsOps {
   fsType(p: string): Promise<number | undefined>;
   /** Open a regular file for reading (EISDIR for a directory, EINVAL for anything else). */
   openRead(p: string): Promise<{ h: number; stat: FileStat }>;
+  /** Sets exactly this metadata on a file (the user.e2b.* attributes; never through a symlink at the path). */
+  setMetadata(p: string, metadata: Record<string, string>): Promise<void>;
   /** Create or truncate a file (0644), creating its parents (EISDIR when the path is a directory). */
   openWrite(p: string): Promise<{ h: number }>;
   read(h: number, position: number, length: number): Promise<Buffer>;
@@ -128,8 +132,15 @@ function errno(code: string, message: string): NodeJS.ErrnoException {
 /** The operations with this process's own credentials. */
 export class LocalFs implements FsOps {
   private readonly handles = new Map<number, FileHandle>();
+  private readonly xattr: XattrClient;
 
-  constructor(readonly uid = process.getuid?.() ?? 0) {}
+  /** xattrHelper: envd-exec, for file metadata (none: files have no metadata). */
+  constructor(
+    xattrHelper: string | undefined,
+    readonly uid = process.getuid?.() ?? 0,
+  ) {
+    this.xattr = new XattrClient(xattrHelper);
+  }
 
   async lstat(p: string): Promise<FileStat> {
     return FileStat.of(await lstat(p, { bigint: true }));
@@ -141,7 +152,17 @@ export class LocalFs implements FsOps {
 
   async entry(p: string): Promise<PathEntry> {
     const st = await this.lstat(p);
-    return st.isSymbolicLink() ? { path: p, stat: st, target: await symlinkTarget(p) } : { path: p, stat: st };
+    if (st.isSymbolicLink()) return { path: p, stat: st, target: await symlinkTarget(p) };
+    if (!st.isFile() && !st.isDirectory()) return { path: p, stat: st };
+    // metadata is best effort: a file that vanished or refuses it (EACCES) is listed without
+    const metadata = await this.xattr.get(p).catch(() => undefined);
+    return metadata ? { path: p, stat: st, metadata } : { path: p, stat: st };
+  }
+
+  async setMetadata(p: string, metadata: Record<string, string>): Promise<void> {
+    // a write through a symlink wrote its target: the metadata is the target's (set without following)
+    const real = (await lstat(p)).isSymbolicLink() ? await realpath(p) : p;
+    await this.xattr.set(real, metadata);
   }
 
   async readdir(p: string): Promise<string[]> {
@@ -258,8 +279,9 @@ export class LocalFs implements FsOps {
     await fh.close();
   }
 
-  /** Close every open file (the worker's peer went away). */
+  /** Close every open file and the metadata helper (the worker's peer went away, or envd stops). */
   async closeAll(): Promise<void> {
+    this.xattr.close();
     for (const h of [...this.handles.keys()]) await this.close(h).catch(() => {});
   }
 }

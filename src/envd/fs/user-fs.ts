@@ -40,6 +40,7 @@ class WorkerFs implements FsOps {
   constructor(
     private readonly user: UserInfo,
     private readonly argv: () => string[],
+    private readonly helperPath: string,
   ) {}
 
   get uid(): number {
@@ -50,7 +51,7 @@ class WorkerFs implements FsOps {
     const [file, ...args] = this.argv();
     const child = spawn(file as string, args, {
       stdio: ['pipe', 'pipe', 'pipe'],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ENVD_EXEC_HELPER: this.helperPath },
       cwd: '/',
     });
     const reader = new FrameReader();
@@ -155,6 +156,9 @@ class WorkerFs implements FsOps {
   async fsType(p: string): Promise<number | undefined> {
     return (await this.value<number | null>('fsType', p)) ?? undefined;
   }
+  async setMetadata(p: string, metadata: Record<string, string>): Promise<void> {
+    await this.call('setMetadata', [p, metadata]);
+  }
   async openRead(p: string): Promise<{ h: number; stat: FileStat }> {
     const r = await this.value<{ h: number; stat: string[] }>('openRead', p);
     this.openFiles++;
@@ -186,13 +190,14 @@ class WorkerFs implements FsOps {
 
 /** The FsOps of each user. */
 export class UserFs {
-  private readonly local = new LocalFs();
+  private readonly local: LocalFs;
   private readonly workers = new Map<string, WorkerFs>();
   private readonly launcher = nodeLauncher();
   /** The worker's script and arguments: fs-worker.mjs next to the helper, or envd's own bundle. */
   private readonly workerScript?: string[];
 
   constructor(private readonly helperPath: string | undefined) {
+    this.local = new LocalFs(helperPath);
     if (helperPath) {
       const w = join(dirname(helperPath), 'fs-worker.mjs');
       if (existsSync(w)) this.workerScript = [w];
@@ -213,7 +218,7 @@ export class UserFs {
       const helper = this.helperPath;
       const script = this.workerScript;
       const groups = user.groups.length ? user.groups.join(',') : '-';
-      w = new WorkerFs(user, () => [helper, String(user.uid), String(user.gid), groups, '/', ...this.launcher, '--max-semi-space-size=1', ...script]);
+      w = new WorkerFs(user, () => [helper, String(user.uid), String(user.gid), groups, '/', ...this.launcher, '--max-semi-space-size=1', ...script], helper);
       this.workers.set(key, w);
     }
     return w;
@@ -222,5 +227,6 @@ export class UserFs {
   close(): void {
     for (const w of this.workers.values()) w.stop();
     this.workers.clear();
+    void this.local.closeAll();
   }
 }

@@ -165,7 +165,7 @@ export class DirWatcher {
     if (this.includeEntry && st) {
       try {
         const p = this.abs(rel);
-        ev.entry = entryFromStat(st.isSymbolicLink() ? await this.fs.entry(p) : { path: p, stat: st }, this.deps);
+        ev.entry = entryFromStat(await this.fs.entry(p), this.deps); // (with the symlink target or metadata)
       } catch {
         /* vanished */
       }

@@ -50,12 +50,19 @@ export interface WireEntry {
   path: string;
   stat: string[];
   target?: string;
+  metadata?: Record<string, string>;
 }
 
 export function entryToWire(e: PathEntry): WireEntry {
-  return e.target === undefined ? { path: e.path, stat: e.stat.toWire() } : { path: e.path, stat: e.stat.toWire(), target: e.target };
+  const w: WireEntry = { path: e.path, stat: e.stat.toWire() };
+  if (e.target !== undefined) w.target = e.target;
+  if (e.metadata !== undefined) w.metadata = e.metadata;
+  return w;
 }
 
 export function entryFromWire(w: WireEntry): PathEntry {
-  return w.target === undefined ? { path: w.path, stat: FileStat.fromWire(w.stat) } : { path: w.path, stat: FileStat.fromWire(w.stat), target: w.target };
+  const e: PathEntry = { path: w.path, stat: FileStat.fromWire(w.stat) };
+  if (w.target !== undefined) e.target = w.target;
+  if (w.metadata !== undefined && w.metadata !== null && typeof w.metadata === 'object') e.metadata = w.metadata;
+  return e;
 }

@@ -7,7 +7,8 @@
 import { errorToWire, LocalFs } from './ops.js';
 import { encodeFrame, entryToWire, FrameReader, type Frame } from './wire.js';
 
-const fs = new LocalFs();
+// envd passes its exec helper, which also serves file metadata (fs/metadata.ts)
+const fs = new LocalFs(process.env.ENVD_EXEC_HELPER || undefined);
 const out = process.stdout;
 
 function reply(json: unknown, bin?: Buffer): void {
@@ -34,6 +35,8 @@ async function run(op: string, a: unknown[], bin: Buffer | undefined): Promise<{
       return { ok: await fs.move(s(0), s(1)) };
     case 'remove':
       return { ok: await fs.remove(s(0)) };
+    case 'setMetadata':
+      return { ok: await fs.setMetadata(s(0), (a[1] ?? {}) as Record<string, string>) };
     case 'fsType':
       return { ok: (await fs.fsType(s(0))) ?? null };
     case 'openRead': {

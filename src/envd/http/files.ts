@@ -9,7 +9,7 @@ import { createGunzip, createGzip, constants as zlibConstants } from 'node:zlib'
 import { Readable } from 'node:stream';
 import { safeEqual, signatureMatches, signedFileRequest } from '../../protocol/signature.js';
 import { lookupUser } from '../auth.js';
-import type { MetadataStore } from '../fs/metadata.js';
+import { metadataProblem } from '../fs/metadata.js';
 import type { FsOps } from '../fs/ops.js';
 import type { UserFs } from '../fs/user-fs.js';
 import { resolvePath } from '../paths.js';
@@ -54,6 +54,9 @@ function fsError(e: unknown, path: string): HttpError {
     case 'ENOSPC':
     case 'EDQUOT':
       return new HttpError(507, `not enough disk space: ${path}`);
+    case 'ENOTSUP':
+    case 'EOPNOTSUPP':
+      return new HttpError(400, `the filesystem of ${path} does not keep extended attributes, so it cannot hold file metadata`);
     case 'EACCES':
     case 'EPERM':
       return new HttpError(403, `permission denied: ${path}`);
@@ -211,15 +214,15 @@ export async function handleDownload(state: EnvdState, userFs: UserFs, req: Inco
   }
 }
 
-function metadataFromHeaders(req: IncomingMessage): Record<string, string> | undefined {
-  let meta: Record<string, string> | undefined;
+/** X-Metadata-<key> headers (keys lowercased), checked against the limits of one file's metadata. */
+function metadataFromHeaders(req: IncomingMessage): Record<string, string> {
+  const meta: Record<string, string> = {};
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
     const key = req.rawHeaders[i] ?? '';
-    if (key.length > 11 && key.slice(0, 11).toLowerCase() === 'x-metadata-') {
-      meta ??= {};
-      meta[key.slice(11).toLowerCase()] = req.rawHeaders[i + 1] ?? '';
-    }
+    if (key.length > 11 && key.slice(0, 11).toLowerCase() === 'x-metadata-') meta[key.slice(11).toLowerCase()] = req.rawHeaders[i + 1] ?? '';
   }
+  const problem = metadataProblem(meta);
+  if (problem) throw new HttpError(400, problem);
   return meta;
 }
 
@@ -236,8 +239,7 @@ class FileWriter {
   constructor(
     readonly path: string,
     private readonly fs: FsOps,
-    private readonly metadata: Record<string, string> | undefined,
-    private readonly store: MetadataStore,
+    private readonly metadata: Record<string, string>,
   ) {}
 
   /** Create or truncate the file as the user (parents 0755, the file 0644, both the user's). */
@@ -262,15 +264,15 @@ class FileWriter {
     const h = this.h as number;
     this.h = undefined;
     try {
-      const st = await this.fs.fstat(h);
       await this.fs.close(h);
-      if (this.metadata) this.store.set({ dev: st.dev, ino: st.ino, birthtimeNs: st.birthtimeNs }, this.metadata);
+      // an overwrite keeps the inode and so its attributes: set exactly the metadata given now
+      await this.fs.setMetadata(this.path, this.metadata);
     } catch (e) {
       await this.fs.close(h).catch(() => {});
       throw fsError(e, this.path);
     }
     const out: WrittenFile = { name: posix.basename(this.path), path: this.path, type: 'file' };
-    if (this.metadata && Object.keys(this.metadata).length) out.metadata = this.metadata;
+    if (Object.keys(this.metadata).length) out.metadata = this.metadata;
     return out;
   }
 
@@ -280,7 +282,7 @@ class FileWriter {
   }
 }
 
-export async function handleUpload(state: EnvdState, userFs: UserFs, store: MetadataStore, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+export async function handleUpload(state: EnvdState, userFs: UserFs, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
   authorize(state, req, url, 'write');
   const user = fileUser(state, url);
   const fs = opsFor(userFs, user);
@@ -296,7 +298,7 @@ export async function handleUpload(state: EnvdState, userFs: UserFs, store: Meta
   const boundary = multipartBoundary(req.headers['content-type']);
   if (!boundary) {
     if (!queryPath) throw new HttpError(400, 'the path query parameter is required');
-    const w = new FileWriter(resolvePath(queryPath, user.home), fs, metadata, store);
+    const w = new FileWriter(resolvePath(queryPath, user.home), fs, metadata);
     await w.open();
     try {
       for await (const chunk of body.iterator({ destroyOnReturn: false })) await w.write(chunk as Buffer);
@@ -324,7 +326,7 @@ export async function handleUpload(state: EnvdState, userFs: UserFs, store: Meta
       const abs = resolvePath(target, user.home);
       if (seen.has(abs)) throw new HttpError(400, `the same path appears twice in the upload: ${abs}`);
       seen.add(abs);
-      current = new FileWriter(abs, fs, metadata, store);
+      current = new FileWriter(abs, fs, metadata);
       await current.open();
     },
     data: async (chunk) => {

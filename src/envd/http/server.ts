@@ -10,7 +10,6 @@ import { Process } from '../gen/process/process_pb.js';
 import { safeEqual } from '../../protocol/signature.js';
 import { checkToken } from '../auth.js';
 import { INIT_SECRET_HEADER } from '../host-contract.js';
-import { MetadataStore } from '../fs/metadata.js';
 import { UserFs } from '../fs/user-fs.js';
 import { filesystemService } from '../fs/service.js';
 import { ProcessManager } from '../process/manager.js';
@@ -53,9 +52,8 @@ function parseTimestamp(v: unknown): number | undefined {
 export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
   const users = new UserDb(opts.passwdPath, opts.groupPath);
   const state = new EnvdState(opts, users);
-  const metadata = new MetadataStore(opts.stateDir || undefined);
   const userFs = new UserFs(opts.helperPath);
-  const deps = { users, metadata, fs: userFs };
+  const deps = { users, fs: userFs };
   const pm = new ProcessManager(opts.helperPath);
   const metrics = new MetricsCollector(opts.cgroupRoot);
 
@@ -137,7 +135,7 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
         return;
       case '/files':
         if (method === 'GET' || method === 'HEAD') return handleDownload(state, userFs, req, res, url);
-        if (method === 'POST') return handleUpload(state, userFs, metadata, req, res, url);
+        if (method === 'POST') return handleUpload(state, userFs, req, res, url);
         throw new HttpError(405, 'method not allowed');
       case '/init':
         if (method !== 'POST') throw new HttpError(405, 'method not allowed');
@@ -264,7 +262,6 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
     addresses,
     async close() {
       pm.killAll();
-      metadata.flush();
       userFs.close();
       await Promise.all(
         servers.map(
