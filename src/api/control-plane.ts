@@ -6,11 +6,13 @@ import { routeContext, sendError, type ControlPlaneOptions } from './routes/cont
 import { registerLifecycleRoutes } from './routes/lifecycle.js';
 import { registerMetricsLogsRoutes } from './routes/metrics-logs.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
+import { registerSecretRoutes } from './routes/secrets.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerTeamRoutes } from './routes/teams.js';
 import { registerTemplateRoutes } from './routes/templates.js';
 import { validationMessage } from './routes/schemas.js';
 import { HttpError, type Caller } from './tenancy.js';
+import { OPENAPI_PATH, registerOpenApi } from './openapi.js';
 
 export { CONTROL_PLANE_AJV } from './routes/schemas.js';
 export { DEFAULT_TIMEOUT_SEC, e2bState, ENVD_VERSION, MAX_TIMEOUT_SEC, sendError, type ControlPlaneOptions } from './routes/context.js';
@@ -30,9 +32,12 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   });
   app.setNotFoundHandler((req, reply) => sendError(reply, 404, `no route ${req.method} ${req.url.split('?')[0]}`));
 
+  // the OpenAPI document describes the API, nothing of a team's: no key needed
+  const isPublic = (path: string | undefined) => path === '/health' || path === OPENAPI_PATH || (path === '/metrics' && !!opts.prometheus);
+  registerOpenApi(app, { isPublic }); // before any route: it records them as they are registered
   app.addHook('onRequest', async (req, reply) => {
     const path = req.url.split('?')[0];
-    if (path === '/health' || (path === '/metrics' && opts.prometheus)) return;
+    if (isPublic(path)) return;
     const key = req.headers['x-api-key'];
     const caller = opts.authenticate(Array.isArray(key) ? key[0] : key);
     if (!caller) {
@@ -56,5 +61,6 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   registerMetricsLogsRoutes(app, ctx);
   registerSnapshotRoutes(app, ctx);
   registerTeamRoutes(app, ctx);
+  registerSecretRoutes(app, ctx);
   registerTemplateRoutes(app, ctx);
 }

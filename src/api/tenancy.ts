@@ -33,6 +33,8 @@ export interface Quota {
   snapshots: number;
   /** Bytes of one sandbox's metadata (keys and values, UTF-8). */
   metadataBytes: number;
+  /** Secrets the team stores. */
+  secrets: number;
 }
 
 export const DEFAULT_QUOTA: Quota = {
@@ -42,6 +44,7 @@ export const DEFAULT_QUOTA: Quota = {
   diskMB: 50 * 1024,
   snapshots: 100,
   metadataBytes: 16 * 1024,
+  secrets: 100,
 };
 
 export const QUOTA_KEYS = Object.keys(DEFAULT_QUOTA) as (keyof Quota)[];
@@ -53,6 +56,7 @@ const QUOTA_NAMES: Record<keyof Quota, string> = {
   diskMB: 'total disk (MiB)',
   snapshots: 'snapshots',
   metadataBytes: 'metadata size (bytes)',
+  secrets: 'secrets',
 };
 
 const RUNNING: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming'];

@@ -8,6 +8,7 @@ import { startServer, type RunningServer } from '../api/server.js';
 import { resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
 import { probeHost } from '../runtime/probe.js';
 import { SandboxManager } from '../sandbox/manager.js';
+import { openSecretKey } from '../secrets/key.js';
 import { CubeboxError } from '../util/errors.js';
 
 /** What `cubebox serve` is given on its command line; anything left out comes from the environment. */
@@ -106,6 +107,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+  openSecretKey(manager.paths.dataDir); // made on the first start; a key file that is not sound refuses the start
   const control = new ControlServer(new LocalApi(manager), manager.paths.socket);
   await control.listen();
   if (config.buildBase && !manager.templates.find('base')) {

@@ -83,6 +83,7 @@ const QUOTA_FLAGS: Record<keyof Quota, string> = {
   diskMB: 'disk-mb',
   snapshots: 'snapshots',
   metadataBytes: 'metadata-bytes',
+  secrets: 'secrets',
 };
 
 /** `cubebox teams ...`: teams, their live keys and quotas. Teams are made by `keys create --team` or `teams create`. */

@@ -33,6 +33,17 @@ CREATE TABLE IF NOT EXISTS resources (
   created_at BIGINT NOT NULL,
   PRIMARY KEY (sandbox_id, kind, name)
 );
+CREATE TABLE IF NOT EXISTS secrets (
+  id TEXT PRIMARY KEY,
+  team TEXT NOT NULL,
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  sealed TEXT NOT NULL,
+  metadata TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL,
+  UNIQUE (team, name)
+);
 `;
 
 /** The schema version this code writes; migrate() brings older stores up to it. */

@@ -1,0 +1,182 @@
+// E2B's secrets (`Secret` in the SDK): a team's named values, sealed at rest with the data
+// directory's key (src/secrets/). No response, log line or error carries a value: the response
+// schemas below have no field for it, so fastify's serializer could not send one either.
+// Secrets belong to the caller's team only (an admin key included: names are unique per team),
+// and another team's secret answers 404 like an unknown one. They are stored, not yet used:
+// resolving `${e2b.secrets.<name>}` in outbound requests is the egress proxy's job.
+import { randomBytes } from 'node:crypto';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import { seal } from '../../secrets/cipher.js';
+import { openSecretKey } from '../../secrets/key.js';
+import { SecretStore, type SecretRow } from '../../store/secrets.js';
+import { invalid, notFound, conflict } from '../../util/errors.js';
+import { quotaExceeded } from '../tenancy.js';
+import { one, schemaError, type Req, type RouteContext } from './context.js';
+
+/** Bounds from E2B's API description (SecretMetadata), and for names and values our own. */
+export const SECRET_LIMITS = {
+  nameChars: 128,
+  valueBytes: 64 * 1024,
+  metadataEntries: 32,
+  metadataKeyBytes: 128,
+  metadataValueBytes: 1024,
+  metadataBytes: 8192,
+};
+const NAME = /^[a-z0-9][a-z0-9._-]*$/i;
+
+const metadata = { type: ['object', 'null'], additionalProperties: { type: 'string' } } as const;
+export const newSecretBody = {
+  type: 'object',
+  required: ['name', 'value'],
+  properties: { name: { type: 'string' }, value: { type: 'string' }, metadata },
+} as const;
+export const secretUpdateBody = { type: 'object', required: ['value'], properties: { value: { type: 'string' }, metadata } } as const;
+const secretSchema = {
+  type: 'object',
+  required: ['secretID', 'name', 'currentVersion', 'metadata', 'createdAt', 'updatedAt'],
+  properties: {
+    secretID: { type: 'string' },
+    name: { type: 'string' },
+    currentVersion: { type: 'integer' },
+    metadata: { type: 'object', additionalProperties: { type: 'string' } },
+    createdAt: { type: 'string', format: 'date-time' },
+    updatedAt: { type: 'string', format: 'date-time' },
+  },
+} as const;
+const params = { type: 'object', properties: { id: { type: 'string' } } } as const;
+
+const secretBody = (s: SecretRow) => ({
+  secretID: s.id,
+  name: s.name,
+  currentVersion: s.version,
+  metadata: s.metadata,
+  createdAt: new Date(s.createdAt).toISOString(),
+  updatedAt: new Date(s.updatedAt).toISOString(),
+});
+
+/** The body's fields once the schema and the bounds passed; messages name the field, never its content. */
+function checkedBody(req: Req, create: boolean): { name?: string; value: string; metadata?: Record<string, string> } {
+  const err = schemaError(req);
+  if (err) {
+    const e = err.validation?.[0];
+    const field = e?.keyword === 'required' ? String((e.params as { missingProperty?: string }).missingProperty) : (e?.instancePath ?? '').split('/')[1];
+    if (!field) throw invalid('request body must be a JSON object');
+    if (e?.keyword === 'required') throw invalid(`${field} is required`);
+    throw invalid(field === 'metadata' ? 'metadata must be an object of strings' : `${field} must be a string`);
+  }
+  const body = req.body as { name?: string; value: string; metadata?: Record<string, string> | null };
+  if (create) {
+    const name = body.name!;
+    if (name.length > SECRET_LIMITS.nameChars || !NAME.test(name) || /^sec_/i.test(name))
+      throw invalid(
+        `secret name must be 1-${SECRET_LIMITS.nameChars} letters, digits, '.', '_' or '-', starting with a letter or digit, and not start with 'sec_' (reserved for secret ids)`,
+      );
+  }
+  if (body.value.length === 0) throw invalid('value must not be empty');
+  if (Buffer.byteLength(body.value) > SECRET_LIMITS.valueBytes) throw invalid(`value must be at most ${SECRET_LIMITS.valueBytes} bytes`);
+  const md = body.metadata ?? undefined;
+  if (md) checkMetadata(md);
+  return { name: body.name?.toLowerCase(), value: body.value, metadata: md };
+}
+
+function checkMetadata(md: Record<string, string>): void {
+  const L = SECRET_LIMITS;
+  const entries = Object.entries(md);
+  if (entries.length > L.metadataEntries) throw invalid(`metadata must have at most ${L.metadataEntries} entries`);
+  let total = 0;
+  for (const [k, v] of entries) {
+    const kb = Buffer.byteLength(k);
+    const vb = Buffer.byteLength(v);
+    if (kb === 0 || kb > L.metadataKeyBytes) throw invalid(`metadata keys must be 1-${L.metadataKeyBytes} bytes`);
+    if (vb > L.metadataValueBytes) throw invalid(`metadata values must be at most ${L.metadataValueBytes} bytes`);
+    total += kb + vb;
+  }
+  if (total > L.metadataBytes) throw invalid(`metadata must be at most ${L.metadataBytes} bytes in all`);
+}
+
+export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const { manager, tenancy, callerOf } = ctx;
+  let store: SecretStore | undefined;
+  let key: Buffer | undefined;
+  // opened on first use: `cubebox serve` made (or refused) the key at start-up
+  const secrets = () => (store ??= new SecretStore(manager.store.db));
+  const sealingKey = () => (key ??= openSecretKey(manager.paths.dataDir));
+  const found = (team: string, ref: string): SecretRow => {
+    const s = secrets().find(team, ref);
+    if (!s) throw notFound(`secret '${ref}' not found`);
+    return s;
+  };
+
+  app.post('/secrets', { schema: { body: newSecretBody, response: { 201: secretSchema } }, attachValidation: true }, async (req: Req, reply: FastifyReply) => {
+    const team = callerOf(req).team;
+    const { name, value, metadata } = checkedBody(req, true);
+    const id = `sec_${randomBytes(12).toString('hex')}`;
+    const now = Date.now();
+    const row: SecretRow = {
+      id,
+      team,
+      name: name!,
+      version: 1,
+      sealed: seal(sealingKey(), value, { team, secretId: id, version: 1 }),
+      metadata: metadata ?? {},
+      createdAt: now,
+      updatedAt: now,
+    };
+    secrets().transaction(() => {
+      if (secrets().find(team, row.name)) throw conflict(`secret '${row.name}' already exists`);
+      const limit = tenancy.quota(team).secrets;
+      const n = secrets().count(team);
+      if (n + 1 > limit)
+        throw quotaExceeded(`quota exceeded: secrets of team '${tenancy.team(team)?.name ?? team}' would be ${n + 1}, its limit (secrets) is ${limit}`);
+      secrets().insert(row);
+    });
+    return reply.code(201).send(secretBody(row));
+  });
+
+  app.get('/secrets', { schema: { response: { 200: { type: 'array', items: secretSchema } } } }, async (req: Req, reply) => {
+    const team = callerOf(req).team;
+    const limit = Number(one(req.query.limit) ?? 100);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
+    const token = one(req.query.nextToken);
+    const after = token ? Buffer.from(token, 'base64url').toString('utf8') : undefined;
+    if (token && (!after || !NAME.test(after))) throw invalid('nextToken is not a token this service gave');
+    const page = secrets().list(team, after, limit + 1);
+    if (page.length > limit) {
+      page.length = limit;
+      reply.header('X-Next-Token', Buffer.from(page[limit - 1]!.name).toString('base64url'));
+    }
+    return page.map(secretBody);
+  });
+
+  app.get('/secrets/:id', { schema: { params, response: { 200: secretSchema } } }, async (req: Req) => secretBody(found(callerOf(req).team, req.params.id)));
+
+  // the SDK's Secret.update sends POST; PATCH is the same update
+  app.route({
+    method: ['POST', 'PATCH'],
+    url: '/secrets/:id',
+    schema: { params, body: secretUpdateBody, response: { 200: secretSchema } },
+    attachValidation: true,
+    handler: async (req: Req) => {
+      const team = callerOf(req).team;
+      const cur = found(team, req.params.id);
+      const { value, metadata } = checkedBody(req, false);
+      const version = cur.version + 1;
+      const next = {
+        ...cur,
+        version,
+        sealed: seal(sealingKey(), value, { team, secretId: cur.id, version }),
+        metadata: metadata ?? cur.metadata,
+        updatedAt: Date.now(),
+      };
+      secrets().update(next);
+      return secretBody(next);
+    },
+  });
+
+  app.delete('/secrets/:id', { schema: { params } }, async (req: Req, reply) => {
+    const team = callerOf(req).team;
+    const s = found(team, req.params.id);
+    secrets().delete(team, s.id);
+    return reply.code(204).send();
+  });
+}
