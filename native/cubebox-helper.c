@@ -17,6 +17,10 @@
  *       appears as <hostid>+N (when <hostid> is not 0), then mounts an overlay named
  *       <name> at <target> with the views as lower layers (first pair = topmost).
  *
+ *   cubebox-helper mount-view <src> <view> <hostid> <count>
+ *       Mounts the directory <src> at <view>, writable (nodev, nosuid), idmapped like the
+ *       layers of mount-rootfs: a sandbox's view of a persistent volume.
+ *
  *   cubebox-helper mount-disk <image> <target>
  *       Binds a free loop device to the ext4 image (auto-clearing: it goes with the last
  *       unmount) and mounts it at <target> nodev,nosuid,noatime,noinit_itable.
@@ -89,7 +93,8 @@ static void detach_sandbox_mounts(const char *keep) {
     if (!sep || sscanf(sep + 3, "%255s", fstype) != 1) continue;
     if (major != 7 && strcmp(fstype, "overlay") != 0) continue;
     unescape_mountinfo(mnt);
-    if (!strstr(mnt, "/sandboxes/")) continue;
+    /* sandbox disks and views, and volume disks (loop-backed, under a volumes/ directory) */
+    if (!strstr(mnt, "/sandboxes/") && !(major == 7 && strstr(mnt, "/volumes/"))) continue;
     if (keep && under(mnt, keep)) continue;
     if (count == room) {
       room = room ? room * 2 : 64;
@@ -178,12 +183,12 @@ static int make_userns(unsigned long hostid, unsigned long count) {
   return ns;
 }
 
-static int bind_layer(const char *src, const char *view, int userns) {
+static int bind_layer(const char *src, const char *view, int userns, int readonly) {
   int tree = syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
   if (tree < 0) return fail("open_tree", src);
   struct mount_attr attr;
   memset(&attr, 0, sizeof attr);
-  attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
+  attr.attr_set = (readonly ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
   if (userns >= 0) {
     attr.attr_set |= MOUNT_ATTR_IDMAP;
     attr.userns_fd = userns;
@@ -225,7 +230,7 @@ static int mount_rootfs(int argc, char **argv) {
   if (!opts) return fail("malloc", "options");
   strcpy(opts, "lowerdir=");
   for (int i = 6; i < argc; i += 2) {
-    if (bind_layer(argv[i], argv[i + 1], userns) != 0) {
+    if (bind_layer(argv[i], argv[i + 1], userns, 1) != 0) {
       for (int j = 6; j < i; j += 2) unmount_quiet(argv[j + 1]);
       return 1;
     }
@@ -243,6 +248,22 @@ static int mount_rootfs(int argc, char **argv) {
     return fail("mount overlay", target);
   }
   return 0;
+}
+
+static int mount_view(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "cubebox-helper: usage: mount-view <src> <view> <hostid> <count>\n");
+    return 2;
+  }
+  unsigned long hostid = strtoul(argv[2], NULL, 10), count = strtoul(argv[3], NULL, 10);
+  int userns = -1;
+  if (hostid != 0) {
+    userns = make_userns(hostid, count);
+    if (userns < 0) return fail("userns", "for an idmapped view");
+  }
+  int rc = bind_layer(argv[0], argv[1], userns, 0);
+  if (userns >= 0) close(userns);
+  return rc;
 }
 
 static int mount_disk(int argc, char **argv) {
@@ -289,12 +310,13 @@ static int mount_disk(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: cubebox-helper run-runtime|mount-rootfs|mount-disk|umount ...\n");
+    fprintf(stderr, "usage: cubebox-helper run-runtime|mount-rootfs|mount-view|mount-disk|umount ...\n");
     return 2;
   }
   if (strcmp(argv[1], "run-runtime") == 0) return run_runtime(argc - 2, argv + 2);
   if (strcmp(argv[1], "mount-rootfs") == 0) return mount_rootfs(argc - 2, argv + 2);
   if (strcmp(argv[1], "mount-disk") == 0) return mount_disk(argc - 2, argv + 2);
+  if (strcmp(argv[1], "mount-view") == 0) return mount_view(argc - 2, argv + 2);
   if (strcmp(argv[1], "umount") == 0) {
     int rc = 0;
     for (int i = 2; i < argc; i++) rc |= unmount_quiet(argv[i]);

@@ -9,6 +9,7 @@ import { registerSandboxRoutes } from './routes/sandboxes.js';
 import { registerSecretRoutes } from './routes/secrets.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerTeamRoutes } from './routes/teams.js';
+import { registerVolumeRoutes } from './routes/volumes.js';
 import { registerTemplateRoutes } from './routes/templates.js';
 import { validationMessage } from './routes/schemas.js';
 import { HttpError, type Caller } from './tenancy.js';
@@ -38,6 +39,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   app.addHook('onRequest', async (req, reply) => {
     const path = req.url.split('?')[0];
     if (isPublic(path)) return;
+    if (path?.startsWith('/volumecontent/')) return; // the volume's own token instead (routes/volume-content.ts)
     const key = req.headers['x-api-key'];
     const caller = opts.authenticate(Array.isArray(key) ? key[0] : key);
     if (!caller) {
@@ -61,6 +63,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   registerMetricsLogsRoutes(app, ctx);
   registerSnapshotRoutes(app, ctx);
   registerTeamRoutes(app, ctx);
+  registerVolumeRoutes(app, ctx);
   registerSecretRoutes(app, ctx);
   registerTemplateRoutes(app, ctx);
 }

@@ -35,6 +35,10 @@ export interface Quota {
   metadataBytes: number;
   /** Secrets the team stores. */
   secrets: number;
+  /** Persistent volumes the team keeps. */
+  volumes: number;
+  /** Total disk size of the team's volumes, MiB. */
+  volumeMB: number;
 }
 
 export const DEFAULT_QUOTA: Quota = {
@@ -45,6 +49,8 @@ export const DEFAULT_QUOTA: Quota = {
   snapshots: 100,
   metadataBytes: 16 * 1024,
   secrets: 100,
+  volumes: 10,
+  volumeMB: 20 * 1024,
 };
 
 export const QUOTA_KEYS = Object.keys(DEFAULT_QUOTA) as (keyof Quota)[];
@@ -57,6 +63,8 @@ const QUOTA_NAMES: Record<keyof Quota, string> = {
   snapshots: 'snapshots',
   metadataBytes: 'metadata size (bytes)',
   secrets: 'secrets',
+  volumes: 'volumes',
+  volumeMB: 'total volume size (MiB)',
 };
 
 const RUNNING: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming'];
@@ -164,6 +172,16 @@ export class Tenancy {
       if (n > 0) this.pendingSnapshots.set(team, n);
       else this.pendingSnapshots.delete(team);
     };
+  }
+
+  /** A new volume of sizeMB next to the team's existing ones: throws a 429 naming the limit it would pass. */
+  admitVolume(team: string, existing: { sizeMB: number }[], sizeMB: number): void {
+    const q = this.quota(team);
+    const name = this.teamName(team);
+    if (existing.length + 1 > q.volumes)
+      throw quotaExceeded(`quota exceeded: volumes of team '${name}' would be ${existing.length + 1}, its limit (volumes) is ${q.volumes}`);
+    const mb = existing.reduce((n, v) => n + v.sizeMB, 0) + sizeMB;
+    if (mb > q.volumeMB) throw quotaExceeded(`quota exceeded: ${QUOTA_NAMES.volumeMB} of team '${name}' would be ${mb}, its limit (volumeMB) is ${q.volumeMB}`);
   }
 
   private teamName(team: string): string {

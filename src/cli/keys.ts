@@ -84,6 +84,8 @@ const QUOTA_FLAGS: Record<keyof Quota, string> = {
   snapshots: 'snapshots',
   metadataBytes: 'metadata-bytes',
   secrets: 'secrets',
+  volumes: 'volumes',
+  volumeMB: 'volume-mb',
 };
 
 /** `cubebox teams ...`: teams, their live keys and quotas. Teams are made by `keys create --team` or `teams create`. */

@@ -83,6 +83,7 @@ export class SandboxCore {
       coldPaused: spec.coldPaused,
       extra: spec.extra,
       team: row.team ?? null,
+      volumeMounts: (spec.volumeMounts ?? []).map(({ name, path }) => ({ name, path })),
     };
   }
 

@@ -4,6 +4,7 @@ import { naming, type Paths } from '../config.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { loopDevicesUnder, mountTable } from '../runtime/rootfs.js';
 import type { Store } from '../store/store.js';
+import { volumeLeaks } from '../volume/volumes.js';
 
 export interface Leak {
   sandbox: string;
@@ -82,6 +83,8 @@ export class LeakChecker {
     }
     const leaks: Leak[] = [];
     for (const id of ids) if (!known.has(id)) leaks.push(...this.sandbox(id));
+    // volume disks that no ready volume owns (every volume's, without a store)
+    for (const v of volumeLeaks(this.paths, this.store)) leaks.push({ sandbox: v.volume, kind: v.kind, what: v.what });
     if (known.size === 0) {
       // with no sandboxes left, the instance's parent cgroups must be gone too
       const parent = new SandboxCgroup(this.mode, `/${naming.cgroupParent(inst)}`);

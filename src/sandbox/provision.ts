@@ -5,6 +5,8 @@ import { naming } from '../config.js';
 import { type BundleSpec, renewBootId, writeBundle } from '../runtime/bundle.js';
 import { rootfsLayout } from '../runtime/rootfs.js';
 import { SANDBOX_SUPPORT } from '../runtime/support.js';
+import { mountVolumeViews, volumeBinds } from '../volume/disk.js';
+import { resolveVolumeMounts } from '../volume/volumes.js';
 import type { Template } from '../template/store.js';
 import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
 import { faultPoint } from '../util/fault.js';
@@ -66,6 +68,7 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
     lifecycle: normalizeLifecycle(req.lifecycle),
     coldPaused: false,
     extra: req.extra ?? {},
+    volumeMounts: resolveVolumeMounts(core.store, req.team ?? null, req.volumeMounts),
   };
   if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0))
     throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
@@ -137,6 +140,7 @@ export async function provision(core: SandboxCore, id: string, spec: StoredSpec)
   faultPoint('create:after-disk');
   for (const m of [layout.target, ...layout.views]) store.recordResource(id, 'mount', m);
   await host.mountRootfs(layout, spec.layers, idMap);
+  await mountVolumeViews(store, paths, id, dir, spec.volumeMounts, idMap);
   faultPoint('create:after-mount');
 
   // The directory shared with the sandbox (envd's socket lives here) and the console log
@@ -169,6 +173,7 @@ export async function bootAgain(core: SandboxCore, id: string, spec: StoredSpec)
   // a new boot gets a new /init secret: whatever learnt the last one inside the sandbox cannot reuse it
   spec = { ...spec, initSecret: randomBytes(24).toString('base64url') };
   core.updateSpec(id, { initSecret: spec.initSecret });
+  await mountVolumeViews(core.store, core.deps.paths, id, dir, spec.volumeMounts, core.idMapFor(core.requireRow(id).uidSlot));
   writeBundle(join(dir, 'bundle'), bundleSpec(core, id, spec, join(dir, 'rootfs'), core.idMapFor(core.requireRow(id).uidSlot)));
   renewBootId(join(dir, 'bundle')); // a new boot, a new boot id
   const pid = await core.runtimeOf(id).run(cid, join(dir, 'bundle'), core.consoleLogPath(id));
@@ -205,6 +210,7 @@ function bundleSpec(core: SandboxCore, id: string, spec: StoredSpec, rootfs: str
     binds: [
       { source: spec.support, destination: SANDBOX_SUPPORT, readonly: true },
       { source: join(core.sandboxDir(id), 'disk', 'run'), destination: `${SANDBOX_SUPPORT}/run`, readonly: false },
+      ...volumeBinds(core.sandboxDir(id), spec.volumeMounts),
     ],
     cgroupsPath: core.cgroupPath(id),
     tiniPath: `${SANDBOX_SUPPORT}/tini`,

@@ -2,6 +2,7 @@ import { readdirSync } from 'node:fs';
 import { naming } from '../config.js';
 import { errorMessage } from '../util/errors.js';
 import { SANDBOX_ID_RE } from '../util/ids.js';
+import { reconcileVolumes } from '../volume/volumes.js';
 import { rotateConsoleLog } from './console-log.js';
 import type { SandboxCore } from './core.js';
 import type { SandboxState } from './states.js';
@@ -41,6 +42,8 @@ export class Reconciler {
     const core = this.core;
     const report: ReconcileReport = { adopted: [], skipped: [], tornDown: [], orphansRemoved: [], errors: [] };
     const now = core.now();
+    // volume disks first: the sandboxes' views of them need them mounted
+    if (startup) report.errors.push(...(await reconcileVolumes(core.store, core.deps.paths, core.log)));
     // Each sandbox on its own, a few at a time. A sandbox whose lock is held (an operation in
     // flight, or one stuck in a runtime call until its timeout) is skipped, never waited for:
     // the next pass comes back to it, and the others are handled meanwhile.

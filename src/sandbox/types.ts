@@ -4,6 +4,7 @@ import type { RuntimeName } from '../config.js';
 import type { Limits } from '../runtime/bundle.js';
 import type { Template } from '../template/store.js';
 import { invalid } from '../util/errors.js';
+import type { VolumeMountSpec } from '../volume/store.js';
 import type { SandboxState } from './states.js';
 
 /** The manager's public types, the stored spec, and the pure rules on requests (no host access). */
@@ -39,6 +40,8 @@ export interface CreateRequest {
   extra?: Record<string, unknown>;
   /** The owning team (API creates); none for host-made sandboxes. */
   team?: string | null;
+  /** Persistent volumes of the team, by name, and where they appear in the sandbox. */
+  volumeMounts?: { name: string; path: string }[];
 }
 
 /**
@@ -108,6 +111,7 @@ export interface SandboxInfo {
   extra: Record<string, unknown>;
   /** The owning team; null for host-made sandboxes. */
   team: string | null;
+  volumeMounts: { name: string; path: string }[];
 }
 
 export interface StoredSpec {
@@ -133,6 +137,8 @@ export interface StoredSpec {
   extra: Record<string, unknown>;
   /** From the template: seccomp allows user namespaces and mounts in them (seccomp.ts). */
   nestedContainers?: boolean;
+  /** The volumes mounted in the sandbox (volume/disk.ts makes their views). */
+  volumeMounts?: VolumeMountSpec[];
 }
 
 export interface ManagerOptions {
@@ -166,7 +172,7 @@ export function idRegionBase(instanceId: string): number {
 
 /** Requests a pooled sandbox can serve: nothing that changes how the sandbox is built. */
 export function poolable(req: CreateRequest): boolean {
-  return !req.limits && !req.env && !req.command && req.agent !== false;
+  return !req.limits && !req.env && !req.command && req.agent !== false && !req.volumeMounts?.length;
 }
 
 export function resolveLimits(template: Template, reqLimits: Partial<Limits> = {}, req: Pick<CreateRequest, 'agent' | 'command'> = {}): Limits {

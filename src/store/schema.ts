@@ -44,6 +44,16 @@ CREATE TABLE IF NOT EXISTS secrets (
   updated_at BIGINT NOT NULL,
   UNIQUE (team, name)
 );
+CREATE TABLE IF NOT EXISTS volumes (
+  id TEXT PRIMARY KEY,
+  team TEXT,
+  name TEXT NOT NULL,
+  token TEXT NOT NULL,
+  size_mb INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  UNIQUE (team, name)
+);
 `;
 
 /** The schema version this code writes; migrate() brings older stores up to it. */

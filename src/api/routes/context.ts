@@ -154,7 +154,7 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
     allowInternetAccess: (info.extra.allowInternetAccess as boolean | undefined) ?? true,
     network: info.extra.network ?? undefined,
     lifecycle: { onTimeout: info.lifecycle.onTimeout, autoResume: info.lifecycle.autoResume },
-    volumeMounts: [],
+    volumeMounts: info.volumeMounts,
   });
   // (not a spread of opts: `domain` may be a getter, read when a body is made)
   return {

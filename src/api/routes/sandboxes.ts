@@ -51,6 +51,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
         secure: b.secure !== false,
         team: caller.team,
         extra: { allowInternetAccess: b.allow_internet_access ?? true, network: b.network ?? undefined, mcp: b.mcp ?? undefined },
+        volumeMounts: (b.volumeMounts as { name: string; path: string }[] | null | undefined) ?? undefined, // createBody: checked
       }),
     );
     return reply.code(201).send(sandboxBody(info));

@@ -19,9 +19,16 @@ const stringMap = { type: ['object', 'null'], additionalProperties: { type: 'str
 /** Any JSON value: the body of a route whose fields are all optional. */
 const ANY = ['object', 'array', 'string', 'number', 'boolean', 'null'];
 
+/** E2B's SandboxVolumeMount list: a team volume by name, and where it appears in the sandbox. */
+const volumeMounts = {
+  type: ['array', 'null'],
+  maxItems: 16,
+  items: { type: 'object', required: ['name', 'path'], properties: { name: { type: 'string' }, path: { type: 'string' } } },
+} as const;
+export const volumeBody = { type: 'object', required: ['name'], properties: { name: { type: 'string' } } } as const;
 export const createBody = {
   type: 'object',
-  properties: { templateID: { type: ['string', 'null'], minLength: 1 }, metadata: stringMap, envVars: stringMap, timeout: seconds },
+  properties: { templateID: { type: ['string', 'null'], minLength: 1 }, metadata: stringMap, envVars: stringMap, timeout: seconds, volumeMounts },
 } as const;
 export const timeoutBody = { type: ANY, properties: { timeout: seconds } } as const;
 export const refreshBody = { type: ANY, properties: { duration: seconds } } as const;
@@ -37,6 +44,7 @@ const FIELD_MESSAGES: Record<string, (keyword: string) => string> = {
   duration: (kw) => secondsMessage('duration', kw),
   count: () => `count must be an integer between 1 and ${MAX_FORK_COUNT}`,
   name: () => 'name must be a string',
+  volumeMounts: () => 'volumeMounts must be a list (at most 16) of { name, path } strings',
 };
 
 function secondsMessage(key: string, keyword: string): string {
@@ -60,6 +68,6 @@ export function validationMessage(err: FastifyError): string {
   if (field === undefined && e.keyword === 'required') return `${String(e.params.missingProperty)} is required`;
   if (field === undefined) return err.validationContext === 'body' ? 'request body must be a JSON object' : err.message;
   // only the string maps have fields below the top level
-  if (key !== undefined) return `${field}.${key} must be a string`;
+  if (key !== undefined && field !== 'volumeMounts') return `${field}.${key} must be a string`;
   return FIELD_MESSAGES[field]?.(e.keyword) ?? err.message;
 }
