@@ -101,7 +101,11 @@ export function registerMetricsLogsRoutes(app: FastifyInstance, ctx: RouteContex
     const id = idOf(req);
     usable(req, id);
     const lines = await logs(id, req.query, 'start');
-    return { logs: lines, logEntries: lines.map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })) };
+    return {
+      // E2B's v1 lines are JSON log records (the E2B CLI parses each): the console line is the message
+      logs: lines.map((l) => ({ timestamp: l.timestamp, line: JSON.stringify({ level: 'info', logger: 'console', message: l.line }) })),
+      logEntries: lines.map((l) => ({ timestamp: l.timestamp, level: 'info', message: l.line, fields: {} })),
+    };
   });
   app.get('/v2/sandboxes/:id/logs', async (req: Req) => {
     const id = idOf(req);
