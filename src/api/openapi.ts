@@ -15,7 +15,13 @@ interface RouteSchemas {
   querystring?: Schema;
   params?: Schema;
   response?: Record<string, Schema>;
+  // OpenAPI-only fields a route may add to its schema (fastify ignores them)
   summary?: string;
+  description?: string;
+  tags?: string[];
+  deprecated?: boolean;
+  /** e.g. [{ VolumeToken: [] }] for a route authenticated otherwise than by X-API-KEY. */
+  security?: object[];
 }
 
 export interface OpenApiOptions {
@@ -73,7 +79,10 @@ export function openApiDocument(routes: readonly RouteOptions[], opts: OpenApiOp
     security: [{ ApiKeyAuth: [] }],
     paths: sorted,
     components: {
-      securitySchemes: { ApiKeyAuth: { type: 'apiKey', in: 'header', name: 'X-API-KEY' } },
+      securitySchemes: {
+        ApiKeyAuth: { type: 'apiKey', in: 'header', name: 'X-API-KEY' },
+        VolumeToken: { type: 'http', scheme: 'bearer', description: "a volume's own token (the volume content API)" },
+      },
       schemas: {
         Error: {
           type: 'object',
@@ -105,6 +114,9 @@ function operation(method: string, path: string, s: RouteSchemas, isPublic: bool
   return {
     operationId: `${method}${path.replace(/[{}]/g, '').replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ?? '').toUpperCase())}`,
     ...(s.summary ? { summary: s.summary } : {}),
+    ...(s.description ? { description: s.description } : {}),
+    ...(s.tags ? { tags: s.tags } : {}),
+    ...(s.deprecated ? { deprecated: true } : {}),
     ...(parameters.length ? { parameters } : {}),
     ...(s.body
       ? {
@@ -115,7 +127,7 @@ function operation(method: string, path: string, s: RouteSchemas, isPublic: bool
         }
       : {}),
     responses,
-    ...(isPublic ? { security: [] } : {}),
+    ...(isPublic ? { security: [] } : s.security ? { security: s.security } : {}),
   };
 }
 

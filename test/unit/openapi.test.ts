@@ -99,7 +99,8 @@ describe('the OpenAPI document', () => {
     app = Fastify({ logger: false, ajv: CONTROL_PLANE_AJV });
     registerControlPlane(app, opts);
     // a route registered later, by any file, appears without being named anywhere
-    app.post('/later/:thing', { schema: { body: { type: 'object', required: ['x'], properties: { x: { type: 'integer' } } } } }, async () => ({}));
+    const body = { type: 'object', required: ['x'], properties: { x: { type: 'integer' } } };
+    app.post('/later/:thing', { schema: { body, summary: 'a later route', security: [{ VolumeToken: [] }] } }, async () => ({}));
     await app.ready();
     const r = await app.inject({ method: 'GET', url: '/openapi.json' });
     assert.equal(r.statusCode, 200, 'served without an API key');
@@ -109,7 +110,10 @@ describe('the OpenAPI document', () => {
 
   it('is OpenAPI 3.1 made from the routes and their schemas', () => {
     assert.equal(doc.openapi, '3.1.0');
-    const later = doc.paths['/later/{thing}']?.post as unknown as { parameters: { name: string; in: string }[]; requestBody: { required: boolean } };
+    type Op = { parameters: { name: string; in: string }[]; requestBody: { required: boolean }; summary: string; security: object[] };
+    const later = doc.paths['/later/{thing}']?.post as unknown as Op;
+    assert.equal(later.summary, 'a later route');
+    assert.deepEqual(later.security, [{ VolumeToken: [] }], 'a route authenticated otherwise says so in its schema');
     assert.deepEqual(
       later.parameters.map((p) => [p.name, p.in]),
       [['thing', 'path']],
