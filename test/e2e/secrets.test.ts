@@ -3,12 +3,13 @@
 // secret is 404 on every route); the per-team quota; and the value never leaving the service:
 // not in any response, not in its log, not in clear in the store's files.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { cli, destroyInstance } from '../helpers/instance.js';
-import { sdkService, type E2B, type Service } from '../helpers/service.js';
+import { cli, CLI, destroyInstance } from '../helpers/instance.js';
+import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
 
 let e2b: E2B;
 let svc: Service;
@@ -205,4 +206,41 @@ describe('secrets', { timeout: 600_000 }, () => {
     assert.deepEqual(Object.keys(doc.paths['/secrets/{id}'] ?? {}).sort(), ['delete', 'get', 'patch', 'post']);
     assert.deepEqual(Object.keys(doc.paths['/secrets'] ?? {}).sort(), ['get', 'post']);
   });
+
+  it('keeps secrets across restarts with the same key, and refuses to start with an unsound key file', async () => {
+    const { Secret } = e2b;
+    const s = await Secret.create('durable', value());
+    const keyFile = join(dataDir, 'secrets.key');
+    const before = readFileSync(keyFile);
+    await svc.stop();
+    chmodSync(keyFile, 0o644);
+    const refused = await serveOnce();
+    assert.notEqual(refused.code, 0, 'serve started with a readable key file');
+    assert.match(refused.stderr, /secret key file .*secrets\.key has mode 0644: it must be 0600/);
+    chmodSync(keyFile, 0o600);
+    svc = await startService(dataDir, { env: { CUBEBOX_POOL: '' } });
+    process.env.E2B_API_URL = svc.url;
+    process.env.E2B_SANDBOX_URL = svc.url;
+    assert.deepEqual(readFileSync(keyFile), before, 'the key is kept, not replaced');
+    assert.deepEqual(await Secret.getInfo('durable'), s);
+    assert.equal(await Secret.destroy('durable'), true);
+  });
 });
+
+/** Runs `cubebox serve` expecting it to refuse to start: its exit code and stderr (killed after 60 s if it does start). */
+function serveOnce(): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'serve', '--host', '127.0.0.1', '--port', '0'], {
+      env: { ...process.env, CUBEBOX_POOL: '' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGTERM'), 60_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stderr });
+    });
+  });
+}
