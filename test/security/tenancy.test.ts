@@ -304,7 +304,8 @@ describe('tenancy and quotas', { timeout: 1_200_000 }, () => {
       const text = await r.text();
       assert.ok(text.length <= 6 * 1024 * 1024, `${path}: a ${text.length}-byte response`);
       const j = JSON.parse(text) as { logs: { line?: string; message?: string }[] };
-      const lines = j.logs.map((l) => l.line ?? l.message ?? '');
+      // v1 lines are JSON records (as E2B's), the console line their message; v2 entries carry it as message
+      const lines = j.logs.map((l) => (l.line !== undefined ? (JSON.parse(l.line) as { message: string }).message : (l.message ?? '')));
       assert.ok(
         lines.some((l) => /^x{1000}/.test(l)),
         `${path}: the log's lines are missing`,
