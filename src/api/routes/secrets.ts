@@ -22,15 +22,21 @@ export const SECRET_LIMITS = {
   metadataValueBytes: 1024,
   metadataBytes: 8192,
 };
-const NAME = /^[a-z0-9][a-z0-9._-]*$/i;
+const L = SECRET_LIMITS;
+/** Letters, digits, '.', '_', '-', a letter or digit first, any case (stored lower-cased); `sec_` starts ids only. */
+const NAME_PATTERN = '^(?![sS][eE][cC]_)[A-Za-z0-9][A-Za-z0-9._-]*$';
+const NAME = new RegExp(NAME_PATTERN);
+const NAME_RULE = `secret name must be 1-${L.nameChars} letters, digits, '.', '_' or '-', starting with a letter or digit, and not start with 'sec_' (reserved for secret ids)`;
 
-const metadata = { type: ['object', 'null'], additionalProperties: { type: 'string' } } as const;
+// what the schemas can say exactly; sizes in bytes are checked in checkedBody
+const metadata = { type: ['object', 'null'], maxProperties: L.metadataEntries, additionalProperties: { type: 'string' } } as const;
+const value = { type: 'string', minLength: 1 } as const;
 export const newSecretBody = {
   type: 'object',
   required: ['name', 'value'],
-  properties: { name: { type: 'string' }, value: { type: 'string' }, metadata },
+  properties: { name: { type: 'string', minLength: 1, maxLength: L.nameChars, pattern: NAME_PATTERN }, value, metadata },
 } as const;
-export const secretUpdateBody = { type: 'object', required: ['value'], properties: { value: { type: 'string' }, metadata } } as const;
+export const secretUpdateBody = { type: 'object', required: ['value'], properties: { value, metadata } } as const;
 const secretSchema = {
   type: 'object',
   required: ['secretID', 'name', 'currentVersion', 'metadata', 'createdAt', 'updatedAt'],
@@ -54,37 +60,32 @@ const secretBody = (s: SecretRow) => ({
   updatedAt: new Date(s.updatedAt).toISOString(),
 });
 
-/** The body's fields once the schema and the bounds passed; messages name the field, never its content. */
-function checkedBody(req: Req, create: boolean): { name?: string; value: string; metadata?: Record<string, string> } {
+/** The message of a schema failure: it names the field, never its content. */
+function schemaMessage(e: { keyword: string; instancePath: string; params: Record<string, unknown> } | undefined): string {
+  if (!e) return 'request body is not valid';
+  if (e.keyword === 'required') return `${String(e.params.missingProperty)} is required`;
+  const field = e.instancePath.split('/')[1];
+  if (!field) return 'request body must be a JSON object';
+  if (field === 'name') return e.keyword === 'type' ? 'name must be a string' : NAME_RULE;
+  if (field === 'value') return e.keyword === 'minLength' ? 'value must not be empty' : 'value must be a string';
+  if (field === 'metadata' && e.keyword === 'maxProperties') return `metadata must have at most ${L.metadataEntries} entries`;
+  return 'metadata must be an object of strings';
+}
+
+/** The body's fields once the schema and the byte bounds passed. */
+function checkedBody(req: Req): { name?: string; value: string; metadata?: Record<string, string> } {
   const err = schemaError(req);
-  if (err) {
-    const e = err.validation?.[0];
-    const field = e?.keyword === 'required' ? String((e.params as { missingProperty?: string }).missingProperty) : (e?.instancePath ?? '').split('/')[1];
-    if (!field) throw invalid('request body must be a JSON object');
-    if (e?.keyword === 'required') throw invalid(`${field} is required`);
-    throw invalid(field === 'metadata' ? 'metadata must be an object of strings' : `${field} must be a string`);
-  }
+  if (err) throw invalid(schemaMessage(err.validation?.[0]));
   const body = req.body as { name?: string; value: string; metadata?: Record<string, string> | null };
-  if (create) {
-    const name = body.name!;
-    if (name.length > SECRET_LIMITS.nameChars || !NAME.test(name) || /^sec_/i.test(name))
-      throw invalid(
-        `secret name must be 1-${SECRET_LIMITS.nameChars} letters, digits, '.', '_' or '-', starting with a letter or digit, and not start with 'sec_' (reserved for secret ids)`,
-      );
-  }
-  if (body.value.length === 0) throw invalid('value must not be empty');
-  if (Buffer.byteLength(body.value) > SECRET_LIMITS.valueBytes) throw invalid(`value must be at most ${SECRET_LIMITS.valueBytes} bytes`);
+  if (Buffer.byteLength(body.value) > L.valueBytes) throw invalid(`value must be at most ${L.valueBytes} bytes`);
   const md = body.metadata ?? undefined;
   if (md) checkMetadata(md);
   return { name: body.name?.toLowerCase(), value: body.value, metadata: md };
 }
 
 function checkMetadata(md: Record<string, string>): void {
-  const L = SECRET_LIMITS;
-  const entries = Object.entries(md);
-  if (entries.length > L.metadataEntries) throw invalid(`metadata must have at most ${L.metadataEntries} entries`);
   let total = 0;
-  for (const [k, v] of entries) {
+  for (const [k, v] of Object.entries(md)) {
     const kb = Buffer.byteLength(k);
     const vb = Buffer.byteLength(v);
     if (kb === 0 || kb > L.metadataKeyBytes) throw invalid(`metadata keys must be 1-${L.metadataKeyBytes} bytes`);
@@ -109,7 +110,7 @@ export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): v
 
   app.post('/secrets', { schema: { body: newSecretBody, response: { 201: secretSchema } }, attachValidation: true }, async (req: Req, reply: FastifyReply) => {
     const team = callerOf(req).team;
-    const { name, value, metadata } = checkedBody(req, true);
+    const { name, value, metadata } = checkedBody(req);
     const id = `sec_${randomBytes(12).toString('hex')}`;
     const now = Date.now();
     const row: SecretRow = {
@@ -159,7 +160,7 @@ export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): v
     handler: async (req: Req) => {
       const team = callerOf(req).team;
       const cur = found(team, req.params.id);
-      const { value, metadata } = checkedBody(req, false);
+      const { value, metadata } = checkedBody(req);
       const version = cur.version + 1;
       const next = {
         ...cur,
