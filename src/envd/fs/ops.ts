@@ -151,12 +151,23 @@ export class LocalFs implements FsOps {
   }
 
   async entry(p: string): Promise<PathEntry> {
+    const [e] = await this.withMetadata([await this.bareEntry(p)]);
+    return e!;
+  }
+
+  /** lstat and symlink target, without metadata. */
+  private async bareEntry(p: string): Promise<PathEntry> {
     const st = await this.lstat(p);
-    if (st.isSymbolicLink()) return { path: p, stat: st, target: await symlinkTarget(p) };
-    if (!st.isFile() && !st.isDirectory()) return { path: p, stat: st };
-    // metadata is best effort: a file that vanished or refuses it (EACCES) is listed without
-    const metadata = await this.xattr.get(p).catch(() => undefined);
-    return metadata ? { path: p, stat: st, metadata } : { path: p, stat: st };
+    return st.isSymbolicLink() ? { path: p, stat: st, target: await symlinkTarget(p) } : { path: p, stat: st };
+  }
+
+  /**
+   * The entries with the metadata of their files and directories, asked for all at once (the
+   * helper answers in order). Best effort: an entry that vanished or refuses it (EACCES) has none.
+   */
+  private async withMetadata(entries: PathEntry[]): Promise<PathEntry[]> {
+    const metas = await Promise.all(entries.map((e) => (e.stat.isFile() || e.stat.isDirectory() ? this.xattr.get(e.path).catch(() => undefined) : undefined)));
+    return entries.map((e, i) => (metas[i] ? { ...e, metadata: metas[i] } : e));
   }
 
   async setMetadata(p: string, metadata: Record<string, string>): Promise<void> {
@@ -187,7 +198,7 @@ export class LocalFs implements FsOps {
         const child = posix.join(dir, name);
         let e: PathEntry;
         try {
-          e = await this.entry(child);
+          e = await this.bareEntry(child);
         } catch {
           continue;
         }
@@ -196,7 +207,7 @@ export class LocalFs implements FsOps {
       }
     };
     await walk(root, 1);
-    return out;
+    return this.withMetadata(out);
   }
 
   async mkdirp(p: string): Promise<boolean> {
