@@ -20,8 +20,8 @@
  *                        ("::" dual stack, or 0.0.0.0 without IPv6)
  *   --passwd <file>      users file, default /etc/passwd
  *   --group <file>       groups file, default /etc/group
- *   --state-dir <dir>    where file metadata is persisted, default /var/lib/envd ("" = memory only)
- *   --exec-helper <path> the envd-exec helper, default: envd-exec next to envd.mjs
+ *   --state-dir <dir>    accepted and unused (file metadata lives in the files' user.e2b.* attributes)
+ *   --exec-helper <path> the envd-exec helper (also serves file metadata), default: envd-exec next to envd.mjs
  *   --cgroup-root <dir>  cgroup mount read by /metrics, default /sys/fs/cgroup
  *   --default-user <u>   user of requests that name none, default "user" (POST /init may change it)
  *
