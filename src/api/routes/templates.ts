@@ -13,12 +13,12 @@ import { HttpError, type Caller } from '../tenancy.js';
 import { checked, ENVD_VERSION, one, type Query, type RouteContext } from './context.js';
 
 const tagList = { type: 'array', minItems: 1, maxItems: 32, items: { type: 'string', minLength: 1, maxLength: 63 } } as const;
-export const assignTagsBody = {
+const assignTagsBody = {
   type: 'object',
   required: ['target', 'tags'],
   properties: { target: { type: 'string', minLength: 1, maxLength: 200 }, tags: tagList },
 } as const;
-export const deleteTagsBody = {
+const deleteTagsBody = {
   type: 'object',
   required: ['name', 'tags'],
   properties: { name: { type: 'string', minLength: 1, maxLength: 200 }, tags: tagList },
@@ -31,7 +31,7 @@ interface TemplateReq {
 }
 
 /** A stable UUID-shaped build id for the template (E2B's builds are UUIDs). */
-export function buildIdOf(t: Template): string {
+function buildIdOf(t: Template): string {
   const h = createHash('sha256').update(`cubebox-build:${t.id}`).digest('hex');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-8${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
