@@ -1,8 +1,11 @@
 import http, { type IncomingMessage } from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import Fastify from 'fastify';
 import type { Logger } from 'pino';
 import { DataPlaneProxy, type InterruptReason, type RouteResolver, type SandboxRoute } from '../proxy/proxy.js';
+import { trafficAllowed } from '../proxy/ports.js';
+import { ENVD_PORT } from '../proxy/routing.js';
 import { MetricsSampler } from '../sandbox/metrics.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { fileOpOf, safeEqual, signatureMatches, signedFileRequest } from '../protocol/signature.js';
@@ -21,6 +24,8 @@ export interface ServerOptions {
   /** Public sandbox domain reported to the SDK (getHost() builds <port>-<id>.<domain>). */
   domain?: string;
   log: Logger;
+  /** Serve both planes over HTTPS with this certificate chain and key (PEM). */
+  tls?: { cert: Buffer; key: Buffer };
 }
 
 export interface RunningServer {
@@ -44,7 +49,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   metrics.start();
 
   const resolver: RouteResolver = {
-    async route(sandboxId: string, req?: IncomingMessage): Promise<SandboxRoute | undefined> {
+    async route(sandboxId: string, req?: IncomingMessage, port = ENVD_PORT): Promise<SandboxRoute | undefined> {
       let info;
       try {
         info = manager.get(sandboxId);
@@ -55,7 +60,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       if (tenancy.blocked(info.team)) return undefined;
       if (info.state === 'paused' && info.lifecycle.autoResume) {
         // only traffic that proves it may use the sandbox wakes it: its token, a valid signature, or an insecure sandbox
-        if (!mayWake(info, req)) return undefined;
+        // (a sandbox port: the traffic it lets in, public or with its traffic token)
+        if (port === ENVD_PORT ? !mayWake(info, req) : !trafficAllowed({ trafficToken: info.trafficAccessToken ?? undefined }, req)) return undefined;
         try {
           info = (await manager.connect(sandboxId)).info; // traffic wakes an auto-resuming sandbox
         } catch (err) {
@@ -66,7 +72,15 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       if (info.state !== 'running') return undefined;
       const socket = manager.envdEndpoint(sandboxId);
       if (!socket) return undefined;
-      return { sandboxId, socket, accessToken: info.accessToken ?? undefined };
+      return {
+        sandboxId,
+        socket,
+        accessToken: info.accessToken ?? undefined,
+        address: info.address ?? undefined,
+        trafficToken: info.trafficAccessToken ?? undefined,
+        maskRequestHost: info.network.maskRequestHost,
+        httpsPorts: info.network.httpsPorts,
+      };
     },
     *signedCandidates() {
       for (const s of manager.list()) {
@@ -85,13 +99,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     // the control plane's schemas check types as sent (no coercion)
     ajv: CONTROL_PLANE_AJV,
     bodyLimit: 8 * 1024 * 1024,
-    serverFactory: (handler) =>
+    serverFactory: (handler) => {
+      // the proxy refuses envd's /init itself: only the manager gives a sandbox its identity
+      const route = (req: http.IncomingMessage, res: http.ServerResponse) => (proxy.matches(req) ? proxy.handle(req, res) : handler(req, res));
       // no request timeout: uploads and command streams may legitimately last long
-      http.createServer({ requestTimeout: 0 }, (req, res) => {
-        // the proxy refuses envd's /init itself: only the manager gives a sandbox its identity
-        if (proxy.matches(req)) proxy.handle(req, res);
-        else handler(req, res);
-      }),
+      return opts.tls
+        ? https.createServer({ requestTimeout: 0, cert: opts.tls.cert, key: opts.tls.key }, route)
+        : http.createServer({ requestTimeout: 0 }, route);
+    },
   });
   // the default address is filled in after listen, when the port is known
   const domainRef = { value: opts.domain ?? '' };
@@ -118,10 +133,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     if (proxy.matches(req)) proxy.handleUpgrade(req, socket, head);
     else socket.destroy();
   });
+  const scheme = opts.tls ? 'https' : 'http';
   let dataServer: http.Server | undefined;
   let dataUrl: string | undefined;
   if (opts.dataPort !== undefined) {
-    dataServer = http.createServer({ requestTimeout: 0 }, (req, res) => {
+    const dataHandler = (req: http.IncomingMessage, res: http.ServerResponse) => {
       if (proxy.matches(req)) return proxy.handle(req, res);
       res.writeHead(404, { 'content-type': 'application/json' });
       res.end(
@@ -130,14 +146,17 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           message: 'this is the data-plane port: name a sandbox (E2b-Sandbox-Id header, <port>-<id>.<domain> Host, or a signed /files URL)',
         }),
       );
-    });
+    };
+    dataServer = opts.tls
+      ? https.createServer({ requestTimeout: 0, cert: opts.tls.cert, key: opts.tls.key }, dataHandler)
+      : http.createServer({ requestTimeout: 0 }, dataHandler);
     dataServer.on('upgrade', (req, socket, head) => (proxy.matches(req) ? proxy.handleUpgrade(req, socket, head) : socket.destroy()));
     await new Promise<void>((resolve, reject) => {
       dataServer!.once('error', reject);
       dataServer!.listen(opts.dataPort, opts.host, () => resolve());
     });
     const dp = (dataServer.address() as AddressInfo).port;
-    dataUrl = `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${dp}`;
+    dataUrl = `${scheme}://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${dp}`;
   }
   const onInterrupt = (id: string, reason?: InterruptReason) => proxy.cut(id, reason);
   const onDeleted = (id: string) => {
@@ -148,7 +167,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   manager.events.on('deleted', onDeleted);
 
   return {
-    url: `http://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`,
+    url: `${scheme}://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`,
     port,
     dataUrl,
     async close() {

@@ -1,6 +1,7 @@
 // `cubebox serve`'s start-up: configuration read in one place (flags over environment over
 // defaults), the host probe, the manager, the control socket, the base template on first start,
 // the HTTP listeners and the warm pool, in that order; and the shutdown that leaves sandboxes running.
+import { readFileSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { ControlServer } from '../api/control-socket.js';
 import { LocalApi } from '../api/manager-api.js';
@@ -9,7 +10,10 @@ import { resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js'
 import { probeHost } from '../runtime/probe.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { openSecretKey } from '../secrets/key.js';
+import { CODE_INTERPRETER_TEMPLATE } from '../template/code-interpreter.js';
 import { CubeboxError } from '../util/errors.js';
+import { DnsForwarder, parseUpstreams, systemUpstreams, type Upstream } from '../network/dns.js';
+import { egressPolicy } from '../network/policy.js';
 
 /** What `cubebox serve` is given on its command line; anything left out comes from the environment. */
 export interface ServeFlags {
@@ -22,6 +26,15 @@ export interface ServeFlags {
   /** false with --no-base. */
   base?: boolean;
   pool?: string;
+  /** Templates built at start: base, code-interpreter (default base). */
+  templates?: string;
+  subnet?: string;
+  dnsUpstream?: string;
+  allowPrivate?: string;
+  /** false with --no-network. */
+  network?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 export interface ServeConfig {
@@ -33,8 +46,13 @@ export interface ServeConfig {
   domain: string | undefined;
   runtime: RuntimeName;
   buildBase: boolean;
+  /** Built ahead at start besides base (code-interpreter); otherwise built on first request. */
+  buildCodeInterpreter: boolean;
   pool: Record<string, number>;
   logLevel: string;
+  /** false: loopback only. */
+  network: false | { subnet?: string; allowPrivate: string[]; dnsUpstreams: Upstream[] };
+  tls?: { cert: string; key: string };
 }
 
 /** The one place serve's configuration is read: flags, then CUBEBOX_* variables, then defaults. */
@@ -52,15 +70,49 @@ export function serveConfig(flags: ServeFlags, env: NodeJS.ProcessEnv = process.
     domain: flags.domain ?? env.CUBEBOX_DOMAIN,
     runtime,
     buildBase: flags.base !== false,
+    buildCodeInterpreter: parseTemplates(flags.templates ?? env.CUBEBOX_TEMPLATES ?? 'base').includes('code-interpreter'),
     pool: parsePool(flags.pool ?? env.CUBEBOX_POOL ?? 'base=2'),
     logLevel: env.CUBEBOX_LOG_LEVEL ?? 'info',
+    network:
+      flags.network === false || env.CUBEBOX_NETWORK === 'off'
+        ? false
+        : {
+            subnet: flags.subnet ?? env.CUBEBOX_SUBNET,
+            allowPrivate: (flags.allowPrivate ?? env.CUBEBOX_ALLOW_PRIVATE ?? '').split(',').filter(Boolean),
+            dnsUpstreams: dnsUpstreamsOf(flags.dnsUpstream ?? env.CUBEBOX_DNS_UPSTREAM),
+          },
+    tls: tlsOf(flags.tlsCert ?? env.CUBEBOX_TLS_CERT, flags.tlsKey ?? env.CUBEBOX_TLS_KEY),
   };
+}
+
+function dnsUpstreamsOf(text: string | undefined): Upstream[] {
+  try {
+    return text ? parseUpstreams(text) : systemUpstreams();
+  } catch (err) {
+    throw new CubeboxError('invalid_argument', (err as Error).message);
+  }
+}
+
+/** The certificate and key files, both or neither. */
+function tlsOf(cert: string | undefined, key: string | undefined): { cert: string; key: string } | undefined {
+  if (!cert && !key) return undefined;
+  if (!cert || !key) throw new CubeboxError('invalid_argument', '--tls-cert and --tls-key go together');
+  return { cert, key };
 }
 
 function parsePort(text: string, what: string): number {
   const port = Number(text);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CubeboxError('invalid_argument', `bad ${what} '${text}'`);
   return port;
+}
+
+/** `base,code-interpreter` -> the templates serve builds at start. */
+function parseTemplates(text: string): string[] {
+  const names = text.split(',').map((n) => n.trim());
+  for (const n of names.filter(Boolean)) {
+    if (n !== 'base' && n !== 'code-interpreter') throw new CubeboxError('invalid_argument', `unknown template '${n}' in --templates (base, code-interpreter)`);
+  }
+  return names;
 }
 
 /** `base=2,py=1` -> sizes by template; "" is no pool. */
@@ -99,6 +151,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
         reconcileIntervalMs: 5000,
         reaperIntervalMs: 250,
         deleteStopped: true,
+        network: config.network && { subnet: config.network.subnet, allowPrivate: config.network.allowPrivate },
       });
     } catch (err) {
       // a short-lived CLI manager may hold the data directory for a moment
@@ -114,7 +167,27 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     logger.info('building the base template (first start; later starts reuse it)');
     await manager.templates.addDebianBase('base', { cacheDir: config.cacheDir, onProgress: (line) => logger.info({ template: 'base' }, line) });
   }
-  const server = await startServer({ manager, host: config.host, port: config.port, dataPort: config.dataPort, domain: config.domain, log: logger });
+  // E2B's default code-interpreter template: ahead with --templates, else on first request
+  const templates = manager.templates;
+  const buildInterpreter = () => {
+    logger.info({ template: CODE_INTERPRETER_TEMPLATE }, 'building the code-interpreter template');
+    return templates.addCodeInterpreter(CODE_INTERPRETER_TEMPLATE, {
+      cacheDir: config.cacheDir,
+      onProgress: (line) => logger.info({ template: CODE_INTERPRETER_TEMPLATE }, line),
+    });
+  };
+  templates.buildOnDemand(CODE_INTERPRETER_TEMPLATE, buildInterpreter);
+  if (config.buildCodeInterpreter) await templates.ensure(CODE_INTERPRETER_TEMPLATE);
+  const dns = config.network ? await startDnsForwarder(manager, config.network.dnsUpstreams, logger) : undefined;
+  const server = await startServer({
+    manager,
+    host: config.host,
+    port: config.port,
+    dataPort: config.dataPort,
+    domain: config.domain,
+    log: logger,
+    tls: config.tls && { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
+  });
   manager.setPool(config.pool);
   logger.info(
     { url: server.url, dataUrl: server.dataUrl, dataDir: config.dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name },
@@ -127,10 +200,34 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     log: logger,
     async close() {
       await server.close();
+      await dns?.close();
       await control.close(true);
       await m.close();
     },
   };
+}
+
+/** The DNS forwarder of the sandboxes' links; nftables sends their DNS to its port. */
+async function startDnsForwarder(manager: SandboxManager, upstreams: Upstream[], log: Logger): Promise<DnsForwarder | undefined> {
+  const net = manager.network();
+  if (!net) return undefined;
+  if (!upstreams.length) log.warn('no DNS upstream (none in /etc/resolv.conf and no --dns-upstream): names will not resolve in sandboxes');
+  const dns = new DnsForwarder({
+    upstreams,
+    log,
+    lookup(address) {
+      const sandboxId = net.sandboxAt(address);
+      if (!sandboxId) return undefined;
+      try {
+        return { sandboxId, policy: egressPolicy(manager.get(sandboxId).network) };
+      } catch {
+        return undefined;
+      }
+    },
+    allowResolved: (sandboxId, addresses, ttl) => net.allowResolved(sandboxId, addresses, ttl),
+  });
+  await net.setDnsPort(await dns.start());
+  return dns;
 }
 
 /** `cubebox serve`: starts the service and exits 0 after a graceful stop on SIGTERM or SIGINT. */

@@ -4,7 +4,7 @@ import { formatReport, probeHost } from '../runtime/probe.js';
 import { registerKeysCommand, registerTeamsCommand } from './keys.js';
 import { RemoteApi } from '../api/control-client.js';
 import { ControlServer } from '../api/control-socket.js';
-import { LocalApi, type ManagerApi } from '../api/manager-api.js';
+import { LocalApi, type ManagerApi, type TemplateSource } from '../api/manager-api.js';
 import type { ServeFlags } from '../app/serve.js';
 import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
 import { SandboxManager } from '../sandbox/manager.js';
@@ -150,7 +150,9 @@ template
   });
 template
   .command('build <kind-or-name>')
-  .description('build a template: base (Debian, E2B-style, with debootstrap), busybox (tiny, for tests), or <name> --recipe <file.json>')
+  .description(
+    "build a template: base (Debian, E2B-style, with debootstrap), code-interpreter (E2B's code-interpreter-v1 on base), busybox (tiny, for tests), or <name> --recipe <file.json>",
+  )
   .option('--name <name>', 'template name (default: the kind)')
   .option(
     '--recipe <file>',
@@ -168,9 +170,12 @@ template
       console.log(r.template.id);
       return;
     }
-    if (kind !== 'busybox' && kind !== 'base') throw new CubeboxError('invalid_argument', `unknown template kind '${kind}' (known: base, busybox)`);
-    if (kind === 'base') process.env.CUBEBOX_LOG_LEVEL ??= 'info'; // show the build's progress
-    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(opts.name ?? kind, kind === 'base' ? { base: true } : { busybox: true }));
+    const kinds: Record<string, TemplateSource> = { base: { base: true }, busybox: { busybox: true }, 'code-interpreter': { codeInterpreter: true } };
+    const source = kinds[kind];
+    if (!source) throw new CubeboxError('invalid_argument', `unknown template kind '${kind}' (known: ${Object.keys(kinds).join(', ')})`);
+    if (kind !== 'busybox') process.env.CUBEBOX_LOG_LEVEL ??= 'info'; // show the build's progress
+    const name = opts.name ?? (kind === 'code-interpreter' ? 'code-interpreter-v1' : kind);
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, source));
     console.log(t.id);
   });
 template
@@ -275,7 +280,14 @@ program
   .addOption(new Option('--domain <domain>', 'sandbox domain reported to the SDK (env CUBEBOX_DOMAIN; default localhost:<port>)'))
   .addOption(new Option('--runtime <name>', 'OCI runtime (env CUBEBOX_RUNTIME, default crun)').choices(['crun', 'runc', 'runsc']))
   .option('--no-base', 'do not build the base template on first start')
+  .addOption(new Option('--templates <names>', 'templates built at start: base, code-interpreter (env CUBEBOX_TEMPLATES; default base)'))
   .addOption(new Option('--pool <template=size,...>', 'warm pool: sandboxes prepared ahead of requests (env CUBEBOX_POOL, default base=2; "" for none)'))
+  .addOption(new Option('--subnet <cidr>', 'addresses of sandboxes, a /31 each (env CUBEBOX_SUBNET, default 10.200.0.0/16)'))
+  .addOption(new Option('--dns-upstream <ip[:port],...>', "where sandbox DNS is forwarded (env CUBEBOX_DNS_UPSTREAM; default the host's resolv.conf)"))
+  .addOption(new Option('--allow-private <cidr,...>', 'private networks sandboxes may reach: whole ranges from 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 (env CUBEBOX_ALLOW_PRIVATE)'))
+  .option('--no-network', 'sandboxes get loopback only (env CUBEBOX_NETWORK=off)')
+  .addOption(new Option('--tls-cert <file>', 'serve both planes over HTTPS with this certificate chain (PEM; env CUBEBOX_TLS_CERT)'))
+  .addOption(new Option('--tls-key <file>', 'the private key of --tls-cert (PEM; env CUBEBOX_TLS_KEY)'))
   .action(async (opts: Omit<ServeFlags, 'dataDir'>, cmd: Command) => {
     const { serve } = await import('../app/serve.js');
     await serve({ ...opts, dataDir: (cmd.optsWithGlobals() as { dataDir?: string }).dataDir });

@@ -4,7 +4,8 @@
 import { request as httpRequest, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { endToEnd } from './filter.js';
 import { httpExchange } from './interrupt.js';
-import { notFoundBody, portBody, sendJson } from './replies.js';
+import { closedPortBody, portHeaders, portRefusal } from './ports.js';
+import { notFoundBody, sendJson } from './replies.js';
 import { matchSignature, type Target } from './routing.js';
 import type { Exchange, ProxyContext, SandboxRoute } from './types.js';
 
@@ -57,7 +58,7 @@ export async function dispatch(ctx: ProxyContext, target: Target, req: IncomingM
 
   let route: SandboxRoute | undefined;
   try {
-    route = await ctx.resolver.route(sandboxId, req);
+    route = await ctx.resolver.route(sandboxId, req, t.port);
   } catch (err) {
     ctx.log?.warn({ err, sandboxId }, 'route lookup failed');
     route = undefined;
@@ -68,25 +69,29 @@ export async function dispatch(ctx: ProxyContext, target: Target, req: IncomingM
     sendJson(res, 502, notFoundBody(sandboxId));
     return;
   }
-  if (t.port !== ctx.envdPort) {
-    sendJson(res, 502, portBody(sandboxId, t.rawPort, ctx.envdPort));
-    return;
+  const envd = t.port === ctx.envdPort;
+  if (!envd) {
+    const refusal = portRefusal(route, t.port, t.rawPort, req);
+    if (refusal) {
+      sendJson(res, refusal.status, refusal.body);
+      return;
+    }
   }
-  forward(ctx, route, req, res, ex);
+  forward(ctx, route, t.port, envd, req, res, ex);
 }
 
-function forward(ctx: ProxyContext, route: SandboxRoute, req: IncomingMessage, res: ServerResponse, ex: Exchange): void {
+function forward(ctx: ProxyContext, route: SandboxRoute, port: number, envd: boolean, req: IncomingMessage, res: ServerResponse, ex: Exchange): void {
   const sandboxId = route.sandboxId;
   const counters = ctx.counters(sandboxId);
   counters.requests++;
-  const headers = endToEnd(req.rawHeaders);
+  const headers = envd ? endToEnd(req.rawHeaders) : portHeaders(route, port, endToEnd(req.rawHeaders));
   if (/\bchunked\b/i.test(String(req.headers['transfer-encoding'] ?? ''))) headers.push('Transfer-Encoding', 'chunked');
   const noBody = bodyless(req);
   const method = req.method ?? 'GET';
 
   const attempt = (retriesLeft: number): void => {
     const up = httpRequest({
-      agent: ctx.agentFor(route),
+      agent: envd ? ctx.agentFor(route) : ctx.portAgentFor(route, port),
       method,
       path: req.url ?? '/',
       headers,
@@ -140,6 +145,10 @@ function forward(ctx: ProxyContext, route: SandboxRoute, req: IncomingMessage, r
       }
       if (responded || res.headersSent) {
         res.destroy();
+        return;
+      }
+      if (!envd) {
+        sendJson(res, 502, closedPortBody(sandboxId, port)); // nothing listens there (or it went away)
         return;
       }
       ctx.log?.warn({ sandboxId, code: err.code, url: req.url }, 'sandbox envd unreachable');

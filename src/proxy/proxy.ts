@@ -11,6 +11,7 @@ import type pino from 'pino';
 import { connectGuarded, type GuardedSocket } from '../util/safe-socket.js';
 import { INIT_REFUSED, isInitPath } from './filter.js';
 import { dispatch } from './forward.js';
+import { connectPort } from './ports.js';
 import { interruptAll, type InterruptReason } from './interrupt.js';
 import { rawResponse, sendJson } from './replies.js';
 import { classify, ENVD_PORT } from './routing.js';
@@ -26,6 +27,8 @@ export class DataPlaneProxy {
   private readonly envdPort: number;
   private readonly log?: pino.Logger;
   private readonly agents = new Map<string, { socket: GuardedSocket; agent: Agent }>();
+  /** Keep-alive agents for sandboxes' own ports, by sandbox then port. */
+  private readonly portAgents = new Map<string, Map<number, { address: string; agent: Agent }>>();
   private readonly open = new Map<string, Set<Exchange>>();
   private readonly traffic = new Map<string, TrafficCounters>();
   private readonly ctx: ProxyContext;
@@ -44,6 +47,7 @@ export class DataPlaneProxy {
       counters: (id) => this.counters(id),
       track: (id, ex) => this.track(id, ex),
       agentFor: (route) => this.agentFor(route),
+      portAgentFor: (route, port) => this.portAgentFor(route, port),
       dropAgent: (id) => this.dropAgent(id),
     };
   }
@@ -116,6 +120,11 @@ export class DataPlaneProxy {
       this.agents.delete(sandboxId);
       a.agent.destroy();
     }
+    const ports = this.portAgents.get(sandboxId);
+    if (ports) {
+      this.portAgents.delete(sandboxId);
+      for (const p of ports.values()) p.agent.destroy();
+    }
   }
 
   /** cut() and drop the sandbox's traffic counters (for a deleted sandbox). */
@@ -138,7 +147,7 @@ export class DataPlaneProxy {
 
   close(): void {
     this.closed = true;
-    for (const id of [...new Set([...this.open.keys(), ...this.agents.keys()])]) this.cut(id);
+    for (const id of [...new Set([...this.open.keys(), ...this.agents.keys(), ...this.portAgents.keys()])]) this.cut(id);
   }
 
   // --- internals (shared with forward.ts and upgrade.ts through this.ctx) ---
@@ -171,6 +180,18 @@ export class DataPlaneProxy {
     const socket = route.socket;
     agent.createConnection = () => connectGuarded(socket);
     this.agents.set(route.sandboxId, { socket, agent });
+    return agent;
+  }
+
+  private portAgentFor(route: SandboxRoute, port: number): Agent {
+    let ports = this.portAgents.get(route.sandboxId);
+    if (!ports) this.portAgents.set(route.sandboxId, (ports = new Map()));
+    const cur = ports.get(port);
+    if (cur && cur.address === route.address) return cur.agent;
+    cur?.agent.destroy();
+    const agent = new Agent({ keepAlive: true, keepAliveMsecs: 10_000, maxFreeSockets: 16, timeout: 60_000, scheduling: 'lifo' });
+    agent.createConnection = () => connectPort(route, port);
+    ports.set(port, { address: route.address!, agent });
     return agent;
   }
 

@@ -7,14 +7,6 @@ export function notFoundBody(sandboxId: string): string {
   return JSON.stringify({ sandboxId, message: 'The sandbox was not found', code: 502 });
 }
 
-export function portBody(sandboxId: string, port: string, envdPort: number): string {
-  return JSON.stringify({
-    sandboxId,
-    message: `Port ${port} of the sandbox is not reachable: only envd's port ${envdPort} is served (sandbox networking is not available yet)`,
-    code: 502,
-  });
-}
-
 export function sendJson(res: ServerResponse, status: number, body: string, extra: Record<string, string> = {}): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();

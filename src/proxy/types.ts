@@ -10,6 +10,14 @@ export interface SandboxRoute {
   /** envd's unix socket on the host, reached only through connectGuarded (never by a plain path). */
   socket: GuardedSocket;
   accessToken?: string;
+  /** The sandbox's address on its link, for its own ports; none without networking. */
+  address?: string;
+  /** Required on port traffic (network.allowPublicTraffic false). */
+  trafficToken?: string;
+  /** The Host its ports see (E2B's network.maskRequestHost; '${PORT}' is replaced). */
+  maskRequestHost?: string;
+  /** Ports reached over TLS (certificate not verified). */
+  httpsPorts?: number[];
 }
 
 export interface RouteResolver {
@@ -18,7 +26,7 @@ export interface RouteResolver {
    * request that carries the sandbox's token or a valid signature: hence `req`). undefined =
    * unknown, paused, killed or blocked.
    */
-  route(sandboxId: string, req?: IncomingMessage): Promise<SandboxRoute | undefined>;
+  route(sandboxId: string, req?: IncomingMessage, port?: number): Promise<SandboxRoute | undefined>;
   /** Running sandboxes with an envd access token, for header-less signed /files requests. */
   signedCandidates(): Iterable<{ sandboxId: string; accessToken: string }>;
 }
@@ -26,7 +34,7 @@ export interface RouteResolver {
 export interface DataPlaneProxyOptions {
   /** The public sandbox domain (informational: Host routing accepts any domain suffix). */
   domain: string;
-  /** envd's port, default 49983: the only port served until sandbox networking lands. */
+  /** envd's port, default 49983 (served on envd's socket; other ports on the sandbox's address). */
   envdPort?: number;
   log?: pino.Logger;
 }
@@ -65,6 +73,8 @@ export interface ProxyContext {
   track(sandboxId: string, ex: Exchange): () => void;
   /** The sandbox's keep-alive agent, whose every connection goes through connectGuarded. */
   agentFor(route: SandboxRoute): Agent;
+  /** The sandbox's keep-alive agent for one of its own ports. */
+  portAgentFor(route: SandboxRoute, port: number): Agent;
   /** Drops the sandbox's agent if nothing of it is open. */
   dropAgent(sandboxId: string): void;
 }

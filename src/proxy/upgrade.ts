@@ -7,7 +7,8 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connectGuarded } from '../util/safe-socket.js';
 import { endToEnd } from './filter.js';
-import { notFoundBody, portBody, rawResponse } from './replies.js';
+import { closedPortBody, connectPort, portHeaders, portRefusal } from './ports.js';
+import { notFoundBody, rawResponse } from './replies.js';
 import type { Target } from './routing.js';
 import type { Exchange, ProxyContext, SandboxRoute } from './types.js';
 
@@ -48,21 +49,23 @@ export async function upgrade(
   socket.once('close', untrack);
   let route: SandboxRoute | undefined;
   try {
-    route = await ctx.resolver.route(sandboxId, req);
+    route = await ctx.resolver.route(sandboxId, req, target.port);
   } catch (err) {
     ctx.log?.warn({ err, sandboxId }, 'route lookup failed');
   }
   if (ex.destroyed || socket.destroyed) return;
   if (!route) return rawResponse(socket, 502, notFoundBody(sandboxId));
-  if (target.port !== ctx.envdPort) return rawResponse(socket, 502, portBody(sandboxId, target.rawPort, ctx.envdPort));
+  const envd = target.port === ctx.envdPort;
+  const refusal = envd ? undefined : portRefusal(route, target.port, target.rawPort, req);
+  if (refusal) return rawResponse(socket, refusal.status, refusal.body);
   const counters = ctx.counters(sandboxId);
   counters.requests++;
-  const guarded = route.socket;
+  const r = route;
   const up = httpRequest({
-    createConnection: () => connectGuarded(guarded),
+    createConnection: () => (envd ? connectGuarded(r.socket) : connectPort(r, target.port)),
     method: 'GET',
     path: req.url ?? '/',
-    headers: endToEnd(req.rawHeaders, true),
+    headers: envd ? endToEnd(req.rawHeaders, true) : portHeaders(r, target.port, endToEnd(req.rawHeaders, true)),
     setHost: false,
   });
   ex.upstream = up;
@@ -118,7 +121,7 @@ export async function upgrade(
     });
   });
   up.on('error', () => {
-    if (!answered) rawResponse(socket, 502, notFoundBody(sandboxId));
+    if (!answered) rawResponse(socket, 502, envd ? notFoundBody(sandboxId) : closedPortBody(sandboxId, target.port));
     else socket.destroy();
   });
   up.end();

@@ -65,6 +65,8 @@ export interface BundleSpec {
   tiniPath: string; // path of tini inside the sandbox
   /** The template allows nested containers: user namespaces and mounts in them (seccomp.ts). */
   nestedContainers?: boolean;
+  /** The network namespace to join (the sandbox's slot); undefined: a new one with loopback only. */
+  netns?: string;
   /**
    * A host file bind-mounted read-only over /proc/sys/kernel/random/boot_id, so that each boot
    * of the sandbox has its own boot id (as a VM's has). Ignored with runc, which refuses every
@@ -77,9 +79,9 @@ export interface BundleSpec {
 export function buildConfig(spec: BundleSpec): Record<string, unknown> {
   const gvisor = spec.runtime === 'runsc';
   const caps = SANDBOX_CAPABILITIES;
-  const namespaces: { type: string }[] = [
+  const namespaces: { type: string; path?: string }[] = [
     { type: 'pid' },
-    { type: 'network' }, // loopback only until networking is configured
+    spec.netns ? { type: 'network', path: spec.netns } : { type: 'network' }, // no slot: loopback only
     { type: 'ipc' },
     { type: 'uts' },
     { type: 'mount' },

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import { naming } from '../config.js';
+import { DEFAULT_NETWORK } from '../network/policy.js';
 import type { SandboxRuntime } from '../runtime/oci-runtime.js';
 import type { SandboxRow } from '../store/store.js';
 import { notFound } from '../util/errors.js';
@@ -84,6 +85,9 @@ export class SandboxCore {
       extra: spec.extra,
       team: row.team ?? null,
       volumeMounts: (spec.volumeMounts ?? []).map(({ name, path }) => ({ name, path })),
+      network: spec.network ?? DEFAULT_NETWORK,
+      trafficAccessToken: spec.trafficAccessToken ?? null,
+      address: this.deps.net?.lease(row.id)?.address ?? null,
     };
   }
 

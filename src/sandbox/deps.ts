@@ -5,6 +5,7 @@ import type { Paths, RuntimeName } from '../config.js';
 import { applyInstanceLimits, defaultInstanceLimits, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
 import { mountDisk, mountRootfs, mountsUnder, mountTable, releaseLoopDevices, unmountRootfs, type RootfsLayout } from '../runtime/rootfs.js';
+import type { SandboxNetwork } from '../network/network.js';
 import type { ManagerLock, Store } from '../store/store.js';
 import type { TemplateStore } from '../template/store.js';
 import { mountDevice } from '../util/safe-socket.js';
@@ -132,4 +133,6 @@ export interface ManagerDeps {
   supportDir: string;
   /** The data directory's lock, released by close() (none in tests that own their directory). */
   lock?: ManagerLock;
+  /** Sandbox networking (a namespace, link and policy each); none: loopback only. */
+  net?: SandboxNetwork;
 }

@@ -4,11 +4,12 @@ import { naming, type Paths } from '../config.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { loopDevicesUnder, mountTable } from '../runtime/rootfs.js';
 import type { Store } from '../store/store.js';
+import { networkLeaks } from '../network/leaks.js';
 import { volumeLeaks } from '../volume/volumes.js';
 
 export interface Leak {
   sandbox: string;
-  kind: 'process' | 'cgroup' | 'mount' | 'device' | 'dir' | 'runtime-state' | 'ledger' | 'row';
+  kind: 'process' | 'cgroup' | 'mount' | 'device' | 'dir' | 'runtime-state' | 'ledger' | 'row' | 'network';
   what: string;
 }
 
@@ -85,6 +86,8 @@ export class LeakChecker {
     for (const id of ids) if (!known.has(id)) leaks.push(...this.sandbox(id));
     // volume disks that no ready volume owns (every volume's, without a store)
     for (const v of volumeLeaks(this.paths, this.store)) leaks.push({ sandbox: v.volume, kind: v.kind, what: v.what });
+    // network slots, namespaces, links, nft chains and flow entries that no live sandbox owns
+    for (const n of networkLeaks(inst, this.paths.dataDir, this.store?.db, known)) leaks.push({ sandbox: '-', kind: 'network', what: `${n.kind} ${n.what}` });
     if (known.size === 0) {
       // with no sandboxes left, the instance's parent cgroups must be gone too
       const parent = new SandboxCgroup(this.mode, `/${naming.cgroupParent(inst)}`);

@@ -1,6 +1,8 @@
 import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
 import type { SandboxCore } from './core.js';
+import type { NetworkSettings } from '../network/policy.js';
+import { applyPolicy } from './networking.js';
 import { bootAgain } from './provision.js';
 import { assertOperation } from './states.js';
 import { settleFromHost, stopContainer } from './teardown.js';
@@ -121,5 +123,16 @@ export async function refresh(core: SandboxCore, id: string, durationSec: number
     assertOperation('refresh', id, row.state);
     const wanted = core.now() + durationSec * 1000;
     if (row.endAt === null || wanted > row.endAt) core.store.updateSandbox(id, { endAt: wanted });
+  });
+}
+
+/** Replaces a sandbox's network settings; its egress policy changes at once, running or paused. */
+export async function updateNetwork(core: SandboxCore, id: string, settings: NetworkSettings): Promise<SandboxInfo> {
+  return core.locks.run(id, async () => {
+    const row = core.requireRow(id);
+    assertOperation('updateNetwork', id, row.state);
+    await applyPolicy(core, id, settings);
+    core.updateSpec(id, { network: settings });
+    return core.get(id);
   });
 }

@@ -6,6 +6,8 @@ import { openPaths, type Paths, type RuntimeName } from '../config.js';
 import { detectCgroupMode, type CgroupMode } from '../runtime/cgroups.js';
 import type { SandboxRuntime } from '../runtime/oci-runtime.js';
 import { prepareSupportTree } from '../runtime/support.js';
+import { SandboxNetwork } from '../network/network.js';
+import type { NetworkSettings } from '../network/policy.js';
 import { ManagerLock, Store } from '../store/store.js';
 import { TemplateStore, type Template } from '../template/store.js';
 import type { GuardedSocket } from '../util/safe-socket.js';
@@ -108,7 +110,27 @@ export class SandboxManager {
       lock.release();
       throw new CubeboxError('unavailable', `cannot prepare the sandbox support tree: ${errorMessage(err)}`);
     }
+    let net: SandboxNetwork | undefined;
+    const netOpts = opts.network ?? (process.env.CUBEBOX_NETWORK === 'off' ? false : {});
+    if (netOpts !== false) {
+      try {
+        net = new SandboxNetwork(store.db, {
+          instanceId: paths.instanceId,
+          dataDir: paths.dataDir,
+          subnet: netOpts.subnet ?? process.env.CUBEBOX_SUBNET,
+          warmSlots: netOpts.warmSlots,
+          allowPrivate: netOpts.allowPrivate,
+          log,
+        });
+        await net.start();
+      } catch (err) {
+        store.close();
+        lock.release();
+        throw new CubeboxError('unavailable', `cannot set up sandbox networking: ${errorMessage(err)} (needs iproute2 and nftables; CUBEBOX_NETWORK=off runs sandboxes with loopback only)`);
+      }
+    }
     const m = new SandboxManager({
+      net,
       paths,
       store,
       runtimes: ociRuntimes(runtimeName, paths.runRoot, cgroupMode),
@@ -146,6 +168,7 @@ export class SandboxManager {
     for (const stop of this.stoppers) stop();
     await this.pool.settled();
     await this.reconciler.settled();
+    await this.deps.net?.close().catch((e: Error) => this.log.warn({ err: e.message }, 'closing sandbox networking failed'));
     this.store.close();
     this.deps.lock?.release();
   }
@@ -237,6 +260,16 @@ export class SandboxManager {
   /** Extends a running sandbox's endAt by a duration (E2B's refreshes). */
   refresh(id: string, durationSec: number): Promise<void> {
     return lifecycle.refresh(this.core, id, durationSec);
+  }
+
+  /** Replaces a sandbox's egress policy (E2B's PUT /sandboxes/{id}/network); live, no restart. */
+  updateNetwork(id: string, settings: NetworkSettings): Promise<SandboxInfo> {
+    return lifecycle.updateNetwork(this.core, id, settings);
+  }
+
+  /** The sandbox's network slot and its counters, or undefined without networking. */
+  network(): SandboxNetwork | undefined {
+    return this.deps.net;
   }
 
   /** Deletes a sandbox from any state. Unknown ids (with no ledger left) are not found. */

@@ -3,6 +3,7 @@ import type { Template } from '../template/store.js';
 import { errorMessage } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 import type { SandboxCore } from './core.js';
+import { applyPolicy } from './networking.js';
 import { personalize, provision, recordNew, rollbackOnFailure } from './provision.js';
 import { allows } from './states.js';
 import { deleteSandbox, teardown } from './teardown.js';
@@ -59,10 +60,14 @@ export class WarmPool {
           accessToken: req.secure === false ? null : randomBytes(24).toString('base64url'),
           lifecycle: normalizeLifecycle(req.lifecycle),
           extra: req.extra ?? {},
+          network: req.network,
+          trafficAccessToken: req.network?.allowPublicTraffic === false ? randomBytes(24).toString('base64url') : null,
         };
         core.admit?.({ op: 'create', team: req.team ?? null, sandboxId: c.id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata });
         core.setState(c.id, 'creating', { team: req.team ?? null, spec: JSON.stringify(spec) });
         try {
+          // a pooled sandbox was made with the default policy: a request's own one replaces it
+          if (req.network) await applyPolicy(core, c.id, req.network);
           await personalize(core, c.id, spec);
         } catch (err) {
           core.log.warn({ sandbox: c.id, err: errorMessage(err) }, 'a pooled sandbox could not be claimed; removing it');

@@ -3,6 +3,7 @@ import { chownSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { naming } from '../config.js';
 import { type BundleSpec, renewBootId, writeBundle } from '../runtime/bundle.js';
+import type { NetLease } from '../network/network.js';
 import { rootfsLayout } from '../runtime/rootfs.js';
 import { SANDBOX_SUPPORT } from '../runtime/support.js';
 import { mountVolumeViews, volumeBinds } from '../volume/disk.js';
@@ -14,6 +15,7 @@ import { randomId } from '../util/ids.js';
 import { readLogTail } from './console-log.js';
 import type { SandboxCore } from './core.js';
 import { envdCommand, envdRequest, healthy, INIT_SECRET_ENV, INIT_SECRET_HEADER } from './envd-client.js';
+import { connectNetwork, networkBinds } from './networking.js';
 import { deadlineFor } from './states.js';
 import { teardown } from './teardown.js';
 import { BASE_ENV, ID_SLOTS, normalizeLifecycle, resolveLimits, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
@@ -68,6 +70,8 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
     lifecycle: normalizeLifecycle(req.lifecycle),
     coldPaused: false,
     extra: req.extra ?? {},
+    network: req.network,
+    trafficAccessToken: req.network?.allowPublicTraffic === false ? randomBytes(24).toString('base64url') : null,
     volumeMounts: resolveVolumeMounts(core.store, req.team ?? null, req.volumeMounts),
   };
   if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0))
@@ -149,9 +153,11 @@ export async function provision(core: SandboxCore, id: string, spec: StoredSpec)
   const shared = join(layout.disk, 'run');
   mkdirSync(shared, { mode: 0o700 });
   if (idMap) chownSync(shared, idMap.hostId, idMap.hostId);
+  const lease = await connectNetwork(core, id, spec);
+  faultPoint('create:after-network');
   const bundleDir = join(dir, 'bundle');
   mkdirSync(bundleDir, { mode: 0o700 });
-  writeBundle(bundleDir, bundleSpec(core, id, spec, layout.target, idMap));
+  writeBundle(bundleDir, bundleSpec(core, id, spec, layout.target, idMap, lease));
 
   const cid = core.containerId(id);
   store.recordResource(id, 'cgroup', core.cgroupPath(id));
@@ -174,7 +180,8 @@ export async function bootAgain(core: SandboxCore, id: string, spec: StoredSpec)
   spec = { ...spec, initSecret: randomBytes(24).toString('base64url') };
   core.updateSpec(id, { initSecret: spec.initSecret });
   await mountVolumeViews(core.store, core.deps.paths, id, dir, spec.volumeMounts, core.idMapFor(core.requireRow(id).uidSlot));
-  writeBundle(join(dir, 'bundle'), bundleSpec(core, id, spec, join(dir, 'rootfs'), core.idMapFor(core.requireRow(id).uidSlot)));
+  const lease = await connectNetwork(core, id, spec);
+  writeBundle(join(dir, 'bundle'), bundleSpec(core, id, spec, join(dir, 'rootfs'), core.idMapFor(core.requireRow(id).uidSlot), lease));
   renewBootId(join(dir, 'bundle')); // a new boot, a new boot id
   const pid = await core.runtimeOf(id).run(cid, join(dir, 'bundle'), core.consoleLogPath(id));
   core.applyInstanceLimits();
@@ -197,7 +204,7 @@ export async function personalize(core: SandboxCore, id: string, spec: StoredSpe
   if (status !== 204 && status !== 200) throw new Error(`envd /init answered ${status}`);
 }
 
-function bundleSpec(core: SandboxCore, id: string, spec: StoredSpec, rootfs: string, idMap?: { hostId: number; size: number }): BundleSpec {
+function bundleSpec(core: SandboxCore, id: string, spec: StoredSpec, rootfs: string, idMap?: { hostId: number; size: number }, lease?: NetLease): BundleSpec {
   return {
     runtime: core.runtimeOf(id).name,
     hostname: id,
@@ -211,7 +218,9 @@ function bundleSpec(core: SandboxCore, id: string, spec: StoredSpec, rootfs: str
       { source: spec.support, destination: SANDBOX_SUPPORT, readonly: true },
       { source: join(core.sandboxDir(id), 'disk', 'run'), destination: `${SANDBOX_SUPPORT}/run`, readonly: false },
       ...volumeBinds(core.sandboxDir(id), spec.volumeMounts),
+      ...networkBinds(core, id, lease),
     ],
+    netns: lease?.netns,
     cgroupsPath: core.cgroupPath(id),
     tiniPath: `${SANDBOX_SUPPORT}/tini`,
     nestedContainers: spec.nestedContainers === true,

@@ -53,6 +53,11 @@ export class Reconciler {
       if (!done.ran) report.skipped.push(row.id);
     });
     await this.removeOrphans(report);
+    try {
+      report.orphansRemoved.push(...((await core.deps.net?.reconcile()) ?? []));
+    } catch (err) {
+      report.errors.push(`network: ${errorMessage(err)}`);
+    }
     for (const r of core.store.listSandboxes()) if (r.state === 'running' || r.state === 'pooled') rotateConsoleLog(core.consoleLogPath(r.id));
     this.afterPass();
     return report;
@@ -107,6 +112,7 @@ export class Reconciler {
     const candidates = new Set<string>(core.store.orphanLedgerIds());
     for (const rt of runtimes.all()) for (const cid of await rt.list()) if (cid.startsWith(prefix)) candidates.add(cid.slice(prefix.length));
     for (const name of host.listInstanceCgroups(naming.cgroupParent(inst))) candidates.add(name);
+    for (const id of core.deps.net?.ownerIds() ?? []) candidates.add(id);
     for (const m of host.mountTable()) if (m.source.startsWith(prefix)) candidates.add(m.source.slice(prefix.length));
     try {
       for (const d of readdirSync(paths.sandboxesDir)) candidates.add(d);

@@ -53,7 +53,7 @@ export function assertTransition(from: SandboxState, to: SandboxState): void {
 }
 
 /** Operations whose precondition is the sandbox's state, read under its lock (rule 6). */
-export type Operation = 'pause' | 'resume' | 'snapshot' | 'exec' | 'connect' | 'refresh' | 'setTimeout' | 'claim';
+export type Operation = 'pause' | 'resume' | 'snapshot' | 'exec' | 'connect' | 'refresh' | 'setTimeout' | 'claim' | 'updateNetwork';
 
 interface OperationRule {
   /** The states the operation may start from. */
@@ -80,6 +80,7 @@ const OPERATIONS: Readonly<Record<Operation, OperationRule>> = {
   connect: { from: ['running', 'paused'], refusal: (id, s) => (s === 'deleting' ? `sandbox '${id}' is being deleted` : `sandbox '${id}' is ${s}`) },
   refresh: { from: ['running'], refusal: (id, s) => `sandbox '${id}' is ${s}` },
   setTimeout: { from: SANDBOX_STATES.filter((s) => s !== 'deleting'), refusal: (id) => `sandbox '${id}' is being deleted` },
+  updateNetwork: { from: ['running', 'paused'], refusal: (id, s) => `sandbox '${id}' is ${s}` },
   claim: { from: ['pooled'], refusal: (id, s) => `sandbox '${id}' is ${s}, not pooled` },
 };
 

@@ -65,6 +65,7 @@ export async function teardown(core: SandboxCore, id: string): Promise<void> {
 
   await cg.remove();
   store.forgetResource(id, 'cgroup', naming.cgroupPath(inst, id));
+  await core.deps.net?.release(id); // nothing runs in its namespace any more
 
   const mounts = new Set([
     ...host.mountsUnder(dir),

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { RuntimeName } from '../config.js';
+import type { NetworkSettings } from '../network/policy.js';
 import type { Limits } from '../runtime/bundle.js';
 import type { Template } from '../template/store.js';
 import { invalid } from '../util/errors.js';
@@ -36,8 +37,10 @@ export interface CreateRequest {
   lifecycle?: LifecycleInput;
   /** Issue an envd access token (default true). */
   secure?: boolean;
-  /** Further request fields kept with the sandbox and reported back (network, ...). */
+  /** Further request fields kept with the sandbox and reported back (mcp, ...). */
   extra?: Record<string, unknown>;
+  /** Egress policy and how its ports are served (validated: network/policy.ts). Default: open. */
+  network?: NetworkSettings;
   /** The owning team (API creates); none for host-made sandboxes. */
   team?: string | null;
   /** Persistent volumes of the team, by name, and where they appear in the sandbox. */
@@ -111,6 +114,11 @@ export interface SandboxInfo {
   extra: Record<string, unknown>;
   /** The owning team; null for host-made sandboxes. */
   team: string | null;
+  network: NetworkSettings;
+  /** Required on port traffic when network.allowPublicTraffic is false. */
+  trafficAccessToken: string | null;
+  /** The sandbox's address on its own link (none without networking). */
+  address: string | null;
   volumeMounts: { name: string; path: string }[];
 }
 
@@ -137,6 +145,8 @@ export interface StoredSpec {
   extra: Record<string, unknown>;
   /** From the template: seccomp allows user namespaces and mounts in them (seccomp.ts). */
   nestedContainers?: boolean;
+  network?: NetworkSettings;
+  trafficAccessToken?: string | null;
   /** The volumes mounted in the sandbox (volume/disk.ts makes their views). */
   volumeMounts?: VolumeMountSpec[];
 }
@@ -153,6 +163,11 @@ export interface ManagerOptions {
   deleteStopped?: boolean;
   /** Warm pool: sandboxes prepared ahead of requests, per template name. */
   pool?: Record<string, number>;
+  /**
+   * Sandbox networking: a subnet (default 10.200.0.0/16, or CUBEBOX_SUBNET), pre-made slots,
+   * private networks sandboxes may reach. false (or CUBEBOX_NETWORK=off): loopback only.
+   */
+  network?: false | { subnet?: string; warmSlots?: number; allowPrivate?: string[] };
 }
 
 export interface ReconcileReport {

@@ -33,6 +33,14 @@ CREATE TABLE IF NOT EXISTS resources (
   created_at BIGINT NOT NULL,
   PRIMARY KEY (sandbox_id, kind, name)
 );
+-- the network ledger: a slot (namespace, veth pair, address, nft chain and sets) is recorded
+-- before any of it is made, and its row goes only after all of it is gone
+CREATE TABLE IF NOT EXISTS net_slots (
+  slot INTEGER PRIMARY KEY,
+  state TEXT NOT NULL,
+  sandbox_id TEXT UNIQUE,
+  created_at BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS secrets (
   id TEXT PRIMARY KEY,
   team TEXT NOT NULL,

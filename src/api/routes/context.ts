@@ -129,7 +129,7 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
     alias: info.templateName,
     envdVersion: ENVD_VERSION,
     envdAccessToken: info.accessToken ?? undefined,
-    trafficAccessToken: null,
+    trafficAccessToken: info.trafficAccessToken,
     domain: opts.domain,
   });
   const listedBody = (info: SandboxInfo) => ({
@@ -151,8 +151,14 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
     ...listedBody(info),
     envdAccessToken: info.accessToken ?? undefined,
     domain: opts.domain,
-    allowInternetAccess: (info.extra.allowInternetAccess as boolean | undefined) ?? true,
-    network: info.extra.network ?? undefined,
+    allowInternetAccess: info.network.allowInternetAccess,
+    network: {
+      allowOut: info.network.allowOut,
+      denyOut: info.network.denyOut,
+      allowPublicTraffic: info.network.allowPublicTraffic,
+      maskRequestHost: info.network.maskRequestHost,
+      httpsPorts: info.network.httpsPorts,
+    },
     lifecycle: { onTimeout: info.lifecycle.onTimeout, autoResume: info.lifecycle.autoResume },
     volumeMounts: info.volumeMounts,
   });

@@ -8,17 +8,24 @@ import {
   schemaError,
   one,
   owns,
-  sendError,
   timeoutOf,
   type Query,
   type Req,
   type RouteContext,
   type RouteTypes,
 } from './context.js';
+import { networkSettings, type NetworkInput } from '../../network/policy.js';
 import { createBody, invalidPath } from './schemas.js';
 
+/** The network options of a create or update body (an object, or nothing). */
+function networkInput(v: unknown): NetworkInput {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid('network must be an object');
+  return v as NetworkInput;
+}
+
 export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, tenancy, observe, callerOf, idOf, visible, templateVisible, sandboxBody, listedBody, detailBody } = ctx;
+  const { manager, tenancy, observe, callerOf, idOf, visible, usable, templateVisible, sandboxBody, listedBody, detailBody } = ctx;
 
   // ---- create
   const create = async (req: Req, reply: FastifyReply) => {
@@ -30,6 +37,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     if (bad && (badField === '' || badField === 'templateID')) throw bad;
     const b = req.body as Record<string, unknown>;
     const templateRef = (b.templateID ?? 'base') as string;
+    await manager.templates.ensure(templateRef); // a template built on first use (code-interpreter-v1)
     const template = manager.templates.find(templateRef);
     if (!template || !templateVisible(caller, template)) throw notFound(`template '${templateRef}' not found`);
     if (bad && badField === 'metadata') throw bad;
@@ -50,7 +58,8 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
         lifecycle,
         secure: b.secure !== false,
         team: caller.team,
-        extra: { allowInternetAccess: b.allow_internet_access ?? true, network: b.network ?? undefined, mcp: b.mcp ?? undefined },
+        network: networkSettings({ allowInternetAccess: b.allow_internet_access ?? undefined, ...networkInput(b.network) }),
+        extra: { mcp: b.mcp ?? undefined },
         volumeMounts: (b.volumeMounts as { name: string; path: string }[] | null | undefined) ?? undefined, // createBody: checked
       }),
     );
@@ -128,7 +137,17 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
   });
 
   // ---- not there yet: say so clearly
-  app.put('/sandboxes/:id/network', async (_req, reply) => sendError(reply, 501, 'network policies are not supported by this cubebox version'));
+  // ---- egress policy, replaced live (omitted fields are cleared; ingress settings are kept)
+  app.put('/sandboxes/:id/network', async (req: Req, reply) => {
+    const id = idOf(req);
+    const info = usable(req, id);
+    const b = req.body;
+    if (typeof b !== 'object' || b === null || Array.isArray(b)) throw invalid('the body must be a JSON object (NetworkUpdate)');
+    const u = b as Record<string, unknown>;
+    const settings = networkSettings({ ...networkInput(u), allowInternetAccess: u.allow_internet_access ?? undefined }, info.network);
+    await manager.updateNetwork(id, settings);
+    return reply.code(204).send();
+  });
 }
 
 /** The list filters: state, metadata (decoded as the SDK encodes it), template, startedAfter. */

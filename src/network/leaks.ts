@@ -1,0 +1,57 @@
+// What of an instance's networking is on the host with no sandbox to own it: namespaces,
+// links, nft chains, ledger rows and flow entries. Synchronous, for the leak checker.
+import { spawnSync } from 'node:child_process';
+import type Database from 'better-sqlite3';
+import { AddressPlan, contains, parseIp } from './cidr.js';
+import { hasConntrack, listLinks, listNetns } from './host.js';
+import { existsSync, readFileSync } from 'node:fs';
+import { blockFile } from './network.js';
+import { tableObjects } from './rules.js';
+
+export interface NetLeak {
+  kind: 'netns' | 'link' | 'nft' | 'ledger' | 'conntrack';
+  what: string;
+}
+
+/**
+ * Leftovers of instance `inst`: everything but the free slots and the slots of `known`
+ * sandboxes. With nothing owned, the instance's nft table must be gone as well.
+ */
+export function networkLeaks(inst: string, dataDir: string, db: Database.Database | undefined, known: Set<string>): NetLeak[] {
+  const out: NetLeak[] = [];
+  const owned = new Set<number>();
+  if (db) {
+    const rows = db.prepare('SELECT slot, state, sandbox_id FROM net_slots').all() as { slot: number; state: string; sandbox_id: string | null }[];
+    for (const r of rows) {
+      if (r.state === 'free' || (r.sandbox_id && known.has(r.sandbox_id))) owned.add(r.slot);
+      else out.push({ kind: 'ledger', what: `net slot ${r.slot} (${r.state}${r.sandbox_id ? ` of ${r.sandbox_id}` : ''})` });
+    }
+  }
+  const nsPrefix = `cubebox-${inst}-`;
+  for (const ns of listNetns()) if (ns.startsWith(nsPrefix) && !owned.has(Number(ns.slice(nsPrefix.length)))) out.push({ kind: 'netns', what: ns });
+  const linkPrefix = `c${inst}`;
+  for (const l of listLinks()) if (l.startsWith(linkPrefix) && !owned.has(Number(l.slice(linkPrefix.length)))) out.push({ kind: 'link', what: l });
+  const table = `cubebox_${inst}`;
+  const listed = spawnSync('nft', ['-j', 'list', 'table', 'inet', table], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (listed.status === 0) {
+    const { objects } = tableObjects(JSON.parse(listed.stdout) as unknown);
+    for (const o of objects) {
+      const m = /^chain:s(\d+)$/.exec(o);
+      if (m && !owned.has(Number(m[1]))) out.push({ kind: 'nft', what: `${table} ${o}` });
+    }
+    if (owned.size === 0) out.push({ kind: 'nft', what: `table inet ${table}` });
+  }
+  const block = existsSync(blockFile(dataDir)) ? readFileSync(blockFile(dataDir), 'utf8').trim() : undefined;
+  if (hasConntrack() && block) {
+    const plan = new AddressPlan(block);
+    const ct = spawnSync('conntrack', ['-L'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    for (const line of (ct.stdout ?? '').split('\n')) {
+      const src = /src=(\d+\.\d+\.\d+\.\d+)/.exec(line)?.[1];
+      const ip = src === undefined ? undefined : parseIp(src);
+      if (ip === undefined || !contains(plan.subnet, ip)) continue;
+      const slot = Math.floor((ip - plan.subnet.base) / 2); // either end of the slot's link
+      if (!owned.has(slot)) out.push({ kind: 'conntrack', what: line.trim().slice(0, 200) });
+    }
+  }
+  return out;
+}

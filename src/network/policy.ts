@@ -1,0 +1,132 @@
+// E2B's network options (create's `allow_internet_access` and `network`, PUT .../network) as
+// one validated settings object, and the egress policy the host enforces for it. Pure.
+import { invalid } from '../util/errors.js';
+import { formatCidr, parseCidr } from './cidr.js';
+
+/** What a sandbox was given, as GET /sandboxes/{id} reports it back. */
+export interface NetworkSettings {
+  allowInternetAccess: boolean;
+  allowOut: string[];
+  denyOut: string[];
+  allowPublicTraffic: boolean;
+  maskRequestHost?: string;
+  httpsPorts: number[];
+}
+
+/** The egress policy of one sandbox, as nftables and the DNS forwarder apply it. */
+export interface EgressPolicy {
+  /** CIDRs always allowed (allow wins over deny). */
+  allowCidrs: string[];
+  denyCidrs: string[];
+  /** Allowed names: exact ('example.com') and suffix ('*.example.com' -> 'example.com', subdomains only). */
+  domains: string[];
+  wildcards: string[];
+  /**
+   * Everything is denied but what is allowed: the DNS forwarder then answers only allowed
+   * names (no lookups of others, so no data leaves in their queries), and addresses reached
+   * by name are only those it resolved for this sandbox.
+   */
+  restricted: boolean;
+}
+
+export const DEFAULT_NETWORK: NetworkSettings = { allowInternetAccess: true, allowOut: [], denyOut: [], allowPublicTraffic: true, httpsPorts: [] };
+
+const MAX_ENTRIES = 256;
+const DOMAIN = /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const ENVD_PORT = 49983;
+
+export interface NetworkInput {
+  allowInternetAccess?: unknown;
+  allowOut?: unknown;
+  denyOut?: unknown;
+  allowPublicTraffic?: unknown;
+  maskRequestHost?: unknown;
+  httpsPorts?: unknown;
+  egressProxy?: unknown;
+  rules?: unknown;
+}
+
+function list(v: unknown, what: string): string[] {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v) || !v.every((e) => typeof e === 'string')) throw invalid(`network.${what} must be an array of strings`);
+  if (v.length > MAX_ENTRIES) throw invalid(`network.${what} has ${v.length} entries; at most ${MAX_ENTRIES} are allowed`);
+  return v.map((e: string) => e.trim().toLowerCase());
+}
+
+function cidrOrIp(entry: string, what: string): string {
+  if (entry.includes(':')) throw invalid(`network.${what}: '${entry}' is an IPv6 address; sandboxes have IPv4 egress only`);
+  const c = parseCidr(entry);
+  if (!c) throw invalid(`network.${what}: '${entry}' is not an IPv4 address or CIDR block`);
+  return formatCidr(c);
+}
+
+/** Validates create's or an update's options into settings (an update replaces the egress fields, keeps the ingress ones). */
+export function networkSettings(input: NetworkInput, base: NetworkSettings = DEFAULT_NETWORK): NetworkSettings {
+  if (input.egressProxy !== undefined && input.egressProxy !== null)
+    throw invalid('network.egressProxy is not supported by this service: outbound traffic leaves the host directly');
+  if (input.rules !== undefined && input.rules !== null && Object.keys(input.rules as object).length > 0)
+    throw invalid('network.rules (request transforms) are not supported by this service yet');
+  if (input.allowInternetAccess !== undefined && typeof input.allowInternetAccess !== 'boolean') throw invalid('allow_internet_access must be a boolean');
+  const allowOut = list(input.allowOut, 'allowOut').map((e) => (parseCidr(e) || e.includes(':') ? cidrOrIp(e, 'allowOut') : domain(e)));
+  const denyOut = list(input.denyOut, 'denyOut').map((e) => cidrOrIp(e, 'denyOut'));
+  const out: NetworkSettings = {
+    ...base,
+    allowInternetAccess: input.allowInternetAccess === undefined ? true : input.allowInternetAccess,
+    allowOut,
+    denyOut,
+  };
+  if (input.allowPublicTraffic !== undefined) {
+    if (typeof input.allowPublicTraffic !== 'boolean') throw invalid('network.allowPublicTraffic must be a boolean');
+    out.allowPublicTraffic = input.allowPublicTraffic;
+  }
+  if (input.maskRequestHost !== undefined && input.maskRequestHost !== null) {
+    const m = input.maskRequestHost;
+    if (typeof m !== 'string' || m.length === 0 || m.length > 255 || !/^[A-Za-z0-9.:${}_-]+$/.test(m))
+      throw invalid('network.maskRequestHost must be a host name (it may use ${PORT})');
+    out.maskRequestHost = m;
+  }
+  if (input.httpsPorts !== undefined && input.httpsPorts !== null) {
+    const p = input.httpsPorts;
+    if (!Array.isArray(p) || !p.every((x) => Number.isInteger(x) && x >= 1 && x <= 65535))
+      throw invalid('network.httpsPorts must be an array of ports (1-65535)');
+    if (p.includes(ENVD_PORT)) throw invalid(`network.httpsPorts cannot list envd's port ${ENVD_PORT}`);
+    out.httpsPorts = [...new Set(p as number[])];
+  }
+  return out;
+}
+
+function domain(entry: string): string {
+  const name = entry.endsWith('.') ? entry.slice(0, -1) : entry;
+  if (name === '*' || name.length > 253 || !DOMAIN.test(name))
+    throw invalid(`network.allowOut: '${entry}' is not an IPv4 address, CIDR block, domain or *.domain`);
+  return name;
+}
+
+/** The policy the host enforces for these settings. */
+export function egressPolicy(s: NetworkSettings): EgressPolicy {
+  const allowCidrs: string[] = [];
+  const domains: string[] = [];
+  const wildcards: string[] = [];
+  for (const e of s.allowOut) {
+    if (parseCidr(e)) allowCidrs.push(e);
+    else if (e.startsWith('*.')) wildcards.push(e.slice(2));
+    else domains.push(e);
+  }
+  const denyCidrs = [...s.denyOut];
+  if (!s.allowInternetAccess && !denyCidrs.includes('0.0.0.0/0')) denyCidrs.push('0.0.0.0/0');
+  return { allowCidrs, denyCidrs, domains, wildcards, restricted: denyCidrs.includes('0.0.0.0/0') };
+}
+
+/** Whether a name may be resolved for a sandbox under this policy. */
+export function nameAllowed(p: EgressPolicy, name: string): boolean {
+  if (!p.restricted) return true;
+  const n = name.toLowerCase().replace(/\.$/, '');
+  return p.domains.includes(n) || p.wildcards.some((w) => n.endsWith(`.${w}`));
+}
+
+/** Whether resolved addresses of this name join the sandbox's allowed addresses. */
+export function nameGrantsAddresses(p: EgressPolicy, name: string): boolean {
+  if (!p.domains.length && !p.wildcards.length) return false;
+  const n = name.toLowerCase().replace(/\.$/, '');
+  return p.domains.includes(n) || p.wildcards.some((w) => n.endsWith(`.${w}`));
+}

@@ -1,0 +1,47 @@
+// A sandbox's side of networking: its slot (namespace, link, policy) and the files that tell
+// it its name server and host names. The slot is recorded in the network ledger before it is
+// made (network.ts), and released by teardown.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { NetLease } from '../network/network.js';
+import { DEFAULT_NETWORK, egressPolicy, type NetworkSettings } from '../network/policy.js';
+import type { BindMount } from '../runtime/bundle.js';
+import type { SandboxCore } from './core.js';
+import type { StoredSpec } from './types.js';
+
+/** Where the sandbox's resolv.conf and hosts live: on its own disk, in a directory it cannot reach. */
+function netFilesDir(core: SandboxCore, id: string): string {
+  return join(core.sandboxDir(id), 'disk', 'net');
+}
+
+/**
+ * Gives a sandbox its slot with the policy of its spec (a slot it already has is kept: a
+ * resume, a cold boot) and writes its resolv.conf and hosts. Undefined without networking.
+ */
+export async function connectNetwork(core: SandboxCore, id: string, spec: StoredSpec): Promise<NetLease | undefined> {
+  const net = core.deps.net;
+  if (!net) return undefined;
+  const lease = await net.attach(id, egressPolicy(spec.network ?? DEFAULT_NETWORK));
+  const dir = netFilesDir(core, id);
+  // the host writes these before every boot, in a directory only the host can reach (no sandbox path is followed)
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  writeFileSync(join(dir, 'resolv.conf'), `nameserver ${lease.gateway}\noptions edns0 trust-ad\n`, { mode: 0o644 });
+  writeFileSync(join(dir, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${lease.address}\t${id}\n`, { mode: 0o644 });
+  return lease;
+}
+
+/** The bind mounts of a networked sandbox's /etc/resolv.conf and /etc/hosts. */
+export function networkBinds(core: SandboxCore, id: string, lease: NetLease | undefined): BindMount[] {
+  if (!lease) return [];
+  const dir = netFilesDir(core, id);
+  return [
+    { source: join(dir, 'resolv.conf'), destination: '/etc/resolv.conf', readonly: true },
+    { source: join(dir, 'hosts'), destination: '/etc/hosts', readonly: true },
+  ];
+}
+
+/** Applies new settings' egress policy to a sandbox's slot, if it has one (live: no restart). */
+export async function applyPolicy(core: SandboxCore, id: string, settings: NetworkSettings): Promise<void> {
+  const net = core.deps.net;
+  if (net?.lease(id)) await net.setPolicy(id, egressPolicy(settings));
+}
