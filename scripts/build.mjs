@@ -11,3 +11,4 @@ mkdirSync(join(root, 'dist/native'), { recursive: true });
 run('cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-o', 'dist/native/cubebox-helper', 'native/cubebox-helper.c']);
 run(join(root, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.json']);
 if (existsSync(join(root, 'scripts/build-envd.mjs'))) run(process.execPath, ['scripts/build-envd.mjs']);
+if (existsSync(join(root, 'scripts/build-interpreter.mjs'))) run(process.execPath, ['scripts/build-interpreter.mjs']);

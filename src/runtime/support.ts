@@ -6,13 +6,15 @@ import { runOk } from '../util/exec.js';
 
 /**
  * The support tree bind-mounted read-only at /.cubebox in every sandbox: tini, the host's
- * node binary with its shared libraries and loader, and the envd bundle. envd runs through
+ * node binary with its shared libraries and loader, the envd bundle, and the code-interpreter
+ * server (dist/interpreter, run by code-interpreter templates). envd runs through
  * that loader, so it works in any template (glibc, musl or busybox) without the template
  * shipping Node. Versioned by content so that running sandboxes keep the tree they started
  * with while a new one is prepared.
  */
 export const SANDBOX_SUPPORT = '/.cubebox';
 export const ENVD_DIR = join(PROJECT_ROOT, 'dist', 'envd');
+const INTERPRETER_DIR = join(PROJECT_ROOT, 'dist', 'interpreter');
 const TINI = '/usr/bin/tini-static';
 
 export interface SupportTree {
@@ -61,14 +63,17 @@ export async function prepareSupportTree(baseDir: string, inUse: Set<string> = n
   const envdFiles = ['envd.mjs', 'fs-worker.mjs', 'pty.node', 'envd-exec'].map((f) => join(ENVD_DIR, f));
   for (const f of envdFiles) if (!existsSync(f)) throw new Error(`${f} missing: run npm run build`);
   const { libs, loader } = await libraries([node, join(ENVD_DIR, 'pty.node')]);
+  // the code-interpreter server (port 49999 in code-interpreter templates), when built
+  const interpFiles = existsSync(INTERPRETER_DIR) ? readdirSync(INTERPRETER_DIR).map((f) => join(INTERPRETER_DIR, f)) : [];
   // 'copied': trees of earlier versions hard-linked the host's files; never reuse those
-  const version = fingerprint([node, TINI, loader, ...libs, ...envdFiles], 'copied');
+  const version = fingerprint([node, TINI, loader, ...libs, ...envdFiles, ...interpFiles], 'copied');
   mkdirSync(baseDir, { recursive: true, mode: 0o711 });
   const dir = join(baseDir, version);
   if (!existsSync(dir)) {
     const tmp = join(baseDir, `.tmp-${version}-${process.pid}`);
     rmSync(tmp, { recursive: true, force: true });
-    for (const d of ['bin', 'lib', 'envd', 'run']) mkdirSync(join(tmp, d), { recursive: true });
+    for (const d of ['bin', 'lib', 'envd', 'run', 'interpreter']) mkdirSync(join(tmp, d), { recursive: true });
+    for (const f of interpFiles) copyFileSync(f, join(tmp, 'interpreter', basename(f)));
     place(node, join(tmp, 'bin', 'node'));
     place(TINI, join(tmp, 'tini'));
     place(loader, join(tmp, 'lib', 'ld.so'));

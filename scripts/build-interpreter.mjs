@@ -1,0 +1,44 @@
+// Builds the code-interpreter server into dist/interpreter/ (src/interpreter/, see server.ts):
+// server.mjs and js-kernel.mjs (esbuild: ESM, platform node, every JS dependency inlined),
+// ts-strip.mjs (TypeScript's transpiler, loaded only by TypeScript contexts) and the Python
+// helpers the kernels load. The support tree (src/runtime/support.ts) carries the directory
+// to /.cubebox/interpreter in every sandbox, where the sandbox's node runs it.
+import { copyFileSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const src = join(root, 'src/interpreter');
+const out = join(root, 'dist/interpreter');
+
+rmSync(out, { recursive: true, force: true });
+mkdirSync(out, { recursive: true });
+for (const [entry, file] of [
+  ['server.ts', 'server.mjs'],
+  ['js-kernel.ts', 'js-kernel.mjs'],
+  ['ts-strip.ts', 'ts-strip.mjs'],
+]) {
+  await build({
+    entryPoints: [join(src, entry)],
+    outfile: join(out, file),
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    minify: true,
+    legalComments: 'none',
+    logLevel: 'warning',
+    // ws and typescript are CommonJS: give them the require and __filename an ES module lacks
+    banner: {
+      js: [
+        "import { createRequire as __ciCreateRequire } from 'node:module';",
+        "import { fileURLToPath as __ciFileURLToPath } from 'node:url';",
+        'const require = __ciCreateRequire(import.meta.url);',
+        'const __filename = __ciFileURLToPath(import.meta.url);',
+        "const __dirname = __filename.replace(/\\/[^/]*$/, '');",
+      ].join('\n'),
+    },
+  });
+}
+for (const f of readdirSync(join(src, 'python'))) if (f.endsWith('.py')) copyFileSync(join(src, 'python', f), join(out, f));

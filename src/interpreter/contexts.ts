@@ -1,0 +1,167 @@
+// Contexts: a kernel with its own language and working directory. Executions in one context
+// run one at a time in arrival order; contexts run in parallel. Sandbox-level env vars come
+// from envd (GET /envs) the first time a context runs code; per-run env vars are set before
+// the run and put back after it, both as silent helper executions.
+import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { JupyterServer } from './jupyter.js';
+import type { Emit, Kernel } from './kernel.js';
+import { cwdCode, envCode, isKnownLanguage, JUPYTER_KERNELS } from './languages.js';
+import { BashKernel, NodeKernel } from './process-kernel.js';
+
+export const DEFAULT_CWD = '/home/user';
+const ENVD_SOCKET = '/.cubebox/run/envd.sock';
+
+export class Context {
+  /** Sandbox-level env vars, once fetched. */
+  globals: Record<string, string> | undefined;
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly id: string,
+    readonly language: string,
+    readonly cwd: string,
+    readonly kernel: Kernel,
+  ) {}
+
+  /** Runs fn once every earlier holder of this context is done. */
+  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const before = this.tail;
+    let release!: () => void;
+    this.tail = new Promise((r) => (release = r));
+    await before;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  toJSON(): { id: string; language: string; cwd: string } {
+    return { id: this.id, language: this.language, cwd: this.cwd };
+  }
+}
+
+/** Shared with the request: whether its client went away, whether its code is running. */
+export interface RunState {
+  cancelled: boolean;
+  running: boolean;
+}
+
+export class Contexts {
+  private readonly all = new Map<string, Context>();
+  private readonly defaults = new Map<string, Promise<Context>>();
+
+  constructor(
+    private readonly jupyter: JupyterServer,
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly nodeCommand: string[],
+  ) {}
+
+  list(): Context[] {
+    return [...this.all.values()];
+  }
+
+  get(id: string): Context | undefined {
+    return this.all.get(id);
+  }
+
+  /** The default context of a language, created on first use (one creation at a time). */
+  defaultFor(language: string): Promise<Context> {
+    let p = this.defaults.get(language);
+    if (!p) {
+      p = this.create(language, DEFAULT_CWD);
+      this.defaults.set(language, p);
+      p.catch(() => this.defaults.delete(language));
+    }
+    return p;
+  }
+
+  async create(language: string, cwd: string): Promise<Context> {
+    if (!isKnownLanguage(language)) throw new Error(`Failed to create context: no kernel for language '${language}'`);
+    let kernel: Kernel;
+    let id: string;
+    if (language === 'bash' || language === 'javascript' || language === 'typescript') {
+      const k = language === 'bash' ? new BashKernel(this.env) : new NodeKernel(this.env, this.nodeCommand, language === 'typescript');
+      await k.start();
+      kernel = k;
+      id = randomUUID();
+    } else {
+      const k = await this.jupyter.startKernel(JUPYTER_KERNELS[language]!);
+      if (language === 'python') await k.execute(`exec(open('/.cubebox/interpreter/startup.py').read())`, () => undefined, { silent: true });
+      kernel = k;
+      id = k.id;
+    }
+    const ctx = new Context(id, language, cwd, kernel);
+    let failed = '';
+    await kernel.execute(cwdCode(language, cwd), (e) => e.type === 'error' && (failed = e.value), { silent: true });
+    this.all.set(id, ctx);
+    if (failed) throw new Error(`Failed to set working directory: ${failed}`);
+    return ctx;
+  }
+
+  async remove(ctx: Context): Promise<void> {
+    this.all.delete(ctx.id);
+    for (const [lang, p] of this.defaults) if ((await p.catch(() => undefined)) === ctx) this.defaults.delete(lang);
+    await ctx.kernel.shutdown();
+  }
+
+  async restart(ctx: Context): Promise<void> {
+    await ctx.exclusive(async () => {
+      await ctx.kernel.restart();
+      ctx.globals = undefined;
+      if (ctx.language === 'python') await ctx.kernel.execute(`exec(open('/.cubebox/interpreter/startup.py').read())`, () => undefined, { silent: true });
+      await ctx.kernel.execute(cwdCode(ctx.language, ctx.cwd), () => undefined, { silent: true });
+    });
+  }
+
+  /**
+   * Runs code in a context once it is free: its env vars first, the code, then the per-run
+   * vars put back. A run whose client went away while it waited does not start.
+   */
+  async run(ctx: Context, code: string, envVars: Record<string, string>, accessToken: string | undefined, emit: Emit, state: RunState): Promise<void> {
+    await ctx.exclusive(async () => {
+      if (state.cancelled) return;
+      const silent = () => undefined;
+      if (!ctx.globals) {
+        ctx.globals = await fetchEnvs(accessToken);
+        await ctx.kernel.execute(envCode(ctx.language, ctx.globals), silent, { silent: true });
+      }
+      if (Object.keys(envVars).length) await ctx.kernel.execute(envCode(ctx.language, envVars), silent, { silent: true });
+      state.running = true;
+      await ctx.kernel.execute(code, emit);
+      state.running = false;
+      if (Object.keys(envVars).length) {
+        const back = Object.fromEntries(Object.keys(envVars).map((k) => [k, ctx.globals?.[k] ?? null]));
+        await ctx.kernel.execute(envCode(ctx.language, back), silent, { silent: true });
+      }
+    });
+  }
+}
+
+/** The sandbox's env vars from envd, with the caller's access token; {} if envd cannot say. */
+function fetchEnvs(token: string | undefined): Promise<Record<string, string>> {
+  return new Promise((resolve) => {
+    const req = http.get({ socketPath: ENVD_SOCKET, path: '/envs', headers: token ? { 'x-access-token': token } : {}, timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => {
+        body += d;
+        if (body.length > 1 << 20) req.destroy();
+      });
+      res.on('end', () => {
+        try {
+          const v = JSON.parse(body) as unknown;
+          if (res.statusCode === 200 && v && typeof v === 'object' && !Array.isArray(v)) {
+            resolve(Object.fromEntries(Object.entries(v).filter(([, x]) => typeof x === 'string')) as Record<string, string>);
+            return;
+          }
+        } catch {
+          /* below */
+        }
+        resolve({});
+      });
+    });
+    req.on('error', () => resolve({}));
+    req.on('timeout', () => req.destroy());
+  });
+}

@@ -1,0 +1,245 @@
+// Jupyter Server inside the sandbox: the process (started and restarted by this server),
+// its REST API (kernels: start, interrupt, restart, delete) and each kernel's channels
+// WebSocket, through which executions run (Jupyter messaging protocol 5.3).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import WebSocket from 'ws';
+import { errorEvent, now, type Emit, type ExecuteOptions, type Kernel } from './kernel.js';
+import { resultEvent } from './results.js';
+
+const PORT = 8888;
+const BASE = `http://127.0.0.1:${PORT}`;
+
+export class JupyterServer {
+  private child: ChildProcess | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly log: (msg: string) => void,
+  ) {}
+
+  /** Starts Jupyter (restarted a second after it dies) and waits until it answers. */
+  async start(): Promise<void> {
+    this.spawnServer();
+    await this.waitReady(60_000);
+  }
+
+  private spawnServer(): void {
+    const args = [
+      '-m',
+      'jupyter_server',
+      '--ServerApp.ip=127.0.0.1',
+      `--ServerApp.port=${PORT}`,
+      '--ServerApp.port_retries=0',
+      '--ServerApp.token=',
+      '--ServerApp.password=',
+      '--ServerApp.allow_root=True',
+      '--ServerApp.open_browser=False',
+      '--ServerApp.disable_check_xsrf=True',
+      '--ServerApp.root_dir=/home/user',
+      '--ServerApp.iopub_data_rate_limit=1e10',
+      '--ServerApp.iopub_msg_rate_limit=1e10',
+      '--MappingKernelManager.cull_idle_timeout=0',
+    ];
+    const child = spawn('python3', args, { env: this.env, cwd: '/home/user', stdio: ['ignore', 'ignore', 'pipe'] });
+    this.child = child;
+    let tail = '';
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (tail = (tail + d).slice(-4000)));
+    child.on('exit', (code, signal) => {
+      if (this.stopped) return;
+      this.log(`jupyter server exited (${code ?? signal}); restarting it: ${tail.trim().split('\n').slice(-5).join(' | ')}`);
+      setTimeout(() => this.spawnServer(), 1000).unref();
+    });
+  }
+
+  async waitReady(timeoutMs: number): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      if (await this.healthy()) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`jupyter server did not answer in ${timeoutMs / 1000} s`);
+  }
+
+  async healthy(): Promise<boolean> {
+    try {
+      return (await fetch(`${BASE}/api/status`, { signal: AbortSignal.timeout(2000) })).ok;
+    } catch {
+      return false;
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.child?.kill('SIGTERM');
+  }
+
+  async request(method: string, path: string, body?: unknown): Promise<unknown> {
+    const res = await fetch(`${BASE}${path}`, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(60_000),
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${res.status} ${text.slice(0, 500)}`);
+    return text ? (JSON.parse(text) as unknown) : null;
+  }
+
+  /** A new kernel of the given kernelspec name. */
+  async startKernel(name: string): Promise<JupyterKernel> {
+    const k = (await this.request('POST', '/api/kernels', { name })) as { id: string };
+    const kernel = new JupyterKernel(this, k.id, name === 'ir');
+    await kernel.connect();
+    return kernel;
+  }
+}
+
+interface Message {
+  header: { msg_id: string; msg_type: string; date?: string };
+  parent_header: { msg_id?: string };
+  content: Record<string, unknown>;
+  channel?: string;
+}
+
+/** One kernel, driven over its channels WebSocket. */
+export class JupyterKernel implements Kernel {
+  private ws: WebSocket | undefined;
+  private readonly session = randomUUID();
+  /** Listeners of running executions, by their request's msg_id. */
+  private readonly listeners = new Map<string, (m: Message | null) => void>();
+
+  constructor(
+    private readonly server: JupyterServer,
+    readonly id: string,
+    private readonly valuesAsDisplay = false,
+  ) {}
+
+  async connect(): Promise<WebSocket> {
+    if (this.ws?.readyState === WebSocket.OPEN) return this.ws;
+    const ws = new WebSocket(`ws://127.0.0.1:${PORT}/api/kernels/${this.id}/channels?session_id=${this.session}`, { maxPayload: 0 });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    ws.on('error', () => undefined);
+    ws.on('message', (data, isBinary) => {
+      if (isBinary) return; // buffers (widgets): not part of the wire
+      let m: Message;
+      try {
+        m = JSON.parse(data.toString()) as Message;
+      } catch {
+        return;
+      }
+      const parent = m.parent_header?.msg_id;
+      if (parent) this.listeners.get(parent)?.(m);
+    });
+    ws.on('close', () => {
+      if (this.ws === ws) this.ws = undefined;
+      for (const l of [...this.listeners.values()]) l(null);
+    });
+    this.ws = ws;
+    return ws;
+  }
+
+  async execute(code: string, emit: Emit, opts: ExecuteOptions = {}): Promise<void> {
+    let ws: WebSocket;
+    try {
+      ws = await this.connect();
+    } catch (err) {
+      emit(errorEvent('WebSocketError', `cannot reach the kernel: ${String(err)}`));
+      return;
+    }
+    const msgId = randomUUID();
+    await new Promise<void>((resolve) => {
+      let idle = false;
+      let replied = false;
+      let errored = false;
+      let counted = false;
+      const finish = () => {
+        this.listeners.delete(msgId);
+        resolve();
+      };
+      this.listeners.set(msgId, (m) => {
+        if (!m) {
+          emit(errorEvent('UnexpectedEndOfExecution', 'the connection to the kernel was lost before the execution finished'));
+          return finish();
+        }
+        const c = m.content;
+        switch (m.header.msg_type) {
+          case 'execute_input':
+            if (!opts.silent && !counted) emit({ type: 'number_of_executions', execution_count: Number(c.execution_count) });
+            counted = true;
+            break;
+          case 'stream':
+            emit({ type: c.name === 'stderr' ? 'stderr' : 'stdout', text: String(c.text ?? ''), timestamp: m.header.date ?? now() });
+            break;
+          case 'execute_result':
+          case 'display_data': {
+            const data = (c.data ?? {}) as Record<string, unknown>;
+            // IRkernel shows a cell's values as display data: those are its main results, not its plots
+            const main = m.header.msg_type === 'execute_result' || (this.valuesAsDisplay && !Object.keys(data).some((k) => k.startsWith('image/')));
+            emit(resultEvent(data, main));
+            break;
+          }
+          case 'error':
+            if (!errored) emit(errorEvent(String(c.ename), String(c.evalue), ((c.traceback ?? []) as string[]).join('\n')));
+            errored = true;
+            break;
+          case 'status':
+            if (c.execution_state === 'idle') idle = true;
+            else if (c.execution_state === 'restarting') {
+              emit(errorEvent('ContextRestarting', 'Context was restarted'));
+              return finish();
+            }
+            break;
+          case 'execute_reply':
+            replied = true;
+            if (!opts.silent && !counted && typeof c.execution_count === 'number') {
+              emit({ type: 'number_of_executions', execution_count: c.execution_count });
+              counted = true;
+            }
+            if (c.status === 'error' && !errored) {
+              emit(errorEvent(String(c.ename ?? 'Error'), String(c.evalue ?? ''), ((c.traceback ?? []) as string[]).join('\n')));
+              errored = true;
+            } else if (c.status === 'abort' || c.status === 'aborted') {
+              emit(errorEvent('ExecutionAborted', 'Execution was aborted'));
+            }
+            break;
+        }
+        if (idle && replied) finish();
+      });
+      const msg = {
+        header: { msg_id: msgId, msg_type: 'execute_request', username: 'e2b', session: this.session, date: now(), version: '5.3' },
+        parent_header: {},
+        metadata: {},
+        content: { code, silent: opts.silent === true, store_history: !opts.silent, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+        channel: 'shell',
+        buffers: [],
+      };
+      ws.send(JSON.stringify(msg), (err) => {
+        if (!err) return;
+        emit(errorEvent('WebSocketError', 'Failed to send execution request'));
+        finish();
+      });
+    });
+  }
+
+  async interrupt(): Promise<void> {
+    await this.server.request('POST', `/api/kernels/${this.id}/interrupt`);
+  }
+
+  async restart(): Promise<void> {
+    this.ws?.close();
+    this.ws = undefined;
+    await this.server.request('POST', `/api/kernels/${this.id}/restart`);
+    await this.connect();
+  }
+
+  async shutdown(): Promise<void> {
+    this.ws?.close();
+    this.ws = undefined;
+    await this.server.request('DELETE', `/api/kernels/${this.id}`);
+  }
+}

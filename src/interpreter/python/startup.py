@@ -1,0 +1,69 @@
+# Run silently in every Python context when its kernel starts (see contexts.ts): plain
+# tracebacks, full reprs, and the result formats @e2b/code-interpreter reads besides
+# IPython's own: e2b/data (a DataFrame as column -> values), e2b/chart (a matplotlib
+# figure's structured data, charts.py) and application/json for dicts and lists.
+def _cubebox_setup():
+    import json
+    import sys
+    from IPython import get_ipython
+    from IPython.core.formatters import BaseFormatter
+    from traitlets import ObjectName, Unicode
+
+    ip = get_ipython()
+    ip.run_line_magic('colors', 'NoColor')
+    ip.display_formatter.formatters['text/plain'].max_seq_length = 0
+
+    class DataFormatter(BaseFormatter):
+        format_type = Unicode('e2b/data')
+        print_method = ObjectName('_repr_e2b_data_')
+        _return_type = (dict,)
+
+    class ChartFormatter(BaseFormatter):
+        # Not a type printer: matplotlib's inline backend pops Figure from every formatter.
+        format_type = Unicode('e2b/chart')
+        print_method = ObjectName('_repr_e2b_chart_')
+        _return_type = (dict,)
+
+        def __call__(self, obj):
+            cls = type(obj)
+            if self.enabled and any(c.__name__ == 'Figure' and c.__module__ == 'matplotlib.figure' for c in cls.__mro__):
+                return chart(obj)
+            return None
+
+    def dataframe(df):
+        try:
+            split = json.loads(df.to_json(orient='split', date_format='iso'))
+            cols = [str(c) for c in split['columns']]
+            return {c: [row[i] for row in split['data']] for i, c in enumerate(cols)}
+        except Exception:
+            return None
+
+    def chart(fig):
+        try:
+            sys.path.insert(0, '/.cubebox/interpreter')
+            try:
+                import _cubebox_charts as _charts
+            finally:
+                sys.path.remove('/.cubebox/interpreter')
+            return _charts.chart_of_figure(fig)
+        except Exception:
+            return None
+
+    def plain_json(obj):
+        try:
+            return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)))
+        except Exception:
+            return None
+
+    formatters = ip.display_formatter.formatters
+    data = DataFormatter(parent=ip.display_formatter)
+    data.for_type_by_name('pandas.core.frame', 'DataFrame', dataframe)
+    formatters['e2b/data'] = data
+    formatters['e2b/chart'] = ChartFormatter(parent=ip.display_formatter)
+    js = formatters['application/json']
+    js.for_type(dict, plain_json)
+    js.for_type(list, plain_json)
+
+
+_cubebox_setup()
+del _cubebox_setup
