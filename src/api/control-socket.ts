@@ -38,7 +38,7 @@ const pauseBody = { type: 'object', properties: { memory: bool } } as const;
 const addTemplateBody = {
   type: 'object',
   required: ['name'],
-  properties: { name: { type: 'string', minLength: 1 }, dir: str, image: str, ref: str, busybox: bool, base: bool, config: obj },
+  properties: { name: { type: 'string', minLength: 1 }, dir: str, image: str, ref: str, busybox: bool, base: bool, codeInterpreter: bool, config: obj },
 } as const;
 const buildBody = {
   type: 'object',
@@ -152,7 +152,8 @@ export function routes(api: LocalApi): FastifyInstance {
   app.get('/templates', async () => api.listTemplates());
   app.post('/templates', { schema: { body: addTemplateBody } }, async (req, reply) => {
     const b = req.body as { name: string; config?: Partial<TemplateConfig> } & TemplateSource;
-    return reply.code(201).send(await api.addTemplate(b.name, { dir: b.dir, busybox: b.busybox, base: b.base, image: b.image, ref: b.ref }, b.config));
+    const source = { dir: b.dir, busybox: b.busybox, base: b.base, codeInterpreter: b.codeInterpreter, image: b.image, ref: b.ref };
+    return reply.code(201).send(await api.addTemplate(b.name, source, b.config));
   });
   app.post('/templates/build', { schema: { body: buildBody } }, async (req, reply) => {
     const b = req.body as { name: string; recipe: Recipe; contextDir?: string };

@@ -40,6 +40,7 @@ export interface TemplateSource {
   dir?: string; // a root filesystem directory or tarball
   busybox?: boolean;
   base?: boolean; // the Debian `base` template
+  codeInterpreter?: boolean; // E2B's code-interpreter-v1, on `base`
 }
 
 /** The ManagerApi of a manager in this process (the CLI's own, or the one `serve` exposes on its socket). */
@@ -83,6 +84,12 @@ export class LocalApi implements ManagerApi {
     }
     if (source.base) {
       return this.manager.templates.addDebianBase(name, {
+        cacheDir: resolveCacheDir(),
+        onProgress: (line) => this.manager.log.info({ template: name }, line),
+      });
+    }
+    if (source.codeInterpreter) {
+      return this.manager.templates.addCodeInterpreter(name, {
         cacheDir: resolveCacheDir(),
         onProgress: (line) => this.manager.log.info({ template: name }, line),
       });

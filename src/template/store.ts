@@ -235,6 +235,33 @@ export class TemplateStore {
     });
   }
 
+  /** Templates built the first time a create asks for them (serve: code-interpreter-v1), and builds under way. */
+  private readonly onDemand = new Map<string, () => Promise<Template>>();
+  private readonly building = new Map<string, Promise<Template>>();
+
+  buildOnDemand(name: string, build: () => Promise<Template>): void {
+    this.onDemand.set(name, build);
+  }
+
+  /** Builds ref if it is missing and has an on-demand build; concurrent callers share one build. */
+  async ensure(ref: string): Promise<void> {
+    const build = this.onDemand.get(ref);
+    if (!build || this.find(ref)) return;
+    let p = this.building.get(ref);
+    if (!p) {
+      p = build().finally(() => this.building.delete(ref));
+      this.building.set(ref, p);
+    }
+    await p;
+  }
+
+  /** E2B's `code-interpreter-v1`: Jupyter, R and the Python data stack in a layer on `base` (code-interpreter.ts). */
+  async addCodeInterpreter(name: string, opts: { cacheDir: string; onProgress?: (line: string) => void }): Promise<Template> {
+    const { buildCodeInterpreterLayer, CODE_INTERPRETER_CONFIG } = await import('./code-interpreter.js');
+    const base = this.get('base');
+    return this.addOnTop(name, base, (dir) => buildCodeInterpreterLayer(dir, base.layers, opts).then(() => undefined), { ...CODE_INTERPRETER_CONFIG });
+  }
+
   /**
    * Deletes a template; refused while sandboxes or child templates (snapshots, builds on
    * it) use it. Its layers go from disk unless another template shares them.
