@@ -20,10 +20,6 @@ const KNOWN_GAPS: Record<string, string> = {
   'PATCH /templates/{}': 'template updates (public flag) through the API: not yet',
   'PATCH /v2/templates/{}': 'template updates (public flag) through the API: not yet',
   'GET /v2/templates': 'the v2 template list: not yet (v1 GET /templates is served)',
-  'GET /volumes': 'volumes: not yet',
-  'POST /volumes': 'volumes: not yet',
-  'GET /volumes/{}': 'volumes: not yet',
-  'DELETE /volumes/{}': 'volumes: not yet',
 };
 
 interface SdkOperation {
