@@ -21,9 +21,12 @@ import {
   closeSync,
   createReadStream,
   createWriteStream,
+  fchmodSync,
+  fchownSync,
   fstatSync,
   lstatSync,
   mkdirSync,
+  opendirSync,
   openSync,
   readdirSync,
   readlinkSync,
@@ -205,8 +208,7 @@ export class VolumeFs {
     if (!Number.isInteger(depth) || depth < 1 || depth > MAX_DEPTH) throw new ContentError(400, `depth must be an integer from 1 to ${MAX_DEPTH}`);
     const out: EntryStat[] = [];
     const walk = (dirFd: number, parts: string[], level: number) => {
-      for (const name of readdirSync(at(dirFd)).sort()) {
-        if (out.length >= MAX_LIST) throw new ContentError(400, `more than ${MAX_LIST} entries: list a smaller depth or a deeper directory`);
+      for (const name of namesIn(dirFd, MAX_LIST - out.length)) {
         const e = this.entry(dirFd, name, [...parts, name]);
         out.push(e);
         if (e.type !== 'directory' || level >= depth) continue;
@@ -293,6 +295,15 @@ export class VolumeFs {
     const tmp = `.cubebox-upload-${randomBytes(8).toString('hex')}`;
     try {
       const parent = fstatSync(dirFd);
+      const fd = this.openFinal(dirFd, tmp, O_WRONLY | O_CREAT | O_EXCL, parts, 0o600);
+      // owner and mode through the new file's own fd: whatever a sandbox does to the name meanwhile
+      try {
+        fchownSync(fd, a.uid ?? parent.uid, a.gid ?? parent.gid);
+        fchmodSync(fd, a.mode ?? 0o644);
+      } catch (err) {
+        closeSync(fd);
+        throw err;
+      }
       let n = 0;
       const bound = new Transform({
         transform(chunk: Buffer, _enc, done) {
@@ -302,13 +313,12 @@ export class VolumeFs {
         },
       });
       // the stream owns the fd and closes it however the upload ends
-      const out = createWriteStream('', { fd: this.openFinal(dirFd, tmp, O_WRONLY | O_CREAT | O_EXCL, parts, 0o600) });
+      const out = createWriteStream('', { fd });
       try {
         await pipeline(body, bound, out);
       } finally {
         if (!out.closed) await once(out, 'close');
       }
-      this.setAttrs(dirFd, tmp, { uid: a.uid ?? parent.uid, gid: a.gid ?? parent.gid, mode: a.mode ?? 0o644 });
       renameSync(at(dirFd, tmp), at(dirFd, name)); // replaces a file or a link itself, never what a link points to
       return this.entry(dirFd, name, parts);
     } catch (err) {
@@ -371,6 +381,21 @@ export class VolumeFs {
     }
     rmdirSync(at(dirFd, name));
   }
+}
+
+/** The names in a directory (of an fd), sorted; refused past `room` of them, read no further than that. */
+function namesIn(dirFd: number, room: number): string[] {
+  const dir = opendirSync(at(dirFd));
+  const names: string[] = [];
+  try {
+    for (let e = dir.readSync(); e; e = dir.readSync()) {
+      if (names.length >= room) throw new ContentError(400, `more than ${MAX_LIST} entries: list a smaller depth or a deeper directory`);
+      names.push(e.name);
+    }
+  } finally {
+    dir.closeSync();
+  }
+  return names.sort();
 }
 
 function toEntry(st: Stats, name: string, parts: string[], target?: string): EntryStat {

@@ -8,7 +8,10 @@
 // Files on the disk carry canonical ids: what a sandbox sees (0 = root, 1000 = user). Each
 // sandbox gets `<sandbox-dir>/volumes/<n>`, an idmapped bind of that root that shows
 // canonical id N as the sandbox's host id hostId+N, so its user reads and writes as itself,
-// whichever id block the sandbox has; the runtime binds that view at the mount path.
+// whichever id block the sandbox has; the runtime binds that view at the mount path. crun
+// and runc bind it like any directory. runsc (gVisor) serves it through its gofer like the
+// root: reads, writes and canonical ownership hold, and sandboxes see each other's changes.
+import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { HELPER_BIN, type Paths } from '../config.js';
@@ -62,7 +65,7 @@ async function emptyVolumeImage(dir: string, sizeMB: number): Promise<string> {
   const file = join(dir, `volume-ext4-${sizeMB}M.img`);
   if (existsSync(file)) return file;
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp-${process.pid}`;
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`; // concurrent creates each make their own
   try {
     await runOk('truncate', ['-s', `${sizeMB}M`, tmp]);
     await runOk('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', 'lazy_itable_init=1,nodiscard', tmp]);

@@ -73,10 +73,13 @@ export class Volumes {
     });
   }
 
-  /** The volume if the caller may see it (its team's, or any for an admin), else 404 like an unknown id. */
-  get(id: string, team: string, admin = false): VolumeRow {
+  /**
+   * The volume if the caller may see it (its team's, or any for an admin), else 404 like an
+   * unknown id. One whose delete did not finish is gone, except to a delete's retry.
+   */
+  get(id: string, team: string, admin = false, deleting = false): VolumeRow {
     const row = VOLUME_ID_RE.test(id) ? this.store.get(id) : undefined;
-    if (!row || row.state === 'deleting' || (!admin && row.team !== team)) throw notFound(`volume '${id}' not found`);
+    if (!row || (row.state === 'deleting' && !deleting) || (!admin && row.team !== team)) throw notFound(`volume '${id}' not found`);
     return row;
   }
 

@@ -2,12 +2,14 @@
 // `cubebox serve`: shared between sandboxes, surviving them, refused deletes, team isolation,
 // and the content API's handling of hostile paths planted by a sandbox.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { HELPER_BIN } from '../../src/config.js';
 import { loopDevicesUnder, mountsUnder } from '../../src/runtime/rootfs.js';
+import { runOk } from '../../src/util/exec.js';
 import { cli, destroyInstance } from '../helpers/instance.js';
-import { sdkService, type E2B, type Service } from '../helpers/service.js';
+import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
 
 let e2b: E2B;
 let svc: Service;
@@ -23,6 +25,15 @@ function assertVolumeGone(id: string): void {
   assert.equal(existsSync(dir), false, 'the volume directory is gone');
 }
 
+/**
+ * After a failed test: its sandboxes and volumes go through the API (a volume left mounted
+ * would stop the instance's removal).
+ */
+async function cleanUp(sdk: E2B): Promise<void> {
+  for (const s of await sdk.Sandbox.list({ query: { state: ['running', 'paused'] } }).nextItems()) await sdk.Sandbox.kill(s.sandboxId);
+  for (const v of await sdk.Volume.list()) await sdk.Volume.destroy(v.volumeId);
+}
+
 /** The content API by hand, to see statuses and messages exactly. */
 async function content(volumeId: string, token: string | undefined, route: string, init: RequestInit = {}): Promise<{ status: number; body: string }> {
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
@@ -36,6 +47,7 @@ describe('persistent volumes through the SDK', { timeout: 900_000 }, () => {
     process.env.E2B_VOLUME_API_URL = svc.url;
   });
   after(async () => {
+    await cleanUp(e2b);
     await svc.stop();
     await destroyInstance(undefined, dataDir);
     delete process.env.E2B_VOLUME_API_URL;
@@ -133,18 +145,47 @@ describe('persistent volumes through the SDK', { timeout: 900_000 }, () => {
     assert.equal(await e2b.Volume.destroy(vol.volumeId), false);
   });
 
-  it('refuses to delete a volume mounted in a running or paused sandbox', async () => {
+  it('refuses to delete a volume mounted in a running or paused sandbox; a cold resume mounts it again', async () => {
     const vol = await e2b.Volume.create('busy');
     const sbx = await e2b.Sandbox.create('base', { volumeMounts: { '/mnt/v': vol } });
     const refused = (e: Error) => e instanceof e2b.VolumeError && /409/.test(e.message) && e.message.includes(sbx.sandboxId) && /mounted/.test(e.message);
+    await sbx.commands.run('echo kept > /mnt/v/f');
     await assert.rejects(e2b.Volume.destroy(vol.volumeId), refused);
-    await sbx.pause();
+    // paused without memory: no process holds the volume, its mount is still the sandbox's
+    await sbx.pause({ keepMemory: false });
+    await assert.rejects(e2b.Volume.destroy(vol.volumeId), refused);
+    const again = await e2b.Sandbox.connect(sbx.sandboxId); // boots it again
+    assert.equal((await again.commands.run('cat /mnt/v/f')).stdout, 'kept\n');
+    await again.pause();
     await assert.rejects(e2b.Volume.destroy(vol.volumeId), refused);
     await e2b.Sandbox.kill(sbx.sandboxId);
     assert.equal(await e2b.Volume.destroy(vol.volumeId), true);
     assertVolumeGone(vol.volumeId);
     // a deleted volume cannot be mounted any more
     await assert.rejects(e2b.Sandbox.create('base', { volumeMounts: { '/mnt/v': 'busy' } }), /404|not found/);
+  });
+
+  it('is mounted again after a restart, and a disk no volume owns is removed', async () => {
+    const vol = await e2b.Volume.create('durable');
+    await vol.writeFile('/note', 'survives');
+    await svc.stop();
+    // as after a reboot: the volume's disk is not mounted; and a disk of no volume is
+    const disk = join(dataDir, 'volumes', vol.volumeId, 'disk');
+    await runOk(HELPER_BIN, ['umount', disk]);
+    const orphan = join(dataDir, 'volumes', 'vol_0000000000000000');
+    mkdirSync(join(orphan, 'disk'), { recursive: true });
+    await runOk('truncate', ['-s', '16M', join(orphan, 'disk.img')]);
+    await runOk('mkfs.ext4', ['-q', '-F', join(orphan, 'disk.img')]);
+    await runOk(HELPER_BIN, ['mount-disk', join(orphan, 'disk.img'), join(orphan, 'disk')]);
+    assert.equal(mountsUnder(orphan).length, 1);
+
+    svc = await startService(dataDir);
+    process.env.E2B_API_URL = process.env.E2B_SANDBOX_URL = process.env.E2B_VOLUME_API_URL = svc.url;
+    assert.equal(mountsUnder(disk).length, 1, 'the volume disk is mounted again');
+    assertVolumeGone('vol_0000000000000000');
+    assert.equal(await vol.readFile('/note'), 'survives');
+    assert.equal(await e2b.Volume.destroy(vol.volumeId), true);
+    assertVolumeGone(vol.volumeId);
   });
 
   it("keeps teams apart: another team's volume is unknown on both APIs", async () => {
@@ -249,3 +290,44 @@ describe('persistent volumes through the SDK', { timeout: 900_000 }, () => {
     assertVolumeGone(v.volumeId);
   });
 });
+
+// The same sharing with runc: the views are plain bind sources for any OCI runtime. (Loopback
+// only: this checks volumes, not sandbox networking.) runsc serves the views through its gofer;
+// its old ptrace build here has no statx, so coreutils' stat and ls fail in it whatever the file.
+for (const runtime of ['runc']) {
+  describe(`persistent volumes with ${runtime}`, { timeout: 600_000 }, () => {
+    let s2: Service;
+    let dir2: string;
+    let sdk: E2B;
+    before(async () => {
+      ({
+        svc: s2,
+        dataDir: dir2,
+        e2b: sdk,
+      } = await sdkService({ CUBEBOX_VOLUME_SIZE_MB: String(VOLUME_MB), CUBEBOX_RUNTIME: runtime, CUBEBOX_POOL: '', CUBEBOX_NETWORK: 'off' }));
+      process.env.E2B_VOLUME_API_URL = s2.url;
+    });
+    after(async () => {
+      await cleanUp(sdk);
+      await s2.stop();
+      await destroyInstance(undefined, dir2);
+      delete process.env.E2B_VOLUME_API_URL;
+    });
+
+    it('shares a volume between two sandboxes, as their user', async () => {
+      const vol = await sdk.Volume.create('rt');
+      const a = await sdk.Sandbox.create('base', { volumeMounts: { '/mnt/data': vol } });
+      const b = await sdk.Sandbox.create('base', { volumeMounts: { '/mnt/data': vol } });
+      try {
+        assert.equal((await a.commands.run('echo via-a > /mnt/data/f && stat -c %u /mnt/data/f')).stdout, '1000\n');
+        assert.equal((await b.commands.run('cat /mnt/data/f')).stdout, 'via-a\n');
+      } finally {
+        await Promise.all([a.kill(), b.kill()]);
+      }
+      assert.equal(await vol.readFile('/f'), 'via-a\n');
+      assert.equal(await sdk.Volume.destroy(vol.volumeId), true);
+      assert.deepEqual(mountsUnder(join(dir2, 'volumes')), []);
+      assert.deepEqual(loopDevicesUnder(join(dir2, 'volumes')), []);
+    });
+  });
+}

@@ -21,6 +21,7 @@ const ERRNO_STATUS: Record<string, number> = {
   EISDIR: 409,
   ENOTDIR: 400,
   ELOOP: 400,
+  ENXIO: 400, // a socket or a FIFO with no reader: not a file
   ENAMETOOLONG: 400,
   ENOSPC: 507,
   EDQUOT: 507,

@@ -39,7 +39,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
   });
   app.delete('/volumes/:id', async (req: Req, reply) => {
     const caller = callerOf(req);
-    volumes.get(req.params.id, caller.team, caller.admin);
+    volumes.get(req.params.id, caller.team, caller.admin, true);
     await volumes.delete(req.params.id);
     return reply.code(204).send();
   });
