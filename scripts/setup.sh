@@ -3,7 +3,7 @@
 # starts `cubebox serve` in the background with the default data directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS=(crun runc runsc tini iproute2 nftables debootstrap busybox-static golang-github-containers-common
+PKGS=(crun runc runsc tini iproute2 nftables conntrack openssl debootstrap busybox-static golang-github-containers-common
       util-linux e2fsprogs procps psmisc curl ca-certificates build-essential python3 xz-utils zstd
       criu skopeo umoci)
 missing=()

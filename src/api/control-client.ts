@@ -5,7 +5,7 @@ import type { BuildResult, Recipe } from '../builder/recipe.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo } from '../sandbox/manager.js';
 import type { Template, TemplateConfig } from '../template/store.js';
 import { CubeboxError, type ErrorKind } from '../util/errors.js';
-import type { ExecOpts, ManagerApi, TemplateSource } from './manager-api.js';
+import type { ExecOpts, ManagerApi, NetworkReport, TemplateSource } from './manager-api.js';
 
 /** The header that carries an exec's command as base64 JSON (its body is the command's stdin). */
 export const EXEC_HEADER = 'x-cubebox-exec';
@@ -121,5 +121,8 @@ export class RemoteApi implements ManagerApi {
   }
   reconcile() {
     return this.call<ReconcileReport>('POST', '/reconcile');
+  }
+  network(id: string) {
+    return this.call<NetworkReport>('GET', `/sandboxes/${encodeURIComponent(id)}/network`);
   }
 }

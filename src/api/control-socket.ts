@@ -140,6 +140,7 @@ export function routes(api: LocalApi): FastifyInstance {
   app.get('/sandboxes', async () => api.list());
   app.post('/sandboxes', { schema: { body: createBody } }, async (req, reply) => reply.code(201).send(await api.create(req.body as CreateRequest)));
   app.get('/sandboxes/:id', { schema: { params: idParams } }, async (req: IdReq) => api.get(req.params.id));
+  app.get('/sandboxes/:id/network', { schema: { params: idParams } }, async (req: IdReq) => api.network(req.params.id));
   app.delete('/sandboxes/:id', { schema: { params: idParams } }, async (req: IdReq, reply) => {
     await api.delete(req.params.id);
     return reply.code(204).send();

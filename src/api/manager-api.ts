@@ -1,6 +1,8 @@
 import type { Readable, Writable } from 'node:stream';
 import { buildRecipe, type BuildResult, type Recipe } from '../builder/recipe.js';
 import { resolveCacheDir } from '../config.js';
+import type { NetCounters } from '../network/network.js';
+import { egressPolicy, type EgressPolicy, type NetworkSettings } from '../network/policy.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
 import type { Template, TemplateConfig } from '../template/store.js';
 import { CubeboxError } from '../util/errors.js';
@@ -25,6 +27,21 @@ export interface ManagerApi {
   buildRecipe(name: string, recipe: Recipe, contextDir?: string): Promise<BuildResult>;
   tagTemplate(ref: string, what: { alias?: string; tag?: string }): Promise<Template>;
   reconcile(): Promise<ReconcileReport>;
+  /** A sandbox's addresses, effective egress policy and counters. */
+  network(id: string): Promise<NetworkReport>;
+}
+
+export interface NetworkReport {
+  sandboxId: string;
+  /** false: this service runs sandboxes with loopback only. */
+  enabled: boolean;
+  address?: string;
+  gateway?: string;
+  netns?: string;
+  hostLink?: string;
+  settings: NetworkSettings;
+  policy: EgressPolicy;
+  counters?: NetCounters;
 }
 
 export interface ExecOpts {
@@ -113,5 +130,21 @@ export class LocalApi implements ManagerApi {
   }
   async reconcile() {
     return this.manager.reconcile();
+  }
+  async network(id: string): Promise<NetworkReport> {
+    const info = this.manager.get(id);
+    const net = this.manager.network();
+    const lease = net?.lease(id);
+    return {
+      sandboxId: id,
+      enabled: !!net,
+      address: lease?.address,
+      gateway: lease?.gateway,
+      netns: lease?.netns,
+      hostLink: lease?.hostLink,
+      settings: info.network,
+      policy: egressPolicy(info.network),
+      counters: await net?.counters(id),
+    };
   }
 }

@@ -41,6 +41,28 @@ export class ServiceMetrics {
         this.set(traffic().reduce((n, t) => n + t.open, 0));
       },
     });
+    // sandbox networking, per-sandbox-free totals since the service's nft table was made
+    const netTotals = async () =>
+      (await manager
+        .network()
+        ?.totals()
+        .catch(() => undefined)) ?? { egressBytes: 0, deniedPackets: 0 };
+    new Gauge({
+      name: 'cubebox_network_egress_bytes',
+      help: 'Bytes sandboxes sent out of their network links (all sandboxes together)',
+      registers: [this.registry],
+      async collect() {
+        this.set((await netTotals()).egressBytes);
+      },
+    });
+    new Gauge({
+      name: 'cubebox_network_denied_packets',
+      help: 'Packets of connections the egress policy refused (all sandboxes together)',
+      registers: [this.registry],
+      async collect() {
+        this.set((await netTotals()).deniedPackets);
+      },
+    });
     new Gauge({
       name: 'cubebox_dataplane_bytes',
       help: 'Data-plane body bytes of the sandboxes that exist now, by direction',

@@ -6,6 +6,7 @@ import { RemoteApi } from '../api/control-client.js';
 import { ControlServer } from '../api/control-socket.js';
 import { LocalApi, type ManagerApi, type TemplateSource } from '../api/manager-api.js';
 import type { ServeFlags } from '../app/serve.js';
+import { formatNetworkReport } from './net-report.js';
 import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { Store } from '../store/store.js';
@@ -235,6 +236,15 @@ sandbox.command('inspect <id>').action(async (id: string, _o: unknown, cmd: Comm
   console.log(JSON.stringify(await withApi(dataDirOf(cmd), (api) => api.get(id)), null, 2));
 });
 sandbox
+  .command('net <id>')
+  .description("a sandbox's addresses, effective egress policy and counters")
+  .option('--json')
+  .action(async (id: string, opts: { json?: boolean }, cmd: Command) => {
+    const r = await withApi(dataDirOf(cmd), (api) => api.network(id));
+    if (opts.json) return console.log(JSON.stringify(r, null, 2));
+    console.log(formatNetworkReport(r));
+  });
+sandbox
   .command('logs <id>')
   .description("print a sandbox's console output (envd and its main process)")
   .action(async (id: string, _o: unknown, cmd: Command) => {
@@ -284,7 +294,12 @@ program
   .addOption(new Option('--pool <template=size,...>', 'warm pool: sandboxes prepared ahead of requests (env CUBEBOX_POOL, default base=2; "" for none)'))
   .addOption(new Option('--subnet <cidr>', 'addresses of sandboxes, a /31 each (env CUBEBOX_SUBNET, default 10.200.0.0/16)'))
   .addOption(new Option('--dns-upstream <ip[:port],...>', "where sandbox DNS is forwarded (env CUBEBOX_DNS_UPSTREAM; default the host's resolv.conf)"))
-  .addOption(new Option('--allow-private <cidr,...>', 'private networks sandboxes may reach: whole ranges from 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 (env CUBEBOX_ALLOW_PRIVATE)'))
+  .addOption(
+    new Option(
+      '--allow-private <cidr,...>',
+      'private networks sandboxes may reach: whole ranges from 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 (env CUBEBOX_ALLOW_PRIVATE)',
+    ),
+  )
   .option('--no-network', 'sandboxes get loopback only (env CUBEBOX_NETWORK=off)')
   .addOption(new Option('--tls-cert <file>', 'serve both planes over HTTPS with this certificate chain (PEM; env CUBEBOX_TLS_CERT)'))
   .addOption(new Option('--tls-key <file>', 'the private key of --tls-cert (PEM; env CUBEBOX_TLS_KEY)'))

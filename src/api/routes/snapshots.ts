@@ -54,7 +54,7 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
     const src = manager.get(id);
     const results = await observe('fork', () =>
-      manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra, team: src.team }),
+      manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra, network: src.network, team: src.team }),
     );
     const statusOf = (e: CubeboxError) => (e instanceof HttpError ? e.status : HTTP_STATUS[e.kind]);
     return reply
