@@ -15,6 +15,19 @@ if ((${#missing[@]})); then
 fi
 npm ci --no-audit --no-fund
 npm run build
+# The templates' cache entries under /var/cache/cubebox: base and the code-interpreter-v1 layer on
+# it (built once, about 10 minutes; then a tar extraction), so that serve and the tests start fast.
+work=$(mktemp -d /var/tmp/cubebox-setup-XXXXXX)
+mkdir "$work/base" "$work/layer"
+node --input-type=module -e "
+  const { resolveCacheDir } = await import('./dist/src/config.js');
+  const { buildDebianBase } = await import('./dist/src/template/debian-base.js');
+  const { buildCodeInterpreterLayer } = await import('./dist/src/template/code-interpreter.js');
+  const opts = { cacheDir: resolveCacheDir(), onProgress: (l) => /^(base|code-interpreter): /.test(l) && console.log(l) };
+  await buildDebianBase('$work/base', opts);
+  await buildCodeInterpreterLayer('$work/layer', ['$work/base'], opts);
+"
+rm -rf --one-file-system "$work"
 if [[ "${1:-}" != "--no-start" ]]; then
   node dist/src/cli/main.js doctor
   port="${CUBEBOX_PORT:-3000}"

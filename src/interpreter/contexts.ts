@@ -140,9 +140,30 @@ export class Contexts {
 }
 
 /** The sandbox's env vars from envd, with the caller's access token; {} if envd cannot say. */
-function fetchEnvs(token: string | undefined): Promise<Record<string, string>> {
+async function fetchEnvs(token: string | undefined): Promise<Record<string, string>> {
+  return (await envdEnvs(token)).envs;
+}
+
+/**
+ * Whether token is the sandbox's envd access token, as envd judges it (a sandbox created
+ * with `secure: false` has none, and every caller passes). The SDK sends it on /execute.
+ */
+export async function accessAllowed(token: string | undefined): Promise<boolean> {
+  if (token && accepted.has(token)) return true;
+  const { status } = await envdEnvs(token);
+  const ok = status !== 401 && status !== 403;
+  // a sandbox keeps its token (pause and resume included): one check per token; no token
+  // is checked every time (a pooled sandbox gets its token only when it is handed out)
+  if (ok && token && accepted.size < 16) accepted.add(token);
+  return ok;
+}
+const accepted = new Set<string>();
+
+function envdEnvs(token: string | undefined): Promise<{ status: number; envs: Record<string, string> }> {
   return new Promise((resolve) => {
-    const req = http.get({ socketPath: ENVD_SOCKET, path: '/envs', headers: token ? { 'x-access-token': token } : {}, timeout: 5000 }, (res) => {
+    const headers = token ? { 'x-access-token': token } : {};
+    const req = http.get({ socketPath: ENVD_SOCKET, path: '/envs', headers, timeout: 5000 }, (res) => {
+      const status = res.statusCode ?? 0;
       let body = '';
       res.setEncoding('utf8').on('data', (d: string) => {
         body += d;
@@ -151,17 +172,17 @@ function fetchEnvs(token: string | undefined): Promise<Record<string, string>> {
       res.on('end', () => {
         try {
           const v = JSON.parse(body) as unknown;
-          if (res.statusCode === 200 && v && typeof v === 'object' && !Array.isArray(v)) {
-            resolve(Object.fromEntries(Object.entries(v).filter(([, x]) => typeof x === 'string')) as Record<string, string>);
-            return;
+          if (status === 200 && v && typeof v === 'object' && !Array.isArray(v)) {
+            const envs = Object.fromEntries(Object.entries(v).filter(([, x]) => typeof x === 'string')) as Record<string, string>;
+            return resolve({ status, envs });
           }
         } catch {
           /* below */
         }
-        resolve({});
+        resolve({ status, envs: {} });
       });
     });
-    req.on('error', () => resolve({}));
+    req.on('error', () => resolve({ status: 0, envs: {} }));
     req.on('timeout', () => req.destroy());
   });
 }

@@ -41,6 +41,7 @@ export class JupyterServer {
       '--ServerApp.iopub_data_rate_limit=1e10',
       '--ServerApp.iopub_msg_rate_limit=1e10',
       '--MappingKernelManager.cull_idle_timeout=0',
+      '--config=/.cubebox/interpreter/jupyter_config.py',
     ];
     const child = spawn('python3', args, { env: this.env, cwd: '/home/user', stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;

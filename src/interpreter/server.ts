@@ -7,7 +7,7 @@
  * of the support tree (/.cubebox), like envd; everything it is sent is the sandbox user's own.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import { Contexts, DEFAULT_CWD, type Context } from './contexts.js';
+import { accessAllowed, Contexts, DEFAULT_CWD, type Context } from './contexts.js';
 import { JupyterServer } from './jupyter.js';
 import type { OutEvent } from './kernel.js';
 import { normalizeLanguage } from './languages.js';
@@ -92,6 +92,9 @@ async function execute(req: IncomingMessage, res: ServerResponse): Promise<void>
   if (typeof envVars !== 'object' || envVars === null || Array.isArray(envVars) || Object.values(envVars).some((v) => typeof v !== 'string'))
     throw invalid(['body', 'env_vars'], 'Input should be a valid dictionary of strings', envVars);
   if (contextId && language) throw new HttpError(400, 'Only one of context_id or language can be provided');
+  // Running code takes the sandbox's access token (secure sandboxes), as envd's commands do.
+  const token = typeof req.headers['x-access-token'] === 'string' ? req.headers['x-access-token'] : undefined;
+  if (!(await accessAllowed(token))) throw new HttpError(401, 'invalid or missing access token (X-Access-Token)');
   let ctx: Context;
   if (contextId) {
     const c = contexts.get(contextId);
@@ -104,7 +107,6 @@ async function execute(req: IncomingMessage, res: ServerResponse): Promise<void>
       throw new HttpError(500, err instanceof Error ? err.message : String(err));
     }
   }
-  const token = req.headers['x-access-token'];
   res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   res.flushHeaders();
   let gone = false;
@@ -126,7 +128,7 @@ async function execute(req: IncomingMessage, res: ServerResponse): Promise<void>
     if (state.running) ctx.kernel.interrupt().catch((err: unknown) => log(`interrupting ${ctx.id} failed: ${String(err)}`));
   });
   try {
-    await contexts.run(ctx, code, envVars as Record<string, string>, typeof token === 'string' ? token : undefined, write, state);
+    await contexts.run(ctx, code, envVars as Record<string, string>, token, write, state);
     write({ type: 'end_of_execution' });
   } finally {
     clearInterval(keepalive);
