@@ -65,6 +65,8 @@ describe('persistent volumes through the SDK', { timeout: 900_000 }, () => {
     const b = await e2b.Sandbox.create('base', { volumeMounts: { '/mnt/data': 'shared' } });
     try {
       assert.deepEqual((await a.getInfo()).volumeMounts, [{ name: 'shared', path: '/mnt/data' }]);
+      const listed = (await e2b.Sandbox.list().nextItems()).find((x) => x.sandboxId === b.sandboxId);
+      assert.deepEqual(listed?.volumeMounts, [{ name: 'shared', path: '/mnt/data' }]);
       // the sandbox's user writes as itself; the other sandbox (another id block) sees the same owner
       const w = await a.commands.run(
         'echo hello > /mnt/data/greeting && mkdir /mnt/data/sub && echo deep > /mnt/data/sub/f && id -u && stat -c %u:%g /mnt/data/greeting',

@@ -146,6 +146,7 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
     diskSizeMB: diskSizeMB(info),
     envdVersion: ENVD_VERSION,
     metadata: info.metadata,
+    volumeMounts: info.volumeMounts,
   });
   const detailBody = (info: SandboxInfo) => ({
     ...listedBody(info),
@@ -160,7 +161,6 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
       httpsPorts: info.network.httpsPorts,
     },
     lifecycle: { onTimeout: info.lifecycle.onTimeout, autoResume: info.lifecycle.autoResume },
-    volumeMounts: info.volumeMounts,
   });
   // (not a spread of opts: `domain` may be a getter, read when a body is made)
   return {
