@@ -315,16 +315,24 @@ program
   .command('bench')
   .description('measure sandbox lifecycle latencies against the bare runtime (medians of one run)')
   .option('-n, --iterations <n>', 'iterations', num('--iterations'), 20)
-  .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'service']))
+  .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'service', 'network']))
   .action(async (opts: { iterations: number; only?: string }) => {
     const { runtimeBench, formatBench } = await import('../bench/runtime-bench.js');
     const progress = (s: string) => process.stderr.write(`\r${s.padEnd(40)}`);
-    if (opts.only !== 'service') {
+    if (!opts.only || opts.only === 'runtime') {
       const rows = await runtimeBench(opts.iterations, progress);
       process.stderr.write('\n');
       console.log(formatBench(rows));
     }
-    if (opts.only !== 'runtime') {
+    if (!opts.only || opts.only === 'network') {
+      const { networkBench } = await import('../bench/network-bench.js');
+      const { rows, notes } = await networkBench(opts.iterations, progress);
+      process.stderr.write('\n');
+      console.log('\nsandbox networking:');
+      console.log(formatBench(rows));
+      for (const n of notes) console.log(n);
+    }
+    if (!opts.only || opts.only === 'service') {
       const { serviceBench } = await import('../bench/service-bench.js');
       const { rows, notes } = await serviceBench(opts.iterations, progress);
       process.stderr.write('\n');

@@ -74,9 +74,8 @@ export async function deleteLink(name: string): Promise<void> {
 /** Drops the host's flow entries of an address (so a reused address starts with none). Needs conntrack(8); without it, entries time out. */
 export async function flushConntrack(address: string): Promise<void> {
   if (!hasConntrack()) return;
-  for (const dir of ['-s', '-d']) {
-    await runWithInput('conntrack', ['-D', dir, address], '').catch(() => undefined); // exit 1 = no entries
-  }
+  // exit 1 = no entries
+  await Promise.all(['-s', '-d'].map((dir) => runWithInput('conntrack', ['-D', dir, address], '').catch(() => undefined)));
 }
 
 let conntrackPresent: boolean | undefined;

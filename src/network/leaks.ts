@@ -1,7 +1,8 @@
 // What of an instance's networking is on the host with no sandbox to own it: namespaces,
 // links, nft chains, ledger rows and flow entries. Synchronous, for the leak checker.
 import { spawnSync } from 'node:child_process';
-import type Database from 'better-sqlite3';
+import Database from 'better-sqlite3';
+import { join } from 'node:path';
 import { AddressPlan, contains, parseIp } from './cidr.js';
 import { hasConntrack, listLinks, listNetns } from './host.js';
 import { existsSync, readFileSync } from 'node:fs';
@@ -17,11 +18,27 @@ export interface NetLeak {
  * Leftovers of instance `inst`: everything but the free slots and the slots of `known`
  * sandboxes. With nothing owned, the instance's nft table must be gone as well.
  */
-export function networkLeaks(inst: string, dataDir: string, db: Database.Database | undefined, known: Set<string>): NetLeak[] {
+export function networkLeaks(inst: string, dataDir: string, given: Database.Database | undefined, known: Set<string>): NetLeak[] {
+  // without the caller's store, the ledger is read from the data directory's (a running service may hold it)
+  const dbFile = join(dataDir, 'cubebox.db');
+  const db = given ?? (existsSync(dbFile) ? new Database(dbFile, { readonly: true, fileMustExist: true }) : undefined);
+  try {
+    return leaksWith(inst, dataDir, db, known);
+  } finally {
+    if (!given) db?.close();
+  }
+}
+
+function leaksWith(inst: string, dataDir: string, db: Database.Database | undefined, known: Set<string>): NetLeak[] {
   const out: NetLeak[] = [];
   const owned = new Set<number>();
   if (db) {
-    const rows = db.prepare('SELECT slot, state, sandbox_id FROM net_slots').all() as { slot: number; state: string; sandbox_id: string | null }[];
+    let rows: { slot: number; state: string; sandbox_id: string | null }[] = [];
+    try {
+      rows = db.prepare('SELECT slot, state, sandbox_id FROM net_slots').all() as typeof rows;
+    } catch {
+      /* a store from before networking: no slots */
+    }
     for (const r of rows) {
       if (r.state === 'free' || (r.sandbox_id && known.has(r.sandbox_id))) owned.add(r.slot);
       else out.push({ kind: 'ledger', what: `net slot ${r.slot} (${r.state}${r.sandbox_id ? ` of ${r.sandbox_id}` : ''})` });

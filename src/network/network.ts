@@ -21,7 +21,7 @@ import {
   nft,
   nftJson,
 } from './host.js';
-import type { EgressPolicy } from './policy.js';
+import { isOpenPolicy, type EgressPolicy } from './policy.js';
 import { addSlotScript, installTable, policyScript, removeSlotScript, removeTable, resolvedScript, slotNames, tableObjects } from './rules.js';
 
 export const DEFAULT_SUBNET = '10.200.0.0/16';
@@ -182,7 +182,7 @@ export class SandboxNetwork {
       await this.make(slot);
       this.db.prepare("UPDATE net_slots SET state = 'used' WHERE slot = ?").run(slot);
     }
-    await nft(policyScript(this.table, slot, policy));
+    if (!isOpenPolicy(policy)) await nft(policyScript(this.table, slot, policy)); // a new slot's sets are empty: the open policy
     this.scheduleRefill();
     return this.leaseOf(slot);
   }
@@ -251,9 +251,16 @@ export class SandboxNetwork {
     this.db.prepare("UPDATE net_slots SET state = 'releasing' WHERE slot = ?").run(slot);
     await deleteNetns(this.netnsName(slot));
     await deleteLink(this.linkName(slot));
-    const { objects } = tableObjects(await this.listTable());
-    const script = removeSlotScript(this.table, slot, this.linkName(slot), objects);
-    if (script) await nft(script);
+    // every object at once; if some are missing (a crash while making or releasing), only those that exist
+    const link = this.linkName(slot);
+    const all = new Set([
+      `element:${link}`,
+      ...Object.entries(slotNames(slot)).map(([k, v]) => `${k === 'chain' ? 'chain' : k === 'tx' || k === 'denied' ? 'counter' : 'set'}:${v}`),
+    ]);
+    await nft(removeSlotScript(this.table, slot, link, all)).catch(async () => {
+      const script = removeSlotScript(this.table, slot, link, tableObjects(await this.listTable()).objects);
+      if (script) await nft(script);
+    });
     await flushConntrack(this.plan.sandboxAddress(slot));
     this.db.prepare('DELETE FROM net_slots WHERE slot = ?').run(slot);
   }

@@ -130,3 +130,8 @@ export function nameGrantsAddresses(p: EgressPolicy, name: string): boolean {
   const n = name.toLowerCase().replace(/\.$/, '');
   return p.domains.includes(n) || p.wildcards.some((w) => n.endsWith(`.${w}`));
 }
+
+/** The default policy: nothing allowed or denied beyond what is always blocked (a new slot's). */
+export function isOpenPolicy(p: EgressPolicy): boolean {
+  return !p.allowCidrs.length && !p.denyCidrs.length && !p.domains.length && !p.wildcards.length;
+}

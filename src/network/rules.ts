@@ -81,7 +81,12 @@ export async function removeTable(table: string): Promise<void> {
   });
 }
 
-/** The script that adds one slot's chain and sets, hooked to its link, denying everything until a policy is set. */
+/**
+ * The script that adds one slot's chain and sets, hooked to its link. Its sets start empty
+ * (the default policy): nothing runs in a slot before it is given to a sandbox, and a slot is
+ * never given twice (it is destroyed on release), so a create with the default policy needs
+ * no nft call of its own.
+ */
 export function addSlotScript(table: string, slot: number, link: string): string {
   const t = `inet ${table}`;
   const n = slotNames(slot);
@@ -97,7 +102,6 @@ export function addSlotScript(table: string, slot: number, link: string): string
     `add rule ${t} ${n.chain} ip daddr @${n.resolved} accept`,
     `add rule ${t} ${n.chain} ip daddr @${n.deny} counter name "${n.denied}" jump deny`,
     `add rule ${t} ${n.chain} accept`,
-    `add element ${t} ${n.deny} { 0.0.0.0/0 }`,
     `add element ${t} egress { "${link}" : jump ${n.chain} }`,
   ].join('\n');
 }

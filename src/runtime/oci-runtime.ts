@@ -81,8 +81,8 @@ export class OciRuntime implements SandboxRuntime {
     this.callTimeoutMs = opts.callTimeoutMs ?? (Number(process.env.CUBEBOX_RUNTIME_TIMEOUT_MS) || RUNTIME_CALL_TIMEOUT_MS);
     this.globalArgs = ['--root', stateRoot];
     // host-uds=create: envd's socket in the shared directory must be reachable from the host
-    // network=sandbox: gVisor's own network stack, over the interfaces of the sandbox's namespace
-    if (name === 'runsc') this.globalArgs.push('--platform=ptrace', '--network=sandbox', '--host-uds=create');
+    // network=none: runsc sandboxes have loopback only (see sandbox/networking.ts)
+    if (name === 'runsc') this.globalArgs.push('--platform=ptrace', '--network=none', '--host-uds=create');
     // crun refuses hybrid hosts; in a mount namespace without the cgroup2 mount it sees pure v1.
     this.wrap = name === 'crun' && cgroupMode === 'hybrid';
     this.userNamespaces = name !== 'runsc';

@@ -3,6 +3,7 @@ import type { Template } from '../template/store.js';
 import { errorMessage } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 import type { SandboxCore } from './core.js';
+import { egressPolicy, isOpenPolicy } from '../network/policy.js';
 import { applyPolicy } from './networking.js';
 import { personalize, provision, recordNew, rollbackOnFailure } from './provision.js';
 import { allows } from './states.js';
@@ -67,7 +68,7 @@ export class WarmPool {
         core.setState(c.id, 'creating', { team: req.team ?? null, spec: JSON.stringify(spec) });
         try {
           // a pooled sandbox was made with the default policy: a request's own one replaces it
-          if (req.network) await applyPolicy(core, c.id, req.network);
+          if (req.network && !isOpenPolicy(egressPolicy(req.network))) await applyPolicy(core, c.id, req.network);
           await personalize(core, c.id, spec);
         } catch (err) {
           core.log.warn({ sandbox: c.id, err: errorMessage(err) }, 'a pooled sandbox could not be claimed; removing it');

@@ -1,0 +1,87 @@
+import { get, type IncomingMessage } from 'node:http';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { startServer } from '../api/server.js';
+import { SandboxManager } from '../sandbox/manager.js';
+import { median, timed, type BenchRow } from './runtime-bench.js';
+
+/** Downloads a URL to nowhere; resolves to the bytes read. */
+function download(url: string, headers: Record<string, string> = {}): Promise<number> {
+  return new Promise((resolve, reject) => {
+    get(url, { headers }, (res: IncomingMessage) => {
+      let n = 0;
+      res.on('data', (c: Buffer) => (n += c.length));
+      res.on('end', () => (res.statusCode === 200 ? resolve(n) : reject(new Error(`HTTP ${res.statusCode}`))));
+      res.on('error', reject);
+    }).on('error', reject);
+  });
+}
+
+async function run(m: SandboxManager, id: string, script: string): Promise<void> {
+  const p = await m.exec(id, ['/bin/sh', '-c', script], { stdio: 'ignore' });
+  await new Promise<void>((resolve, reject) => p.on('close', (c) => (c === 0 ? resolve() : reject(new Error(`'${script}' exited ${c}`)))));
+}
+
+/**
+ * Networking's cost: an agent-less create with a network slot against one without (two
+ * managers in the same run), and a sandbox port through the data-plane proxy against a
+ * direct connection from the host to the same server (throughput of a large file, latency
+ * of a small one).
+ */
+export async function networkBench(iterations: number, log: (s: string) => void = () => undefined): Promise<{ rows: BenchRow[]; notes: string[] }> {
+  const dirs = [mkdtempSync('/var/tmp/cubebox-bench-'), mkdtempSync('/var/tmp/cubebox-bench-')];
+  const withNet = await SandboxManager.open({ dataDir: dirs[0]! });
+  const noNet = await SandboxManager.open({ dataDir: dirs[1]!, network: false });
+  let server: Awaited<ReturnType<typeof startServer>> | undefined;
+  try {
+    await withNet.templates.addBusybox('busybox');
+    await noNet.templates.addBusybox('busybox');
+    const on: number[] = [];
+    const off: number[] = [];
+    for (let i = 0; i < iterations; i++) {
+      let id = '';
+      on.push(await timed(async () => (id = (await withNet.create({ template: 'busybox', agent: false })).id)));
+      await withNet.delete(id);
+      off.push(await timed(async () => (id = (await noNet.create({ template: 'busybox', agent: false })).id)));
+      await noNet.delete(id);
+      log(`create with and without network ${i + 1}/${iterations}`);
+    }
+
+    const sbx = await withNet.create({ template: 'busybox', agent: false });
+    await run(withNet, sbx.id, 'dd if=/dev/zero of=/tmp/blob bs=1M count=64 2>/dev/null && echo small > /tmp/small && busybox httpd -p 8000 -h /tmp');
+    const address = withNet.get(sbx.id).address!;
+    server = await startServer({ manager: withNet, host: '127.0.0.1', port: 0, log: withNet.log });
+    const via = { 'E2b-Sandbox-Id': sbx.id, 'E2b-Sandbox-Port': '8000' };
+    for (let i = 0; i < 50 && !(await download(`http://${address}:8000/small`).catch(() => 0)); i++) await new Promise((r) => setTimeout(r, 100));
+    const mbps = (ms: number) => (64 / (ms / 1000)).toFixed(0);
+    const direct: number[] = [];
+    const proxied: number[] = [];
+    for (let i = 0; i < Math.max(3, Math.min(iterations, 10)); i++) {
+      direct.push(await timed(() => download(`http://${address}:8000/blob`)));
+      proxied.push(await timed(() => download(`${server!.url}/blob`, via)));
+      log(`64 MiB download ${i + 1}`);
+    }
+    const smallDirect: number[] = [];
+    const smallProxied: number[] = [];
+    for (let i = 0; i < iterations * 5; i++) {
+      smallDirect.push(await timed(() => download(`http://${address}:8000/small`)));
+      smallProxied.push(await timed(() => download(`${server!.url}/small`, via)));
+    }
+    return {
+      rows: [
+        { name: 'create, no envd, with network', medianMs: median(on), baselineName: 'the same without network', baselineMs: median(off) },
+        { name: 'GET 64 MiB through the proxy', medianMs: median(proxied), baselineName: 'direct to the sandbox address', baselineMs: median(direct) },
+        { name: 'GET small through the proxy', medianMs: median(smallProxied), baselineName: 'direct to the sandbox address', baselineMs: median(smallDirect) },
+      ],
+      notes: [`port throughput: ${mbps(median(proxied))} MiB/s through the proxy, ${mbps(median(direct))} MiB/s direct (64 MiB, busybox httpd in the sandbox)`],
+    };
+  } finally {
+    await server?.close();
+    for (const m of [withNet, noNet]) {
+      for (const s of m.list()) await m.delete(s.id).catch(() => undefined);
+      const runRoot = m.paths.runRoot;
+      await m.close();
+      rmSync(runRoot, { recursive: true, force: true });
+    }
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  }
+}
