@@ -211,6 +211,12 @@ describe('persistent volumes through the SDK', { timeout: 900_000 }, () => {
       assert.equal((await content(mine.volumeId, undefined, 'path?path=/')).status, 401);
       assert.equal((await content(mine.volumeId, 'e2b_' + otherKey, 'dir?path=/')).status, 404);
       assert.equal((await content(theirs.volumeId, theirs.token, 'path?path=/')).status, 200);
+      // a team whose last key is revoked is blocked on the content API too, until it has a key again
+      assert.equal((await cli(dataDir, ['keys', 'revoke', otherKey])).code, 0);
+      assert.equal((await content(theirs.volumeId, theirs.token, 'path?path=/')).status, 403);
+      const again = await cli(dataDir, ['keys', 'create', '--team', 'other', '--name', 'other-2']);
+      other.apiKey = again.stdout.trim().split('\n').pop()!.trim();
+      assert.equal((await content(theirs.volumeId, theirs.token, 'path?path=/')).status, 200);
       assert.equal(await e2b.Volume.destroy(theirs.volumeId, other), true);
       assertVolumeGone(theirs.volumeId);
     } finally {

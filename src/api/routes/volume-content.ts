@@ -28,7 +28,8 @@ const ERRNO_STATUS: Record<string, number> = {
   EFBIG: 413,
 };
 
-export function registerVolumeContentRoutes(app: FastifyInstance, volumes: Volumes, log: Logger): void {
+/** blocked: a team without a live API key (its volumes answer 403 here, as its sandboxes do on the data plane). */
+export function registerVolumeContentRoutes(app: FastifyInstance, volumes: Volumes, log: Logger, blocked: (team: string | null) => boolean): void {
   const fail = (reply: FastifyReply, err: unknown) => {
     if (reply.sent || reply.raw.destroyed) return reply;
     if (err instanceof ContentError) return sendError(reply, err.status, err.message);
@@ -56,6 +57,10 @@ export function registerVolumeContentRoutes(app: FastifyInstance, volumes: Volum
         return fail(reply, err);
       }
       if (!v) return sendError(reply, 404, `volume '${req.params.volumeID}' not found`);
+      if (blocked(v.row.team)) {
+        v.done();
+        return sendError(reply, 403, `volume '${req.params.volumeID}' is blocked: its team has no live API key`);
+      }
       reply.raw.once('close', v.done); // a read streams on after the handler returns
       try {
         return await op(v, req, reply);

@@ -44,5 +44,5 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
     return reply.code(204).send();
   });
 
-  registerVolumeContentRoutes(app, volumes, manager.log);
+  registerVolumeContentRoutes(app, volumes, manager.log, (team) => tenancy.blocked(team));
 }
