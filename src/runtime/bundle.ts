@@ -89,13 +89,19 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
   if (!gvisor) namespaces.push({ type: 'cgroup' });
   if (spec.idMap) namespaces.push({ type: 'user' });
 
+  const joinsForeignNetns = !!spec.netns && !!spec.idMap && !gvisor;
   const mounts: Record<string, unknown>[] = [
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
     { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
     { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    // sysfs can only be mounted by a user namespace that owns the network namespace; a sandbox
+    // joining its pre-made slot (owned by the host) gets the host's /sys read-only instead (what
+    // crun does by itself, and runc does not), with the host's network devices masked below
+    joinsForeignNetns
+      ? { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] }
+      : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
   ];
   if (!gvisor) {
     mounts.push({ destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] });
@@ -128,7 +134,7 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
       cpu: { period: 100000, quota: Math.round(Math.min(spec.limits.cpuCount, sandboxCpuCeiling()) * 100000) },
       pids: { limit: spec.limits.pids },
     },
-    maskedPaths: MASKED_PATHS,
+    maskedPaths: joinsForeignNetns ? [...MASKED_PATHS, '/sys/class/net', '/sys/devices/virtual/net'] : MASKED_PATHS,
     readonlyPaths: READONLY_PATHS,
   };
   if (spec.idMap) {

@@ -97,6 +97,26 @@ export async function probeHost(opts: { runtimes?: RuntimeName[]; nestedTemplate
   );
   add('tini', existsSync(TINI), true, existsSync(TINI) ? TINI : `${TINI} missing: install the tini package`);
 
+  // sandbox networking: namespaces and veth pairs (iproute2), the policy (nftables), flow cleanup (conntrack)
+  const nft = isRoot ? await run('nft', ['list', 'tables']).catch(() => ({ code: 1, stderr: 'nft missing' })) : { code: 1, stderr: 'needs root' };
+  add(
+    'nftables',
+    nft.code === 0,
+    false,
+    nft.code === 0 ? 'nft works (the sandbox network policy)' : `nft failed: ${nft.stderr.trim()} (install nftables, or serve --no-network)`,
+  );
+  const ipOk = existsSync('/usr/sbin/ip') || existsSync('/sbin/ip') || existsSync('/bin/ip');
+  add('iproute2', ipOk, false, ipOk ? 'ip (network namespaces and veth pairs)' : 'ip missing: install iproute2, or serve --no-network');
+  const ct = ['/usr/sbin/conntrack', '/sbin/conntrack'].some((f) => existsSync(f));
+  add(
+    'conntrack',
+    ct,
+    false,
+    ct ? "conntrack (a deleted sandbox's flows are dropped at once)" : 'conntrack missing: flows of deleted sandboxes time out instead of being dropped',
+  );
+  const fwd = readOr('/proc/sys/net/ipv4/ip_forward', '0').trim() === '1';
+  add('IPv4 forwarding', true, false, fwd ? 'on' : 'off now; serve turns it on for sandbox networking (net.ipv4.ip_forward=1)');
+
   const runtimes: RuntimeProbe[] = [];
   for (const name of opts.runtimes ?? (['crun', 'runc', 'runsc'] as RuntimeName[])) runtimes.push(await probeRuntime(name, cgroupMode, isRoot));
   const crun = runtimes.find((r) => r.name === 'crun');

@@ -20,9 +20,11 @@ function netFilesDir(core: SandboxCore, id: string): string {
  */
 export async function connectNetwork(core: SandboxCore, id: string, spec: StoredSpec): Promise<NetLease | undefined> {
   const net = core.deps.net;
-  // gVisor refuses a prepared namespace on this kind of host ("cannot run with network enabled
-  // in root network namespace"): runsc sandboxes keep loopback only
-  if (!net || core.runtimeOf(id).name === 'runsc') return undefined;
+  // crun only. gVisor refuses a prepared namespace on this kind of host ("cannot run with
+  // network enabled in root network namespace"), and runc 1.1 cannot exec into a sandbox whose
+  // user namespace does not own its network namespace (it joins the user namespace first):
+  // runsc and runc sandboxes keep loopback only
+  if (!net || core.runtimeOf(id).name !== 'crun') return undefined;
   const lease = await net.attach(id, egressPolicy(spec.network ?? DEFAULT_NETWORK));
   const dir = netFilesDir(core, id);
   // the host writes these before every boot, in a directory only the host can reach (no sandbox path is followed)
