@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { HELPER_BIN } from '../config.js';
@@ -58,7 +59,8 @@ async function emptyImage(dir: string, sizeMB: number): Promise<string> {
   const file = join(dir, `empty-ext4-${sizeMB}M.img`);
   if (existsSync(file)) return file;
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp-${process.pid}`;
+  // concurrent first creates each make their own (the last rename wins; the images are the same)
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     await runOk('truncate', ['-s', `${sizeMB}M`, tmp]);
     // no journal (scratch space), no reserved blocks (the sandbox gets all of it)
