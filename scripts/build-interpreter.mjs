@@ -3,7 +3,7 @@
 // ts-strip.mjs (TypeScript's transpiler, loaded only by TypeScript contexts) and the Python
 // helpers the kernels load. The support tree (src/runtime/support.ts) carries the directory
 // to /.cubebox/interpreter in every sandbox, where the sandbox's node runs it.
-import { copyFileSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -12,8 +12,10 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const src = join(root, 'src/interpreter');
 const out = join(root, 'dist/interpreter');
 
-rmSync(out, { recursive: true, force: true });
-mkdirSync(out, { recursive: true });
+// built beside and renamed into place: a support tree made meanwhile never sees half of it
+const tmp = `${out}.tmp-${process.pid}`;
+rmSync(tmp, { recursive: true, force: true });
+mkdirSync(tmp, { recursive: true });
 for (const [entry, file] of [
   ['server.ts', 'server.mjs'],
   ['js-kernel.ts', 'js-kernel.mjs'],
@@ -21,7 +23,7 @@ for (const [entry, file] of [
 ]) {
   await build({
     entryPoints: [join(src, entry)],
-    outfile: join(out, file),
+    outfile: join(tmp, file),
     bundle: true,
     platform: 'node',
     format: 'esm',
@@ -41,4 +43,6 @@ for (const [entry, file] of [
     },
   });
 }
-for (const f of readdirSync(join(src, 'python'))) if (f.endsWith('.py')) copyFileSync(join(src, 'python', f), join(out, f));
+for (const f of readdirSync(join(src, 'python'))) if (f.endsWith('.py')) copyFileSync(join(src, 'python', f), join(tmp, f));
+rmSync(out, { recursive: true, force: true });
+renameSync(tmp, out);

@@ -4,13 +4,14 @@
 // the run and put back after it, both as silent helper executions.
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
-import type { JupyterServer } from './jupyter.js';
-import type { Emit, Kernel } from './kernel.js';
+import { JupyterKernel, type JupyterServer } from './jupyter.js';
+import type { Emit, Kernel, OutEvent } from './kernel.js';
 import { cwdCode, envCode, isKnownLanguage, JUPYTER_KERNELS } from './languages.js';
 import { BashKernel, NodeKernel } from './process-kernel.js';
 
 export const DEFAULT_CWD = '/home/user';
 const ENVD_SOCKET = '/.cubebox/run/envd.sock';
+const STARTUP = `exec(open('/.cubebox/interpreter/startup.py').read())`;
 
 export class Context {
   /** Sandbox-level env vars, once fetched. */
@@ -88,16 +89,24 @@ export class Contexts {
       id = randomUUID();
     } else {
       const k = await this.jupyter.startKernel(JUPYTER_KERNELS[language]!);
-      if (language === 'python') await k.execute(`exec(open('/.cubebox/interpreter/startup.py').read())`, () => undefined, { silent: true });
       kernel = k;
       id = k.id;
     }
     const ctx = new Context(id, language, cwd, kernel);
-    let failed = '';
-    await kernel.execute(cwdCode(language, cwd), (e) => e.type === 'error' && (failed = e.value), { silent: true });
+    const failed = await this.setUp(language, cwd, kernel);
     this.all.set(id, ctx);
     if (failed) throw new Error(`Failed to set working directory: ${failed}`);
     return ctx;
+  }
+
+  /** A new kernel's helpers (Python) and working directory; returns the cwd error, if any. */
+  private async setUp(language: string, cwd: string, kernel: Kernel): Promise<string> {
+    // a failing helper leaves the context usable, without its extra formats: said in the console log
+    const report = (e: OutEvent) => e.type === 'error' && process.stderr.write(`code-interpreter: python helpers failed: ${e.name}: ${e.value}\n`);
+    if (language === 'python') await kernel.execute(STARTUP, report, { silent: true });
+    let failed = '';
+    await kernel.execute(cwdCode(language, cwd), (e) => e.type === 'error' && (failed = e.value), { silent: true });
+    return failed;
   }
 
   async remove(ctx: Context): Promise<void> {
@@ -110,8 +119,7 @@ export class Contexts {
     await ctx.exclusive(async () => {
       await ctx.kernel.restart();
       ctx.globals = undefined;
-      if (ctx.language === 'python') await ctx.kernel.execute(`exec(open('/.cubebox/interpreter/startup.py').read())`, () => undefined, { silent: true });
-      await ctx.kernel.execute(cwdCode(ctx.language, ctx.cwd), () => undefined, { silent: true });
+      await this.setUp(ctx.language, ctx.cwd, ctx.kernel);
     });
   }
 
@@ -123,6 +131,11 @@ export class Contexts {
     await ctx.exclusive(async () => {
       if (state.cancelled) return;
       const silent = () => undefined;
+      if (ctx.kernel instanceof JupyterKernel && ctx.kernel.restarted) {
+        ctx.kernel.restarted = false;
+        await this.setUp(ctx.language, ctx.cwd, ctx.kernel);
+        ctx.globals = undefined;
+      }
       if (!ctx.globals) {
         ctx.globals = await fetchEnvs(accessToken);
         await ctx.kernel.execute(envCode(ctx.language, ctx.globals), silent, { silent: true });

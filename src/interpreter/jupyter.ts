@@ -108,6 +108,8 @@ interface Message {
 export class JupyterKernel implements Kernel {
   private ws: WebSocket | undefined;
   private readonly session = randomUUID();
+  /** Set when Jupyter restarted the kernel on its own: its state (cwd, env, helpers) is gone. */
+  restarted = false;
   /** Listeners of running executions, by their request's msg_id. */
   private readonly listeners = new Map<string, (m: Message | null) => void>();
 
@@ -135,6 +137,11 @@ export class JupyterKernel implements Kernel {
       }
       const parent = m.parent_header?.msg_id;
       if (parent) this.listeners.get(parent)?.(m);
+      else if (m.header?.msg_type === 'status' && ['restarting', 'dead'].includes(String(m.content?.execution_state))) {
+        // the kernel died (Jupyter restarts it): running executions end, the context is set up again
+        this.restarted = true;
+        for (const l of [...this.listeners.values()]) l(m);
+      }
     });
     ws.on('close', () => {
       if (this.ws === ws) this.ws = undefined;
@@ -190,7 +197,7 @@ export class JupyterKernel implements Kernel {
             break;
           case 'status':
             if (c.execution_state === 'idle') idle = true;
-            else if (c.execution_state === 'restarting') {
+            else if (c.execution_state === 'restarting' || c.execution_state === 'dead') {
               emit(errorEvent('ContextRestarting', 'Context was restarted'));
               return finish();
             }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { destroyInstance } from '../helpers/instance.js';
+import { cli, destroyInstance } from '../helpers/instance.js';
 import { sdkService, type Service } from '../helpers/service.js';
 
 // The published @e2b/code-interpreter SDK against `cubebox serve`, pointed at it by
@@ -22,21 +22,33 @@ async function newSandbox(opts: NonNullable<Parameters<CI['Sandbox']['create']>[
   return s;
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 describe('@e2b/code-interpreter against cubebox serve', { timeout: 1_800_000 }, () => {
   before(async () => {
     // a subnet of its own: other instances on this host use theirs
     const subnet = `10.${201 + Math.floor(Math.random() * 50)}.${Math.floor(Math.random() * 250)}.0/24`;
-    ({ svc, dataDir } = await sdkService({ CUBEBOX_TEMPLATES: 'base,code-interpreter', CUBEBOX_POOL: 'code-interpreter-v1=1', CUBEBOX_SUBNET: subnet }));
+    ({ svc, dataDir } = await sdkService({ CUBEBOX_POOL: 'code-interpreter-v1=1', CUBEBOX_SUBNET: subnet }));
     ci = (await import('@e2b/code-interpreter')) as unknown as CI;
-    await new Promise((r) => setTimeout(r, 20_000)); // the pool fills (kernels started ahead)
   });
 
   after(async () => {
     for (const s of created) await s.kill().catch(() => undefined);
     await svc.stop();
     await destroyInstance(undefined, dataDir);
+  });
+
+  it('the first create builds code-interpreter-v1 (from the cache), then the pool holds a sandbox with its kernels started', async () => {
+    assert.doesNotMatch((await cli(dataDir, ['template', 'list'])).stdout, /code-interpreter-v1/);
+    const t0 = performance.now();
+    const first = await newSandbox();
+    console.log(`# Sandbox.create() that built the template: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    assert.match((await cli(dataDir, ['template', 'list'])).stdout, /code-interpreter-v1/);
+    assert.equal((await first.runCode('"built"')).text, 'built');
+    await first.kill();
+    for (let i = 0; i < 240 && !/\bpooled\b/.test((await cli(dataDir, ['sandbox', 'list'])).stdout); i++) await sleep(500);
+    assert.match((await cli(dataDir, ['sandbox', 'list'])).stdout, /\bpooled\b/);
   });
 
   it('runCode gives the text of the last value, and state persists (first call timed on a pooled sandbox)', async () => {

@@ -139,6 +139,13 @@ describe('code interpreter in a real sandbox', { timeout: 1_800_000 }, () => {
     assert.equal(stdout(await run('echo "$SANDBOX_VAR/$RUN_VAR"', { language: 'bash', env_vars: { RUN_VAR: 'b' } })), 'from the sandbox/b\n');
   });
 
+  it('a kernel that dies is started again by Jupyter, and the context is set up again', async () => {
+    const ctx = JSON.parse((await call('POST', '/contexts', { cwd: '/tmp' })).text) as { id: string };
+    assert.equal(error(await run('import os; os.kill(os.getpid(), 9)', { context_id: ctx.id }))?.name, 'ContextRestarting');
+    const after = main(await run('import os, pandas as pd\nos.chdir(os.getcwd())\npd.DataFrame({"cwd": [os.getcwd()]})', { context_id: ctx.id }));
+    assert.deepEqual(after?.data, { cwd: ['/tmp'] }); // the helpers and the cwd are back
+  });
+
   it('a client that gives up interrupts the kernel, and the context stays usable', async () => {
     const started = Date.now();
     const r = await inSandbox(['curl', '-sS', '-N', '-m', '3', 'http://127.0.0.1:49999/execute', '--data-binary', '{"code":"import time\\ntime.sleep(300)"}']);

@@ -63,6 +63,7 @@ def _cubebox_setup():
     js = formatters['application/json']
     js.for_type(dict, plain_json)
     js.for_type(list, plain_json)
+    ip.display_formatter.format(0)  # the first run's result does not pay for warming the formatters
 
 
 _cubebox_setup()
