@@ -251,6 +251,24 @@ EOF`);
     assert.equal((await sbx.getInfo()).state, 'running');
   });
 
+  it("the DNS forwarder answers sandboxes only, not the host's other networks", async () => {
+    const inst = readFileSync(join(dataDir, 'instance-id'), 'utf8').trim();
+    const rules = execFileSync('nft', ['list', 'chain', 'inet', `cubebox_${inst}`, 'prerouting'], { encoding: 'utf8' });
+    const port = /redirect to :(\d+)/.exec(rules)?.[1];
+    assert.ok(port, rules);
+    // a query for an allowed name, from the test's own network namespace to the host's address there
+    const probe = `import socket, struct
+q = struct.pack('>HHHHHH', 9, 0x100, 1, 0, 0, 0) + b'\\x08upstream\\x04test\\x00' + struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+s.sendto(q, ('${HOST_SIDE}', ${port}))
+try:
+    s.recv(512); print('answered')
+except Exception:
+    print('silent')`;
+    const out = execFileSync('ip', ['netns', 'exec', inet.netns, 'python3', '-c', probe], { encoding: 'utf8' });
+    assert.equal(out.trim(), 'silent');
+  });
+
   it('refuses what it cannot do with a clear error', async () => {
     await assert.rejects(newSandbox({ network: { allowOut: ['not a domain!'] } }), /allowOut/);
     await assert.rejects(newSandbox({ network: { denyOut: ['example.com'] } }), /denyOut/);
