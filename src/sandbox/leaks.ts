@@ -55,6 +55,8 @@ export class LeakChecker {
       const n = this.store.countRows(id);
       if (n.sandboxes) leaks.push({ sandbox: id, kind: 'row', what: 'sandboxes row' });
       if (n.resources) leaks.push({ sandbox: id, kind: 'ledger', what: `${n.resources} ledger row(s)` });
+      const slot = this.store.db.prepare('SELECT slot FROM net_slots WHERE sandbox_id = ?').get(id) as { slot: number } | undefined;
+      if (slot) leaks.push({ sandbox: id, kind: 'network', what: `network slot ${slot.slot}` });
     }
     return leaks;
   }

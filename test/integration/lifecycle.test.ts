@@ -4,7 +4,7 @@ import { readdirSync, readFileSync, statfsSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { CubeboxError } from '../../src/util/errors.js';
-import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance } from '../helpers/instance.js';
+import { assertNoSandboxLeaks, destroyInstance, execIn, instanceLeaks, newInstance } from '../helpers/instance.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -172,6 +172,8 @@ describe('sandbox lifecycle (real runtime)', () => {
     assert.ok(afterCount <= before + 2, `open files grew from ${before} to ${afterCount}`);
     assert.equal(m.list().length, 0);
     assert.equal(readdirSync(m.paths.sandboxesDir).length, 0);
+    // network namespaces, veth links, nft chains, slot rows and flow entries included
+    assert.deepEqual(instanceLeaks(m.paths), []);
   });
 });
 
