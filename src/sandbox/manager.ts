@@ -126,7 +126,10 @@ export class SandboxManager {
       } catch (err) {
         store.close();
         lock.release();
-        throw new CubeboxError('unavailable', `cannot set up sandbox networking: ${errorMessage(err)} (needs iproute2 and nftables; CUBEBOX_NETWORK=off runs sandboxes with loopback only)`);
+        throw new CubeboxError(
+          'unavailable',
+          `cannot set up sandbox networking: ${errorMessage(err)} (needs iproute2 and nftables; CUBEBOX_NETWORK=off runs sandboxes with loopback only)`,
+        );
       }
     }
     const m = new SandboxManager({

@@ -21,7 +21,15 @@ describe('crashes and restarts', () => {
     await destroyInstance(undefined, dataDir);
   });
 
-  for (const point of ['create:after-dir', 'create:after-disk', 'create:after-mount', 'create:after-network', 'create:before-run', 'create:after-run', 'create:after-agent']) {
+  for (const point of [
+    'create:after-dir',
+    'create:after-disk',
+    'create:after-mount',
+    'create:after-network',
+    'create:before-run',
+    'create:after-run',
+    'create:after-agent',
+  ]) {
     it(`a manager SIGKILLed at ${point} leaves a half-created sandbox that the next start removes`, async () => {
       const r = await cli(dataDir, ['sandbox', 'create', '--template', 'busybox'], { CUBEBOX_FAULT: point });
       assert.equal(r.signal, 'SIGKILL', `the CLI should have died at ${point}: ${r.stderr}`);

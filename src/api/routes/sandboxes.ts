@@ -2,18 +2,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Lifecycle, SandboxInfo } from '../../sandbox/manager.js';
 import { invalid, notFound } from '../../util/errors.js';
-import {
-  DEFAULT_TIMEOUT_SEC,
-  e2bState,
-  schemaError,
-  one,
-  owns,
-  timeoutOf,
-  type Query,
-  type Req,
-  type RouteContext,
-  type RouteTypes,
-} from './context.js';
+import { DEFAULT_TIMEOUT_SEC, e2bState, schemaError, one, owns, timeoutOf, type Query, type Req, type RouteContext, type RouteTypes } from './context.js';
 import { networkSettings, type NetworkInput } from '../../network/policy.js';
 import { createBody, invalidPath } from './schemas.js';
 
