@@ -133,6 +133,7 @@ export class Contexts {
       const silent = () => undefined;
       if (ctx.kernel instanceof JupyterKernel && ctx.kernel.restarted) {
         ctx.kernel.restarted = false;
+        await ctx.kernel.waitReady();
         await this.setUp(ctx.language, ctx.cwd, ctx.kernel);
         ctx.globals = undefined;
       }

@@ -144,7 +144,8 @@ export class JupyterKernel implements Kernel {
       }
     });
     ws.on('close', () => {
-      if (this.ws === ws) this.ws = undefined;
+      if (this.ws !== ws) return; // closed on purpose (restart): its runs were ended already
+      this.ws = undefined;
       for (const l of [...this.listeners.values()]) l(null);
     });
     this.ws = ws;
@@ -234,6 +235,38 @@ export class JupyterKernel implements Kernel {
     });
   }
 
+  /**
+   * Waits until the kernel answers a kernel_info_request (asked again every half second): a
+   * request sent to a kernel that is still starting after a restart can be lost.
+   */
+  async waitReady(timeoutMs = 30_000): Promise<void> {
+    // a channels socket from before a restart no longer reaches the kernel: a new one does
+    this.ws?.close();
+    this.ws = undefined;
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      const ws = await this.connect().catch(() => undefined);
+      if (ws) {
+        const msgId = randomUUID();
+        const answered = await new Promise<boolean>((resolve) => {
+          const timer = setTimeout(() => done(false), 500);
+          const done = (ok: boolean) => {
+            clearTimeout(timer);
+            this.listeners.delete(msgId);
+            resolve(ok);
+          };
+          this.listeners.set(msgId, (m) => m?.header.msg_type === 'kernel_info_reply' && done(true));
+          const header = { msg_id: msgId, msg_type: 'kernel_info_request', username: 'e2b', session: this.session, date: now(), version: '5.3' };
+          ws.send(JSON.stringify({ header, parent_header: {}, metadata: {}, content: {}, channel: 'shell', buffers: [] }));
+        });
+        if (answered) return;
+      } else {
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+    throw new Error(`kernel ${this.id} did not answer in ${timeoutMs / 1000} s`);
+  }
+
   async interrupt(): Promise<void> {
     await this.server.request('POST', `/api/kernels/${this.id}/interrupt`);
   }
@@ -242,7 +275,7 @@ export class JupyterKernel implements Kernel {
     this.ws?.close();
     this.ws = undefined;
     await this.server.request('POST', `/api/kernels/${this.id}/restart`);
-    await this.connect();
+    await this.waitReady();
   }
 
   async shutdown(): Promise<void> {

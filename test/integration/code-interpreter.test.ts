@@ -58,7 +58,7 @@ const error = (events: Event[]) => events.find((e) => e.type === 'error');
 
 describe('code interpreter in a real sandbox', { timeout: 1_800_000 }, () => {
   before(async () => {
-    m = await newInstance();
+    m = await newInstance({ network: false }); // reached from inside: no sandbox network needed
     await m.templates.addDebianBase('base', { cacheDir: resolveCacheDir() });
     await m.templates.addCodeInterpreter(CODE_INTERPRETER_TEMPLATE, { cacheDir: resolveCacheDir() });
     id = (await m.create({ template: CODE_INTERPRETER_TEMPLATE, secure: false, envVars: { SANDBOX_VAR: 'from the sandbox' } })).id;
