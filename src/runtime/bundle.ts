@@ -98,9 +98,10 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     // sysfs can only be mounted by a user namespace that owns the network namespace; a sandbox
     // joining its pre-made slot (owned by the host) gets the host's /sys read-only instead (what
-    // crun does by itself, and runc does not), with the host's network devices masked below
+    // crun does by itself, and runc does not), without its submounts (cheaper, and less of the
+    // host: debugfs, securityfs, the host's cgroups stay out) and with its network devices masked
     joinsForeignNetns
-      ? { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] }
+      ? { destination: '/sys', type: 'bind', source: '/sys', options: ['bind', 'nosuid', 'noexec', 'nodev', 'ro'] }
       : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
   ];
   if (!gvisor) {
