@@ -29,7 +29,12 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (err instanceof CubeboxError) return sendError(reply, HTTP_STATUS[err.kind], err.message);
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
     if (status >= 500) opts.manager.log.error({ err: errorMessage(err) }, 'control-plane request failed');
-    return sendError(reply, status, status === 400 && /JSON/i.test(err.message) ? `malformed request body: ${err.message}` : err.message);
+    // a JSON parse error quotes the body: say where it broke, never what it held (it may carry a secret)
+    if (status === 400 && /JSON/i.test(err.message)) {
+      const at = /position (\d+)/.exec(err.message)?.[1];
+      return sendError(reply, 400, `malformed request body: not valid JSON${at ? ` (at byte ${at})` : ''}`);
+    }
+    return sendError(reply, status, err.message);
   });
   app.setNotFoundHandler((req, reply) => sendError(reply, 404, `no route ${req.method} ${req.url.split('?')[0]}`));
 

@@ -49,6 +49,14 @@ describe('API input and data-plane hardening', { timeout: 900_000 }, () => {
     await destroyInstance(undefined, dataDir);
   });
 
+  it('a malformed JSON body is refused without quoting it back', async () => {
+    const r = await api('/v2/sandboxes', { method: 'POST', body: '{"templateID":"base","envVars":{"TOKEN":sk-live-0123456789}}' });
+    assert.equal(r.status, 400);
+    const j = (await r.json()) as { message: string };
+    assert.match(j.message, /malformed request body: not valid JSON/);
+    assert.doesNotMatch(j.message, /sk-live|0123456789|TOKEN/);
+  });
+
   it('a null or non-object create body is a 400 and creates nothing', async () => {
     const before = await count();
     for (const path of ['/sandboxes', '/v2/sandboxes']) {
