@@ -24,7 +24,11 @@ const info = {
 };
 const manager = {
   log: { error() {} },
-  templates: { find: (r: string) => (r === 'base' ? { id: 't1', name: 'base', createdAt: 1, config: {} } : undefined), list: () => [] },
+  templates: {
+    find: (r: string) => (r === 'base' ? { id: 't1', name: 'base', createdAt: 1, config: {} } : undefined),
+    list: () => [],
+    ensure: async () => undefined,
+  },
   get: (id: string) => {
     if (id !== info.id) throw new Error('not found');
     return info;

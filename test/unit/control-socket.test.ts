@@ -86,7 +86,7 @@ describe('control socket', () => {
       ['delete', 'a1'],
       ['pause', 'a1', { memory: true }],
       ['pause', 'a1', { memory: false }],
-      ['addTemplate', 't1', { dir: '/x', busybox: undefined, base: undefined, image: undefined, ref: undefined }, { user: 'u' }],
+      ['addTemplate', 't1', { dir: '/x', busybox: undefined, base: undefined, codeInterpreter: undefined, image: undefined, ref: undefined }, { user: 'u' }],
       ['tag', 't1', { alias: 'al' }],
       ['build', 't2', { from: 'base', steps: [{ run: 'true' }] }, '/ctx'],
       ['removeTemplate', 't1'],
