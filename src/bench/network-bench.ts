@@ -29,7 +29,7 @@ async function run(m: SandboxManager, id: string, script: string): Promise<void>
  */
 export async function networkBench(iterations: number, log: (s: string) => void = () => undefined): Promise<{ rows: BenchRow[]; notes: string[] }> {
   const dirs = [mkdtempSync('/var/tmp/cubebox-bench-'), mkdtempSync('/var/tmp/cubebox-bench-')];
-  const withNet = await SandboxManager.open({ dataDir: dirs[0]! });
+  const withNet = await SandboxManager.open({ dataDir: dirs[0]!, network: { warmSlots: 4 } });
   const noNet = await SandboxManager.open({ dataDir: dirs[1]!, network: false });
   let server: Awaited<ReturnType<typeof startServer>> | undefined;
   try {

@@ -34,7 +34,7 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
   const t = { createBare: [] as number[], create: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   const b = { run: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   try {
-    m = await SandboxManager.open({ dataDir });
+    m = await SandboxManager.open({ dataDir, network: { warmSlots: 4 } });
     const tpl = await m.templates.addBusybox('busybox');
 
     // bare runtime baseline: same binary, same wrapper, the busybox layer as a plain rootfs

@@ -19,7 +19,7 @@ function pssKiB(pid: number): number {
  */
 export async function serviceBench(iterations: number, log: (s: string) => void = () => undefined): Promise<{ rows: BenchRow[]; notes: string[] }> {
   const dataDir = mkdtempSync('/var/tmp/cubebox-bench-');
-  const manager = await SandboxManager.open({ dataDir, reaperIntervalMs: 250, deleteStopped: true });
+  const manager = await SandboxManager.open({ dataDir, reaperIntervalMs: 250, deleteStopped: true, network: { warmSlots: 4 } });
   const notes: string[] = [];
   let server: Awaited<ReturnType<typeof startServer>> | undefined;
   try {

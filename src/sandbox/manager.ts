@@ -118,7 +118,8 @@ export class SandboxManager {
           instanceId: paths.instanceId,
           dataDir: paths.dataDir,
           subnet: netOpts.subnet ?? process.env.CUBEBOX_SUBNET,
-          warmSlots: netOpts.warmSlots,
+          // pre-made slots pay off in a long-lived manager (serve); a CLI call would make and remove them for nothing
+          warmSlots: netOpts.warmSlots ?? (opts.reconcileIntervalMs ? undefined : 0),
           allowPrivate: netOpts.allowPrivate,
           log,
         });
