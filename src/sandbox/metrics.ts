@@ -94,10 +94,19 @@ export class MetricsSampler {
    * whose start falls in between: one created and deleted within a tick is not seen).
    */
   private sampleTeams(now = Date.now()): void {
-    const since = this.lastTeamTick;
+    const counts = this.teamCounts(this.lastTeamTick, now);
+    for (const t of this.teams.keys()) if (!counts.has(t)) counts.set(t, { ts: now, concurrentSandboxes: 0, sandboxStartRate: 0 });
     this.lastTeamTick = now;
+    for (const [team, point] of counts) {
+      const list = this.teams.get(team) ?? [];
+      list.push(point);
+      while (list.length && list[0]!.ts < now - TEAM_KEEP_MS) list.shift();
+      this.teams.set(team, list);
+    }
+  }
+
+  private teamCounts(since: number, now: number): Map<string, TeamSample> {
     const counts = new Map<string, { live: number; started: number }>();
-    for (const t of this.teams.keys()) counts.set(t, { live: 0, started: 0 });
     for (const s of this.manager.list()) {
       if (!s.team) continue;
       const c = counts.get(s.team) ?? { live: 0, started: 0 };
@@ -107,18 +116,24 @@ export class MetricsSampler {
       counts.set(s.team, c);
     }
     const seconds = Math.max(1, (now - since) / 1000);
-    for (const [team, c] of counts) {
-      const list = this.teams.get(team) ?? [];
-      list.push({ ts: now, concurrentSandboxes: c.live, sandboxStartRate: Math.round((c.started / seconds) * 1000) / 1000 });
-      while (list.length && list[0]!.ts < now - TEAM_KEEP_MS) list.shift();
-      this.teams.set(team, list);
-    }
+    return new Map(
+      [...counts].map(([team, c]) => [team, { ts: now, concurrentSandboxes: c.live, sandboxStartRate: Math.round((c.started / seconds) * 1000) / 1000 }]),
+    );
   }
 
-  /** A team's points in [startMs, endMs], with a fresh one when the last is over a second old. */
+  /**
+   * A team's points in [startMs, endMs]; a window reaching the present ends with a point taken
+   * now (not stored), so a caller sees sandboxes it created since the last tick.
+   */
   teamRange(team: string, startMs?: number, endMs?: number): TeamSample[] {
-    if (Date.now() - this.lastTeamTick > 1000) this.sampleTeams();
-    return (this.teams.get(team) ?? []).filter((m) => (startMs === undefined || m.ts >= startMs) && (endMs === undefined || m.ts <= endMs));
+    const now = Date.now();
+    const points = (this.teams.get(team) ?? []).filter((m) => (startMs === undefined || m.ts >= startMs) && (endMs === undefined || m.ts <= endMs));
+    const presentInWindow = (endMs === undefined || endMs >= now - 1000) && (startMs === undefined || startMs <= now);
+    if (presentInWindow && now > this.lastTeamTick) {
+      const live = this.teamCounts(this.lastTeamTick, now).get(team) ?? { ts: now, concurrentSandboxes: 0, sandboxStartRate: 0 };
+      points.push({ ...live, ts: endMs === undefined ? now : Math.min(now, endMs) });
+    }
+    return points;
   }
 
   latest(id: string): MetricSample | undefined {
