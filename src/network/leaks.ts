@@ -16,7 +16,8 @@ export interface NetLeak {
 
 /**
  * Leftovers of instance `inst`: everything but the free slots and the slots of `known`
- * sandboxes. With nothing owned, the instance's nft table must be gone as well.
+ * sandboxes. The table itself (base chains only) is the running service's, removed when it
+ * stops with no slot left; only what a slot left in it counts.
  */
 export function networkLeaks(inst: string, dataDir: string, given: Database.Database | undefined, known: Set<string>): NetLeak[] {
   // without the caller's store, the ledger is read from the data directory's (a running service may hold it)
@@ -56,7 +57,6 @@ function leaksWith(inst: string, dataDir: string, db: Database.Database | undefi
       const m = /^chain:s(\d+)$/.exec(o);
       if (m && !owned.has(Number(m[1]))) out.push({ kind: 'nft', what: `${table} ${o}` });
     }
-    if (owned.size === 0) out.push({ kind: 'nft', what: `table inet ${table}` });
   }
   const block = existsSync(blockFile(dataDir)) ? readFileSync(blockFile(dataDir), 'utf8').trim() : undefined;
   if (hasConntrack() && block) {

@@ -73,7 +73,10 @@ export async function prepareSupportTree(baseDir: string, inUse: Set<string> = n
     const tmp = join(baseDir, `.tmp-${version}-${process.pid}`);
     rmSync(tmp, { recursive: true, force: true });
     for (const d of ['bin', 'lib', 'envd', 'run', 'interpreter']) mkdirSync(join(tmp, d), { recursive: true });
-    for (const f of interpFiles) copyFileSync(f, join(tmp, 'interpreter', basename(f)));
+    for (const f of interpFiles) {
+      copyFileSync(f, join(tmp, 'interpreter', basename(f)));
+      chmodSync(join(tmp, 'interpreter', basename(f)), 0o444); // read-only, like the rest of the tree
+    }
     place(node, join(tmp, 'bin', 'node'));
     place(TINI, join(tmp, 'tini'));
     place(loader, join(tmp, 'lib', 'ld.so'));

@@ -225,17 +225,21 @@ describe('limits and isolation', () => {
     assertNoSandboxLeaks(m.paths, sbx.id);
   });
 
-  it('a sandbox has no network but its own loopback: host services are out of reach', async () => {
+  it('a sandbox has its loopback and its own link only: host services are out of reach', async () => {
     const net = await import('node:net');
     const server = net.createServer((c) => c.end('host service\n'));
     await new Promise<void>((r) => server.listen(0, '0.0.0.0', () => r()));
     const port = (server.address() as { port: number }).port;
     try {
       const sbx = await m.create({ template: 'busybox' });
-      const links = await execIn(m, sbx.id, ['sh', '-c', 'ls /sys/class/net']);
-      assert.equal(links.stdout.trim(), 'lo');
-      const reach = await execIn(m, sbx.id, ['sh', '-c', `nc -w 2 127.0.0.1 ${port} </dev/null; echo rc=$?`]);
-      assert.ok(!reach.stdout.includes('host service'), 'the host service answered inside the sandbox');
+      const links = await execIn(m, sbx.id, ['sh', '-c', "ip -o link | awk -F': ' '{print $2}' | cut -d@ -f1 | sort | tr '\\n' ' '"]);
+      assert.equal(links.stdout.trim(), 'eth0 lo');
+      assert.equal((await execIn(m, sbx.id, ['sh', '-c', 'ls /sys/class/net | wc -l'])).stdout.trim(), '0', "the host's network devices are masked");
+      const gateway = m.network()!.lease(sbx.id)!.gateway;
+      for (const addr of ['127.0.0.1', gateway]) {
+        const reach = await execIn(m, sbx.id, ['sh', '-c', `nc -w 2 ${addr} ${port} </dev/null; echo rc=$?`]);
+        assert.ok(!reach.stdout.includes('host service'), `the host service answered inside the sandbox at ${addr}`);
+      }
       await m.delete(sbx.id);
       assertNoSandboxLeaks(m.paths, sbx.id);
     } finally {
