@@ -84,17 +84,6 @@ export function hasConntrack(): boolean {
   return conntrackPresent;
 }
 
-/** Counts the host's flow entries of an address (for the leak checker); undefined without conntrack(8). */
-export async function conntrackCount(address: string): Promise<number | undefined> {
-  if (!hasConntrack()) return undefined;
-  let n = 0;
-  for (const dir of ['-s', '-d']) {
-    const out = await runWithInput('conntrack', ['-L', dir, address], '').catch(() => '');
-    n += out.split('\n').filter((l) => l.trim()).length;
-  }
-  return n;
-}
-
 /** IPv4 forwarding must be on for sandboxes to reach anything past the host. */
 export function ensureForwarding(): boolean {
   const f = '/proc/sys/net/ipv4/ip_forward';

@@ -365,23 +365,6 @@ export class SandboxNetwork {
     return { egressBytes: counters.get('egress_bytes')?.bytes ?? 0, deniedPackets: counters.get('denied')?.packets ?? 0 };
   }
 
-  /** What of this instance's networking exists with no sandbox to own it (for the leak checker). */
-  async leftovers(liveSandboxes: Set<string>): Promise<string[]> {
-    const out: string[] = [];
-    const rows = this.db.prepare('SELECT slot, state, sandbox_id FROM net_slots').all() as SlotRow[];
-    const owned = new Set(rows.filter((r) => r.state === 'free' || (r.state === 'used' && liveSandboxes.has(r.sandbox_id ?? ''))).map((r) => r.slot));
-    for (const r of rows) if (!owned.has(r.slot)) out.push(`net slot ${r.slot} (${r.state}${r.sandbox_id ? ` of ${r.sandbox_id}` : ''})`);
-    const nsPrefix = `cubebox-${this.cfg.instanceId}-`;
-    for (const ns of listNetns()) if (ns.startsWith(nsPrefix) && !owned.has(Number(ns.slice(nsPrefix.length)))) out.push(`netns ${ns}`);
-    for (const l of listLinks()) if (l.startsWith(this.linkPrefix) && !owned.has(Number(l.slice(this.linkPrefix.length)))) out.push(`link ${l}`);
-    const { objects } = tableObjects(await this.listTable());
-    for (const o of objects) {
-      const m = /^chain:s(\d+)$/.exec(o);
-      if (m && !owned.has(Number(m[1]))) out.push(`nft ${o}`);
-    }
-    return out;
-  }
-
   /**
    * Stops making slots and removes the free ones; with no sandbox left holding a slot, the
    * table goes too. A running sandbox keeps its slot and its rules across a restart.

@@ -46,10 +46,15 @@ export async function installTable(c: TableConfig): Promise<void> {
     `add chain ${t} input { type filter hook input priority filter - 5; policy accept; }`,
     `add chain ${t} forward { type filter hook forward priority filter - 5; policy accept; }`,
     `add chain ${t} prerouting { type nat hook prerouting priority dstnat - 5; policy accept; }`,
+    `add chain ${t} antispoof { type filter hook prerouting priority raw; policy accept; }`,
     `add chain ${t} postrouting { type nat hook postrouting priority srcnat - 5; policy accept; }`,
     ...['from_sandbox', 'to_host', 'deny'].map((ch) => `add chain ${t} ${ch}`),
-    ...['input', 'forward', 'from_sandbox', 'to_host', 'deny', 'prerouting', 'postrouting'].map((ch) => `flush chain ${t} ${ch}`),
+    ...['input', 'forward', 'from_sandbox', 'to_host', 'deny', 'prerouting', 'postrouting', 'antispoof'].map((ch) => `flush chain ${t} ${ch}`),
     `add rule ${t} deny counter name "denied" reject with icmpx type admin-prohibited`,
+    // a sandbox sends only from its own address (IP_FREEBIND needs no privilege): a packet whose
+    // source does not route back through the link it came in on is dropped before anything
+    // (the DNS forwarder, the policy) reads its source
+    `add rule ${t} antispoof iifname ${links} fib saddr . iif oif missing drop`,
     // to the host: the DNS forwarder (after the redirect below) and replies, nothing else
     `add rule ${t} input iifname ${links} jump to_host`,
     `add rule ${t} to_host ct state established,related accept`,
@@ -155,5 +160,3 @@ export function tableObjects(json: unknown): { objects: Set<string>; counters: M
   }
   return { objects, counters };
 }
-
-export { nft };
