@@ -26,7 +26,10 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     // a route schema refused the request: 400, worded as the checks in the routes word theirs
     if (err.validation) return sendError(reply, 400, validationMessage(err));
     if (err instanceof HttpError) return sendError(reply, err.status, err.message);
-    if (err instanceof CubeboxError) return sendError(reply, HTTP_STATUS[err.kind], err.message);
+    if (err instanceof CubeboxError) {
+      if (err.retryAfterSec !== undefined) void reply.header('retry-after', String(err.retryAfterSec));
+      return sendError(reply, HTTP_STATUS[err.kind], err.message);
+    }
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
     if (status >= 500) opts.manager.log.error({ err: errorMessage(err) }, 'control-plane request failed');
     // a JSON parse error quotes the body: say where it broke, never what it held (it may carry a secret)

@@ -9,6 +9,8 @@ import { startServer, type RunningServer } from '../api/server.js';
 import { resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
 import { probeHost } from '../runtime/probe.js';
 import { SandboxManager } from '../sandbox/manager.js';
+import type { PoolBounds } from '../sandbox/pool-sizer.js';
+import type { CreateLimits } from '../sandbox/types.js';
 import { openSecretKey } from '../secrets/key.js';
 import { CODE_INTERPRETER_TEMPLATE } from '../template/code-interpreter.js';
 import { CubeboxError } from '../util/errors.js';
@@ -26,6 +28,9 @@ export interface ServeFlags {
   /** false with --no-base. */
   base?: boolean;
   pool?: string;
+  /** Sandboxes provisioned at once, and creates that may wait (past it: 429 with Retry-After). */
+  maxCreating?: string;
+  createQueue?: string;
   /** Templates built at start: base, code-interpreter (default base). */
   templates?: string;
   subnet?: string;
@@ -48,7 +53,8 @@ export interface ServeConfig {
   buildBase: boolean;
   /** Built ahead at start besides base (code-interpreter); otherwise built on first request. */
   buildCodeInterpreter: boolean;
-  pool: Record<string, number>;
+  pool: Record<string, number | PoolBounds>;
+  creates: CreateLimits;
   logLevel: string;
   /** false: loopback only. */
   network: false | { subnet?: string; allowPrivate: string[]; dnsUpstreams: Upstream[] };
@@ -71,7 +77,11 @@ export function serveConfig(flags: ServeFlags, env: NodeJS.ProcessEnv = process.
     runtime,
     buildBase: flags.base !== false,
     buildCodeInterpreter: parseTemplates(flags.templates ?? env.CUBEBOX_TEMPLATES ?? 'base').includes('code-interpreter'),
-    pool: parsePool(flags.pool ?? env.CUBEBOX_POOL ?? 'base=2'),
+    pool: parsePool(flags.pool ?? env.CUBEBOX_POOL ?? DEFAULT_POOL),
+    creates: {
+      concurrency: optionalCount(flags.maxCreating ?? env.CUBEBOX_MAX_CREATING, 'max creating', 1, 256),
+      queue: optionalCount(flags.createQueue ?? env.CUBEBOX_CREATE_QUEUE, 'create queue', 0, 100_000),
+    },
     logLevel: env.CUBEBOX_LOG_LEVEL ?? 'info',
     network:
       flags.network === false || env.CUBEBOX_NETWORK === 'off'
@@ -115,16 +125,39 @@ function parseTemplates(text: string): string[] {
   return names;
 }
 
-/** `base=2,py=1` -> sizes by template; "" is no pool. */
-export function parsePool(text: string): Record<string, number> {
-  const pool: Record<string, number> = {};
+/** The default pool: two base sandboxes, growing to 32 after bursts of creates. */
+export const DEFAULT_POOL = 'base=2:32';
+
+/**
+ * `base=2:32,py=1` -> pools by template: `<min>:<max>` is adaptive (sized for recent bursts
+ * between the bounds), `<size>` is fixed; "" is no pool.
+ */
+export function parsePool(text: string): Record<string, number | PoolBounds> {
+  const pool: Record<string, number | PoolBounds> = {};
+  const bad = (part: string) =>
+    new CubeboxError('invalid_argument', `bad --pool entry '${part}': use <template>=<size 0..64> or <template>=<min>:<max> (0 <= min <= max <= 256)`);
   for (const part of text.split(',').filter(Boolean)) {
     const [name, size] = part.split('=');
-    const n = Number(size);
-    if (!name || !Number.isInteger(n) || n < 0 || n > 64) throw new CubeboxError('invalid_argument', `bad --pool entry '${part}': use <template>=<size 0..64>`);
-    pool[name] = n;
+    if (!name || size === undefined) throw bad(part);
+    if (size.includes(':')) {
+      const bounds = size.split(':').map(Number);
+      const [min, max] = bounds;
+      if (bounds.length !== 2 || !Number.isInteger(min) || !Number.isInteger(max) || min! < 0 || max! < min! || max! > 256) throw bad(part);
+      pool[name] = { min: min!, max: max! };
+    } else {
+      const n = Number(size);
+      if (!Number.isInteger(n) || n < 0 || n > 64) throw bad(part);
+      pool[name] = n;
+    }
   }
   return pool;
+}
+
+function optionalCount(text: string | undefined, what: string, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw new CubeboxError('invalid_argument', `bad ${what} '${text}': an integer from ${min} to ${max}`);
+  return n;
 }
 
 export interface RunningService {
@@ -151,6 +184,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
         reconcileIntervalMs: 5000,
         reaperIntervalMs: 250,
         deleteStopped: true,
+        creates: config.creates,
         network: config.network && { subnet: config.network.subnet, allowPrivate: config.network.allowPrivate },
       });
     } catch (err) {

@@ -15,7 +15,7 @@ import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { dirname, join, resolve } from 'node:path';
 
-const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5 };
+const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5, busy: 6 };
 
 function dataDirOf(cmd: Command): string {
   return resolveDataDir((cmd.optsWithGlobals() as { dataDir?: string }).dataDir);
@@ -291,7 +291,14 @@ program
   .addOption(new Option('--runtime <name>', 'OCI runtime (env CUBEBOX_RUNTIME, default crun)').choices(['crun', 'runc', 'runsc']))
   .option('--no-base', 'do not build the base template on first start')
   .addOption(new Option('--templates <names>', 'templates built at start: base, code-interpreter (env CUBEBOX_TEMPLATES; default base)'))
-  .addOption(new Option('--pool <template=size,...>', 'warm pool: sandboxes prepared ahead of requests (env CUBEBOX_POOL, default base=2; "" for none)'))
+  .addOption(
+    new Option(
+      '--pool <template=size|min:max,...>',
+      'warm pool: sandboxes prepared ahead of requests; min:max grows after bursts and shrinks when idle (env CUBEBOX_POOL, default base=2:32; "" for none)',
+    ),
+  )
+  .addOption(new Option('--max-creating <n>', 'sandboxes provisioned at once (env CUBEBOX_MAX_CREATING; default twice the CPUs)'))
+  .addOption(new Option('--create-queue <n>', 'creates that may wait for a turn; more get 429 with Retry-After (env CUBEBOX_CREATE_QUEUE, default 256)'))
   .addOption(new Option('--subnet <cidr>', 'addresses of sandboxes, a /31 each (env CUBEBOX_SUBNET, default 10.200.0.0/16)'))
   .addOption(new Option('--dns-upstream <ip[:port],...>', "where sandbox DNS is forwarded (env CUBEBOX_DNS_UPSTREAM; default the host's resolv.conf)"))
   .addOption(

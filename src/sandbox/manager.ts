@@ -1,5 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { openPaths, type Paths, type RuntimeName } from '../config.js';
@@ -16,13 +17,24 @@ import type { KeyedMutex } from '../util/lock.js';
 import { SandboxCore } from './core.js';
 import { ociRuntimes, realHostOps, systemClock, type CgroupHandle, type ManagerDeps } from './deps.js';
 import * as lifecycle from './lifecycle.js';
+import { CreateGate } from './create-gate.js';
 import { WarmPool } from './pool.js';
+import type { PoolBounds } from './pool-sizer.js';
 import { createSandbox } from './provision.js';
 import { reap, startReaper } from './reaper.js';
 import { Reconciler } from './reconciler.js';
 import { collectEphemeralTemplates, fork, snapshot, type SnapshotOpts } from './snapshots.js';
 import { deleteSandbox } from './teardown.js';
-import { poolable, type Admission, type CreateRequest, type ManagerOptions, type ReconcileReport, type SandboxInfo, type StoredSpec } from './types.js';
+import {
+  poolable,
+  type Admission,
+  type CreateLimits,
+  type CreateRequest,
+  type ManagerOptions,
+  type ReconcileReport,
+  type SandboxInfo,
+  type StoredSpec,
+} from './types.js';
 
 export type { Admission, CreateRequest, Lifecycle, LifecycleInput, ManagerOptions, ReconcileReport, SandboxInfo } from './types.js';
 export { idRegionBase, normalizeLifecycle, resolveLimits } from './types.js';
@@ -30,6 +42,9 @@ export type { ManagerDeps } from './deps.js';
 
 /** What start() does besides the start-up reconciliation: the background work of a long-lived manager. */
 export type StartOptions = Pick<ManagerOptions, 'reconcileIntervalMs' | 'reaperIntervalMs' | 'deleteStopped' | 'pool'>;
+
+/** Cold creates at once by default: provisioning is CPU-bound, twice the CPUs keeps them busy while some steps wait. */
+export const DEFAULT_CREATE_CONCURRENCY = Math.min(32, Math.max(2, 2 * availableParallelism()));
 
 /**
  * The sandbox manager: the façade over the lifecycle core (src/sandbox/: states, provision,
@@ -53,12 +68,19 @@ export class SandboxManager {
   readonly events: SandboxCore['events'];
   private readonly core: SandboxCore;
   private readonly pool: WarmPool;
+  /** How many sandboxes are provisioned at once, and who waits (creates, then pool refills). */
+  readonly gate: CreateGate;
   private readonly reconciler: Reconciler;
   private readonly stoppers: Array<() => void> = [];
 
   /** A manager over the given dependencies. Does no start-up work: see start() and open(). */
-  constructor(readonly deps: ManagerDeps) {
+  constructor(
+    readonly deps: ManagerDeps,
+    limits: CreateLimits = {},
+  ) {
     this.core = new SandboxCore(deps);
+    const concurrency = limits.concurrency ?? DEFAULT_CREATE_CONCURRENCY;
+    this.gate = new CreateGate({ concurrency, maxQueue: limits.queue ?? 256, maxWaitMs: limits.maxWaitMs ?? 30_000 });
     this.paths = deps.paths;
     this.store = deps.store;
     this.templates = deps.templates;
@@ -67,7 +89,7 @@ export class SandboxManager {
     this.log = deps.log;
     this.locks = this.core.locks;
     this.events = this.core.events;
-    this.pool = new WarmPool(this.core);
+    this.pool = new WarmPool(this.core, this.gate, concurrency);
     this.reconciler = new Reconciler(this.core, () => {
       collectEphemeralTemplates(this.core);
       this.pool.fill();
@@ -133,18 +155,21 @@ export class SandboxManager {
         );
       }
     }
-    const m = new SandboxManager({
-      net,
-      paths,
-      store,
-      runtimes: ociRuntimes(runtimeName, paths.runRoot, cgroupMode),
-      host: realHostOps(cgroupMode),
-      templates: new TemplateStore(paths, store),
-      clock: systemClock,
-      log,
-      supportDir,
-      lock,
-    });
+    const m = new SandboxManager(
+      {
+        net,
+        paths,
+        store,
+        runtimes: ociRuntimes(runtimeName, paths.runRoot, cgroupMode),
+        host: realHostOps(cgroupMode),
+        templates: new TemplateStore(paths, store),
+        clock: systemClock,
+        log,
+        supportDir,
+        lock,
+      },
+      opts.creates,
+    );
     const swept = m.templates.sweepTemporaries();
     if (swept.length) log.warn({ swept }, 'removed temporary layers left by an interrupted import or build');
     await m.start(opts);
@@ -226,12 +251,22 @@ export class SandboxManager {
   /** A new running sandbox: a pooled one when the pool has one that fits, else a fresh one. */
   async create(req: CreateRequest): Promise<SandboxInfo> {
     const template = this.templates.get(req.template);
-    if (this.pool.target(template.name) > 0 && poolable(req)) {
+    const fromPool = this.pool.pooled(template.name) && poolable(req);
+    if (fromPool) {
+      this.pool.recordDemand(template.name);
       const claimed = await this.pool.claim(template.id, req);
       this.pool.fill();
       if (claimed) return claimed;
     }
-    return createSandbox(this.core, template, req);
+    try {
+      return await this.gate.run('request', async () => {
+        // a refill may have finished while this create waited for its turn
+        const claimed = fromPool ? await this.pool.claim(template.id, req) : undefined;
+        return claimed ?? (await createSandbox(this.core, template, req));
+      });
+    } finally {
+      if (fromPool) this.pool.fill();
+    }
   }
 
   exec(id: string, args: string[], opts: lifecycle.ExecOpts = {}): Promise<ChildProcess> {
@@ -308,9 +343,18 @@ export class SandboxManager {
     return this.pool.removeTemplate(ref);
   }
 
-  /** Sets the warm pool sizes (template name -> count) and starts filling. */
-  setPool(sizes: Record<string, number>): void {
+  /** Sets the warm pool sizes (template name -> fixed count, or adaptive bounds) and starts filling. */
+  setPool(sizes: Record<string, number | PoolBounds>): void {
     this.pool.set(sizes);
+  }
+
+  /** Each pooled template's bounds, its size now and how many are ready. */
+  poolStatus(): Array<{ template: string; min: number; max: number; target: number; ready: number }> {
+    return Object.entries(this.pool.configuredBounds()).map(([template, b]) => {
+      const id = this.templates.find(template)?.id;
+      const ready = this.store.listSandboxes().filter((r) => r.state === 'pooled' && r.templateId === id).length;
+      return { template, ...b, target: this.pool.target(template), ready };
+    });
   }
 
   /** Brings every pool up to its size in the background. */

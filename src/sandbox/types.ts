@@ -6,6 +6,7 @@ import type { Limits } from '../runtime/bundle.js';
 import type { Template } from '../template/store.js';
 import { invalid } from '../util/errors.js';
 import type { VolumeMountSpec } from '../volume/store.js';
+import type { PoolBounds } from './pool-sizer.js';
 import type { SandboxState } from './states.js';
 
 /** The manager's public types, the stored spec, and the pure rules on requests (no host access). */
@@ -161,13 +162,24 @@ export interface ManagerOptions {
   reaperIntervalMs?: number;
   /** Delete sandboxes that stopped by themselves (E2B semantics: a dead sandbox is gone). */
   deleteStopped?: boolean;
-  /** Warm pool: sandboxes prepared ahead of requests, per template name. */
-  pool?: Record<string, number>;
+  /** Warm pool: sandboxes prepared ahead of requests, per template name: a fixed size or adaptive bounds. */
+  pool?: Record<string, number | PoolBounds>;
+  /** How creates share the host (see CreateGate); defaults from the CPU count. */
+  creates?: CreateLimits;
   /**
    * Sandbox networking: a subnet (default 10.200.0.0/16, or CUBEBOX_SUBNET), pre-made slots,
    * private networks sandboxes may reach. false (or CUBEBOX_NETWORK=off): loopback only.
    */
   network?: false | { subnet?: string; warmSlots?: number; allowPrivate?: string[] };
+}
+
+export interface CreateLimits {
+  /** Sandboxes provisioned at once (default: twice the CPUs, 2 to 32). */
+  concurrency?: number;
+  /** Creates that may wait for a turn before one is refused with 429 (default 256). */
+  queue?: number;
+  /** A create whose wait would be longer is refused with 429 and Retry-After (default 30 s). */
+  maxWaitMs?: number;
 }
 
 export interface ReconcileReport {

@@ -9,6 +9,7 @@ import type { RootfsLayout } from '../../src/runtime/rootfs.js';
 import type { CgroupHandle, Clock, HostMount, HostOps, RuntimeResolver } from '../../src/sandbox/deps.js';
 import { SandboxManager } from '../../src/sandbox/manager.js';
 import { Store } from '../../src/store/store.js';
+import type { CreateLimits } from '../../src/sandbox/types.js';
 import { TemplateStore } from '../../src/template/store.js';
 
 /**
@@ -195,7 +196,7 @@ export interface Rig {
 }
 
 /** A manager over fakes, a real store in a temporary directory, and a template `t`. */
-export async function rig(shared?: { dir: string; host: FakeHost; runtime: FakeRuntime; clock: FakeClock }): Promise<Rig> {
+export async function rig(shared?: { dir: string; host: FakeHost; runtime: FakeRuntime; clock: FakeClock }, creates?: CreateLimits): Promise<Rig> {
   const dir = shared?.dir ?? mkdtempSync(join(tmpdir(), 'cubebox-unit-'));
   const paths = { ...openPaths(dir), runRoot: join(dir, 'run') };
   mkdirSync(paths.sandboxesDir, { recursive: true });
@@ -214,7 +215,7 @@ export async function rig(shared?: { dir: string; host: FakeHost; runtime: FakeR
   };
   const templates = new TemplateStore(paths, store);
   if (!templates.find('t')) store.insertTemplate({ id: 'tmpl0000000000000001', name: 't', layers: [], config: '{}', createdAt: clock.now() });
-  const m = new SandboxManager({ paths, store, runtimes, host, templates, clock, log: pino({ level: 'silent' }), supportDir: join(dir, 'support') });
+  const m = new SandboxManager({ paths, store, runtimes, host, templates, clock, log: pino({ level: 'silent' }), supportDir: join(dir, 'support') }, creates);
   const self: Rig = {
     m,
     host,
