@@ -61,8 +61,8 @@ export function parsePool(text: string): Cidr {
   return c;
 }
 
-/** The prefix of one instance's block of a pool: 512 slots, as many as an instance has sandboxes. */
-export const INSTANCE_BLOCK_PREFIX = 22;
+/** The prefix of one instance's block of a pool: 1024 slots, as many as an instance has sandboxes (ID_SLOTS). */
+export const INSTANCE_BLOCK_PREFIX = 21;
 
 /**
  * The address plan of a sandbox subnet: slot n is a point-to-point /31, the host's end at

@@ -9,7 +9,8 @@ import type { GuardedSocket } from '../util/safe-socket.js';
 import { KeyedMutex } from '../util/lock.js';
 import type { CgroupHandle, ManagerDeps } from './deps.js';
 import { assertTransition, deadlineFor, type SandboxState } from './states.js';
-import { ID_BLOCK, idRegionBase, type Admission, type SandboxInfo, type StoredSpec } from './types.js';
+import { ID_BLOCK, openIdRegion, type IdRegion } from './id-region.js';
+import type { Admission, SandboxInfo, StoredSpec } from './types.js';
 
 /**
  * What every lifecycle file shares: the injected dependencies, the per-sandbox locks, the
@@ -30,7 +31,12 @@ export class SandboxCore {
   deleteStopped = false;
   closed = false;
 
-  constructor(readonly deps: ManagerDeps) {}
+  /** This instance's host ids: one block per sandbox (see id-region.ts). */
+  readonly idRegion: IdRegion;
+
+  constructor(readonly deps: ManagerDeps) {
+    this.idRegion = openIdRegion(deps.paths.dataDir, deps.paths.instanceId, deps.store.listSandboxes().length > 0);
+  }
 
   get store() {
     return this.deps.store;
@@ -119,7 +125,7 @@ export class SandboxCore {
   /** Host ids for a sandbox's user namespace: a per-instance region, one block per slot. */
   idMapFor(slot: number | null): { hostId: number; size: number } | undefined {
     if (slot === null || !this.deps.runtimes.default.userNamespaces) return undefined;
-    return { hostId: idRegionBase(this.deps.paths.instanceId) + slot * ID_BLOCK, size: ID_BLOCK };
+    return { hostId: this.idRegion.base + slot * ID_BLOCK, size: ID_BLOCK };
   }
 
   /** The pids budget and CPU and IO weights of all sandboxes together, on their parent cgroup. */

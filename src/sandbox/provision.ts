@@ -18,7 +18,7 @@ import { envdCommand, envdRequest, healthy, INIT_SECRET_ENV, INIT_SECRET_HEADER 
 import { connectNetwork, networkBinds } from './networking.js';
 import { deadlineFor } from './states.js';
 import { teardown } from './teardown.js';
-import { BASE_ENV, ID_SLOTS, normalizeLifecycle, resolveLimits, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
+import { BASE_ENV, normalizeLifecycle, resolveLimits, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
 
 /**
  * Provisioning: a new sandbox's row, then every host resource (each recorded in the ledger
@@ -103,8 +103,9 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
 
 function allocateIdSlot(core: SandboxCore): number {
   const used = core.store.usedUidSlots();
-  for (let s = 0; s < ID_SLOTS; s++) if (!used.has(s)) return s;
-  throw new CubeboxError('unavailable', `no free user-id range: ${ID_SLOTS} sandboxes exist on this instance`);
+  const slots = core.idRegion.slots;
+  for (let s = 0; s < slots; s++) if (!used.has(s)) return s;
+  throw new CubeboxError('unavailable', `no free user-id range: ${slots} sandboxes exist on this instance`, { retryAfterSec: 5 });
 }
 
 /**

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { RuntimeName } from '../config.js';
 import type { NetworkSettings } from '../network/policy.js';
@@ -13,9 +12,7 @@ import type { SandboxState } from './states.js';
 
 export const BASE_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' };
 
-/** Each sandbox's root maps to its own block of 65536 host ids. */
-export const ID_BLOCK = 65536;
-export const ID_SLOTS = 512;
+export { ID_BLOCK, ID_SLOTS, idRegionBase } from './id-region.js';
 
 export interface CreateRequest {
   template: string;
@@ -189,12 +186,6 @@ export interface ReconcileReport {
   tornDown: string[];
   orphansRemoved: string[];
   errors: string[];
-}
-
-/** Per-instance region of host ids above 2^31, so instances on one host rarely overlap. */
-export function idRegionBase(instanceId: string): number {
-  const region = createHash('sha256').update(instanceId).digest().readUInt32BE(0) % 63;
-  return 2 ** 31 + region * ID_SLOTS * ID_BLOCK;
 }
 
 /** Requests a pooled sandbox can serve: nothing that changes how the sandbox is built. */

@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { buildConfig, SANDBOX_CAPABILITIES } from '../../src/runtime/bundle.js';
 import { convertProfile } from '../../src/runtime/seccomp.js';
+import { openIdRegion } from '../../src/sandbox/id-region.js';
 import { idRegionBase } from '../../src/sandbox/manager.js';
 import { randomId } from '../../src/util/ids.js';
 import { KeyedMutex } from '../../src/util/lock.js';
@@ -94,9 +99,31 @@ describe('ids', () => {
   });
   it('instance id regions are unprivileged and inside the 32-bit id space', () => {
     for (const inst of ['aaaaaaaa', 'zzzzzzzz', '12345678', 'q1w2e3r4']) {
-      const base = idRegionBase(inst);
-      assert.ok(base >= 2 ** 31);
-      assert.ok(base + 512 * 65536 <= 2 ** 32 - 1);
+      for (const slots of [512, 1024]) {
+        const base = idRegionBase(inst, slots);
+        assert.ok(base >= 2 ** 31);
+        assert.ok(base + slots * 65536 <= 2 ** 32 - 1);
+      }
+    }
+  });
+});
+
+describe('id region of an instance', () => {
+  it('a new instance gets 1024 slots; one that already had sandboxes keeps its 512-slot region; the record is kept and checked', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cubebox-idregion-'));
+    try {
+      const fresh = openIdRegion(dir, 'abcdefgh', false);
+      assert.deepEqual(fresh, { base: idRegionBase('abcdefgh', 1024), slots: 1024 });
+      assert.deepEqual(openIdRegion(dir, 'abcdefgh', true), fresh, 'read back, whatever the store holds now');
+      rmSync(join(dir, 'id-region'));
+      const legacy = openIdRegion(dir, 'abcdefgh', true);
+      // the region instances were given before: 2^31 + (hash % 63) * 512 blocks
+      const region = createHash('sha256').update('abcdefgh').digest().readUInt32BE(0) % 63;
+      assert.deepEqual(legacy, { base: 2 ** 31 + region * 512 * 65536, slots: 512 });
+      writeFileSync(join(dir, 'id-region'), JSON.stringify({ base: 5, slots: 1024 }));
+      assert.throws(() => openIdRegion(dir, 'abcdefgh', false), /does not hold an id region/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
