@@ -1,32 +1,22 @@
-// Builds envd into dist/envd/: envd.mjs (src/envd/main.ts bundled by esbuild: ESM, platform node,
-// every JS dependency inlined), pty.node (node-pty's native addon, which the bundle loads from
-// its own directory), envd-exec (the static exec helper, src/envd/exec-helper.c) and fs-worker.mjs
-// (the per-user filesystem worker).
+// Builds envd into dist/envd/: envd.cjs (src/envd/main.ts bundled by esbuild: CommonJS, platform
+// node, every JS dependency inlined), envd.mjs (the same entry for ES-module callers), pty.node
+// (node-pty's native addon, which the bundle loads from its own directory), envd-exec (the static
+// exec helper, src/envd/exec-helper.c) and fs-worker.mjs (the per-user filesystem worker).
 // The directory is self-contained: it runs with only a `node` binary, no node_modules.
+// CommonJS, not ESM: an ES bundle imports every node built-in it uses up front, while the
+// CommonJS one requires them where the code that is loaded on first use (http/services.ts) runs.
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { buildDir } from './build-dir.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const out = join(root, 'dist/envd');
 const require = createRequire(import.meta.url);
 
-rmSync(out, { recursive: true, force: true });
-mkdirSync(out, { recursive: true });
-
-// 1. The exec helper: static, so it runs in any sandbox image (busybox included).
-execFileSync('cc', ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', join(out, 'envd-exec'), join(root, 'src/envd/exec-helper.c')], {
-  stdio: 'inherit',
-});
-
-// 2. node-pty's native addon, next to the bundle.
-const ptyDir = dirname(require.resolve('node-pty/package.json'));
-copyFileSync(join(ptyDir, 'build/Release/pty.node'), join(out, 'pty.node'));
-
-// node-pty looks for its addon relative to its own files; in the bundle it is next to envd.mjs.
+// node-pty looks for its addon relative to its own files; in the bundle it is next to envd.cjs.
 const nativeFromBundleDir = {
   name: 'node-pty-native-next-to-bundle',
   setup(b) {
@@ -39,49 +29,71 @@ exports.assign = function assign(target, ...sources) {
   return target;
 };
 exports.loadNativeModule = function loadNativeModule(name) {
-  return { dir: __envd_dirname, module: require(__envd_dirname + "/" + name + ".node") };
+  const dir = __envdDir();
+  return { dir, module: require(dir + "/" + name + ".node") };
 };
 `,
     }));
   },
 };
 
-// 4. The filesystem worker (src/envd/fs/worker-main.ts): envd runs one per user, as that user.
-await build({
-  entryPoints: [join(root, 'src/envd/fs/worker-entry.ts')],
-  outfile: join(out, 'fs-worker.mjs'),
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node20',
-  minify: true,
-  legalComments: 'none',
-  logLevel: 'warning',
-});
+// built beside and renamed into place: tests and support trees never see a missing envd
+await buildDir(join(root, 'dist/envd'), async (out) => {
+  // 1. The exec helper: static, so it runs in any sandbox image (busybox included).
+  execFileSync('cc', ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', join(out, 'envd-exec'), join(root, 'src/envd/exec-helper.c')], {
+    stdio: 'inherit',
+  });
 
-// 3. The bundle.
-await build({
-  entryPoints: [join(root, 'src/envd/main.ts')],
-  outfile: join(out, 'envd.mjs'),
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node20',
-  minify: true,
-  keepNames: false,
-  sourcemap: 'external',
-  legalComments: 'none',
-  logLevel: 'warning',
-  plugins: [nativeFromBundleDir],
-  banner: {
-    js: [
-      "import { createRequire as __envdCreateRequire } from 'node:module';",
-      "import { fileURLToPath as __envdFileURLToPath } from 'node:url';",
-      "import { dirname as __envdDirname } from 'node:path';",
-      'const require = __envdCreateRequire(import.meta.url);',
-      'const __filename = __envdFileURLToPath(import.meta.url);',
-      'const __dirname = __envdDirname(__filename);',
-      'const __envd_dirname = __dirname;',
-    ].join('\n'),
-  },
+  // 2. node-pty's native addon, next to the bundle.
+  const ptyDir = dirname(require.resolve('node-pty/package.json'));
+  copyFileSync(join(ptyDir, 'build/Release/pty.node'), join(out, 'pty.node'));
+
+  // 3. The filesystem worker (src/envd/fs/worker-main.ts): envd runs one per user, as that user.
+  await build({
+    entryPoints: [join(root, 'src/envd/fs/worker-entry.ts')],
+    outfile: join(out, 'fs-worker.mjs'),
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    minify: true,
+    legalComments: 'none',
+    logLevel: 'warning',
+  });
+
+  // 4. The bundle.
+  await build({
+    entryPoints: [join(root, 'src/envd/main.ts')],
+    outfile: join(out, 'envd.cjs'),
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    minify: true,
+    keepNames: false,
+    sourcemap: 'external',
+    legalComments: 'none',
+    logLevel: 'warning',
+    plugins: [nativeFromBundleDir],
+    // envd's own Headers for the global one (undici's costs every sandbox its first command's worth)
+    inject: [join(root, 'src/envd/headers.ts')],
+    // import.meta.url (options.ts looks for envd-exec next to it), read when used: see __envdDir
+    define: { 'import.meta.url': '__envd_location.url' },
+    banner: {
+      js: [
+        // The directory of envd's files: the bundle's own, or the startup snapshot's when
+        // envd runs from one (the bundle's path then is the one it was built at).
+        'function __envdDir() {',
+        "  const a = process.execArgv, i = a.findIndex((x) => x === '--snapshot-blob' || x.startsWith('--snapshot-blob='));",
+        '  if (i < 0) return __dirname;',
+        "  const blob = a[i].includes('=') ? a[i].slice(a[i].indexOf('=') + 1) : a[i + 1];",
+        "  return require('node:path').dirname(require('node:path').resolve(blob));",
+        '}',
+        "var __envd_location = { get url() { return require('node:url').pathToFileURL(__envdDir() + '/envd.cjs').href; } };",
+      ].join('\n'),
+    },
+  });
+
+  // 5. The same envd for callers that start it as an ES module.
+  writeFileSync(join(out, 'envd.mjs'), "import { createRequire } from 'node:module';\ncreateRequire(import.meta.url)('./envd.cjs');\n");
 });

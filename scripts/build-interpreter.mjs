@@ -3,46 +3,44 @@
 // ts-strip.mjs (TypeScript's transpiler, loaded only by TypeScript contexts) and the Python
 // helpers the kernels load. The support tree (src/runtime/support.ts) carries the directory
 // to /.cubebox/interpreter in every sandbox, where the sandbox's node runs it.
-import { copyFileSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { copyFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { buildDir } from './build-dir.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const src = join(root, 'src/interpreter');
 const out = join(root, 'dist/interpreter');
 
 // built beside and renamed into place: a support tree made meanwhile never sees half of it
-const tmp = `${out}.tmp-${process.pid}`;
-rmSync(tmp, { recursive: true, force: true });
-mkdirSync(tmp, { recursive: true });
-for (const [entry, file] of [
-  ['server.ts', 'server.mjs'],
-  ['js-kernel.ts', 'js-kernel.mjs'],
-  ['ts-strip.ts', 'ts-strip.mjs'],
-]) {
-  await build({
-    entryPoints: [join(src, entry)],
-    outfile: join(tmp, file),
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    minify: true,
-    legalComments: 'none',
-    logLevel: 'warning',
-    // ws and typescript are CommonJS: give them the require and __filename an ES module lacks
-    banner: {
-      js: [
-        "import { createRequire as __ciCreateRequire } from 'node:module';",
-        "import { fileURLToPath as __ciFileURLToPath } from 'node:url';",
-        'const require = __ciCreateRequire(import.meta.url);',
-        'const __filename = __ciFileURLToPath(import.meta.url);',
-        "const __dirname = __filename.replace(/\\/[^/]*$/, '');",
-      ].join('\n'),
-    },
-  });
-}
-for (const f of readdirSync(join(src, 'python'))) if (f.endsWith('.py')) copyFileSync(join(src, 'python', f), join(tmp, f));
-rmSync(out, { recursive: true, force: true });
-renameSync(tmp, out);
+await buildDir(out, async (tmp) => {
+  for (const [entry, file] of [
+    ['server.ts', 'server.mjs'],
+    ['js-kernel.ts', 'js-kernel.mjs'],
+    ['ts-strip.ts', 'ts-strip.mjs'],
+  ]) {
+    await build({
+      entryPoints: [join(src, entry)],
+      outfile: join(tmp, file),
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      target: 'node20',
+      minify: true,
+      legalComments: 'none',
+      logLevel: 'warning',
+      // ws and typescript are CommonJS: give them the require and __filename an ES module lacks
+      banner: {
+        js: [
+          "import { createRequire as __ciCreateRequire } from 'node:module';",
+          "import { fileURLToPath as __ciFileURLToPath } from 'node:url';",
+          'const require = __ciCreateRequire(import.meta.url);',
+          'const __filename = __ciFileURLToPath(import.meta.url);',
+          "const __dirname = __filename.replace(/\\/[^/]*$/, '');",
+        ].join('\n'),
+      },
+    });
+  }
+  for (const f of readdirSync(join(src, 'python'))) if (f.endsWith('.py')) copyFileSync(join(src, 'python', f), join(tmp, f));
+});

@@ -1,5 +1,5 @@
-// Who a request acts as, and the access token checks (contract 5.1, 5.3).
-import { Code, ConnectError } from '@connectrpc/connect';
+// Who a request acts as, and the access token checks (contract 5.1, 5.3). No Connect imports:
+// /health and /init load this before the Connect services (loaded on first use, services.ts).
 import { safeEqual } from '../protocol/signature.js';
 import type { EnvdState } from './state.js';
 import type { UserInfo } from './users.js';
@@ -18,14 +18,6 @@ export function basicAuthUser(header: string | null | undefined): string | undef
 /** Resolve a user by name (or the default user); undefined when unknown. */
 export function lookupUser(state: EnvdState, name: string | undefined): UserInfo | undefined {
   return state.users.lookup(name || state.defaultUser);
-}
-
-/** The user of a Connect request; unauthenticated when the named user does not exist. */
-export function rpcUser(state: EnvdState, headers: Headers): UserInfo {
-  const name = basicAuthUser(headers.get('authorization'));
-  const u = lookupUser(state, name);
-  if (!u) throw new ConnectError(`invalid username: '${name || state.defaultUser}'`, Code.Unauthenticated);
-  return u;
 }
 
 /** Token check: undefined when allowed, else the error message. */

@@ -32,7 +32,6 @@
 import { startEnvd } from './http/server.js';
 import { INIT_SECRET_ENV } from './host-contract.js';
 import { parseArgs, UsageError } from './options.js';
-import { runFsWorker } from './fs/worker-main.js';
 
 async function main(): Promise<void> {
   let opts;
@@ -83,5 +82,5 @@ async function main(): Promise<void> {
 }
 
 // `envd.mjs --fs-worker`: a per-user filesystem worker (fs/user-fs.ts), when fs-worker.mjs is absent.
-if (process.argv[2] === '--fs-worker') runFsWorker();
+if (process.argv[2] === '--fs-worker') void import('./fs/worker-main.js').then((m) => m.runFsWorker());
 else void main();

@@ -60,7 +60,7 @@ function place(src: string, dst: string): void {
 
 export async function prepareSupportTree(baseDir: string, inUse: Set<string> = new Set()): Promise<SupportTree> {
   const node = realpathSync(process.execPath);
-  const envdFiles = ['envd.mjs', 'fs-worker.mjs', 'pty.node', 'envd-exec'].map((f) => join(ENVD_DIR, f));
+  const envdFiles = ['envd.cjs', 'envd.mjs', 'fs-worker.mjs', 'pty.node', 'envd-exec'].map((f) => join(ENVD_DIR, f));
   for (const f of envdFiles) if (!existsSync(f)) throw new Error(`${f} missing: run npm run build`);
   const { libs, loader } = await libraries([node, join(ENVD_DIR, 'pty.node')]);
   // the code-interpreter server (port 49999 in code-interpreter templates), when built

@@ -14,7 +14,7 @@ export function envdCommand(socket: string): string[] {
     `${SANDBOX_SUPPORT}/lib`,
     `${SANDBOX_SUPPORT}/bin/node`,
     '--max-semi-space-size=1',
-    `${SANDBOX_SUPPORT}/envd/envd.mjs`,
+    `${SANDBOX_SUPPORT}/envd/envd.cjs`,
     '--socket',
     socket,
   ];

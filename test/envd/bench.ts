@@ -39,7 +39,7 @@ async function startToReady(dir: string, n: number): Promise<number[]> {
   for (let i = 0; i < n; i++) {
     const sock = join(dir, `bench-${i}.sock`);
     const t0 = process.hrtime.bigint();
-    const child = spawn(process.execPath, [...nodeFlags, join(bundleDir, 'envd.mjs'), '--port', '0', '--socket', sock, '--state-dir', ''], { stdio: 'ignore' });
+    const child = spawn(process.execPath, [...nodeFlags, join(bundleDir, 'envd.cjs'), '--port', '0', '--socket', sock, '--state-dir', ''], { stdio: 'ignore' });
     while ((await socketGet(sock, '/health')) !== 204) await sleep(2);
     times.push(ms(t0));
     const exited = new Promise((r) => child.once('exit', r));

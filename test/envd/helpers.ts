@@ -75,8 +75,12 @@ export function socketGet(socketPath: string, path: string): Promise<number> {
   });
 }
 
-export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[] = []): Promise<TestEnvd> {
-  if (!existsSync(join(bundleDir, 'envd.mjs'))) throw new Error('dist/envd/envd.mjs is missing: run npm run build');
+/**
+ * `entry`: how node starts envd from its directory (a copy of dist/envd): the CommonJS bundle by
+ * default (what sandboxes run), e.g. ['envd.mjs'] for the ES-module entry.
+ */
+export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[] = [], entry: string[] = ['envd.cjs']): Promise<TestEnvd> {
+  if (!existsSync(join(bundleDir, 'envd.cjs'))) throw new Error('dist/envd/envd.cjs is missing: run npm run build');
   if (!(await canBind('127.0.0.1', ENVD_PORT))) throw new Error(`port ${ENVD_PORT} on 127.0.0.1 is busy`);
   const hosts = ['127.0.0.1'];
   if (await canBind('::1', ENVD_PORT)) hosts.push('::1');
@@ -101,7 +105,7 @@ export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[
     process.execPath,
     [
       ...nodeFlags,
-      join(bin, 'envd.mjs'),
+      ...entry.map((a) => (a.startsWith('-') ? a : join(bin, a))),
       '--socket',
       socket,
       '--passwd',

@@ -201,7 +201,7 @@ export class UserFs {
     if (helperPath) {
       const w = join(dirname(helperPath), 'fs-worker.mjs');
       if (existsSync(w)) this.workerScript = [w];
-      else if (process.argv[1]?.endsWith('.mjs')) this.workerScript = [process.argv[1], '--fs-worker'];
+      else if (process.argv[1] && /\.[cm]?js$/.test(process.argv[1])) this.workerScript = [process.argv[1], '--fs-worker'];
     }
   }
 

@@ -16,29 +16,9 @@ import { resolvePath } from '../paths.js';
 import type { EnvdState } from '../state.js';
 import type { UserInfo } from '../users.js';
 import { MultipartError, MultipartParser, multipartBoundary } from './multipart.js';
+import { HttpError, sendError, sendJson } from './respond.js';
 
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-export function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const data = JSON.stringify(body);
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) });
-  res.end(data);
-}
-
-export function sendError(res: ServerResponse, status: number, message: string): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  sendJson(res, status, { code: status, message });
-}
+export { HttpError, sendError, sendJson };
 
 function fsError(e: unknown, path: string): HttpError {
   if (e instanceof HttpError) return e;

@@ -3,25 +3,18 @@
 import { lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
-import { connectNodeAdapter } from '@connectrpc/connect-node';
-import { Filesystem } from '../gen/filesystem/filesystem_pb.js';
-import { Process } from '../gen/process/process_pb.js';
 import { safeEqual } from '../../protocol/signature.js';
 import { checkToken } from '../auth.js';
 import { INIT_SECRET_HEADER } from '../host-contract.js';
-import { UserFs } from '../fs/user-fs.js';
-import { filesystemService } from '../fs/service.js';
-import { ProcessManager } from '../process/manager.js';
-import { processService } from '../process/service.js';
 import { EnvdState, type EnvdOptions } from '../state.js';
 import { UserDb } from '../users.js';
-import { handleDownload, handleUpload, HttpError, sendError, sendJson } from './files.js';
-import { MetricsCollector } from './metrics.js';
+import { HttpError, sendError, sendJson } from './respond.js';
+import type { Services } from './services.js';
 
 export interface Envd {
   state: EnvdState;
-  processes: ProcessManager;
+  /** The services of the first real request (loaded once, on demand; see services.ts). */
+  services(): Promise<Services>;
   /** Listening addresses: the socket path and host:port of each TCP listener. */
   addresses: string[];
   close(): Promise<void>;
@@ -52,30 +45,15 @@ function parseTimestamp(v: unknown): number | undefined {
 export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
   const users = new UserDb(opts.passwdPath, opts.groupPath);
   const state = new EnvdState(opts, users);
-  const userFs = new UserFs(opts.helperPath);
-  const deps = { users, fs: userFs };
-  const pm = new ProcessManager(opts.helperPath);
-  const metrics = new MetricsCollector(opts.cgroupRoot);
 
-  const auth: Interceptor = (next) => async (req) => {
-    const err = checkToken(state, req.header.get('x-access-token'));
-    if (err) throw new ConnectError(err, Code.Unauthenticated);
-    return next(req);
-  };
-
-  const connectHandler = connectNodeAdapter({
-    routes: (router) => {
-      router.service(Process, processService(state, pm));
-      router.service(Filesystem, filesystemService(state, deps));
-    },
-    connect: true,
-    grpc: false,
-    grpcWeb: false,
-    acceptCompression: [],
-    readMaxBytes: 64 * 1024 * 1024,
-    jsonOptions: { alwaysEmitImplicit: true, ignoreUnknownFields: true },
-    interceptors: [auth],
-  });
+  // One load shared by every request that needs the services, concurrent first ones included.
+  let loading: Promise<Services> | undefined;
+  let loaded: Services | undefined;
+  const services = (): Promise<Services> =>
+    (loading ??= import('./services.js').then((m) => {
+      loaded = m.createServices(state);
+      return loaded;
+    }));
 
   function requireToken(req: IncomingMessage): void {
     const t = req.headers['x-access-token'];
@@ -134,8 +112,8 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
         res.writeHead(204, { 'Cache-Control': 'no-store' }).end();
         return;
       case '/files':
-        if (method === 'GET' || method === 'HEAD') return handleDownload(state, userFs, req, res, url);
-        if (method === 'POST') return handleUpload(state, userFs, req, res, url);
+        if (method === 'GET' || method === 'HEAD') return (await services()).download(req, res, url);
+        if (method === 'POST') return (await services()).upload(req, res, url);
         throw new HttpError(405, 'method not allowed');
       case '/init':
         if (method !== 'POST') throw new HttpError(405, 'method not allowed');
@@ -148,12 +126,25 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
       case '/metrics':
         if (method !== 'GET') throw new HttpError(405, 'method not allowed');
         requireToken(req);
-        sendJson(res, 200, await metrics.collect());
+        sendJson(res, 200, await (await services()).metrics.collect());
         return;
       default:
         throw new HttpError(404, `no route for ${path}`);
     }
   }
+
+  const fail = (req: IncomingMessage, res: ServerResponse, e: unknown) => {
+    const code = (e as NodeJS.ErrnoException)?.code;
+    if (e instanceof HttpError) sendError(res, e.status, e.message);
+    else if (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNRESET' || code === 'EPIPE') res.destroy();
+    else {
+      process.stderr.write(`envd: ${req.method} ${req.url ?? ''}: ${(e as Error)?.stack ?? String(e)}\n`);
+      sendError(res, 500, (e as Error)?.message ?? 'internal error');
+    }
+    // Drop whatever is left of the request body, keeping the connection usable.
+    req.unpipe();
+    if (!req.readableEnded) req.resume();
+  };
 
   const handler = (viaSocket: boolean) => (req: IncomingMessage, res: ServerResponse) => {
     const p = req.url ?? '';
@@ -172,21 +163,15 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
       }
     }
     if (p.startsWith('/process.Process/') || p.startsWith('/filesystem.Filesystem/')) {
-      connectHandler(req, res);
+      if (loaded) loaded.connect(req, res);
+      else
+        services().then(
+          (s) => s.connect(req, res),
+          (e: unknown) => fail(req, res, e),
+        );
       return;
     }
-    route(req, res, viaSocket).catch((e: unknown) => {
-      const code = (e as NodeJS.ErrnoException)?.code;
-      if (e instanceof HttpError) sendError(res, e.status, e.message);
-      else if (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNRESET' || code === 'EPIPE') res.destroy();
-      else {
-        process.stderr.write(`envd: ${req.method} ${p}: ${(e as Error)?.stack ?? String(e)}\n`);
-        sendError(res, 500, (e as Error)?.message ?? 'internal error');
-      }
-      // Drop whatever is left of the request body, keeping the connection usable.
-      req.unpipe();
-      if (!req.readableEnded) req.resume();
-    });
+    route(req, res, viaSocket).catch((e: unknown) => fail(req, res, e));
   };
 
   const servers: Server[] = [];
@@ -258,11 +243,11 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
 
   return {
     state,
-    processes: pm,
+    services,
     addresses,
     async close() {
-      pm.killAll();
-      userFs.close();
+      // a load still under way ends with the services, which must be closed too
+      (loaded ?? (await loading?.catch(() => undefined)))?.close();
       await Promise.all(
         servers.map(
           (s) =>

@@ -5,7 +5,7 @@ import type { HandlerContext, ServiceImpl } from '@connectrpc/connect';
 import { Code, ConnectError } from '@connectrpc/connect';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { Process, Signal, type ProcessEventSchema, type ProcessSelector } from '../gen/process/process_pb.js';
-import { rpcUser } from '../auth.js';
+import { rpcUser } from '../rpc-user.js';
 import { resolvePath } from '../paths.js';
 import { EventQueue, keepaliveMs } from '../queue.js';
 import type { EnvdState } from '../state.js';
