@@ -2,7 +2,7 @@ import { get, type IncomingMessage } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { startServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
-import { median, timed, type BenchRow } from './runtime-bench.js';
+import { median, timed, type BenchRow } from './report.js';
 
 /** Downloads a URL to nowhere; resolves to the bytes read. */
 function download(url: string, headers: Record<string, string> = {}): Promise<number> {

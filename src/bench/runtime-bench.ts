@@ -1,27 +1,8 @@
 import type { ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { OciRuntime } from '../runtime/oci-runtime.js';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { SandboxManager } from '../sandbox/manager.js';
-
-export interface BenchRow {
-  name: string;
-  medianMs: number;
-  baselineName?: string;
-  baselineMs?: number;
-}
-
-export const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
-
-export async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - t) / 1e6;
-}
+import { BareRuntime } from './bare.js';
+import { median, timed, type BenchRow } from './report.js';
 
 /**
  * Medians of the sandbox lifecycle through the manager, next to the same steps done by
@@ -31,6 +12,7 @@ export async function timed(fn: () => Promise<unknown>): Promise<number> {
 export async function runtimeBench(iterations: number, log: (s: string) => void = () => undefined): Promise<BenchRow[]> {
   const dataDir = mkdtempSync('/var/tmp/cubebox-bench-');
   let m: SandboxManager | undefined;
+  let bare: BareRuntime | undefined;
   const t = { createBare: [] as number[], create: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   const b = { run: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   try {
@@ -38,27 +20,15 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
     const tpl = await m.templates.addBusybox('busybox');
 
     // bare runtime baseline: same binary, same wrapper, the busybox layer as a plain rootfs
-    const bare = new OciRuntime(m.runtime.name, join(m.paths.runRoot, 'bare'), m.cgroupMode);
-    const bundle = join(dataDir, 'bare-bundle');
-    mkdirSync(bundle);
-    writeFileSync(
-      join(bundle, 'config.json'),
-      JSON.stringify({
-        ociVersion: '1.0.2',
-        process: { terminal: false, user: { uid: 0, gid: 0 }, args: ['/bin/sleep', '1000'], cwd: '/', env: ['PATH=/bin:/usr/bin'] },
-        root: { path: tpl.layers[0], readonly: true },
-        mounts: [{ destination: '/proc', type: 'proc', source: 'proc' }],
-        linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }, { type: 'network' }] },
-      }),
-    );
-    const log0 = join(dataDir, 'bare.log');
+    const br = (bare = new BareRuntime(m, dataDir, tpl.layers[0]!));
     for (let i = 0; i < iterations; i++) {
-      const cid = `cubebox-bench-${process.pid}-${i}`;
-      b.run.push(await timed(() => bare.run(cid, bundle, log0)));
-      b.exec.push(await timed(() => waitClose(bare.exec(cid, ['/bin/true'], { stdio: 'ignore' }))));
-      b.pause.push(await timed(() => bare.pause(cid)));
-      b.resume.push(await timed(() => bare.resume(cid)));
-      b.delete.push(await timed(() => bare.forceDelete(cid)));
+      const c = br.prepare();
+      const cid = c.id;
+      b.run.push(await timed(() => br.run(c)));
+      b.exec.push(await timed(() => waitClose(br.runtime.exec(cid, ['/bin/true'], { stdio: 'ignore' }))));
+      b.pause.push(await timed(() => br.runtime.pause(cid)));
+      b.resume.push(await timed(() => br.runtime.resume(cid)));
+      b.delete.push(await timed(() => br.delete(cid)));
 
       let id = '';
       t.createBare.push(await timed(async () => (id = (await m!.create({ template: 'busybox', agent: false })).id)));
@@ -71,6 +41,7 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
       log(`iteration ${i + 1}/${iterations}`);
     }
   } finally {
+    await bare?.deleteAll();
     if (m) {
       for (const s of m.list()) await m.delete(s.id).catch(() => undefined);
       const runRoot = m.paths.runRoot;
@@ -95,15 +66,4 @@ function waitClose(child: ChildProcess): Promise<void> {
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`exec exited ${code}`))));
   });
-}
-
-export function formatBench(rows: BenchRow[]): string {
-  const lines = [`${'operation'.padEnd(28)} ${'median'.padStart(9)}   ${'baseline (same run)'.padEnd(26)} ${'median'.padStart(9)}   ratio`];
-  for (const r of rows) {
-    const ratio = r.baselineMs ? (r.medianMs / r.baselineMs).toFixed(2) + 'x' : '';
-    lines.push(
-      `${r.name.padEnd(28)} ${r.medianMs.toFixed(1).padStart(7)}ms   ${(r.baselineName ?? '').padEnd(26)} ${r.baselineMs !== undefined ? r.baselineMs.toFixed(1).padStart(7) + 'ms' : ''}   ${ratio}`,
-    );
-  }
-  return lines.join('\n');
 }

@@ -4,13 +4,8 @@ import { resolveCacheDir } from '../config.js';
 import { ApiKeys } from '../api/keys.js';
 import { startServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
-import { median, timed, type BenchRow } from './runtime-bench.js';
-
-/** PSS in KiB of a process, from smaps_rollup. */
-function pssKiB(pid: number): number {
-  const m = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').match(/^Pss:\s+(\d+) kB/m);
-  return m ? Number(m[1]) : 0;
-}
+import { pssKiB } from './host.js';
+import { median, timed, type BenchRow } from './report.js';
 
 /**
  * Through the whole service with the published e2b SDK: Sandbox.create() (from the warm

@@ -320,34 +320,38 @@ registerTeamsCommand(program, dataDirOf);
 
 program
   .command('bench')
-  .description('measure sandbox lifecycle latencies against the bare runtime (medians of one run)')
-  .option('-n, --iterations <n>', 'iterations', num('--iterations'), 20)
-  .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'service', 'network']))
-  .action(async (opts: { iterations: number; only?: string }) => {
-    const { runtimeBench, formatBench } = await import('../bench/runtime-bench.js');
-    const progress = (s: string) => process.stderr.write(`\r${s.padEnd(40)}`);
-    if (!opts.only || opts.only === 'runtime') {
-      const rows = await runtimeBench(opts.iterations, progress);
-      process.stderr.write('\n');
-      console.log(formatBench(rows));
+  .description('measure cubebox against bare baselines taken in the same run (runtime, service, network, bursts, throughput, density)')
+  .option('-n, --iterations <n>', 'iterations of the sequential measurements', num('--iterations'), 20)
+  .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'service', 'network', 'burst', 'throughput', 'density']))
+  .option('--burst <n>', 'concurrent creates in a burst', num('--burst'), 50)
+  .option('--sandboxes <m>', 'idle sandboxes for the density part', num('--sandboxes'), 100)
+  .option('--clients <c>', 'concurrent SDK clients for the throughput part', num('--clients'), 100)
+  .option('--client-sandboxes <s>', 'sandboxes the throughput clients share', num('--client-sandboxes'), 20)
+  .option('--seconds <t>', 'seconds the throughput loops run', num('--seconds'), 20)
+  .option('--json', 'print one JSON document on stdout (progress stays on stderr)')
+  .action(async (opts: BenchOpts) => {
+    for (const k of ['iterations', 'burst', 'sandboxes', 'clients', 'clientSandboxes', 'seconds'] as const) {
+      if (!Number.isInteger(opts[k]) || opts[k] < 1)
+        throw new CubeboxError('invalid_argument', `--${k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} must be a positive integer`);
     }
-    if (!opts.only || opts.only === 'network') {
-      const { networkBench } = await import('../bench/network-bench.js');
-      const { rows, notes } = await networkBench(opts.iterations, progress);
-      process.stderr.write('\n');
-      console.log('\nsandbox networking:');
-      console.log(formatBench(rows));
-      for (const n of notes) console.log(n);
-    }
-    if (!opts.only || opts.only === 'service') {
-      const { serviceBench } = await import('../bench/service-bench.js');
-      const { rows, notes } = await serviceBench(opts.iterations, progress);
-      process.stderr.write('\n');
-      console.log('\nthrough `cubebox serve` with the e2b SDK:');
-      console.log(formatBench(rows));
-      for (const n of notes) console.log(n);
-    }
+    const { runBench } = await import('../bench/bench.js');
+    const { serveConfig } = await import('../app/serve.js');
+    // the pool `cubebox serve` would start with here: its default, or CUBEBOX_POOL
+    const defaultPool = serveConfig({}).pool;
+    const ok = await runBench({ ...opts, defaultPool });
+    if (!ok) process.exitCode = 1;
   });
+
+interface BenchOpts {
+  iterations: number;
+  only?: string;
+  burst: number;
+  sandboxes: number;
+  clients: number;
+  clientSandboxes: number;
+  seconds: number;
+  json?: boolean;
+}
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const kind: ErrorKind = err instanceof CubeboxError ? err.kind : 'internal';

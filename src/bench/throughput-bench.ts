@@ -1,0 +1,114 @@
+// Commands through the service: commands.run('true') with the published SDK at c=1 and under
+// C concurrent clients over S sandboxes for T seconds, next to local spawns of the shell the
+// sandbox runs, at the same concurrency for the same time, in the same run.
+import type { BenchService, SdkSandbox } from './harness.js';
+import { spawnBash } from './host.js';
+import { emptyPart, figure, mapLimit, now, percentile, type PartReport } from './report.js';
+
+export interface ThroughputOptions {
+  clients: number;
+  sandboxes: number;
+  seconds: number;
+  /** Runs at c=1 are five times this. */
+  iterations: number;
+}
+
+/** The argv the sandbox's shell was started with for a command, read from inside: ['/bin/bash', '-l', '-c']. */
+export async function sandboxShell(sbx: SdkSandbox): Promise<string[]> {
+  // the command substitution is a child of that shell, so $$ is still the shell (not an exec'd command)
+  const r = await sbx.commands.run('echo $(base64 -w0 < /proc/$$/cmdline)');
+  const argv = Buffer.from(r.stdout.trim(), 'base64').toString('utf8').split('\0');
+  const c = argv.indexOf('-c');
+  return c > 0 ? argv.slice(0, c + 1) : argv;
+}
+
+/** Loops op from `clients` concurrent loops for `seconds`; counts, latencies and errors. */
+async function loop(clients: number, seconds: number, op: (client: number) => Promise<unknown>) {
+  const ms: number[] = [];
+  let errors = 0;
+  let firstError: string | undefined;
+  const t0 = now();
+  const deadline = t0 + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: clients }, async (_, c) => {
+      while (now() < deadline) {
+        const t = now();
+        try {
+          await op(c);
+          ms.push(now() - t);
+        } catch (err) {
+          errors++;
+          firstError ??= (err as Error).message;
+        }
+      }
+    }),
+  );
+  const elapsedS = (now() - t0) / 1000;
+  return { ops: ms.length, perS: ms.length / elapsedS, ms, errors, firstError, elapsedS };
+}
+
+export async function throughputBench(svc: BenchService, o: ThroughputOptions, log: (s: string) => void = () => undefined): Promise<PartReport> {
+  const part = emptyPart();
+  const made: SdkSandbox[] = [];
+  try {
+    log(`creating ${o.sandboxes} sandboxes`);
+    const outcomes = await mapLimit(Array.from({ length: o.sandboxes }), 4, () => svc.create({ timeoutMs: (o.seconds + 600) * 1000 }));
+    for (const x of outcomes) if (x.sandbox) made.push(x.sandbox);
+    const failed = outcomes.filter((x) => x.error);
+    if (!made.length) throw new Error(`no sandbox could be created: ${failed[0]?.error}`);
+    if (failed.length) part.notes.push(`${failed.length} of ${o.sandboxes} sandboxes could not be created: ${failed[0]!.error}`);
+
+    // 5. one command at a time, next to the same shell form spawned locally
+    const first = made[0]!;
+    const shell = await sandboxShell(first);
+    part.facts.sandboxRuns = `${shell.join(' ')} <cmd>`;
+    const flags = shell.slice(1); // ['-l', '-c']
+    const other = flags.includes('-l') ? ['-c'] : ['-l', '-c'];
+    const runs: number[] = [];
+    const local: number[] = [];
+    const localOther: number[] = [];
+    await first.commands.run('true');
+    for (let i = 0; i < o.iterations * 5; i++) {
+      const t = now();
+      await first.commands.run('true');
+      runs.push(now() - t);
+      local.push(await spawnBash([...flags, 'true']));
+      localOther.push(await spawnBash([...other, 'true']));
+    }
+    const localName = (f: string[]) => `local spawn bash ${f.join(' ')} true`;
+    part.figures.push(
+      figure('throughput.run1.p50', "commands.run('true') c=1", 'p50', percentile(runs, 50), 'ms', {
+        name: `${localName(flags)} p50`,
+        value: percentile(local, 50),
+      }),
+      figure('throughput.run1.other.p50', "commands.run('true') c=1", 'p50', percentile(runs, 50), 'ms', {
+        name: `${localName(other)} p50`,
+        value: percentile(localOther, 50),
+      }),
+    );
+
+    // 6. C clients, each its own SDK object, over S sandboxes for T seconds
+    log(`${o.clients} clients connecting`);
+    const clients = await Promise.all(Array.from({ length: o.clients }, (_, c) => svc.Sandbox.connect(made[c % made.length]!.sandboxId)));
+    log(`${o.clients} clients x commands.run('true') for ${o.seconds} s`);
+    const sdk = await loop(o.clients, o.seconds, (c) => clients[c]!.commands.run('true'));
+    log(`${o.clients} local loops x bash ${flags.join(' ')} true for ${o.seconds} s`);
+    const base = await loop(o.clients, o.seconds, () => spawnBash([...flags, 'true']));
+    const label = `commands.run('true'), ${o.clients} clients / ${made.length} sandboxes`;
+    const baseName = `${localName(flags)}, ${o.clients} at once`;
+    part.figures.push(
+      figure('throughput.rate', label, 'rate', sdk.perS, 'ops/s', { name: baseName, value: base.perS }),
+      figure('throughput.p50', label, 'p50', percentile(sdk.ms, 50), 'ms', { name: baseName, value: percentile(base.ms, 50) }),
+      figure('throughput.p99', label, 'p99', percentile(sdk.ms, 99), 'ms', { name: baseName, value: percentile(base.ms, 99) }),
+    );
+    part.counts['load.ops'] = sdk.ops;
+    part.counts['load.errors'] = sdk.errors;
+    part.counts['local.spawns'] = base.ops;
+    part.counts['local.errors'] = base.errors;
+    if (sdk.firstError) part.notes.push(`first command error under load: ${sdk.firstError}`);
+    part.facts.secondsMeasured = Math.round(sdk.elapsedS * 100) / 100;
+    return part;
+  } finally {
+    await svc.kill(made);
+  }
+}
