@@ -32,6 +32,53 @@ export class ServiceMetrics {
         this.set(manager.templates.list().length);
       },
     });
+    // creates: the warm pool, the gate that bounds provisioning, and what was refused
+    const pools = () => manager.poolStatus();
+    new Gauge({
+      name: 'cubebox_pool_target',
+      help: 'Warm pool size now, by template (adaptive pools move between their bounds)',
+      labelNames: ['template'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const p of pools()) this.set({ template: p.template }, p.target);
+      },
+    });
+    new Gauge({
+      name: 'cubebox_pool_ready',
+      help: 'Pooled sandboxes ready to be claimed, by template',
+      labelNames: ['template'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const p of pools()) this.set({ template: p.template }, p.ready);
+      },
+    });
+    new Gauge({
+      name: 'cubebox_creates_in_progress',
+      help: 'Sandboxes being provisioned now (creates and pool refills)',
+      registers: [this.registry],
+      collect() {
+        this.set(manager.gate.inFlight);
+      },
+    });
+    new Gauge({
+      name: 'cubebox_creates_waiting',
+      help: 'Creates waiting for a provisioning turn',
+      registers: [this.registry],
+      collect() {
+        this.set(manager.gate.queued);
+      },
+    });
+    new Gauge({
+      name: 'cubebox_creates',
+      help: 'Creates since the service started, by outcome: served from the pool, provisioned on demand, refused for capacity',
+      labelNames: ['outcome'],
+      registers: [this.registry],
+      collect() {
+        for (const [outcome, n] of Object.entries(manager.createCounts)) this.set({ outcome }, n);
+      },
+    });
     const traffic = () => [...proxy.stats().values()];
     new Gauge({
       name: 'cubebox_dataplane_open_streams',

@@ -6,7 +6,7 @@ export type GatePriority = 'request' | 'refill';
 export interface CreateGateOptions {
   /** Sandboxes provisioned at once. */
   concurrency: number;
-  /** Requests that may wait for a turn; one more is refused (429) at once. */
+  /** Requests that may wait behind other requests; one more is refused (429) at once. */
   maxQueue: number;
   /** A request whose estimated wait is longer is refused (429) at once rather than left to time out. */
   maxWaitMs: number;
@@ -29,6 +29,8 @@ interface Waiter {
  */
 export class CreateGate {
   private running = 0;
+  /** Turns held by requests (the rest by refills, which a request never waits long for). */
+  private runningRequests = 0;
   private readonly requests: Waiter[] = [];
   private readonly refills: Waiter[] = [];
   /** Moving average of one provisioning's duration (ms); a first guess until one is measured. */
@@ -63,7 +65,6 @@ export class CreateGate {
 
   /** Estimated wait (ms) of a request that joins the queue now. */
   private expectedWaitMs(): number {
-    if (this.running < this.opts.concurrency) return 0;
     return ((this.requests.length + 1) * this.avgMs) / this.opts.concurrency;
   }
 
@@ -72,19 +73,22 @@ export class CreateGate {
    * queue is full or its wait would pass maxWaitMs; a refill always waits.
    */
   async run<T>(priority: GatePriority, fn: () => Promise<T>): Promise<T> {
-    if (priority === 'request' && this.running >= this.opts.concurrency) {
+    // only other requests make a request wait long: refills give way to it at their next turn
+    if (priority === 'request' && this.runningRequests + this.requests.length >= this.opts.concurrency) {
       if (this.requests.length >= this.opts.maxQueue || this.expectedWaitMs() > this.opts.maxWaitMs)
         throw busy(
-          `too many sandboxes are being created: ${this.running} in progress and ${this.requests.length} waiting; try again later`,
+          `too many sandboxes are being created: ${this.runningRequests} in progress and ${this.requests.length} waiting; try again later`,
           this.retryAfterSec(),
         );
     }
     await this.acquire(priority);
+    if (priority === 'request') this.runningRequests++;
     const started = this.now();
     try {
       return await fn();
     } finally {
       this.avgMs = 0.8 * this.avgMs + 0.2 * Math.max(1, this.now() - started);
+      if (priority === 'request') this.runningRequests--;
       this.release();
     }
   }

@@ -68,6 +68,8 @@ export class SandboxManager {
   readonly events: SandboxCore['events'];
   private readonly core: SandboxCore;
   private readonly pool: WarmPool;
+  /** Creates served from the warm pool, provisioned on demand, and refused for capacity (429/503). */
+  readonly createCounts = { pool: 0, new: 0, refused: 0 };
   /** How many sandboxes are provisioned at once, and who waits (creates, then pool refills). */
   readonly gate: CreateGate;
   private readonly reconciler: Reconciler;
@@ -256,14 +258,21 @@ export class SandboxManager {
       this.pool.recordDemand(template.name);
       const claimed = await this.pool.claim(template.id, req);
       this.pool.fill();
-      if (claimed) return claimed;
+      if (claimed) {
+        this.createCounts.pool++;
+        return claimed;
+      }
     }
     try {
       return await this.gate.run('request', async () => {
         // a refill may have finished while this create waited for its turn
         const claimed = fromPool ? await this.pool.claim(template.id, req) : undefined;
+        this.createCounts[claimed ? 'pool' : 'new']++;
         return claimed ?? (await createSandbox(this.core, template, req));
       });
+    } catch (err) {
+      if (err instanceof CubeboxError && err.retryAfterSec !== undefined) this.createCounts.refused++;
+      throw err;
     } finally {
       if (fromPool) this.pool.fill();
     }

@@ -77,6 +77,24 @@ describe('create gate', () => {
     assert.deepEqual(await Promise.all([...accepted.slice(1), refill]), [1, 2, 'r']);
   });
 
+  it('a request never is refused for turns that refills hold: it waits and goes first', async () => {
+    const gate = new CreateGate({ concurrency: 1, maxQueue: 0, maxWaitMs: 60_000 });
+    const refill = deferred();
+    const order: string[] = [];
+    const r1 = gate.run('refill', () => refill.promise);
+    const r2 = gate.run('refill', async () => void order.push('refill'));
+    const req = gate.run('request', async () => void order.push('request'));
+    await tick();
+    // a second request is refused: one request already waits and the queue holds none beyond it
+    await assert.rejects(
+      gate.run('request', async () => 0),
+      (e: unknown) => e instanceof CubeboxError && e.kind === 'busy',
+    );
+    refill.resolve();
+    await Promise.all([r1, r2, req]);
+    assert.deepEqual(order, ['request', 'refill']);
+  });
+
   it('refuses a request whose wait would pass maxWaitMs, estimated from measured provisioning times', async () => {
     let now = 0;
     const gate = new CreateGate({ concurrency: 1, maxQueue: 100, maxWaitMs: 5000, now: () => now });
