@@ -82,6 +82,9 @@ export class Reconciler {
         // paused without memory: no container by design; its disk waits for a resume
         if (startup) report.adopted.push(r.id);
       } else if (r.state === 'running' || r.state === 'paused' || r.state === 'pooled') {
+        // between start-ups a live sandbox's populated cgroup is enough: a file read instead of a
+        // runtime process per sandbox per pass (1000 sandboxes every 5 s would keep a CPU busy)
+        if (!startup && r.state !== 'paused' && core.cgroup(r.id).pids().length > 0) return;
         const st = await core.runtimeOf(r.id).state(core.containerId(r.id));
         const live: SandboxState = r.state === 'pooled' ? 'pooled' : 'running';
         const hostState: SandboxState = st?.status === 'running' ? live : st?.status === 'paused' ? 'paused' : 'stopped';
