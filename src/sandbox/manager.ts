@@ -361,7 +361,7 @@ export class SandboxManager {
   poolStatus(): Array<{ template: string; min: number; max: number; target: number; ready: number }> {
     return Object.entries(this.pool.configuredBounds()).map(([template, b]) => {
       const id = this.templates.find(template)?.id;
-      const ready = this.store.listSandboxes().filter((r) => r.state === 'pooled' && r.templateId === id).length;
+      const ready = id ? this.store.sandboxesInState('pooled', id).length : 0;
       return { template, ...b, target: this.pool.target(template), ready };
     });
   }

@@ -140,10 +140,7 @@ export class WarmPool {
 
   /** Pooled sandboxes of a template that no create is claiming, oldest first. */
   private pooledRows(templateId: string) {
-    return this.core.store
-      .listSandboxes()
-      .filter((r) => r.state === 'pooled' && r.templateId === templateId && !this.claiming.has(r.id))
-      .sort((a, b) => a.createdAt - b.createdAt);
+    return this.core.store.sandboxesInState('pooled', templateId).filter((r) => !this.claiming.has(r.id));
   }
 
   /**

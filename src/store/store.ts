@@ -143,6 +143,15 @@ export class Store {
     return (this.db.prepare('SELECT * FROM sandboxes ORDER BY created_at DESC, id').all() as Raw[]).map(toSandbox);
   }
 
+  /** Sandboxes in one state (optionally of one template), oldest first: a pool's, without reading every row. */
+  sandboxesInState(state: SandboxState, templateId?: string): SandboxRow[] {
+    const rows =
+      templateId === undefined
+        ? this.db.prepare('SELECT * FROM sandboxes WHERE state = ? ORDER BY created_at, id').all(state)
+        : this.db.prepare('SELECT * FROM sandboxes WHERE state = ? AND template_id = ? ORDER BY created_at, id').all(state, templateId);
+    return (rows as Raw[]).map(toSandbox);
+  }
+
   updateSandbox(id: string, fields: Partial<Omit<SandboxRow, 'id'>>): void {
     const cols: Record<string, string> = {
       templateId: 'template_id',
