@@ -101,6 +101,7 @@ export class WarmPool {
         if (info) return info;
       } finally {
         this.claiming.delete(c.id);
+        if (!this.claiming.size) this.fill();
       }
     }
   }
@@ -169,6 +170,8 @@ export class WarmPool {
     const core = this.core;
     // only a manager that was given a pool manages pools (a short-lived CLI manager does not)
     if (core.closed || !this.configured) return;
+    // claims in progress are a burst served from the pool: refills (CPU-heavy) start after it
+    if (this.claiming.size) return;
     for (const name of Object.keys(this.bounds)) {
       const template = core.deps.templates.find(name);
       if (!template || this.retiring.has(template.id)) continue;
