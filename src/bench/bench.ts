@@ -68,6 +68,8 @@ export async function runBench(o: BenchRunOptions): Promise<boolean> {
         report.facts.error = (err as Error).message;
       }
       process.stderr.write('\n');
+      // a figure without a value (every attempt failed) fails the run, after the report
+      if (report.figures.some((f) => !Number.isFinite(f.value))) ok = false;
       doc.parts[name] = report;
       if (!o.json) console.log(`\n${formatPart(TITLES[name], report)}`);
     }

@@ -1,10 +1,9 @@
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { resolveCacheDir } from '../config.js';
 import { ApiKeys } from '../api/keys.js';
 import { startServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
-import { pssKiB } from './host.js';
+import { isEnvd, LocalLogin, pssKiB } from './host.js';
 import { median, timed, type BenchRow } from './report.js';
 
 /**
@@ -59,35 +58,21 @@ export async function serviceBench(iterations: number, log: (s: string) => void 
     await sbx.commands.run('true');
     const runTrue: number[] = [];
     for (let i = 0; i < iterations * 5; i++) runTrue.push(await timed(() => sbx.commands.run('true')));
-    const spawnOnce = (args: string[]) =>
-      timed(
-        () =>
-          new Promise<void>((resolve, reject) => {
-            const c = spawn('/bin/bash', args, { stdio: 'ignore' });
-            c.on('error', reject);
-            c.on('close', () => resolve());
-          }),
-      );
-    // the same command on the host (whose login profile may be heavier than the sandbox's), and without a login shell
+    // the same command on the host, as a login shell with the sandbox user's dotfiles, and without a login shell
+    const login = new LocalLogin(manager.templates.get('base').layers);
     const spawnTrue: number[] = [];
     const spawnPlain: number[] = [];
-    for (let i = 0; i < iterations * 5; i++) {
-      spawnTrue.push(await spawnOnce(['-l', '-c', 'true']));
-      spawnPlain.push(await spawnOnce(['-c', 'true']));
+    try {
+      for (let i = 0; i < iterations * 5; i++) {
+        spawnTrue.push(await login.run(['-l', '-c']));
+        spawnPlain.push(await login.run(['-c']));
+      }
+    } finally {
+      login.close();
     }
-    // envd's idle memory: the sandbox's process running envd.mjs
+    // envd's idle memory: the sandbox's process running envd
     await new Promise((r) => setTimeout(r, 2000));
-    const envdPid = manager
-      .cgroup(sbx.sandboxId)
-      .pids()
-      .find((p) => {
-        try {
-          const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-          return argv[0]!.endsWith('/ld.so') && argv.some((a) => a.endsWith('envd.mjs'));
-        } catch {
-          return false;
-        }
-      });
+    const envdPid = manager.cgroup(sbx.sandboxId).pids().find(isEnvd);
     if (envdPid) notes.push(`envd idle PSS inside a sandbox: ${(pssKiB(envdPid) / 1024).toFixed(1)} MiB`);
     await sbx.kill();
 
@@ -108,8 +93,8 @@ export async function serviceBench(iterations: number, log: (s: string) => void 
         { name: 'Sandbox.create() cold', medianMs: median(coldCreate) },
         { name: 'Sandbox.create()+kill cold', medianMs: median(cold) },
         { name: 'Sandbox.create() warm pool', medianMs: median(warm) },
-        { name: "commands.run('true')", medianMs: median(runTrue), baselineName: 'local spawn bash -l -c true', baselineMs: median(spawnTrue) },
-        { name: "commands.run('true')", medianMs: median(runTrue), baselineName: 'local spawn bash -c true', baselineMs: median(spawnPlain) },
+        { name: "commands.run('true')", medianMs: median(runTrue), baselineName: 'local bash -l -c true', baselineMs: median(spawnTrue) },
+        { name: "commands.run('true')", medianMs: median(runTrue), baselineName: 'local bash -c true', baselineMs: median(spawnPlain) },
       ],
       notes,
     };

@@ -2,7 +2,7 @@
 // C concurrent clients over S sandboxes for T seconds, next to local spawns of the shell the
 // sandbox runs, at the same concurrency for the same time, in the same run.
 import type { BenchService, SdkSandbox } from './harness.js';
-import { spawnBash } from './host.js';
+import { LocalLogin } from './host.js';
 import { emptyPart, figure, mapLimit, now, percentile, type PartReport } from './report.js';
 
 export interface ThroughputOptions {
@@ -50,6 +50,7 @@ async function loop(clients: number, seconds: number, op: (client: number) => Pr
 export async function throughputBench(svc: BenchService, o: ThroughputOptions, log: (s: string) => void = () => undefined): Promise<PartReport> {
   const part = emptyPart();
   const made: SdkSandbox[] = [];
+  const login = new LocalLogin(svc.manager.templates.get('base').layers);
   try {
     log(`creating ${o.sandboxes} sandboxes`);
     const outcomes = await mapLimit(Array.from({ length: o.sandboxes }), 4, () => svc.create({ timeoutMs: (o.seconds + 600) * 1000 }));
@@ -72,10 +73,11 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
       const t = now();
       await first.commands.run('true');
       runs.push(now() - t);
-      local.push(await spawnBash([...flags, 'true']));
-      localOther.push(await spawnBash([...other, 'true']));
+      local.push(await login.run(flags));
+      localOther.push(await login.run(other));
     }
-    const localName = (f: string[]) => `local spawn bash ${f.join(' ')} true`;
+    // the host's shell with the sandbox user's dotfiles (see LocalLogin)
+    const localName = (f: string[]) => `local bash ${f.join(' ')} true`;
     part.figures.push(
       figure('throughput.run1.p50', "commands.run('true') c=1", 'p50', percentile(runs, 50), 'ms', {
         name: `${localName(flags)} p50`,
@@ -93,7 +95,7 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
     log(`${o.clients} clients x commands.run('true') for ${o.seconds} s`);
     const sdk = await loop(o.clients, o.seconds, (c) => clients[c]!.commands.run('true'));
     log(`${o.clients} local loops x bash ${flags.join(' ')} true for ${o.seconds} s`);
-    const base = await loop(o.clients, o.seconds, () => spawnBash([...flags, 'true']));
+    const base = await loop(o.clients, o.seconds, () => login.run(flags));
     const label = `commands.run('true'), ${o.clients} clients / ${made.length} sandboxes`;
     const baseName = `${localName(flags)}, ${o.clients} at once`;
     part.figures.push(
@@ -109,6 +111,7 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
     part.facts.secondsMeasured = Math.round(sdk.elapsedS * 100) / 100;
     return part;
   } finally {
+    login.close();
     await svc.kill(made);
   }
 }
