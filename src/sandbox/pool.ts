@@ -35,6 +35,7 @@ export class WarmPool {
   /** A template whose refill failed is not retried before this time (ms). */
   private readonly failedUntil = new Map<string, number>();
   readonly sizer = new PoolSizer();
+  private fillScheduled = false;
 
   constructor(
     private readonly core: SandboxCore,
@@ -167,6 +168,16 @@ export class WarmPool {
    * beyond its size. Called after each create and by the periodic reconciler.
    */
   fill(): void {
+    // on the next turn of the event loop, once: a create returns its sandbox before refills start
+    if (this.fillScheduled) return;
+    this.fillScheduled = true;
+    setImmediate(() => {
+      this.fillScheduled = false;
+      this.fillNow();
+    });
+  }
+
+  private fillNow(): void {
     const core = this.core;
     // only a manager that was given a pool manages pools (a short-lived CLI manager does not)
     if (core.closed || !this.configured) return;
