@@ -27,14 +27,36 @@ async function bareBurst(svc: BenchService, n: number): Promise<{ run: Burst; de
   return { run: { ms, totalMs }, deleteMs };
 }
 
-/** N Sandbox.create() at once; the sandboxes are killed afterwards (not timed with the burst). */
-async function createBurst(svc: BenchService, n: number): Promise<{ burst: Burst; outcomes: CreateOutcome[]; killMs: number }> {
+/** What the service saw of a burst: where each create came from, its own timings, its create gate. */
+type ServerView = Record<string, number>;
+
+/** N Sandbox.create() at once; the sandboxes are killed afterwards (timed apart). */
+async function createBurst(svc: BenchService, n: number): Promise<{ burst: Burst; outcomes: CreateOutcome[]; killMs: number; server: ServerView }> {
+  const counts0 = { ...svc.manager.createCounts };
+  const ops0 = await svc.serverOps();
+  const stopSampling = svc.sampleGate();
   const t0 = now();
   const outcomes = await Promise.all(Array.from({ length: n }, () => svc.create()));
   const totalMs = now() - t0;
+  const gate = stopSampling();
+  const ops1 = await svc.serverOps();
   const made = outcomes.map((o) => o.sandbox).filter((s): s is SdkSandbox => !!s);
   const killMs = await svc.kill(made, n);
-  return { burst: { ms: outcomes.filter((o) => o.sandbox).map((o) => o.ms), totalMs }, outcomes, killMs };
+  const ops2 = await svc.serverOps();
+  const c = svc.manager.createCounts;
+  const mean = (a: typeof ops0, b: typeof ops0, op: string) => {
+    const count = (b[op]?.count ?? 0) - (a[op]?.count ?? 0);
+    return count ? Math.round((((b[op]?.sum ?? 0) - (a[op]?.sum ?? 0)) / count) * 1000) : NaN;
+  };
+  const server: ServerView = {
+    fromPool: c.pool - counts0.pool,
+    provisioned: c.new - counts0.new,
+    refusedByService: c.refused - counts0.refused,
+    serviceCreateMeanMs: mean(ops0, ops1, 'create'),
+    serviceKillMeanMs: mean(ops1, ops2, 'delete'),
+    ...gate,
+  };
+  return { burst: { ms: outcomes.filter((o) => o.sandbox).map((o) => o.ms), totalMs }, outcomes, killMs, server };
 }
 
 /** How many sandboxes a pool configuration keeps ready when idle (a fixed size, or an adaptive pool's minimum). */
@@ -60,7 +82,7 @@ export async function burstBench(svc: BenchService, o: BurstOptions, log: (s: st
   const bareP = { p50: percentile(bare.run.ms, 50), p99: percentile(bare.run.ms, 99) };
   const bareName = (stat: string) => `bare ${rt} run -d x${n} ${stat}`;
 
-  const report = (key: string, label: string, b: Burst, outcomes: CreateOutcome[]) => {
+  const report = (key: string, label: string, b: Burst, outcomes: CreateOutcome[], server: ServerView) => {
     part.figures.push(
       figure(`burst.${key}.p50`, label, 'p50', percentile(b.ms, 50), 'ms', { name: bareName('p50'), value: bareP.p50 }),
       figure(`burst.${key}.p99`, label, 'p99', percentile(b.ms, 99), 'ms', { name: bareName('p99'), value: bareP.p99 }),
@@ -70,6 +92,7 @@ export async function burstBench(svc: BenchService, o: BurstOptions, log: (s: st
     part.counts[`${key}.errors`] = outcomes.filter((x) => x.error).length;
     part.counts[`${key}.refused`] = outcomes.reduce((s, x) => s + x.refused, 0);
     part.counts[`${key}.retried`] = outcomes.filter((x) => x.refused > 0).length;
+    for (const [k, v] of Object.entries(server)) part.facts[`${key}.${k}`] = v;
     const errors = [...new Set(outcomes.map((x) => x.error).filter(Boolean))];
     if (errors.length) part.notes.push(`${key} errors: ${errors.slice(0, 3).join(' | ')}`);
   };
@@ -82,21 +105,20 @@ export async function burstBench(svc: BenchService, o: BurstOptions, log: (s: st
   log(`Sandbox.create() x${n}, default pool`);
   const dflt = await createBurst(svc, n);
   const status = svc.poolStatus();
-  if (status !== undefined) part.facts['defaultPool.afterBurst'] = JSON.stringify(status);
-  report('default', `Sandbox.create() x${n}, default pool`, dflt.burst, dflt.outcomes);
+  if (status !== undefined) part.facts['defaultPool.afterBurstAndKills'] = JSON.stringify(status);
+  report('default', `Sandbox.create() x${n}, default pool`, dflt.burst, dflt.outcomes, dflt.server);
 
   // 3. the pool sized for the burst
   log(`pool base=${n}: filling`);
-  const ready = await svc.setPoolAndWait({ base: n }, n, 120_000 + n * 5000, log);
-  part.facts['sizedPool.readyBeforeBurst'] = ready;
+  const fillMs = await timed(async () => (part.facts['sizedPool.readyBeforeBurst'] = await svc.setPoolAndWait({ base: n }, n, 120_000 + n * 5000, log)));
+  part.facts['sizedPool.fillSeconds'] = Math.round(fillMs / 100) / 10;
   log(`Sandbox.create() x${n}, pool base=${n}`);
   const sized = await createBurst(svc, n);
-  report('pooled', `Sandbox.create() x${n}, pool ${n} ready`, sized.burst, sized.outcomes);
+  report('pooled', `Sandbox.create() x${n}, pool ${n} ready`, sized.burst, sized.outcomes, sized.server);
+  const bareDelete = { name: `bare ${rt} delete -f x${n}`, value: bare.deleteMs };
   part.figures.push(
-    figure('burst.kill.total', `Sandbox.kill() x${n} at once`, 'total', dflt.killMs, 'ms', {
-      name: `bare ${rt} delete -f x${n}`,
-      value: bare.deleteMs,
-    }),
+    figure('burst.kill.total', `Sandbox.kill() x${n} at once, after the default burst`, 'total', dflt.killMs, 'ms', bareDelete),
+    figure('burst.killPooled.total', `Sandbox.kill() x${n} at once, after the pooled burst`, 'total', sized.killMs, 'ms', bareDelete),
   );
 
   // 4. one at a time: cold (no pool) and from the pool, next to a single bare run

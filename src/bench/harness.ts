@@ -192,6 +192,34 @@ export class BenchService {
     }
   }
 
+  /** The service's own lifecycle timings so far (Prometheus cubebox_operation_seconds): seconds and count per operation. */
+  async serverOps(): Promise<Record<string, { sum: number; count: number }>> {
+    const res = await fetch(`${this.server.url}/metrics`, { headers: { 'X-API-KEY': process.env.E2B_API_KEY ?? '' } });
+    const text = await res.text();
+    const out: Record<string, { sum: number; count: number }> = {};
+    for (const m of text.matchAll(/^cubebox_operation_seconds_(sum|count)\{op="([a-z_-]+)"\} ([0-9.e+-]+)$/gm)) {
+      const o = (out[m[2]!] ??= { sum: 0, count: 0 });
+      o[m[1] as 'sum' | 'count'] = Number(m[3]);
+    }
+    return out;
+  }
+
+  /** Samples the create gate (provisionings in progress, creates waiting) until the returned stop() is called. */
+  sampleGate(everyMs = 50): () => { meanInProgress: number; maxInProgress: number; maxWaiting: number } {
+    const inFlight: number[] = [];
+    let maxWaiting = 0;
+    const gate = this.manager.gate;
+    const timer = setInterval(() => {
+      inFlight.push(gate.inFlight);
+      maxWaiting = Math.max(maxWaiting, gate.queued);
+    }, everyMs);
+    return () => {
+      clearInterval(timer);
+      const mean = inFlight.length ? inFlight.reduce((a, b) => a + b, 0) / inFlight.length : 0;
+      return { meanInProgress: Math.round(mean * 10) / 10, maxInProgress: Math.max(0, ...inFlight), maxWaiting };
+    };
+  }
+
   /** Kills sandboxes through the SDK, a few at a time; returns the wall time in ms. */
   async kill(sandboxes: SdkSandbox[], concurrency = 16): Promise<number> {
     const t0 = now();

@@ -85,6 +85,7 @@ describe('cubebox bench --json', { timeout: 30 * 60_000 }, () => {
       'burst.pooled.p99': { baseline: true },
       'burst.pooled.total': { baseline: true },
       'burst.kill.total': { baseline: true },
+      'burst.killPooled.total': { baseline: true },
       'burst.cold1.median': { baseline: true },
       'burst.pooled1.p50': { baseline: true },
     });
