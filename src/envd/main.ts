@@ -30,7 +30,7 @@
  * started and exit 0. Exit status 2: bad arguments; 1: cannot listen.
  */
 import { startEnvd } from './http/server.js';
-import { INIT_SECRET_ENV } from './host-contract.js';
+import { ENVD_ENV, INIT_SECRET_ENV } from './host-contract.js';
 import { parseArgs, UsageError } from './options.js';
 
 async function main(): Promise<void> {
@@ -50,6 +50,8 @@ async function main(): Promise<void> {
   const token = process.env.ENVD_ACCESS_TOKEN;
   delete process.env.ENVD_ACCESS_TOKEN;
   if (token) opts.accessToken = token;
+  // The host's tuning of envd's own process (malloc) is not for the processes it starts.
+  for (const k of Object.keys(ENVD_ENV)) delete process.env[k];
   // Deterministic modes for what envd creates (dirs 0755, files 0644) and for its processes.
   process.umask(0o022);
   let envd;

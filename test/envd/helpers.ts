@@ -79,7 +79,12 @@ export function socketGet(socketPath: string, path: string): Promise<number> {
  * `entry`: how node starts envd from its directory (a copy of dist/envd): the CommonJS bundle by
  * default (what sandboxes run), e.g. ['envd.mjs'] for the ES-module entry.
  */
-export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[] = [], entry: string[] = ['envd.cjs']): Promise<TestEnvd> {
+export async function startTestEnvd(
+  extraArgs: string[] = [],
+  nodeFlags: string[] = [],
+  entry: string[] = ['envd.cjs'],
+  env: Record<string, string> = {},
+): Promise<TestEnvd> {
   if (!existsSync(join(bundleDir, 'envd.cjs'))) throw new Error('dist/envd/envd.cjs is missing: run npm run build');
   if (!(await canBind('127.0.0.1', ENVD_PORT))) throw new Error(`port ${ENVD_PORT} on 127.0.0.1 is busy`);
   const hosts = ['127.0.0.1'];
@@ -116,7 +121,7 @@ export async function startTestEnvd(extraArgs: string[] = [], nodeFlags: string[
       join(dir, 'state'),
       ...extraArgs,
     ],
-    { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } },
+    { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
   );
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));

@@ -6,18 +6,21 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvdHeaders } from '../../src/envd/headers.js';
+import { ENVD_ENV } from '../../src/envd/host-contract.js';
 import { BASE_URL, readEnvelopes, socketGet, startTestEnvd, streamRequest, unaryRequest, type TestEnvd } from './helpers.js';
 
 const ROOT = { Authorization: `Basic ${Buffer.from('root:').toString('base64')}` };
 
-async function run(cmd: string): Promise<{ stdout: string; exitCode: unknown }> {
-  const res = await streamRequest('/process.Process/Start', { process: { cmd: '/bin/bash', args: ['-c', cmd] } }, ROOT);
+async function run(cmd: string, opts: { pty?: boolean; user?: string } = {}): Promise<{ stdout: string; exitCode: unknown }> {
+  const auth = opts.user ? { Authorization: `Basic ${Buffer.from(`${opts.user}:`).toString('base64')}` } : ROOT;
+  const msg = { process: { cmd: '/bin/bash', args: ['-c', cmd] }, ...(opts.pty ? { pty: { size: { cols: 200, rows: 24 } } } : {}) };
+  const res = await streamRequest('/process.Process/Start', msg, auth);
   assert.equal(res.status, 200);
   let stdout = '';
   let exitCode: unknown;
   for await (const e of readEnvelopes(res.body as ReadableStream<Uint8Array>)) {
-    const ev = (e.json.event ?? {}) as Record<string, Record<string, unknown>>;
-    const out = ev.data?.stdout;
+    const ev = (e.json.event ?? {}) as Record<string, Record<string, Record<string, unknown>>>;
+    const out = ev.data?.stdout ?? ev.data?.pty;
     if (typeof out === 'string') stdout += Buffer.from(out, 'base64').toString();
     if (ev.end) exitCode = ev.end.exitCode;
   }
@@ -63,6 +66,20 @@ describe('envd start-up', () => {
     try {
       assert.equal(await socketGet(envd.socket, '/health'), 204);
       await firstRequestsAtOnce(envd);
+    } finally {
+      await envd.stop();
+    }
+  });
+
+  test("the host's tuning of envd's environment (MALLOC_ARENA_MAX) does not reach the processes it starts", async () => {
+    const envd = await startTestEnvd([], [], ['envd.cjs'], { ...ENVD_ENV });
+    try {
+      for (const opts of [{}, { pty: true }, { user: 'user' }, { user: 'user', pty: true }]) {
+        const { stdout } = await run('env; echo END', opts);
+        assert.match(stdout, /END/, JSON.stringify(opts));
+        assert.match(stdout, /^PATH=/m);
+        for (const k of Object.keys(ENVD_ENV)) assert.doesNotMatch(stdout, new RegExp(`^${k}=`, 'm'), JSON.stringify(opts));
+      }
     } finally {
       await envd.stop();
     }

@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { ENVD_ENV } from '../host-contract.js';
 import type { UserInfo } from '../users.js';
 import { errorFromWire, FileStat, LocalFs, type FsOps, type PathEntry, type WireError } from './ops.js';
 import { encodeFrame, entryFromWire, FrameReader, type Frame, type WireEntry } from './wire.js';
@@ -51,7 +52,8 @@ class WorkerFs implements FsOps {
     const [file, ...args] = this.argv();
     const child = spawn(file as string, args, {
       stdio: ['pipe', 'pipe', 'pipe'],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ENVD_EXEC_HELPER: this.helperPath },
+      // envd's own helper, tuned like envd (host-contract.ts)
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ENVD_EXEC_HELPER: this.helperPath, ...ENVD_ENV },
       cwd: '/',
     });
     const reader = new FrameReader();
