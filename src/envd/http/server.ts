@@ -177,7 +177,9 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
   const servers: Server[] = [];
   const addresses: string[] = [];
   const newServer = (viaSocket: boolean) => {
-    const s = createServer({ requestTimeout: 0, keepAliveTimeout: 30_000 }, handler(viaSocket));
+    // No request or headers timeout (streams last as long as their processes), so node's 30 s
+    // check of them would only wake an idle envd: pushed out to the longest timer node allows.
+    const s = createServer({ requestTimeout: 0, keepAliveTimeout: 30_000, connectionsCheckingInterval: 2 ** 31 - 1 }, handler(viaSocket));
     s.on('clientError', (_err, socket) => socket.destroy());
     servers.push(s);
     return s;
