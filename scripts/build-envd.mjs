@@ -5,6 +5,8 @@
 // The directory is self-contained: it runs with only a `node` binary, no node_modules.
 // CommonJS, not ESM: an ES bundle imports every node built-in it uses up front, while the
 // CommonJS one requires them where the code that is loaded on first use (http/services.ts) runs.
+// No V8 startup snapshot of it: measured, it started no faster (deserializing the blob costs
+// what evaluating envd's small start-up part does) and idled 3 MB higher (src/envd/README.md).
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -29,8 +31,7 @@ exports.assign = function assign(target, ...sources) {
   return target;
 };
 exports.loadNativeModule = function loadNativeModule(name) {
-  const dir = __envdDir();
-  return { dir, module: require(dir + "/" + name + ".node") };
+  return { dir: __dirname, module: require(__dirname + "/" + name + ".node") };
 };
 `,
     }));
@@ -77,21 +78,9 @@ await buildDir(join(root, 'dist/envd'), async (out) => {
     plugins: [nativeFromBundleDir],
     // envd's own Headers for the global one (undici's costs every sandbox its first command's worth)
     inject: [join(root, 'src/envd/headers.ts')],
-    // import.meta.url (options.ts looks for envd-exec next to it), read when used: see __envdDir
-    define: { 'import.meta.url': '__envd_location.url' },
-    banner: {
-      js: [
-        // The directory of envd's files: the bundle's own, or the startup snapshot's when
-        // envd runs from one (the bundle's path then is the one it was built at).
-        'function __envdDir() {',
-        "  const a = process.execArgv, i = a.findIndex((x) => x === '--snapshot-blob' || x.startsWith('--snapshot-blob='));",
-        '  if (i < 0) return __dirname;',
-        "  const blob = a[i].includes('=') ? a[i].slice(a[i].indexOf('=') + 1) : a[i + 1];",
-        "  return require('node:path').dirname(require('node:path').resolve(blob));",
-        '}',
-        "var __envd_location = { get url() { return require('node:url').pathToFileURL(__envdDir() + '/envd.cjs').href; } };",
-      ].join('\n'),
-    },
+    // import.meta.url: options.ts looks for envd-exec next to the bundle
+    define: { 'import.meta.url': '__envd_url' },
+    banner: { js: "var __envd_url = require('node:url').pathToFileURL(__filename).href;" },
   });
 
   // 5. The same envd for callers that start it as an ES module.

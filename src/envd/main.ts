@@ -3,12 +3,13 @@
  * the JSON codec for process.Process and filesystem.Filesystem, plus the REST routes /health,
  * /files, /init, /envs and /metrics) so the unmodified E2B SDK works against a cubebox sandbox.
  *
- * Built by scripts/build-envd.mjs into dist/envd/: envd.mjs (one ESM file, every JS dependency
- * inlined), pty.node (node-pty's native addon, loaded from next to envd.mjs) and envd-exec (a
- * static helper that starts processes as a user with all of their groups).
+ * Built by scripts/build-envd.mjs into dist/envd/: envd.cjs (one CommonJS file, every JS
+ * dependency inlined; envd.mjs loads it for ES-module callers), pty.node (node-pty's native addon,
+ * loaded from next to envd.cjs) and envd-exec (a static helper that starts processes as a user
+ * with all of their groups).
  *
  * Usage:
- *   node dist/envd/envd.mjs [--socket <path>] [--port <n>] [--host <addr>[,<addr>...]]
+ *   node dist/envd/envd.cjs [--socket <path>] [--port <n>] [--host <addr>[,<addr>...]]
  *                           [--passwd <file>] [--group <file>] [--state-dir <dir>]
  *                           [--exec-helper <path>] [--cgroup-root <dir>] [--default-user <name>]
  *
@@ -21,7 +22,7 @@
  *   --passwd <file>      users file, default /etc/passwd
  *   --group <file>       groups file, default /etc/group
  *   --state-dir <dir>    accepted and unused (file metadata lives in the files' user.e2b.* attributes)
- *   --exec-helper <path> the envd-exec helper (also serves file metadata), default: envd-exec next to envd.mjs
+ *   --exec-helper <path> the envd-exec helper (also serves file metadata), default: envd-exec next to envd.cjs
  *   --cgroup-root <dir>  cgroup mount read by /metrics, default /sys/fs/cgroup
  *   --default-user <u>   user of requests that name none, default "user" (POST /init may change it)
  *
@@ -83,6 +84,6 @@ async function main(): Promise<void> {
   });
 }
 
-// `envd.mjs --fs-worker`: a per-user filesystem worker (fs/user-fs.ts), when fs-worker.mjs is absent.
+// `envd.cjs --fs-worker`: a per-user filesystem worker (fs/user-fs.ts), when fs-worker.mjs is absent.
 if (process.argv[2] === '--fs-worker') void import('./fs/worker-main.js').then((m) => m.runFsWorker());
 else void main();

@@ -76,7 +76,7 @@ export function parseArgs(argv: string[]): EnvdOptions {
       case '--help':
       case '-h':
         process.stdout.write(
-          'usage: node envd.mjs [--socket <path>] [--port <n>] [--host <addrs>] [--passwd <file>] [--group <file>] [--state-dir <dir>] [--exec-helper <path>] [--cgroup-root <dir>] [--default-user <name>]\n',
+          'usage: node envd.cjs [--socket <path>] [--port <n>] [--host <addrs>] [--passwd <file>] [--group <file>] [--state-dir <dir>] [--exec-helper <path>] [--cgroup-root <dir>] [--default-user <name>]\n',
         );
         process.exit(0);
         break;

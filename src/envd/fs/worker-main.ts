@@ -1,5 +1,5 @@
 /**
- * envd's filesystem worker (dist/envd/fs-worker.mjs, or `envd.mjs --fs-worker`). envd starts one per user, through
+ * envd's filesystem worker (dist/envd/fs-worker.mjs, or `envd.cjs --fs-worker`). envd starts one per user, through
  * envd-exec, so it runs with that user's uid, gid and supplementary groups; it performs the
  * filesystem operations of that user's requests (fs/ops.ts LocalFs) and answers over its
  * stdin/stdout (fs/wire.ts). It exits when its stdin ends.
