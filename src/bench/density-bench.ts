@@ -22,7 +22,7 @@ const MAX_BARE = 100;
 const CREATE_CONCURRENCY = 4;
 
 /** The host's floor: no sandbox is started once MemAvailable is below this (KiB). */
-const memoryFloorKiB = () => Math.max(1024 * 1024, totalmem() / 1024 / 10);
+const memoryFloorKiB = () => Math.max(2 * 1024 * 1024, (totalmem() / 1024) * 0.15);
 
 /** PSS of an idle node process on the host (what envd would cost outside a sandbox), KiB. */
 async function idleNodePssKiB(): Promise<number> {

@@ -72,8 +72,9 @@ export async function serviceBench(iterations: number, log: (s: string) => void 
     }
     // envd's idle memory: the sandbox's process running envd
     await new Promise((r) => setTimeout(r, 2000));
-    const envdPid = manager.cgroup(sbx.sandboxId).pids().find(isEnvd);
-    if (envdPid) notes.push(`envd idle PSS inside a sandbox: ${(pssKiB(envdPid) / 1024).toFixed(1)} MiB`);
+    const envdPids = manager.cgroup(sbx.sandboxId).pids().filter(isEnvd);
+    if (envdPids.length)
+      notes.push(`envd idle PSS inside a sandbox: ${(envdPids.reduce((n, p) => n + pssKiB(p), 0) / 1024).toFixed(1)} MiB (${envdPids.length} processes)`);
     await sbx.kill();
 
     // envd's start-to-ready: a busybox sandbox with envd against one without
