@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { ENVD_ENV } from '../../src/envd/host-contract.js';
 import { bundleDir, sdk, socketGet, startTestEnvd, type TestEnvd } from './helpers.js';
 
 const args = process.argv.slice(2);
@@ -39,7 +40,10 @@ async function startToReady(dir: string, n: number): Promise<number[]> {
   for (let i = 0; i < n; i++) {
     const sock = join(dir, `bench-${i}.sock`);
     const t0 = process.hrtime.bigint();
-    const child = spawn(process.execPath, [...nodeFlags, join(bundleDir, 'envd.cjs'), '--port', '0', '--socket', sock, '--state-dir', ''], { stdio: 'ignore' });
+    const child = spawn(process.execPath, [...nodeFlags, join(bundleDir, 'envd.cjs'), '--port', '0', '--socket', sock, '--state-dir', ''], {
+      stdio: 'ignore',
+      env: { ...process.env, ...ENVD_ENV },
+    });
     while ((await socketGet(sock, '/health')) !== 204) await sleep(2);
     times.push(ms(t0));
     const exited = new Promise((r) => child.once('exit', r));
@@ -71,7 +75,7 @@ async function localSpawn(envd: TestEnvd): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const envd = await startTestEnvd([], nodeFlags);
+  const envd = await startTestEnvd([], nodeFlags, undefined, { ...ENVD_ENV });
   const tmp = join(envd.dir, 'bench');
   try {
     const { mkdirSync } = await import('node:fs');
