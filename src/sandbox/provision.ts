@@ -14,7 +14,7 @@ import { faultPoint } from '../util/fault.js';
 import { randomId } from '../util/ids.js';
 import { readLogTail } from './console-log.js';
 import type { SandboxCore } from './core.js';
-import { envdCommand, envdRequest, healthy, INIT_SECRET_ENV, INIT_SECRET_HEADER } from './envd-client.js';
+import { ENVD_ENV, envdCommand, envdRequest, healthy, INIT_SECRET_ENV, INIT_SECRET_HEADER } from './envd-client.js';
 import { connectNetwork, networkBinds } from './networking.js';
 import { deadlineFor } from './states.js';
 import { teardown } from './teardown.js';
@@ -211,7 +211,13 @@ function bundleSpec(core: SandboxCore, id: string, spec: StoredSpec, rootfs: str
     hostname: id,
     rootfs,
     command: spec.agent ? envdCommand(`${SANDBOX_SUPPORT}/run/envd.sock`) : spec.command,
-    env: envList({ ...BASE_ENV, ...spec.env, ...(spec.agent && spec.initSecret ? { [INIT_SECRET_ENV]: spec.initSecret } : {}) }),
+    // envd's own settings and its boot secret: envd removes both from its environment at start
+    env: envList({
+      ...BASE_ENV,
+      ...spec.env,
+      ...(spec.agent ? ENVD_ENV : {}),
+      ...(spec.agent && spec.initSecret ? { [INIT_SECRET_ENV]: spec.initSecret } : {}),
+    }),
     cwd: '/',
     idMap,
     limits: spec.limits,
