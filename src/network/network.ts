@@ -22,6 +22,7 @@ import {
   nftJson,
 } from './host.js';
 import { isOpenPolicy, type EgressPolicy } from './policy.js';
+import { CubeboxError } from '../util/errors.js';
 import { addSlotScript, installTable, policyScript, removeSlotScript, removeTable, resolvedScript, slotNames, tableObjects } from './rules.js';
 
 export const DEFAULT_SUBNET = '10.200.0.0/16';
@@ -212,7 +213,10 @@ export class SandboxNetwork {
       const used = new Set((this.db.prepare('SELECT slot FROM net_slots').all() as { slot: number }[]).map((r) => r.slot));
       let slot = 0;
       while (used.has(slot)) slot++;
-      if (slot >= this.plan.slots) throw new Error(`no free address in ${formatCidr(this.plan.subnet)}: ${this.plan.slots} sandboxes have one`);
+      if (slot >= this.plan.slots)
+        throw new CubeboxError('unavailable', `no free address in ${formatCidr(this.plan.subnet)}: ${this.plan.slots} sandboxes have one`, {
+          retryAfterSec: 5,
+        });
       this.db.prepare("INSERT INTO net_slots (slot, state, sandbox_id, created_at) VALUES (?, 'making', ?, ?)").run(slot, sandboxId, Date.now());
       return slot;
     })();

@@ -122,7 +122,12 @@ export async function rollbackOnFailure<T>(core: SandboxCore, id: string, templa
     } catch (e2) {
       core.setState(id, 'failed', { lastError: `create: ${errorMessage(err)}; teardown: ${errorMessage(e2)}` });
     }
-    throw new CubeboxError('internal', `creating a sandbox from template '${templateName}' failed: ${errorMessage(err)}`, { cause: err });
+    // out of capacity (ids, addresses) stays a 503 with its Retry-After; anything else is the service's fault
+    const capacity = err instanceof CubeboxError && err.retryAfterSec !== undefined;
+    throw new CubeboxError(capacity ? err.kind : 'internal', `creating a sandbox from template '${templateName}' failed: ${errorMessage(err)}`, {
+      cause: err,
+      retryAfterSec: capacity ? err.retryAfterSec : undefined,
+    });
   }
 }
 
