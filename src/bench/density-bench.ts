@@ -18,6 +18,8 @@ export interface DensityOptions {
 
 /** Bare containers measured next to the sandboxes (enough for a steady per-container figure). */
 const MAX_BARE = 100;
+/** A create slower than this stops the ramp: the service has slowed past use (reported as such). */
+const SLOW_CREATE_MS = 120_000;
 /** Creates at once: enough to keep the manager's create gate busy. */
 const CREATE_CONCURRENCY = 4;
 
@@ -90,7 +92,9 @@ export async function densityBench(svc: BenchService, o: DensityOptions, log: (s
         return;
       }
       try {
+        const t = now();
         ids.push((await m.create({ template: 'base', team: svc.team })).id);
+        if (now() - t > SLOW_CREATE_MS) stopped ??= `create ${ids.length} took ${Math.round((now() - t) / 1000)} s: the service has slowed down too far`;
         return;
       } catch (err) {
         const e = err as { kind?: string; retryAfterSec?: number; message?: string };
@@ -111,8 +115,15 @@ export async function densityBench(svc: BenchService, o: DensityOptions, log: (s
   // M up
   const t0 = now();
   let last = 0;
+  // how the pace changes as sandboxes pile up: seconds from the start to each tenth of M
+  const step = Math.max(10, Math.ceil(o.sandboxes / 10));
+  let nextMark = step;
   await mapLimit(Array.from({ length: o.sandboxes - 1 }), CREATE_CONCURRENCY, async () => {
     await createOne();
+    if (ids.length >= nextMark) {
+      part.facts[`secondsTo${nextMark}`] = Math.round((now() - t0) / 100) / 10;
+      nextMark += step;
+    }
     if (ids.length - last >= 10 || ids.length === o.sandboxes) {
       last = ids.length;
       log(`${ids.length}/${o.sandboxes} sandboxes up`);
