@@ -1,15 +1,17 @@
 /*
  * cubebox-helper: the few host operations Node cannot do itself.
  *
- *   cubebox-helper run-runtime [--private-cgroupv1 [--keep-mounts <dir>]] [--oom-score-adj N] <runtime> [args...]
+ *   cubebox-helper run-runtime [--private-cgroupv1 [--detach-mounts]] [--oom-score-adj N] <runtime> [args...]
  *       Runs an OCI runtime. --private-cgroupv1: in a private mount namespace where the
  *       cgroup2 mount at /sys/fs/cgroup/unified is gone, so that crun sees a pure cgroup v1
  *       host on a hybrid-cgroup machine (crun refuses hybrid layouts). That namespace starts
  *       as a copy of the host's mount table, and a copy pins every filesystem in it for as
- *       long as the runtime lives (a long `exec`): so every sandbox disk and overlay in it
- *       (loop-backed or overlay mounts under a `sandboxes/` directory) is detached from the
- *       copy, except those under --keep-mounts (the sandbox a `run` starts). The host's
- *       mounts are untouched: deleting another sandbox meanwhile frees its loop device.
+ *       long as the runtime lives. --detach-mounts, for a call that may live long (`exec`):
+ *       every sandbox disk and overlay in it (loop-backed or overlay mounts under a
+ *       `sandboxes/` directory) is detached from the copy, so that deleting another sandbox
+ *       meanwhile frees its loop device. It costs one unmount per sandbox mount, so short
+ *       calls (run, state, delete, pause) skip it: their copy goes when they exit (a started
+ *       container leaves it at pivot_root). The host's mounts are untouched.
  *       --oom-score-adj: with that OOM score, which the processes it starts inherit.
  *
  *   cubebox-helper mount-rootfs <name> <target> <upper> <work> <hostid> <count> <src> <view> [<src> <view>...]
@@ -65,19 +67,12 @@ static void unescape_mountinfo(char *s) {
   *out = 0;
 }
 
-/* Whether path is dir or below it. */
-static int under(const char *path, const char *dir) {
-  size_t n = strlen(dir);
-  while (n > 1 && dir[n - 1] == '/') n--;
-  return strncmp(path, dir, n) == 0 && (path[n] == 0 || path[n] == '/');
-}
-
 /*
  * In this (private) mount namespace: detaches every sandbox disk (a loop device, major 7)
- * and overlay mounted under a `sandboxes/` directory, except those under keep (may be
- * NULL). Best effort: a mount that is already gone with its parent is fine.
+ * and overlay mounted under a `sandboxes/` directory. Best effort: a mount that is already
+ * gone with its parent is fine.
  */
-static void detach_sandbox_mounts(const char *keep) {
+static void detach_sandbox_mounts(void) {
   FILE *f = fopen("/proc/self/mountinfo", "re");
   if (!f) return;
   char *line = NULL;
@@ -95,7 +90,6 @@ static void detach_sandbox_mounts(const char *keep) {
     unescape_mountinfo(mnt);
     /* sandbox disks and views, and volume disks (loop-backed, under a volumes/ directory) */
     if (!strstr(mnt, "/sandboxes/") && !(major == 7 && strstr(mnt, "/volumes/"))) continue;
-    if (keep && under(mnt, keep)) continue;
     if (count == room) {
       room = room ? room * 2 : 64;
       char **grown = realloc(todo, room * sizeof *todo);
@@ -114,14 +108,13 @@ static void detach_sandbox_mounts(const char *keep) {
   free(todo);
 }
 
-/* run-runtime [--private-cgroupv1 [--keep-mounts DIR]] [--oom-score-adj N] <runtime> [args...] */
+/* run-runtime [--private-cgroupv1 [--detach-mounts]] [--oom-score-adj N] <runtime> [args...] */
 static int run_runtime(int argc, char **argv) {
-  int private_v1 = 0;
+  int private_v1 = 0, detach = 0;
   const char *oom = NULL;
-  const char *keep = NULL;
   while (argc > 0 && strncmp(argv[0], "--", 2) == 0) {
     if (strcmp(argv[0], "--private-cgroupv1") == 0) { private_v1 = 1; argc--; argv++; }
-    else if (strcmp(argv[0], "--keep-mounts") == 0 && argc > 1) { keep = argv[1]; argc -= 2; argv += 2; }
+    else if (strcmp(argv[0], "--detach-mounts") == 0) { detach = 1; argc--; argv++; }
     else if (strcmp(argv[0], "--oom-score-adj") == 0 && argc > 1) { oom = argv[1]; argc -= 2; argv += 2; }
     else { fprintf(stderr, "cubebox-helper: unknown option %s\n", argv[0]); return 2; }
   }
@@ -137,7 +130,7 @@ static int run_runtime(int argc, char **argv) {
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return fail("mount", "make / private");
     if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
       return fail("umount", "/sys/fs/cgroup/unified");
-    detach_sandbox_mounts(keep);
+    if (detach) detach_sandbox_mounts();
   }
   execv(argv[0], argv);
   return fail("exec", argv[0]);

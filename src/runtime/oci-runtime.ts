@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { HELPER_BIN, type RuntimeName } from '../config.js';
 import type { CgroupMode } from './cgroups.js';
 import { readLogTail } from '../util/log-tail.js';
@@ -93,12 +93,13 @@ export class OciRuntime implements SandboxRuntime {
    * The argv that runs the runtime with the given command, through the helper when the
    * hybrid-cgroup wrapper or an OOM score for what it starts is needed.
    */
-  command(args: string[], opts: { oomScoreAdj?: number; keepMounts?: string } = {}): [string, string[]] {
+  command(args: string[], opts: { oomScoreAdj?: number; long?: boolean } = {}): [string, string[]] {
     const full = [...this.globalArgs, ...args];
     const helperArgs: string[] = [];
-    // the private mount namespace drops every other sandbox's disk and overlay from its copy
-    // of the mount table, so that a long call (exec) cannot keep them busy; `run` keeps its own
-    if (this.wrap) helperArgs.push('--private-cgroupv1', ...(opts.keepMounts ? ['--keep-mounts', opts.keepMounts] : []));
+    // a long call (exec) drops every sandbox's disk and overlay from its copy of the mount table
+    // so that it cannot keep them busy; that costs an unmount per sandbox mount, so short calls
+    // (whose copy goes when they exit) skip it
+    if (this.wrap) helperArgs.push('--private-cgroupv1', ...(opts.long ? ['--detach-mounts'] : []));
     if (opts.oomScoreAdj !== undefined) helperArgs.push('--oom-score-adj', String(opts.oomScoreAdj));
     return helperArgs.length ? [HELPER_BIN, ['run-runtime', ...helperArgs, this.binary, ...full]] : [this.binary, full];
   }
@@ -162,7 +163,7 @@ export class OciRuntime implements SandboxRuntime {
     const fd = openSync(logFile, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
     const pidFile = join(bundleDir, 'pid');
     try {
-      const [file, argv] = this.command(['run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId], { keepMounts: dirname(bundleDir) });
+      const [file, argv] = this.command(['run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId]);
       const code = await this.spawnBounded(file, argv, ['ignore', fd, fd], () => undefined, 'run');
       if (code !== 0) {
         const tail = readLogTail(logFile, 4096).trim().split('\n').slice(-3).join(' | ');
@@ -182,7 +183,7 @@ export class OciRuntime implements SandboxRuntime {
     for (const [k, v] of Object.entries(opts.env ?? {})) flags.push('--env', `${k}=${v}`);
     if (opts.user) flags.push('--user', `${opts.user.uid}:${opts.user.gid}`);
     // exec'd commands are preferred OOM victims over envd (see the bundle's oomScoreAdj)
-    const [file, argv] = this.command(['exec', ...flags, containerId, ...args], { oomScoreAdj: USER_OOM_SCORE_ADJ });
+    const [file, argv] = this.command(['exec', ...flags, containerId, ...args], { oomScoreAdj: USER_OOM_SCORE_ADJ, long: true });
     return spawn(file, argv, { stdio: opts.stdio ?? 'pipe' });
   }
 
