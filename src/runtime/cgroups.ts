@@ -15,11 +15,18 @@ export function detectCgroupMode(): CgroupMode {
   return hasUnified ? 'hybrid' : 'v1';
 }
 
-/** The v1 hierarchies mounted on this host, as directory names under /sys/fs/cgroup. */
+let hierarchiesSeen: string[] | undefined;
+
+/**
+ * The v1 hierarchies mounted on this host, as directory names under /sys/fs/cgroup. Read from
+ * the mount table once: they do not change while the service runs, and the table grows with
+ * every sandbox (reading it for each sandbox's cgroup made the manager's work quadratic).
+ */
 export function v1Hierarchies(): string[] {
-  return mountTable()
+  hierarchiesSeen ??= mountTable()
     .filter((m) => m.fsType === 'cgroup' && m.mountPoint.startsWith(ROOT + '/'))
     .map((m) => m.mountPoint.slice(ROOT.length + 1));
+  return hierarchiesSeen;
 }
 
 /**
