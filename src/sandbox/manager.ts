@@ -185,7 +185,13 @@ export class SandboxManager {
     this.core.deleteStopped = opts.deleteStopped ?? false;
     if (opts.pool) this.setPool(opts.pool);
     if (opts.reconcileIntervalMs) {
-      const timer = setInterval(() => void this.reconcile().catch((e) => this.log.error({ err: e }, 'reconcile failed')), opts.reconcileIntervalMs);
+      // the search for orphans about once a minute; the sandboxes' own states every pass
+      const orphansEvery = Math.max(1, Math.round(60_000 / opts.reconcileIntervalMs));
+      let pass = 0;
+      const timer = setInterval(
+        () => void this.reconcile({ orphans: ++pass % orphansEvery === 0 }).catch((e) => this.log.error({ err: e }, 'reconcile failed')),
+        opts.reconcileIntervalMs,
+      );
       timer.unref();
       this.stoppers.push(() => clearInterval(timer));
     }
@@ -331,7 +337,7 @@ export class SandboxManager {
   }
 
   /** Compares the store with the host and converges (see Reconciler). */
-  reconcile(opts: { startup?: boolean } = {}): Promise<ReconcileReport> {
+  reconcile(opts: { startup?: boolean; orphans?: boolean } = {}): Promise<ReconcileReport> {
     return this.reconciler.reconcile(opts);
   }
 
