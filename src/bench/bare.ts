@@ -41,7 +41,12 @@ export class BareRuntime {
         ociVersion: '1.0.2',
         process: { terminal: false, user: { uid: 0, gid: 0 }, args: ['/bin/sleep', this.marker], cwd: '/', env: ['PATH=/bin:/usr/bin'] },
         root: { path: this.rootfs, readonly: true },
-        mounts: [{ destination: '/proc', type: 'proc', source: 'proc' }],
+        // a /dev of its own, as every runtime's default config has: without it the runtime makes
+        // its device links in the shared rootfs, and concurrent runs race on them (EEXIST)
+        mounts: [
+          { destination: '/proc', type: 'proc', source: 'proc' },
+          { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+        ],
         linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }, { type: 'network' }] },
       }),
     );
