@@ -72,6 +72,15 @@ function countNewlines(b: Buffer): number {
   return n;
 }
 
+/**
+ * The text of what was read, without NUL bytes: a writer that reopened the console without
+ * O_APPEND (`> /proc/1/fd/1` in the sandbox) keeps its offset after a rotation and leaves a
+ * hole that reads as zeros. They are never text, and JSON would send each as six bytes.
+ */
+function textOf(chunks: Buffer[]): string {
+  return Buffer.concat(chunks).toString('utf8').replaceAll('\0', '');
+}
+
 async function tail(fh: FileHandle, size: number, limit: number, maxBytes: number, mtime: Date): Promise<LogRead> {
   const chunks: Buffer[] = [];
   let pos = size;
@@ -89,7 +98,7 @@ async function tail(fh: FileHandle, size: number, limit: number, maxBytes: numbe
     read += bytesRead;
     newlines += countNewlines(got);
   }
-  let lines = Buffer.concat(chunks).toString('utf8').split('\n');
+  let lines = textOf(chunks).split('\n');
   if (lines[lines.length - 1] === '') lines.pop();
   // the first line is cut when the read did not reach the start of the file
   if (pos > 0 && lines.length > 1) lines.shift();
@@ -112,7 +121,7 @@ async function head(fh: FileHandle, size: number, limit: number, maxBytes: numbe
     pos += bytesRead;
     newlines += countNewlines(got);
   }
-  let lines = Buffer.concat(chunks).toString('utf8').split('\n');
+  let lines = textOf(chunks).split('\n');
   const complete = lines[lines.length - 1] === '';
   if (complete) lines.pop();
   // the last line is cut when the read stopped before the end of the file
