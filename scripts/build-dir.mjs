@@ -24,3 +24,6 @@ export async function buildDir(out, fill) {
   renameSync(tmp, out);
   rmSync(old, { recursive: true, force: true });
 }
+
+/** esbuild's options for a minified bundle that runs on the node in the support tree. */
+export const NODE_BUNDLE = { bundle: true, platform: 'node', target: 'node20', minify: true, legalComments: 'none', logLevel: 'warning' };

@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import { buildDir } from './build-dir.mjs';
+import { buildDir, NODE_BUNDLE } from './build-dir.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
@@ -51,30 +51,20 @@ await buildDir(join(root, 'dist/envd'), async (out) => {
 
   // 3. The filesystem worker (src/envd/fs/worker-main.ts): envd runs one per user, as that user.
   await build({
+    ...NODE_BUNDLE,
     entryPoints: [join(root, 'src/envd/fs/worker-entry.ts')],
     outfile: join(out, 'fs-worker.mjs'),
-    bundle: true,
-    platform: 'node',
     format: 'esm',
-    target: 'node20',
-    minify: true,
-    legalComments: 'none',
-    logLevel: 'warning',
   });
 
   // 4. The bundle.
   await build({
+    ...NODE_BUNDLE,
     entryPoints: [join(root, 'src/envd/main.ts')],
     outfile: join(out, 'envd.cjs'),
-    bundle: true,
-    platform: 'node',
     format: 'cjs',
-    target: 'node20',
-    minify: true,
     keepNames: false,
     sourcemap: 'external',
-    legalComments: 'none',
-    logLevel: 'warning',
     plugins: [nativeFromBundleDir],
     // envd's own Headers for the global one (undici's costs every sandbox its first command's worth)
     inject: [join(root, 'src/envd/headers.ts')],

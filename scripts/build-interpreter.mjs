@@ -7,7 +7,7 @@ import { copyFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
-import { buildDir } from './build-dir.mjs';
+import { buildDir, NODE_BUNDLE } from './build-dir.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const src = join(root, 'src/interpreter');
@@ -21,15 +21,10 @@ await buildDir(out, async (tmp) => {
     ['ts-strip.ts', 'ts-strip.mjs'],
   ]) {
     await build({
+      ...NODE_BUNDLE,
       entryPoints: [join(src, entry)],
       outfile: join(tmp, file),
-      bundle: true,
-      platform: 'node',
       format: 'esm',
-      target: 'node20',
-      minify: true,
-      legalComments: 'none',
-      logLevel: 'warning',
       // ws and typescript are CommonJS: give them the require and __filename an ES module lacks
       banner: {
         js: [

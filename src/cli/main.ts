@@ -342,16 +342,7 @@ program
     if (!ok) process.exitCode = 1;
   });
 
-interface BenchOpts {
-  iterations: number;
-  only?: string;
-  burst: number;
-  sandboxes: number;
-  clients: number;
-  clientSandboxes: number;
-  seconds: number;
-  json?: boolean;
-}
+type BenchOpts = Omit<import('../bench/bench.js').BenchRunOptions, 'defaultPool'>;
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const kind: ErrorKind = err instanceof CubeboxError ? err.kind : 'internal';
