@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawnChild as spawn } from '../util/exec.js';
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';

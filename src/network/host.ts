@@ -1,7 +1,7 @@
 // The host commands networking is made of: `ip` (namespaces, veth links, addresses, routes),
 // `nft` (the policy) and `conntrack` (flow entries of a released address). Never through a
 // shell; every call bounded in time.
-import { spawn } from 'node:child_process';
+import { spawnChild as spawn } from '../util/exec.js';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 
 const CALL_TIMEOUT_MS = 20_000;

@@ -1,9 +1,10 @@
-import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HELPER_BIN, type RuntimeName } from '../config.js';
 import type { CgroupMode } from './cgroups.js';
 import { readLogTail } from '../util/log-tail.js';
+import { spawnChild } from '../util/exec.js';
 
 export type ContainerStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
 
@@ -129,7 +130,8 @@ export class OciRuntime implements SandboxRuntime {
    */
   private spawnBounded(file: string, argv: string[], stdio: StdioOptions, attach: (c: ChildProcess) => void, what: string): Promise<number> {
     return new Promise<number>((resolve, reject) => {
-      const child = spawn(file, argv, { stdio, detached: true });
+      // a child that cannot be started (EMFILE, ENOENT) fails this call only: see spawnChild
+      const child = spawnChild(file, argv, { stdio, detached: true });
       attach(child);
       let timedOut = false;
       const timer = setTimeout(() => {
@@ -184,7 +186,8 @@ export class OciRuntime implements SandboxRuntime {
     if (opts.user) flags.push('--user', `${opts.user.uid}:${opts.user.gid}`);
     // exec'd commands are preferred OOM victims over envd (see the bundle's oomScoreAdj)
     const [file, argv] = this.command(['exec', ...flags, containerId, ...args], { oomScoreAdj: USER_OOM_SCORE_ADJ, long: true });
-    return spawn(file, argv, { stdio: opts.stdio ?? 'pipe' });
+    // one that cannot be started closes with a negative code (callers need no 'error' listener)
+    return spawnChild(file, argv, { stdio: opts.stdio ?? 'pipe' });
   }
 
   async pause(containerId: string): Promise<void> {

@@ -10,7 +10,7 @@
 //
 // The blob's bytes and digests are in oci/layer-blob.ts, the validation and re-encoding in
 // oci/layer-rewrite.ts; this file extracts and stores the layer directory.
-import { spawn } from 'node:child_process';
+import { spawnChild as spawn } from '../util/exec.js';
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';

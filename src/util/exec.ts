@@ -1,4 +1,28 @@
-import { spawn, type SpawnOptions } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { Readable, Writable } from 'node:stream';
+
+/**
+ * spawn(), but a program that cannot be started is an ordinary failure of this one call, never
+ * a crash: Node reports it (ENOENT, EMFILE, EAGAIN) as an 'error' event on the next tick, which
+ * ends the process when nobody listens, and at EMFILE it leaves the pipes unset, so a caller that
+ * reads them before listening throws first. Here a failed child gets empty pipes (read: end at
+ * once; written: discarded) and an 'error' listener of its own; 'close' follows with the negated
+ * errno as its code, and the caller's own 'error' listeners see the error as before.
+ */
+export const spawnChild = ((file: string, args?: readonly string[] | SpawnOptions, options?: SpawnOptions): ChildProcess => {
+  const argv = Array.isArray(args) ? (args as readonly string[]) : [];
+  const opts = (Array.isArray(args) ? options : (args as SpawnOptions | undefined)) ?? {};
+  const child = spawn(file, argv, opts);
+  child.on('error', () => undefined);
+  if (child.pid === undefined) {
+    const { stdio } = opts;
+    const piped = (i: number) => stdio === undefined || stdio === 'pipe' || (Array.isArray(stdio) && stdio[i] === 'pipe');
+    if (!child.stdin && piped(0)) child.stdin = new Writable({ write: (_c, _e, cb) => cb() });
+    if (!child.stdout && piped(1)) child.stdout = Readable.from([]);
+    if (!child.stderr && piped(2)) child.stderr = Readable.from([]);
+  }
+  return child;
+}) as typeof spawn;
 
 export interface RunResult {
   code: number;
@@ -14,7 +38,7 @@ export interface RunResult {
 export function run(file: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const options: SpawnOptions = { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env, cwd: opts.cwd };
-    const child = spawn(file, args, options);
+    const child = spawnChild(file, args, options);
     let stdout = '';
     let stderr = '';
     child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -69,7 +93,7 @@ export function runLines(
       if (lines.length > keep) lines.shift();
       onLine?.(l);
     };
-    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env, detached: true });
+    const child = spawnChild(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env, detached: true });
     const kill = () => {
       if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
         try {

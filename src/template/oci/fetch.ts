@@ -1,6 +1,6 @@
 // Getting an image source onto local disk in a readable form: pulling from a registry with
 // skopeo, decompressing a compressed tarball, and splitting `<path>:<tag>` references.
-import { spawn } from 'node:child_process';
+import { spawnChild as spawn } from '../../util/exec.js';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';

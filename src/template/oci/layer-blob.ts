@@ -1,6 +1,6 @@
 // A layer blob as bytes: where they come from, their compression, decompression with both
 // digests (stored blob and diff ID) computed on the way, and the checks against the image.
-import { spawn } from 'node:child_process';
+import { spawnChild as spawn } from '../../util/exec.js';
 import { createHash } from 'node:crypto';
 import { Duplex, Readable, Transform, addAbortSignal, pipeline } from 'node:stream';
 import { createGunzip } from 'node:zlib';
