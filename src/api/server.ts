@@ -14,6 +14,7 @@ import { ApiKeys } from './keys.js';
 import { CONTROL_PLANE_AJV, registerControlPlane } from './control-plane.js';
 import { Tenancy } from './tenancy.js';
 import { ServiceMetrics } from './prometheus.js';
+import { ConnectionGuard, type ConnectionLimits } from './connection-guard.js';
 
 export interface ServerOptions {
   manager: SandboxManager;
@@ -26,7 +27,11 @@ export interface ServerOptions {
   log: Logger;
   /** Serve both planes over HTTPS with this certificate chain and key (PEM). */
   tls?: { cert: Buffer; key: Buffer };
+  /** Bounds on each listener's connections (default DEFAULT_CONNECTION_LIMITS). */
+  connections?: ConnectionLimits;
 }
+
+export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = { maxConnections: 8192, maxPerAddress: 1024, headerTimeoutMs: 10_000 };
 
 export interface RunningServer {
   url: string;
@@ -42,6 +47,17 @@ export interface RunningServer {
  */
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { manager, log } = opts;
+  const limits = opts.connections ?? DEFAULT_CONNECTION_LIMITS;
+  // each listener bounds its connections; no request timeout: uploads and command streams may legitimately last long
+  const guards: ConnectionGuard[] = [];
+  const listener = (handler: http.RequestListener): http.Server => {
+    const guard = new ConnectionGuard(limits, log);
+    const options = guard.serverOptions();
+    const server = opts.tls ? https.createServer({ ...options, cert: opts.tls.cert, key: opts.tls.key }, handler) : http.createServer(options, handler);
+    guard.attach(server);
+    guards.push(guard);
+    return server;
+  };
   const keys = new ApiKeys(manager.store.db);
   const tenancy = new Tenancy(manager.store);
   manager.admit = (a) => tenancy.admit(a);
@@ -101,11 +117,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     bodyLimit: 8 * 1024 * 1024,
     serverFactory: (handler) => {
       // the proxy refuses envd's /init itself: only the manager gives a sandbox its identity
-      const route = (req: http.IncomingMessage, res: http.ServerResponse) => (proxy.matches(req) ? proxy.handle(req, res) : handler(req, res));
-      // no request timeout: uploads and command streams may legitimately last long
-      return opts.tls
-        ? https.createServer({ requestTimeout: 0, cert: opts.tls.cert, key: opts.tls.key }, route)
-        : http.createServer({ requestTimeout: 0 }, route);
+      return listener((req, res) => (proxy.matches(req) ? proxy.handle(req, res) : handler(req, res)));
     },
   });
   // the default address is filled in after listen, when the port is known
@@ -147,9 +159,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         }),
       );
     };
-    dataServer = opts.tls
-      ? https.createServer({ requestTimeout: 0, cert: opts.tls.cert, key: opts.tls.key }, dataHandler)
-      : http.createServer({ requestTimeout: 0 }, dataHandler);
+    dataServer = listener(dataHandler);
     dataServer.on('upgrade', (req, socket, head) => (proxy.matches(req) ? proxy.handleUpgrade(req, socket, head) : socket.destroy()));
     await new Promise<void>((resolve, reject) => {
       dataServer!.once('error', reject);
@@ -175,12 +185,16 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       manager.events.off('deleted', onDeleted);
       metrics.stop();
       proxy.close();
+      // every connection goes, tunnels included (closeAllConnections leaves upgraded ones, and close() waits for them)
+      const cut = () => guards.forEach((g) => g.destroyAll());
       if (dataServer) {
-        dataServer.closeAllConnections();
-        await new Promise<void>((r) => dataServer!.close(() => r()));
+        const closed = new Promise<void>((r) => dataServer!.close(() => r()));
+        cut();
+        await closed;
       }
-      app.server.closeAllConnections();
-      await app.close();
+      const closed = app.close();
+      cut();
+      await closed;
     },
   };
 }

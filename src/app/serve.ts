@@ -5,7 +5,8 @@ import { readFileSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { ControlServer } from '../api/control-socket.js';
 import { LocalApi } from '../api/manager-api.js';
-import { startServer, type RunningServer } from '../api/server.js';
+import { DEFAULT_CONNECTION_LIMITS, startServer, type RunningServer } from '../api/server.js';
+import type { ConnectionLimits } from '../api/connection-guard.js';
 import { resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
 import { probeHost } from '../runtime/probe.js';
 import { SandboxManager } from '../sandbox/manager.js';
@@ -16,6 +17,7 @@ import { CODE_INTERPRETER_TEMPLATE } from '../template/code-interpreter.js';
 import { CubeboxError } from '../util/errors.js';
 import { DnsForwarder, parseUpstreams, systemUpstreams, type Upstream } from '../network/dns.js';
 import { egressPolicy } from '../network/policy.js';
+import { raiseFdLimit } from '../util/fd-limit.js';
 
 /** What `cubebox serve` is given on its command line; anything left out comes from the environment. */
 export interface ServeFlags {
@@ -40,6 +42,13 @@ export interface ServeFlags {
   network?: boolean;
   tlsCert?: string;
   tlsKey?: string;
+  /** Connection bounds of each listener, and the file descriptors kept for the service's own work. */
+  maxConnections?: string;
+  maxConnectionsPerAddress?: string;
+  headerTimeout?: string;
+  fdReserve?: string;
+  /** Seconds a graceful stop may take before the rest is abandoned. */
+  shutdownTimeout?: string;
 }
 
 export interface ServeConfig {
@@ -59,7 +68,12 @@ export interface ServeConfig {
   /** false: loopback only. */
   network: false | { subnet?: string; allowPrivate: string[]; dnsUpstreams: Upstream[] };
   tls?: { cert: string; key: string };
+  connections: ConnectionLimits & { fdReserve: number };
+  shutdownTimeoutMs: number;
 }
+
+export const DEFAULT_FD_RESERVE = 4096;
+export const DEFAULT_SHUTDOWN_TIMEOUT_SEC = 20;
 
 /** The one place serve's configuration is read: flags, then CUBEBOX_* variables, then defaults. */
 export function serveConfig(flags: ServeFlags, env: NodeJS.ProcessEnv = process.env): ServeConfig {
@@ -92,6 +106,19 @@ export function serveConfig(flags: ServeFlags, env: NodeJS.ProcessEnv = process.
             dnsUpstreams: dnsUpstreamsOf(flags.dnsUpstream ?? env.CUBEBOX_DNS_UPSTREAM),
           },
     tls: tlsOf(flags.tlsCert ?? env.CUBEBOX_TLS_CERT, flags.tlsKey ?? env.CUBEBOX_TLS_KEY),
+    connections: {
+      maxConnections:
+        optionalCount(flags.maxConnections ?? env.CUBEBOX_MAX_CONNECTIONS, 'max connections', 1, 1_000_000) ?? DEFAULT_CONNECTION_LIMITS.maxConnections,
+      maxPerAddress:
+        optionalCount(flags.maxConnectionsPerAddress ?? env.CUBEBOX_MAX_CONNECTIONS_PER_ADDRESS, 'max connections per address', 1, 1_000_000) ??
+        DEFAULT_CONNECTION_LIMITS.maxPerAddress,
+      headerTimeoutMs:
+        1000 *
+        (optionalCount(flags.headerTimeout ?? env.CUBEBOX_HEADER_TIMEOUT, 'header timeout', 1, 3600) ?? DEFAULT_CONNECTION_LIMITS.headerTimeoutMs / 1000),
+      fdReserve: optionalCount(flags.fdReserve ?? env.CUBEBOX_FD_RESERVE, 'fd reserve', 64, 1_000_000) ?? DEFAULT_FD_RESERVE,
+    },
+    shutdownTimeoutMs:
+      1000 * (optionalCount(flags.shutdownTimeout ?? env.CUBEBOX_SHUTDOWN_TIMEOUT, 'shutdown timeout', 1, 3600) ?? DEFAULT_SHUTDOWN_TIMEOUT_SEC),
   };
 }
 
@@ -171,6 +198,7 @@ export interface RunningService {
 /** Starts the service and resolves once it answers. */
 export async function startService(config: ServeConfig): Promise<RunningService> {
   const logger = pino({ level: config.logLevel });
+  const connections = await connectionBudget(config, logger);
   const report = await probeHost({ runtimes: [config.runtime] });
   const failed = report.checks.filter((c) => c.essential && !c.ok);
   if (failed.length) throw new CubeboxError('unavailable', `this host cannot run cubebox:\n${failed.map((c) => `  ${c.name}: ${c.detail}`).join('\n')}`);
@@ -221,6 +249,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     domain: config.domain,
     log: logger,
     tls: config.tls && { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
+    connections,
   });
   manager.setPool(config.pool);
   logger.info(
@@ -233,12 +262,44 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     server,
     log: logger,
     async close() {
-      await server.close();
-      await dns?.close();
-      await control.close(true);
-      await m.close();
+      // every step bounded: one that hangs (a client holding a stream, a forwarder's connection)
+      // must not keep the others, and the release of the data directory, from happening
+      const until = Date.now() + config.shutdownTimeoutMs;
+      const step = async (what: string, work: () => Promise<void> | undefined) => {
+        const ms = Math.max(1000, until - Date.now());
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), ms)));
+        const done = Promise.resolve(work()).then(
+          () => 'done' as const,
+          (err: unknown) => logger.warn({ err: (err as Error).message }, `closing ${what} failed`),
+        );
+        if ((await Promise.race([done, late])) === 'late') logger.warn(`closing ${what} did not finish in ${ms} ms; going on without it`);
+        clearTimeout(timer);
+      };
+      await step('the API listeners', () => server.close());
+      await step('the DNS forwarder', () => dns?.close());
+      await step('the control socket', () => control.close(true));
+      await step('the manager', () => m.close());
     },
   };
+}
+
+/**
+ * The connection caps that fit the open-file limit (raised first): each connection may hold
+ * two descriptors (the client's and its way to a sandbox), and a reserve stays for the
+ * service's own work (runtime calls, disks, databases, sandboxes' sockets).
+ */
+async function connectionBudget(config: ServeConfig, log: Logger): Promise<ConnectionLimits> {
+  const { fdReserve, ...limits } = config.connections;
+  const fds = await raiseFdLimit();
+  if (fds.error) log.warn({ soft: fds.soft, err: fds.error }, 'could not raise the open-file limit');
+  const listeners = config.dataPort === undefined ? 1 : 2;
+  const fit = Math.max(1, Math.floor((fds.soft - fdReserve) / (2 * listeners)));
+  if (fit < limits.maxConnections) {
+    log.warn({ openFiles: fds.soft, fdReserve, wanted: limits.maxConnections, maxConnections: fit }, 'the open-file limit caps connections per listener lower');
+    limits.maxConnections = fit;
+  }
+  return { ...limits, maxPerAddress: Math.min(limits.maxPerAddress, limits.maxConnections) };
 }
 
 /** The DNS forwarder of the sandboxes' links; nftables sends their DNS to its port. */
@@ -266,9 +327,15 @@ async function startDnsForwarder(manager: SandboxManager, upstreams: Upstream[],
 
 /** `cubebox serve`: starts the service and exits 0 after a graceful stop on SIGTERM or SIGINT. */
 export async function serve(flags: ServeFlags): Promise<void> {
-  const service = await startService(serveConfig(flags));
+  const config = serveConfig(flags);
+  const service = await startService(config);
   const stop = async (signal: string) => {
     service.log.info({ signal }, 'shutting down; sandboxes keep running');
+    // a last resort past every step's bound: the process ends whatever still runs
+    setTimeout(() => {
+      service.log.error('shutdown did not finish in time; exiting');
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 10_000).unref();
     await service.close();
     process.exit(0);
   };
