@@ -25,6 +25,7 @@ import { reap, startReaper } from './reaper.js';
 import { Reconciler } from './reconciler.js';
 import { collectEphemeralTemplates, fork, snapshot, type SnapshotOpts } from './snapshots.js';
 import { deleteSandbox } from './teardown.js';
+import { releaseRunRoot } from '../runtime/run-root.js';
 import {
   poolable,
   type Admission,
@@ -206,6 +207,7 @@ export class SandboxManager {
     await this.pool.settled();
     await this.reconciler.settled();
     await this.deps.net?.close().catch((e: Error) => this.log.warn({ err: e.message }, 'closing sandbox networking failed'));
+    await releaseRunRoot(this.paths.runRoot, this.deps.runtimes.all()).catch((e: Error) => this.log.warn({ err: e.message }, 'cleaning the run directory failed'));
     this.store.close();
     this.deps.lock?.release();
   }
