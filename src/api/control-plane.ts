@@ -1,7 +1,7 @@
 // E2B's REST control plane (contract section 2) over the sandbox manager: the listener-wide
 // parts here (errors, authentication, health, Prometheus), the routes by resource in routes/.
 import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
-import { CubeboxError, errorMessage, HTTP_STATUS } from '../util/errors.js';
+import { CubeboxError, diskFull, errorMessage, HTTP_STATUS } from '../util/errors.js';
 import { routeContext, sendError, type ControlPlaneOptions } from './routes/context.js';
 import { registerLifecycleRoutes } from './routes/lifecycle.js';
 import { registerMetricsLogsRoutes } from './routes/metrics-logs.js';
@@ -26,9 +26,10 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     // a route schema refused the request: 400, worded as the checks in the routes word theirs
     if (err.validation) return sendError(reply, 400, validationMessage(err));
     if (err instanceof HttpError) return sendError(reply, err.status, err.message);
-    if (err instanceof CubeboxError) {
-      if (err.retryAfterSec !== undefined) void reply.header('retry-after', String(err.retryAfterSec));
-      return sendError(reply, HTTP_STATUS[err.kind], err.message);
+    const known = diskFull(err) ?? err; // a full disk is the host's (503) or a sandbox's own (507), not a 500
+    if (known instanceof CubeboxError) {
+      if (known.retryAfterSec !== undefined) void reply.header('retry-after', String(known.retryAfterSec));
+      return sendError(reply, HTTP_STATUS[known.kind], known.message);
     }
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
     if (status >= 500) opts.manager.log.error({ err: errorMessage(err) }, 'control-plane request failed');

@@ -15,7 +15,7 @@ import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { dirname, join, resolve } from 'node:path';
 
-const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5, busy: 6 };
+const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5, busy: 6, insufficient_storage: 7 };
 
 function dataDirOf(cmd: Command): string {
   return resolveDataDir((cmd.optsWithGlobals() as { dataDir?: string }).dataDir);
