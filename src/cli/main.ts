@@ -311,7 +311,9 @@ program
   .addOption(new Option('--tls-cert <file>', 'serve both planes over HTTPS with this certificate chain (PEM; env CUBEBOX_TLS_CERT)'))
   .addOption(new Option('--tls-key <file>', 'the private key of --tls-cert (PEM; env CUBEBOX_TLS_KEY)'))
   .addOption(new Option('--max-connections <n>', 'open connections per listener (env CUBEBOX_MAX_CONNECTIONS, default 8192)'))
-  .addOption(new Option('--max-connections-per-address <n>', 'open connections from one client address (env CUBEBOX_MAX_CONNECTIONS_PER_ADDRESS, default 1024)'))
+  .addOption(
+    new Option('--max-connections-per-address <n>', 'open connections from one client address (env CUBEBOX_MAX_CONNECTIONS_PER_ADDRESS, default 1024)'),
+  )
   .addOption(new Option('--header-timeout <s>', 'seconds a new connection may take to send its request headers (env CUBEBOX_HEADER_TIMEOUT, default 10)'))
   .addOption(new Option('--fd-reserve <n>', "file descriptors kept from connections for the service's own work (env CUBEBOX_FD_RESERVE, default 4096)"))
   .addOption(new Option('--shutdown-timeout <s>', 'seconds a graceful stop may take (env CUBEBOX_SHUTDOWN_TIMEOUT, default 20)'))

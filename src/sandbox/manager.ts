@@ -207,7 +207,9 @@ export class SandboxManager {
     await this.pool.settled();
     await this.reconciler.settled();
     await this.deps.net?.close().catch((e: Error) => this.log.warn({ err: e.message }, 'closing sandbox networking failed'));
-    await releaseRunRoot(this.paths.runRoot, this.deps.runtimes.all()).catch((e: Error) => this.log.warn({ err: e.message }, 'cleaning the run directory failed'));
+    await releaseRunRoot(this.paths.runRoot, this.deps.runtimes.all()).catch((e: Error) =>
+      this.log.warn({ err: e.message }, 'cleaning the run directory failed'),
+    );
     this.store.close();
     this.deps.lock?.release();
   }
