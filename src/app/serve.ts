@@ -269,10 +269,12 @@ export async function startService(config: ServeConfig): Promise<RunningService>
         const ms = Math.max(1000, until - Date.now());
         let timer: NodeJS.Timeout | undefined;
         const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), ms)));
-        const done = Promise.resolve(work()).then(
-          () => 'done' as const,
-          (err: unknown) => logger.warn({ err: (err as Error).message }, `closing ${what} failed`),
-        );
+        const done = Promise.resolve()
+          .then(work)
+          .then(
+            () => 'done' as const,
+            (err: unknown) => logger.warn({ err: (err as Error).message }, `closing ${what} failed`),
+          );
         if ((await Promise.race([done, late])) === 'late') logger.warn(`closing ${what} did not finish in ${ms} ms; going on without it`);
         clearTimeout(timer);
       };
