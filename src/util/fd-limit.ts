@@ -24,15 +24,20 @@ export function fdLimit(): FdLimit {
  */
 export async function raiseFdLimit(): Promise<FdLimit & { error?: string }> {
   const now = fdLimit();
-  let hard = now.hard;
-  if (process.getuid?.() === 0) hard = Math.max(hard, Math.min(WANTED_FDS, nrOpen()));
-  if (now.soft >= hard) return now;
-  try {
-    await runOk('prlimit', ['--pid', String(process.pid), `--nofile=${hard}:${hard}`], { timeoutMs: 10_000 });
-  } catch (err) {
-    return { ...fdLimit(), error: (err as Error).message };
+  // as root, both limits up (needs CAP_SYS_RESOURCE, which a container may lack); else the soft one to the hard one
+  const targets = process.getuid?.() === 0 ? [Math.max(now.hard, Math.min(WANTED_FDS, nrOpen())), now.hard] : [now.hard];
+  let error: string | undefined;
+  for (const target of targets) {
+    if (fdLimit().soft >= target) break;
+    try {
+      await runOk('prlimit', ['--pid', String(process.pid), `--nofile=${target}:${target}`], { timeoutMs: 10_000 });
+      error = undefined;
+      break;
+    } catch (err) {
+      error = (err as Error).message;
+    }
   }
-  return fdLimit();
+  return { ...fdLimit(), error };
 }
 
 function nrOpen(): number {
