@@ -36,6 +36,7 @@ export class ConnectionGuard {
   private readonly idle = new Set<Conn>();
   private readonly byAddress = new Map<string, Set<Conn>>();
   private refused = 0;
+  private evicted = 0;
   private lastWarn = 0;
 
   constructor(
@@ -123,6 +124,8 @@ export class ConnectionGuard {
 
   private evict(conn: Conn | undefined): boolean {
     if (!conn) return false;
+    this.evicted++;
+    this.warn('connections at a cap: the longest idle ones give way to new ones');
     conn.socket.destroy();
     this.forget(conn); // its 'close' comes later: the new connection must fit now
     return true;
@@ -139,7 +142,7 @@ export class ConnectionGuard {
     const now = Date.now();
     if (now - this.lastWarn < 60_000) return;
     this.lastWarn = now;
-    this.log.warn({ refused: this.refused, open: this.conns.size }, msg);
+    this.log.warn({ refused: this.refused, evicted: this.evicted, open: this.conns.size }, msg);
   }
 }
 
