@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { HELPER_BIN } from '../config.js';
 import { runOk } from '../util/exec.js';
 import { mountPoints } from './mountinfo.js';
@@ -103,9 +103,14 @@ export async function mountRootfs(layout: RootfsLayout, layers: string[], idMap?
     chownSync(layout.upper, idMap.hostId, idMap.hostId);
     chownSync(layout.work, idMap.hostId, idMap.hostId);
   }
-  const args = ['mount-rootfs', layout.name, layout.target, layout.upper, layout.work, String(idMap?.hostId ?? 0), String(idMap?.size ?? 0)];
-  layers.forEach((l, i) => args.push(l, layout.views[i]!));
-  await runOk(HELPER_BIN, args, { timeoutMs: HELPER_TIMEOUT_MS });
+  // The overlay's options name its layers as given, and the sandbox reads them in its
+  // /proc/self/mountinfo: paths relative to the sandbox directory (the helper runs there)
+  // keep the host's data directory out of them.
+  const dir = dirname(layout.target);
+  const rel = (p: string) => relative(dir, p);
+  const args = ['mount-rootfs', layout.name, rel(layout.target), rel(layout.upper), rel(layout.work), String(idMap?.hostId ?? 0), String(idMap?.size ?? 0)];
+  layers.forEach((l, i) => args.push(l, rel(layout.views[i]!)));
+  await runOk(HELPER_BIN, args, { timeoutMs: HELPER_TIMEOUT_MS, cwd: dir });
 }
 
 /**
