@@ -5,8 +5,7 @@ import { naming } from '../config.js';
 import { type BundleSpec, procMeminfo, writeBundle } from '../runtime/bundle.js';
 import type { NetLease } from '../network/network.js';
 import { rootfsLayout } from '../runtime/rootfs.js';
-import { mountPoints } from '../runtime/mountinfo.js';
-import { mountSupportView, SANDBOX_SUPPORT } from '../runtime/support.js';
+import { SANDBOX_SUPPORT } from '../runtime/support.js';
 import { mountVolumeViews, volumeBinds } from '../volume/disk.js';
 import { resolveVolumeMounts } from '../volume/volumes.js';
 import type { Template } from '../template/store.js';
@@ -145,14 +144,12 @@ export async function provision(core: SandboxCore, id: string, spec: StoredSpec)
   mkdirSync(dir, { mode: 0o700 });
   faultPoint('create:after-dir');
 
-  const layout = rootfsLayout(dir, naming.mountSource(inst, id), spec.layers.length);
+  const layout = { ...rootfsLayout(dir, naming.mountSource(inst, id), spec.layers.length), support: { tree: spec.support, view: supportViewPath(core, id) } };
   store.recordResource(id, 'mount', layout.disk);
   await host.mountDisk(layout, spec.diskMB, join(paths.dataDir, 'disks'));
   faultPoint('create:after-disk');
-  for (const m of [layout.target, ...layout.views]) store.recordResource(id, 'mount', m);
+  for (const m of [layout.target, ...layout.views, layout.support.view]) store.recordResource(id, 'mount', m);
   await host.mountRootfs(layout, spec.layers, idMap);
-  store.recordResource(id, 'mount', supportViewPath(core, id));
-  await mountSupportView(spec.support, supportViewPath(core, id), layout.name);
   await mountVolumeViews(store, paths, id, dir, spec.volumeMounts, idMap);
   faultPoint('create:after-mount');
 
@@ -191,12 +188,6 @@ export async function bootAgain(core: SandboxCore, id: string, spec: StoredSpec)
   spec = { ...spec, initSecret: randomBytes(24).toString('base64url') };
   core.updateSpec(id, { initSecret: spec.initSecret });
   await mountVolumeViews(core.store, core.deps.paths, id, dir, spec.volumeMounts, core.idMapFor(core.requireRow(id).uidSlot));
-  const view = supportViewPath(core, id);
-  if (!mountPoints().includes(view)) {
-    // a sandbox from before the view existed
-    core.store.recordResource(id, 'mount', view);
-    await mountSupportView(spec.support, view, naming.mountSource(core.deps.paths.instanceId, id));
-  }
   const lease = await connectNetwork(core, id, spec);
   if (spec.agent) writeInitSecret(core, id, spec, core.idMapFor(core.requireRow(id).uidSlot));
   writeProcFiles(core, id, spec); // a new boot, a new boot id
@@ -239,7 +230,7 @@ function bundleSpec(core: SandboxCore, id: string, spec: StoredSpec, rootfs: str
     idMap,
     limits: spec.limits,
     binds: [
-      { source: supportViewPath(core, id), destination: SANDBOX_SUPPORT, readonly: true },
+      { source: supportSource(core, id, spec), destination: SANDBOX_SUPPORT, readonly: true },
       { source: join(core.sandboxDir(id), 'disk', 'run'), destination: `${SANDBOX_SUPPORT}/run`, readonly: false },
       ...volumeBinds(core.sandboxDir(id), spec.volumeMounts),
       ...networkBinds(core, id, lease),
@@ -296,9 +287,15 @@ async function waitForAgent(core: SandboxCore, id: string, timeoutMs = 20_000): 
   throw new Error(`envd did not become ready in the sandbox${log ? `: ${log}` : ''}`);
 }
 
-/** Where the sandbox's view of its support tree is mounted (support.ts). */
+/** Where the sandbox's view of its support tree is mounted (rootfs.ts). */
 function supportViewPath(core: SandboxCore, id: string): string {
   return join(core.sandboxDir(id), 'support');
+}
+
+/** What /.cubebox binds: the sandbox's view of the tree, or the tree itself for a sandbox made before views. */
+function supportSource(core: SandboxCore, id: string, spec: StoredSpec): string {
+  const view = supportViewPath(core, id);
+  return core.store.resources(id).some((r) => r.kind === 'mount' && r.name === view) ? view : spec.support;
 }
 
 /**
