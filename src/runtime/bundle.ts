@@ -135,14 +135,16 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     mounts.push({ destination: '/proc/meminfo', type: 'bind', source: spec.meminfoFile, options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
   }
 
+  const cpus = Math.min(spec.limits.cpuCount, sandboxCpuCeiling());
   const linux: Record<string, unknown> = {
     namespaces,
     cgroupsPath: spec.cgroupsPath,
     resources: {
       devices: [{ allow: false, access: 'rwm' }],
       memory: { limit: spec.limits.memoryMB * 1024 * 1024 },
-      // never the whole host: it keeps a tenth of its CPUs whatever a template asks
-      cpu: { period: 100000, quota: Math.round(Math.min(spec.limits.cpuCount, sandboxCpuCeiling()) * 100000) },
+      // never the whole host: it keeps a tenth of its CPUs whatever a template asks; under
+      // contention sandboxes share by their vCPUs, so a CPU storm in a small one weighs little
+      cpu: { period: 100000, quota: Math.round(cpus * 100000), shares: cpuShares(cpus) },
       pids: { limit: spec.limits.pids },
     },
     maskedPaths: joinsForeignNetns ? [...MASKED_PATHS, '/sys/class/net', '/sys/devices/virtual/net'] : MASKED_PATHS,
@@ -234,6 +236,11 @@ export function procMeminfo(memoryMB: number): string {
     ['Committed_AS', 0],
   ];
   return fields.map(([k, v]) => `${`${k}:`.padEnd(16)}${String(v).padStart(8)} kB\n`).join('');
+}
+
+/** CPU shares (v1's unit, which the runtimes map to v2's weight): 1024 per vCPU, within the kernel's bounds. */
+export function cpuShares(cpus: number): number {
+  return Math.min(262144, Math.max(2, Math.round(cpus * 1024)));
 }
 
 /** 65536 open files, or the host's hard limit when lower (raising it needs CAP_SYS_RESOURCE). */
