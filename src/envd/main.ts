@@ -30,8 +30,8 @@
  * envd prints nothing on stdout; errors go to stderr. SIGTERM/SIGINT kill the processes envd
  * started and exit 0. Exit status 2: bad arguments; 1: cannot listen.
  */
-import { startEnvd } from './http/server.js';
 import { closeSync, constants, openSync, readSync, unlinkSync } from 'node:fs';
+import { startEnvd } from './http/server.js';
 import { ENVD_ENV, INIT_SECRET_FILE_ENV } from './host-contract.js';
 import { parseArgs, UsageError } from './options.js';
 
