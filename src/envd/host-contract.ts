@@ -7,8 +7,15 @@
  */
 export const INIT_SECRET_HEADER = 'x-cubebox-init-secret';
 
-/** The environment variable that gives envd that secret at boot; envd removes it from its env. */
-export const INIT_SECRET_ENV = 'CUBEBOX_ENVD_INIT_SECRET';
+/**
+ * The environment variable that names the file holding that secret at boot (the path, never
+ * the secret: a process's initial environment stays readable in /proc/<pid>/environ for its
+ * whole life). envd reads the file once, unlinks it, and fails to start without it.
+ */
+export const INIT_SECRET_FILE_ENV = 'CUBEBOX_ENVD_INIT_SECRET_FILE';
+
+/** The file's name in envd's run directory (shared with the host, on the sandbox's own disk). */
+export const INIT_SECRET_FILE = 'init-secret';
 
 /**
  * What the host adds to envd's environment (the template's own is there too): one malloc arena,

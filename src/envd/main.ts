@@ -30,9 +30,28 @@
  * envd prints nothing on stdout; errors go to stderr. SIGTERM/SIGINT kill the processes envd
  * started and exit 0. Exit status 2: bad arguments; 1: cannot listen.
  */
+import { closeSync, constants, openSync, readSync, unlinkSync } from 'node:fs';
 import { startEnvd } from './http/server.js';
-import { ENVD_ENV, INIT_SECRET_ENV } from './host-contract.js';
+import { ENVD_ENV, INIT_SECRET_FILE_ENV } from './host-contract.js';
 import { parseArgs, UsageError } from './options.js';
+
+/**
+ * The host's /init secret, from the file the host named: read once and unlinked before
+ * anything else runs in the sandbox, so that no process's environment or file ever holds it.
+ */
+function takeInitSecret(file: string): string {
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    const buf = Buffer.alloc(256);
+    const n = readSync(fd, buf, 0, buf.length, 0);
+    const secret = buf.subarray(0, n).toString('utf8').trim();
+    if (!/^[A-Za-z0-9_-]{16,200}$/.test(secret)) throw new Error(`${file} does not hold a secret`);
+    return secret;
+  } finally {
+    closeSync(fd);
+    unlinkSync(file);
+  }
+}
 
 async function main(): Promise<void> {
   let opts;
@@ -43,10 +62,17 @@ async function main(): Promise<void> {
     process.stderr.write(`envd: ${e.message}\n`);
     process.exit(2);
   }
-  // The host's /init secret comes in the environment; no process envd starts may inherit it.
-  const secret = process.env[INIT_SECRET_ENV];
-  delete process.env[INIT_SECRET_ENV];
-  if (secret) opts.initSecret = secret;
+  // The host's /init secret comes in a file; without it envd must not start (/init would be open).
+  const secretFile = process.env[INIT_SECRET_FILE_ENV];
+  delete process.env[INIT_SECRET_FILE_ENV];
+  if (secretFile) {
+    try {
+      opts.initSecret = takeInitSecret(secretFile);
+    } catch (e) {
+      process.stderr.write(`envd: cannot read the init secret: ${(e as Error).message}\n`);
+      process.exit(1);
+    }
+  }
   // The access token (needed by TCP) may come in the environment too; never passed on either.
   const token = process.env.ENVD_ACCESS_TOKEN;
   delete process.env.ENVD_ACCESS_TOKEN;

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RuntimeName } from '../config.js';
 import { defaultSeccomp } from './seccomp.js';
@@ -73,6 +73,12 @@ export interface BundleSpec {
    * mount inside /proc but a few fixed files.
    */
   bootIdFile?: string;
+  /**
+   * A host file bind-mounted read-only over /proc/meminfo (see procMeminfo), so that `free`
+   * and the runtimes that size themselves from it see the sandbox's memory, not the host's.
+   * Ignored with runsc, whose kernel has a /proc of its own.
+   */
+  meminfoFile?: string;
 }
 
 /** Builds an OCI config.json with cubebox's secure defaults. */
@@ -125,14 +131,20 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     });
   }
 
+  if (spec.meminfoFile && !gvisor) {
+    mounts.push({ destination: '/proc/meminfo', type: 'bind', source: spec.meminfoFile, options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+  }
+
+  const cpus = Math.min(spec.limits.cpuCount, sandboxCpuCeiling());
   const linux: Record<string, unknown> = {
     namespaces,
     cgroupsPath: spec.cgroupsPath,
     resources: {
       devices: [{ allow: false, access: 'rwm' }],
       memory: { limit: spec.limits.memoryMB * 1024 * 1024 },
-      // never the whole host: it keeps a tenth of its CPUs whatever a template asks
-      cpu: { period: 100000, quota: Math.round(Math.min(spec.limits.cpuCount, sandboxCpuCeiling()) * 100000) },
+      // never the whole host: it keeps a tenth of its CPUs whatever a template asks; under
+      // contention sandboxes share by their vCPUs, so a CPU storm in a small one weighs little
+      cpu: { period: 100000, quota: Math.round(cpus * 100000), shares: cpuShares(cpus) },
       pids: { limit: spec.limits.pids },
     },
     maskedPaths: joinsForeignNetns ? [...MASKED_PATHS, '/sys/class/net', '/sys/devices/virtual/net'] : MASKED_PATHS,
@@ -173,12 +185,6 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
   };
 }
 
-/** Gives the next boot of a bundle's sandbox a new boot id (when its config mounts one). */
-export function renewBootId(bundleDir: string): void {
-  const file = join(bundleDir, 'boot_id');
-  if (existsSync(file)) writeFileSync(file, `${randomUUID()}\n`, { mode: 0o644 });
-}
-
 /**
  * Writes the bundle for one boot of a sandbox: its config.json and, unless the spec names
  * one, a new boot id (bundle/boot_id) that the config mounts over the kernel's.
@@ -189,6 +195,52 @@ export function writeBundle(bundleDir: string, spec: BundleSpec): void {
     writeFileSync(spec.bootIdFile!, `${randomUUID()}\n`, { mode: 0o644 });
   }
   writeFileSync(join(bundleDir, 'config.json'), JSON.stringify(buildConfig(spec), null, 1), { mode: 0o600 });
+}
+
+/**
+ * /proc/meminfo as a sandbox with this memory limit should see it (what lxcfs shows in a
+ * container): the limit as its total, all of it free at boot, no swap. The kernel's own fields
+ * are kept so that parsers expecting them find them.
+ */
+export function procMeminfo(memoryMB: number): string {
+  const kb = memoryMB * 1024;
+  const fields: [string, number][] = [
+    ['MemTotal', kb],
+    ['MemFree', kb],
+    ['MemAvailable', kb],
+    ['Buffers', 0],
+    ['Cached', 0],
+    ['SwapCached', 0],
+    ['Active', 0],
+    ['Inactive', 0],
+    ['Active(anon)', 0],
+    ['Inactive(anon)', 0],
+    ['Active(file)', 0],
+    ['Inactive(file)', 0],
+    ['Unevictable', 0],
+    ['Mlocked', 0],
+    ['SwapTotal', 0],
+    ['SwapFree', 0],
+    ['Dirty', 0],
+    ['Writeback', 0],
+    ['AnonPages', 0],
+    ['Mapped', 0],
+    ['Shmem', 0],
+    ['KReclaimable', 0],
+    ['Slab', 0],
+    ['SReclaimable', 0],
+    ['SUnreclaim', 0],
+    ['KernelStack', 0],
+    ['PageTables', 0],
+    ['CommitLimit', kb],
+    ['Committed_AS', 0],
+  ];
+  return fields.map(([k, v]) => `${`${k}:`.padEnd(16)}${String(v).padStart(8)} kB\n`).join('');
+}
+
+/** CPU shares (v1's unit, which the runtimes map to v2's weight): 1024 per vCPU, within the kernel's bounds. */
+export function cpuShares(cpus: number): number {
+  return Math.min(262144, Math.max(2, Math.round(cpus * 1024)));
 }
 
 /** 65536 open files, or the host's hard limit when lower (raising it needs CAP_SYS_RESOURCE). */

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { HELPER_BIN } from '../config.js';
 import { runOk } from '../util/exec.js';
 import { mountPoints } from './mountinfo.js';
+import { mountSupportView } from './support.js';
 
 // The mount table lives in mountinfo.ts; these names stay importable from here.
 export { mountPoints, mountTable, type MountEntry } from './mountinfo.js';
@@ -26,6 +27,8 @@ export interface RootfsLayout {
   upper: string;
   work: string;
   views: string[]; // where each layer's idmapped view is mounted, topmost first
+  /** The support tree to give the sandbox a read-only view of, and where (support.ts). */
+  support?: { tree: string; view: string };
 }
 
 export function rootfsLayout(sandboxDir: string, name: string, layerCount: number): RootfsLayout {
@@ -103,9 +106,15 @@ export async function mountRootfs(layout: RootfsLayout, layers: string[], idMap?
     chownSync(layout.upper, idMap.hostId, idMap.hostId);
     chownSync(layout.work, idMap.hostId, idMap.hostId);
   }
-  const args = ['mount-rootfs', layout.name, layout.target, layout.upper, layout.work, String(idMap?.hostId ?? 0), String(idMap?.size ?? 0)];
-  layers.forEach((l, i) => args.push(l, layout.views[i]!));
-  await runOk(HELPER_BIN, args, { timeoutMs: HELPER_TIMEOUT_MS });
+  // The overlay's options name its layers as given, and the sandbox reads them in its
+  // /proc/self/mountinfo: paths relative to the sandbox directory (the helper runs there)
+  // keep the host's data directory out of them.
+  const dir = dirname(layout.target);
+  const rel = (p: string) => relative(dir, p);
+  const args = ['mount-rootfs', layout.name, rel(layout.target), rel(layout.upper), rel(layout.work), String(idMap?.hostId ?? 0), String(idMap?.size ?? 0)];
+  layers.forEach((l, i) => args.push(l, rel(layout.views[i]!)));
+  await runOk(HELPER_BIN, args, { timeoutMs: HELPER_TIMEOUT_MS, cwd: dir });
+  if (layout.support) await mountSupportView(layout.support.tree, layout.support.view, layout.name);
 }
 
 /**

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { PROJECT_ROOT } from '../config.js';
 import { runOk } from '../util/exec.js';
 
@@ -89,7 +89,22 @@ export async function prepareSupportTree(baseDir: string, inUse: Set<string> = n
   // older trees no running sandbox uses any more
   for (const e of readdirSync(baseDir)) {
     const p = join(baseDir, e);
-    if (e !== version && !inUse.has(p)) rmSync(p, { recursive: true, force: true });
+    if (e !== version && e !== EMPTY_LAYER && !inUse.has(p)) rmSync(p, { recursive: true, force: true });
   }
   return { dir };
+}
+
+/** An empty directory beside the trees: a read-only overlay needs two layers. */
+const EMPTY_LAYER = '.empty';
+
+/**
+ * A sandbox's own read-only view of its support tree: an overlay of the tree (over an empty
+ * layer), named by its version relative to the trees' directory. Bind-mounted at /.cubebox, it shows the
+ * sandbox a mount of its own (root "/", source `name`) in /proc/self/mountinfo; a bind of the
+ * tree itself would show the tree's host path, which names the data directory.
+ */
+export async function mountSupportView(tree: string, target: string, name: string): Promise<void> {
+  mkdirSync(target, { recursive: true, mode: 0o755 });
+  mkdirSync(join(dirname(tree), EMPTY_LAYER), { recursive: true, mode: 0o755 });
+  await runOk('mount', ['-t', 'overlay', name, '-o', `ro,lowerdir=${basename(tree)}:${EMPTY_LAYER}`, target], { cwd: dirname(tree), timeoutMs: 20_000 });
 }

@@ -4,7 +4,7 @@ import { connectGuarded, type GuardedSocket } from '../util/safe-socket.js';
 
 /** How the manager reaches a sandbox's envd: its command line, and requests on its unix socket. */
 
-export { ENVD_ENV, INIT_SECRET_ENV, INIT_SECRET_HEADER } from '../envd/host-contract.js';
+export { ENVD_ENV, INIT_SECRET_FILE, INIT_SECRET_FILE_ENV, INIT_SECRET_HEADER } from '../envd/host-contract.js';
 
 /** envd's argv inside the sandbox, through the support tree's own loader and node. */
 export function envdCommand(socket: string): string[] {

@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
-import { chownSync, mkdirSync } from 'node:fs';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { chownSync, closeSync, constants, fchownSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { naming } from '../config.js';
-import { type BundleSpec, renewBootId, writeBundle } from '../runtime/bundle.js';
+import { type BundleSpec, procMeminfo, writeBundle } from '../runtime/bundle.js';
 import type { NetLease } from '../network/network.js';
 import { rootfsLayout } from '../runtime/rootfs.js';
 import { SANDBOX_SUPPORT } from '../runtime/support.js';
@@ -14,7 +14,7 @@ import { faultPoint } from '../util/fault.js';
 import { randomId } from '../util/ids.js';
 import { readLogTail } from './console-log.js';
 import type { SandboxCore } from './core.js';
-import { ENVD_ENV, envdCommand, envdRequest, healthy, INIT_SECRET_ENV, INIT_SECRET_HEADER } from './envd-client.js';
+import { ENVD_ENV, envdCommand, envdRequest, healthy, INIT_SECRET_FILE, INIT_SECRET_FILE_ENV, INIT_SECRET_HEADER } from './envd-client.js';
 import { connectNetwork, networkBinds } from './networking.js';
 import { deadlineFor } from './states.js';
 import { teardown } from './teardown.js';
@@ -144,11 +144,11 @@ export async function provision(core: SandboxCore, id: string, spec: StoredSpec)
   mkdirSync(dir, { mode: 0o700 });
   faultPoint('create:after-dir');
 
-  const layout = rootfsLayout(dir, naming.mountSource(inst, id), spec.layers.length);
+  const layout = { ...rootfsLayout(dir, naming.mountSource(inst, id), spec.layers.length), support: { tree: spec.support, view: supportViewPath(core, id) } };
   store.recordResource(id, 'mount', layout.disk);
   await host.mountDisk(layout, spec.diskMB, join(paths.dataDir, 'disks'));
   faultPoint('create:after-disk');
-  for (const m of [layout.target, ...layout.views]) store.recordResource(id, 'mount', m);
+  for (const m of [layout.target, ...layout.views, layout.support.view]) store.recordResource(id, 'mount', m);
   await host.mountRootfs(layout, spec.layers, idMap);
   await mountVolumeViews(store, paths, id, dir, spec.volumeMounts, idMap);
   faultPoint('create:after-mount');
@@ -163,6 +163,8 @@ export async function provision(core: SandboxCore, id: string, spec: StoredSpec)
   faultPoint('create:after-network');
   const bundleDir = join(dir, 'bundle');
   mkdirSync(bundleDir, { mode: 0o700 });
+  if (spec.agent) writeInitSecret(core, id, spec, idMap);
+  writeProcFiles(core, id, spec);
   writeBundle(bundleDir, bundleSpec(core, id, spec, layout.target, idMap, lease));
 
   const cid = core.containerId(id);
@@ -187,8 +189,9 @@ export async function bootAgain(core: SandboxCore, id: string, spec: StoredSpec)
   core.updateSpec(id, { initSecret: spec.initSecret });
   await mountVolumeViews(core.store, core.deps.paths, id, dir, spec.volumeMounts, core.idMapFor(core.requireRow(id).uidSlot));
   const lease = await connectNetwork(core, id, spec);
+  if (spec.agent) writeInitSecret(core, id, spec, core.idMapFor(core.requireRow(id).uidSlot));
+  writeProcFiles(core, id, spec); // a new boot, a new boot id
   writeBundle(join(dir, 'bundle'), bundleSpec(core, id, spec, join(dir, 'rootfs'), core.idMapFor(core.requireRow(id).uidSlot), lease));
-  renewBootId(join(dir, 'bundle')); // a new boot, a new boot id
   const pid = await core.runtimeOf(id).run(cid, join(dir, 'bundle'), core.consoleLogPath(id));
   core.applyInstanceLimits();
   if (spec.agent) {
@@ -216,23 +219,25 @@ function bundleSpec(core: SandboxCore, id: string, spec: StoredSpec, rootfs: str
     hostname: id,
     rootfs,
     command: spec.agent ? envdCommand(`${SANDBOX_SUPPORT}/run/envd.sock`) : spec.command,
-    // envd's own settings and its boot secret: envd removes both from its environment at start
+    // envd's own settings and where its boot secret is (never the secret itself: see writeInitSecret)
     env: envList({
       ...BASE_ENV,
       ...spec.env,
       ...(spec.agent ? ENVD_ENV : {}),
-      ...(spec.agent && spec.initSecret ? { [INIT_SECRET_ENV]: spec.initSecret } : {}),
+      ...(spec.agent && spec.initSecret ? { [INIT_SECRET_FILE_ENV]: `${SANDBOX_SUPPORT}/run/${INIT_SECRET_FILE}` } : {}),
     }),
     cwd: '/',
     idMap,
     limits: spec.limits,
     binds: [
-      { source: spec.support, destination: SANDBOX_SUPPORT, readonly: true },
+      { source: supportSource(core, id, spec), destination: SANDBOX_SUPPORT, readonly: true },
       { source: join(core.sandboxDir(id), 'disk', 'run'), destination: `${SANDBOX_SUPPORT}/run`, readonly: false },
       ...volumeBinds(core.sandboxDir(id), spec.volumeMounts),
       ...networkBinds(core, id, lease),
     ],
     netns: lease?.netns,
+    bootIdFile: join(procFilesDir(core, id), 'boot_id'),
+    meminfoFile: join(procFilesDir(core, id), 'meminfo'),
     cgroupsPath: core.cgroupPath(id),
     tiniPath: `${SANDBOX_SUPPORT}/tini`,
     nestedContainers: spec.nestedContainers === true,
@@ -280,6 +285,54 @@ async function waitForAgent(core: SandboxCore, id: string, timeoutMs = 20_000): 
   }
   const log = readLogTail(core.consoleLogPath(id), 4096).trim().split('\n').slice(-5).join(' | ');
   throw new Error(`envd did not become ready in the sandbox${log ? `: ${log}` : ''}`);
+}
+
+/** Where the sandbox's view of its support tree is mounted (rootfs.ts). */
+function supportViewPath(core: SandboxCore, id: string): string {
+  return join(core.sandboxDir(id), 'support');
+}
+
+/** What /.cubebox binds: the sandbox's view of the tree, or the tree itself for a sandbox made before views. */
+function supportSource(core: SandboxCore, id: string, spec: StoredSpec): string {
+  const view = supportViewPath(core, id);
+  return core.store.resources(id).some((r) => r.kind === 'mount' && r.name === view) ? view : spec.support;
+}
+
+/**
+ * The files bind-mounted over the sandbox's /proc (boot id, meminfo). They sit on the
+ * sandbox's own disk, beside the network files, in a directory the sandbox cannot reach: its
+ * /proc/self/mountinfo then names paths on that disk, never the host's data directory.
+ */
+function procFilesDir(core: SandboxCore, id: string): string {
+  return join(core.sandboxDir(id), 'disk', 'proc');
+}
+
+/** Writes the /proc files of one boot of the sandbox: a new boot id, the meminfo of its limits. */
+function writeProcFiles(core: SandboxCore, id: string, spec: StoredSpec): void {
+  const dir = procFilesDir(core, id);
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  writeFileSync(join(dir, 'boot_id'), `${randomUUID()}\n`, { mode: 0o644 });
+  writeFileSync(join(dir, 'meminfo'), procMeminfo(spec.limits.memoryMB), { mode: 0o644 });
+}
+
+/**
+ * Puts this boot's /init secret where envd reads it once and unlinks it: a file in envd's run
+ * directory on the sandbox's own disk, readable by sandbox root only. Passing it in envd's
+ * environment would leave it in /proc/<pid>/environ for the sandbox's whole life. The sandbox
+ * is not running here, and whatever an earlier boot left under that name (a link, a FIFO, a
+ * directory) is removed without following it before the file is created exclusively.
+ */
+function writeInitSecret(core: SandboxCore, id: string, spec: StoredSpec, idMap?: { hostId: number }): void {
+  if (!spec.initSecret) return;
+  const file = join(core.sandboxDir(id), 'disk', 'run', INIT_SECRET_FILE);
+  rmSync(file, { recursive: true, force: true });
+  const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o400);
+  try {
+    if (idMap) fchownSync(fd, idMap.hostId, idMap.hostId);
+    writeSync(fd, spec.initSecret);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function envList(env: Record<string, string>): string[] {

@@ -56,34 +56,68 @@ export function signalNumber(sig: NodeJS.Signals | null): number | null {
 }
 
 /**
- * Kill a process group and, for SIGKILL, every process of the session the leader created
- * (job-control shells put jobs in groups of their own). A session id cannot be reused while
- * any process still has it, so this only ever hits descendants of the leader.
+ * Kill a process group and, for SIGKILL, the command's whole tree: every process group of the
+ * session the leader created (job-control shells put jobs in groups of their own), swept again
+ * until none is left, so that a fork storm cannot outrun one pass. A session id cannot be reused
+ * while any process still has it, and a group never spans sessions, so only descendants that
+ * stayed in the session are hit (one that called setsid() left it on purpose, like a daemon).
  */
 export function killSession(sid: number, sig: NodeJS.Signals): void {
+  if (!(sid > 1)) return;
   try {
     process.kill(-sid, sig);
   } catch {
     /* group gone */
   }
-  if (sig !== 'SIGKILL') return;
+  if (sig === 'SIGKILL') killSessionTree(sid);
+}
+
+/** How many more sweeps a session's tree gets (10 ms apart) while processes of it remain. */
+const TREE_SWEEPS = 200;
+
+/**
+ * SIGKILLs each process group of session sid found in /proc; sweeps again (without blocking
+ * envd) while any remain. Each group is signalled as a whole, which the kernel makes atomic
+ * against forks in that group; the groups are read from processes that hold them right now.
+ */
+export function killSessionTree(sid: number, sweeps = TREE_SWEEPS): void {
+  if (!(sid > 1)) return;
+  const groups = sessionGroups(sid);
+  if (groups.size === 0) return;
+  for (const g of groups) {
+    try {
+      process.kill(-g, 'SIGKILL');
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  if (sweeps > 0) setTimeout(() => killSessionTree(sid, sweeps - 1), 10).unref();
+}
+
+/** Process groups of the live (not yet zombie) processes of session sid. */
+function sessionGroups(sid: number): Set<number> {
+  const groups = new Set<number>();
   let names: string[] = [];
   try {
     names = readdirSync('/proc');
   } catch {
-    return;
+    return groups;
   }
   for (const n of names) {
     const c = n.charCodeAt(0);
     if (c < 48 || c > 57) continue;
     try {
       const stat = readFileSync(`/proc/${n}/stat`, 'latin1');
+      // after the command name: state, ppid, pgrp, session
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[3]) === sid) process.kill(Number(n), 'SIGKILL');
+      if (Number(fields[3]) !== sid || fields[0] === 'Z' || fields[0] === 'X') continue;
+      const pgrp = Number(fields[2]);
+      if (pgrp > 1) groups.add(pgrp);
     } catch {
       /* exited meanwhile */
     }
   }
+  return groups;
 }
 
 /**
