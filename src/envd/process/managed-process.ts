@@ -3,7 +3,7 @@
 import type { ChildProcess } from 'node:child_process';
 import type { IPty } from 'node-pty';
 import { Code, ConnectError } from '@connectrpc/connect';
-import { killSession, killSessionTree } from './status.js';
+import { killSession } from './status.js';
 import { MAX_CHUNK, type EndInfo, type OutputKind, type SpawnSpec, type Subscriber } from './types.js';
 
 export class ManagedProcess {
@@ -81,8 +81,9 @@ export class ManagedProcess {
     if (this.ended) return;
     this.ended = end;
     if (this.deadline) clearTimeout(this.deadline);
-    // the command is over: nothing it started may outlive it (a fork storm above all)
-    killSessionTree(this.pid);
+    // A natural end leaves what the command started in the background running, as E2B's envd
+    // does (`server &` is how agents start servers); a kill or the deadline took the whole tree
+    // (killSession). A fork storm stays inside the sandbox's pids and CPU limits.
     this.onEnd(this);
     for (const s of this.subscribers) s.push({ kind: 'end', end });
     this.subscribers.clear();
