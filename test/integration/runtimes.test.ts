@@ -26,5 +26,22 @@ for (const runtime of ['runc', 'runsc'] as RuntimeName[]) {
         await destroyInstance(m);
       }
     });
+
+    it('a filesystem-only pause resumes with a new boot (what the last boot left is cleared), twice, and delete leaves nothing', async () => {
+      const m = await newInstance({ runtime });
+      try {
+        const sbx = await m.create({ template: 'busybox' });
+        await execIn(m, sbx.id, ['sh', '-c', 'echo kept > /root/file']);
+        for (let i = 0; i < 2; i++) {
+          await m.pause(sbx.id, { memory: false });
+          await m.resume(sbx.id);
+          assert.equal((await execIn(m, sbx.id, ['cat', '/root/file'])).stdout, 'kept\n');
+        }
+        await m.delete(sbx.id);
+        assertNoSandboxLeaks(m.paths, sbx.id);
+      } finally {
+        await destroyInstance(m);
+      }
+    });
   });
 }
