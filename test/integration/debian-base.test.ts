@@ -163,6 +163,17 @@ test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIME
   await expectOutput(tree, "runuser -u user -- /bin/bash -l -c 'sudo -n true && sudo -n id -un'", /^root$/);
   await expectOutput(tree, "su - user -c 'sudo -n true && echo ok'", /^ok$/);
   await expectOutput(tree, "python3 -c 'print(1)'", /^1$/);
+  // what E2B's base has beyond that: python and pip by those names, venv, pip installs for
+  // the user, common archive and network tools, and `python -m http.server` (E2B's own tests use it)
+  await expectOutput(tree, 'python --version; pip --version | cut -d" " -f1', /^Python 3\.\d+\.\d+\npip$/);
+  await expectOutput(tree, 'python -m venv --without-pip /tmp/v && /tmp/v/bin/python -c "import sys; print(sys.prefix)"', /^\/tmp\/v$/);
+  await expectOutput(tree, 'pip config list', /^global\.break-system-packages='true'$/);
+  await expectOutput(tree, 'for c in wget unzip xz bzip2 file gpg ssh patch; do command -v $c >/dev/null || echo missing $c; done; echo ok', /^ok$/);
+  await expectOutput(
+    tree,
+    'cd /tmp && echo served > i.txt && (python -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 & echo $! > pid) && for i in $(seq 50); do curl -s http://127.0.0.1:8765/i.txt && break; sleep 0.2; done; kill $(cat pid)',
+    /^served$/,
+  );
   await expectOutput(tree, 'git --version', /^git version \d/);
   await expectOutput(tree, 'curl --version', /^curl \d/);
   await expectOutput(tree, 'TERM=xterm tput cols', /^\d+$/);
