@@ -1,7 +1,7 @@
 // files.* of the real e2b SDK (debug mode) against a standalone envd.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileType, InvalidArgumentError, NotFoundError, type Sandbox } from 'e2b';
 import { initEnvd, sdk, startTestEnvd, type TestEnvd } from './helpers.js';
@@ -196,6 +196,13 @@ describe('envd files through the SDK', () => {
     await sbx.files.write('to-roots/new/y.txt', 'y');
     assert.equal(statSync(join(closed, 'new')).uid, envd.uid);
     assert.deepEqual([statSync(closed).uid, statSync(join(closed, 'secret')).uid], [0, 0]);
+    // nothing is made where the user could not reach it: root's 0700 home stays closed and untouched
+    await assert.rejects(sbx.files.write(join(envd.rootHome, 'new/x.txt'), 'no'), /permission denied/);
+    await assert.rejects(sbx.files.makeDir(join(envd.rootHome, 'made')));
+    assert.deepEqual(
+      readdirSync(envd.rootHome).filter((n) => n === 'new' || n === 'made'),
+      [],
+    );
     // a file where a directory is needed is refused, not replaced
     await assert.rejects(sbx.files.write(join(closed, 'secret/z.txt'), 'no'));
     assert.equal(readFileSync(join(closed, 'secret'), 'utf8'), 'root');

@@ -22,21 +22,25 @@ async function statOrMissing(p: string) {
 
 /**
  * Makes each missing directory of the absolute path `dir`, mode 0755, owned by uid:gid; whether
- * it made any. Existing components resolve as in the user's own path (symlinks followed), but
+ * it made any. Nothing is made where the user could not reach it: `mayEnter` (asked as the
+ * user) must allow the existing directory the first new one goes into, so root's 0700 home
+ * stays closed. Existing components resolve as in the user's own path (symlinks followed), but
  * nothing is changed through a link: mkdir never follows its last component, and the owner is
  * set through a descriptor opened with O_NOFOLLOW, so a directory swapped for a link in between
  * is refused, never chowned.
  */
-export async function makeMissingDirs(dir: string, uid: number, gid: number): Promise<boolean> {
+export async function makeMissingDirs(dir: string, uid: number, gid: number, mayEnter: (existing: string) => Promise<boolean>): Promise<boolean> {
   let made = false;
   let cur = '';
   for (const part of posix.normalize(dir).split('/').filter(Boolean)) {
+    const parent = cur || '/';
     cur += `/${part}`;
     const st = await statOrMissing(cur);
     if (st) {
       if (!st.isDirectory()) throw notDirectory(cur);
       continue;
     }
+    if (!made && !(await mayEnter(parent))) return false;
     try {
       await mkdir(cur, 0o755);
     } catch (e) {

@@ -140,7 +140,13 @@ class WorkerFs implements FsOps {
   private async madeMissingDirs(dir: string, refusal: unknown): Promise<boolean> {
     const code = (refusal as NodeJS.ErrnoException).code;
     if (code !== 'EACCES' && code !== 'EPERM') return false;
-    return makeMissingDirs(dir, this.user.uid, this.user.gid).catch(() => false);
+    // the user may enter a directory when its path resolves through it ("<dir>/." needs search permission)
+    const mayEnter = (existing: string) =>
+      this.stat(existing === '/' ? '/.' : `${existing}/.`).then(
+        () => true,
+        () => false,
+      );
+    return makeMissingDirs(dir, this.user.uid, this.user.gid, mayEnter).catch(() => false);
   }
 
   /** op as the user; refused for lack of permission, once more after envd made dir's missing directories. */
