@@ -19,11 +19,18 @@ export function connectEndStreamError(code: string, message: string): Buffer {
   return Buffer.concat([head, body]);
 }
 
-/** Ends every exchange of a set: with the reason where the exchange can tell it, else destroyed. */
+/**
+ * Ends every exchange of a set: with the reason where the exchange can tell it, else destroyed.
+ * A kill ends server streams as E2B's does: the connection drops (no end-stream message), the
+ * SDK probes /health, sees the 502 of a sandbox that is gone, and reports "The sandbox was
+ * killed or reached its end of life" as a TimeoutError. A pause tells its own reason (the SDK
+ * reads a Connect `unavailable` as a TimeoutError too), which also keeps the SDK's probe from
+ * waking an auto-resuming sandbox it just saw paused.
+ */
 export function interruptAll(set: Iterable<Exchange>, reason?: InterruptReason): void {
   const message = reason && `the sandbox was ${reason} while the request was in flight`;
   for (const ex of set) {
-    if (message && ex.interrupt) ex.interrupt(message);
+    if (message && ex.interrupt) ex.interrupt(message, reason === 'killed');
     else ex.destroy();
   }
 }
@@ -38,7 +45,7 @@ export function httpExchange(sandboxId: string, req: IncomingMessage, res: Serve
       res.destroy();
       req.socket?.destroy();
     },
-    interrupt(message: string) {
+    interrupt(message: string, dropStreams = false) {
       this.destroyed = true;
       this.upstreamResponse?.unpipe(res);
       const connect = /^application\/(connect\+|json|proto)/.test(String(req.headers['content-type'] ?? ''));
@@ -46,7 +53,7 @@ export function httpExchange(sandboxId: string, req: IncomingMessage, res: Serve
         // not answered yet: a Connect error (unary form) or the data plane's JSON error
         const body = connect ? JSON.stringify({ code: 'unavailable', message }) : JSON.stringify({ sandboxId, message, code: 502 });
         sendJson(res, connect ? 503 : 502, body, { Connection: 'close' });
-      } else if (!res.destroyed && /^application\/connect\+/.test(String(this.upstreamResponse?.headers['content-type'] ?? ''))) {
+      } else if (!dropStreams && !res.destroyed && /^application\/connect\+/.test(String(this.upstreamResponse?.headers['content-type'] ?? ''))) {
         // a server stream under way: end it with an error message of the stream's own
         res.end(connectEndStreamError('unavailable', message));
       } else {

@@ -58,8 +58,8 @@ export interface Exchange {
   /** The sandbox's response being relayed, if it started. */
   upstreamResponse?: IncomingMessage;
   destroy(): void;
-  /** Ends the exchange with an error the client can read (falls back to destroy()). */
-  interrupt?(message: string): void;
+  /** Ends the exchange with an error the client can read (falls back to destroy()); dropStreams: a stream under way is cut instead. */
+  interrupt?(message: string, dropStreams?: boolean): void;
 }
 
 /** What the HTTP and upgrade paths use of the proxy's state (DataPlaneProxy provides it). */

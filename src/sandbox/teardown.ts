@@ -1,4 +1,4 @@
-import { rmSync } from 'node:fs';
+import { lstatSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { naming } from '../config.js';
 import { CubeboxError, errorMessage, notFound } from '../util/errors.js';
@@ -89,13 +89,35 @@ export async function teardown(core: SandboxCore, id: string): Promise<void> {
   core.log.info({ sandbox: id }, 'sandbox deleted');
 }
 
-/** Stops every process of a sandbox but keeps its filesystem (for a pause without memory). */
+/**
+ * Stops every process of a sandbox but keeps its filesystem (for a pause without memory).
+ * What the boot left in the directory it shares with the host goes too, so that the next
+ * boot starts clean: under runsc a stale envd socket there makes envd's listen fail.
+ */
 export async function stopContainer(core: SandboxCore, id: string): Promise<void> {
   const cg = core.cgroup(id);
   await core.runtimeOf(id).forceDelete(core.containerId(id));
   if (cg.pids().length) await cg.killAll();
   if (cg.pids().length) throw new Error(`processes of sandbox '${id}' survived the kill`);
   await cg.remove();
+  clearSharedDir(join(core.sandboxDir(id), 'disk', 'run'));
+}
+
+/**
+ * Empties the directory a sandbox shares with the host (envd's socket). Call only when nothing
+ * runs in the sandbox (nothing can change it meanwhile). The directory is the host's own (the
+ * sandbox cannot reach its parent); its entries are the sandbox's and are removed without
+ * following any link in them.
+ */
+function clearSharedDir(dir: string): void {
+  let st;
+  try {
+    st = lstatSync(dir);
+  } catch {
+    return; // not made yet, or the disk is not mounted
+  }
+  if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
+  for (const name of readdirSync(dir)) rmSync(join(dir, name), { recursive: true, force: true });
 }
 
 /** After a failed or interrupted operation: make the stored state what the host shows. */

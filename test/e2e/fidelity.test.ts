@@ -1,6 +1,7 @@
 // E2B fidelity through the published SDK: the list's startedAfter is inclusive, fork's count is
-// checked before the sandbox, file metadata lives in user.e2b.* extended attributes, metrics of
-// several sandboxes and of a team, and templates (list, one, tags, Template.exists, delete).
+// checked before the sandbox, file metadata lives in user.e2b.* extended attributes, writes
+// anywhere make their missing parents, base has E2B's tools, metrics of several sandboxes and
+// of a team, and templates (list, one, tags, Template.exists, delete).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { cli, destroyInstance } from '../helpers/instance.js';
@@ -83,6 +84,39 @@ describe('E2B fidelity through the SDK', { timeout: 900_000 }, () => {
     await sbx.files.write('/root/r.txt', 'r', { user: 'root', metadata: { owner: 'root' } });
     assert.deepEqual((await sbx.files.getInfo('/root/r.txt', { user: 'root' })).metadata, { owner: 'root' });
     await assert.rejects(sbx.files.write('big.txt', 'x', { metadata: { big: 'v'.repeat(2000) } }), e2b.InvalidArgumentError);
+  });
+
+  it("files.write as the default user anywhere: missing parents are made and are the user's, as in E2B", async () => {
+    const sbx = await newSandbox();
+    const w = await sbx.files.write('/0/x.txt', 'zero');
+    assert.equal(w.path, '/0/x.txt');
+    assert.equal(await sbx.files.read('/0/x.txt'), 'zero');
+    assert.equal((await sbx.files.getInfo('/0')).owner, 'user');
+    assert.equal((await sbx.files.getInfo('/0/x.txt')).owner, 'user');
+    assert.equal(await sbx.files.makeDir('/opt/made/here'), true);
+    assert.equal((await sbx.commands.run('stat -c %U /opt/made /opt/made/here')).stdout, 'user\nuser\n');
+    // what exists keeps its owner's permissions: root's files stay closed to the user
+    await assert.rejects(sbx.files.write('/etc/passwd', 'no'), /permission denied/);
+    assert.match((await sbx.commands.run('head -1 /etc/passwd')).stdout, /^root:/);
+  });
+
+  it("base has what E2B's base gives agents: python, pip, venv; `python -m http.server` serves through the proxy", async () => {
+    const sbx = await newSandbox();
+    const v = await sbx.commands.run(
+      'python --version; pip --version; python -m venv --without-pip /tmp/venv && /tmp/venv/bin/python -c "import sys; print(sys.prefix)"',
+    );
+    assert.match(v.stdout, /^Python 3\.\d+\.\d+\npip \d+[^\n]*\n\/tmp\/venv\n$/);
+    // pip installs as the user (into ~/.local), not refused as an "externally managed" Python
+    await sbx.files.write('/tmp/p/hello/__init__.py', 'X = 41\n');
+    await sbx.files.write('/tmp/p/setup.py', "from setuptools import setup\nsetup(name='hello', version='1', packages=['hello'])\n");
+    await sbx.commands.run('pip install -q --no-index --no-build-isolation /tmp/p');
+    assert.equal((await sbx.commands.run('cd / && python -c "import hello; print(hello.X + 1)"')).stdout, '42\n');
+    assert.equal((await sbx.commands.run('command -v wget unzip xz bzip2 file gpg ssh patch | wc -l')).stdout, '8\n');
+    await sbx.commands.run('cd /tmp && echo served > index.txt && python -m http.server 8000 >/dev/null 2>&1', { background: true });
+    await sbx.commands.run('for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/8000) 2>/dev/null && exit 0; sleep 0.1; done; exit 1');
+    const r = await fetch(`${svc.url}/index.txt`, { headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '8000' } });
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), 'served\n');
   });
 
   it('metrics of several sandboxes at once, and of the team (another team is 404)', async () => {

@@ -152,6 +152,24 @@ describe('envd commands through the SDK', () => {
     assert.equal(await sbx.commands.kill(h.pid), false);
   });
 
+  test('kill returns once the process is gone: kill -0 fails right after it', async () => {
+    // several at once, as an agent under load does: each answer must wait for its own reaping
+    const handles = await Promise.all(Array.from({ length: 12 }, () => sbx.commands.run('sleep 1000', { background: true, timeoutMs: 0 })));
+    const stillThere = await Promise.all(
+      handles.map(async (h) => {
+        assert.equal(await sbx.commands.kill(h.pid), true);
+        try {
+          process.kill(h.pid, 0); // what `kill -0` does: succeeds for a zombie too
+          return [h.pid];
+        } catch (e) {
+          assert.equal((e as NodeJS.ErrnoException).code, 'ESRCH');
+          return [];
+        }
+      }),
+    );
+    assert.deepEqual(stillThere.flat(), [], 'pids still present right after kill returned');
+  });
+
   test('connect to an unknown pid fails', async () => {
     await assert.rejects(sbx.commands.connect(999_999_9), (e: unknown) => e instanceof Error && /not found/i.test(e.message));
   });

@@ -1,7 +1,7 @@
 // files.* of the real e2b SDK (debug mode) against a standalone envd.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileType, InvalidArgumentError, NotFoundError, type Sandbox } from 'e2b';
 import { initEnvd, sdk, startTestEnvd, type TestEnvd } from './helpers.js';
@@ -165,6 +165,47 @@ describe('envd files through the SDK', () => {
     assert.equal(await sbx.files.exists('made/moved/g.txt'), false);
     await sbx.files.remove('made/already-gone');
     await assert.rejects(sbx.files.getInfo('made/moved'), NotFoundError);
+  });
+
+  test("a write creates its missing parents for the user wherever the path is; what exists stays the owner's", async () => {
+    // envd.dir is root's (0755): the user cannot create anything in it by themselves
+    const made = join(envd.dir, 'made-for-user');
+    const w = await sbx.files.write(join(made, 'deeper/x.txt'), 'x');
+    assert.equal(w.path, join(made, 'deeper/x.txt'));
+    assert.equal(await sbx.files.read(w.path), 'x');
+    for (const p of [made, join(made, 'deeper'), w.path]) {
+      const st = statSync(p);
+      assert.deepEqual([st.uid, st.gid], [envd.uid, envd.gid], p);
+    }
+    assert.equal(statSync(made).mode & 0o777, 0o755);
+    assert.equal(await sbx.files.makeDir(join(envd.dir, 'dir-for-user/sub')), true);
+    assert.equal(statSync(join(envd.dir, 'dir-for-user')).uid, envd.uid);
+    assert.equal(await sbx.files.rename(w.path, join(envd.dir, 'moved-for-user/x.txt')).then((e) => e.name), 'x.txt');
+    assert.equal(statSync(join(envd.dir, 'moved-for-user')).uid, envd.uid);
+
+    // an existing directory or file of root's stays closed to the user, through a link too
+    const closed = join(envd.dir, 'roots');
+    mkdirSync(closed, { mode: 0o755 });
+    writeFileSync(join(closed, 'secret'), 'root', { mode: 0o644 });
+    await assert.rejects(sbx.files.write(join(envd.dir, 'x.txt'), 'no'), /permission denied/);
+    await assert.rejects(sbx.files.write(join(closed, 'secret'), 'no'), /permission denied/);
+    symlinkSync(closed, join(envd.home, 'to-roots'));
+    await assert.rejects(sbx.files.write('to-roots/secret', 'no'), /permission denied/);
+    assert.equal(readFileSync(join(closed, 'secret'), 'utf8'), 'root');
+    // a missing directory behind the link is made (as by its real path), never the link's target changed
+    await sbx.files.write('to-roots/new/y.txt', 'y');
+    assert.equal(statSync(join(closed, 'new')).uid, envd.uid);
+    assert.deepEqual([statSync(closed).uid, statSync(join(closed, 'secret')).uid], [0, 0]);
+    // nothing is made where the user could not reach it: root's 0700 home stays closed and untouched
+    await assert.rejects(sbx.files.write(join(envd.rootHome, 'new/x.txt'), 'no'), /permission denied/);
+    await assert.rejects(sbx.files.makeDir(join(envd.rootHome, 'made')));
+    assert.deepEqual(
+      readdirSync(envd.rootHome).filter((n) => n === 'new' || n === 'made'),
+      [],
+    );
+    // a file where a directory is needed is refused, not replaced
+    await assert.rejects(sbx.files.write(join(closed, 'secret/z.txt'), 'no'));
+    assert.equal(readFileSync(join(closed, 'secret'), 'utf8'), 'root');
   });
 
   test('list with depth, lexical depth-first order', async () => {

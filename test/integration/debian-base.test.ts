@@ -1,7 +1,8 @@
 // Builds the `base` root filesystem with debootstrap through the host's Debian mirror, checks
 // it the way agents use E2B's `base`, rebuilds it from the cache, and checks that failures
 // (unknown package, unreachable mirror, full disk, abort with a corrupt cache entry) are
-// reported clearly and leave nothing behind: no files, no temporary cache entries, no mounts.
+// reported clearly and leave nothing behind: no files, no temporary cache entries, no mounts;
+// a build running meanwhile keeps no disk of the host (a sandbox's) alive.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -11,6 +12,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { buildDebianBase, findDebianMirror, type BaseBuildResult } from '../../src/template/debian-base.js';
 import { mountsBelow as mountsUnder } from '../../src/runtime/mountinfo.js';
+import { loopDevicesUnder } from '../../src/runtime/rootfs.js';
 import { removeTree } from '../../src/runtime/remove-tree.js';
 
 const BUILD_TIMEOUT = 30 * 60_000;
@@ -163,6 +165,17 @@ test('a fresh build gives what agents expect of E2B base', { timeout: BUILD_TIME
   await expectOutput(tree, "runuser -u user -- /bin/bash -l -c 'sudo -n true && sudo -n id -un'", /^root$/);
   await expectOutput(tree, "su - user -c 'sudo -n true && echo ok'", /^ok$/);
   await expectOutput(tree, "python3 -c 'print(1)'", /^1$/);
+  // what E2B's base has beyond that: python and pip by those names, venv, pip installs for
+  // the user, common archive and network tools, and `python -m http.server` (E2B's own tests use it)
+  await expectOutput(tree, 'python --version; pip --version | cut -d" " -f1', /^Python 3\.\d+\.\d+\npip$/);
+  await expectOutput(tree, 'python -m venv --without-pip /tmp/v && /tmp/v/bin/python -c "import sys; print(sys.prefix)"', /^\/tmp\/v$/);
+  await expectOutput(tree, 'pip config list', /^global\.break-system-packages='true'$/);
+  await expectOutput(tree, 'for c in wget unzip xz bzip2 file gpg ssh patch; do command -v $c >/dev/null || echo missing $c; done; echo ok', /^ok$/);
+  await expectOutput(
+    tree,
+    'cd /tmp && echo served > i.txt && (python -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1 & echo $! > pid) && for i in $(seq 50); do curl -s http://127.0.0.1:8765/i.txt && break; sleep 0.2; done; kill $(cat pid)',
+    /^served$/,
+  );
   await expectOutput(tree, 'git --version', /^git version \d/);
   await expectOutput(tree, 'curl --version', /^curl \d/);
   await expectOutput(tree, 'TERM=xterm tput cols', /^\d+$/);
@@ -281,6 +294,54 @@ test('corrupt cache entries are skipped and deleted; an abort mid-install leaves
   );
   assert.deepEqual(mountsSeen, [], 'debootstrap mounts are private to its namespace');
   await gone();
+});
+
+test('a build pins no disk of the host: one unmounted while debootstrap runs lets its loop device go at once', { timeout: BUILD_TIMEOUT }, async () => {
+  await freshBuild();
+  // a cache with the packages only, so that debootstrap runs
+  const debsOnly = path.join(root, 'debs-only');
+  await fs.mkdir(debsOnly);
+  const debs = (await cacheEntries()).find((n) => n.startsWith('debs-'));
+  assert.ok(debs);
+  await fs.link(path.join(cacheDir, debs), path.join(debsOnly, debs));
+  // a loop-backed disk mounted before the build starts, as a sandbox's disk is
+  const img = path.join(root, 'pinned.img');
+  const disk = path.join(root, 'pinned');
+  await fs.mkdir(disk);
+  for (const [cmd, args] of [
+    ['truncate', ['-s', '16M', img]],
+    ['mkfs.ext4', ['-q', img]],
+    ['mount', ['-o', 'loop', img, disk]],
+  ] as const) {
+    const r = await sh(cmd, [...args]);
+    assert.equal(r.code, 0, `${cmd}: ${r.stderr}`);
+  }
+  const ac = new AbortController();
+  let released: boolean | undefined;
+  try {
+    const err = await buildDebianBase(path.join(root, 'pinning'), {
+      cacheDir: debsOnly,
+      signal: ac.signal,
+      onProgress: (l) => {
+        if (!/^I: Installing core packages/.test(l) || released !== undefined) return;
+        released = false;
+        void (async () => {
+          assert.equal((await sh('umount', [disk])).code, 0);
+          for (let i = 0; i < 100 && loopDevicesUnder(img).length; i++) await new Promise((r) => setTimeout(r, 100));
+          released = loopDevicesUnder(img).length === 0;
+        })().finally(() => ac.abort(new Error('test abort')));
+      },
+    }).then(
+      () => assert.fail('the build should be aborted'),
+      (e: unknown) => e as Error,
+    );
+    assert.match(err.message, /aborted: test abort/);
+    assert.equal(released, true, 'the loop device went while debootstrap was running');
+  } finally {
+    await sh('umount', [disk]); // already unmounted unless the test failed early
+    for (const l of loopDevicesUnder(img)) await sh('losetup', ['-d', l.split(' ')[0]!]);
+  }
+  await assertNoMountsUnder(root);
 });
 
 test("an unknown package fails with debootstrap's reason and leaves nothing behind", { timeout: BUILD_TIMEOUT }, async () => {

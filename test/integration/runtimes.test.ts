@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { RuntimeName } from '../../src/config.js';
 import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance } from '../helpers/instance.js';
@@ -23,6 +24,36 @@ for (const runtime of ['runc', 'runsc'] as RuntimeName[]) {
         await m.delete(sbx.id);
         assertNoSandboxLeaks(m.paths, sbx.id);
       } finally {
+        await destroyInstance(m);
+      }
+    });
+
+    it('a filesystem-only pause resumes with a new boot (what the last boot left is cleared), twice, and delete leaves nothing', async () => {
+      const m = await newInstance({ runtime });
+      const canary = mkdtempSync('/var/tmp/cubebox-canary-');
+      try {
+        const sbx = await m.create({ template: 'busybox' });
+        await execIn(m, sbx.id, ['sh', '-c', 'echo kept > /root/file']);
+        // what the sandbox leaves in the directory it shares with the host goes without the
+        // host following it: a link to a host directory is removed, not what it points to
+        writeFileSync(join(canary, 'keep'), 'host');
+        const planted = await execIn(m, sbx.id, [
+          'sh',
+          '-c',
+          `ln -s ${canary} /.cubebox/run/link && mkdir /.cubebox/run/d && ln -s ${canary}/keep /.cubebox/run/d/f`,
+        ]);
+        assert.equal(planted.code, 0, planted.stderr);
+        for (let i = 0; i < 2; i++) {
+          await m.pause(sbx.id, { memory: false });
+          await m.resume(sbx.id);
+          assert.equal((await execIn(m, sbx.id, ['cat', '/root/file'])).stdout, 'kept\n');
+          assert.deepEqual(readdirSync(dirname(m.envdSocket(sbx.id))), ['envd.sock']);
+        }
+        assert.equal(readFileSync(join(canary, 'keep'), 'utf8'), 'host');
+        await m.delete(sbx.id);
+        assertNoSandboxLeaks(m.paths, sbx.id);
+      } finally {
+        rmSync(canary, { recursive: true, force: true });
         await destroyInstance(m);
       }
     });

@@ -118,13 +118,12 @@ describe('envd acts as the requested user', () => {
   });
 
   test('as user, writing /etc/sudoers.d is refused', async () => {
-    const before = existsSync('/etc/sudoers.d') ? readdirSync('/etc/sudoers.d') : undefined;
-    await assert.rejects(
-      sbx.files.write('/etc/sudoers.d/cubebox-envd-test', 'user ALL=(ALL) NOPASSWD:ALL\n', asUser),
-      (e: unknown) => denied(e) || /not found|no such/i.test(String(e)),
-    );
-    assert.ok(!existsSync('/etc/sudoers.d/cubebox-envd-test'));
-    if (before) assert.deepEqual(readdirSync('/etc/sudoers.d'), before);
+    // envd runs on the host here: the test's own root-owned stand-in for the sandbox's
+    // /etc/sudoers.d (a missing directory would be made for the user, as E2B's envd does)
+    const sudoers = join(envd.dir, 'etc', 'sudoers.d');
+    mkdirSync(sudoers, { recursive: true, mode: 0o755 });
+    await assert.rejects(sbx.files.write(join(sudoers, 'cubebox-envd-test'), 'user ALL=(ALL) NOPASSWD:ALL\n', asUser), denied);
+    assert.deepEqual(readdirSync(sudoers), []);
   });
 
   test('a symlink planted by the user does not lend it root access', async () => {

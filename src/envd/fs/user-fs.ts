@@ -2,13 +2,15 @@
 // user goes to that user's worker process (fs/worker-main.ts), started through envd-exec with the
 // user's uid, gid and supplementary groups, so that the kernel checks every access exactly as for
 // that user's own programs, and what it creates is the user's. One worker per distinct
-// (uid, gid, groups), started on first use, ended after a while without work.
+// (uid, gid, groups), started on first use, ended after a while without work. Only missing
+// directories on the way to a write are made by envd itself, for the user (parents.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, posix } from 'node:path';
 import { ENVD_ENV } from '../host-contract.js';
 import type { UserInfo } from '../users.js';
 import { errorFromWire, FileStat, LocalFs, type FsOps, type PathEntry, type WireError } from './ops.js';
+import { makeMissingDirs } from './parents.js';
 import { encodeFrame, entryFromWire, FrameReader, type Frame, type WireEntry } from './wire.js';
 
 const IDLE_MS = 30_000;
@@ -131,6 +133,32 @@ class WorkerFs implements FsOps {
     return (await this.call(op, args)).json.ok as T;
   }
 
+  /**
+   * The missing directories of `dir`, made by envd for the user (parents.ts) after the user's
+   * own attempt was refused; whether any were made (else the refusal stands).
+   */
+  private async madeMissingDirs(dir: string, refusal: unknown): Promise<boolean> {
+    const code = (refusal as NodeJS.ErrnoException).code;
+    if (code !== 'EACCES' && code !== 'EPERM') return false;
+    // the user may enter a directory when its path resolves through it ("<dir>/." needs search permission)
+    const mayEnter = (existing: string) =>
+      this.stat(existing === '/' ? '/.' : `${existing}/.`).then(
+        () => true,
+        () => false,
+      );
+    return makeMissingDirs(dir, this.user.uid, this.user.gid, mayEnter).catch(() => false);
+  }
+
+  /** op as the user; refused for lack of permission, once more after envd made dir's missing directories. */
+  private async inMissingDirs<T>(dir: string, op: () => Promise<T>): Promise<T> {
+    try {
+      return await op();
+    } catch (e) {
+      if (!(await this.madeMissingDirs(dir, e))) throw e;
+      return op();
+    }
+  }
+
   async lstat(p: string): Promise<FileStat> {
     return FileStat.fromWire(await this.value<string[]>('lstat', p));
   }
@@ -146,11 +174,16 @@ class WorkerFs implements FsOps {
   async list(root: string, depth: number): Promise<PathEntry[]> {
     return (await this.value<WireEntry[]>('list', root, depth)).map(entryFromWire);
   }
-  mkdirp(p: string): Promise<boolean> {
-    return this.value<boolean>('mkdirp', p);
+  async mkdirp(p: string): Promise<boolean> {
+    try {
+      return await this.value<boolean>('mkdirp', p);
+    } catch (e) {
+      if (await this.madeMissingDirs(p, e)) return true;
+      throw e;
+    }
   }
   async move(src: string, dst: string): Promise<void> {
-    await this.call('move', [src, dst]);
+    await this.inMissingDirs(posix.dirname(dst), () => this.call('move', [src, dst]));
   }
   async remove(p: string): Promise<void> {
     await this.call('remove', [p]);
@@ -167,7 +200,7 @@ class WorkerFs implements FsOps {
     return { h: r.h, stat: FileStat.fromWire(r.stat) };
   }
   async openWrite(p: string): Promise<{ h: number }> {
-    const r = await this.value<{ h: number }>('openWrite', p);
+    const r = await this.inMissingDirs(posix.dirname(p), () => this.value<{ h: number }>('openWrite', p));
     this.openFiles++;
     return r;
   }

@@ -12,6 +12,9 @@ export class ManagedProcess {
   private paused = false;
   private deadline?: NodeJS.Timeout;
   private stdinClosed = false;
+  /** Set once the process itself has exited and been reaped (its end may wait for its pipes). */
+  private gone = false;
+  private goneWaiters: (() => void)[] = [];
 
   constructor(
     readonly pid: number,
@@ -77,7 +80,31 @@ export class ManagedProcess {
     }
   }
 
+  /** The process exited and was reaped: its pid no longer exists. */
+  markExited(): void {
+    if (this.gone) return;
+    this.gone = true;
+    for (const w of this.goneWaiters.splice(0)) w();
+  }
+
+  /** Resolves once the process exited and was reaped, or after ms; whether it did. */
+  waitExited(ms: number): Promise<boolean> {
+    if (this.gone) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        resolve(this.gone);
+      };
+      const timer = setTimeout(() => {
+        this.goneWaiters = this.goneWaiters.filter((w) => w !== done);
+        done();
+      }, ms);
+      this.goneWaiters.push(done);
+    });
+  }
+
   finish(end: EndInfo): void {
+    this.markExited();
     if (this.ended) return;
     this.ended = end;
     if (this.deadline) clearTimeout(this.deadline);

@@ -109,6 +109,7 @@ export class ProcessManager {
     const proc = new ManagedProcess(child.pid, spec, child, undefined, onEnd);
     this.processes.set(proc.pid, proc);
     attach(proc);
+    child.once('exit', () => proc.markExited()); // node emits 'exit' after reaping the child
     wirePipes(child, proc);
     return proc;
   }

@@ -13,6 +13,8 @@ import type { UserInfo } from '../users.js';
 import { type ManagedProcess, type ProcOutput, type ProcessManager, type Subscriber } from './manager.js';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** How long a SIGKILL's answer waits for the process to be gone. */
+const KILL_WAIT_MS = 5000;
 
 /** A StartResponse or ConnectResponse (same shape). */
 type EventInit = { event: MessageInitShape<typeof ProcessEventSchema> };
@@ -182,10 +184,14 @@ export function processService(state: EnvdState, pm: ProcessManager): Partial<Se
       return {};
     },
 
-    sendSignal(req) {
+    async sendSignal(req) {
       const proc = pm.find(selector(req.process));
-      if (req.signal === Signal.SIGKILL) proc.kill('SIGKILL');
-      else if (req.signal === Signal.SIGTERM) proc.kill('SIGTERM');
+      if (req.signal === Signal.SIGKILL) {
+        proc.kill('SIGKILL');
+        // E2B's callers expect the process gone when kill returns (`kill -0 <pid>` fails):
+        // answer once it exited and was reaped (bounded: a process stuck in the kernel may take longer)
+        await proc.waitExited(KILL_WAIT_MS);
+      } else if (req.signal === Signal.SIGTERM) proc.kill('SIGTERM');
       else throw new ConnectError('unsupported signal', Code.InvalidArgument);
       return {};
     },

@@ -107,7 +107,7 @@ async function slim(root: string): Promise<void> {
 }
 
 export async function missingEssentials(root: string): Promise<string | null> {
-  for (const f of ['bin/bash', 'usr/bin/python3', 'usr/bin/git', 'usr/bin/sudo', 'etc/sudoers.d/user', 'home/user/.bashrc']) {
+  for (const f of ['bin/bash', 'usr/bin/python3', 'usr/bin/python', 'usr/bin/pip', 'usr/bin/git', 'usr/bin/sudo', 'etc/sudoers.d/user', 'home/user/.bashrc']) {
     try {
       await fs.lstat(path.join(root, f));
     } catch {

@@ -21,6 +21,20 @@ export async function downloadPackages(ctx: Ctx, debsFile: string): Promise<void
   await pruneCache(ctx.cacheDir, debsFile);
 }
 
+/**
+ * debootstrap mounts /proc and /sys inside the target, so it runs in a mount namespace of its
+ * own: they never show on the host. That namespace starts as a private copy of the host's, and
+ * a copy pins what it holds: a sandbox's disk, overlay or volume unmounted on the host while
+ * the build runs would stay alive in it (its loop device held, the sandbox's delete failing)
+ * until debootstrap ends. So the copy first lets go of every overlay, network namespace and
+ * loop-backed filesystem (deepest first), none of which a build needs, then runs debootstrap.
+ */
+const DETACH_PINNING_MOUNTS = `awk '{ i = 7; while ($i != "-") i++; print $5, $(i + 1), $(i + 2) }' /proc/self/mountinfo | sort -r |
+while read -r point type source; do
+  case "$type:$source" in overlay:*|nsfs:*|*:/dev/loop*) umount -l "$point" 2>/dev/null || true ;; esac
+done
+exec debootstrap "$@"`;
+
 export async function runDebootstrap(ctx: Ctx, tarballArg: string, dir: string, what: string): Promise<void> {
   if (!(await findProgram('debootstrap'))) {
     throw new CubeboxError('unavailable', 'debootstrap is not installed (apt-get install debootstrap); it builds the base template');
@@ -29,6 +43,9 @@ export async function runDebootstrap(ctx: Ctx, tarballArg: string, dir: string, 
     '--mount',
     '--propagation',
     'private',
+    '/bin/sh',
+    '-c',
+    DETACH_PINNING_MOUNTS,
     'debootstrap',
     `--variant=${VARIANT}`,
     `--arch=${ctx.arch}`,

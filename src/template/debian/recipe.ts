@@ -1,17 +1,34 @@
 // What `base` is made of: the package list, the user, and the files the recipe writes into
 // the tree. Everything here is part of the cache keys (see cache.ts).
 
-/** The packages that make `base`, on top of debootstrap's minbase variant. */
+/**
+ * The packages that make `base`, on top of debootstrap's minbase variant: what E2B's own
+ * `base` image (python:3.11 on Debian bookworm) gives agents, less the compilers and Node.js
+ * (hundreds of MB; `sudo apt-get install build-essential nodejs npm` adds them).
+ */
 export const BASE_PACKAGES: readonly string[] = [
   'bash',
   'coreutils',
   'python3',
+  // `python` and `pip` as in E2B's image (its tests run `python -m http.server`), and venv
+  'python-is-python3',
+  'python3-pip',
+  'python3-venv',
   'git',
   'curl',
+  'wget',
   'ca-certificates',
+  'gnupg',
+  'netbase',
+  'openssh-client',
   'sudo',
   'ncurses-bin',
   'procps',
+  'unzip',
+  'xz-utils',
+  'bzip2',
+  'file',
+  'patch',
   // Resolves the sandbox's own hostname whatever it is and whatever /etc/hosts says, so
   // sudo does not complain "unable to resolve host".
   'libnss-myhostname',
@@ -78,6 +95,9 @@ path-include /usr/share/locale/locale.alias
 `,
     mode: 0o644,
   },
+  // pip installs as in E2B's image (Debian's own Python is otherwise "externally managed"):
+  // root into the system, the user into ~/.local.
+  '/etc/pip.conf': { content: '[global]\nbreak-system-packages = true\n', mode: 0o644 },
   // apt keeps no downloaded packages in the image.
   '/etc/apt/apt.conf.d/cubebox-clean': {
     content: 'APT::Keep-Downloaded-Packages "false";\n',
