@@ -258,7 +258,10 @@ export class TemplateStore {
     this.onDemand.set(name, build);
   }
 
-  /** Builds ref if it is missing and has an on-demand build; concurrent callers share one build. (Public: a team's template of that name is not it.) */
+  /**
+   * Builds ref if it is missing and has an on-demand build; concurrent callers share one build.
+   * Only the public namespace counts: a team's template of that name is not it.
+   */
   async ensure(ref: string): Promise<void> {
     const build = this.onDemand.get(ref);
     if (!build || this.find(ref)) return;
