@@ -86,7 +86,7 @@ export async function fork(
   const release = core.deps.templates.hold(name);
   const out: Array<{ info?: SandboxInfo; error?: CubeboxError }> = [];
   try {
-    const snap = await snapshot(core, id, { name, ephemeral: true });
+    const snap = await snapshot(core, id, { name, ephemeral: true, config: req.team ? { team: req.team } : {} }); // the team's, like its sandboxes
     for (let i = 0; i < count; i++) {
       try {
         out.push({ info: await create({ ...req, template: snap.id }) });
