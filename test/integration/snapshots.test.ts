@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { SandboxCore } from '../../src/sandbox/core.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
+import { collectEphemeralTemplates } from '../../src/sandbox/snapshots.js';
 import { CubeboxError } from '../../src/util/errors.js';
 import { Volumes } from '../../src/volume/volumes.js';
 import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance } from '../helpers/instance.js';
@@ -84,6 +86,49 @@ describe('snapshots (real runtime)', () => {
     }
     await m.delete(s.id);
     for (const t of [third.t, second.t, first.t, empty.t]) m.templates.remove(t.id);
+  });
+
+  it("a fork's template outlives a collector pass in the middle of the fork, and a refused removal is not retried every pass", async () => {
+    const core = (m as unknown as { core: SandboxCore }).core;
+    const src = await m.create({ template: 'busybox' });
+    await run(src.id, 'echo forked > /f');
+    // the collector runs (as the reconciler's pass may) while the snapshot thaws the source
+    const rt = m.runtimeOf(src.id);
+    rt.resume = async function (this: typeof rt, cid: string) {
+      collectEphemeralTemplates(core);
+      return Object.getPrototypeOf(this).resume.call(this, cid);
+    };
+    let results;
+    try {
+      results = await m.fork(src.id, 1);
+    } finally {
+      delete (rt as { resume?: unknown }).resume;
+    }
+    const forked = results[0]!.info;
+    assert.ok(forked, `the fork failed: ${results[0]!.error?.message}`);
+    assert.equal(await run(forked.id, 'cat /f'), 'forked\n');
+    const forkTemplate = m.templates.get(forked.templateId);
+
+    // a snapshot of the forked sandbox is the fork template's child: the collector keeps the parent, trying once
+    const child = await m.snapshot(forked.id);
+    await m.delete(forked.id);
+    const tries: string[] = [];
+    const remove = m.templates.remove.bind(m.templates);
+    m.templates.remove = (ref: string) => {
+      tries.push(ref);
+      remove(ref);
+    };
+    try {
+      for (let i = 0; i < 5; i++) collectEphemeralTemplates(core);
+      assert.equal(tries.filter((t) => t === forkTemplate.id).length, 1, `tried ${tries.length} times`);
+      remove(child.id);
+      collectEphemeralTemplates(core);
+    } finally {
+      delete (m.templates as { remove?: unknown }).remove;
+    }
+    assert.equal(m.templates.find(forkTemplate.id), undefined, 'once its child is gone, it goes');
+    assert.ok(!existsSync(forkTemplate.layers[0]!), 'with its layer');
+    await m.delete(src.id);
   });
 
   it('a volume mount path that is a symlink (or a file) in the template is refused with a clear error, not a failed create', async () => {
