@@ -263,6 +263,15 @@ export class SandboxManager {
   /** A new running sandbox: a pooled one when the pool has one that fits, else a fresh one. */
   async create(req: CreateRequest): Promise<SandboxInfo> {
     const template = this.templates.get(req.template);
+    const release = this.templates.hold(template.id); // not removed while the create runs
+    try {
+      return await this.createFrom(template, req);
+    } finally {
+      release();
+    }
+  }
+
+  private async createFrom(template: Template, req: CreateRequest): Promise<SandboxInfo> {
     const fromPool = this.pool.pooled(template.name) && poolable(req);
     if (fromPool) {
       this.pool.recordDemand(template.name);

@@ -72,7 +72,7 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
     extra: req.extra ?? {},
     network: req.network,
     trafficAccessToken: req.network?.allowPublicTraffic === false ? randomBytes(24).toString('base64url') : null,
-    volumeMounts: resolveVolumeMounts(core.store, req.team ?? null, req.volumeMounts),
+    volumeMounts: resolveVolumeMounts(core.store, req.team ?? null, req.volumeMounts, template.layers),
   };
   if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0))
     throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { copyLayerUnshifted } from '../template/layer-copy.js';
+import { copyLayerUnshifted, type EarlierCopy } from '../template/layer-copy.js';
 import type { Template, TemplateConfig } from '../template/store.js';
 import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
@@ -19,6 +19,20 @@ export interface SnapshotOpts {
   config?: Partial<TemplateConfig>;
 }
 
+/** A default snapshot name: the template's name (less any snapshot suffix, so generations do not grow) and a new suffix. */
+export function snapshotName(templateName: string): string {
+  const suffix = `-snap-${randomId(8)}`;
+  const stem = templateName.replace(/(-snap-[a-z0-9]{8})+$/, '').slice(0, 63 - suffix.length);
+  return stem + suffix;
+}
+
+/** The latest layer taken from this sandbox's writable layer that still exists (its unchanged files are shared). */
+function earlierCopy(core: SandboxCore, id: string): EarlierCopy | undefined {
+  const taken = core.deps.templates.list().filter((t) => t.config.snapshotOf === id && t.config.takenAt !== undefined);
+  const last = taken.sort((a, b) => b.config.takenAt! - a.config.takenAt!)[0];
+  return last && { layer: last.layers[0]!, takenAt: last.config.takenAt! };
+}
+
 /** Commits a sandbox's writable layer as a new template on top of its template, taken while frozen. */
 export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts = {}): Promise<Template> {
   return core.locks.run(id, async () => {
@@ -27,7 +41,10 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
     const spec = JSON.parse(row.spec) as StoredSpec;
     const templates = core.deps.templates;
     const parent = templates.get(row.templateId);
-    const name = opts.name ?? `${spec.templateName}-snap-${randomId(8)}`;
+    const name = opts.name ?? snapshotName(spec.templateName);
+    const earlier = earlierCopy(core, id);
+    // before the freeze: whatever changes after it has a later ctime (see copyLayerUnshifted)
+    const takenAt = Date.now();
     const frozeIt = row.state === 'running';
     if (frozeIt) {
       core.setState(id, 'pausing');
@@ -38,9 +55,10 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
       return await templates.addOnTop(
         name,
         parent,
-        (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK),
+        (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK, earlier),
         {
           snapshotOf: id,
+          takenAt,
           ephemeral: opts.ephemeral,
           ...opts.config,
         },
@@ -63,28 +81,48 @@ export async function fork(
   create: (req: CreateRequest) => Promise<SandboxInfo>,
 ): Promise<Array<{ info?: SandboxInfo; error?: CubeboxError }>> {
   if (!Number.isInteger(count) || count < 1 || count > 16) throw invalid('count must be an integer between 1 and 16');
-  const snap = await snapshot(core, id, { name: `fork-${id}-${randomId(6)}`, ephemeral: true });
+  const name = `fork-${id}-${randomId(6)}`;
+  // held from before it exists until its sandboxes are recorded: the collector never takes it from under them
+  const release = core.deps.templates.hold(name);
   const out: Array<{ info?: SandboxInfo; error?: CubeboxError }> = [];
-  for (let i = 0; i < count; i++) {
-    try {
-      out.push({ info: await create({ ...req, template: snap.id }) });
-    } catch (err) {
-      out.push({ error: err instanceof CubeboxError ? err : new CubeboxError('internal', errorMessage(err)) });
+  try {
+    const snap = await snapshot(core, id, { name, ephemeral: true, config: req.team ? { team: req.team } : {} }); // the team's, like its sandboxes
+    for (let i = 0; i < count; i++) {
+      try {
+        out.push({ info: await create({ ...req, template: snap.id }) });
+      } catch (err) {
+        out.push({ error: err instanceof CubeboxError ? err : new CubeboxError('internal', errorMessage(err)) });
+      }
     }
+  } finally {
+    release();
   }
   collectEphemeralTemplates(core);
   return out;
 }
 
-/** Removes ephemeral templates (fork snapshots) that no sandbox uses any more. */
+/** Per manager: ephemeral templates whose removal was refused, and the template generation it was refused at. */
+const refusals = new WeakMap<SandboxCore, Map<string, number>>();
+
+/**
+ * Removes ephemeral templates (fork snapshots) that nothing uses any more: no sandbox, no
+ * create or fork in progress. A refusal (a snapshot taken from a fork's sandbox is its
+ * child, say) is remembered and tried again only once the templates have changed.
+ */
 export function collectEphemeralTemplates(core: SandboxCore): void {
   const templates = core.deps.templates;
+  let refused = refusals.get(core);
+  if (!refused) refusals.set(core, (refused = new Map()));
   for (const t of templates.list()) {
-    if (!t.config.ephemeral || core.store.sandboxesUsingTemplate(t.id) > 0) continue;
+    if (!t.config.ephemeral || templates.isHeld(t) || core.store.sandboxesUsingTemplate(t.id) > 0) continue;
+    if (refused.get(t.id) === templates.generation) continue;
     try {
       templates.remove(t.id);
+      refused.delete(t.id);
     } catch (err) {
-      core.log.warn({ template: t.name, err: errorMessage(err) }, 'could not remove an ephemeral template');
+      refused.set(t.id, templates.generation);
+      core.log.info({ template: t.name, err: errorMessage(err) }, 'an ephemeral template stays for now');
     }
   }
+  for (const id of refused.keys()) if (!templates.find(id)) refused.delete(id);
 }

@@ -3,12 +3,15 @@ import type Database from 'better-sqlite3';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- team '': public (built-in and host-made); a team's names live in its own namespace
 CREATE TABLE IF NOT EXISTS templates (
   id TEXT PRIMARY KEY,
-  name TEXT NOT NULL UNIQUE,
+  team TEXT NOT NULL DEFAULT '',
+  name TEXT NOT NULL,
   layers TEXT NOT NULL,
   config TEXT NOT NULL,
-  created_at BIGINT NOT NULL
+  created_at BIGINT NOT NULL,
+  UNIQUE (team, name)
 );
 CREATE TABLE IF NOT EXISTS sandboxes (
   id TEXT PRIMARY KEY,
@@ -65,7 +68,7 @@ CREATE TABLE IF NOT EXISTS volumes (
 `;
 
 /** The schema version this code writes; migrate() brings older stores up to it. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** The team that keys and sandboxes made before teams existed belong to. */
 export const DEFAULT_TEAM_ID = 'team_default';
@@ -77,6 +80,7 @@ export const DEFAULT_TEAM_NAME = 'default';
  *   1 -> 2: teams; API keys move here and get a team (existing ones: the default team) and
  *           an admin flag; sandboxes get a team column (existing ones: the default team);
  *           snapshots made through the API before teams belong to the default team.
+ *   2 -> 3: template names are unique per team (a team column, copied from the config's team).
  */
 export function migrateStore(db: Database.Database): void {
   db.exec(SCHEMA);
@@ -122,6 +126,19 @@ export function migrateStore(db: Database.Database): void {
         }
       }
     }
+    if (version() < 3 && !columns('templates').has('team')) migrateTemplateTeams(db);
     db.prepare("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value").run(String(SCHEMA_VERSION));
   }).immediate();
+}
+
+/** Rebuilds the templates table with a team column and names unique per team (SQLite cannot drop a constraint in place). */
+function migrateTemplateTeams(db: Database.Database): void {
+  db.exec(`CREATE TABLE templates_v3 (
+    id TEXT PRIMARY KEY, team TEXT NOT NULL DEFAULT '', name TEXT NOT NULL, layers TEXT NOT NULL,
+    config TEXT NOT NULL, created_at BIGINT NOT NULL, UNIQUE (team, name))`);
+  const insert = db.prepare('INSERT INTO templates_v3 (id, team, name, layers, config, created_at) VALUES (?, ?, ?, ?, ?, ?)');
+  for (const t of db.prepare('SELECT * FROM templates').all() as { id: string; name: string; layers: string; config: string; created_at: number }[]) {
+    insert.run(t.id, (JSON.parse(t.config) as { team?: string }).team ?? '', t.name, t.layers, t.config, t.created_at);
+  }
+  db.exec('DROP TABLE templates; ALTER TABLE templates_v3 RENAME TO templates');
 }

@@ -262,13 +262,18 @@ export class Store {
   // --- templates ---
   insertTemplate(row: TemplateRow): void {
     this.db
-      .prepare('INSERT INTO templates (id, name, layers, config, created_at) VALUES (?, ?, ?, ?, ?)')
-      .run(row.id, row.name, JSON.stringify(row.layers), row.config, row.createdAt);
+      .prepare('INSERT INTO templates (id, team, name, layers, config, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(row.id, (JSON.parse(row.config) as { team?: string }).team ?? '', row.name, JSON.stringify(row.layers), row.config, row.createdAt);
   }
 
-  getTemplate(idOrName: string): TemplateRow | undefined {
-    const r = this.db.prepare('SELECT * FROM templates WHERE id = ? OR name = ?').get(idOrName, idOrName) as Raw | undefined;
+  getTemplate(id: string): TemplateRow | undefined {
+    const r = this.db.prepare('SELECT * FROM templates WHERE id = ?').get(id) as Raw | undefined;
     return r ? toTemplate(r) : undefined;
+  }
+
+  /** Every template of that name (one per team namespace at most, '' being the public one). */
+  templatesNamed(name: string): TemplateRow[] {
+    return (this.db.prepare('SELECT * FROM templates WHERE name = ?').all(name) as Raw[]).map(toTemplate);
   }
 
   listTemplates(): TemplateRow[] {

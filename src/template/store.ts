@@ -1,9 +1,10 @@
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync, copyFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Paths } from '../config.js';
 import type { Store, TemplateRow } from '../store/store.js';
 import { conflict, invalid, notFound } from '../util/errors.js';
 import { run, runOk } from '../util/exec.js';
+import { fillBusybox } from './busybox.js';
 import { NAME_RE, randomId } from '../util/ids.js';
 
 /** Settings a template gives its sandboxes. */
@@ -16,8 +17,9 @@ export interface TemplateConfig {
   diskSizeMB: number;
   /** The template this one was built on (snapshots, recipes). */
   parent?: string;
-  /** Set on snapshots: the sandbox it was taken from. */
+  /** Set on snapshots: the sandbox it was taken from, and when its files were frozen for it (ms epoch). */
   snapshotOf?: string;
+  takenAt?: number;
   /** Made for a fork: removed once no sandbox uses it. */
   ephemeral?: boolean;
   /** Started in every new sandbox (in the background), and the check that it is ready. */
@@ -49,6 +51,21 @@ function shellQuote(arg: string): string {
 const TAG_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 /** Tags every template answers to without carrying them (see find). */
 export const RESERVED_TAGS = ['latest', 'default'];
+
+/**
+ * Names of the public templates serve offers (built on first use or installed by the host):
+ * no team may take them, whether or not they exist yet on this host.
+ */
+export const PUBLIC_TEMPLATE_NAMES = ['base', 'code-interpreter-v1', 'busybox', 'desktop'];
+
+/** Settings a derived template does not take from its parent: what made the parent, and the names it answers to. */
+const NOT_INHERITED = ['parent', 'cacheKey', 'buildStep', 'snapshotOf', 'takenAt', 'ephemeral', 'aliases', 'tags', 'tagsAt'] as const;
+
+function inheritedConfig(parent: TemplateConfig): Partial<TemplateConfig> {
+  const out: Partial<TemplateConfig> = { ...parent };
+  for (const k of NOT_INHERITED) delete out[k];
+  return out;
+}
 
 export const DEFAULT_TEMPLATE_CONFIG: TemplateConfig = { user: 'root', env: {}, cpuCount: 2, memoryMB: 512, diskSizeMB: 1024 };
 
@@ -97,34 +114,57 @@ export class TemplateStore {
     };
   }
 
-  get(ref: string): Template {
-    const t = this.find(ref);
+  get(ref: string, team?: string): Template {
+    const t = this.find(ref, team);
     if (!t) throw notFound(`template '${ref}' not found`);
     return t;
   }
 
-  /** By id, name, alias, or `name:tag` (the tag `latest` and `default` name the template itself). */
-  find(ref: string): Template | undefined {
+  /**
+   * By id, or by name, alias or `name:tag` (the tags `latest` and `default` name the template
+   * itself) looked up in the team's own namespace first, then in the public one. Without a
+   * team (the host's view): the public namespace only; a team's template by its id.
+   */
+  find(ref: string, team?: string): Template | undefined {
     const row = this.store.getTemplate(ref);
     if (row) return this.toTemplate(row);
-    const all = this.list();
+    return (team !== undefined ? this.findIn(ref, team) : undefined) ?? this.findIn(ref, undefined);
+  }
+
+  /** A name, alias or `name:tag` in one namespace (undefined: the public one). */
+  private findIn(ref: string, team: string | undefined): Template | undefined {
+    const named = this.store.templatesNamed(ref).map((r) => this.toTemplate(r));
+    const byName = named.find((t) => t.config.team === team);
+    if (byName) return byName;
+    const all = this.list().filter((t) => t.config.team === team);
     const byAlias = all.find((t) => t.config.aliases?.includes(ref));
     if (byAlias) return byAlias;
     const colon = ref.lastIndexOf(':');
     if (colon > 0) {
       const [name, tag] = [ref.slice(0, colon), ref.slice(colon + 1)];
-      const base = all.find((t) => t.name === name || t.config.aliases?.includes(name));
+      const base = all.find((t) => t.name === name) ?? all.find((t) => t.config.aliases?.includes(name));
       if (!base) return undefined;
       return RESERVED_TAGS.includes(tag) || base.config.tags?.includes(tag) ? base : undefined;
     }
     return undefined;
   }
 
-  /** Adds another name the template answers to. */
+  /**
+   * Whether a team may not take the name: it names (or aliases) a public template teams can
+   * start from, or one serve offers. Public templates are everyone's to see, so saying so
+   * tells nothing about another team.
+   */
+  private reservedForPublic(name: string): boolean {
+    if (PUBLIC_TEMPLATE_NAMES.includes(name) || this.onDemand.has(name)) return true;
+    const pub = this.findIn(name, undefined);
+    return !!pub && !pub.config.snapshotOf && !pub.config.ephemeral && !pub.config.buildStep;
+  }
+
+  /** Adds another name the template answers to (in the template's namespace). */
   addAlias(ref: string, alias: string): Template {
     if (!NAME_RE.test(alias)) throw invalid(`bad alias '${alias}': use lowercase letters, digits, '.', '_' and '-' (max 63)`);
-    if (this.find(alias)) throw conflict(`'${alias}' already names a template`);
     const t = this.get(ref);
+    this.checkNewName(alias, t.config.team);
     return this.updateConfig(t, { aliases: [...(t.config.aliases ?? []), alias] });
   }
 
@@ -176,32 +216,7 @@ export class TemplateStore {
   async addBusybox(name: string, config: Partial<TemplateConfig> = {}, busybox = '/bin/busybox'): Promise<Template> {
     this.checkNewName(name);
     if (!existsSync(busybox)) throw invalid(`${busybox} not found (install the busybox-static package)`);
-    return this.addLayer(name, { user: 'root', ...config }, async (dir) => {
-      for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc', 'proc', 'sys', 'dev', 'root', 'home/user', 'tmp', 'var/tmp', 'run']) {
-        mkdirSync(join(dir, d), { recursive: true });
-      }
-      chmodSync(join(dir, 'tmp'), 0o1777);
-      chmodSync(join(dir, 'var/tmp'), 0o1777);
-      chmodSync(join(dir, 'root'), 0o700);
-      copyFileSync(busybox, join(dir, 'bin/busybox'));
-      chmodSync(join(dir, 'bin/busybox'), 0o755);
-      const list = await runOk(busybox, ['--list-full']);
-      for (const applet of list.split('\n').filter(Boolean)) {
-        const target = join(dir, applet);
-        if (applet === 'bin/busybox' || existsSync(target)) continue;
-        const depth = applet.split('/').length - 1;
-        symlinkSync('../'.repeat(depth) + 'bin/busybox', target);
-      }
-      writeFileSync(
-        join(dir, 'etc/passwd'),
-        'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n',
-      );
-      writeFileSync(join(dir, 'etc/group'), 'root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n');
-      writeFileSync(join(dir, 'etc/hosts'), '127.0.0.1 localhost\n::1 localhost\n');
-      // The E2B SDK runs every command as `/bin/bash -l -c`: busybox's ash takes the same flags.
-      writeFileSync(join(dir, 'bin/bash'), '#!/bin/sh\nexec /bin/sh "$@"\n', { mode: 0o755 });
-      chownSync(join(dir, 'home/user'), 1000, 1000);
-    });
+    return this.addLayer(name, { user: 'root', ...config }, (dir) => fillBusybox(dir, busybox));
   }
 
   /**
@@ -222,7 +237,7 @@ export class TemplateStore {
       imageDigest: image.digest,
     };
     const row: TemplateRow = { id: randomId(20), name, layers: image.layerIds, config: JSON.stringify(config), createdAt: Date.now() };
-    this.store.insertTemplate(row);
+    this.insert(row);
     return this.toTemplate(row);
   }
 
@@ -243,7 +258,10 @@ export class TemplateStore {
     this.onDemand.set(name, build);
   }
 
-  /** Builds ref if it is missing and has an on-demand build; concurrent callers share one build. */
+  /**
+   * Builds ref if it is missing and has an on-demand build; concurrent callers share one build.
+   * Only the public namespace counts: a team's template of that name is not it.
+   */
   async ensure(ref: string): Promise<void> {
     const build = this.onDemand.get(ref);
     if (!build || this.find(ref)) return;
@@ -268,27 +286,23 @@ export class TemplateStore {
    */
   remove(idOrName: string): void {
     const t = this.get(idOrName);
+    if (this.isHeld(t)) throw conflict(`template '${t.name}' is being used by a create or fork in progress; try again`);
     const users = this.store.sandboxesUsingTemplate(t.id);
     if (users > 0) throw conflict(`template '${t.name}' is used by ${users} sandbox(es); delete them first`);
     const children = this.list().filter((o) => o.config.parent === t.id);
     if (children.length) throw conflict(`template '${t.name}' is the parent of ${children.map((c) => `'${c.name}'`).join(', ')}; delete those first`);
     this.store.deleteTemplate(t.id);
+    this.generation++;
     const stillUsed = new Set(this.list().flatMap((o) => o.layers));
     for (const l of t.layers) if (!stillUsed.has(l)) rmSync(l, { recursive: true, force: true });
   }
 
   /** A template with exactly a parent's layers and its own settings (a recipe's result). */
   addDerived(name: string, parent: Template, config: Partial<TemplateConfig>): Template {
-    this.checkNewName(name);
-    const { parent: _p, cacheKey: _k, buildStep: _b, snapshotOf: _s, ephemeral: _e, ...inherited } = parent.config;
-    const row: TemplateRow = {
-      id: randomId(20),
-      name,
-      layers: parent.layers.map((l) => basename(l)),
-      config: JSON.stringify({ ...inherited, ...config, parent: parent.id }),
-      createdAt: Date.now(),
-    };
-    this.store.insertTemplate(row);
+    const settings = { ...inheritedConfig(parent.config), ...config, parent: parent.id };
+    this.checkNewName(name, settings.team);
+    const row: TemplateRow = { id: randomId(20), name, layers: parent.layers.map((l) => basename(l)), config: JSON.stringify(settings), createdAt: Date.now() };
+    this.insert(row);
     return this.toTemplate(row);
   }
 
@@ -297,22 +311,60 @@ export class TemplateStore {
    * fill() writes the new layer's files into the directory it is given.
    */
   async addOnTop(name: string, parent: Template, fill: (dir: string) => Promise<void>, config: Partial<TemplateConfig> = {}): Promise<Template> {
-    this.checkNewName(name);
-    const { parent: _p, cacheKey: _k, buildStep: _b, snapshotOf: _s, ephemeral: _e, ...inherited } = parent.config;
     return this.addLayer(
       name,
-      { ...inherited, ...config, parent: parent.id },
+      { ...inheritedConfig(parent.config), ...config, parent: parent.id },
       fill,
       parent.layers.map((l) => basename(l)),
     );
   }
 
-  private checkNewName(name: string): void {
+  /**
+   * A new name must be free in its namespace: the team's own (a public template's name is
+   * reserved, whatever other teams hold) or, without a team, the public one.
+   */
+  private checkNewName(name: string, team?: string): void {
     if (!NAME_RE.test(name)) throw invalid(`bad template name '${name}': use lowercase letters, digits, '.', '_' and '-' (max 63)`);
-    if (this.find(name)) throw conflict(`template '${name}' already exists`);
+    if (team !== undefined && this.reservedForPublic(name)) throw conflict(`'${name}' names a public template: choose another name`);
+    if (this.findIn(name, team)) throw conflict(`template '${name}' already exists`);
+  }
+
+  /** Inserts a template row; a name taken meanwhile (a concurrent add) is a conflict, not a failure. */
+  private insert(row: TemplateRow): void {
+    try {
+      this.store.insertTemplate(row);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw conflict(`template '${row.name}' already exists`);
+      throw err;
+    }
+    this.generation++;
+  }
+
+  // ---- in use: what a create or fork holds is never removed
+
+  /** Bumped whenever a template is added or removed (a remembered refusal to remove holds until it moves). */
+  generation = 0;
+  private readonly holds = new Map<string, number>();
+
+  /** Holds a template (by id or name) against removal until the returned release is called. */
+  hold(ref: string): () => void {
+    this.holds.set(ref, (this.holds.get(ref) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.holds.get(ref) ?? 1) - 1;
+      if (n > 0) this.holds.set(ref, n);
+      else this.holds.delete(ref);
+    };
+  }
+
+  isHeld(t: Template): boolean {
+    return this.holds.has(t.id) || this.holds.has(t.name);
   }
 
   private async addLayer(name: string, config: Partial<TemplateConfig>, fill: (dir: string) => Promise<void>, below: string[] = []): Promise<Template> {
+    this.checkNewName(name, config.team);
     const layerId = randomId(16);
     const tmp = join(this.paths.layersDir, `.tmp-${layerId}`);
     mkdirSync(tmp, { mode: 0o755 });
@@ -326,7 +378,7 @@ export class TemplateStore {
     }
     const row: TemplateRow = { id: randomId(20), name, layers: [layerId, ...below], config: JSON.stringify(config), createdAt: Date.now() };
     try {
-      this.store.insertTemplate(row);
+      this.insert(row);
     } catch (err) {
       rmSync(join(this.paths.layersDir, layerId), { recursive: true, force: true });
       throw err;

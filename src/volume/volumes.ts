@@ -14,6 +14,7 @@ import { randomId } from '../util/ids.js';
 import { KeyedMutex } from '../util/lock.js';
 import { safeEqual } from '../protocol/signature.js';
 import { VolumeFs } from './content.js';
+import { checkMountPath } from './mount-path.js';
 import { destroyVolumeDisk, mountVolumeDisk, volumeDevice, volumeDir, volumeImage, volumeRoot, volumesDir } from './disk.js';
 import { VolumeStore, type VolumeMountSpec, type VolumeRow } from './store.js';
 
@@ -125,11 +126,17 @@ export class Volumes {
 }
 
 /**
- * The volume mounts of a create request, checked and resolved by name within the team (in
+ * The volume mounts of a create request, checked (also against the template's layers: see
+ * mount-path.ts) and resolved by name within the team (in
  * the same synchronous step as the sandbox's row is written, so a volume being deleted cannot
  * be mounted meanwhile).
  */
-export function resolveVolumeMounts(base: Store, team: string | null, mounts: { name: string; path: string }[] | undefined): VolumeMountSpec[] {
+export function resolveVolumeMounts(
+  base: Store,
+  team: string | null,
+  mounts: { name: string; path: string }[] | undefined,
+  layers: string[] = [],
+): VolumeMountSpec[] {
   if (!mounts?.length) return [];
   if (mounts.length > MAX_MOUNTS) throw invalid(`at most ${MAX_MOUNTS} volume mounts`);
   const store = new VolumeStore(base);
@@ -143,6 +150,7 @@ export function resolveVolumeMounts(base: Store, team: string | null, mounts: { 
       if (s === norm || s.startsWith(norm + '/') || norm.startsWith(s + '/')) throw invalid(`volume mount paths '${s}' and '${norm}' overlap`);
     }
     seen.add(norm);
+    checkMountPath(layers, norm);
     const row = store.byName(team, name);
     if (!row || row.state !== 'ready') throw notFound(`volume '${name}' not found`);
     return { name, path: norm, volumeId: row.id };

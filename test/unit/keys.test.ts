@@ -10,7 +10,7 @@ import { ApiKeys, hashApiKey } from '../../src/api/keys.js';
 import { registerKeysCommand } from '../../src/cli/keys.js';
 import { openPaths, PROJECT_ROOT } from '../../src/config.js';
 import Database from 'better-sqlite3';
-import { DEFAULT_TEAM_ID, migrateStore, Store } from '../../src/store/store.js';
+import { DEFAULT_TEAM_ID, migrateStore, SCHEMA_VERSION, Store } from '../../src/store/store.js';
 import { CubeboxError } from '../../src/util/errors.js';
 
 const KEY_RE = /^e2b_[0-9a-f]{40}$/;
@@ -133,7 +133,7 @@ describe('ApiKeys', () => {
         assert.equal(k2.verify(key)?.team, DEFAULT_TEAM_ID);
         assert.equal(s2.getSandbox('s1')?.team, DEFAULT_TEAM_ID);
         assert.equal(s2.getSandbox('s2')?.team, null);
-        assert.equal((s2.db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: string }).value, '2');
+        assert.equal((s2.db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: string }).value, String(SCHEMA_VERSION));
         migrateStore(s2.db); // idempotent
       } finally {
         s2.close();

@@ -27,7 +27,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     const b = req.body as Record<string, unknown>;
     const templateRef = (b.templateID ?? 'base') as string;
     await manager.templates.ensure(templateRef); // a template built on first use (code-interpreter-v1)
-    const template = manager.templates.find(templateRef);
+    const template = manager.templates.find(templateRef, caller.team); // the team's own name first, then the public one
     if (!template || !templateVisible(caller, template)) throw notFound(`template '${templateRef}' not found`);
     if (bad && badField === 'metadata') throw bad;
     const metadata = { ...(b.metadata as Record<string, string> | null | undefined) };

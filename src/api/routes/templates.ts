@@ -3,7 +3,9 @@
 // id is derived from the template id, so it stays the same across calls.
 //
 // Who may do what: every key sees public templates (built-in and host-made) and its team's
-// own (snapshots); other teams' are 404 like unknown ones. Changing or deleting a public
+// own (snapshots); other teams' are 404 like unknown ones. A name is looked up in the key's
+// team first, then among the public ones: each team names its templates as it likes, and the
+// public names are nobody's to take (template/store.ts). Changing or deleting a public
 // template is the host's business: an admin key (or the CLI) only, others get a 403 saying so.
 import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
@@ -46,8 +48,9 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
 
   /** The template a key names (id, name, alias or name:tag) and may see; 404 otherwise. */
   const visibleTemplate = (req: FastifyRequest, ref: string): Template => {
-    const t = manager.templates.find(ref);
-    if (!t || !listable(t) || !templateVisible(callerOf(req), t)) throw notFound(`template '${ref}' not found`);
+    const caller = callerOf(req);
+    const t = manager.templates.find(ref, caller.team);
+    if (!t || !listable(t) || !templateVisible(caller, t)) throw notFound(`template '${ref}' not found`);
     return t;
   };
   /** visibleTemplate, and the key may change it: its team's own, or any with an admin key. */
@@ -133,8 +136,8 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
   // Template.exists: by name or alias only (not by id or name:tag)
   app.get<TemplateReq>('/templates/aliases/:alias', async (req) => {
     const alias = req.params.alias;
-    const t = manager.templates.find(alias);
     const caller: Caller = callerOf(req);
+    const t = manager.templates.find(alias, caller.team);
     if (!t || !listable(t) || !names(t).includes(alias) || !templateVisible(caller, t)) throw notFound(`template '${alias}' not found`);
     return { templateID: t.id, public: isPublic(t) };
   });
