@@ -66,7 +66,11 @@ export async function startFakeInternet(): Promise<FakeInternet> {
   ip(['-n', netns, 'addr', 'add', `${OTHER}/24`, 'dev', 'eth0']);
   ip(['-n', netns, 'link', 'set', 'eth0', 'up']);
   ip(['-n', netns, 'route', 'add', 'default', 'via', HOST_SIDE]);
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', netns, process.execPath, join(dir, 'server.cjs')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // nsenter joins only the network namespace: `ip netns exec` would also make a private copy of
+  // the host's mounts, pinning the loop disks of sandboxes made meanwhile until the server ends
+  const child: ChildProcess = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, join(dir, 'server.cjs')], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const queries: string[] = [];
   await new Promise<void>((resolve, reject) => {
     let buf = '';
