@@ -34,7 +34,8 @@ const kernelEnv: NodeJS.ProcessEnv = {
 for (const k of Object.keys(kernelEnv)) if (kernelEnv[k] === undefined) delete kernelEnv[k];
 const nodeCommand = [`${SUPPORT}/lib/ld.so`, '--library-path', `${SUPPORT}/lib`, `${SUPPORT}/bin/node`, `${SUPPORT}/interpreter/js-kernel.mjs`];
 
-// C1 only and the serial collector: a JShell kernel starts in seconds and holds less memory
+// C1 only and the serial collector: a JShell kernel starts in seconds and holds less memory.
+// The opened packages let the kernel write its control channel (fd 3) and set System.getenv.
 const javaCommand = [
   '/usr/bin/java',
   '-XX:TieredStopAtLevel=1',

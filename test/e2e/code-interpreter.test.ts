@@ -225,6 +225,10 @@ print(sorted(ts[1:])[10] * 1000)
     assert.equal(next.text, '2', 'the context kept its state');
     await assert.rejects(sbx.runCode('while (true) {}', { language: 'js', timeoutMs: 3000 }), (e: Error) => e.name === 'TimeoutError');
     assert.equal((await sbx.runCode('base', { language: 'js', timeoutMs: 20_000 })).text, '40');
+    await sbx.runCode('int kept = 5;', { language: 'java' });
+    await assert.rejects(sbx.runCode('while (true) {}', { language: 'java', timeoutMs: 3000 }), (e: Error) => e.name === 'TimeoutError');
+    await assert.rejects(sbx.runCode('Thread.sleep(300_000);', { language: 'java', timeoutMs: 3000 }), (e: Error) => e.name === 'TimeoutError');
+    assert.equal((await sbx.runCode('kept', { language: 'java', timeoutMs: 20_000 })).text, '5');
   });
 
   it('envs: the sandbox-level ones everywhere, per-run ones only in their run', async () => {
