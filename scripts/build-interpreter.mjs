@@ -1,7 +1,7 @@
 // Builds the code-interpreter server into dist/interpreter/ (src/interpreter/, see server.ts):
 // server.mjs and js-kernel.mjs (esbuild: ESM, platform node, every JS dependency inlined),
-// ts-strip.mjs (TypeScript's transpiler, loaded only by TypeScript contexts) and the Python
-// helpers the kernels load. The support tree (src/runtime/support.ts) carries the directory
+// ts-strip.mjs (TypeScript's transpiler, loaded only by TypeScript contexts), the Python
+// helpers the kernels load and the Java kernel (run by the sandbox's JDK as a source file). The support tree (src/runtime/support.ts) carries the directory
 // to /.cubebox/interpreter in every sandbox, where the sandbox's node runs it.
 import { copyFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -38,4 +38,5 @@ await buildDir(out, async (tmp) => {
     });
   }
   for (const f of readdirSync(join(src, 'python'))) if (f.endsWith('.py')) copyFileSync(join(src, 'python', f), join(tmp, f));
+  for (const f of readdirSync(join(src, 'java'))) if (f.endsWith('.java')) copyFileSync(join(src, 'java', f), join(tmp, f));
 });

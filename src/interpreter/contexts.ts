@@ -6,10 +6,15 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { JupyterKernel, type JupyterServer } from './jupyter.js';
 import type { Emit, Kernel, OutEvent } from './kernel.js';
-import { cwdCode, envCode, isKnownLanguage, JUPYTER_KERNELS } from './languages.js';
-import { BashKernel, NodeKernel } from './process-kernel.js';
+import { availableLanguages, cwdCode, envCode, isAvailableLanguage, JUPYTER_KERNELS } from './languages.js';
+import { BashKernel, JavaKernel, NodeKernel } from './process-kernel.js';
 
 export const DEFAULT_CWD = '/home/user';
+/**
+ * Contexts a sandbox may hold at once (each is a kernel process, 50-150 MB), defaults
+ * included: more would let the kernels exhaust the sandbox's memory.
+ */
+export const MAX_CONTEXTS = Math.max(2, Number(process.env.CUBEBOX_INTERPRETER_MAX_CONTEXTS) || 12);
 const ENVD_SOCKET = '/.cubebox/run/envd.sock';
 const STARTUP = `exec(open('/.cubebox/interpreter/startup.py').read())`;
 
@@ -43,6 +48,16 @@ export class Context {
   }
 }
 
+/** A context the server will not create: the status and message the caller gets. */
+export class ContextRefused extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** Shared with the request: whether its client went away, whether its code is running. */
 export interface RunState {
   cancelled: boolean;
@@ -52,11 +67,13 @@ export interface RunState {
 export class Contexts {
   private readonly all = new Map<string, Context>();
   private readonly defaults = new Map<string, Promise<Context>>();
+  /** Kernels being started: they count against the bound before they are listed. */
+  private starting = 0;
 
   constructor(
     private readonly jupyter: JupyterServer,
     private readonly env: NodeJS.ProcessEnv,
-    private readonly nodeCommand: string[],
+    private readonly commands: { node: string[]; java: string[] },
   ) {}
 
   list(): Context[] {
@@ -78,25 +95,38 @@ export class Contexts {
     return p;
   }
 
+  /** A new context; refused (ContextRefused) for a language this sandbox lacks or past the bound. */
   async create(language: string, cwd: string): Promise<Context> {
-    if (!isKnownLanguage(language)) throw new Error(`Failed to create context: no kernel for language '${language}'`);
-    let kernel: Kernel;
-    let id: string;
-    if (language === 'bash' || language === 'javascript' || language === 'typescript') {
-      const k = language === 'bash' ? new BashKernel(this.env) : new NodeKernel(this.env, this.nodeCommand, language === 'typescript');
-      await k.start();
-      kernel = k;
-      id = randomUUID();
-    } else {
-      const k = await this.jupyter.startKernel(JUPYTER_KERNELS[language]!);
-      kernel = k;
-      id = k.id;
+    if (!isAvailableLanguage(language))
+      throw new ContextRefused(400, `Unsupported language '${language}': this sandbox runs ${availableLanguages().join(', ')}`);
+    if (this.all.size + this.starting >= MAX_CONTEXTS)
+      throw new ContextRefused(429, `Too many contexts: a sandbox holds at most ${MAX_CONTEXTS}; remove one (DELETE /contexts/{id}) first`);
+    this.starting++;
+    try {
+      const { id, kernel } = await this.startKernel(language);
+      const ctx = new Context(id, language, cwd, kernel);
+      const failed = await this.setUp(language, cwd, kernel);
+      this.all.set(id, ctx);
+      if (failed) throw new Error(`Failed to set working directory: ${failed}`);
+      return ctx;
+    } finally {
+      this.starting--;
     }
-    const ctx = new Context(id, language, cwd, kernel);
-    const failed = await this.setUp(language, cwd, kernel);
-    this.all.set(id, ctx);
-    if (failed) throw new Error(`Failed to set working directory: ${failed}`);
-    return ctx;
+  }
+
+  private async startKernel(language: string): Promise<{ id: string; kernel: Kernel }> {
+    if (language === 'python' || language === 'python3' || language === 'r') {
+      const k = await this.jupyter.startKernel(JUPYTER_KERNELS[language]!);
+      return { id: k.id, kernel: k };
+    }
+    const k =
+      language === 'bash'
+        ? new BashKernel(this.env)
+        : language === 'java'
+          ? new JavaKernel(this.env, this.commands.java)
+          : new NodeKernel(this.env, this.commands.node, language === 'typescript');
+    await k.start();
+    return { id: randomUUID(), kernel: k };
   }
 
   /** A new kernel's helpers (Python) and working directory; returns the cwd error, if any. */

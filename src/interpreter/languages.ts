@@ -1,7 +1,8 @@
 // Per language: the kernel behind it, and the helper code that sets a context's working
 // directory and environment variables. Values are quoted for each language, never pasted in.
+import { existsSync } from 'node:fs';
 
-export type Language = 'python' | 'javascript' | 'typescript' | 'r' | 'bash';
+export type Language = 'python' | 'python3' | 'javascript' | 'typescript' | 'r' | 'bash' | 'java';
 
 /** The contract's normalisation: empty is python; js and ts are short names. */
 export function normalizeLanguage(language: string | null | undefined): string {
@@ -15,11 +16,33 @@ export function normalizeLanguage(language: string | null | undefined): string {
 /** Jupyter kernelspec names of the languages that run in Jupyter kernels. */
 export const JUPYTER_KERNELS: Record<string, string> = { python: 'python3', python3: 'python3', r: 'ir' };
 
-export function isKnownLanguage(l: string): l is Language {
-  return ['python', 'python3', 'javascript', 'typescript', 'r', 'bash'].includes(l);
+/** Each language, and the program it needs in the sandbox (none: always there). */
+const PROGRAMS: Record<Language, string | undefined> = {
+  python: undefined,
+  python3: undefined,
+  javascript: undefined,
+  typescript: undefined,
+  bash: undefined,
+  r: '/usr/bin/R',
+  java: '/usr/bin/java',
+};
+
+/** The languages this sandbox can run (a template may lack R or the JDK). */
+export function availableLanguages(): Language[] {
+  return (Object.keys(PROGRAMS) as Language[]).filter((l) => l !== 'python3' && (!PROGRAMS[l] || existsSync(PROGRAMS[l])));
+}
+
+export function isAvailableLanguage(l: string): l is Language {
+  return Object.hasOwn(PROGRAMS, l) && (l === 'python3' || availableLanguages().includes(l as Language));
 }
 
 const json = (v: string) => JSON.stringify(v);
+/**
+ * A Java string literal: JSON's escapes are Java's. Java reads \uXXXX before it parses the
+ * literal, but JSON writes that form only for control characters other than line breaks,
+ * which a literal may hold, and a backslash of the value comes out doubled.
+ */
+const javaString = (v: string) => JSON.stringify(v);
 const shellQuote = (v: string) => `'${v.replace(/'/g, `'\\''`)}'`;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
@@ -35,6 +58,9 @@ export function cwdCode(language: string, cwd: string): string {
       return `setwd(${json(cwd)})`;
     case 'bash':
       return `cd ${shellQuote(cwd)}`;
+    case 'java':
+      // as upstream: the JVM cannot change its working directory, so only user.dir follows
+      return `System.setProperty("user.dir", ${javaString(cwd)});`;
     default:
       return '';
   }
@@ -62,6 +88,16 @@ export function envCode(language: string, vars: Record<string, string | null>): 
     case 'bash': {
       const ok = entries.filter(([k]) => ENV_NAME.test(k));
       return ok.map(([k, v]) => (v === null ? `unset ${k}` : `export ${k}=${shellQuote(v)}`)).join('\n');
+    }
+    case 'java': {
+      // System properties, as upstream sets them, and the JVM's environment (System.getenv)
+      const hook = '((java.util.function.BiConsumer<String, String>) System.getProperties().get("cubebox.setenv"))';
+      const statements = entries.map(([k, v]) =>
+        v === null
+          ? `System.clearProperty(${javaString(k)}); ${hook}.accept(${javaString(k)}, null);`
+          : `System.setProperty(${javaString(k)}, ${javaString(v)}); ${hook}.accept(${javaString(k)}, ${javaString(v)});`,
+      );
+      return `{\n${statements.join('\n')}\n}`; // one block: JShell compiles each snippet on its own
     }
     default:
       return '';

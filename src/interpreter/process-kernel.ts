@@ -1,5 +1,5 @@
-// Kernels that are a child process of this server: a persistent bash, and the Node kernel
-// (js-kernel.ts). Each execution ends with a marker the child writes on its stdout and its
+// Kernels that are a child process of this server: a persistent bash, the Node kernel
+// (js-kernel.ts) and the Java kernel (java/JavaKernel.java). Each execution ends with a marker the child writes on its stdout and its
 // stderr (\x1e<token>[:<status>]\x1e), so that every byte of output written before the end
 // is passed on before the execution ends, whatever order the pipes are read in.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -221,19 +221,14 @@ export class BashKernel extends ProcessKernel {
   }
 }
 
-/** The Node kernel (js-kernel.mjs) over the server's own node; requests and replies on fd 3. */
-export class NodeKernel extends ProcessKernel {
-  constructor(
-    env: NodeJS.ProcessEnv,
-    private readonly command: string[],
-    private readonly typescript: boolean,
-  ) {
-    super(env);
-  }
-
-  protected override launch(): ChildProcess {
-    const [file, ...args] = this.command;
-    const child = spawn(file!, args, { env: this.env, cwd: HOME_DIR, stdio: ['ignore', 'pipe', 'pipe', 'pipe'], detached: true });
+/**
+ * A kernel that answers each execution on a control channel (fd 3): a JSON line with its token
+ * and the cell's result or error, before its end markers.
+ */
+abstract class ReplyKernel extends ProcessKernel {
+  /** Spawns the child with fd 3 as the control channel and listens to its replies. */
+  protected spawnWithControl(file: string, args: string[], stdin: 'ignore' | 'pipe'): ChildProcess {
+    const child = spawn(file, args, { env: this.env, cwd: HOME_DIR, stdio: [stdin, 'pipe', 'pipe', 'pipe'], detached: true });
     const control = child.stdio[3] as NodeJS.ReadableStream;
     createInterface({ input: control }).on('line', (line) => {
       let msg: { token: string } & NonNullable<Running['reply']>;
@@ -255,13 +250,48 @@ export class NodeKernel extends ProcessKernel {
     return super.complete(r) && r.seen.has('reply');
   }
 
-  protected override send(code: string, token: string): void {
-    (this.child?.stdio[3] as NodeJS.WritableStream | undefined)?.write(JSON.stringify({ token, code, typescript: this.typescript }) + '\n');
-  }
-
   protected override finish(r: Running): void {
     if (r.reply?.result) r.emit(resultEvent(r.reply.result, true));
     if (r.reply?.error) r.emit(errorEvent(r.reply.error.name, r.reply.error.value, r.reply.error.traceback));
+  }
+}
+
+/** The Node kernel (js-kernel.mjs) over the server's own node; requests and replies on fd 3. */
+export class NodeKernel extends ReplyKernel {
+  constructor(
+    env: NodeJS.ProcessEnv,
+    private readonly command: string[],
+    private readonly typescript: boolean,
+  ) {
+    super(env);
+  }
+
+  protected override launch(): ChildProcess {
+    const [file, ...args] = this.command;
+    return this.spawnWithControl(file!, args, 'ignore');
+  }
+
+  protected override send(code: string, token: string): void {
+    (this.child?.stdio[3] as NodeJS.WritableStream | undefined)?.write(JSON.stringify({ token, code, typescript: this.typescript }) + '\n');
+  }
+}
+
+/** The Java kernel (JavaKernel.java: the JDK's JShell in one JVM); requests on stdin, replies on fd 3. */
+export class JavaKernel extends ReplyKernel {
+  constructor(
+    env: NodeJS.ProcessEnv,
+    private readonly command: string[],
+  ) {
+    super(env);
+  }
+
+  protected override launch(): ChildProcess {
+    const [file, ...args] = this.command;
+    return this.spawnWithControl(file!, args, 'pipe');
+  }
+
+  protected override send(code: string, token: string): void {
+    this.child?.stdin?.write(`${token} ${Buffer.from(code, 'utf8').toString('base64')}\n`);
   }
 }
 

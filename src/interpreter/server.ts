@@ -3,11 +3,13 @@
  * API @e2b/code-interpreter speaks (POST /execute streaming NDJSON, /contexts, /health; see
  * ../shared/docs/code-interpreter-contract.md). It starts Jupyter Server (Python and R
  * kernels, through Jupyter's REST and WebSocket APIs) and runs JavaScript/TypeScript in its
- * own Node kernel and bash in a persistent shell. It runs as the sandbox's root, with the node
- * of the support tree (/.cubebox), like envd; everything it is sent is the sandbox user's own.
+ * own Node kernel, Java in the JDK's JShell and bash in a persistent shell. Every route but
+ * /health takes the sandbox's envd access token (X-Access-Token), as envd's own do. It runs
+ * as the sandbox's root, with the node of the support tree (/.cubebox), like envd; everything
+ * it is sent is the sandbox user's own.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import { accessAllowed, Contexts, DEFAULT_CWD, type Context } from './contexts.js';
+import { accessAllowed, ContextRefused, Contexts, DEFAULT_CWD, type Context } from './contexts.js';
 import { JupyterServer } from './jupyter.js';
 import type { OutEvent } from './kernel.js';
 import { normalizeLanguage } from './languages.js';
@@ -32,8 +34,18 @@ const kernelEnv: NodeJS.ProcessEnv = {
 for (const k of Object.keys(kernelEnv)) if (kernelEnv[k] === undefined) delete kernelEnv[k];
 const nodeCommand = [`${SUPPORT}/lib/ld.so`, '--library-path', `${SUPPORT}/lib`, `${SUPPORT}/bin/node`, `${SUPPORT}/interpreter/js-kernel.mjs`];
 
+// C1 only and the serial collector: a JShell kernel starts in seconds and holds less memory.
+// The opened packages let the kernel write its control channel (fd 3) and set System.getenv.
+const javaCommand = [
+  '/usr/bin/java',
+  '-XX:TieredStopAtLevel=1',
+  '-XX:+UseSerialGC',
+  ...['java.io', 'java.lang', 'java.util'].map((p) => `--add-opens=java.base/${p}=ALL-UNNAMED`),
+  `${SUPPORT}/interpreter/JavaKernel.java`,
+];
+
 const jupyter = new JupyterServer(kernelEnv, log);
-const contexts = new Contexts(jupyter, kernelEnv, nodeCommand);
+const contexts = new Contexts(jupyter, kernelEnv, { node: nodeCommand, java: javaCommand });
 let ready = false;
 
 class HttpError extends Error {
@@ -82,7 +94,20 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
+/** A context that could not be made: refused (400, 429) or failed (500). */
+function contextError(err: unknown): HttpError {
+  if (err instanceof ContextRefused) return new HttpError(err.status, err.message);
+  return new HttpError(500, err instanceof Error ? err.message : String(err));
+}
+
+/** The request's X-Access-Token, if it sent one. */
+function accessToken(req: IncomingMessage): string | undefined {
+  const token = req.headers['x-access-token'];
+  return typeof token === 'string' ? token : undefined;
+}
+
 async function execute(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const token = accessToken(req);
   const body = await readJson(req);
   if (typeof body.code !== 'string') throw invalid(['body', 'code'], 'Input should be a valid string', body.code ?? null);
   const code = body.code;
@@ -92,9 +117,6 @@ async function execute(req: IncomingMessage, res: ServerResponse): Promise<void>
   if (typeof envVars !== 'object' || envVars === null || Array.isArray(envVars) || Object.values(envVars).some((v) => typeof v !== 'string'))
     throw invalid(['body', 'env_vars'], 'Input should be a valid dictionary of strings', envVars);
   if (contextId && language) throw new HttpError(400, 'Only one of context_id or language can be provided');
-  // Running code takes the sandbox's access token (secure sandboxes), as envd's commands do.
-  const token = typeof req.headers['x-access-token'] === 'string' ? req.headers['x-access-token'] : undefined;
-  if (!(await accessAllowed(token))) throw new HttpError(401, 'invalid or missing access token (X-Access-Token)');
   let ctx: Context;
   if (contextId) {
     const c = contexts.get(contextId);
@@ -104,7 +126,7 @@ async function execute(req: IncomingMessage, res: ServerResponse): Promise<void>
     try {
       ctx = await contexts.defaultFor(normalizeLanguage(language));
     } catch (err) {
-      throw new HttpError(500, err instanceof Error ? err.message : String(err));
+      throw contextError(err);
     }
   }
   res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
@@ -145,6 +167,9 @@ async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (!ready || !(await jupyter.healthy())) return send(res, 503, 'starting');
     return send(res, 200, 'OK');
   }
+  // Everything else runs or manages the sandbox's kernels: it takes the sandbox's access token
+  // (secure sandboxes), as envd's commands do, checked before the body is read.
+  if (!(await accessAllowed(accessToken(req)))) throw new HttpError(401, 'invalid or missing access token (X-Access-Token)');
   if (path === '/execute') {
     if (method !== 'POST') throw new HttpError(405, 'Method Not Allowed', { detail: 'Method Not Allowed' });
     return execute(req, res);
@@ -158,7 +183,7 @@ async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
       return send(res, 200, await contexts.create(language, cwd));
     } catch (err) {
-      throw new HttpError(500, err instanceof Error ? err.message : String(err));
+      throw contextError(err);
     }
   }
   if (parts[0] === 'contexts' && (parts.length === 2 || (parts.length === 3 && parts[2] === 'restart'))) {

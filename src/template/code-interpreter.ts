@@ -1,7 +1,7 @@
 /**
  * Builds the layer of the `code-interpreter-v1` template (E2B's default for
- * @e2b/code-interpreter) on top of `base`: Jupyter Server, IPython and IRkernel, and the
- * Python data stack, all from Debian packages.
+ * @e2b/code-interpreter) on top of `base`: Jupyter Server, IPython and IRkernel, the
+ * Python data stack and a headless JDK (JShell), all from Debian packages.
  *
  * apt runs in a chroot of an overlay whose lower layers are base's and whose upper
  * directory is the new layer, so the layer holds exactly what the packages added or
@@ -47,6 +47,8 @@ export const CODE_INTERPRETER_PACKAGES: readonly string[] = [
   'python3-sympy',
   'r-base',
   'r-cran-irkernel',
+  // Java contexts: the JDK's JShell (src/interpreter/java/); headless, no desktop libraries
+  'openjdk-17-jdk-headless',
 ];
 
 /** Bumped whenever the build below changes in a way the package list does not show. */
@@ -151,7 +153,7 @@ async function extractLayerCache(ctx: Ctx, file: string): Promise<boolean> {
 
 /** The first file a complete layer must have that this one lacks, or null. */
 async function missingFiles(layer: string): Promise<string | null> {
-  for (const p of ['usr/lib/python3/dist-packages/jupyter_server', 'usr/lib/python3/dist-packages/ipykernel', 'usr/bin/R']) {
+  for (const p of ['usr/lib/python3/dist-packages/jupyter_server', 'usr/lib/python3/dist-packages/ipykernel', 'usr/bin/R', 'usr/lib/jvm']) {
     if (!(await exists(path.join(layer, p)))) return `/${p}`;
   }
   return null;

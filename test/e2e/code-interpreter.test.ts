@@ -22,6 +22,26 @@ async function newSandbox(opts: NonNullable<Parameters<CI['Sandbox']['create']>[
   return s;
 }
 
+/**
+ * @e2b/code-interpreter 2.8 sends the sandbox's access token (X-Access-Token) on /execute
+ * only, and cubebox asks for it on every route of the server: fn's calls get it added, as a
+ * client of the context calls must.
+ */
+async function withAccessToken<T>(s: Sandbox, fn: () => Promise<T>): Promise<T> {
+  const token = (s as unknown as { envdAccessToken: string }).envdAccessToken;
+  const original = globalThis.fetch;
+  globalThis.fetch = (input, init) => {
+    const headers = new Headers(init?.headers);
+    if (headers.get('e2b-sandbox-id') === s.sandboxId && !headers.has('x-access-token')) headers.set('x-access-token', token);
+    return original(input, { ...init, headers });
+  };
+  try {
+    return await fn();
+  } finally {
+    globalThis.fetch = original;
+  }
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -146,6 +166,12 @@ print(sorted(ts[1:])[10] * 1000)
   });
 
   it('contexts are isolated, respect their cwd, and a restart clears the state', async () => {
+    // the SDK's context calls carry no access token: refused
+    await assert.rejects(sbx.listCodeContexts(), (e: Error) => /401/.test(e.message));
+    await withAccessToken(sbx, () => contextsBehave());
+  });
+
+  async function contextsBehave(): Promise<void> {
     const ctx = await sbx.createCodeContext({ language: 'python', cwd: '/tmp' });
     assert.deepEqual([ctx.language, ctx.cwd], ['python', '/tmp']);
     assert.equal((await sbx.runCode('x', { context: ctx })).error?.name, 'NameError'); // x lives in the default context
@@ -162,6 +188,35 @@ print(sorted(ts[1:])[10] * 1000)
     assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === ctx.id));
     const bashCtx = await sbx.createCodeContext({ language: 'bash', cwd: '/var' });
     assert.deepEqual((await sbx.runCode('pwd', { context: bashCtx })).logs.stdout, ['/var\n']);
+    await sbx.removeCodeContext(bashCtx);
+  }
+
+  it('java keeps its state, sees the env vars and its cwd (user.dir), as E2B runs it', async () => {
+    const s = await newSandbox({ envs: { TEST_ENV_VAR: 'supertest' } });
+    await s.runCode('int x = 41;', { language: 'java' });
+    const next = await s.runCode('System.out.println("java up"); x + 1', { language: 'java' });
+    assert.equal(next.text, '42');
+    assert.deepEqual(next.logs.stdout, ['java up\n']);
+    assert.equal((await s.runCode('System.getProperty("user.dir")', { language: 'java' })).text, '/home/user');
+    assert.equal((await s.runCode('System.getProperty("TEST_ENV_VAR")', { language: 'java' })).text?.trim(), 'supertest');
+    const perRun = await s.runCode('System.getProperty("FOO")', { language: 'java', envs: { FOO: 'bar' } });
+    assert.equal(perRun.text, 'bar');
+    assert.equal((await s.runCode('System.getProperty("FOO", "default")', { language: 'java' })).text, 'default');
+    const over = await s.runCode('System.getenv("TEST_ENV_VAR")', { language: 'java', envs: { TEST_ENV_VAR: 'overwrite' } });
+    assert.equal(over.text, 'overwrite');
+    assert.equal((await s.runCode('System.getProperty("TEST_ENV_VAR")', { language: 'java' })).text, 'supertest');
+    assert.equal((await s.runCode('Integer.parseInt("x")', { language: 'java' })).error?.name, 'java.lang.NumberFormatException');
+    // a language the server does not have: 400 (the SDK keeps only the status)
+    await assert.rejects(s.runCode('1', { language: 'cobol' }), (e: Error) => /^400\b/.test(e.message));
+    await s.kill();
+  });
+
+  it('a PIL image shown or saved gives a png result', async () => {
+    const isPng = (b64?: string) => !!b64 && Buffer.from(b64, 'base64').subarray(1, 4).toString() === 'PNG';
+    const shown = await sbx.runCode('from PIL import Image\nimage = Image.new("RGB", (16, 16), (0, 128, 255))\nimage.show()');
+    assert.ok(isPng(shown.results[0]?.png));
+    assert.ok(isPng((await sbx.runCode('image.save("test.png")')).results[0]?.png));
+    assert.ok(isPng((await sbx.runCode('image')).results[0]?.png));
   });
 
   it('an infinite loop with timeoutMs is interrupted and the next call works', async () => {
@@ -170,6 +225,10 @@ print(sorted(ts[1:])[10] * 1000)
     assert.equal(next.text, '2', 'the context kept its state');
     await assert.rejects(sbx.runCode('while (true) {}', { language: 'js', timeoutMs: 3000 }), (e: Error) => e.name === 'TimeoutError');
     assert.equal((await sbx.runCode('base', { language: 'js', timeoutMs: 20_000 })).text, '40');
+    await sbx.runCode('int kept = 5;', { language: 'java' });
+    await assert.rejects(sbx.runCode('while (true) {}', { language: 'java', timeoutMs: 3000 }), (e: Error) => e.name === 'TimeoutError');
+    await assert.rejects(sbx.runCode('Thread.sleep(300_000);', { language: 'java', timeoutMs: 3000 }), (e: Error) => e.name === 'TimeoutError');
+    assert.equal((await sbx.runCode('kept', { language: 'java', timeoutMs: 20_000 })).text, '5');
   });
 
   it('envs: the sandbox-level ones everywhere, per-run ones only in their run', async () => {

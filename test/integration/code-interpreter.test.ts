@@ -116,6 +116,49 @@ describe('code interpreter in a real sandbox', { timeout: 1_800_000 }, () => {
     assert.equal(stdout(await run('echo "$v $(pwd)"', { language: 'bash' })), '7 /tmp\n');
   });
 
+  it('java: state across cells, values, output, errors, its cwd and env vars', async () => {
+    await run('int n = 20;\nString twice(String s) { return s + s; }', { language: 'java' });
+    const out = await run('System.out.println("n=" + n);\nn * 2 + 2', { language: 'java' });
+    assert.equal(stdout(out), 'n=20\n');
+    assert.equal(main(out)?.text, '42');
+    assert.equal(main(await run('twice("ab")', { language: 'java' }))?.text, 'abab');
+    assert.equal(error(await run('int z = 1 / 0;', { language: 'java' }))?.name, 'java.lang.ArithmeticException');
+    assert.equal(error(await run('undefinedName + 1', { language: 'java' }))?.name, 'CompilationException');
+    assert.equal(main(await run('System.getProperty("user.dir")', { language: 'java' }))?.text, '/home/user');
+    assert.equal(main(await run('System.getProperty("SANDBOX_VAR")', { language: 'java' }))?.text, 'from the sandbox');
+    assert.equal(main(await run('System.getenv("SANDBOX_VAR")', { language: 'java' }))?.text, 'from the sandbox');
+    const perRun = await run('System.getProperty("RUN_VAR") + "/" + System.getenv("RUN_VAR")', { language: 'java', env_vars: { RUN_VAR: 'a "b"\n' } });
+    assert.equal(main(perRun)?.text, 'a "b"\n/a "b"\n');
+    assert.equal(main(await run('System.getProperty("RUN_VAR", "gone")', { language: 'java' }))?.text, 'gone');
+    const ctx = JSON.parse((await call('POST', '/contexts', { language: 'java', cwd: '/tmp' })).text) as { id: string; language: string };
+    assert.equal(ctx.language, 'java');
+    assert.equal(main(await run('System.getProperty("user.dir")', { context_id: ctx.id }))?.text, '/tmp');
+    assert.equal(error(await run('n', { context_id: ctx.id }))?.name, 'CompilationException', 'contexts do not share state');
+    assert.equal((await call('DELETE', `/contexts/${ctx.id}`)).status, 200);
+  });
+
+  it('a language the server does not have: 400 naming it, for runs and for contexts', async () => {
+    const runIt = await call('POST', '/execute', { code: '1', language: 'Cobol' });
+    assert.equal(runIt.status, 400);
+    assert.match(runIt.text, /Unsupported language 'cobol'.*java/);
+    const ctx = await call('POST', '/contexts', { language: 'fortran' });
+    assert.equal(ctx.status, 400);
+    assert.match(ctx.text, /'fortran'/);
+  });
+
+  it('python: a PIL image shown or saved gives a png result', async () => {
+    const png = (events: Event[]) => events.filter((e) => e.type === 'result' && typeof e.png === 'string').map((e) => Buffer.from(e.png as string, 'base64'));
+    const shown = png(await run('from PIL import Image\nimg = Image.new("RGB", (8, 8), "red")\nimg.show()'));
+    assert.equal(shown.length, 1);
+    assert.equal(shown[0]!.subarray(1, 4).toString(), 'PNG');
+    const saved = await run('img.save("/tmp/cubebox-pil.png")\nimport os; os.path.getsize("/tmp/cubebox-pil.png") > 0');
+    assert.equal(png(saved).length, 1);
+    assert.equal(main(saved)?.text, 'True');
+    const io = await run('import io\nimg.save(io.BytesIO(), "PNG")'); // an in-memory save shows nothing
+    assert.equal(png(io).length, 0);
+    assert.equal(png(await run('img')).length, 1); // an image as the last value, through PIL's own repr
+  });
+
   it('contexts: isolated, with their own cwd; restart clears the state', async () => {
     const created = await call('POST', '/contexts', { language: 'python', cwd: '/tmp' });
     const ctx = JSON.parse(created.text) as { id: string; language: string; cwd: string };
