@@ -46,7 +46,13 @@ export class JupyterServer {
     const child = spawn('python3', args, { env: this.env, cwd: '/home/user', stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
     let tail = '';
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (tail = (tail + d).slice(-4000)));
+    // a failed spawn (EMFILE, no python3) has no pipes and no 'exit': it is retried, never a crash
+    child.on('error', (err) => {
+      if (this.stopped || child.pid !== undefined) return;
+      this.log(`jupyter server could not be started (${err.message}); trying again`);
+      setTimeout(() => this.spawnServer(), 1000).unref();
+    });
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => (tail = (tail + d).slice(-4000)));
     child.on('exit', (code, signal) => {
       if (this.stopped) return;
       this.log(`jupyter server exited (${code ?? signal}); restarting it: ${tail.trim().split('\n').slice(-5).join(' | ')}`);

@@ -77,6 +77,17 @@ abstract class ProcessKernel implements Kernel {
   async start(): Promise<void> {
     const child = this.launch();
     this.child = child;
+    // listened to first: a spawn that fails (EMFILE, a missing binary) has no pipes and reports
+    // here, never as an unhandled 'error' that would end the server
+    child.on('error', (err) => {
+      for (const name of ['stdout', 'stderr'] as const) child[name]?.destroy();
+      this.running?.emit(errorEvent('KernelError', `the kernel could not be started: ${err.message}`));
+      this.running?.done();
+    });
+    if (!child.stdout || !child.stderr) {
+      this.child = undefined;
+      throw new Error('the kernel could not be started');
+    }
     for (const name of ['stdout', 'stderr'] as const) {
       const stream = new MarkerStream(
         (text) => this.running?.emit({ type: name, text, timestamp: now() }),
@@ -90,11 +101,6 @@ abstract class ProcessKernel implements Kernel {
       );
       child[name]!.setEncoding('utf8').on('data', (d: string) => stream.feed(d));
     }
-    child.on('error', (err) => {
-      for (const name of ['stdout', 'stderr'] as const) child[name]?.destroy();
-      this.running?.emit(errorEvent('KernelError', `the kernel could not be started: ${err.message}`));
-      this.running?.done();
-    });
     child.on('exit', () => {
       if (this.child !== child) return;
       this.child = undefined;
@@ -229,7 +235,9 @@ abstract class ReplyKernel extends ProcessKernel {
   /** Spawns the child with fd 3 as the control channel and listens to its replies. */
   protected spawnWithControl(file: string, args: string[], stdin: 'ignore' | 'pipe'): ChildProcess {
     const child = spawn(file, args, { env: this.env, cwd: HOME_DIR, stdio: [stdin, 'pipe', 'pipe', 'pipe'], detached: true });
-    const control = child.stdio[3] as NodeJS.ReadableStream;
+    child.on('error', () => undefined); // start() reports it; pipes are missing after a failed spawn
+    const control = child.stdio[3] as NodeJS.ReadableStream | null | undefined;
+    if (!control) return child;
     createInterface({ input: control }).on('line', (line) => {
       let msg: { token: string } & NonNullable<Running['reply']>;
       try {

@@ -167,9 +167,15 @@ async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (!ready || !(await jupyter.healthy())) return send(res, 503, 'starting');
     return send(res, 200, 'OK');
   }
-  // Everything else runs or manages the sandbox's kernels: it takes the sandbox's access token
-  // (secure sandboxes), as envd's commands do, checked before the body is read.
-  if (!(await accessAllowed(accessToken(req)))) throw new HttpError(401, 'invalid or missing access token (X-Access-Token)');
+  // Everything else runs or manages the sandbox's kernels, checked before the body is read. Running
+  // code takes the sandbox's access token (secure sandboxes), as envd's commands do. The context
+  // routes take it when one is sent (a wrong one is refused), but the published SDK sends none on
+  // them: without one they are exactly as reachable as the sandbox's other ports (the proxy asks
+  // for the traffic token when public traffic is off), and the bound on contexts keeps a stranger
+  // from exhausting the sandbox's memory with kernels.
+  const token = accessToken(req);
+  const tokenless = token === undefined && parts[0] === 'contexts';
+  if (!tokenless && !(await accessAllowed(token))) throw new HttpError(401, 'invalid or missing access token (X-Access-Token)');
   if (path === '/execute') {
     if (method !== 'POST') throw new HttpError(405, 'Method Not Allowed', { detail: 'Method Not Allowed' });
     return execute(req, res);

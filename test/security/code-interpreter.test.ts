@@ -1,5 +1,6 @@
 // The code-interpreter server (port 49999) through the data plane, as anyone who knows a
-// sandbox's id reaches it: every route takes the sandbox's access token, and the number of
+// sandbox's id reaches it: running code takes the sandbox's access token, context calls take it
+// when sent (the SDK sends none: they are as open as the sandbox's ports), and the number of
 // contexts (kernels) a sandbox holds is bounded, so that no flood of contexts exhausts its
 // memory.
 import assert from 'node:assert/strict';
@@ -38,22 +39,24 @@ describe('code interpreter through the data plane', { timeout: 900_000 }, () => 
     await destroyInstance(undefined, dataDir);
   });
 
-  it('every route refuses a caller without the access token or with a wrong one, and changes nothing', async () => {
+  it('a wrong access token is refused on every route, a missing one on every route but the contexts the SDK calls without one', async () => {
     assert.ok(owner(), 'the sandbox has an access token');
     const victim = JSON.parse((await call('POST', '/contexts', owner(), { language: 'python' })).text) as { id: string };
     assert.equal((await sbx.runCode('kept = 7', { context: victim as never })).error, undefined);
     const before = await listIds();
-    const routes: [string, string, unknown?][] = [
+    const contextRoutes: [string, string, unknown?][] = [
       ['GET', '/contexts'],
       ['POST', '/contexts', { language: 'python' }],
       ['POST', `/contexts/${victim.id}/restart`],
       ['DELETE', `/contexts/${victim.id}`],
+    ];
+    const codeRoutes: [string, string, unknown?][] = [
       ['POST', '/execute', { code: 'kept = 0' }],
       ['POST', '/execute', { code: 'kept = 0', context_id: victim.id }],
       ['GET', '/openapi.json'],
     ];
     for (const token of [undefined, '', 'wrong', `${owner()}x`]) {
-      for (const [method, path, body] of routes) {
+      for (const [method, path, body] of token === undefined ? codeRoutes : [...contextRoutes, ...codeRoutes]) {
         const r = await call(method, path, token, body);
         assert.equal(r.status, 401, `${method} ${path} with token ${JSON.stringify(token)}: ${r.status} ${r.text}`);
         assert.match(r.text, /access token/);
@@ -61,10 +64,32 @@ describe('code interpreter through the data plane', { timeout: 900_000 }, () => 
     }
     assert.deepEqual(await listIds(), before, 'no context was made or removed');
     assert.equal((await sbx.runCode('kept', { context: victim as never })).text, '7', 'the context kept its state');
+    // the SDK's own context calls (no access token) work, as on E2B
+    assert.ok((await sbx.listCodeContexts()).some((c) => c.id === victim.id));
     // the owner's token works on each of them
     assert.equal((await call('POST', `/contexts/${victim.id}/restart`, owner())).status, 200);
     assert.equal((await call('DELETE', `/contexts/${victim.id}`, owner())).status, 200);
     assert.equal((await call('GET', '/health', undefined)).status, 200, 'health stays open (the readiness check)');
+  });
+
+  it('a sandbox without public traffic refuses context calls that lack its traffic token', async () => {
+    const ci = (await import('@e2b/code-interpreter')) as unknown as CI;
+    const closed = await ci.Sandbox.create({ requestTimeoutMs: 300_000, network: { allowPublicTraffic: false } });
+    try {
+      const headers = { 'content-type': 'application/json', 'e2b-sandbox-id': closed.sandboxId, 'e2b-sandbox-port': '49999' };
+      for (const [method, path] of [
+        ['GET', '/contexts'],
+        ['POST', '/contexts'],
+      ]) {
+        const r = await fetch(`${svc.url}${path}`, { method, headers, body: method === 'POST' ? '{}' : undefined });
+        assert.equal(r.status, 403, `${method} ${path}: ${r.status}`);
+      }
+      // the SDK sends the traffic token itself: its context calls work
+      const ctx = await closed.createCodeContext({ language: 'python' });
+      assert.ok((await closed.listCodeContexts()).some((c) => c.id === ctx.id));
+    } finally {
+      await closed.kill();
+    }
   });
 
   it('a sandbox holds a bounded number of contexts: past it, 429 naming the limit; a removal frees a place', async () => {
