@@ -33,9 +33,10 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
       core.setState(id, 'pausing');
       await core.runtimeOf(id).pause(core.containerId(id));
     }
+    let made: Template;
     try {
       const idMap = core.idMapFor(row.uidSlot);
-      return await templates.addOnTop(
+      made = await templates.addOnTop(
         name,
         parent,
         (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK),
@@ -51,7 +52,20 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
         core.setState(id, 'running');
       }
     }
+    await admitLayer(core, made);
+    return made;
   });
+}
+
+/** A team's new layer against its disk quota: a refused one is removed again, and the refusal goes to the caller. */
+async function admitLayer(core: SandboxCore, t: Template): Promise<void> {
+  if (t.config.team === undefined || !core.admitLayer) return;
+  try {
+    await core.admitLayer(t.config.team);
+  } catch (err) {
+    core.deps.templates.remove(t.id);
+    throw err;
+  }
 }
 
 /** count new sandboxes from a sandbox's filesystem (through an ephemeral snapshot), made by `create`. */
@@ -63,7 +77,8 @@ export async function fork(
   create: (req: CreateRequest) => Promise<SandboxInfo>,
 ): Promise<Array<{ info?: SandboxInfo; error?: CubeboxError }>> {
   if (!Number.isInteger(count) || count < 1 || count > 16) throw invalid('count must be an integer between 1 and 16');
-  const snap = await snapshot(core, id, { name: `fork-${id}-${randomId(6)}`, ephemeral: true });
+  // the fork's template is the team's, like its sandboxes: it counts in the team's disk
+  const snap = await snapshot(core, id, { name: `fork-${id}-${randomId(6)}`, ephemeral: true, config: req.team ? { team: req.team } : {} });
   const out: Array<{ info?: SandboxInfo; error?: CubeboxError }> = [];
   for (let i = 0; i < count; i++) {
     try {
