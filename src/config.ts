@@ -81,6 +81,7 @@ export function parsePausedLifetime(text: string | undefined): number | undefine
   const m = /^(\d+)([smhd]?)$/.exec(text.trim());
   const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86_400 }[m?.[2] ?? ''] ?? 1;
   const ms = m ? Number(m[1]) * unit * 1000 : NaN;
-  if (!Number.isSafeInteger(ms) || ms < 1000) throw new CubeboxError('invalid_argument', `bad paused lifetime '${text}': seconds, or a number with s, m, h or d (at least 1s)`);
+  if (!Number.isSafeInteger(ms) || ms < 1000)
+    throw new CubeboxError('invalid_argument', `bad paused lifetime '${text}': seconds, or a number with s, m, h or d (at least 1s)`);
   return ms;
 }

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { ApiKeys } from '../../src/api/keys.js';
+import { serveConfig } from '../../src/app/serve.js';
 import { layerDiskBytes, TeamLayers } from '../../src/api/layer-usage.js';
 import { setTeamQuota, Tenancy, type Quota } from '../../src/api/tenancy.js';
 import { PAUSE_RETRY_MS } from '../../src/sandbox/reaper.js';
@@ -133,6 +134,18 @@ describe('team quotas count paused sandboxes', () => {
     r.clock.advance(61_000);
     await r.m.reap();
     assert.equal(r.store.getSandbox(c.id), undefined);
+  });
+});
+
+describe('the paused lifetime setting', () => {
+  it('takes seconds or a unit (flag over CUBEBOX_PAUSED_LIFETIME), and refuses anything else', () => {
+    const ms = (flag?: string, envValue?: string) =>
+      serveConfig({ dataDir: '/tmp/d', pausedLifetime: flag }, envValue === undefined ? {} : { CUBEBOX_PAUSED_LIFETIME: envValue }).pausedLifetimeMs;
+    assert.equal(ms(), undefined); // the manager's default, 30 days
+    assert.equal(ms('90'), 90_000);
+    assert.equal(ms(undefined, '30d'), 30 * 86_400_000);
+    assert.equal(ms('12h', '1s'), 12 * 3_600_000);
+    for (const bad of ['0', '5x', '-1', '1.5h', 'd']) assert.throws(() => ms(bad), /bad paused lifetime/);
   });
 });
 
