@@ -143,7 +143,7 @@ export class Tenancy {
   private readonly pendingSnapshots = new Map<string, number>();
 
   /** The teams' own template layers on disk; without templates (the CLI) layers are not counted. */
-  readonly layers: TeamLayers | undefined;
+  private readonly layers: TeamLayers | undefined;
 
   constructor(
     private readonly store: Store,
