@@ -63,7 +63,7 @@ export const DEFAULT_QUOTA: Quota = {
 export const QUOTA_KEYS = Object.keys(DEFAULT_QUOTA) as (keyof Quota)[];
 
 const QUOTA_NAMES: Record<keyof Quota, string> = {
-  sandboxes: 'concurrent sandboxes',
+  sandboxes: 'sandboxes running or paused with memory',
   vcpus: 'total vCPUs',
   memoryMB: 'total memory (MiB)',
   diskMB: 'total disk (MiB)',
