@@ -1,8 +1,8 @@
 // The disk a team's own template layers (its snapshots and its forks' templates) take on the
 // host, for its disk quota: real bytes on disk, each file once however many layers link it.
-import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
 import type { Template } from '../template/store.js';
+import { spawnChild } from '../util/exec.js';
 
 const MiB = 1024 * 1024;
 /** du prints one short line per directory; anything longer is not du's answer. */
@@ -20,8 +20,8 @@ const MAX_OUTPUT = 4 * MiB;
 export function layerDiskBytes(dirs: readonly string[]): Promise<Map<string, number>> {
   if (!dirs.length) return Promise.resolve(new Map());
   return new Promise((resolve, reject) => {
-    const child = spawn('du', ['--block-size=1', '--summarize', '--one-file-system', '--', ...dirs], { stdio: ['ignore', 'pipe', 'ignore'] });
-    child.on('error', reject); // before touching its pipes: a failed spawn has none
+    const child = spawnChild('du', ['--block-size=1', '--summarize', '--one-file-system', '--', ...dirs], { stdio: ['ignore', 'pipe', 'ignore'] });
+    child.on('error', reject);
     let out = '';
     const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
