@@ -294,6 +294,11 @@ export function parseQuota(json: string): Partial<Quota> {
 
 /** Sets (or, with null, resets to the default) some limits of a team; returns the effective quota. */
 export function setTeamQuota(store: Store, ref: string, change: Partial<Record<keyof Quota, number | null>>): Quota {
+  // read and write in one immediate transaction: no other change slips in between (nor fails it)
+  return store.db.transaction(() => changeQuota(store, ref, change)).immediate();
+}
+
+function changeQuota(store: Store, ref: string, change: Partial<Record<keyof Quota, number | null>>): Quota {
   const row = store.getTeam(ref);
   if (!row) throw notFound(`no team '${ref}'`);
   const cur = parseQuota(row.quota);

@@ -10,6 +10,7 @@ import { layerDiskBytes, TeamLayers } from '../../src/api/layer-usage.js';
 import { setTeamQuota, Tenancy, type Quota } from '../../src/api/tenancy.js';
 import { PAUSE_RETRY_MS } from '../../src/sandbox/reaper.js';
 import type { CreateRequest } from '../../src/sandbox/manager.js';
+import { DEFAULT_TEAM_ID, Store } from '../../src/store/store.js';
 import type { Template } from '../../src/template/store.js';
 import { rig, type Rig } from './fakes.js';
 
@@ -189,5 +190,36 @@ describe("a team's template layers on disk", () => {
     assert.ok(layers.mb('a') >= 4 && layers.mb('a') <= 5, `${layers.mb('a')} MiB`);
     templates.splice(2, 1); // s2 deleted: its layer stops counting at once
     assert.ok(layers.mb('a') >= 2 && layers.mb('a') <= 3, `${layers.mb('a')} MiB`);
+  });
+});
+
+describe('keys and quotas written by the CLI next to the running service', () => {
+  it('a key is made even when the service writes between its read and its write', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cubebox-keys-'));
+    const service = new Store(join(dir, 'cubebox.db'));
+    const cliStore = new Store(join(dir, 'cubebox.db'));
+    try {
+      service.db.pragma('busy_timeout = 0');
+      const keys = new ApiKeys(cliStore.db);
+      const lookup = keys.team.bind(keys);
+      let serviceWrote = false;
+      keys.team = (ref: string) => {
+        const found = lookup(ref);
+        try {
+          service.setTeamQuota(DEFAULT_TEAM_ID, '{}'); // the service's own write, right after the CLI's read
+          serviceWrote = true;
+        } catch {
+          /* the CLI holds the write lock: the service waits its turn */
+        }
+        return found;
+      };
+      const made = keys.create('k', { team: 'fresh' });
+      assert.equal(made.info.team, new ApiKeys(service.db).team('fresh')?.id);
+      assert.equal(serviceWrote, false, 'the service wrote inside the CLI transaction');
+    } finally {
+      cliStore.close();
+      service.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
