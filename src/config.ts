@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { CubeboxError } from './util/errors.js';
 import { randomId } from './util/ids.js';
 
 export const DEFAULT_DATA_DIR = '/var/lib/cubebox';
@@ -69,3 +70,18 @@ export const naming = {
   containerId: (inst: string, sbx: string) => `cubebox-${inst}-${sbx}`,
   mountSource: (inst: string, sbx: string) => `cubebox-${inst}-${sbx}`,
 };
+
+/**
+ * How long a paused sandbox is kept before the reaper deletes it (`--paused-lifetime`,
+ * CUBEBOX_PAUSED_LIFETIME): seconds, or a number followed by s, m, h or d. Milliseconds;
+ * undefined when not given (the manager's default, 30 days, applies).
+ */
+export function parsePausedLifetime(text: string | undefined): number | undefined {
+  if (text === undefined || text === '') return undefined;
+  const m = /^(\d+)([smhd]?)$/.exec(text.trim());
+  const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86_400 }[m?.[2] ?? ''] ?? 1;
+  const ms = m ? Number(m[1]) * unit * 1000 : NaN;
+  if (!Number.isSafeInteger(ms) || ms < 1000)
+    throw new CubeboxError('invalid_argument', `bad paused lifetime '${text}': seconds, or a number with s, m, h or d (at least 1s)`);
+  return ms;
+}

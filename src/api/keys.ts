@@ -77,7 +77,7 @@ export class ApiKeys {
   create(name = '', opts: { team?: string; admin?: boolean } = {}): { key: string; info: ApiKeyInfo } {
     if (typeof name !== 'string' || name.length > 200) throw invalid('the key name must be a string of at most 200 characters');
     const key = 'e2b_' + randomBytes(20).toString('hex');
-    return this.db.transaction(() => {
+    const add = this.db.transaction(() => {
       const team = this.ensureTeam(opts.team ?? DEFAULT_TEAM_ID);
       const row: Row = {
         id: 'key_' + randomId(12),
@@ -96,7 +96,10 @@ export class ApiKeys {
         )
         .run(row);
       return { key, info: toInfo(row) };
-    })();
+    });
+    // immediate: a deferred transaction that reads, then writes fails at once ("database is
+    // locked") when the running service wrote in between, instead of waiting for its turn
+    return add.immediate();
   }
 
   /** The team named (by id or name), made when no team has that name. */

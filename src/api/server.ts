@@ -59,8 +59,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     return server;
   };
   const keys = new ApiKeys(manager.store.db);
-  const tenancy = new Tenancy(manager.store);
-  manager.admit = (a) => tenancy.admit(a);
+  const tenancy = new Tenancy(manager.store, manager.templates, log);
+  tenancy.attach(manager);
   const metrics = new MetricsSampler(manager);
   metrics.start();
 

@@ -1,11 +1,15 @@
 // Teams and their quotas. Every API key belongs to a team; a team's key sees and acts on that
 // team's sandboxes, snapshots and templates only (others answer 404), an admin key on all.
 // Quotas are checked by the manager's admission hook, synchronously right before the sandbox's
-// row is written (create, warm-pool claim) or it leaves `paused` (resume): check and write are
-// one step of the single-threaded manager, so concurrent creates cannot overshoot a quota.
-import type { Admission } from '../sandbox/manager.js';
+// row is written (create, warm-pool claim), it leaves `paused` (resume) or enters `pausing`
+// (pause): check and write are one step of the single-threaded manager, so concurrent
+// operations cannot overshoot a quota. New template layers are measured once they exist.
+import type { Logger } from 'pino';
+import type { Admission, SandboxManager } from '../sandbox/manager.js';
+import type { Template } from '../template/store.js';
 import type { SandboxState, Store, TeamRow } from '../store/store.js';
 import { CubeboxError, invalid, notFound } from '../util/errors.js';
+import { TeamLayers } from './layer-usage.js';
 
 /** An error with its own HTTP status (403, 429), for the control plane's error handler. */
 export class HttpError extends CubeboxError {
@@ -21,14 +25,16 @@ export class HttpError extends CubeboxError {
 export const quotaExceeded = (message: string) => new HttpError(429, message);
 
 export interface Quota {
-  /** Sandboxes running at once (paused ones do not count; resuming one does). */
+  /** Sandboxes that hold a place on the host: running, or paused with their memory. */
   sandboxes: number;
-  /** Total vCPUs of the running sandboxes. */
+  /** Total vCPUs of the running sandboxes (a paused one uses none). */
   vcpus: number;
-  /** Total memory of the running sandboxes, MiB. */
+  /** Total memory of the running sandboxes and of those paused with their memory, MiB. */
   memoryMB: number;
-  /** Total disk size of the team's sandboxes, running or paused, MiB. */
+  /** Total disk of the team, MiB: its sandboxes' disks (running or paused) and its own template layers (snapshots, forks). */
   diskMB: number;
+  /** Paused sandboxes the team keeps (with or without memory). */
+  pausedSandboxes: number;
   /** Snapshots (templates made through the API) the team keeps. */
   snapshots: number;
   /** Bytes of one sandbox's metadata (keys and values, UTF-8). */
@@ -46,6 +52,7 @@ export const DEFAULT_QUOTA: Quota = {
   vcpus: 40,
   memoryMB: 20 * 1024,
   diskMB: 50 * 1024,
+  pausedSandboxes: 50,
   snapshots: 100,
   metadataBytes: 16 * 1024,
   secrets: 100,
@@ -56,10 +63,11 @@ export const DEFAULT_QUOTA: Quota = {
 export const QUOTA_KEYS = Object.keys(DEFAULT_QUOTA) as (keyof Quota)[];
 
 const QUOTA_NAMES: Record<keyof Quota, string> = {
-  sandboxes: 'concurrent sandboxes',
+  sandboxes: 'sandboxes running or paused with memory',
   vcpus: 'total vCPUs',
   memoryMB: 'total memory (MiB)',
   diskMB: 'total disk (MiB)',
+  pausedSandboxes: 'paused sandboxes',
   snapshots: 'snapshots',
   metadataBytes: 'metadata size (bytes)',
   secrets: 'secrets',
@@ -67,8 +75,54 @@ const QUOTA_NAMES: Record<keyof Quota, string> = {
   volumeMB: 'total volume size (MiB)',
 };
 
-const RUNNING: readonly SandboxState[] = ['creating', 'running', 'pausing', 'resuming'];
-const HOLDING_DISK: readonly SandboxState[] = [...RUNNING, 'paused', 'stopped'];
+/** What sandboxes hold against their team's quotas. */
+export interface Usage {
+  sandboxes: number;
+  vcpus: number;
+  memoryMB: number;
+  diskMB: number;
+  pausedSandboxes: number;
+}
+const USAGE_KEYS = ['sandboxes', 'vcpus', 'memoryMB', 'diskMB', 'pausedSandboxes'] as const;
+const NOTHING: Usage = { sandboxes: 0, vcpus: 0, memoryMB: 0, diskMB: 0, pausedSandboxes: 0 };
+
+interface Costs {
+  limits?: { cpuCount?: number; memoryMB?: number };
+  diskMB?: number;
+  coldPaused?: boolean;
+}
+
+/**
+ * What a sandbox in a state holds against its team's quotas. A running one (or one on its way
+ * in or out) holds a place, its vCPUs, memory and disk. A pause with memory keeps the frozen
+ * processes' RAM, the network slot and the id block: a place, memory and disk, no vCPUs. A
+ * filesystem-only pause keeps its disk alone. `pausing` counts both ways until it is paused,
+ * so that concurrent pauses cannot pass the paused limit. Stopped sandboxes keep their disk
+ * until the reconciler deletes them.
+ */
+export function holds(state: SandboxState, spec: Costs): Usage {
+  const disk = spec.diskMB ?? 0;
+  const cpu = spec.limits?.cpuCount ?? 0;
+  const mem = spec.limits?.memoryMB ?? 0;
+  switch (state) {
+    case 'creating':
+    case 'running':
+    case 'resuming':
+      return { sandboxes: 1, vcpus: cpu, memoryMB: mem, diskMB: disk, pausedSandboxes: 0 };
+    case 'pausing':
+      return { sandboxes: 1, vcpus: cpu, memoryMB: mem, diskMB: disk, pausedSandboxes: 1 };
+    case 'paused':
+      return spec.coldPaused
+        ? { sandboxes: 0, vcpus: 0, memoryMB: 0, diskMB: disk, pausedSandboxes: 1 }
+        : { sandboxes: 1, vcpus: 0, memoryMB: mem, diskMB: disk, pausedSandboxes: 1 };
+    case 'stopped':
+      return { ...NOTHING, diskMB: disk };
+    default:
+      return NOTHING;
+  }
+}
+
+const COUNTED: readonly SandboxState[] = ['creating', 'running', 'pausing', 'paused', 'resuming', 'stopped'];
 
 export function metadataBytes(metadata: Record<string, string>): number {
   let n = 0;
@@ -88,7 +142,16 @@ export class Tenancy {
   /** Snapshots being taken per team (counted against the quota before they exist). */
   private readonly pendingSnapshots = new Map<string, number>();
 
-  constructor(private readonly store: Store) {}
+  /** The teams' own template layers on disk; without templates (the CLI) layers are not counted. */
+  private readonly layers: TeamLayers | undefined;
+
+  constructor(
+    private readonly store: Store,
+    templates?: { list(): Template[] },
+    log?: Logger,
+  ) {
+    this.layers = templates && new TeamLayers(() => templates.list(), log);
+  }
 
   team(ref: string): TeamRow | undefined {
     return this.store.getTeam(ref);
@@ -108,39 +171,68 @@ export class Tenancy {
     return !!team && !this.store.teamHasLiveKey(team);
   }
 
-  /** Usage of a team, leaving out one sandbox (the one being admitted). */
-  usage(team: string, except?: string): { sandboxes: number; vcpus: number; memoryMB: number; diskMB: number } {
-    const u = { sandboxes: 0, vcpus: 0, memoryMB: 0, diskMB: 0 };
-    for (const r of this.store.teamSandboxes(team, HOLDING_DISK)) {
+  /** What a team's sandboxes hold, leaving out one (the one being admitted), and its own template layers on disk. */
+  usage(team: string, except?: string): Usage {
+    const u = { ...NOTHING, diskMB: this.layers?.mb(team) ?? 0 };
+    for (const r of this.store.teamSandboxes(team, COUNTED)) {
       if (r.id === except) continue;
-      const spec = JSON.parse(r.spec) as { limits?: { cpuCount?: number; memoryMB?: number }; diskMB?: number };
-      u.diskMB += spec.diskMB ?? 0;
-      if (!RUNNING.includes(r.state)) continue;
-      u.sandboxes++;
-      u.vcpus += spec.limits?.cpuCount ?? 0;
-      u.memoryMB += spec.limits?.memoryMB ?? 0;
+      const h = holds(r.state, JSON.parse(r.spec) as Costs);
+      for (const k of USAGE_KEYS) u[k] += h[k];
     }
     return u;
   }
 
-  /** The manager's admission hook: throws a 429 naming the limit a create or resume would pass. */
+  /**
+   * The manager's admission hook: throws a 429 naming the limit a create, resume or pause
+   * would pass. An operation is held only to what it adds: resuming a sandbox paused with its
+   * memory adds only its vCPUs (it kept its place, memory and disk), a pause only a paused
+   * sandbox; so a resume is never refused for a limit the sandbox already counted in.
+   */
   admit(a: Admission): void {
     if (!a.team) return; // host-made and pooled sandboxes
-    if (this.blocked(a.team)) throw new HttpError(403, `team '${this.teamName(a.team)}' has no live API key: its sandboxes are blocked`);
+    if (a.op !== 'pause' && this.blocked(a.team)) throw new HttpError(403, `team '${this.teamName(a.team)}' has no live API key: its sandboxes are blocked`);
     const q = this.quota(a.team);
     const name = this.teamName(a.team);
-    const refuse = (k: keyof Quota, want: number) =>
-      quotaExceeded(`quota exceeded: ${QUOTA_NAMES[k]} of team '${name}' would be ${want}, its limit (${k}) is ${q[k]}`);
     if (a.op === 'create') {
       const mb = metadataBytes(a.metadata);
       if (mb > q.metadataBytes)
         throw quotaExceeded(`quota exceeded: metadata is ${mb} bytes, the limit of team '${name}' (metadataBytes) is ${q.metadataBytes}`);
     }
+    const row = a.op === 'create' ? undefined : this.store.getSandbox(a.sandboxId);
+    const spec: Costs = { limits: a.limits, diskMB: a.diskMB, coldPaused: row ? (JSON.parse(row.spec) as Costs).coldPaused : false };
+    const before = row && row.team === a.team ? holds(row.state, spec) : NOTHING;
+    const after = a.op === 'pause' ? holds('paused', { ...spec, coldPaused: a.memory === false }) : holds('running', spec);
     const u = this.usage(a.team, a.sandboxId);
-    if (u.sandboxes + 1 > q.sandboxes) throw refuse('sandboxes', u.sandboxes + 1);
-    if (u.vcpus + a.limits.cpuCount > q.vcpus) throw refuse('vcpus', u.vcpus + a.limits.cpuCount);
-    if (u.memoryMB + a.limits.memoryMB > q.memoryMB) throw refuse('memoryMB', u.memoryMB + a.limits.memoryMB);
-    if (u.diskMB + a.diskMB > q.diskMB) throw refuse('diskMB', u.diskMB + a.diskMB);
+    for (const k of USAGE_KEYS) {
+      if (after[k] > before[k] && u[k] + after[k] > q[k])
+        throw quotaExceeded(`quota exceeded: ${QUOTA_NAMES[k]} of team '${name}' would be ${u[k] + after[k]}, its limit (${k}) is ${q[k]}`);
+    }
+  }
+
+  /**
+   * A new template layer of the team exists (a snapshot, a fork's template): measures the
+   * team's layers and throws a 429 when its disk now passes the quota (the caller removes
+   * the layer again).
+   */
+  async admitLayer(team: string): Promise<void> {
+    if (!this.layers) return;
+    await this.layers.measure(team);
+    const q = this.quota(team);
+    const u = this.usage(team);
+    if (u.diskMB > q.diskMB) {
+      const layers = this.layers.mb(team);
+      throw quotaExceeded(
+        `quota exceeded: ${QUOTA_NAMES.diskMB} of team '${this.teamName(team)}' would be ${u.diskMB} ` +
+          `(sandbox disks ${u.diskMB - layers}, template and snapshot layers ${layers}), its limit (diskMB) is ${q.diskMB}`,
+      );
+    }
+  }
+
+  /** Makes this the manager's quota admission (creates, resumes, pauses, new layers) and measures the teams' layers. */
+  attach(manager: Pick<SandboxManager, 'admit' | 'admitLayer'>): void {
+    manager.admit = (a) => this.admit(a);
+    manager.admitLayer = (team) => this.admitLayer(team);
+    void this.layers?.measureAll();
   }
 
   /** Metadata alone, before any work: the same limit admit() enforces. */
@@ -202,6 +294,11 @@ export function parseQuota(json: string): Partial<Quota> {
 
 /** Sets (or, with null, resets to the default) some limits of a team; returns the effective quota. */
 export function setTeamQuota(store: Store, ref: string, change: Partial<Record<keyof Quota, number | null>>): Quota {
+  // read and write in one immediate transaction: no other change slips in between (nor fails it)
+  return store.db.transaction(() => changeQuota(store, ref, change)).immediate();
+}
+
+function changeQuota(store: Store, ref: string, change: Partial<Record<keyof Quota, number | null>>): Quota {
   const row = store.getTeam(ref);
   if (!row) throw notFound(`no team '${ref}'`);
   const cur = parseQuota(row.quota);

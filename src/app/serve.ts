@@ -7,7 +7,7 @@ import { ControlServer } from '../api/control-socket.js';
 import { LocalApi } from '../api/manager-api.js';
 import { DEFAULT_CONNECTION_LIMITS, startServer, type RunningServer } from '../api/server.js';
 import type { ConnectionLimits } from '../api/connection-guard.js';
-import { resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
+import { parsePausedLifetime, resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
 import { probeHost } from '../runtime/probe.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import type { PoolBounds } from '../sandbox/pool-sizer.js';
@@ -33,6 +33,8 @@ export interface ServeFlags {
   /** Sandboxes provisioned at once, and creates that may wait (past it: 429 with Retry-After). */
   maxCreating?: string;
   createQueue?: string;
+  /** How long a paused sandbox is kept (seconds, or with s, m, h, d). */
+  pausedLifetime?: string;
   /** Templates built at start: base, code-interpreter (default base). */
   templates?: string;
   subnet?: string;
@@ -64,6 +66,8 @@ export interface ServeConfig {
   buildCodeInterpreter: boolean;
   pool: Record<string, number | PoolBounds>;
   creates: CreateLimits;
+  /** ms; undefined: the manager's default (30 days). */
+  pausedLifetimeMs: number | undefined;
   logLevel: string;
   /** false: loopback only. */
   network: false | { subnet?: string; allowPrivate: string[]; dnsUpstreams: Upstream[] };
@@ -96,6 +100,7 @@ export function serveConfig(flags: ServeFlags, env: NodeJS.ProcessEnv = process.
       concurrency: optionalCount(flags.maxCreating ?? env.CUBEBOX_MAX_CREATING, 'max creating', 1, 256),
       queue: optionalCount(flags.createQueue ?? env.CUBEBOX_CREATE_QUEUE, 'create queue', 0, 100_000),
     },
+    pausedLifetimeMs: parsePausedLifetime(flags.pausedLifetime ?? env.CUBEBOX_PAUSED_LIFETIME),
     logLevel: env.CUBEBOX_LOG_LEVEL ?? 'info',
     network:
       flags.network === false || env.CUBEBOX_NETWORK === 'off'
@@ -212,6 +217,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
         reconcileIntervalMs: 5000,
         reaperIntervalMs: 250,
         deleteStopped: true,
+        pausedLifetimeMs: config.pausedLifetimeMs,
         creates: config.creates,
         network: config.network && { subnet: config.network.subnet, allowPrivate: config.network.allowPrivate },
       });

@@ -81,6 +81,7 @@ const QUOTA_FLAGS: Record<keyof Quota, string> = {
   vcpus: 'vcpus',
   memoryMB: 'memory-mb',
   diskMB: 'disk-mb',
+  pausedSandboxes: 'paused-sandboxes',
   snapshots: 'snapshots',
   metadataBytes: 'metadata-bytes',
   secrets: 'secrets',

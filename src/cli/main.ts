@@ -299,6 +299,12 @@ program
   )
   .addOption(new Option('--max-creating <n>', 'sandboxes provisioned at once (env CUBEBOX_MAX_CREATING; default twice the CPUs)'))
   .addOption(new Option('--create-queue <n>', 'creates that may wait for a turn; more get 429 with Retry-After (env CUBEBOX_CREATE_QUEUE, default 256)'))
+  .addOption(
+    new Option(
+      '--paused-lifetime <duration>',
+      'paused sandboxes are deleted this long after their pause: seconds or 30d, 12h, 90m (env CUBEBOX_PAUSED_LIFETIME, default 30d)',
+    ),
+  )
   .addOption(new Option('--subnet <cidr>', 'addresses of sandboxes, a /31 each (env CUBEBOX_SUBNET, default 10.200.0.0/16)'))
   .addOption(new Option('--dns-upstream <ip[:port],...>', "where sandbox DNS is forwarded (env CUBEBOX_DNS_UPSTREAM; default the host's resolv.conf)"))
   .addOption(

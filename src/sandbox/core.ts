@@ -12,6 +12,9 @@ import { assertTransition, deadlineFor, type SandboxState } from './states.js';
 import { ID_BLOCK, openIdRegion, type IdRegion } from './id-region.js';
 import type { Admission, SandboxInfo, StoredSpec } from './types.js';
 
+/** A paused sandbox is kept this long by default (E2B keeps paused sandboxes for 30 days). */
+export const DEFAULT_PAUSED_LIFETIME_MS = 30 * 24 * 3600 * 1000;
+
 /**
  * What every lifecycle file shares: the injected dependencies, the per-sandbox locks, the
  * events, and the small helpers on names, rows and state. The verbs (provision.ts,
@@ -25,8 +28,12 @@ export class SandboxCore {
    * 'deleted' (sandboxId): the sandbox and everything it owned are gone.
    */
   readonly events = new EventEmitter();
-  /** Quota admission for creates and resumes (see Admission); unset: everything is admitted. */
+  /** Quota admission for creates, resumes and pauses (see Admission); unset: everything is admitted. */
   admit?: (a: Admission) => void;
+  /** Disk admission once a team's new template layer exists (snapshot, fork): throwing refuses it. */
+  admitLayer?: (team: string) => Promise<void>;
+  /** How long a paused sandbox is kept before the reaper deletes it, ms. */
+  pausedLifetimeMs = DEFAULT_PAUSED_LIFETIME_MS;
   /** Delete sandboxes that stopped by themselves (E2B semantics). */
   deleteStopped = false;
   closed = false;

@@ -43,6 +43,8 @@ export async function exec(core: SandboxCore, id: string, args: string[], opts: 
 export async function pauseLocked(core: SandboxCore, id: string, memory: boolean): Promise<SandboxInfo> {
   const row = core.requireRow(id);
   assertOperation('pause', id, row.state);
+  const spec = JSON.parse(row.spec) as StoredSpec;
+  core.admit?.({ op: 'pause', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata, memory });
   core.setState(id, 'pausing');
   core.events.emit('interrupt', id, 'paused');
   try {
@@ -54,6 +56,7 @@ export async function pauseLocked(core: SandboxCore, id: string, memory: boolean
       await stopContainer(core, id);
     }
     core.setState(id, 'paused');
+    core.updateSpec(id, { pausedAt: core.now() });
   } catch (err) {
     await settleFromHost(core, id, `pause: ${errorMessage(err)}`);
     throw new CubeboxError('internal', `pausing sandbox '${id}' failed: ${errorMessage(err)}`);
@@ -76,6 +79,7 @@ export async function resumeLocked(core: SandboxCore, id: string, timeoutSec?: n
     } else {
       await core.runtimeOf(id).resume(core.containerId(id));
     }
+    core.updateSpec(id, { pausedAt: undefined });
     const endAt = timeoutSec !== undefined ? core.now() + timeoutSec * 1000 : row.endAt;
     core.setState(id, 'running', { endAt });
   } catch (err) {

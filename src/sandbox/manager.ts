@@ -42,7 +42,7 @@ export { idRegionBase, normalizeLifecycle, resolveLimits } from './types.js';
 export type { ManagerDeps } from './deps.js';
 
 /** What start() does besides the start-up reconciliation: the background work of a long-lived manager. */
-export type StartOptions = Pick<ManagerOptions, 'reconcileIntervalMs' | 'reaperIntervalMs' | 'deleteStopped' | 'pool'>;
+export type StartOptions = Pick<ManagerOptions, 'reconcileIntervalMs' | 'reaperIntervalMs' | 'deleteStopped' | 'pausedLifetimeMs' | 'pool'>;
 
 /** Cold creates at once by default: provisioning is CPU-bound, twice the CPUs keeps them busy while some steps wait. */
 export const DEFAULT_CREATE_CONCURRENCY = Math.min(32, Math.max(2, 2 * availableParallelism()));
@@ -99,12 +99,19 @@ export class SandboxManager {
     });
   }
 
-  /** Quota admission for creates and resumes (see Admission); unset: everything is admitted. */
+  /** Quota admission for creates, resumes and pauses (see Admission); unset: everything is admitted. */
   get admit(): ((a: Admission) => void) | undefined {
     return this.core.admit;
   }
   set admit(fn: ((a: Admission) => void) | undefined) {
     this.core.admit = fn;
+  }
+  /** Disk admission of a team's new template layer (snapshot, fork); unset: every layer stays. */
+  get admitLayer(): ((team: string) => Promise<void>) | undefined {
+    return this.core.admitLayer;
+  }
+  set admitLayer(fn: ((team: string) => Promise<void>) | undefined) {
+    this.core.admitLayer = fn;
   }
 
   /**
@@ -184,6 +191,7 @@ export class SandboxManager {
     const report = await this.reconcile({ startup: true });
     if (report.errors.length) this.log.warn({ errors: report.errors }, 'start-up reconciliation left errors');
     this.core.deleteStopped = opts.deleteStopped ?? false;
+    if (opts.pausedLifetimeMs !== undefined) this.core.pausedLifetimeMs = opts.pausedLifetimeMs;
     if (opts.pool) this.setPool(opts.pool);
     if (opts.reconcileIntervalMs) {
       // the search for orphans about once a minute; the sandboxes' own states every pass
@@ -344,7 +352,7 @@ export class SandboxManager {
     return deleteSandbox(this.core, id);
   }
 
-  /** The TTL reaper's round: running sandboxes past endAt are killed or paused. */
+  /** The TTL reaper's round: running sandboxes past endAt are killed or paused, paused ones past their lifetime deleted. */
   reap(now = this.core.now()): Promise<string[]> {
     return reap(this.core, now);
   }

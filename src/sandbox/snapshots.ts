@@ -50,9 +50,10 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
       core.setState(id, 'pausing');
       await core.runtimeOf(id).pause(core.containerId(id));
     }
+    let made: Template;
     try {
       const idMap = core.idMapFor(row.uidSlot);
-      return await templates.addOnTop(
+      made = await templates.addOnTop(
         name,
         parent,
         (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK, earlier),
@@ -69,7 +70,20 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
         core.setState(id, 'running');
       }
     }
+    await admitLayer(core, made);
+    return made;
   });
+}
+
+/** A team's new layer against its disk quota: a refused one is removed again, and the refusal goes to the caller. */
+async function admitLayer(core: SandboxCore, t: Template): Promise<void> {
+  if (t.config.team === undefined || !core.admitLayer) return;
+  try {
+    await core.admitLayer(t.config.team);
+  } catch (err) {
+    core.deps.templates.remove(t.id);
+    throw err;
+  }
 }
 
 /** count new sandboxes from a sandbox's filesystem (through an ephemeral snapshot), made by `create`. */
@@ -86,7 +100,7 @@ export async function fork(
   const release = core.deps.templates.hold(name);
   const out: Array<{ info?: SandboxInfo; error?: CubeboxError }> = [];
   try {
-    const snap = await snapshot(core, id, { name, ephemeral: true, config: req.team ? { team: req.team } : {} }); // the team's, like its sandboxes
+    const snap = await snapshot(core, id, { name, ephemeral: true, config: req.team ? { team: req.team } : {} }); // the team's, like its sandboxes: it counts in its disk
     for (let i = 0; i < count; i++) {
       try {
         out.push({ info: await create({ ...req, template: snap.id }) });

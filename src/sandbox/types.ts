@@ -47,16 +47,18 @@ export interface CreateRequest {
 
 /**
  * What the admission hook (quotas) sees. It runs synchronously right before a sandbox's row is
- * written (create, warm-pool claim) or the sandbox leaves `paused` (resume), so that the check
- * and the write are one step; throwing refuses the operation.
+ * written (create, warm-pool claim), the sandbox leaves `paused` (resume) or enters `pausing`
+ * (pause), so that the check and the write are one step; throwing refuses the operation.
  */
 export interface Admission {
-  op: 'create' | 'resume';
+  op: 'create' | 'resume' | 'pause';
   team: string | null;
   sandboxId: string;
   limits: Limits;
   diskMB: number;
   metadata: Record<string, string>;
+  /** pause: whether the memory is kept. */
+  memory?: boolean;
 }
 
 export interface Lifecycle {
@@ -140,6 +142,8 @@ export interface StoredSpec {
   initSecret?: string;
   lifecycle: Lifecycle;
   coldPaused: boolean;
+  /** When the sandbox was last paused (ms epoch); the reaper deletes it a paused lifetime later. */
+  pausedAt?: number;
   extra: Record<string, unknown>;
   /** From the template: seccomp allows user namespaces and mounts in them (seccomp.ts). */
   nestedContainers?: boolean;
@@ -159,6 +163,8 @@ export interface ManagerOptions {
   reaperIntervalMs?: number;
   /** Delete sandboxes that stopped by themselves (E2B semantics: a dead sandbox is gone). */
   deleteStopped?: boolean;
+  /** How long a paused sandbox is kept before the reaper deletes it, ms (default 30 days). */
+  pausedLifetimeMs?: number;
   /** Warm pool: sandboxes prepared ahead of requests, per template name: a fixed size or adaptive bounds. */
   pool?: Record<string, number | PoolBounds>;
   /** How creates share the host (see CreateGate); defaults from the CPU count. */

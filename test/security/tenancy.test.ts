@@ -225,8 +225,8 @@ describe('tenancy and quotas', { timeout: 1_200_000 }, () => {
     const other = await newSandbox(B.key);
     await e2b.Sandbox.kill(other.id, { apiKey: B.key });
 
-    // a paused sandbox frees its place; resuming it while the team is full is refused
-    assert.equal(await e2b.Sandbox.pause(ids[0]!, { apiKey: G.key }), true);
+    // a filesystem-only pause frees its place; resuming it while the team is full is refused
+    assert.equal((await api(G.key, `/sandboxes/${ids[0]}/pause`, { method: 'POST', body: { memory: false } })).status, 204);
     const sixth = await newSandbox(G.key);
     const resume = await api(G.key, `/sandboxes/${ids[0]}/resume`, { method: 'POST', body: {} });
     assert.equal(resume.status, 429, await resume.clone().text());
