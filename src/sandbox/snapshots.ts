@@ -16,6 +16,8 @@ import { ID_BLOCK, type CreateRequest, type SandboxInfo, type StoredSpec } from 
 export interface SnapshotOpts {
   name?: string;
   ephemeral?: boolean;
+  /** The caller holds the new template (a fork): a layer refused by the disk quota is removed all the same. */
+  heldByCaller?: boolean;
   config?: Partial<TemplateConfig>;
 }
 
@@ -70,18 +72,18 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
         core.setState(id, 'running');
       }
     }
-    await admitLayer(core, made);
+    await admitLayer(core, made, opts.heldByCaller ? 1 : 0);
     return made;
   });
 }
 
 /** A team's new layer against its disk quota: a refused one is removed again, and the refusal goes to the caller. */
-async function admitLayer(core: SandboxCore, t: Template): Promise<void> {
+async function admitLayer(core: SandboxCore, t: Template, ownHolds: number): Promise<void> {
   if (t.config.team === undefined || !core.admitLayer) return;
   try {
     await core.admitLayer(t.config.team);
   } catch (err) {
-    core.deps.templates.remove(t.id);
+    core.deps.templates.remove(t.id, ownHolds);
     throw err;
   }
 }
@@ -100,7 +102,7 @@ export async function fork(
   const release = core.deps.templates.hold(name);
   const out: Array<{ info?: SandboxInfo; error?: CubeboxError }> = [];
   try {
-    const snap = await snapshot(core, id, { name, ephemeral: true, config: req.team ? { team: req.team } : {} }); // the team's, like its sandboxes: it counts in its disk
+    const snap = await snapshot(core, id, { name, ephemeral: true, heldByCaller: true, config: req.team ? { team: req.team } : {} }); // the team's, like its sandboxes: it counts in its disk
     for (let i = 0; i < count; i++) {
       try {
         out.push({ info: await create({ ...req, template: snap.id }) });

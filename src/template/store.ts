@@ -282,11 +282,12 @@ export class TemplateStore {
 
   /**
    * Deletes a template; refused while sandboxes or child templates (snapshots, builds on
-   * it) use it. Its layers go from disk unless another template shares them.
+   * it) use it. Its layers go from disk unless another template shares them. ownHolds: holds
+   * the caller itself has on it (a fork discarding the layer it just made).
    */
-  remove(idOrName: string): void {
+  remove(idOrName: string, ownHolds = 0): void {
     const t = this.get(idOrName);
-    if (this.isHeld(t)) throw conflict(`template '${t.name}' is being used by a create or fork in progress; try again`);
+    if (this.holdCount(t) > ownHolds) throw conflict(`template '${t.name}' is being used by a create or fork in progress; try again`);
     const users = this.store.sandboxesUsingTemplate(t.id);
     if (users > 0) throw conflict(`template '${t.name}' is used by ${users} sandbox(es); delete them first`);
     const children = this.list().filter((o) => o.config.parent === t.id);
@@ -360,7 +361,11 @@ export class TemplateStore {
   }
 
   isHeld(t: Template): boolean {
-    return this.holds.has(t.id) || this.holds.has(t.name);
+    return this.holdCount(t) > 0;
+  }
+
+  private holdCount(t: Template): number {
+    return (this.holds.get(t.id) ?? 0) + (t.name !== t.id ? (this.holds.get(t.name) ?? 0) : 0);
   }
 
   private async addLayer(name: string, config: Partial<TemplateConfig>, fill: (dir: string) => Promise<void>, below: string[] = []): Promise<Template> {
