@@ -139,8 +139,9 @@ export class Reconciler {
     const pid = spec.coldPaused ? undefined : (await core.runtimeOf(id).state(core.containerId(id)))?.pid;
     if (!spec.coldPaused && !pid) return this.fail(id, `its ${missing.join(', ')} went and its processes are gone`, report);
     try {
+      // (a slot made after the chains were listed is whole: then nothing is repaired)
       const repaired = await net.repair(id, egressPolicy(spec.network ?? DEFAULT_NETWORK), pid);
-      core.log.warn({ sandbox: id, missing, repaired }, 'repaired the network of a sandbox');
+      if (repaired.length) core.log.warn({ sandbox: id, missing, repaired }, 'repaired the network of a sandbox');
       report.repaired?.push(...repaired.map((what) => `${id}: ${what}`));
       return true;
     } catch (err) {
