@@ -182,9 +182,11 @@ export class SandboxNetwork {
     const existing = this.lease(sandboxId);
     if (existing) {
       // a boot again (cold resume): nothing runs in the slot, whatever of it went is made again
-      const repaired = await this.repair(sandboxId, policy, undefined);
-      if (repaired.length) this.cfg.log.warn({ sandbox: sandboxId, repaired }, 'repaired the network slot of a sandbox');
-      else await this.setPolicy(sandboxId, policy);
+      if (slotProblems(this.place(existing.slot), await this.chains()).length) {
+        const repaired = await this.repair(sandboxId, policy, undefined);
+        this.cfg.log.warn({ sandbox: sandboxId, repaired }, 'repaired the network slot of a sandbox');
+      }
+      await this.setPolicy(sandboxId, policy);
       return existing;
     }
     const free = this.db.transaction(() => {
@@ -221,22 +223,15 @@ export class SandboxNetwork {
     if (l && addresses.length) await this.resolved.add(l.slot, addresses, Math.max(30, Math.min(ttlSec, 3600)));
   }
 
-  /**
-   * What of a sandbox's slot is missing on the host (namespace, link, nft chain); `objects` is
-   * the table's (tableObjects), or undefined to leave the chain unchecked.
-   */
-  problems(sandboxId: string, objects?: Set<string>): string[] {
+  /** What of a sandbox's slot is missing on the host (namespace, link, nft chain: given chains()). */
+  problems(sandboxId: string, chains?: Set<string>): string[] {
     const l = this.lease(sandboxId);
-    if (!l) return ['network slot'];
-    return slotProblems(this.place(l.slot), objects);
+    return l ? slotProblems(this.place(l.slot), chains) : ['network slot'];
   }
 
-  /** The table's objects (tableObjects); chains() is the small listing problems() needs. */
-  async objects(): Promise<Set<string>> {
-    return tableObjects(await this.listTable()).objects;
-  }
-
+  /** The table's chains (a short listing), and all its objects (tableObjects). */
   chains = (): Promise<Set<string>> => tableChains(this.table);
+  objects = async (): Promise<Set<string>> => tableObjects(await this.listTable()).objects;
 
   /**
    * Makes a sandbox's slot whole (see repairSlot): `pid` is a process of the sandbox, if it
@@ -247,7 +242,8 @@ export class SandboxNetwork {
     if (!l) throw new Error(`sandbox '${sandboxId}' has no network slot`);
     let objects = await this.objects();
     const repaired: string[] = [];
-    if (await this.refreshTable(objects)) {
+    if (!objects.has('chain:from_sandbox')) {
+      await this.install();
       repaired.push(`nft table ${this.table}`);
       objects = await this.objects();
     }
