@@ -100,7 +100,11 @@ export class AddressPlan {
  * what is removed from it). Used to carve --allow-private out of the blocked networks.
  */
 export function subtractCidrs(from: string[], remove: string[]): string[] {
-  const cut = remove.map(parseCidr).filter((c): c is Cidr => !!c);
+  const cut = remove.map((text) => {
+    const c = parseCidr(text.trim());
+    if (!c) throw new Error(`--allow-private takes IPv4 addresses and CIDR blocks, got '${text}'`);
+    return c;
+  });
   const out: string[] = [];
   const walk = (c: Cidr): void => {
     const hits = cut.filter((r) => overlaps(r, c));

@@ -15,7 +15,7 @@ describe('blocked networks less --allow-private', () => {
     assert.ok(left.includes('192.168.0.0/24') && left.includes('192.168.128.0/17'));
   });
 
-  it('ignores what is not a CIDR', () => {
-    assert.deepEqual(subtractCidrs(['172.16.0.0/12'], ['not-a-cidr']), ['172.16.0.0/12']);
+  it('refuses what is not a CIDR, naming it', () => {
+    assert.throws(() => subtractCidrs(['172.16.0.0/12'], ['not-a-cidr']), /--allow-private .* 'not-a-cidr'/);
   });
 });
