@@ -130,6 +130,8 @@ export class Reconciler {
    */
   private async whole(id: string, spec: StoredSpec, report: ReconcileReport, chains: Set<string> | undefined): Promise<boolean> {
     const core = this.core;
+    // a sandbox whose processes are gone is found stopped below (after a reboot, say)
+    if (!spec.coldPaused && core.cgroup(id).pids().length === 0) return true;
     const disk = join(core.sandboxDir(id), 'disk');
     if (core.host.mountDevice(disk) === undefined) return this.fail(id, `its disk is not mounted on the host (${disk})`, report);
     const net = core.deps.net;
