@@ -3,6 +3,7 @@
 // shell; every call bounded in time.
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { overlaps, parseCidr, type Cidr } from './cidr.js';
 
 const CALL_TIMEOUT_MS = 20_000;
 
@@ -118,9 +119,9 @@ export async function hostRoutes(): Promise<{ dst: string; dev: string }[]> {
  * The host's own networks as sandboxes must not reach them: every IPv4 address of every
  * interface with its connected subnet, and the gateways of its routes (an uplink whose
  * gateway lies outside its subnet). Interfaces named with `skipPrefix` (this instance's
- * sandbox links) are left out.
+ * sandbox links) and networks inside the sandbox pool are left out.
  */
-export async function hostNetworks(skipPrefix: string): Promise<string[]> {
+export async function hostNetworks(skipPrefix: string, pool: Cidr): Promise<string[]> {
   const addrs = JSON.parse(await runWithInput('ip', ['-j', '-4', 'addr', 'show'], '')) as {
     ifname?: string;
     addr_info?: { local?: string; prefixlen?: number }[];
@@ -136,7 +137,11 @@ export async function hostNetworks(skipPrefix: string): Promise<string[]> {
   }
   const routes = JSON.parse(await runWithInput('ip', ['-j', '-4', 'route', 'show', 'table', 'all'], '')) as { gateway?: string; dev?: string }[];
   for (const r of routes) if (r.gateway && !(r.dev ?? '').startsWith(skipPrefix)) out.add(`${r.gateway}/32`);
-  return [...out];
+  // inside the sandbox pool (other instances' sandbox links): blocked already, and ever changing
+  return [...out].filter((n) => {
+    const c = parseCidr(n);
+    return !c || !(overlaps(c, pool) && c.prefix >= pool.prefix);
+  });
 }
 
 /** Names the network namespace of a process (`ip netns attach`): a namespace whose name was removed while in use. */

@@ -130,7 +130,7 @@ export class SandboxNetwork {
    * own networks (its addresses, connected subnets and gateways) less what --allow-private names.
    */
   private async blocked(): Promise<string[]> {
-    const open = [...PRIVATE_NETWORKS, ...(await hostNetworks(this.linkPrefix))];
+    const open = [...PRIVATE_NETWORKS, ...(await hostNetworks(this.linkPrefix, this.pool))];
     return [...NEVER_REACHABLE, formatCidr(this.pool), ...subtractCidrs(open, this.cfg.allowPrivate ?? [])];
   }
 
