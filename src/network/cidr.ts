@@ -94,3 +94,32 @@ export class AddressPlan {
     return off % 2 === 1 ? (off - 1) / 2 : undefined;
   }
 }
+
+/**
+ * The CIDR blocks covering `from` less every address in `remove` (halving a block around
+ * what is removed from it). Used to carve --allow-private out of the blocked networks.
+ */
+export function subtractCidrs(from: string[], remove: string[]): string[] {
+  const cut = remove.map((text) => {
+    const c = parseCidr(text.trim());
+    if (!c) throw new Error(`--allow-private takes IPv4 addresses and CIDR blocks, got '${text}'`);
+    return c;
+  });
+  const out: string[] = [];
+  const walk = (c: Cidr): void => {
+    const hits = cut.filter((r) => overlaps(r, c));
+    if (!hits.length) out.push(formatCidr(c));
+    else if (hits.some((r) => r.prefix <= c.prefix))
+      return; // all of it is allowed
+    else {
+      const half = 2 ** (32 - c.prefix - 1);
+      walk({ base: c.base, prefix: c.prefix + 1 });
+      walk({ base: c.base + half, prefix: c.prefix + 1 });
+    }
+  };
+  for (const text of from) {
+    const c = parseCidr(text);
+    if (c) walk(c);
+  }
+  return out;
+}

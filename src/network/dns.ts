@@ -2,11 +2,12 @@
 // it, whatever server it was sent to). Under a restricted policy it answers only allowed
 // names and never forwards others, so no data leaves in their queries; the addresses it
 // resolves for allowed names become reachable for that sandbox, for the record's TTL.
+import { randomInt } from 'node:crypto';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { answerAddresses, answers, emptyAnswer, parseQuery, RCODE_REFUSED, RCODE_SERVFAIL, TYPE_AAAA } from './dns-wire.js';
+import { answerAddresses, answers, buildQuery, emptyAnswer, readQuery, RCODE_REFUSED, RCODE_SERVFAIL, TYPE_AAAA } from './dns-wire.js';
 import { nameAllowed, nameGrantsAddresses, type EgressPolicy } from './policy.js';
 
 export interface Upstream {
@@ -27,6 +28,11 @@ const UPSTREAM_TIMEOUT_MS = 3000;
 /** Queries in flight per sandbox address; more are refused (a flood slows only its sender). */
 const MAX_IN_FLIGHT = 64;
 const MAX_TCP_PER_SOURCE = 8;
+/** Queries per second each sandbox address may send, and the burst it may save up; past it, queries are dropped. */
+export const QUERY_RATE = 100;
+export const QUERY_BURST = 200;
+/** Tries at a port free for both UDP and TCP before giving up. */
+const PORT_PAIR_TRIES = 64;
 
 /** The host's resolvers from /etc/resolv.conf (the default upstreams). */
 export function systemUpstreams(file = '/etc/resolv.conf'): Upstream[] {
@@ -59,44 +65,91 @@ export class DnsForwarder {
   private tcp: Server | undefined;
   private readonly inFlight = new Map<string, number>();
   private readonly tcpConns = new Map<string, number>();
+  private readonly sockets = new Set<Socket>();
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private closed = false;
   port = 0;
+  /** Queries dropped by the per-sandbox rate limit (since start). */
+  dropped = 0;
 
   constructor(private readonly deps: ForwarderDeps) {}
 
-  /** Listens on one port for UDP and TCP (port 0: any free one) on every address; nftables lets only sandbox links reach it. */
+  /**
+   * Listens on one port for UDP and TCP on every address; nftables lets only sandbox links
+   * reach it. Port 0: any port free for both (a free UDP port may be taken for TCP: then another).
+   */
   async start(port = 0): Promise<number> {
-    const udp = createSocket({ type: 'udp4' });
-    await new Promise<void>((resolve, reject) => {
-      udp.once('error', reject);
-      udp.bind(port, '0.0.0.0', () => resolve());
-    });
-    this.port = udp.address().port;
+    for (let attempt = 1; ; attempt++) {
+      const udp = await bindUdp(port);
+      const chosen = udp.address().port;
+      const tcp = createServer((sock) => this.serveTcp(sock));
+      try {
+        await new Promise<void>((resolve, reject) => {
+          tcp.once('error', reject);
+          tcp.listen(chosen, '0.0.0.0', () => resolve());
+        });
+      } catch (err) {
+        udp.close();
+        if (port !== 0 || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= PORT_PAIR_TRIES) throw err;
+        continue;
+      }
+      this.port = chosen;
+      this.listen(udp, tcp);
+      return chosen;
+    }
+  }
+
+  private listen(udp: UdpSocket, tcp: Server): void {
     udp.on('message', (msg, rinfo) => {
       void this.answer(msg, rinfo.address).then((out) => {
-        if (out) udp.send(out, rinfo.port, rinfo.address);
+        if (out && !this.closed) udp.send(out, rinfo.port, rinfo.address);
       });
     });
     udp.on('error', (err) => this.deps.log.warn({ err: err.message }, 'DNS forwarder (udp) error'));
+    tcp.on('error', (err) => this.deps.log.warn({ err: err.message }, 'DNS forwarder (tcp) error'));
     this.udp = udp;
-    const tcp = createServer((sock) => this.serveTcp(sock));
-    await new Promise<void>((resolve, reject) => {
-      tcp.once('error', reject);
-      tcp.listen(this.port, '0.0.0.0', () => resolve());
-    });
     this.tcp = tcp;
-    return this.port;
   }
 
+  /** Stops listening and ends every open TCP connection now (close does not wait for clients). */
   async close(): Promise<void> {
-    this.udp?.close();
-    await new Promise<void>((r) => (this.tcp ? this.tcp.close(() => r()) : r()));
+    this.closed = true;
+    const udp = this.udp;
+    const tcp = this.tcp;
+    this.udp = this.tcp = undefined;
+    const udpClosed = new Promise<void>((r) => (udp ? udp.close(() => r()) : r()));
+    const tcpClosed = new Promise<void>((r) => (tcp ? tcp.close(() => r()) : r()));
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    await Promise.all([udpClosed, tcpClosed]);
+  }
+
+  /** Whether a source may send one more query now (a token bucket per sandbox address). */
+  private admit(source: string): boolean {
+    const now = Date.now();
+    let b = this.buckets.get(source);
+    if (!b) {
+      if (this.buckets.size >= 4096) for (const [k, v] of this.buckets) if (now - v.at > 10_000) this.buckets.delete(k);
+      this.buckets.set(source, (b = { tokens: QUERY_BURST, at: now }));
+    }
+    b.tokens = Math.min(QUERY_BURST, b.tokens + ((now - b.at) / 1000) * QUERY_RATE);
+    b.at = now;
+    if (b.tokens < 1) {
+      this.dropped++;
+      return false;
+    }
+    b.tokens--;
+    return true;
   }
 
   /** The answer to one query from a source address, or undefined to drop it. */
   async answer(msg: Buffer, source: string, transport: 'udp' | 'tcp' = 'udp'): Promise<Buffer | undefined> {
-    const q = parseQuery(msg);
-    if (!q) return undefined;
     const who = this.deps.lookup(source);
+    if (who && !this.admit(source)) return undefined;
+    const read = readQuery(msg);
+    if (!read) return undefined;
+    if ('refusal' in read) return read.refusal;
+    const { q } = read;
     if (!who) return emptyAnswer(msg, q, RCODE_REFUSED);
     if (!nameAllowed(who.policy, q.name)) return emptyAnswer(msg, q, RCODE_REFUSED);
     // sandboxes have IPv4 egress only: an AAAA answer would only send clients down a dead path first
@@ -105,8 +158,11 @@ export class DnsForwarder {
     if (n >= MAX_IN_FLIGHT) return emptyAnswer(msg, q, RCODE_REFUSED);
     this.inFlight.set(source, n + 1);
     try {
-      const reply = await this.forward(msg, q.id, transport);
+      // only the rebuilt query leaves the host, under an id of the forwarder's
+      const id = randomInt(0x10000);
+      const reply = await this.forward(buildQuery(q, id), id, transport);
       if (!reply) return emptyAnswer(msg, q, RCODE_SERVFAIL);
+      reply.writeUInt16BE(q.id, 0);
       if (nameGrantsAddresses(who.policy, q.name)) {
         const { addresses, ttl } = answerAddresses(reply);
         // reachable before the sandbox reads the answer, so its first connect is not refused
@@ -136,7 +192,9 @@ export class DnsForwarder {
     const source = (sock.remoteAddress ?? '').replace(/^::ffff:/, '');
     const open = (this.tcpConns.get(source) ?? 0) + 1;
     this.tcpConns.set(source, open);
+    this.sockets.add(sock);
     sock.once('close', () => {
+      this.sockets.delete(sock);
       const left = (this.tcpConns.get(source) ?? 1) - 1;
       if (left) this.tcpConns.set(source, left);
       else this.tcpConns.delete(source);
@@ -165,6 +223,17 @@ export class DnsForwarder {
       }
     });
   }
+}
+
+function bindUdp(port: number): Promise<UdpSocket> {
+  const udp = createSocket({ type: 'udp4' });
+  return new Promise((resolve, reject) => {
+    udp.once('error', reject);
+    udp.bind(port, '0.0.0.0', () => {
+      udp.off('error', reject);
+      resolve(udp);
+    });
+  });
 }
 
 function udpExchange(up: Upstream, msg: Buffer, id: number): Promise<Buffer | undefined> {

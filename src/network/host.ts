@@ -3,6 +3,7 @@
 // shell; every call bounded in time.
 import { spawnChild as spawn } from '../util/exec.js';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { overlaps, parseCidr, type Cidr } from './cidr.js';
 
 const CALL_TIMEOUT_MS = 20_000;
 
@@ -29,8 +30,18 @@ export function runWithInput(file: string, args: string[], input: string): Promi
   });
 }
 
-export const nft = (script: string) => runWithInput('nft', ['-f', '-'], script);
-export const nftJson = async (what: string): Promise<unknown> => JSON.parse(await runWithInput('nft', ['-j', ...what.split(' ')], '')) as unknown;
+let nftRunCount = 0;
+/** How many nft processes this process started (instrumentation: policy updates must stay batched). */
+export const nftRuns = (): number => nftRunCount;
+
+export const nft = (script: string) => {
+  nftRunCount++;
+  return runWithInput('nft', ['-f', '-'], script);
+};
+export const nftJson = async (what: string): Promise<unknown> => {
+  nftRunCount++;
+  return JSON.parse(await runWithInput('nft', ['-j', ...what.split(' ')], '')) as unknown;
+};
 export const ipBatch = (lines: string[], netns?: string) => runWithInput('ip', [...(netns ? ['-n', netns] : []), '-batch', '-'], lines.join('\n') + '\n');
 
 /** Network namespaces by name (the files `ip netns add` makes under /run/netns). */
@@ -57,6 +68,10 @@ export function listLinks(): string[] {
   } catch {
     return [];
   }
+}
+
+export function linkExists(name: string): boolean {
+  return existsSync(`/sys/class/net/${name}`);
 }
 
 /** Removes a namespace (its end of the veth pair goes with it, and the host's end with that). */
@@ -98,4 +113,44 @@ export async function hostRoutes(): Promise<{ dst: string; dev: string }[]> {
   return (JSON.parse(out) as { dst?: string; dev?: string }[])
     .map((r) => ({ dst: r.dst ?? '', dev: r.dev ?? '' }))
     .filter((r) => r.dst && r.dst !== 'default' && /^\d/.test(r.dst));
+}
+
+/**
+ * The host's own networks as sandboxes must not reach them: every IPv4 address of every
+ * interface with its connected subnet, and the gateways of its routes (an uplink whose
+ * gateway lies outside its subnet). Interfaces named with `skipPrefix` (this instance's
+ * sandbox links) and networks inside the sandbox pool are left out.
+ */
+export async function hostNetworks(skipPrefix: string, pool: Cidr): Promise<string[]> {
+  const addrs = JSON.parse(await runWithInput('ip', ['-j', '-4', 'addr', 'show'], '')) as {
+    ifname?: string;
+    addr_info?: { local?: string; prefixlen?: number }[];
+  }[];
+  const out = new Set<string>();
+  for (const link of addrs) {
+    if (!link.ifname || link.ifname.startsWith(skipPrefix)) continue;
+    for (const a of link.addr_info ?? []) {
+      if (!a.local || a.prefixlen === undefined) continue;
+      out.add(`${a.local}/32`);
+      out.add(`${a.local}/${a.prefixlen}`);
+    }
+  }
+  const routes = JSON.parse(await runWithInput('ip', ['-j', '-4', 'route', 'show', 'table', 'all'], '')) as { gateway?: string; dev?: string }[];
+  for (const r of routes) if (r.gateway && !(r.dev ?? '').startsWith(skipPrefix)) out.add(`${r.gateway}/32`);
+  // inside the sandbox pool (other instances' sandbox links): blocked already, and ever changing
+  return [...out].filter((n) => {
+    const c = parseCidr(n);
+    return !c || !(overlaps(c, pool) && c.prefix >= pool.prefix);
+  });
+}
+
+/** Names the network namespace of a process (`ip netns attach`): a namespace whose name was removed while in use. */
+export async function attachNetns(name: string, pid: number): Promise<void> {
+  await runWithInput('ip', ['netns', 'attach', name, String(pid)], '');
+}
+
+/** The chains of an nft table (`chain:<name>`): a small listing, without rules or set elements. */
+export async function tableChains(table: string): Promise<Set<string>> {
+  const json = (await nftJson('list chains inet')) as { nftables?: { chain?: { table: string; name: string } }[] };
+  return new Set((json.nftables ?? []).filter((i) => i.chain?.table === table).map((i) => `chain:${i.chain!.name}`));
 }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { AddressPlan, contains, parseIp } from './cidr.js';
 import { hasConntrack, listLinks, listNetns } from './host.js';
 import { existsSync, readFileSync } from 'node:fs';
-import { blockFile } from './network.js';
+import { blockFile } from './block.js';
 import { tableObjects } from './rules.js';
 
 export interface NetLeak {

@@ -4,28 +4,21 @@
 // reclaimed on release and by reconcile() whatever state a crash left it in.
 import type Database from 'better-sqlite3';
 import type { Logger } from 'pino';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { AddressPlan, INSTANCE_BLOCK_PREFIX, NEVER_REACHABLE, PRIVATE_NETWORKS, formatCidr, overlaps, parseCidr, parsePool, type Cidr } from './cidr.js';
-import {
-  deleteLink,
-  deleteNetns,
-  ensureForwarding,
-  flushConntrack,
-  hostRoutes,
-  ipBatch,
-  listLinks,
-  listNetns,
-  netnsExists,
-  netnsPath,
-  nft,
-  nftJson,
-} from './host.js';
+import { instanceBlock } from './block.js';
+import { AddressPlan, NEVER_REACHABLE, PRIVATE_NETWORKS, formatCidr, parsePool, subtractCidrs, type Cidr } from './cidr.js';
+import { ensureForwarding, flushConntrack, hostNetworks, netnsExists, netnsPath, nftJson, tableChains } from './host.js';
 import { isOpenPolicy, type EgressPolicy } from './policy.js';
+import { nft } from './host.js';
+import { ResolvedSets } from './resolved.js';
 import { CubeboxError } from '../util/errors.js';
-import { addSlotScript, installTable, policyScript, removeSlotScript, removeTable, resolvedScript, slotNames, tableObjects } from './rules.js';
+import { installTable, policyScript, removeTable, slotNames, tableObjects } from './rules.js';
+import { makeSlot, removeSlot, removeStrays, repairSlot, slotProblems, type SlotPlace } from './slot-host.js';
+
+export { blockFile } from './block.js';
 
 export const DEFAULT_SUBNET = '10.200.0.0/16';
+/** Connections one sandbox may have tracked at once, by default. */
+export const DEFAULT_MAX_FLOWS = 4096;
 
 export interface NetworkConfig {
   instanceId: string;
@@ -34,8 +27,10 @@ export interface NetworkConfig {
   subnet?: string;
   /** Pre-made free slots to keep (default 4). */
   warmSlots?: number;
-  /** Private networks sandboxes may reach (CIDRs carved out of the blocked private ranges: exact entries only). */
+  /** Private networks sandboxes may reach: CIDRs carved out of the blocked private ranges and host networks. */
   allowPrivate?: string[];
+  /** Connections one sandbox may have tracked at once (default DEFAULT_MAX_FLOWS). */
+  maxFlows?: number;
   log: Logger;
 }
 
@@ -73,6 +68,9 @@ export class SandboxNetwork {
   private closed = false;
   /** Slots this process is making or releasing right now (reconcile leaves them alone). */
   private readonly busy = new Set<number>();
+  private readonly resolved: ResolvedSets;
+  /** The blocked networks the table has now (refreshed when the host's networks change). */
+  private blockedNow = '';
 
   constructor(
     private readonly db: Database.Database,
@@ -82,6 +80,10 @@ export class SandboxNetwork {
     this.table = `cubebox_${cfg.instanceId}`;
     this.linkPrefix = `c${cfg.instanceId}`;
     this.warm = cfg.warmSlots ?? 4;
+    const flows = cfg.maxFlows ?? DEFAULT_MAX_FLOWS;
+    if (!Number.isInteger(flows) || flows < 1 || flows > 1_000_000)
+      throw new Error(`the flow limit per sandbox must be an integer from 1 to 1000000, got ${cfg.maxFlows}`);
+    this.resolved = new ResolvedSets(this.table, cfg.log);
   }
 
   netnsName(slot: number): string {
@@ -90,6 +92,17 @@ export class SandboxNetwork {
 
   linkName(slot: number): string {
     return `${this.linkPrefix}${slot}`;
+  }
+
+  private place(slot: number): SlotPlace {
+    return {
+      slot,
+      table: this.table,
+      netns: this.netnsName(slot),
+      link: this.linkName(slot),
+      host: this.plan.hostAddress(slot),
+      addr: this.plan.sandboxAddress(slot),
+    };
   }
 
   private leaseOf(slot: number): NetLease {
@@ -107,39 +120,39 @@ export class SandboxNetwork {
    * touches: several instances share a host), turns on forwarding and installs the table.
    */
   async start(): Promise<void> {
-    const routes = (await hostRoutes()).filter((r) => !r.dev.startsWith(this.linkPrefix));
-    const pool = formatCidr(this.pool);
-    for (const r of routes) {
-      const c = parseCidr(r.dst);
-      // a route inside the pool is another instance's sandbox; one around or across it is the host's network
-      if (c && overlaps(c, this.pool) && c.prefix < this.pool.prefix)
-        throw new Error(`the sandbox subnet ${pool} overlaps the host's route to ${r.dst}: choose another with --subnet`);
-    }
-    this.plan = new AddressPlan(
-      chooseBlock(
-        this.pool,
-        this.cfg.dataDir,
-        this.cfg.instanceId,
-        routes.map((r) => r.dst),
-      ),
-    );
+    this.plan = new AddressPlan(await instanceBlock(this.pool, this.cfg.dataDir, this.cfg.instanceId, this.linkPrefix));
     if (ensureForwarding()) this.cfg.log.info('turned on IPv4 forwarding (net.ipv4.ip_forward=1) for sandbox networking');
     await this.install();
   }
 
-  private blocked(): string[] {
-    const allowed = new Set(this.cfg.allowPrivate ?? []);
-    return [...NEVER_REACHABLE, ...PRIVATE_NETWORKS.filter((p) => !allowed.has(p)), formatCidr(this.pool)];
+  /**
+   * What no sandbox reaches: the fixed ranges, the pool, and the private ranges and the host's
+   * own networks (its addresses, connected subnets and gateways) less what --allow-private names.
+   */
+  private async blocked(): Promise<string[]> {
+    const open = [...PRIVATE_NETWORKS, ...(await hostNetworks(this.linkPrefix, this.pool))];
+    return [...NEVER_REACHABLE, formatCidr(this.pool), ...subtractCidrs(open, this.cfg.allowPrivate ?? [])];
   }
 
-  private install(): Promise<void> {
-    return installTable({
+  private async install(): Promise<void> {
+    const blocked = await this.blocked();
+    await installTable({
       table: this.table,
       linkPrefix: this.linkPrefix,
       subnet: formatCidr(this.plan.subnet),
       dnsPort: this.dnsPort,
-      blocked: this.blocked(),
+      blocked,
+      maxFlows: this.cfg.maxFlows ?? DEFAULT_MAX_FLOWS,
     });
+    this.blockedNow = [...blocked].sort().join(',');
+  }
+
+  /** Rebuilds the base chains if the host's networks changed (an interface or address came) or the table went. */
+  private async refreshTable(objects: Set<string>): Promise<boolean> {
+    const now = [...(await this.blocked())].sort().join(',');
+    if (now === this.blockedNow && objects.has('chain:from_sandbox')) return false;
+    await this.install();
+    return true;
   }
 
   /** Points sandbox DNS at the forwarder's port (the base chains are rebuilt at once). */
@@ -168,6 +181,11 @@ export class SandboxNetwork {
   async attach(sandboxId: string, policy: EgressPolicy): Promise<NetLease> {
     const existing = this.lease(sandboxId);
     if (existing) {
+      // a boot again (cold resume): nothing runs in the slot, whatever of it went is made again
+      if (slotProblems(this.place(existing.slot), await this.chains()).length) {
+        const repaired = await this.repair(sandboxId, policy, undefined);
+        this.cfg.log.warn({ sandbox: sandboxId, repaired }, 'repaired the network slot of a sandbox');
+      }
       await this.setPolicy(sandboxId, policy);
       return existing;
     }
@@ -183,7 +201,7 @@ export class SandboxNetwork {
       await this.make(slot);
       this.db.prepare("UPDATE net_slots SET state = 'used' WHERE slot = ?").run(slot);
     }
-    if (!isOpenPolicy(policy)) await nft(policyScript(this.table, slot, policy)); // a new slot's sets are empty: the open policy
+    if (!isOpenPolicy(policy)) await this.applyPolicy(slot, policy); // a new slot's sets are empty: the open policy
     this.scheduleRefill();
     return this.leaseOf(slot);
   }
@@ -191,13 +209,47 @@ export class SandboxNetwork {
   async setPolicy(sandboxId: string, policy: EgressPolicy): Promise<void> {
     const l = this.lease(sandboxId);
     if (!l) throw new Error(`sandbox '${sandboxId}' has no network`);
-    await nft(policyScript(this.table, l.slot, policy));
+    await this.applyPolicy(l.slot, policy);
   }
 
-  /** Lets a sandbox reach addresses the forwarder resolved for it from an allowed name. */
+  private async applyPolicy(slot: number, policy: EgressPolicy): Promise<void> {
+    this.resolved.forget(slot);
+    await nft(policyScript(this.table, slot, policy));
+  }
+
+  /** Lets a sandbox reach addresses the forwarder resolved for it from an allowed name (batched, see resolved.ts). */
   async allowResolved(sandboxId: string, addresses: string[], ttlSec: number): Promise<void> {
     const l = this.lease(sandboxId);
-    if (l && addresses.length) await nft(resolvedScript(this.table, l.slot, addresses, Math.max(30, Math.min(ttlSec, 3600))));
+    if (l && addresses.length) await this.resolved.add(l.slot, addresses, Math.max(30, Math.min(ttlSec, 3600)));
+  }
+
+  /** What of a sandbox's slot is missing on the host (namespace, link, nft chain: given chains()). */
+  problems(sandboxId: string, chains?: Set<string>): string[] {
+    const l = this.lease(sandboxId);
+    return l ? slotProblems(this.place(l.slot), chains) : ['network slot'];
+  }
+
+  /** The table's chains (a short listing), and all its objects (tableObjects). */
+  chains = (): Promise<Set<string>> => tableChains(this.table);
+  objects = async (): Promise<Set<string>> => tableObjects(await this.listTable()).objects;
+
+  /**
+   * Makes a sandbox's slot whole (see repairSlot): `pid` is a process of the sandbox, if it
+   * has any (its namespace then is the one it lives in). The base chains first, if they went.
+   */
+  async repair(sandboxId: string, policy: EgressPolicy, pid: number | undefined): Promise<string[]> {
+    const l = this.lease(sandboxId);
+    if (!l) throw new Error(`sandbox '${sandboxId}' has no network slot`);
+    let objects = await this.objects();
+    const repaired: string[] = [];
+    if (!objects.has('chain:from_sandbox')) {
+      await this.install();
+      repaired.push(`nft table ${this.table}`);
+      objects = await this.objects();
+    }
+    const slot = await repairSlot(this.place(l.slot), policy, pid, objects);
+    if (slot.length) this.resolved.forget(l.slot); // a new set holds none of them
+    return [...repaired, ...slot];
   }
 
   /** Reclaims a sandbox's slot, if it has one. Idempotent. */
@@ -233,13 +285,7 @@ export class SandboxNetwork {
   }
 
   private async makeNow(slot: number): Promise<void> {
-    const ns = this.netnsName(slot);
-    const link = this.linkName(slot);
-    const host = this.plan.hostAddress(slot);
-    const addr = this.plan.sandboxAddress(slot);
-    await ipBatch([`netns add ${ns}`, `link add ${link} type veth peer name eth0 netns ${ns}`, `addr add ${host}/31 dev ${link}`, `link set ${link} up`]);
-    await ipBatch(['link set lo up', `addr add ${addr}/31 dev eth0`, 'link set eth0 up', `route add default via ${host}`], ns);
-    await nft(addSlotScript(this.table, slot, link));
+    await makeSlot(this.place(slot));
   }
 
   private async releaseSlot(slot: number): Promise<void> {
@@ -253,18 +299,8 @@ export class SandboxNetwork {
 
   private async releaseNow(slot: number): Promise<void> {
     this.db.prepare("UPDATE net_slots SET state = 'releasing' WHERE slot = ?").run(slot);
-    await deleteNetns(this.netnsName(slot));
-    await deleteLink(this.linkName(slot));
-    // every object at once; if some are missing (a crash while making or releasing), only those that exist
-    const link = this.linkName(slot);
-    const all = new Set([
-      `element:${link}`,
-      ...Object.entries(slotNames(slot)).map(([k, v]) => `${k === 'chain' ? 'chain' : k === 'tx' || k === 'denied' ? 'counter' : 'set'}:${v}`),
-    ]);
-    await nft(removeSlotScript(this.table, slot, link, all)).catch(async () => {
-      const script = removeSlotScript(this.table, slot, link, tableObjects(await this.listTable()).objects);
-      if (script) await nft(script);
-    });
+    this.resolved.forget(slot);
+    await removeSlot(this.place(slot), () => this.objects());
     await flushConntrack(this.plan.sandboxAddress(slot));
     this.db.prepare('DELETE FROM net_slots WHERE slot = ?').run(slot);
   }
@@ -311,6 +347,7 @@ export class SandboxNetwork {
    */
   async reconcile(): Promise<string[]> {
     const removed: string[] = [];
+    if (await this.refreshTable(await this.objects())) this.cfg.log.info("rebuilt the base chains: the host's networks changed or the table went");
     // slots with an owner are reclaimed by their sandbox's teardown (see ownerIds)
     for (const r of this.db.prepare('SELECT slot, state, sandbox_id FROM net_slots WHERE sandbox_id IS NULL').all() as SlotRow[]) {
       if (this.busy.has(r.slot)) continue;
@@ -320,30 +357,8 @@ export class SandboxNetwork {
       }
     }
     const known = new Set((this.db.prepare('SELECT slot FROM net_slots').all() as { slot: number }[]).map((r) => r.slot));
-    const nsPrefix = `cubebox-${this.cfg.instanceId}-`;
-    for (const ns of listNetns()) {
-      const slot = ns.startsWith(nsPrefix) ? Number(ns.slice(nsPrefix.length)) : NaN;
-      if (Number.isInteger(slot) && !known.has(slot) && !this.busy.has(slot)) {
-        await deleteNetns(ns);
-        removed.push(`netns ${ns}`);
-      }
-    }
-    for (const link of listLinks()) {
-      const slot = link.startsWith(this.linkPrefix) ? Number(link.slice(this.linkPrefix.length)) : NaN;
-      if (Number.isInteger(slot) && !known.has(slot) && !this.busy.has(slot)) {
-        await deleteLink(link);
-        removed.push(`link ${link}`);
-      }
-    }
-    const { objects } = tableObjects(await this.listTable());
-    for (const o of objects) {
-      const m = /^chain:s(\d+)$/.exec(o);
-      if (m && !known.has(Number(m[1])) && !this.busy.has(Number(m[1]))) {
-        const slot = Number(m[1]);
-        await nft(removeSlotScript(this.table, slot, this.linkName(slot), objects));
-        removed.push(`nft chain s${slot}`);
-      }
-    }
+    const stray = (slot: number) => !known.has(slot) && !this.busy.has(slot);
+    removed.push(...(await removeStrays({ instanceId: this.cfg.instanceId, table: this.table, linkPrefix: this.linkPrefix }, stray, await this.objects())));
     this.scheduleRefill();
     return removed;
   }
@@ -381,33 +396,4 @@ export class SandboxNetwork {
     }
     if (this.count('used') === 0) await removeTable(this.table);
   }
-}
-
-/** Where an instance keeps its block of the pool. */
-export function blockFile(dataDir: string): string {
-  return join(dataDir, 'network-block');
-}
-
-/**
- * This instance's block: the one recorded in its data directory if it is still inside the
- * pool, else the first free one from a place its id picks (instances rarely race for one).
- */
-function chooseBlock(pool: Cidr, dataDir: string, instanceId: string, routes: string[]): string {
-  const file = blockFile(dataDir);
-  if (existsSync(file)) {
-    const kept = parseCidr(readFileSync(file, 'utf8').trim());
-    if (kept && overlaps(kept, pool) && kept.prefix >= pool.prefix) return formatCidr(kept);
-  }
-  const prefix = Math.max(pool.prefix, INSTANCE_BLOCK_PREFIX);
-  const count = 2 ** (prefix - pool.prefix);
-  const start = Number.parseInt(instanceId.slice(0, 6), 36) % count;
-  const taken = routes.map((r) => parseCidr(r)).filter((c): c is Cidr => !!c);
-  for (let i = 0; i < count; i++) {
-    const block: Cidr = { base: pool.base + ((start + i) % count) * 2 ** (32 - prefix), prefix };
-    if (!taken.some((t) => overlaps(t, block))) {
-      writeFileSync(file, `${formatCidr(block)}\n`, { mode: 0o644 });
-      return formatCidr(block);
-    }
-  }
-  throw new Error(`every block of the sandbox subnet ${formatCidr(pool)} is in use by other instances: give this one another --subnet`);
 }

@@ -1,11 +1,11 @@
 // The nftables ruleset of one instance: a table of its own (`inet cubebox_<instance>`) whose
 // base chains are rebuilt at every start, and one chain with three sets per network slot.
 //
-//   from a sandbox link:  established -> accept; blocked (link-local, metadata, other
+//   from a sandbox link:  established -> accept; past its flow cap -> reject; blocked (link-local, metadata, other
 //                         sandboxes, private networks) -> reject; IPv6 -> reject; then the
 //                         slot's chain: allowed CIDRs, addresses resolved for allowed names,
 //                         denied CIDRs, accept.
-//   to the host itself:   only the DNS forwarder (reached by redirect) and replies.
+//   to the host itself:   only the DNS forwarder (reached by redirect, within the flow cap) and replies.
 //   into a sandbox link:  only replies (ports are served through the proxy, from the host).
 import { nft } from './host.js';
 import type { EgressPolicy } from './policy.js';
@@ -19,6 +19,8 @@ export interface TableConfig {
   dnsPort: number;
   /** Never reachable from a sandbox (always includes the sandbox subnet). */
   blocked: string[];
+  /** Connections one sandbox may have tracked at once (new ones past it are refused). */
+  maxFlows: number;
 }
 
 /** Slot object names: chain s<N>, sets a<N> (allowed), r<N> (resolved), d<N> (denied), counters tx<N>, dn<N>. */
@@ -41,6 +43,8 @@ export async function installTable(c: TableConfig): Promise<void> {
     `add set ${t} blocked { type ipv4_addr; flags interval; auto-merge; }`,
     `flush set ${t} blocked`,
     `add element ${t} blocked { ${c.blocked.join(', ')} }`,
+    // per sandbox address: its tracked connections (nf_conncount), so that one cannot fill the host's table
+    `add set ${t} flows { type ipv4_addr; size 65535; flags dynamic; }`,
     `add counter ${t} egress_bytes`,
     `add counter ${t} denied`,
     `add chain ${t} input { type filter hook input priority filter - 5; policy accept; }`,
@@ -58,6 +62,7 @@ export async function installTable(c: TableConfig): Promise<void> {
     // to the host: the DNS forwarder (after the redirect below) and replies, nothing else
     `add rule ${t} input iifname ${links} jump to_host`,
     `add rule ${t} to_host ct state established,related accept`,
+    `add rule ${t} to_host ct state new add @flows { ip saddr ct count over ${c.maxFlows} } jump deny`,
     `add rule ${t} to_host meta l4proto { tcp, udp } th dport ${c.dnsPort} ct status dnat accept`,
     `add rule ${t} to_host jump deny`,
     // the forwarder answers sandboxes only
@@ -68,6 +73,7 @@ export async function installTable(c: TableConfig): Promise<void> {
     `add rule ${t} forward oifname ${links} jump deny`,
     `add rule ${t} from_sandbox counter name "egress_bytes"`,
     `add rule ${t} from_sandbox ct state established,related accept`,
+    `add rule ${t} from_sandbox ct state new add @flows { ip saddr ct count over ${c.maxFlows} } jump deny`,
     `add rule ${t} from_sandbox meta nfproto ipv6 jump deny`,
     `add rule ${t} from_sandbox ip daddr @blocked jump deny`,
     `add rule ${t} from_sandbox iifname vmap @egress`,

@@ -58,9 +58,23 @@ export function portHeaders(route: SandboxRoute, port: number, headers: string[]
   return out;
 }
 
+/**
+ * The host's end of a sandbox's link: each sandbox has a point-to-point /31 whose even address
+ * is the host's. Connections to the sandbox are made from it, so that a sandbox whose link
+ * went fails here (the address is gone with the link) instead of leaving by the default route.
+ */
+export function hostEnd(address: string): string {
+  const parts = address.split('.');
+  parts[3] = String(Number(parts[3]) & ~1);
+  return parts.join('.');
+}
+
 /** A connection to the sandbox's port: TLS without verifying the certificate for its httpsPorts. */
 export function connectPort(route: SandboxRoute, port: number): Socket {
   const host = route.address!;
-  if (route.httpsPorts?.includes(port)) return tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
-  return tcpConnect({ host, port, noDelay: true });
+  const tcp = tcpConnect({ host, port, localAddress: hostEnd(host), noDelay: true });
+  if (!route.httpsPorts?.includes(port)) return tcp;
+  const tls = tlsConnect({ socket: tcp, rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+  tcp.once('error', (err) => tls.destroy(err));
+  return tls;
 }

@@ -153,6 +153,7 @@ export class SandboxManager {
           // pre-made slots pay off in a long-lived manager (serve); a CLI call would make and remove them for nothing
           warmSlots: netOpts.warmSlots ?? (opts.reconcileIntervalMs ? undefined : 0),
           allowPrivate: netOpts.allowPrivate,
+          maxFlows: netOpts.maxFlows ?? (process.env.CUBEBOX_MAX_FLOWS ? Number(process.env.CUBEBOX_MAX_FLOWS) : undefined),
           log,
         });
         await net.start();

@@ -1,5 +1,7 @@
 import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { naming } from '../config.js';
+import { DEFAULT_NETWORK, egressPolicy } from '../network/policy.js';
 import { errorMessage } from '../util/errors.js';
 import { SANDBOX_ID_RE } from '../util/ids.js';
 import { reconcileVolumes } from '../volume/volumes.js';
@@ -45,8 +47,15 @@ export class Reconciler {
 
   private async once(startup: boolean, orphans: boolean): Promise<ReconcileReport> {
     const core = this.core;
-    const report: ReconcileReport = { adopted: [], skipped: [], tornDown: [], orphansRemoved: [], errors: [] };
+    const report: ReconcileReport = { adopted: [], skipped: [], tornDown: [], orphansRemoved: [], repaired: [], errors: [] };
     const now = core.now();
+    // the chains of the instance's nft table, listed once for every sandbox's check (a short listing)
+    let chains: Set<string> | undefined;
+    try {
+      chains = await core.deps.net?.chains();
+    } catch (err) {
+      report.errors.push(`network: ${errorMessage(err)}`);
+    }
     // volume disks first: the sandboxes' views of them need them mounted
     if (startup) report.errors.push(...(await reconcileVolumes(core.store, core.deps.paths, core.log)));
     // Each sandbox on its own, a few at a time. A sandbox whose lock is held (an operation in
@@ -54,7 +63,7 @@ export class Reconciler {
     // the next pass comes back to it, and the others are handled meanwhile.
     await eachLimited(core.store.listSandboxes(), RECONCILE_CONCURRENCY, async (row) => {
       if (core.closed) return;
-      const done = await core.locks.tryRun(row.id, () => this.sandbox(row.id, startup, now, report));
+      const done = await core.locks.tryRun(row.id, () => this.sandbox(row.id, startup, now, report, chains));
       if (!done.ran) report.skipped.push(row.id);
     });
     if (orphans) {
@@ -71,7 +80,7 @@ export class Reconciler {
   }
 
   /** One sandbox's reconciliation; under its lock. */
-  private async sandbox(id: string, startup: boolean, now: number, report: ReconcileReport): Promise<void> {
+  private async sandbox(id: string, startup: boolean, now: number, report: ReconcileReport, chains?: Set<string>): Promise<void> {
     const core = this.core;
     const r = core.store.getSandbox(id);
     if (!r) return;
@@ -85,6 +94,8 @@ export class Reconciler {
       } else if (r.state === 'pausing' || r.state === 'resuming') {
         if (r.nextAttemptAt && r.nextAttemptAt > now && !startup) return;
         if (startup || expired) await settleFromHost(core, r.id, `interrupted while ${r.state}`);
+      } else if ((r.state === 'running' || r.state === 'paused' || r.state === 'pooled') && !(await this.whole(r.id, spec, report, chains))) {
+        return; // failed, with the reason
       } else if (r.state === 'paused' && spec.coldPaused) {
         // paused without memory: no container by design; its disk waits for a resume
         if (startup) report.adopted.push(r.id);
@@ -110,6 +121,41 @@ export class Reconciler {
       });
       report.errors.push(`${r.id}: ${errorMessage(err)}`);
     }
+  }
+
+  /**
+   * Checks what a live sandbox needs on the host (its disk mounted, its network slot: namespace,
+   * veth, nft chain) and makes again what went; a sandbox must never run without its policy.
+   * What cannot be made again fails the sandbox with the reason. Returns whether it is whole.
+   */
+  private async whole(id: string, spec: StoredSpec, report: ReconcileReport, chains: Set<string> | undefined): Promise<boolean> {
+    const core = this.core;
+    // a sandbox whose processes are gone is found stopped below (after a reboot, say)
+    if (!spec.coldPaused && core.cgroup(id).pids().length === 0) return true;
+    const disk = join(core.sandboxDir(id), 'disk');
+    if (core.host.mountDevice(disk) === undefined) return this.fail(id, `its disk is not mounted on the host (${disk})`, report);
+    const net = core.deps.net;
+    if (!net?.lease(id) || !net.problems(id, chains).length) return true;
+    const missing = net.problems(id, chains);
+    // a sandbox with processes keeps the namespace they live in; a cold-paused one gets a new one
+    const pid = spec.coldPaused ? undefined : (await core.runtimeOf(id).state(core.containerId(id)))?.pid;
+    if (!spec.coldPaused && !pid) return this.fail(id, `its ${missing.join(', ')} went and its processes are gone`, report);
+    try {
+      // (a slot made after the chains were listed is whole: then nothing is repaired)
+      const repaired = await net.repair(id, egressPolicy(spec.network ?? DEFAULT_NETWORK), pid);
+      if (repaired.length) core.log.warn({ sandbox: id, missing, repaired }, 'repaired the network of a sandbox');
+      report.repaired?.push(...repaired.map((what) => `${id}: ${what}`));
+      return true;
+    } catch (err) {
+      return this.fail(id, `its ${missing.join(', ')} went and could not be made again: ${errorMessage(err)}`, report);
+    }
+  }
+
+  private fail(id: string, reason: string, report: ReconcileReport): false {
+    this.core.log.error({ sandbox: id, reason }, 'sandbox failed: what it needs on the host is gone');
+    this.core.setState(id, 'failed', { lastError: reason });
+    report.errors.push(`${id}: ${reason}`);
+    return false;
   }
 
   /** Host resources named for this instance that no stored sandbox owns. */

@@ -18,7 +18,8 @@ import { conflict, CubeboxError } from '../util/errors.js';
  *                                      └─ interrupted ──┘
  *   pausing / resuming, interrupted: settle to what the host shows (running, paused, stopped, failed)
  *   any state ──► deleting ──► (row gone)      a failed teardown keeps `deleting` (rule 4)
- *   running, paused, pooled ──► stopped (the main process exited); failed: an operation failed
+ *   running, paused, pooled ──► stopped (the main process exited); failed: an operation failed,
+ *   or what the sandbox needs on the host (its disk, its network) is gone and cannot be made again
  */
 
 // The names themselves are the store's vocabulary (a lower floor), re-exported here.
@@ -32,10 +33,10 @@ export { SANDBOX_STATES, type SandboxState };
  */
 export const TRANSITIONS: Readonly<Record<SandboxState, readonly SandboxState[]>> = {
   creating: ['running', 'pooled', 'failed', 'deleting'],
-  pooled: ['creating', 'paused', 'stopped', 'deleting'],
-  running: ['pausing', 'paused', 'stopped', 'deleting'],
+  pooled: ['creating', 'paused', 'stopped', 'failed', 'deleting'],
+  running: ['pausing', 'paused', 'stopped', 'failed', 'deleting'],
   pausing: ['paused', 'running', 'stopped', 'failed', 'deleting'],
-  paused: ['resuming', 'running', 'stopped', 'deleting'],
+  paused: ['resuming', 'running', 'stopped', 'failed', 'deleting'],
   resuming: ['running', 'paused', 'stopped', 'failed', 'deleting'],
   stopped: ['deleting'],
   failed: ['deleting'],

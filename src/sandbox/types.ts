@@ -171,9 +171,10 @@ export interface ManagerOptions {
   creates?: CreateLimits;
   /**
    * Sandbox networking: a subnet (default 10.200.0.0/16, or CUBEBOX_SUBNET), pre-made slots,
-   * private networks sandboxes may reach. false (or CUBEBOX_NETWORK=off): loopback only.
+   * private networks sandboxes may reach, connections tracked per sandbox (or CUBEBOX_MAX_FLOWS).
+   * false (or CUBEBOX_NETWORK=off): loopback only.
    */
-  network?: false | { subnet?: string; warmSlots?: number; allowPrivate?: string[] };
+  network?: false | { subnet?: string; warmSlots?: number; allowPrivate?: string[]; maxFlows?: number };
 }
 
 export interface CreateLimits {
@@ -191,6 +192,8 @@ export interface ReconcileReport {
   skipped: string[];
   tornDown: string[];
   orphansRemoved: string[];
+  /** What was found missing of a sandbox and made again (`<id>: <what>`). */
+  repaired?: string[];
   errors: string[];
 }
 

@@ -62,7 +62,8 @@ describe('sandbox networking through cubebox serve and the e2b SDK', { timeout: 
     // a host service on every address: no sandbox may reach it
     hostService = createServer((s) => s.end('host secret\n'));
     await new Promise<void>((r) => hostService.listen(0, '0.0.0.0', () => r()));
-    ({ svc, dataDir, e2b } = await sdkService({ CUBEBOX_DNS_UPSTREAM: UPSTREAM, CUBEBOX_POOL: 'base=1' }));
+    // the fake internet is a network of the host's own (a connected subnet): blocked unless allowed
+    ({ svc, dataDir, e2b } = await sdkService({ CUBEBOX_DNS_UPSTREAM: UPSTREAM, CUBEBOX_POOL: 'base=1', CUBEBOX_ALLOW_PRIVATE: '203.0.113.0/24' }));
   });
 
   after(async () => {

@@ -1,19 +1,28 @@
 // Attacks on sandbox networking from inside a sandbox: reconfiguring its own link (taking
 // another sandbox's address, routes), reaching the host's own services on any of its
-// addresses, reaching another sandbox, and what a deleted sandbox leaves for the next one.
+// addresses or its own networks, reaching another sandbox, filling the host's connection
+// tracking, flooding the DNS forwarder, and what a deleted sandbox leaves for the next one.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import pino from 'pino';
+import { DnsForwarder } from '../../src/network/dns.js';
+import { nftRuns } from '../../src/network/host.js';
+import { egressPolicy } from '../../src/network/policy.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { assertNoSandboxLeaks, destroyInstance, newInstance } from '../helpers/instance.js';
+import { testNetwork, type TestNetwork } from '../helpers/test-network.js';
 
 let m: SandboxManager;
 let hostService: Server;
 let port = 0;
+/** A network the instance allows (--allow-private): a server and a DNS server in a namespace of the test's. */
+let allowed: TestNetwork;
+const FLOW_CAP = 8;
 
-async function sh(id: string, cmd: string): Promise<{ out: string; code: number }> {
-  const p = await m.exec(id, ['/bin/sh', '-c', cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function sh(id: string, cmd: string, mgr: SandboxManager = m): Promise<{ out: string; code: number }> {
+  const p = await mgr.exec(id, ['/bin/sh', '-c', cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   p.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -23,7 +32,8 @@ async function sh(id: string, cmd: string): Promise<{ out: string; code: number 
 
 describe('sandbox networking under attack', { timeout: 300_000 }, () => {
   before(async () => {
-    m = await newInstance();
+    allowed = await testNetwork('198.19');
+    m = await newInstance({ network: { allowPrivate: [allowed.cidr], maxFlows: FLOW_CAP } });
     hostService = createServer((s) => s.end('host secret\n'));
     await new Promise<void>((r) => hostService.listen(0, '0.0.0.0', () => r()));
     port = (hostService.address() as { port: number }).port;
@@ -31,6 +41,7 @@ describe('sandbox networking under attack', { timeout: 300_000 }, () => {
   after(async () => {
     hostService.close();
     await destroyInstance(m);
+    await allowed.close();
   });
 
   it("a sandbox's root cannot change its link, addresses or routes", async () => {
@@ -85,5 +96,77 @@ describe('sandbox networking under attack', { timeout: 300_000 }, () => {
     assert.equal(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.includes(`cubebox-${m.paths.instanceId}-${slot} `), false);
     const listed = spawnSync('nft', ['list', 'chain', 'inet', `cubebox_${m.paths.instanceId}`, `s${slot}`], { encoding: 'utf8' });
     if (listed.status === 0) assert.doesNotMatch(listed.stdout, /198\.51\.100\.7/, 'a reused slot number starts with an empty policy');
+  });
+
+  it("cannot reach a network of the host's own (an interface's address, its connected subnet) unless allowed", async () => {
+    const a = await m.create({ template: 'busybox', agent: false });
+    const other = await testNetwork('198.18'); // made after the service started, like an uplink that comes up later
+    try {
+      await m.reconcile();
+      assert.match((await sh(a.id, `echo | nc -w 2 ${allowed.server} 7000`)).out, /reached/, 'the network --allow-private names is reachable');
+      for (const target of [other.server, other.host]) {
+        const r = await sh(a.id, `echo | nc -w 2 ${target} 7000`);
+        assert.doesNotMatch(r.out, /reached/, `a host network reached at ${target}`);
+      }
+    } finally {
+      await other.close();
+      await m.delete(a.id);
+    }
+  });
+
+  it('a sandbox opening more connections than its cap is refused past it', async () => {
+    const a = await m.create({ template: 'busybox', agent: false });
+    try {
+      const opened = await sh(
+        a.id,
+        `for i in $(seq ${FLOW_CAP * 2}); do ( (sleep 30 2>/dev/null | nc ${allowed.server} 7001 >/tmp/c$i 2>&1) </dev/null >/dev/null 2>&1 &); done; sleep 2; grep -l reached /tmp/c* | wc -l`,
+      );
+      assert.equal(Number(opened.out.trim().split('\n').pop()), FLOW_CAP, opened.out);
+    } finally {
+      await m.delete(a.id);
+    }
+  });
+});
+
+describe('the DNS forwarder under a sandbox flood', { timeout: 300_000 }, () => {
+  before(async () => {
+    allowed = await testNetwork('198.19');
+  });
+  after(async () => {
+    await allowed.close();
+  });
+
+  it('a sandbox flooding queries for an allowed name does not start an nft process per answer; the name resolves and is reachable', async (t) => {
+    const mf = await newInstance({ network: { allowPrivate: [allowed.cidr] } }); // the default flow cap: a flood is many flows
+    const net = mf.network()!;
+    const dns = new DnsForwarder({
+      upstreams: [{ host: allowed.server, port: 53 }],
+      log: pino({ level: 'silent' }),
+      lookup(address) {
+        const sandboxId = net.sandboxAt(address);
+        return sandboxId ? { sandboxId, policy: egressPolicy(mf.get(sandboxId).network) } : undefined;
+      },
+      allowResolved: (sandboxId, addresses, ttl) => net.allowResolved(sandboxId, addresses, ttl),
+    });
+    await net.setDnsPort(await dns.start());
+    const a = await mf.create({
+      template: 'busybox',
+      agent: false,
+      network: { allowInternetAccess: false, allowOut: ['flood.test'], denyOut: [], allowPublicTraffic: true, httpsPorts: [] },
+    });
+    try {
+      assert.doesNotMatch((await sh(a.id, `echo | nc -w 2 ${allowed.server} 7000`, mf)).out, /reached/, 'not reachable before it is resolved');
+      const before = nftRuns();
+      await sh(a.id, 'for i in $(seq 150); do nslookup flood.test >/dev/null 2>&1 & done; wait', mf);
+      const runs = nftRuns() - before;
+      assert.ok(allowed.queries() >= 50, `the flood reached the upstream (${allowed.queries()} queries)`);
+      t.diagnostic(`${runs} nft processes for ${allowed.queries()} queries forwarded`);
+      assert.ok(runs <= 5, `${runs} nft processes for one name's answers`);
+      assert.match((await sh(a.id, 'nslookup flood.test', mf)).out, new RegExp(allowed.server.replace(/\./g, '\\.')));
+      assert.match((await sh(a.id, `echo | nc -w 2 ${allowed.server} 7000`, mf)).out, /reached/, 'the resolved address is reachable');
+    } finally {
+      await dns.close();
+      await destroyInstance(mf);
+    }
   });
 });
