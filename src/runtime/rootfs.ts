@@ -53,6 +53,11 @@ export function rootfsLayout(sandboxDir: string, name: string, layerCount: numbe
 export async function mountDisk(layout: RootfsLayout, sizeMB: number, emptyImagesDir: string): Promise<void> {
   const empty = await emptyImage(emptyImagesDir, sizeMB);
   await runOk('cp', ['--sparse=always', empty, layout.diskImage]);
+  await mountExistingDisk(layout);
+}
+
+/** Loop-mounts the sandbox's disk image as it is (a new one, or one left unmounted by a host reboot). */
+export async function mountExistingDisk(layout: RootfsLayout): Promise<void> {
   mkdirSync(layout.disk, { recursive: true });
   // noinit_itable: no background zeroing of inode tables, which would fill the sparse image
   await runOk(HELPER_BIN, ['mount-disk', layout.diskImage, layout.disk], { timeoutMs: HELPER_TIMEOUT_MS });

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { Paths, RuntimeName } from '../config.js';
 import { applyInstanceLimits, defaultInstanceLimits, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
-import { mountDisk, mountRootfs, mountsUnder, mountTable, releaseLoopDevices, unmountRootfs, type RootfsLayout } from '../runtime/rootfs.js';
+import { mountDisk, mountExistingDisk, mountRootfs, mountsUnder, mountTable, releaseLoopDevices, unmountRootfs, type RootfsLayout } from '../runtime/rootfs.js';
 import type { SandboxNetwork } from '../network/network.js';
 import type { ManagerLock, Store } from '../store/store.js';
 import type { TemplateStore } from '../template/store.js';
@@ -50,6 +50,8 @@ export interface HostOps {
   applyInstanceLimits(parent: string): void;
   /** The sandbox's own loop-mounted disk (holds the writable layer). */
   mountDisk(layout: RootfsLayout, sizeMB: number, emptyImagesDir: string): Promise<void>;
+  /** The sandbox's existing disk image mounted again (after a host reboot, or an unmount from outside). */
+  mountExistingDisk(layout: RootfsLayout): Promise<void>;
   /** The idmapped layer views and the overlay root. */
   mountRootfs(layout: RootfsLayout, layers: string[], idMap?: { hostId: number; size: number }): Promise<void>;
   /** Unmounts in the order given; throws if any remains mounted. */
@@ -71,6 +73,7 @@ export function realHostOps(cgroupMode: CgroupMode): HostOps {
     listInstanceCgroups: (parent) => listInstanceCgroups(cgroupMode, parent),
     applyInstanceLimits: (parent) => void applyInstanceLimits(cgroupMode, parent, limits),
     mountDisk,
+    mountExistingDisk,
     mountRootfs,
     unmount: unmountRootfs,
     releaseLoopDevices,

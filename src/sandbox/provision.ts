@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chownSync, closeSync, constants, fchownSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { chownSync, closeSync, constants, existsSync, fchownSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { naming } from '../config.js';
 import { type BundleSpec, procMeminfo, writeBundle } from '../runtime/bundle.js';
@@ -187,6 +187,7 @@ export async function bootAgain(core: SandboxCore, id: string, spec: StoredSpec)
   // a new boot gets a new /init secret: whatever learnt the last one inside the sandbox cannot reuse it
   spec = { ...spec, initSecret: randomBytes(24).toString('base64url') };
   core.updateSpec(id, { initSecret: spec.initSecret });
+  await remountRootfs(core, id, spec);
   await mountVolumeViews(core.store, core.deps.paths, id, dir, spec.volumeMounts, core.idMapFor(core.requireRow(id).uidSlot));
   const lease = await connectNetwork(core, id, spec);
   if (spec.agent) writeInitSecret(core, id, spec, core.idMapFor(core.requireRow(id).uidSlot));
@@ -200,6 +201,25 @@ export async function bootAgain(core: SandboxCore, id: string, spec: StoredSpec)
   }
   await startTemplateCommand(core, id, spec);
   return pid;
+}
+
+/**
+ * A sandbox paused without memory whose disk is no longer mounted (the host rebooted, or it was
+ * unmounted from outside) gets its disk image and root mounted again, as they were: nothing of
+ * its files is lost. What is left of the old mounts goes first. The mounts are in its ledger.
+ */
+async function remountRootfs(core: SandboxCore, id: string, spec: StoredSpec): Promise<void> {
+  const dir = core.sandboxDir(id);
+  const layout = {
+    ...rootfsLayout(dir, naming.mountSource(core.deps.paths.instanceId, id), spec.layers.length),
+    support: { tree: spec.support, view: supportViewPath(core, id) },
+  };
+  if (core.host.mountDevice(layout.disk) !== undefined) return;
+  if (!existsSync(layout.diskImage)) throw new Error(`its disk image is gone (${layout.diskImage})`);
+  core.log.warn({ sandbox: id }, 'the disk of a paused sandbox is not mounted; mounting it again');
+  await core.host.unmount(core.host.mountsUnder(dir));
+  await core.host.mountExistingDisk(layout);
+  await core.host.mountRootfs(layout, spec.layers, core.idMapFor(core.requireRow(id).uidSlot));
 }
 
 /** Gives envd what is particular to this sandbox: env vars, access token, default user and workdir. */

@@ -1,4 +1,4 @@
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { naming } from '../config.js';
 import { DEFAULT_NETWORK, egressPolicy } from '../network/policy.js';
@@ -133,7 +133,11 @@ export class Reconciler {
     // a sandbox whose processes are gone is found stopped below (after a reboot, say)
     if (!spec.coldPaused && core.cgroup(id).pids().length === 0) return true;
     const disk = join(core.sandboxDir(id), 'disk');
-    if (core.host.mountDevice(disk) === undefined) return this.fail(id, `its disk is not mounted on the host (${disk})`, report);
+    if (core.host.mountDevice(disk) === undefined) {
+      // paused without memory: its image is mounted again at resume (after a host reboot, say)
+      if (spec.coldPaused && existsSync(`${disk}.img`)) return true;
+      return this.fail(id, `its disk is not mounted on the host (${disk})`, report);
+    }
     const net = core.deps.net;
     if (!net?.lease(id) || !net.problems(id, chains).length) return true;
     const missing = net.problems(id, chains);

@@ -1,6 +1,7 @@
 // What a sandbox needs on the host, taken away from the host's side: its network namespace's
 // name, its veth, its nft chain, its disk. A reconcile pass (or a resume) makes the network
-// again, with the policy; what cannot be made again fails the sandbox with the reason. And
+// again, with the policy; a disk image left unmounted is mounted again at resume; what cannot
+// be made again fails the sandbox with the reason. And
 // port traffic to a sandbox whose link is gone answers E2B's 502, never leaving by another route.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -9,6 +10,7 @@ import { createServer, request, type Server } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DataPlaneProxy, type RouteResolver } from '../../src/proxy/proxy.js';
+import { mountsUnder } from '../../src/runtime/rootfs.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { destroyInstance, newInstance } from '../helpers/instance.js';
 import { testNetwork, type TestNetwork } from '../helpers/test-network.js';
@@ -108,17 +110,19 @@ describe('a sandbox whose network or disk went from the host', { timeout: 300_00
     }
   });
 
-  it('a paused sandbox whose disk was unmounted from the host is failed with the reason', async () => {
+  it('a sandbox paused without memory whose disk was unmounted from the host resumes with its files', async () => {
     const a = await newSandbox();
     try {
+      assert.equal((await sh(m, a.id, 'echo kept > /root/file && sync')).code, 0);
       await m.pause(a.id, { memory: false });
       const dir = join(m.paths.sandboxesDir, a.id);
-      run('umount', [join(dir, 'rootfs')]);
-      run('umount', [join(dir, 'disk')]);
+      // as after a host reboot: nothing of the sandbox is mounted
+      for (const p of mountsUnder(dir)) run('umount', [p]);
       await m.reconcile({ orphans: false });
-      const info = m.get(a.id);
-      assert.equal(info.state, 'failed');
-      assert.match(info.lastError ?? '', /disk is not mounted/);
+      assert.equal(m.get(a.id).state, 'paused', 'its image is intact: it waits for its resume');
+      await m.resume(a.id);
+      assert.equal((await sh(m, a.id, 'cat /root/file')).out, 'kept');
+      await assertNetworkWorks(a.id);
     } finally {
       await m.delete(a.id);
     }

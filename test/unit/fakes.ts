@@ -70,6 +70,10 @@ export class FakeHost implements HostOps {
     this.mounts.set(layout.disk, layout.name);
   }
 
+  async mountExistingDisk(layout: RootfsLayout): Promise<void> {
+    await this.mountDisk(layout);
+  }
+
   async mountRootfs(layout: RootfsLayout): Promise<void> {
     if (this.failMountRootfs) throw this.failMountRootfs;
     for (const p of [...layout.views, layout.target]) {
