@@ -78,6 +78,10 @@ describe('the runtime registry', () => {
       ],
     );
     for (const n of runtimeNames()) assert.equal(capabilitiesOf(n).envdTransport, 'unix');
+    assert.deepEqual(
+      runtimeNames().filter((n) => capabilitiesOf(n).rootXattrs),
+      ['crun', 'runc'],
+    );
     assert.equal(runtimeDefinition('runsc').isolationNote !== undefined, true);
   });
 

@@ -11,7 +11,8 @@ export const runsc: RuntimeDefinition = {
     preparedNetns: false,
     freeze: true,
     checkpoint: 'builtin',
-    rootXattrs: true,
+    // its file proxy refuses user.* attributes on the root (EOPNOTSUPP): files keep no metadata
+    rootXattrs: false,
     envdTransport: 'unix',
     // binds over files in its own /proc work (a boot id per boot); meminfo needs none, its kernel knows the sandbox's memory
     procMounts: 'any',
