@@ -16,8 +16,6 @@ export function resolveCacheDir(): string {
 export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const HELPER_BIN = join(PROJECT_ROOT, 'dist', 'native', 'cubebox-helper');
 
-export type RuntimeName = 'crun' | 'runc' | 'runsc';
-
 /**
  * Where one cubebox instance keeps everything. Every host resource an instance creates
  * carries its instance id (cgroups, runtime state root, mount names), so several

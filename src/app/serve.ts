@@ -7,8 +7,9 @@ import { ControlServer } from '../api/control-socket.js';
 import { LocalApi } from '../api/manager-api.js';
 import { DEFAULT_CONNECTION_LIMITS, startServer, type RunningServer } from '../api/server.js';
 import type { ConnectionLimits } from '../api/connection-guard.js';
-import { parsePausedLifetime, resolveCacheDir, resolveDataDir, type RuntimeName } from '../config.js';
+import { parsePausedLifetime, resolveCacheDir, resolveDataDir } from '../config.js';
 import { probeHost } from '../runtime/probe.js';
+import { parseRuntimeName, type RuntimeName } from '../runtime/registry.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import type { PoolBounds } from '../sandbox/pool-sizer.js';
 import type { CreateLimits } from '../sandbox/types.js';
@@ -83,8 +84,7 @@ export const DEFAULT_SHUTDOWN_TIMEOUT_SEC = 20;
 export function serveConfig(flags: ServeFlags, env: NodeJS.ProcessEnv = process.env): ServeConfig {
   const portText = flags.port ?? env.CUBEBOX_PORT ?? '3000';
   const dataPortText = flags.dataPort ?? env.CUBEBOX_DATA_PORT;
-  const runtime = flags.runtime ?? (env.CUBEBOX_RUNTIME as RuntimeName | undefined) ?? 'crun';
-  if (!['crun', 'runc', 'runsc'].includes(runtime)) throw new CubeboxError('invalid_argument', `unknown runtime '${runtime}' (crun, runc or runsc)`);
+  const runtime = parseRuntimeName(flags.runtime ?? env.CUBEBOX_RUNTIME);
   return {
     dataDir: resolveDataDir(flags.dataDir),
     cacheDir: resolveCacheDir(),

@@ -30,7 +30,7 @@ export class BareRuntime {
     return this.runtime.name;
   }
 
-  /** Writes a bundle of its own for a new container (crun writes its pid file into the bundle). */
+  /** Writes a bundle of its own for a new container (the runtime writes its pid file into the bundle). */
   prepare(): { id: string; bundle: string; log: string } {
     const id = `cubebox-bench-${process.pid}-${this.seq++}`;
     const bundle = join(this.dir, `bare-${id}`);

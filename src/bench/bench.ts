@@ -2,6 +2,7 @@
 // with --json, one document at the end), progress on stderr. Every figure stands next to a
 // baseline measured in the same run: compare ratios, not times, on a shared machine.
 import { loadavg } from 'node:os';
+import { DEFAULT_RUNTIME } from '../runtime/registry.js';
 import { burstBench } from './burst-bench.js';
 import { densityBench } from './density-bench.js';
 import { BenchService, type PoolConfig } from './harness.js';
@@ -41,7 +42,7 @@ export async function runBench(o: BenchRunOptions): Promise<boolean> {
   const doc: BenchDocument = {
     version: 1,
     startedAt: new Date(t0).toISOString(),
-    machine: machineInfo(process.env.CUBEBOX_RUNTIME ?? 'crun'),
+    machine: machineInfo(process.env.CUBEBOX_RUNTIME ?? DEFAULT_RUNTIME),
     options: {
       iterations: o.iterations,
       parts,

@@ -1,5 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { DEFAULT_RUNTIME } from '../runtime/registry.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { BareRuntime } from './bare.js';
 import { median, timed, type BenchRow } from './report.js';
@@ -50,7 +51,7 @@ export async function runtimeBench(iterations: number, log: (s: string) => void 
     }
     rmSync(dataDir, { recursive: true, force: true });
   }
-  const rt = m?.runtime.name ?? 'crun';
+  const rt = m?.runtime.name ?? DEFAULT_RUNTIME;
   return [
     { name: 'sandbox create, no envd', medianMs: median(t.createBare), baselineName: `bare ${rt} run -d`, baselineMs: median(b.run) },
     { name: 'sandbox create', medianMs: median(t.create), baselineName: `bare ${rt} run -d`, baselineMs: median(b.run) },

@@ -7,6 +7,7 @@ import { ControlServer } from '../api/control-socket.js';
 import { LocalApi, type ManagerApi, type TemplateSource } from '../api/manager-api.js';
 import type { ServeFlags } from '../app/serve.js';
 import { formatNetworkReport } from './net-report.js';
+import { runtimeOption } from './runtime-option.js';
 import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { Store } from '../store/store.js';
@@ -288,7 +289,7 @@ program
   .addOption(new Option('--port <port>', 'listen port for both planes (env CUBEBOX_PORT, default 3000)'))
   .addOption(new Option('--data-port <port>', 'also serve the data plane alone on this port (env CUBEBOX_DATA_PORT)'))
   .addOption(new Option('--domain <domain>', 'sandbox domain reported to the SDK (env CUBEBOX_DOMAIN; default localhost:<port>)'))
-  .addOption(new Option('--runtime <name>', 'OCI runtime (env CUBEBOX_RUNTIME, default crun)').choices(['crun', 'runc', 'runsc']))
+  .addOption(runtimeOption())
   .option('--no-base', 'do not build the base template on first start')
   .addOption(new Option('--templates <names>', 'templates built at start: base, code-interpreter (env CUBEBOX_TEMPLATES; default base)'))
   .addOption(

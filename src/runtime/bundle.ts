@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { RuntimeName } from '../config.js';
 import { defaultSeccomp } from './seccomp.js';
 import { sandboxCpuCeiling } from './cgroups.js';
+import { capabilitiesOf, type RuntimeName } from './registry.js';
 
 /** The capabilities a sandbox's root keeps (podman's default set, without MKNOD, NET_RAW, AUDIT_WRITE). */
 export const SANDBOX_CAPABILITIES = [
@@ -69,21 +69,23 @@ export interface BundleSpec {
   netns?: string;
   /**
    * A host file bind-mounted read-only over /proc/sys/kernel/random/boot_id, so that each boot
-   * of the sandbox has its own boot id (as a VM's has). Ignored with runc, which refuses every
-   * mount inside /proc but a few fixed files.
+   * of the sandbox has its own boot id (as a VM's has). Ignored with a runtime that refuses it
+   * (capability procMounts).
    */
   bootIdFile?: string;
   /**
    * A host file bind-mounted read-only over /proc/meminfo (see procMeminfo), so that `free`
    * and the runtimes that size themselves from it see the sandbox's memory, not the host's.
-   * Ignored with runsc, whose kernel has a /proc of its own.
+   * Ignored with a runtime whose kernel has a /proc of its own (capability ownKernel).
    */
   meminfoFile?: string;
 }
 
-/** Builds an OCI config.json with cubebox's secure defaults. */
+/** Builds an OCI config.json with cubebox's secure defaults, as the spec's runtime can take it (registry.ts). */
 export function buildConfig(spec: BundleSpec): Record<string, unknown> {
-  const gvisor = spec.runtime === 'runsc';
+  const runtime = capabilitiesOf(spec.runtime);
+  // a kernel of its own gives the sandbox its cgroups, sysfs and syscall filter
+  const ownKernel = runtime.ownKernel;
   const caps = SANDBOX_CAPABILITIES;
   const namespaces: { type: string; path?: string }[] = [
     { type: 'pid' },
@@ -92,10 +94,10 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     { type: 'uts' },
     { type: 'mount' },
   ];
-  if (!gvisor) namespaces.push({ type: 'cgroup' });
+  if (!ownKernel) namespaces.push({ type: 'cgroup' });
   if (spec.idMap) namespaces.push({ type: 'user' });
 
-  const joinsForeignNetns = !!spec.netns && !!spec.idMap && !gvisor;
+  const joinsForeignNetns = !!spec.netns && !!spec.idMap && !ownKernel;
   const mounts: Record<string, unknown>[] = [
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
@@ -104,13 +106,13 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     // sysfs can only be mounted by a user namespace that owns the network namespace; a sandbox
     // joining its pre-made slot (owned by the host) gets the host's /sys read-only instead (what
-    // crun does by itself, and runc does not), without its submounts (cheaper, and less of the
+    // some runtimes do by themselves, others not), without its submounts (cheaper, and less of the
     // host: debugfs, securityfs, the host's cgroups stay out) and with its network devices masked
     joinsForeignNetns
       ? { destination: '/sys', type: 'bind', source: '/sys', options: ['bind', 'nosuid', 'noexec', 'nodev', 'ro'] }
       : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
   ];
-  if (!gvisor) {
+  if (!ownKernel) {
     mounts.push({ destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] });
   }
   for (const b of spec.binds) {
@@ -122,7 +124,7 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     });
   }
 
-  if (spec.bootIdFile && spec.runtime !== 'runc') {
+  if (spec.bootIdFile && runtime.procMounts === 'any') {
     mounts.push({
       destination: '/proc/sys/kernel/random/boot_id',
       type: 'bind',
@@ -131,7 +133,8 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     });
   }
 
-  if (spec.meminfoFile && !gvisor) {
+  // a kernel of its own shows the sandbox's memory by itself
+  if (spec.meminfoFile && runtime.procMounts !== 'none' && !ownKernel) {
     mounts.push({ destination: '/proc/meminfo', type: 'bind', source: spec.meminfoFile, options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
   }
 
@@ -155,7 +158,7 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
     linux.uidMappings = map;
     linux.gidMappings = map;
   }
-  if (!gvisor) {
+  if (!ownKernel) {
     const seccomp = defaultSeccomp(caps, { nestedContainers: spec.nestedContainers });
     if (seccomp) linux.seccomp = seccomp;
   }
@@ -190,7 +193,7 @@ export function buildConfig(spec: BundleSpec): Record<string, unknown> {
  * one, a new boot id (bundle/boot_id) that the config mounts over the kernel's.
  */
 export function writeBundle(bundleDir: string, spec: BundleSpec): void {
-  if (spec.bootIdFile === undefined && spec.runtime !== 'runc') {
+  if (spec.bootIdFile === undefined && capabilitiesOf(spec.runtime).procMounts === 'any') {
     spec = { ...spec, bootIdFile: join(bundleDir, 'boot_id') };
     writeFileSync(spec.bootIdFile!, `${randomUUID()}\n`, { mode: 0o644 });
   }

@@ -43,7 +43,7 @@ export class SandboxCgroup {
   dirs(): string[] {
     if (this.mode === 'v2') return [join(ROOT, this.relPath)];
     const dirs = this.hierarchies.map((h) => join(ROOT, h, this.relPath));
-    // on hybrid hosts runc also creates the sandbox's cgroup in the controller-less cgroup2 tree
+    // on hybrid hosts a runtime may also create the sandbox's cgroup in the controller-less cgroup2 tree
     if (this.mode === 'hybrid') dirs.push(join(ROOT, 'unified', this.relPath));
     return dirs;
   }

@@ -1,8 +1,9 @@
 import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HELPER_BIN, type RuntimeName } from '../config.js';
+import { HELPER_BIN } from '../config.js';
 import type { CgroupMode } from './cgroups.js';
+import { runtimeDefinition, type RuntimeDefinition, type RuntimeName } from './registry.js';
 import { readLogTail } from '../util/log-tail.js';
 import { spawnChild } from '../util/exec.js';
 
@@ -29,7 +30,7 @@ export interface ExecOptions {
  */
 export interface SandboxRuntime {
   readonly name: RuntimeName;
-  /** Whether sandboxes should get a user namespace (runsc is its own isolation layer). */
+  /** Whether sandboxes should get a user namespace (the runtime's capability; fakes have none). */
   readonly userNamespaces: boolean;
   /** Starts the container described by bundleDir/config.json in the background. */
   /** Resolves to the host PID of the container's first process (informational only). */
@@ -64,9 +65,10 @@ export interface OciRuntimeOptions {
 
 const GONE_RE = /does not exist|no such file or directory|not found|container .* not exist/i;
 
-/** crun, runc and runsc share the OCI command line; only a few flags differ. */
+/** The OCI runtimes share one command line; what differs is in each one's definition (runtimes/). */
 export class OciRuntime implements SandboxRuntime {
   readonly userNamespaces: boolean;
+  private readonly def: RuntimeDefinition;
   private readonly binary: string;
   private readonly globalArgs: string[];
   private readonly wrap: boolean;
@@ -78,15 +80,12 @@ export class OciRuntime implements SandboxRuntime {
     cgroupMode: CgroupMode,
     opts: OciRuntimeOptions = {},
   ) {
-    this.binary = opts.binary ?? process.env[`CUBEBOX_${name.toUpperCase()}_BIN`] ?? `/usr/bin/${name}`;
+    this.def = runtimeDefinition(name);
+    this.binary = opts.binary ?? process.env[`CUBEBOX_${name.toUpperCase()}_BIN`] ?? this.def.binary ?? `/usr/bin/${name}`;
     this.callTimeoutMs = opts.callTimeoutMs ?? (Number(process.env.CUBEBOX_RUNTIME_TIMEOUT_MS) || RUNTIME_CALL_TIMEOUT_MS);
-    this.globalArgs = ['--root', stateRoot];
-    // host-uds=create: envd's socket in the shared directory must be reachable from the host
-    // network=none: runsc sandboxes have loopback only (see sandbox/networking.ts)
-    if (name === 'runsc') this.globalArgs.push('--platform=ptrace', '--network=none', '--host-uds=create');
-    // crun refuses hybrid hosts; in a mount namespace without the cgroup2 mount it sees pure v1.
-    this.wrap = name === 'crun' && cgroupMode === 'hybrid';
-    this.userNamespaces = name !== 'runsc';
+    this.globalArgs = ['--root', stateRoot, ...this.def.globalArgs];
+    this.wrap = this.def.hybridCgroupWrapper && cgroupMode === 'hybrid';
+    this.userNamespaces = this.def.capabilities.userNamespaces;
     mkdirSync(stateRoot, { recursive: true, mode: 0o700 });
   }
 
@@ -199,13 +198,13 @@ export class OciRuntime implements SandboxRuntime {
   }
 
   /**
-   * Whether the runtime has state for the container: crun and runc keep a directory per
-   * container, runsc files named `<id>_sandbox:<sandbox id>.state`.
+   * Whether the runtime has state for the container: a directory per container, or files
+   * of the container's (stateFileOwner) for a runtime that keeps those.
    */
   private known(containerId: string): boolean {
     if (existsSync(join(this.stateRoot, containerId))) return true;
-    if (this.name !== 'runsc') return false;
-    return this.entries().some((e) => e.startsWith(`${containerId}_sandbox:`));
+    const owner = this.def.stateFileOwner;
+    return owner !== undefined && this.entries().some((e) => owner(e) === containerId);
   }
 
   private entries(): string[] {
@@ -236,8 +235,8 @@ export class OciRuntime implements SandboxRuntime {
   async list(): Promise<string[]> {
     const ids = new Set<string>();
     for (const e of this.entries()) {
-      const runsc = e.match(/^(.+)_sandbox:.*\.(state|lock)$/);
-      if (runsc) ids.add(runsc[1]!);
+      const owner = this.def.stateFileOwner?.(e);
+      if (owner !== undefined) ids.add(owner);
       else if (existsSync(join(this.stateRoot, e, '.'))) ids.add(e);
     }
     return [...ids];

@@ -1,9 +1,10 @@
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HELPER_BIN, type RuntimeName } from '../config.js';
+import { HELPER_BIN } from '../config.js';
 import { run } from '../util/exec.js';
 import { detectCgroupMode, v1Hierarchies, type CgroupMode } from './cgroups.js';
+import { DEFAULT_RUNTIME, isRuntimeName, runtimeDefinition, runtimeNames, runtimesWith, type RuntimeName } from './registry.js';
 import { guardSandboxDir, mountRootfs, rootfsLayout, unmountRootfs } from './rootfs.js';
 import { DEFAULT_PROFILE } from './seccomp.js';
 
@@ -118,9 +119,9 @@ export async function probeHost(opts: { runtimes?: RuntimeName[]; nestedTemplate
   add('IPv4 forwarding', true, false, fwd ? 'on' : 'off now; serve turns it on for sandbox networking (net.ipv4.ip_forward=1)');
 
   const runtimes: RuntimeProbe[] = [];
-  for (const name of opts.runtimes ?? (['crun', 'runc', 'runsc'] as RuntimeName[])) runtimes.push(await probeRuntime(name, cgroupMode, isRoot));
-  const crun = runtimes.find((r) => r.name === 'crun');
-  if (crun) add('default runtime (crun)', crun.works, true, crun.detail);
+  for (const name of opts.runtimes ?? runtimeNames()) runtimes.push(await probeRuntime(name, cgroupMode, isRoot));
+  const byDefault = runtimes.find((r) => r.name === DEFAULT_RUNTIME);
+  if (byDefault) add(`default runtime (${DEFAULT_RUNTIME})`, byDefault.works, true, byDefault.detail);
 
   const criu = await probeCriu();
   const kernel = readOr('/proc/sys/kernel/osrelease', '?').trim();
@@ -201,12 +202,9 @@ export function isolationChecks(runtimes: RuntimeProbe[], nestedTemplates?: stri
 
   for (const rt of runtimes) {
     if (!rt.works) continue;
-    if (rt.name === 'runsc') {
-      add(
-        'runsc isolation',
-        true,
-        "gVisor's user-space kernel is the boundary: no user namespace and no seccomp profile from cubebox (runsc filters its own syscalls)",
-      );
+    const note = isRuntimeName(rt.name) ? runtimeDefinition(rt.name).isolationNote : undefined;
+    if (note) {
+      add(`${rt.name} isolation`, true, note);
     } else if (rt.userns !== undefined) {
       add(
         `${rt.name} user namespaces`,
@@ -248,7 +246,8 @@ async function tryIdmappedOverlay(): Promise<{ ok: boolean; detail: string }> {
 
 /** Runs a container whose only file is tini-static (`tini --version`) with the runtime. */
 async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean): Promise<RuntimeProbe> {
-  const binary = `/usr/bin/${name}`;
+  const def = runtimeDefinition(name);
+  const binary = def.binary ?? `/usr/bin/${name}`;
   if (!existsSync(binary)) return { name, installed: false, works: false, needsWrapper: false, detail: `${binary} not installed` };
   const v = await run(binary, ['--version']);
   const version = (v.stdout.split('\n')[0] ?? '').trim();
@@ -268,7 +267,7 @@ async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean
         linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }, { type: 'network' }] },
       }),
     );
-    const extra = name === 'runsc' ? ['--platform=ptrace', '--network=none'] : [];
+    const extra = [...def.probeArgs];
     const id = `cubebox-probe-${process.pid}`;
     const tryRun = async (wrapped: boolean) => {
       const argv = [...extra, '--root', root, 'run', '--bundle', dir, id];
@@ -284,7 +283,7 @@ async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean
     };
     // Then as sandboxes run: in a user namespace, behind the sandbox directory's guard.
     const withUserns = async (wrapped: boolean) => {
-      if (name === 'runsc') return undefined;
+      if (!def.capabilities.userNamespaces) return undefined;
       const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
       const map = [{ containerID: 0, hostID: PROBE_HOST_ID, size: 65536 }];
       config.linux = { ...config.linux, namespaces: [...config.linux.namespaces, { type: 'user' }], uidMappings: map, gidMappings: map };
@@ -302,7 +301,7 @@ async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean
     if (direct.code === 0 && direct.stdout.includes('tini'))
       return { name, installed: true, version, works: true, needsWrapper: false, detail: 'runs containers', userns: await withUserns(false) };
     const reason = (direct.stderr || direct.stdout).trim().split('\n').pop() ?? '';
-    if (name === 'crun' && mode === 'hybrid') {
+    if (def.hybridCgroupWrapper && mode === 'hybrid') {
       const wrapped = await tryRun(true);
       if (wrapped.code === 0)
         return {
@@ -331,7 +330,8 @@ async function probeRuntime(name: RuntimeName, mode: CgroupMode, isRoot: boolean
 
 async function probeCriu(): Promise<HostReport['criu']> {
   const bin = ['/usr/sbin/criu', '/usr/bin/criu'].find((p) => existsSync(p));
-  if (!bin) return { installed: false, usable: false, detail: 'not installed: checkpoint-to-disk with crun/runc is unavailable' };
+  if (!bin)
+    return { installed: false, usable: false, detail: `not installed: checkpoint-to-disk with ${runtimesWith('checkpoint', 'criu').join('/')} is unavailable` };
   const r = await run(bin, ['check'], { timeoutMs: 30_000 });
   if (r.code === 0) return { installed: true, usable: true, detail: 'criu check passes' };
   const why = (r.stderr || r.stdout).trim().split('\n').filter(Boolean).slice(-2).join(' | ');

@@ -125,9 +125,9 @@ export async function mountRootfs(layout: RootfsLayout, layers: string[], idMap?
 /**
  * Host users must not read a sandbox's files nor run its setuid files. The merged root
  * cannot be nosuid (the mount the runtime bind-mounts as / keeps the flag, locked, and
- * sudo in the sandbox would stop working: seen with crun, runc and runsc), so the
+ * sudo in the sandbox would stop working: seen with every runtime here), so the
  * sandbox directory is the barrier: 0710 root:<sandbox root's host gid>. Only host root
- * and the sandbox's own root group may pass; crun and runc reach the rootfs and the
+ * and the sandbox's own root group may pass; runtimes with user namespaces reach the rootfs and the
  * envd run directory as that id from inside the user namespace. Without a user
  * namespace: 0700. The disk and the layer views below are nosuid,nodev themselves.
  */

@@ -1,14 +1,18 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { Paths, RuntimeName } from '../config.js';
+import type { Paths } from '../config.js';
 import { applyInstanceLimits, defaultInstanceLimits, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
 import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
+import { isRuntimeName, type RuntimeName } from '../runtime/registry.js';
 import { mountDisk, mountExistingDisk, mountRootfs, mountsUnder, mountTable, releaseLoopDevices, unmountRootfs, type RootfsLayout } from '../runtime/rootfs.js';
 import type { SandboxNetwork } from '../network/network.js';
 import type { ManagerLock, Store } from '../store/store.js';
 import type { TemplateStore } from '../template/store.js';
 import { mountDevice } from '../util/safe-socket.js';
+
+/** How configuration names a runtime (the manager checks it before it makes anything). */
+export { parseRuntimeName } from '../runtime/registry.js';
 
 /**
  * What the lifecycle core is given rather than reaching for: the store, the runtimes, the
@@ -93,16 +97,14 @@ export interface RuntimeResolver {
   all(): SandboxRuntime[];
 }
 
-const RUNTIME_NAMES: RuntimeName[] = ['crun', 'runc', 'runsc'];
-
 /** The OCI runtimes, each with its state root under runRoot (made on first use). */
 export function ociRuntimes(defaultName: RuntimeName, runRoot: string, cgroupMode: CgroupMode): RuntimeResolver {
   const made = new Map<string, SandboxRuntime>();
   const byName = (name: string): SandboxRuntime => {
     let rt = made.get(name);
     if (!rt) {
-      if (!RUNTIME_NAMES.includes(name as RuntimeName)) throw new Error(`unknown runtime '${name}'`);
-      rt = new OciRuntime(name as RuntimeName, join(runRoot, name), cgroupMode);
+      if (!isRuntimeName(name)) throw new Error(`unknown runtime '${name}'`);
+      rt = new OciRuntime(name, join(runRoot, name), cgroupMode);
       made.set(name, rt);
     }
     return rt;
@@ -113,7 +115,7 @@ export function ociRuntimes(defaultName: RuntimeName, runRoot: string, cgroupMod
     all() {
       const names = new Set<string>([defaultName]);
       try {
-        for (const e of readdirSync(runRoot)) if (RUNTIME_NAMES.includes(e as RuntimeName)) names.add(e);
+        for (const e of readdirSync(runRoot)) if (isRuntimeName(e)) names.add(e);
       } catch {
         /* no state root yet */
       }

@@ -2,6 +2,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { naming, type Paths } from '../config.js';
 import { detectCgroupMode, listInstanceCgroups, SandboxCgroup, type CgroupMode } from '../runtime/cgroups.js';
+import { runtimeNames } from '../runtime/registry.js';
 import { loopDevicesUnder, mountTable } from '../runtime/rootfs.js';
 import type { Store } from '../store/store.js';
 import { networkLeaks } from '../network/leaks.js';
@@ -44,7 +45,7 @@ export class LeakChecker {
     }
     for (const l of loopDevicesUnder(dir)) leaks.push({ sandbox: id, kind: 'device', what: l });
     if (existsSync(dir)) leaks.push({ sandbox: id, kind: 'dir', what: dir });
-    for (const rt of ['crun', 'runc', 'runsc']) {
+    for (const rt of runtimeNames()) {
       const root = join(this.paths.runRoot, rt);
       if (!existsSync(root)) continue;
       for (const e of readdirSync(root)) {
@@ -72,7 +73,7 @@ export class LeakChecker {
     const prefix = `cubebox-${inst}-`;
     for (const m of mountTable()) if (m.source.startsWith(prefix)) ids.add(m.source.slice(prefix.length));
     if (existsSync(this.paths.sandboxesDir)) for (const d of readdirSync(this.paths.sandboxesDir)) ids.add(d);
-    for (const rt of ['crun', 'runc', 'runsc']) {
+    for (const rt of runtimeNames()) {
       const root = join(this.paths.runRoot, rt);
       if (existsSync(root)) for (const e of readdirSync(root)) if (e.startsWith(prefix)) ids.add(e.slice(prefix.length).split('_')[0]!);
     }

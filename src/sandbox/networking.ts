@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import type { NetLease } from '../network/network.js';
 import { DEFAULT_NETWORK, egressPolicy, type NetworkSettings } from '../network/policy.js';
 import type { BindMount } from '../runtime/bundle.js';
+import { capabilitiesOf } from '../runtime/registry.js';
 import type { SandboxCore } from './core.js';
 import type { StoredSpec } from './types.js';
 
@@ -20,11 +21,8 @@ function netFilesDir(core: SandboxCore, id: string): string {
  */
 export async function connectNetwork(core: SandboxCore, id: string, spec: StoredSpec): Promise<NetLease | undefined> {
   const net = core.deps.net;
-  // crun only. gVisor refuses a prepared namespace on this kind of host ("cannot run with
-  // network enabled in root network namespace"), and runc 1.1 cannot exec into a sandbox whose
-  // user namespace does not own its network namespace (it joins the user namespace first):
-  // runsc and runc sandboxes keep loopback only
-  if (!net || core.runtimeOf(id).name !== 'crun') return undefined;
+  // only a runtime that can run in a namespace the host prepared; the others keep loopback only
+  if (!net || !capabilitiesOf(core.runtimeOf(id).name).preparedNetns) return undefined;
   const lease = await net.attach(id, egressPolicy(spec.network ?? DEFAULT_NETWORK));
   const dir = netFilesDir(core, id);
   // the host writes these before every boot, in a directory only the host can reach (no sandbox path is followed)

@@ -92,7 +92,8 @@ export async function teardown(core: SandboxCore, id: string): Promise<void> {
 /**
  * Stops every process of a sandbox but keeps its filesystem (for a pause without memory).
  * What the boot left in the directory it shares with the host goes too, so that the next
- * boot starts clean: under runsc a stale envd socket there makes envd's listen fail.
+ * boot starts clean: with a runtime whose file proxy creates host sockets, a stale envd socket
+ * there makes envd's listen fail.
  */
 export async function stopContainer(core: SandboxCore, id: string): Promise<void> {
   const cg = core.cgroup(id);

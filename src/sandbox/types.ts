@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { RuntimeName } from '../config.js';
+import type { RuntimeName } from '../runtime/registry.js';
 import type { NetworkSettings } from '../network/policy.js';
 import type { Limits } from '../runtime/bundle.js';
 import type { Template } from '../template/store.js';

@@ -8,8 +8,8 @@
 // Files on the disk carry canonical ids: what a sandbox sees (0 = root, 1000 = user). Each
 // sandbox gets `<sandbox-dir>/volumes/<n>`, an idmapped bind of that root that shows
 // canonical id N as the sandbox's host id hostId+N, so its user reads and writes as itself,
-// whichever id block the sandbox has; the runtime binds that view at the mount path. crun
-// and runc bind it like any directory. runsc (gVisor) serves it through its gofer like the
+// whichever id block the sandbox has; the runtime binds that view at the mount path, like any
+// directory, or (a runtime with a kernel of its own) serves it through its file proxy like the
 // root: reads, writes and canonical ownership hold, and sandboxes see each other's changes.
 import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';

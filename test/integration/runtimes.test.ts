@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
-import type { RuntimeName } from '../../src/config.js';
+import type { RuntimeName } from '../../src/runtime/registry.js';
 import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance } from '../helpers/instance.js';
 
 // crun is covered by every other suite; runc and runsc are selectable by configuration.

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { RuntimeName } from '../../src/config.js';
+import type { RuntimeName } from '../../src/runtime/registry.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { assertNoSandboxLeaks, destroyInstance, newDataDir, newInstance, startServe, waitExit } from '../helpers/instance.js';
 import { asHostNobody, buildProbe, installProbe, sh } from './helpers.js';

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import type { RuntimeName } from '../../src/config.js';
+import type { RuntimeName } from '../../src/runtime/registry.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { assertNoSandboxLeaks, cli, destroyInstance, newInstance } from '../helpers/instance.js';
 import { buildProbe, installProbe, probe, sh } from './helpers.js';

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import type { RuntimeName } from '../../src/config.js';
+import type { RuntimeName } from '../../src/runtime/registry.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import type { StoredSpec } from '../../src/sandbox/types.js';
 import { assertNoSandboxLeaks, destroyInstance, newInstance } from '../helpers/instance.js';
