@@ -23,7 +23,7 @@ describe('ApiKeys', () => {
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'cubebox-keys-'));
     store = new Store(join(dir, 'cubebox.db'));
-    keys = new ApiKeys(store.db);
+    keys = new ApiKeys(store);
   });
   after(() => {
     store?.close();
@@ -129,7 +129,7 @@ describe('ApiKeys', () => {
       db.close();
       const s2 = new Store(join(old, 'cubebox.db'));
       try {
-        const k2 = new ApiKeys(s2.db);
+        const k2 = new ApiKeys(s2);
         assert.equal(k2.verify(key)?.team, DEFAULT_TEAM_ID);
         assert.equal(s2.getSandbox('s1')?.team, DEFAULT_TEAM_ID);
         assert.equal(s2.getSandbox('s2')?.team, null);
@@ -179,7 +179,7 @@ describe('ApiKeys', () => {
   test('a second connection (the CLI while serve runs) sees new and revoked keys at once', () => {
     const other = new Store(join(dir, 'cubebox.db'));
     try {
-      const cli = new ApiKeys(other.db);
+      const cli = new ApiKeys(other);
       const { key, info } = cli.create('from-cli');
       assert.equal(keys.verify(key)?.id, info.id);
       cli.revoke(info.id);
@@ -240,11 +240,11 @@ describe('cubebox keys (CLI module)', () => {
 
     const store = new Store(openPaths(dataDir, false).db);
     try {
-      assert.equal(new ApiKeys(store.db).verify(key)?.name, 'laptop');
+      assert.equal(new ApiKeys(store).verify(key)?.name, 'laptop');
       const rv = cli(['keys', 'revoke', key.slice(0, 12)]);
       assert.equal(rv.status, 0, rv.stderr);
       assert.equal(rv.stdout.trim(), list[0]?.id);
-      assert.equal(new ApiKeys(store.db).verify(key), undefined);
+      assert.equal(new ApiKeys(store).verify(key), undefined);
     } finally {
       store.close();
     }
