@@ -89,7 +89,8 @@ export class LeakChecker {
     // volume disks that no ready volume owns (every volume's, without a store)
     for (const v of volumeLeaks(this.paths, this.store)) leaks.push({ sandbox: v.volume, kind: v.kind, what: v.what });
     // network slots, namespaces, links, nft chains and flow entries that no live sandbox owns
-    for (const n of networkLeaks(inst, this.paths.dataDir, this.store?.netSlots, known)) leaks.push({ sandbox: '-', kind: 'network', what: `${n.kind} ${n.what}` });
+    for (const n of networkLeaks(inst, this.paths.dataDir, this.store?.netSlots, known))
+      leaks.push({ sandbox: '-', kind: 'network', what: `${n.kind} ${n.what}` });
     if (known.size === 0) {
       // with no sandboxes left, the instance's parent cgroups must be gone too
       const parent = new SandboxCgroup(this.mode, `/${naming.cgroupParent(inst)}`);

@@ -55,25 +55,21 @@ const toKey = (r: Raw): ApiKeyRow => ({
 });
 
 export class SqliteKeyRepo implements KeyRepo {
-  // verify() reads a key on every request: its statements are prepared once
-  private readonly byHashStmt: Database.Statement<[string], Raw>;
-  private readonly touchStmt: Database.Statement<[number, string]>;
+  // verify() reads a key on every request: its statements are prepared once, on first use
+  private byHashStmt: Database.Statement<[string], Raw> | undefined;
+  private touchStmt: Database.Statement<[number, string]> | undefined;
   private liveKeyStmt: Database.Statement | undefined;
 
-  constructor(private readonly db: Database.Database) {
-    this.byHashStmt = db.prepare<[string], Raw>('SELECT * FROM api_keys WHERE hash = ?');
-    this.touchStmt = db.prepare<[number, string]>('UPDATE api_keys SET last_used_at = ? WHERE id = ?');
-  }
+  constructor(private readonly db: Database.Database) {}
 
   insert(k: ApiKeyRow): void {
     this.db
-      .prepare(
-        'INSERT INTO api_keys (id, name, prefix, hash, created_at, last_used_at, revoked_at, team_id, admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      )
+      .prepare('INSERT INTO api_keys (id, name, prefix, hash, created_at, last_used_at, revoked_at, team_id, admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
       .run(k.id, k.name, k.prefix, k.hash, k.createdAt, k.lastUsedAt, k.revokedAt, k.team, k.admin ? 1 : 0);
   }
 
   byHash(hash: string): ApiKeyRow | undefined {
+    this.byHashStmt ??= this.db.prepare<[string], Raw>('SELECT * FROM api_keys WHERE hash = ?');
     const r = this.byHashStmt.get(hash);
     return r && toKey(r);
   }
@@ -95,6 +91,7 @@ export class SqliteKeyRepo implements KeyRepo {
     const previous = this.db.pragma('busy_timeout', { simple: true }) as number;
     try {
       if (previous !== 0) this.db.pragma('busy_timeout = 0');
+      this.touchStmt ??= this.db.prepare<[number, string]>('UPDATE api_keys SET last_used_at = ? WHERE id = ?');
       this.touchStmt.run(at, id);
     } catch (err) {
       const code = (err as { code?: string }).code ?? '';

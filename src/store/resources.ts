@@ -40,14 +40,14 @@ export class SqliteResourceRepo implements ResourceRepo {
   }
 
   of(sandboxId: string): ResourceRow[] {
-    return (
-      this.db.prepare('SELECT * FROM resources WHERE sandbox_id = ? ORDER BY created_at, kind, name').all(sandboxId) as Record<string, unknown>[]
-    ).map((r) => ({
-      sandboxId: r.sandbox_id as string,
-      kind: r.kind as ResourceKind,
-      name: r.name as string,
-      createdAt: r.created_at as number,
-    }));
+    return (this.db.prepare('SELECT * FROM resources WHERE sandbox_id = ? ORDER BY created_at, kind, name').all(sandboxId) as Record<string, unknown>[]).map(
+      (r) => ({
+        sandboxId: r.sandbox_id as string,
+        kind: r.kind as ResourceKind,
+        name: r.name as string,
+        createdAt: r.created_at as number,
+      }),
+    );
   }
 
   count(sandboxId: string): number {

@@ -26,7 +26,6 @@ const RESERVED = ['/.cubebox', '/proc', '/sys', '/dev'];
 const MAX_MOUNTS = 16;
 
 export class Volumes {
-  readonly store: VolumeRepo;
   private readonly locks = new KeyedMutex();
   /** Content requests in flight per volume: a delete cuts them before it unmounts. */
   private readonly inflight = new Map<string, Set<() => void>>();
@@ -37,8 +36,10 @@ export class Volumes {
     private readonly log: Logger,
     /** The size of each new volume's disk, MiB. */
     readonly sizeMB: number,
-  ) {
-    this.store = base.volumes;
+  ) {}
+
+  get store(): VolumeRepo {
+    return this.base.volumes;
   }
 
   /**
