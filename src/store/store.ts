@@ -29,8 +29,8 @@ export { DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, migrateStore, SCHEMA_VERSION } from
  * src/store/: the rest of the code holds a Store or one of its repositories.
  */
 export class Store {
-  /** The SQLite connection: for the repositories, the migrations and tests; nothing else reaches it. */
-  readonly db: Database.Database;
+  /** The SQLite connection: only the repositories and the migrations use it (tests of this SQLite store reach it as store['db']). */
+  private readonly db: Database.Database;
   readonly sandboxes: SandboxRepo;
   readonly ledger: ResourceRepo;
   readonly templates: TemplateRepo;

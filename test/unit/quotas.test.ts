@@ -199,7 +199,7 @@ describe('keys and quotas written by the CLI next to the running service', () =>
     const service = new Store(join(dir, 'cubebox.db'));
     const cliStore = new Store(join(dir, 'cubebox.db'));
     try {
-      service.db.pragma('busy_timeout = 0');
+      service['db'].pragma('busy_timeout = 0');
       const keys = new ApiKeys(cliStore);
       const lookup = keys.team.bind(keys);
       let serviceWrote = false;
