@@ -4,7 +4,7 @@
 // `cubebox serve` use it through separate connections (WAL), and verify() reads it on every
 // request, so a key created or revoked by the CLI takes effect at once.
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { DEFAULT_TEAM_ID, type ApiKeyRow, type Store, type TeamRow } from '../store/store.js';
+import { DEFAULT_TEAM_ID, type ApiKeyRow, type Repositories, type TeamRow } from '../store/store.js';
 import { invalid, notFound } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 
@@ -48,7 +48,7 @@ export function hashApiKey(key: string): string {
 }
 
 /** What the keys need of the store: the two tables, and immediate transactions across them. */
-export type KeyStore = Pick<Store, 'keys' | 'teams' | 'immediate'>;
+export type KeyStore = Pick<Repositories, 'keys' | 'teams' | 'immediate'>;
 
 export class ApiKeys {
   constructor(private readonly store: KeyStore) {}

@@ -21,6 +21,22 @@ export type { SecretRepo, SecretRow } from './secrets.js';
 export type { VolumeMountSpec, VolumeRepo, VolumeRow, VolumeState } from './volumes.js';
 export { DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, migrateStore, SCHEMA_VERSION } from './schema.js';
 
+/** The tables, each behind its repository, and transactions across them: what a second store (PostgreSQL) implements. */
+export interface Repositories {
+  readonly sandboxes: SandboxRepo;
+  readonly ledger: ResourceRepo;
+  readonly templates: TemplateRepo;
+  readonly teams: TeamRepo;
+  readonly keys: KeyRepo;
+  readonly netSlots: NetSlotRepo;
+  readonly secrets: SecretRepo;
+  readonly volumes: VolumeRepo;
+  /** Runs fn in one transaction. */
+  transaction<T>(fn: () => T): T;
+  /** Runs fn in one transaction that takes the write lock first (a read, then the write it allows). */
+  immediate<T>(fn: () => T): T;
+}
+
 /**
  * The embedded store: one repository per table (sandboxes, the resource ledger, templates,
  * teams, API keys, network slots, secrets, volumes), each behind an interface whose
@@ -28,7 +44,7 @@ export { DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, migrateStore, SCHEMA_VERSION } from
  * INTEGER, ON CONFLICT), so a cluster store can take the same schema. No SQL lives outside
  * src/store/: the rest of the code holds a Store or one of its repositories.
  */
-export class Store {
+export class Store implements Repositories {
   /** The SQLite connection: only the repositories and the migrations use it (tests of this SQLite store reach it as store['db']). */
   private readonly db: Database.Database;
   readonly sandboxes: SandboxRepo;
