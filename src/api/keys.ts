@@ -1,11 +1,10 @@
 // API keys of the control plane: `e2b_` + 40 hex characters, stored as SHA-256 hashes only.
 // Every key belongs to a team (E2B's model); an admin key manages every team's objects.
-// The table lives in the instance's SQLite store (its schema and migrations: store.ts); the CLI (`cubebox keys ...`) and a running
+// The table lives in the instance's SQLite store (its schema and migrations: store/schema.ts, its queries: store/api-keys.ts); the CLI (`cubebox keys ...`) and a running
 // `cubebox serve` use it through separate connections (WAL), and verify() reads it on every
 // request, so a key created or revoked by the CLI takes effect at once.
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import type Database from 'better-sqlite3';
-import { DEFAULT_TEAM_ID, migrateStore, type TeamRow } from '../store/store.js';
+import { DEFAULT_TEAM_ID, type ApiKeyRow, type Repositories, type TeamRow } from '../store/store.js';
 import { invalid, notFound } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 
@@ -31,28 +30,16 @@ const LAST_USED_RESOLUTION_MS = 60_000;
 /** Team names: what `--team` takes and GET /teams shows. */
 export const TEAM_NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 
-type Row = {
-  id: string;
-  name: string;
-  prefix: string;
-  hash: string;
-  created_at: number;
-  last_used_at: number | null;
-  revoked_at: number | null;
-  team_id: string | null;
-  admin: number;
-};
-
-function toInfo(r: Row): ApiKeyInfo {
+function toInfo(r: ApiKeyRow): ApiKeyInfo {
   return {
     id: r.id,
     name: r.name,
     prefix: r.prefix,
-    createdAt: Number(r.created_at),
-    lastUsedAt: r.last_used_at === null ? null : Number(r.last_used_at),
-    revokedAt: r.revoked_at === null ? null : Number(r.revoked_at),
-    team: r.team_id ?? DEFAULT_TEAM_ID,
-    admin: Number(r.admin) === 1,
+    createdAt: r.createdAt,
+    lastUsedAt: r.lastUsedAt,
+    revokedAt: r.revokedAt,
+    team: r.team ?? DEFAULT_TEAM_ID,
+    admin: r.admin,
   };
 }
 
@@ -60,15 +47,11 @@ export function hashApiKey(key: string): string {
   return createHash('sha256').update(key, 'utf8').digest('hex');
 }
 
-export class ApiKeys {
-  private readonly byHash: Database.Statement<[string], Row>;
-  private readonly touch: Database.Statement<[number, string]>;
+/** What the keys need of the store: the two tables, and immediate transactions across them. */
+export type KeyStore = Pick<Repositories, 'keys' | 'teams' | 'immediate'>;
 
-  constructor(private readonly db: Database.Database) {
-    migrateStore(db);
-    this.byHash = db.prepare<[string], Row>('SELECT * FROM api_keys WHERE hash = ?');
-    this.touch = db.prepare<[number, string]>('UPDATE api_keys SET last_used_at = ? WHERE id = ?');
-  }
+export class ApiKeys {
+  constructor(private readonly store: KeyStore) {}
 
   /**
    * A new key of a team (by name or id; a name that no team has yet makes that team; default:
@@ -77,29 +60,24 @@ export class ApiKeys {
   create(name = '', opts: { team?: string; admin?: boolean } = {}): { key: string; info: ApiKeyInfo } {
     if (typeof name !== 'string' || name.length > 200) throw invalid('the key name must be a string of at most 200 characters');
     const key = 'e2b_' + randomBytes(20).toString('hex');
-    const add = this.db.transaction(() => {
+    // immediate: a deferred transaction that reads, then writes fails at once ("database is
+    // locked") when the running service wrote in between, instead of waiting for its turn
+    return this.store.immediate(() => {
       const team = this.ensureTeam(opts.team ?? DEFAULT_TEAM_ID);
-      const row: Row = {
+      const row: ApiKeyRow = {
         id: 'key_' + randomId(12),
         name,
         prefix: key.slice(0, PREFIX_LENGTH),
         hash: hashApiKey(key),
-        created_at: Date.now(),
-        last_used_at: null,
-        revoked_at: null,
-        team_id: team.id,
-        admin: opts.admin ? 1 : 0,
+        createdAt: Date.now(),
+        lastUsedAt: null,
+        revokedAt: null,
+        team: team.id,
+        admin: !!opts.admin,
       };
-      this.db
-        .prepare(
-          'INSERT INTO api_keys (id, name, prefix, hash, created_at, last_used_at, revoked_at, team_id, admin) VALUES (@id, @name, @prefix, @hash, @created_at, @last_used_at, @revoked_at, @team_id, @admin)',
-        )
-        .run(row);
+      this.store.keys.insert(row);
       return { key, info: toInfo(row) };
     });
-    // immediate: a deferred transaction that reads, then writes fails at once ("database is
-    // locked") when the running service wrote in between, instead of waiting for its turn
-    return add.immediate();
   }
 
   /** The team named (by id or name), made when no team has that name. */
@@ -108,19 +86,17 @@ export class ApiKeys {
     if (found) return found;
     if (!TEAM_NAME_RE.test(ref)) throw invalid(`bad team name '${ref}': use 1-63 of [a-z0-9_.-], starting with a letter or digit`);
     const row: TeamRow = { id: 'team_' + randomId(12), name: ref, createdAt: Date.now(), quota: '{}' };
-    this.db.prepare('INSERT INTO teams (id, name, created_at, quota) VALUES (?, ?, ?, ?)').run(row.id, row.name, row.createdAt, row.quota);
+    this.store.teams.insert(row);
     return row;
   }
 
   team(ref: string): TeamRow | undefined {
-    const r = this.db.prepare('SELECT * FROM teams WHERE id = ? OR name = ?').get(ref, ref) as
-      { id: string; name: string; created_at: number; quota: string } | undefined;
-    return r && { id: r.id, name: r.name, createdAt: Number(r.created_at), quota: r.quota };
+    return this.store.teams.get(ref);
   }
 
   /** Every key, revoked ones included, oldest first. */
   list(): ApiKeyInfo[] {
-    return (this.db.prepare('SELECT * FROM api_keys ORDER BY created_at, id').all() as Row[]).map(toInfo);
+    return this.store.keys.list().map(toInfo);
   }
 
   /**
@@ -130,25 +106,26 @@ export class ApiKeys {
   revoke(idOrPrefix: string): ApiKeyInfo {
     const arg = (idOrPrefix ?? '').trim();
     if (!arg) throw invalid('name a key by its id or the first characters of the key');
-    let matches: Row[];
+    let matches: ApiKeyRow[];
     if (API_KEY_RE.test(arg)) {
-      const r = this.byHash.get(hashApiKey(arg));
+      const r = this.store.keys.byHash(hashApiKey(arg));
       matches = r ? [r] : [];
     } else {
-      matches = this.db.prepare<[string], Row>('SELECT * FROM api_keys WHERE id = ?').all(arg);
+      const r = this.store.keys.get(arg);
+      matches = r ? [r] : [];
       if (!matches.length && arg.startsWith('e2b_')) {
         if (arg.length < MIN_LOOKUP_PREFIX) throw invalid(`key prefix '${arg}' is too short: give at least ${MIN_LOOKUP_PREFIX} characters`);
         if (arg.length <= PREFIX_LENGTH) {
-          matches = (this.db.prepare('SELECT * FROM api_keys ORDER BY created_at, id').all() as Row[]).filter((r) => r.prefix.startsWith(arg));
+          matches = this.store.keys.list().filter((r) => r.prefix.startsWith(arg));
         }
       }
     }
     if (!matches.length) throw notFound(`no API key '${arg}'`);
     if (matches.length > 1) throw invalid(`'${arg}' matches several keys (${matches.map((m) => m.id).join(', ')}): use the key id`);
-    const row = matches[0] as Row;
-    if (row.revoked_at === null) {
-      row.revoked_at = Date.now();
-      this.db.prepare('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(row.revoked_at, row.id);
+    const row = matches[0] as ApiKeyRow;
+    if (row.revokedAt === null) {
+      row.revokedAt = Date.now();
+      this.store.keys.revoke(row.id, row.revokedAt);
     }
     return toInfo(row);
   }
@@ -161,29 +138,15 @@ export class ApiKeys {
   verify(key: string | undefined): ApiKeyInfo | undefined {
     if (typeof key !== 'string' || !API_KEY_RE.test(key)) return undefined;
     const hash = hashApiKey(key);
-    const row = this.byHash.get(hash);
+    const row = this.store.keys.byHash(hash);
     if (!row) return undefined;
     if (!timingSafeEqual(Buffer.from(row.hash, 'hex'), Buffer.from(hash, 'hex'))) return undefined;
-    if (row.revoked_at !== null) return undefined;
+    if (row.revokedAt !== null) return undefined;
     const now = Date.now();
-    if (row.last_used_at === null || now - Number(row.last_used_at) >= LAST_USED_RESOLUTION_MS) {
-      row.last_used_at = now;
-      this.touchQuietly(now, row.id);
+    if (row.lastUsedAt === null || now - row.lastUsedAt >= LAST_USED_RESOLUTION_MS) {
+      row.lastUsedAt = now;
+      this.store.keys.touch(row.id, now); // best effort: never blocks a request behind another process's write lock
     }
     return toInfo(row);
-  }
-
-  /** Best effort: never block a request behind another process's write lock. */
-  private touchQuietly(now: number, id: string): void {
-    const previous = this.db.pragma('busy_timeout', { simple: true }) as number;
-    try {
-      if (previous !== 0) this.db.pragma('busy_timeout = 0');
-      this.touch.run(now, id);
-    } catch (err) {
-      const code = (err as { code?: string }).code ?? '';
-      if (!code.startsWith('SQLITE_BUSY') && !code.startsWith('SQLITE_LOCKED')) throw err;
-    } finally {
-      if (previous !== 0) this.db.pragma(`busy_timeout = ${Number(previous)}`);
-    }
   }
 }

@@ -58,7 +58,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     guards.push(guard);
     return server;
   };
-  const keys = new ApiKeys(manager.store.db);
+  const keys = new ApiKeys(manager.store);
   const tenancy = new Tenancy(manager.store, manager.templates, log);
   tenancy.attach(manager);
   const metrics = new MetricsSampler(manager);

@@ -295,7 +295,7 @@ export function parseQuota(json: string): Partial<Quota> {
 /** Sets (or, with null, resets to the default) some limits of a team; returns the effective quota. */
 export function setTeamQuota(store: Store, ref: string, change: Partial<Record<keyof Quota, number | null>>): Quota {
   // read and write in one immediate transaction: no other change slips in between (nor fails it)
-  return store.db.transaction(() => changeQuota(store, ref, change)).immediate();
+  return store.immediate(() => changeQuota(store, ref, change));
 }
 
 function changeQuota(store: Store, ref: string, change: Partial<Record<keyof Quota, number | null>>): Quota {

@@ -118,7 +118,7 @@ export class BenchService {
       await manager.templates.addDebianBase('base', { cacheDir: resolveCacheDir() });
       const busybox = await manager.templates.addBusybox('busybox');
       const server = await startServer({ manager, host: '127.0.0.1', port: 0, log: manager.log });
-      const { key, info } = new ApiKeys(manager.store.db).create('bench', { team: 'bench' });
+      const { key, info } = new ApiKeys(manager.store).create('bench', { team: 'bench' });
       const big = 1_000_000_000;
       setTeamQuota(manager.store, 'bench', { sandboxes: big, vcpus: big, memoryMB: big, diskMB: big });
       process.env.E2B_API_KEY = key;

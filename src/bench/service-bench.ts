@@ -21,7 +21,7 @@ export async function serviceBench(iterations: number, log: (s: string) => void 
     await manager.templates.addDebianBase('base', { cacheDir: resolveCacheDir() });
     await manager.templates.addBusybox('busybox');
     server = await startServer({ manager, host: '127.0.0.1', port: 0, log: manager.log });
-    const key = new ApiKeys(manager.store.db).create('bench').key;
+    const key = new ApiKeys(manager.store).create('bench').key;
     process.env.E2B_API_KEY = key;
     process.env.E2B_API_URL = server.url;
     process.env.E2B_SANDBOX_URL = server.url;

@@ -21,7 +21,7 @@ function withKeys<T>(dataDir: string, create: boolean, fn: (keys: ApiKeys, store
   if (!create && !existsSync(paths.db)) throw notFound(`${dataDir} has no store yet (no API keys)`);
   const store = new Store(paths.db);
   try {
-    return fn(new ApiKeys(store.db), store);
+    return fn(new ApiKeys(store), store);
   } finally {
     store.close();
   }

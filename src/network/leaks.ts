@@ -1,12 +1,12 @@
 // What of an instance's networking is on the host with no sandbox to own it: namespaces,
 // links, nft chains, ledger rows and flow entries. Synchronous, for the leak checker.
 import { spawnSync } from 'node:child_process';
-import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { AddressPlan, contains, parseIp } from './cidr.js';
 import { hasConntrack, listLinks, listNetns } from './host.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { blockFile } from './block.js';
+import { readNetSlots, type NetSlotRepo, type NetSlotRow } from '../store/net-slots.js';
 import { tableObjects } from './rules.js';
 
 export interface NetLeak {
@@ -19,31 +19,17 @@ export interface NetLeak {
  * sandboxes. The table itself (base chains only) is the running service's, removed when it
  * stops with no slot left; only what a slot left in it counts.
  */
-export function networkLeaks(inst: string, dataDir: string, given: Database.Database | undefined, known: Set<string>): NetLeak[] {
+export function networkLeaks(inst: string, dataDir: string, given: NetSlotRepo | undefined, known: Set<string>): NetLeak[] {
   // without the caller's store, the ledger is read from the data directory's (a running service may hold it)
-  const dbFile = join(dataDir, 'cubebox.db');
-  const db = given ?? (existsSync(dbFile) ? new Database(dbFile, { readonly: true, fileMustExist: true }) : undefined);
-  try {
-    return leaksWith(inst, dataDir, db, known);
-  } finally {
-    if (!given) db?.close();
-  }
+  return leaksWith(inst, dataDir, given ? given.list() : readNetSlots(join(dataDir, 'cubebox.db')), known);
 }
 
-function leaksWith(inst: string, dataDir: string, db: Database.Database | undefined, known: Set<string>): NetLeak[] {
+function leaksWith(inst: string, dataDir: string, rows: NetSlotRow[] | undefined, known: Set<string>): NetLeak[] {
   const out: NetLeak[] = [];
   const owned = new Set<number>();
-  if (db) {
-    let rows: { slot: number; state: string; sandbox_id: string | null }[] = [];
-    try {
-      rows = db.prepare('SELECT slot, state, sandbox_id FROM net_slots').all() as typeof rows;
-    } catch {
-      /* a store from before networking: no slots */
-    }
-    for (const r of rows) {
-      if (r.state === 'free' || (r.sandbox_id && known.has(r.sandbox_id))) owned.add(r.slot);
-      else out.push({ kind: 'ledger', what: `net slot ${r.slot} (${r.state}${r.sandbox_id ? ` of ${r.sandbox_id}` : ''})` });
-    }
+  for (const r of rows ?? []) {
+    if (r.state === 'free' || (r.sandboxId && known.has(r.sandboxId))) owned.add(r.slot);
+    else out.push({ kind: 'ledger', what: `net slot ${r.slot} (${r.state}${r.sandboxId ? ` of ${r.sandboxId}` : ''})` });
   }
   const nsPrefix = `cubebox-${inst}-`;
   for (const ns of listNetns()) if (ns.startsWith(nsPrefix) && !owned.has(Number(ns.slice(nsPrefix.length)))) out.push({ kind: 'netns', what: ns });

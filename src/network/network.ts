@@ -2,7 +2,6 @@
 // a /31 from the subnet, an nft chain with its sets), pre-made so that a create pays almost
 // nothing for it, recorded in the net_slots ledger before anything is made (rule 7), and
 // reclaimed on release and by reconcile() whatever state a crash left it in.
-import type Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { instanceBlock } from './block.js';
 import { AddressPlan, NEVER_REACHABLE, PRIVATE_NETWORKS, formatCidr, parsePool, subtractCidrs, type Cidr } from './cidr.js';
@@ -10,6 +9,7 @@ import { ensureForwarding, flushConntrack, hostNetworks, netnsExists, netnsPath,
 import { isOpenPolicy, type EgressPolicy } from './policy.js';
 import { nft } from './host.js';
 import { ResolvedSets } from './resolved.js';
+import type { NetSlotRepo, NetSlotState } from '../store/store.js';
 import { CubeboxError } from '../util/errors.js';
 import { installTable, policyScript, removeTable, slotNames, tableObjects } from './rules.js';
 import { makeSlot, removeSlot, removeStrays, repairSlot, slotProblems, type SlotPlace } from './slot-host.js';
@@ -49,13 +49,6 @@ export interface NetCounters {
   deniedPackets: number;
 }
 
-type SlotState = 'making' | 'free' | 'used' | 'releasing';
-interface SlotRow {
-  slot: number;
-  state: SlotState;
-  sandbox_id: string | null;
-}
-
 export class SandboxNetwork {
   /** This instance's block of the pool (set by start()). */
   plan!: AddressPlan;
@@ -73,7 +66,7 @@ export class SandboxNetwork {
   private blockedNow = '';
 
   constructor(
-    private readonly db: Database.Database,
+    private readonly slots: NetSlotRepo,
     private readonly cfg: NetworkConfig,
   ) {
     this.pool = parsePool(cfg.subnet ?? DEFAULT_SUBNET);
@@ -162,16 +155,15 @@ export class SandboxNetwork {
   }
 
   lease(sandboxId: string): NetLease | undefined {
-    const r = this.db.prepare("SELECT slot FROM net_slots WHERE sandbox_id = ? AND state = 'used'").get(sandboxId) as { slot: number } | undefined;
-    return r && this.leaseOf(r.slot);
+    const slot = this.slots.slotOf(sandboxId, true);
+    return slot === undefined ? undefined : this.leaseOf(slot);
   }
 
   /** The sandbox that has this address, if any. */
   sandboxAt(address: string): string | undefined {
     const slot = this.plan.slotOf(address);
     if (slot === undefined) return undefined;
-    const r = this.db.prepare("SELECT sandbox_id FROM net_slots WHERE slot = ? AND state = 'used'").get(slot) as { sandbox_id: string } | undefined;
-    return r?.sandbox_id;
+    return this.slots.holderOf(slot);
   }
 
   /**
@@ -189,17 +181,12 @@ export class SandboxNetwork {
       await this.setPolicy(sandboxId, policy);
       return existing;
     }
-    const free = this.db.transaction(() => {
-      const r = this.db.prepare("SELECT slot FROM net_slots WHERE state = 'free' ORDER BY slot LIMIT 1").get() as { slot: number } | undefined;
-      if (r) this.db.prepare("UPDATE net_slots SET state = 'used', sandbox_id = ? WHERE slot = ?").run(sandboxId, r.slot);
-      return r?.slot;
-    })();
-    let slot = free;
+    let slot = this.slots.claimFree(sandboxId);
     if (slot === undefined || !netnsExists(this.netnsName(slot))) {
       if (slot !== undefined) await this.releaseSlot(slot);
       slot = this.reserve(sandboxId);
       await this.make(slot);
-      this.db.prepare("UPDATE net_slots SET state = 'used' WHERE slot = ?").run(slot);
+      this.slots.setState(slot, 'used');
     }
     if (!isOpenPolicy(policy)) await this.applyPolicy(slot, policy); // a new slot's sets are empty: the open policy
     this.scheduleRefill();
@@ -254,24 +241,19 @@ export class SandboxNetwork {
 
   /** Reclaims a sandbox's slot, if it has one. Idempotent. */
   async release(sandboxId: string): Promise<void> {
-    const r = this.db.prepare('SELECT slot FROM net_slots WHERE sandbox_id = ?').get(sandboxId) as { slot: number } | undefined;
-    if (r) await this.releaseSlot(r.slot);
+    const slot = this.slots.slotOf(sandboxId);
+    if (slot !== undefined) await this.releaseSlot(slot);
     this.scheduleRefill();
   }
 
   /** Takes the lowest unused slot number, recorded (state making) before anything exists. */
   private reserve(sandboxId: string | null): number {
-    return this.db.transaction(() => {
-      const used = new Set((this.db.prepare('SELECT slot FROM net_slots').all() as { slot: number }[]).map((r) => r.slot));
-      let slot = 0;
-      while (used.has(slot)) slot++;
-      if (slot >= this.plan.slots)
-        throw new CubeboxError('unavailable', `no free address in ${formatCidr(this.plan.subnet)}: ${this.plan.slots} sandboxes have one`, {
-          retryAfterSec: 5,
-        });
-      this.db.prepare("INSERT INTO net_slots (slot, state, sandbox_id, created_at) VALUES (?, 'making', ?, ?)").run(slot, sandboxId, Date.now());
-      return slot;
-    })();
+    const slot = this.slots.reserve(sandboxId, this.plan.slots);
+    if (slot === undefined)
+      throw new CubeboxError('unavailable', `no free address in ${formatCidr(this.plan.subnet)}: ${this.plan.slots} sandboxes have one`, {
+        retryAfterSec: 5,
+      });
+    return slot;
   }
 
   /** Makes a recorded slot's namespace, link, addresses, route and nft chain (closed until a policy is set). */
@@ -298,11 +280,11 @@ export class SandboxNetwork {
   }
 
   private async releaseNow(slot: number): Promise<void> {
-    this.db.prepare("UPDATE net_slots SET state = 'releasing' WHERE slot = ?").run(slot);
+    this.slots.setState(slot, 'releasing');
     this.resolved.forget(slot);
     await removeSlot(this.place(slot), () => this.objects());
     await flushConntrack(this.plan.sandboxAddress(slot));
-    this.db.prepare('DELETE FROM net_slots WHERE slot = ?').run(slot);
+    this.slots.remove(slot);
   }
 
   private async listTable(): Promise<unknown> {
@@ -322,7 +304,7 @@ export class SandboxNetwork {
           const slot = this.reserve(null);
           try {
             await this.make(slot);
-            this.db.prepare("UPDATE net_slots SET state = 'free' WHERE slot = ? AND state = 'making'").run(slot);
+            this.slots.setState(slot, 'free', 'making');
           } catch (err) {
             await this.releaseSlot(slot).catch(() => undefined);
             throw err;
@@ -336,8 +318,8 @@ export class SandboxNetwork {
     })();
   }
 
-  private count(state: SlotState): number {
-    return (this.db.prepare('SELECT count(*) AS n FROM net_slots WHERE state = ?').get(state) as { n: number }).n;
+  private count(state: NetSlotState): number {
+    return this.slots.count(state);
   }
 
   /**
@@ -349,14 +331,14 @@ export class SandboxNetwork {
     const removed: string[] = [];
     if (await this.refreshTable(await this.objects())) this.cfg.log.info("rebuilt the base chains: the host's networks changed or the table went");
     // slots with an owner are reclaimed by their sandbox's teardown (see ownerIds)
-    for (const r of this.db.prepare('SELECT slot, state, sandbox_id FROM net_slots WHERE sandbox_id IS NULL').all() as SlotRow[]) {
+    for (const r of this.slots.list('unowned')) {
       if (this.busy.has(r.slot)) continue;
       if (r.state !== 'free' || !netnsExists(this.netnsName(r.slot))) {
         await this.releaseSlot(r.slot);
         removed.push(`net slot ${r.slot}`);
       }
     }
-    const known = new Set((this.db.prepare('SELECT slot FROM net_slots').all() as { slot: number }[]).map((r) => r.slot));
+    const known = new Set(this.slots.list().map((r) => r.slot));
     const stray = (slot: number) => !known.has(slot) && !this.busy.has(slot);
     removed.push(...(await removeStrays({ instanceId: this.cfg.instanceId, table: this.table, linkPrefix: this.linkPrefix }, stray, await this.objects())));
     this.scheduleRefill();
@@ -365,7 +347,7 @@ export class SandboxNetwork {
 
   /** Sandboxes that hold a slot (the reconciler tears down those that no longer exist). */
   ownerIds(): string[] {
-    return (this.db.prepare('SELECT sandbox_id FROM net_slots WHERE sandbox_id IS NOT NULL').all() as { sandbox_id: string }[]).map((r) => r.sandbox_id);
+    return this.slots.ownerIds();
   }
 
   /** Counters of one sandbox's link (since its slot was made), or undefined. */
@@ -391,7 +373,7 @@ export class SandboxNetwork {
   async close(): Promise<void> {
     this.closed = true;
     await this.refilling;
-    for (const r of this.db.prepare("SELECT slot FROM net_slots WHERE state <> 'used'").all() as { slot: number }[]) {
+    for (const r of this.slots.list('unused')) {
       await this.releaseSlot(r.slot).catch((err: Error) => this.cfg.log.warn({ slot: r.slot, err: err.message }, 'removing a free network slot failed'));
     }
     if (this.count('used') === 0) await removeTable(this.table);

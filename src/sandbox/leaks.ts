@@ -56,8 +56,8 @@ export class LeakChecker {
       const n = this.store.countRows(id);
       if (n.sandboxes) leaks.push({ sandbox: id, kind: 'row', what: 'sandboxes row' });
       if (n.resources) leaks.push({ sandbox: id, kind: 'ledger', what: `${n.resources} ledger row(s)` });
-      const slot = this.store.db.prepare('SELECT slot FROM net_slots WHERE sandbox_id = ?').get(id) as { slot: number } | undefined;
-      if (slot) leaks.push({ sandbox: id, kind: 'network', what: `network slot ${slot.slot}` });
+      const slot = this.store.netSlots.slotOf(id);
+      if (slot !== undefined) leaks.push({ sandbox: id, kind: 'network', what: `network slot ${slot}` });
     }
     return leaks;
   }
@@ -90,7 +90,8 @@ export class LeakChecker {
     // volume disks that no ready volume owns (every volume's, without a store)
     for (const v of volumeLeaks(this.paths, this.store)) leaks.push({ sandbox: v.volume, kind: v.kind, what: v.what });
     // network slots, namespaces, links, nft chains and flow entries that no live sandbox owns
-    for (const n of networkLeaks(inst, this.paths.dataDir, this.store?.db, known)) leaks.push({ sandbox: '-', kind: 'network', what: `${n.kind} ${n.what}` });
+    for (const n of networkLeaks(inst, this.paths.dataDir, this.store?.netSlots, known))
+      leaks.push({ sandbox: '-', kind: 'network', what: `${n.kind} ${n.what}` });
     if (known.size === 0) {
       // with no sandboxes left, the instance's parent cgroups must be gone too
       const parent = new SandboxCgroup(this.mode, `/${naming.cgroupParent(inst)}`);

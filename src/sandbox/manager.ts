@@ -145,7 +145,7 @@ export class SandboxManager {
     const netOpts = opts.network ?? (process.env.CUBEBOX_NETWORK === 'off' ? false : {});
     if (netOpts !== false) {
       try {
-        net = new SandboxNetwork(store.db, {
+        net = new SandboxNetwork(store.netSlots, {
           instanceId: paths.instanceId,
           dataDir: paths.dataDir,
           subnet: netOpts.subnet ?? process.env.CUBEBOX_SUBNET,

@@ -4,7 +4,7 @@ import type { NetworkSettings } from '../network/policy.js';
 import type { Limits } from '../runtime/bundle.js';
 import type { Template } from '../template/store.js';
 import { invalid } from '../util/errors.js';
-import type { VolumeMountSpec } from '../volume/store.js';
+import type { VolumeMountSpec } from '../store/store.js';
 import type { PoolBounds } from './pool-sizer.js';
 import type { SandboxState } from './states.js';
 

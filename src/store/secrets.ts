@@ -31,7 +31,21 @@ function toSecret(r: Raw): SecretRow {
   };
 }
 
-export class SecretStore {
+export interface SecretRepo {
+  /** The team's secret by id (`sec_...`) or by lower-cased name; another team's is not found. */
+  find(team: string, ref: string): SecretRow | undefined;
+  /** A page of the team's secrets in name order, starting after `afterName`. */
+  list(team: string, afterName: string | undefined, limit: number): SecretRow[];
+  count(team: string): number;
+  insert(row: SecretRow): void;
+  /** Replaces the value (a new version) and the metadata. */
+  update(row: Pick<SecretRow, 'id' | 'team' | 'version' | 'sealed' | 'metadata' | 'updatedAt'>): void;
+  delete(team: string, id: string): boolean;
+  /** Runs fn in one immediate transaction (a count and the insert it allows, together). */
+  transaction<T>(fn: () => T): T;
+}
+
+export class SqliteSecretRepo implements SecretRepo {
   constructor(private readonly db: Database.Database) {}
 
   /** The team's secret by id (`sec_...`) or by lower-cased name; another team's is not found. */

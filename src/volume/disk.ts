@@ -19,7 +19,7 @@ import { loopDevicesUnder, mountsUnder, releaseLoopDevices, unmountRootfs } from
 import type { Store } from '../store/store.js';
 import { runOk } from '../util/exec.js';
 import { mountDevice } from '../util/safe-socket.js';
-import type { VolumeMountSpec } from './store.js';
+import type { VolumeMountSpec } from '../store/store.js';
 
 /** Each helper call ends within this, or fails (as rootfs.ts's do). */
 const HELPER_TIMEOUT_MS = 20_000;

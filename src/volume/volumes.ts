@@ -1,6 +1,6 @@
 // Persistent volumes: create, list, delete, the content operations' access, the mounts a
 // sandbox asks for, start-up reconciliation and the leak check. A volume belongs to a team;
-// its row (volume/store.ts) is written before its disk is made and removed after the disk is
+// its row (store/volumes.ts) is written before its disk is made and removed after the disk is
 // gone, so a crash in between leaves a row the start-up reconciliation finishes.
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
@@ -8,7 +8,7 @@ import { posix } from 'node:path';
 import type { Logger } from 'pino';
 import type { Paths } from '../config.js';
 import { loopDevicesUnder, mountsUnder } from '../runtime/rootfs.js';
-import type { Store } from '../store/store.js';
+import type { Store, VolumeMountSpec, VolumeRepo, VolumeRow } from '../store/store.js';
 import { conflict, errorMessage, invalid, notFound } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 import { KeyedMutex } from '../util/lock.js';
@@ -16,9 +16,8 @@ import { safeEqual } from '../protocol/signature.js';
 import { VolumeFs } from './content.js';
 import { checkMountPath } from './mount-path.js';
 import { destroyVolumeDisk, mountVolumeDisk, volumeDevice, volumeDir, volumeImage, volumeRoot, volumesDir } from './disk.js';
-import { VolumeStore, type VolumeMountSpec, type VolumeRow } from './store.js';
 
-export type { VolumeMountSpec, VolumeRow } from './store.js';
+export type { VolumeMountSpec, VolumeRow } from '../store/store.js';
 
 export const VOLUME_NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/;
 export const VOLUME_ID_RE = /^vol_[a-z0-9]{16}$/;
@@ -27,19 +26,20 @@ const RESERVED = ['/.cubebox', '/proc', '/sys', '/dev'];
 const MAX_MOUNTS = 16;
 
 export class Volumes {
-  readonly store: VolumeStore;
   private readonly locks = new KeyedMutex();
   /** Content requests in flight per volume: a delete cuts them before it unmounts. */
   private readonly inflight = new Map<string, Set<() => void>>();
 
   constructor(
-    base: Store,
+    private readonly base: Store,
     readonly paths: Paths,
     private readonly log: Logger,
     /** The size of each new volume's disk, MiB. */
     readonly sizeMB: number,
-  ) {
-    this.store = new VolumeStore(base);
+  ) {}
+
+  get store(): VolumeRepo {
+    return this.base.volumes;
   }
 
   /**
@@ -89,7 +89,7 @@ export class Volumes {
     await this.locks.run(id, async () => {
       const row = this.store.get(id);
       if (!row) throw notFound(`volume '${id}' not found`);
-      const users = this.store.mountedIn(id);
+      const users = mountedIn(this.base, id);
       if (users.length) {
         throw conflict(
           `volume '${row.name}' is mounted in sandbox${users.length > 1 ? 'es' : ''} ${users.join(', ')}: kill ${users.length > 1 ? 'them' : 'it'} first`,
@@ -139,7 +139,7 @@ export function resolveVolumeMounts(
 ): VolumeMountSpec[] {
   if (!mounts?.length) return [];
   if (mounts.length > MAX_MOUNTS) throw invalid(`at most ${MAX_MOUNTS} volume mounts`);
-  const store = new VolumeStore(base);
+  const store = base.volumes;
   const seen = new Set<string>();
   return mounts.map(({ name, path }) => {
     if (typeof path !== 'string' || !path.startsWith('/') || path.length > 1024 || path.includes('\0'))
@@ -163,7 +163,7 @@ export function resolveVolumeMounts(
  * loop devices that no row owns are removed.
  */
 export async function reconcileVolumes(base: Store, paths: Paths, log: Logger): Promise<string[]> {
-  const store = new VolumeStore(base);
+  const store = base.volumes;
   const errors: string[] = [];
   const known = new Set<string>();
   for (const row of store.list()) {
@@ -195,6 +195,14 @@ export async function reconcileVolumes(base: Store, paths: Paths, log: Logger): 
   return errors;
 }
 
+/** Ids of the sandboxes (in any state) whose spec mounts the volume. */
+function mountedIn(base: Store, volumeId: string): string[] {
+  return base.sandboxes
+    .specsContaining(volumeId)
+    .filter((r) => ((JSON.parse(r.spec) as { volumeMounts?: VolumeMountSpec[] }).volumeMounts ?? []).some((m) => m.volumeId === volumeId))
+    .map((r) => r.id);
+}
+
 function volumeDirIds(paths: Paths): string[] {
   try {
     return readdirSync(volumesDir(paths)).filter((d) => VOLUME_ID_RE.test(d));
@@ -205,7 +213,7 @@ function volumeDirIds(paths: Paths): string[] {
 
 /** What remains on the host of volumes that no ready row owns (every volume, without a store). */
 export function volumeLeaks(paths: Paths, base?: Store): { volume: string; kind: 'mount' | 'device' | 'dir'; what: string }[] {
-  const store = base ? new VolumeStore(base) : undefined;
+  const store = base?.volumes;
   const ids = new Set(volumeDirIds(paths));
   const root = volumesDir(paths);
   for (const m of mountsUnder(root)) ids.add(m.slice(root.length + 1).split('/')[0]!);

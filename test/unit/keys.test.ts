@@ -23,7 +23,7 @@ describe('ApiKeys', () => {
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'cubebox-keys-'));
     store = new Store(join(dir, 'cubebox.db'));
-    keys = new ApiKeys(store.db);
+    keys = new ApiKeys(store);
   });
   after(() => {
     store?.close();
@@ -46,13 +46,13 @@ describe('ApiKeys', () => {
 
   test('only the hash is stored: the key is not in the database files', () => {
     const { key } = keys.create('secret');
-    store.db.pragma('wal_checkpoint(FULL)');
+    store['db'].pragma('wal_checkpoint(FULL)');
     for (const f of readdirSync(dir)) {
       const bytes = readFileSync(join(dir, f));
       assert.equal(bytes.includes(Buffer.from(key)), false, `key found in ${f}`);
       assert.equal(bytes.includes(Buffer.from(key.slice(12))), false, `secret part found in ${f}`);
     }
-    const row = store.db.prepare('SELECT hash FROM api_keys WHERE hash = ?').get(hashApiKey(key)) as { hash: string } | undefined;
+    const row = store['db'].prepare('SELECT hash FROM api_keys WHERE hash = ?').get(hashApiKey(key)) as { hash: string } | undefined;
     assert.ok(row);
   });
 
@@ -76,11 +76,11 @@ describe('ApiKeys', () => {
     assert.equal(stored(), first.lastUsedAt);
     // Pretend the last use was 30 s ago: no write. Two minutes ago: a write.
     const t30 = Date.now() - 30_000;
-    store.db.prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(t30, info.id);
+    store['db'].prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(t30, info.id);
     assert.equal(keys.verify(key)?.lastUsedAt, t30);
     assert.equal(stored(), t30);
     const t120 = Date.now() - 120_000;
-    store.db.prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(t120, info.id);
+    store['db'].prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(t120, info.id);
     const again = keys.verify(key);
     assert.ok(again?.lastUsedAt && again.lastUsedAt > t120);
     assert.equal(stored(), again.lastUsedAt);
@@ -129,12 +129,12 @@ describe('ApiKeys', () => {
       db.close();
       const s2 = new Store(join(old, 'cubebox.db'));
       try {
-        const k2 = new ApiKeys(s2.db);
+        const k2 = new ApiKeys(s2);
         assert.equal(k2.verify(key)?.team, DEFAULT_TEAM_ID);
         assert.equal(s2.getSandbox('s1')?.team, DEFAULT_TEAM_ID);
         assert.equal(s2.getSandbox('s2')?.team, null);
-        assert.equal((s2.db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: string }).value, String(SCHEMA_VERSION));
-        migrateStore(s2.db); // idempotent
+        assert.equal((s2['db'].prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: string }).value, String(SCHEMA_VERSION));
+        migrateStore(s2['db']); // idempotent
       } finally {
         s2.close();
       }
@@ -170,7 +170,7 @@ describe('ApiKeys', () => {
     // Two keys sharing a display prefix (made so by hand) are ambiguous by prefix.
     const x = keys.create('x');
     const y = keys.create('y');
-    store.db.prepare('UPDATE api_keys SET prefix = ? WHERE id IN (?, ?)').run('e2b_ffffffff', x.info.id, y.info.id);
+    store['db'].prepare('UPDATE api_keys SET prefix = ? WHERE id IN (?, ?)').run('e2b_ffffffff', x.info.id, y.info.id);
     assert.throws(() => keys.revoke('e2b_ffff'), isKind('invalid_argument'));
     assert.equal(keys.verify(x.key)?.id, x.info.id);
     assert.equal(keys.revoke(x.info.id).id, x.info.id);
@@ -179,7 +179,7 @@ describe('ApiKeys', () => {
   test('a second connection (the CLI while serve runs) sees new and revoked keys at once', () => {
     const other = new Store(join(dir, 'cubebox.db'));
     try {
-      const cli = new ApiKeys(other.db);
+      const cli = new ApiKeys(other);
       const { key, info } = cli.create('from-cli');
       assert.equal(keys.verify(key)?.id, info.id);
       cli.revoke(info.id);
@@ -240,11 +240,11 @@ describe('cubebox keys (CLI module)', () => {
 
     const store = new Store(openPaths(dataDir, false).db);
     try {
-      assert.equal(new ApiKeys(store.db).verify(key)?.name, 'laptop');
+      assert.equal(new ApiKeys(store).verify(key)?.name, 'laptop');
       const rv = cli(['keys', 'revoke', key.slice(0, 12)]);
       assert.equal(rv.status, 0, rv.stderr);
       assert.equal(rv.stdout.trim(), list[0]?.id);
-      assert.equal(new ApiKeys(store.db).verify(key), undefined);
+      assert.equal(new ApiKeys(store).verify(key), undefined);
     } finally {
       store.close();
     }

@@ -25,7 +25,7 @@ let r: Rig;
 let team: string;
 beforeEach(async () => {
   r = await rig();
-  team = new ApiKeys(r.store.db).create('', { team: 'alpha' }).info.team;
+  team = new ApiKeys(r.store).create('', { team: 'alpha' }).info.team;
   new Tenancy(r.store, r.m.templates).attach(r.m);
 });
 afterEach(async () => r.cleanup());
@@ -199,8 +199,8 @@ describe('keys and quotas written by the CLI next to the running service', () =>
     const service = new Store(join(dir, 'cubebox.db'));
     const cliStore = new Store(join(dir, 'cubebox.db'));
     try {
-      service.db.pragma('busy_timeout = 0');
-      const keys = new ApiKeys(cliStore.db);
+      service['db'].pragma('busy_timeout = 0');
+      const keys = new ApiKeys(cliStore);
       const lookup = keys.team.bind(keys);
       let serviceWrote = false;
       keys.team = (ref: string) => {
@@ -214,7 +214,7 @@ describe('keys and quotas written by the CLI next to the running service', () =>
         return found;
       };
       const made = keys.create('k', { team: 'fresh' });
-      assert.equal(made.info.team, new ApiKeys(service.db).team('fresh')?.id);
+      assert.equal(made.info.team, new ApiKeys(service).team('fresh')?.id);
       assert.equal(serviceWrote, false, 'the service wrote inside the CLI transaction');
     } finally {
       cliStore.close();

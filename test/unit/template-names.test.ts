@@ -86,7 +86,7 @@ describe('template names', () => {
       db.close();
       const s = new Store(join(dir, 'cubebox.db'));
       try {
-        assert.deepEqual(s.db.prepare('SELECT id, team, name FROM templates ORDER BY id').all(), [
+        assert.deepEqual(s['db'].prepare('SELECT id, team, name FROM templates ORDER BY id').all(), [
           { id: 'p1', team: '', name: 'base' },
           { id: 's1', team: 'alpha', name: 'snap' },
         ]);

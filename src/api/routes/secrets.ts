@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { seal } from '../../secrets/cipher.js';
 import { openSecretKey } from '../../secrets/key.js';
-import { SecretStore, type SecretRow } from '../../store/secrets.js';
+import type { SecretRow } from '../../store/store.js';
 import { invalid, notFound, conflict } from '../../util/errors.js';
 import { quotaExceeded } from '../tenancy.js';
 import { one, schemaError, type Req, type RouteContext } from './context.js';
@@ -97,10 +97,9 @@ function checkMetadata(md: Record<string, string>): void {
 
 export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { manager, tenancy, callerOf } = ctx;
-  let store: SecretStore | undefined;
   let key: Buffer | undefined;
   // opened on first use: `cubebox serve` made (or refused) the key at start-up
-  const secrets = () => (store ??= new SecretStore(manager.store.db));
+  const secrets = () => manager.store.secrets;
   const sealingKey = () => (key ??= openSecretKey(manager.paths.dataDir));
   const found = (team: string, ref: string): SecretRow => {
     const s = secrets().find(team, ref);

@@ -1,7 +1,6 @@
 // The volumes table: one row per persistent volume, written before its disk is made (the
-// ledger of a volume's host resources: its directory, disk image and mount all follow from
-// the id), and the sandboxes that mount one (found through their stored specs).
-import type { Store } from '../store/store.js';
+// ledger of a volume's host resources: its directory, disk image and mount all follow from the id).
+import type Database from 'better-sqlite3';
 
 /** creating: the row is written, the disk is being made; ready: mounted on the host; deleting: being removed. */
 export type VolumeState = 'creating' | 'ready' | 'deleting';
@@ -24,6 +23,16 @@ export interface VolumeMountSpec {
   volumeId: string;
 }
 
+export interface VolumeRepo {
+  insert(row: VolumeRow): void;
+  get(id: string): VolumeRow | undefined;
+  byName(team: string | null, name: string): VolumeRow | undefined;
+  /** A team's volumes (all of them with team undefined), oldest first. */
+  list(team?: string | null): VolumeRow[];
+  setState(id: string, state: VolumeState): void;
+  remove(id: string): void;
+}
+
 type Raw = Record<string, unknown>;
 
 const toRow = (r: Raw): VolumeRow => ({
@@ -36,13 +45,8 @@ const toRow = (r: Raw): VolumeRow => ({
   createdAt: r.created_at as number,
 });
 
-/** Plain queries over the shared store's database (the table is in store/schema.ts). */
-export class VolumeStore {
-  constructor(private readonly store: Store) {}
-
-  private get db() {
-    return this.store.db;
-  }
+export class SqliteVolumeRepo implements VolumeRepo {
+  constructor(private readonly db: Database.Database) {}
 
   insert(row: VolumeRow): void {
     this.db
@@ -60,7 +64,6 @@ export class VolumeStore {
     return r ? toRow(r) : undefined;
   }
 
-  /** A team's volumes (all of them with team undefined), oldest first. */
   list(team?: string | null): VolumeRow[] {
     const rows =
       team === undefined
@@ -75,13 +78,5 @@ export class VolumeStore {
 
   remove(id: string): void {
     this.db.prepare('DELETE FROM volumes WHERE id = ?').run(id);
-  }
-
-  /** Ids of the sandboxes (in any state) whose spec mounts the volume. */
-  mountedIn(volumeId: string): string[] {
-    const rows = this.db.prepare('SELECT id, spec FROM sandboxes WHERE spec LIKE ?').all(`%${volumeId}%`) as { id: string; spec: string }[];
-    return rows
-      .filter((r) => ((JSON.parse(r.spec) as { volumeMounts?: VolumeMountSpec[] }).volumeMounts ?? []).some((m) => m.volumeId === volumeId))
-      .map((r) => r.id);
   }
 }
