@@ -26,6 +26,7 @@ import { CubeboxError, errorMessage } from '../util/errors.js';
 import { NO_SPACE, removeStaleTemps, TAR_FLAGS, tempName, writeRootfsCache } from './debian/cache.js';
 import { emptyDir, exists, runCapture, runStreaming, tail, touch, type Ctx } from './debian/exec.js';
 import { debianArch, diskUsage, haveProgram } from './debian/host.js';
+import { DETACH_PINNING_MOUNTS } from './debian/debootstrap.js';
 
 export const CODE_INTERPRETER_TEMPLATE = 'code-interpreter-v1';
 
@@ -163,7 +164,9 @@ async function missingFiles(layer: string): Promise<string | null> {
  * The script run in a private mount namespace: the overlay, the chroot's mounts, apt.
  * Positional arguments: lower upper work merged debs packages...
  */
-const INSTALL_SCRIPT = `set -eu
+// in a private copy of the host's mounts, which first lets go of what would pin sandboxes' disks (debootstrap.ts)
+const INSTALL_SCRIPT = `${DETACH_PINNING_MOUNTS}
+set -eu
 lower=$1 upper=$2 work=$3 merged=$4 debs=$5
 shift 5
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$merged"

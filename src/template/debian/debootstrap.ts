@@ -27,13 +27,14 @@ export async function downloadPackages(ctx: Ctx, debsFile: string): Promise<void
  * a copy pins what it holds: a sandbox's disk, overlay or volume unmounted on the host while
  * the build runs would stay alive in it (its loop device held, the sandbox's delete failing)
  * until debootstrap ends. So the copy first lets go of every overlay, network namespace and
- * loop-backed filesystem (deepest first), none of which a build needs, then runs debootstrap.
+ * loop-backed filesystem (deepest first; never the root), none of which a build needs, then
+ * runs debootstrap. The code-interpreter layer's apt step does the same.
  */
-const DETACH_PINNING_MOUNTS = `awk '{ i = 7; while ($i != "-") i++; print $5, $(i + 1), $(i + 2) }' /proc/self/mountinfo | sort -r |
+export const DETACH_PINNING_MOUNTS = `awk '{ i = 7; while ($i != "-") i++; print $5, $(i + 1), $(i + 2) }' /proc/self/mountinfo | sort -r |
 while read -r point type source; do
+  [ "$point" = / ] && continue
   case "$type:$source" in overlay:*|nsfs:*|*:/dev/loop*) umount -l "$point" 2>/dev/null || true ;; esac
-done
-exec debootstrap "$@"`;
+done`;
 
 export async function runDebootstrap(ctx: Ctx, tarballArg: string, dir: string, what: string): Promise<void> {
   if (!(await findProgram('debootstrap'))) {
@@ -45,7 +46,7 @@ export async function runDebootstrap(ctx: Ctx, tarballArg: string, dir: string, 
     'private',
     '/bin/sh',
     '-c',
-    DETACH_PINNING_MOUNTS,
+    `${DETACH_PINNING_MOUNTS}\nexec debootstrap "$@"`,
     'debootstrap',
     `--variant=${VARIANT}`,
     `--arch=${ctx.arch}`,
