@@ -1,4 +1,4 @@
-// Load through the real service with the published SDK (issue 9 item 6): many concurrent clients
+// Load through the real service with the published SDK: many concurrent clients
 // over several sandboxes loop commands with unique output and file writes, reads and listings;
 // every result is checked, byte for byte. Bounded in CI; `npm run soak` runs it for 10 minutes.
 //

@@ -1,7 +1,7 @@
 // Output under load: many concurrent clients start short commands on one envd (over its unix
 // socket, as the host proxy does) and every byte of every command's output must arrive, before
-// the end event, with the right exit code. Issue 9 item 6: under load, commands returned an
-// empty stdout with exit code 0.
+// the end event, with the right exit code. (Under load, commands once returned an
+// empty stdout with exit code 0.)
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Agent, request } from 'node:http';

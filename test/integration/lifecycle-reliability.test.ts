@@ -20,7 +20,7 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, timeo
 /** An agent-less sandbox: its main process only keeps it alive (fast to create). */
 const plain = { template: 'busybox', agent: false } as const;
 
-describe('issue 9: a filesystem-only (cold) pause keeps the sandbox and its disk', () => {
+describe('a filesystem-only (cold) pause keeps the sandbox and its disk', () => {
   let m: SandboxManager | undefined;
   after(async () => destroyInstance(m));
 
@@ -85,7 +85,7 @@ describe('issue 9: a filesystem-only (cold) pause keeps the sandbox and its disk
   });
 });
 
-describe('issue 9: long execs in some sandboxes do not block deleting others', () => {
+describe('long execs in some sandboxes do not block deleting others', () => {
   let m: SandboxManager | undefined;
   after(async () => destroyInstance(m));
 
@@ -111,7 +111,7 @@ describe('issue 9: long execs in some sandboxes do not block deleting others', (
   });
 });
 
-describe('issue 9: a hung runtime call does not stall the node', () => {
+describe('a hung runtime call does not stall the node', () => {
   let m: SandboxManager | undefined;
   const dir = newDataDir();
   const wrapper = join(dir, 'crun-wrapper');
@@ -161,7 +161,7 @@ describe('issue 9: a hung runtime call does not stall the node', () => {
   });
 });
 
-describe('issue 9: every operation uses the sandbox’s own runtime', () => {
+describe('every operation uses the sandbox’s own runtime', () => {
   it('a sandbox made with runsc is torn down with runsc by a crun manager', async () => {
     if (!existsSync('/usr/bin/runsc')) return;
     const dataDir = newDataDir();

@@ -1,4 +1,4 @@
-// Malformed and hostile API input (security issue 8, item 7), through the real service: a null
+// Malformed and hostile API input, through the real service: a null
 // or non-object create body, bad metadata filters, unauthenticated traffic waking an
 // auto-resuming sandbox, and signed URLs or access tokens in the service's logs.
 import assert from 'node:assert/strict';

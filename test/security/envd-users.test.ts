@@ -1,4 +1,4 @@
-// envd acts with the requested user's credentials (issue 8 item 5): as `user`, /files and the
+// envd acts with the requested user's credentials: as `user`, /files and the
 // Filesystem RPCs get permission denied wherever the user's own programs would, and what they
 // create belongs to the user (with the user's supplementary groups counted); as root they work.
 // envd's TCP listener is off unless asked for, and then always needs an access token.

@@ -1,4 +1,4 @@
-// Host-wide guards (issue 8, item 4): all of an instance's sandboxes together stay inside a
+// Host-wide guards: all of an instance's sandboxes together stay inside a
 // pids budget (fork bombs in many sandboxes cannot exhaust the host's pid_max), and they
 // weigh less than the host's own work for CPU and block IO. Per sandbox, no CPU quota is the
 // whole host.

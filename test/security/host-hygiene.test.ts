@@ -1,4 +1,4 @@
-// Host hygiene (issue 8, item 7): host users cannot read a sandbox's files or run its
+// Host hygiene: host users cannot read a sandbox's files or run its
 // setuid files, the support tree shares no inode with the host's binaries, and the
 // manager's control socket is root-only.
 import assert from 'node:assert/strict';

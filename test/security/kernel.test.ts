@@ -1,4 +1,4 @@
-// Kernel attack surface (issue 8, item 6): inside real sandboxes, the syscalls that most
+// Kernel attack surface: inside real sandboxes, the syscalls that most
 // kernel privilege escalations start with are refused the way Docker's default profile
 // refuses them, and a template that allows nested containers gets user namespaces back.
 import assert from 'node:assert/strict';

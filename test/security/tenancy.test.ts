@@ -1,4 +1,4 @@
-// Tenancy and quotas (security issue 8, item 4), attacked through the real service with the
+// Tenancy and quotas, attacked through the real service with the
 // published SDK and raw HTTP: team B's key against team A's sandboxes, snapshots and
 // templates on both planes; quotas at create (also 20 at once), at resume, for metadata and
 // snapshots; a team whose last key is revoked; the logs API on a huge console log.
