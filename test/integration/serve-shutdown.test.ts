@@ -22,7 +22,12 @@ describe('graceful stop', { timeout: 300_000 }, () => {
   it('finishes within the shutdown bound while a client holds a DNS forwarder connection open', async () => {
     const dataDir = newDataDir();
     const serve = await startServe(dataDir, { CUBEBOX_SHUTDOWN_TIMEOUT: '2' });
-    const ports = listeningPorts(serve.pid!);
+    // ss reads each process's descriptors as they are at that moment: asked again, not waited on
+    let ports = listeningPorts(serve.pid!);
+    for (let i = 0; i < 50 && ports.length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      ports = listeningPorts(serve.pid!);
+    }
     assert.ok(ports.length >= 2, `serve listens on ${ports.join(', ')}`); // the API and the DNS forwarder
     // a client on every port serve listens on that trickles bytes and never finishes a message
     const held = ports.map((port) => {
