@@ -143,7 +143,7 @@ export class BenchService {
       process.env.E2B_SANDBOX_URL = server.url;
       delete process.env.E2B_DEBUG;
       const { Sandbox } = await import('e2b');
-      const bare = new BareRuntime(manager, dataDir, busybox.layers[0]!);
+      const bare = new BareRuntime(manager, dataDir, busybox.layers[0]!, opts.node.manager.runtimeBinaries?.[manager.runtime.name]);
       return new BenchService(manager, server, Sandbox, info.team, bare, dataDir, opts.defaultPool);
     } catch (err) {
       if (manager) {

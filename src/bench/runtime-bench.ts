@@ -22,7 +22,7 @@ export async function runtimeBench(node: BenchNode, iterations: number, log: (s:
     const tpl = await m.templates.addBusybox('busybox');
 
     // bare runtime baseline: same binary, same wrapper, the busybox layer as a plain rootfs
-    const br = (bare = new BareRuntime(m, dataDir, tpl.layers[0]!));
+    const br = (bare = new BareRuntime(m, dataDir, tpl.layers[0]!, node.manager.runtimeBinaries?.[m.runtime.name]));
     for (let i = 0; i < iterations; i++) {
       const c = br.prepare();
       const cid = c.id;

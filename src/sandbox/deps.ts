@@ -17,7 +17,7 @@ export { parseRuntimeName } from '../runtime/registry.js';
 /**
  * What the lifecycle core is given rather than reaching for: the store, the runtimes, the
  * host operations, the template store, a clock and a logger. Production builds the real ones
- * (SandboxManager.open); unit tests give a fake runtime and fake host operations.
+ * (open.ts, from explicit options); unit tests give a fake runtime and fake host operations.
  */
 
 /** Time as the lifecycle sees it: deadlines, TTLs, backoff. Waiting loops use real time. */

@@ -105,8 +105,8 @@ export class SandboxManager {
 
   /**
    * Opens a data directory as its one manager: checks for root, takes the lock, builds the
-   * real dependencies from the options (open.ts) and runs the start-up reconciliation. Throws a 'unavailable' error when
-   * another manager owns it.
+   * real dependencies from the options (open.ts; nothing is read from the environment) and
+   * runs the start-up reconciliation. Throws a 'unavailable' error when another manager owns it.
    */
   static async open(opts: ManagerOptions): Promise<SandboxManager> {
     const m = new SandboxManager(await openManagerDeps(opts), opts.creates);
