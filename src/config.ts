@@ -7,11 +7,6 @@ import { randomId } from './util/ids.js';
 export const DEFAULT_DATA_DIR = '/var/lib/cubebox';
 export const DEFAULT_CACHE_DIR = '/var/cache/cubebox';
 
-/** Where template builds keep what makes rebuilds fast (shared by every instance on the host). */
-export function resolveCacheDir(): string {
-  return resolve(process.env.CUBEBOX_CACHE_DIR ?? DEFAULT_CACHE_DIR);
-}
-
 /** The project root (where dist/ and native/ live), found from this file's location. */
 export const PROJECT_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const HELPER_BIN = join(PROJECT_ROOT, 'dist', 'native', 'cubebox-helper');
@@ -30,10 +25,6 @@ export interface Paths {
   sandboxesDir: string;
   layersDir: string;
   runRoot: string; // tmpfs: runtime state roots, gone after a reboot like the sandboxes
-}
-
-export function resolveDataDir(flag?: string): string {
-  return resolve(flag ?? process.env.CUBEBOX_DATA_DIR ?? DEFAULT_DATA_DIR);
 }
 
 /** Reads (or on first use creates) the instance id of a data directory. */

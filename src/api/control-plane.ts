@@ -32,7 +32,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
       return sendError(reply, HTTP_STATUS[known.kind], known.message);
     }
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
-    if (status >= 500) opts.manager.log.error({ err: errorMessage(err) }, 'control-plane request failed');
+    if (status >= 500) opts.node.log.error({ err: errorMessage(err) }, 'control-plane request failed');
     // a JSON parse error quotes the body: say where it broke, never what it held (it may carry a secret)
     if (status === 400 && /JSON/i.test(err.message)) {
       const at = /position (\d+)/.exec(err.message)?.[1];
@@ -50,7 +50,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (isPublic(path)) return;
     if (path?.startsWith('/volumecontent/')) return; // the volume's own token instead (routes/volume-content.ts)
     const key = req.headers['x-api-key'];
-    const caller = opts.authenticate(Array.isArray(key) ? key[0] : key);
+    const caller = opts.node.keys.authenticate(Array.isArray(key) ? key[0] : key);
     if (!caller) {
       return sendError(reply, 401, 'Invalid API key: pass a valid key (e2b_...) in the X-API-KEY header; create one with `cubebox keys create`');
     }

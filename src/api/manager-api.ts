@@ -1,6 +1,5 @@
 import type { Readable, Writable } from 'node:stream';
 import { buildRecipe, type BuildResult, type Recipe } from '../builder/recipe.js';
-import { resolveCacheDir } from '../config.js';
 import type { NetCounters } from '../network/network.js';
 import { egressPolicy, type EgressPolicy, type NetworkSettings } from '../network/policy.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
@@ -62,7 +61,11 @@ export interface TemplateSource {
 
 /** The ManagerApi of a manager in this process (the CLI's own, or the one `serve` exposes on its socket). */
 export class LocalApi implements ManagerApi {
-  constructor(readonly manager: SandboxManager) {}
+  constructor(
+    readonly manager: SandboxManager,
+    /** Where template builds keep what makes rebuilds fast (configuration's cache directory). */
+    private readonly opts: { cacheDir: string },
+  ) {}
   async create(req: CreateRequest) {
     return this.manager.create(req);
   }
@@ -101,13 +104,13 @@ export class LocalApi implements ManagerApi {
     }
     if (source.base) {
       return this.manager.templates.addDebianBase(name, {
-        cacheDir: resolveCacheDir(),
+        cacheDir: this.opts.cacheDir,
         onProgress: (line) => this.manager.log.info({ template: name }, line),
       });
     }
     if (source.codeInterpreter) {
       return this.manager.templates.addCodeInterpreter(name, {
-        cacheDir: resolveCacheDir(),
+        cacheDir: this.opts.cacheDir,
         onProgress: (line) => this.manager.log.info({ template: name }, line),
       });
     }

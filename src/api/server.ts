@@ -1,23 +1,20 @@
-import http, { type IncomingMessage } from 'node:http';
+// The listeners of a node: one for both planes (a request that names a sandbox goes to the
+// data-plane proxy, everything else to the REST control plane), and an optional second one
+// for the data plane only. What they serve is built by the composition root (app/node.ts).
+import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import Fastify from 'fastify';
 import type { Logger } from 'pino';
-import { DataPlaneProxy, type InterruptReason, type RouteResolver, type SandboxRoute } from '../proxy/proxy.js';
-import { trafficAllowed } from '../proxy/ports.js';
-import { ENVD_PORT } from '../proxy/routing.js';
-import { MetricsSampler } from '../sandbox/metrics.js';
-import type { SandboxManager } from '../sandbox/manager.js';
-import { fileOpOf, safeEqual, signatureMatches, signedFileRequest } from '../protocol/signature.js';
-import type { SandboxInfo } from '../sandbox/manager.js';
-import { ApiKeys } from './keys.js';
-import { CONTROL_PLANE_AJV, registerControlPlane } from './control-plane.js';
-import { Tenancy } from './tenancy.js';
-import { ServiceMetrics } from './prometheus.js';
+import type { DataPlaneProxy } from '../proxy/proxy.js';
+import { CONTROL_PLANE_AJV, registerControlPlane, type ControlPlaneOptions } from './control-plane.js';
 import { ConnectionGuard, type ConnectionLimits } from './connection-guard.js';
 
 export interface ServerOptions {
-  manager: SandboxManager;
+  /** The control plane's routes and the node they act on; the domain is the listener's. */
+  controlPlane: Omit<ControlPlaneOptions, 'domain'>;
+  /** The data plane; closed with the listeners. */
+  proxy: DataPlaneProxy;
   host: string;
   port: number;
   /** An optional second port that serves only the data plane. */
@@ -46,7 +43,7 @@ export interface RunningServer {
  * proxy, everything else to the REST control plane.
  */
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
-  const { manager, log } = opts;
+  const { proxy, log } = opts;
   const limits = opts.connections ?? DEFAULT_CONNECTION_LIMITS;
   // each listener bounds its connections; no request timeout: uploads and command streams may legitimately last long
   const guards: ConnectionGuard[] = [];
@@ -58,58 +55,6 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     guards.push(guard);
     return server;
   };
-  const keys = new ApiKeys(manager.store);
-  const tenancy = new Tenancy(manager.store, manager.templates, log);
-  tenancy.attach(manager);
-  const metrics = new MetricsSampler(manager);
-  metrics.start();
-
-  const resolver: RouteResolver = {
-    async route(sandboxId: string, req?: IncomingMessage, port = ENVD_PORT): Promise<SandboxRoute | undefined> {
-      let info;
-      try {
-        info = manager.get(sandboxId);
-      } catch {
-        return undefined;
-      }
-      // a team whose last key was revoked: its sandboxes are unreachable (like unknown ones)
-      if (tenancy.blocked(info.team)) return undefined;
-      if (info.state === 'paused' && info.lifecycle.autoResume) {
-        // only traffic that proves it may use the sandbox wakes it: its token, a valid signature, or an insecure sandbox
-        // (a sandbox port: the traffic it lets in, public or with its traffic token)
-        if (port === ENVD_PORT ? !mayWake(info, req) : !trafficAllowed({ trafficToken: info.trafficAccessToken ?? undefined }, req)) return undefined;
-        try {
-          info = (await manager.connect(sandboxId)).info; // traffic wakes an auto-resuming sandbox
-        } catch (err) {
-          log.warn({ sandbox: sandboxId, err: (err as Error).message }, 'auto-resume failed');
-          return undefined;
-        }
-      }
-      if (info.state !== 'running') return undefined;
-      const socket = manager.envdEndpoint(sandboxId);
-      if (!socket) return undefined;
-      return {
-        sandboxId,
-        socket,
-        accessToken: info.accessToken ?? undefined,
-        address: info.address ?? undefined,
-        trafficToken: info.trafficAccessToken ?? undefined,
-        maskRequestHost: info.network.maskRequestHost,
-        httpsPorts: info.network.httpsPorts,
-      };
-    },
-    *signedCandidates() {
-      for (const s of manager.list()) {
-        const reachable = s.state === 'running' || (s.state === 'paused' && s.lifecycle.autoResume);
-        if (reachable && s.accessToken && !tenancy.blocked(s.team)) yield { sandboxId: s.id, accessToken: s.accessToken };
-      }
-    },
-  };
-
-  // Host routing accepts any domain suffix, so the proxy needs no final domain up front.
-  // Its log never shows a URL's query: signed /files URLs are credentials.
-  const proxyLog = log.child({}, { serializers: { url: redactUrl, err: redactErr } });
-  const proxy = new DataPlaneProxy(resolver, { domain: opts.domain ?? 'localhost', log: proxyLog });
   const app = Fastify({
     logger: false,
     // the control plane's schemas check types as sent (no coercion)
@@ -122,21 +67,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   // the default address is filled in after listen, when the port is known
   const domainRef = { value: opts.domain ?? '' };
-  const prom = new ServiceMetrics(manager, proxy);
   registerControlPlane(app, {
-    manager,
-    metrics,
-    observe: (op, fn) => prom.time(op, fn),
-    prometheus: async () => ({ contentType: prom.contentType, body: await prom.text() }),
-    authenticate: (k) => {
-      const info = keys.verify(k);
-      return info && { keyId: info.id, keyPrefix: info.prefix, team: info.team, admin: info.admin };
-    },
-    tenancy,
+    ...opts.controlPlane,
     get domain() {
       return domainRef.value;
     },
-    clientId: manager.paths.instanceId,
   });
   await app.listen({ host: opts.host, port: opts.port });
   const port = (app.server.address() as AddressInfo).port;
@@ -168,22 +103,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const dp = (dataServer.address() as AddressInfo).port;
     dataUrl = `${scheme}://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${dp}`;
   }
-  const onInterrupt = (id: string, reason?: InterruptReason) => proxy.cut(id, reason);
-  const onDeleted = (id: string) => {
-    proxy.forget(id);
-    metrics.forget(id);
-  };
-  manager.events.on('interrupt', onInterrupt);
-  manager.events.on('deleted', onDeleted);
-
   return {
     url: `${scheme}://${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${port}`,
     port,
     dataUrl,
     async close() {
-      manager.events.off('interrupt', onInterrupt);
-      manager.events.off('deleted', onDeleted);
-      metrics.stop();
       proxy.close();
       // every connection goes, tunnels included (closeAllConnections leaves upgraded ones, and close() waits for them)
       const cut = () => guards.forEach((g) => g.destroyAll());
@@ -197,41 +121,4 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       await closed;
     },
   };
-}
-
-/** Whether a data-plane request may wake (auto-resume) a paused sandbox. */
-function mayWake(info: SandboxInfo, req: IncomingMessage | undefined): boolean {
-  const token = info.accessToken;
-  if (!token) return true; // created with secure: false
-  if (!req) return false;
-  const header = req.headers['x-access-token'];
-  const given = Array.isArray(header) ? header[0] : header;
-  if (given !== undefined && safeEqual(given, token)) return true;
-  // a signed /files URL (downloadUrl/uploadUrl) made with this sandbox's token, not expired
-  let url: URL;
-  try {
-    url = new URL(req.url ?? '/', 'http://data-plane');
-  } catch {
-    return false;
-  }
-  if (url.pathname !== '/files') return false;
-  const signed = signedFileRequest(url);
-  const op = fileOpOf(req.method);
-  if (!signed || signed === 'bad-expiration' || !op) return false;
-  if (signed.expiration !== undefined && signed.expiration * 1000 < Date.now()) return false;
-  return signatureMatches(signed, op, token);
-}
-
-/** A URL for logs: the query (signatures, tokens) replaced. */
-export function redactUrl(url: unknown): unknown {
-  if (typeof url !== 'string') return url;
-  const q = url.indexOf('?');
-  return q < 0 ? url : `${url.slice(0, q)}?[redacted]`;
-}
-
-/** Errors for logs: any URL query in the message redacted. */
-function redactErr(err: unknown): unknown {
-  if (!(err instanceof Error)) return err;
-  const clean = (t: string | undefined) => t?.replace(/\?[^\s"']*(signature|token)=[^\s"']*/gi, '?[redacted]');
-  return { type: err.name, message: clean(err.message), code: (err as NodeJS.ErrnoException).code, stack: clean(err.stack) };
 }

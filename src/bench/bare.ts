@@ -15,14 +15,15 @@ export class BareRuntime {
 
   /**
    * dir: a directory of the bench's (bundles and logs go there); rootfs: a read-only root
-   * (the busybox template's layer).
+   * (the busybox template's layer); binary: the runtime binary configuration names, if any.
    */
   constructor(
     m: SandboxManager,
     private readonly dir: string,
     private readonly rootfs: string,
+    binary?: string,
   ) {
-    this.runtime = new OciRuntime(m.runtime.name, join(m.paths.runRoot, 'bare'), m.cgroupMode);
+    this.runtime = new OciRuntime(m.runtime.name, join(m.paths.runRoot, 'bare'), m.cgroupMode, { binary });
     this.marker = `${100000 + (process.pid % 100000)}${Date.now() % 1000}`;
   }
 

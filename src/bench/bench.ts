@@ -5,7 +5,7 @@ import { loadavg } from 'node:os';
 import { DEFAULT_RUNTIME } from '../runtime/registry.js';
 import { burstBench } from './burst-bench.js';
 import { densityBench } from './density-bench.js';
-import { BenchService, type PoolConfig } from './harness.js';
+import { BenchService, type BenchNode, type PoolConfig } from './harness.js';
 import { emptyCleanup, emptyPart, formatPart, machineInfo, rowsToPart, type BenchDocument, type PartReport } from './report.js';
 import { throughputBench } from './throughput-bench.js';
 
@@ -23,6 +23,8 @@ export interface BenchRunOptions {
   json?: boolean;
   /** The pool `cubebox serve` starts with by default. */
   defaultPool: PoolConfig;
+  /** The node's configuration and how it is served (from the CLI). */
+  node: BenchNode;
 }
 
 const TITLES: Record<PartName, string> = {
@@ -42,7 +44,7 @@ export async function runBench(o: BenchRunOptions): Promise<boolean> {
   const doc: BenchDocument = {
     version: 1,
     startedAt: new Date(t0).toISOString(),
-    machine: machineInfo(process.env.CUBEBOX_RUNTIME ?? DEFAULT_RUNTIME),
+    machine: machineInfo(o.node.manager.runtime ?? DEFAULT_RUNTIME),
     options: {
       iterations: o.iterations,
       parts,
@@ -57,7 +59,7 @@ export async function runBench(o: BenchRunOptions): Promise<boolean> {
   };
   let ok = true;
   let svc: BenchService | undefined;
-  const service = async () => (svc ??= await BenchService.open({ defaultPool: o.defaultPool, log: progress }));
+  const service = async () => (svc ??= await BenchService.open({ node: o.node, defaultPool: o.defaultPool, log: progress }));
   try {
     for (const name of parts) {
       let report: PartReport;
@@ -106,16 +108,16 @@ async function runPart(name: PartName, o: BenchRunOptions, service: () => Promis
   switch (name) {
     case 'runtime': {
       const { runtimeBench } = await import('./runtime-bench.js');
-      return rowsToPart('runtime', await runtimeBench(o.iterations, progress));
+      return rowsToPart('runtime', await runtimeBench(o.node, o.iterations, progress));
     }
     case 'network': {
       const { networkBench } = await import('./network-bench.js');
-      const { rows, notes } = await networkBench(o.iterations, progress);
+      const { rows, notes } = await networkBench(o.node, o.iterations, progress);
       return rowsToPart('network', rows, notes);
     }
     case 'service': {
       const { serviceBench } = await import('./service-bench.js');
-      const { rows, notes } = await serviceBench(o.iterations, progress);
+      const { rows, notes } = await serviceBench(o.node, o.iterations, progress);
       return rowsToPart('service', rows, notes);
     }
     case 'burst':

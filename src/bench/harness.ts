@@ -1,15 +1,14 @@
-// The service the burst, throughput and density benches drive: an in-process manager and
-// startServer on a temporary data directory (as `cubebox serve` wires them), the published e2b
+// The service the burst, throughput and density benches drive: an in-process manager served
+// on a temporary data directory (by the composition root's serveNode, as `cubebox serve` does), the published e2b
 // SDK pointed at it, the bare-runtime baseline, and the clean-up that checks nothing is left.
 import diagnostics_channel from 'node:diagnostics_channel';
 import { mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ApiKeys } from '../api/keys.js';
-import { startServer, type RunningServer } from '../api/server.js';
+import type { RunningServer } from '../api/server.js';
 import { setTeamQuota } from '../api/tenancy.js';
-import { resolveCacheDir } from '../config.js';
 import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
-import { SandboxManager } from '../sandbox/manager.js';
+import { SandboxManager, type ManagerOptions } from '../sandbox/manager.js';
 import { Store } from '../store/store.js';
 import { BareRuntime } from './bare.js';
 import { mapLimit, now, sleep, type CleanupReport } from './report.js';
@@ -83,7 +82,18 @@ export interface CreateOutcome {
   refused: number;
 }
 
+/** What the bench is given of the node's configuration and composition (by the CLI). */
+export interface BenchNode {
+  /** The manager options configuration gives (runtime, network, logger, ...), without a data directory. */
+  manager: Omit<ManagerOptions, 'dataDir'>;
+  /** Where template builds keep what makes rebuilds fast. */
+  cacheDir: string;
+  /** Serves a manager as `cubebox serve` does (its node API and listeners). */
+  serve(manager: SandboxManager, opts: { host: string; port: number }): Promise<RunningServer>;
+}
+
 export interface HarnessOptions {
+  node: BenchNode;
   /** The pool `cubebox serve` starts with by default (from its configuration). */
   defaultPool: PoolConfig;
   log: (s: string) => void;
@@ -113,11 +123,18 @@ export class BenchService {
     const dataDir = mkdtempSync('/var/tmp/cubebox-bench-');
     let manager: SandboxManager | undefined;
     try {
-      manager = await SandboxManager.open({ dataDir, reconcileIntervalMs: 5000, reaperIntervalMs: 250, deleteStopped: true, network: { warmSlots: 4 } });
+      manager = await SandboxManager.open({
+        ...opts.node.manager,
+        dataDir,
+        reconcileIntervalMs: 5000,
+        reaperIntervalMs: 250,
+        deleteStopped: true,
+        network: { warmSlots: 4 },
+      });
       opts.log('preparing the base template');
-      await manager.templates.addDebianBase('base', { cacheDir: resolveCacheDir() });
+      await manager.templates.addDebianBase('base', { cacheDir: opts.node.cacheDir });
       const busybox = await manager.templates.addBusybox('busybox');
-      const server = await startServer({ manager, host: '127.0.0.1', port: 0, log: manager.log });
+      const server = await opts.node.serve(manager, { host: '127.0.0.1', port: 0 });
       const { key, info } = new ApiKeys(manager.store).create('bench', { team: 'bench' });
       const big = 1_000_000_000;
       setTeamQuota(manager.store, 'bench', { sandboxes: big, vcpus: big, memoryMB: big, diskMB: big });
@@ -126,7 +143,7 @@ export class BenchService {
       process.env.E2B_SANDBOX_URL = server.url;
       delete process.env.E2B_DEBUG;
       const { Sandbox } = await import('e2b');
-      const bare = new BareRuntime(manager, dataDir, busybox.layers[0]!);
+      const bare = new BareRuntime(manager, dataDir, busybox.layers[0]!, opts.node.manager.runtimeBinaries?.[manager.runtime.name]);
       return new BenchService(manager, server, Sandbox, info.team, bare, dataDir, opts.defaultPool);
     } catch (err) {
       if (manager) {

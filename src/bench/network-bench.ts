@@ -1,7 +1,8 @@
 import { get, type IncomingMessage } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { startServer } from '../api/server.js';
+import type { RunningServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
+import type { BenchNode } from './harness.js';
 import { median, timed, type BenchRow } from './report.js';
 
 /** Downloads a URL to nowhere; resolves to the bytes read. */
@@ -27,11 +28,15 @@ async function run(m: SandboxManager, id: string, script: string): Promise<void>
  * direct connection from the host to the same server (throughput of a large file, latency
  * of a small one).
  */
-export async function networkBench(iterations: number, log: (s: string) => void = () => undefined): Promise<{ rows: BenchRow[]; notes: string[] }> {
+export async function networkBench(
+  node: BenchNode,
+  iterations: number,
+  log: (s: string) => void = () => undefined,
+): Promise<{ rows: BenchRow[]; notes: string[] }> {
   const dirs = [mkdtempSync('/var/tmp/cubebox-bench-'), mkdtempSync('/var/tmp/cubebox-bench-')];
-  const withNet = await SandboxManager.open({ dataDir: dirs[0]!, network: { warmSlots: 4 } });
-  const noNet = await SandboxManager.open({ dataDir: dirs[1]!, network: false });
-  let server: Awaited<ReturnType<typeof startServer>> | undefined;
+  const withNet = await SandboxManager.open({ ...node.manager, dataDir: dirs[0]!, network: { ...node.manager.network, warmSlots: 4 } });
+  const noNet = await SandboxManager.open({ ...node.manager, dataDir: dirs[1]!, network: false });
+  let server: RunningServer | undefined;
   try {
     await withNet.templates.addBusybox('busybox');
     await noNet.templates.addBusybox('busybox');
@@ -49,7 +54,7 @@ export async function networkBench(iterations: number, log: (s: string) => void 
     const sbx = await withNet.create({ template: 'busybox', agent: false });
     await run(withNet, sbx.id, 'dd if=/dev/zero of=/tmp/blob bs=1M count=64 2>/dev/null && echo small > /tmp/small && busybox httpd -p 8000 -h /tmp');
     const address = withNet.get(sbx.id).address!;
-    server = await startServer({ manager: withNet, host: '127.0.0.1', port: 0, log: withNet.log });
+    server = await node.serve(withNet, { host: '127.0.0.1', port: 0 });
     const via = { 'E2b-Sandbox-Id': sbx.id, 'E2b-Sandbox-Port': '8000' };
     for (let i = 0; i < 50 && !(await download(`http://${address}:8000/small`).catch(() => 0)); i++) await new Promise((r) => setTimeout(r, 100));
     const mbps = (ms: number) => (64 / (ms / 1000)).toFixed(0);

@@ -2,6 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { DEFAULT_RUNTIME } from '../runtime/registry.js';
 import { SandboxManager } from '../sandbox/manager.js';
+import type { BenchNode } from './harness.js';
 import { BareRuntime } from './bare.js';
 import { median, timed, type BenchRow } from './report.js';
 
@@ -10,18 +11,18 @@ import { median, timed, type BenchRow } from './report.js';
  * the bare runtime binary on a plain bundle (no overlay, no user namespace, no ledger)
  * in the same run, so that the ratio shows what cubebox adds.
  */
-export async function runtimeBench(iterations: number, log: (s: string) => void = () => undefined): Promise<BenchRow[]> {
+export async function runtimeBench(node: BenchNode, iterations: number, log: (s: string) => void = () => undefined): Promise<BenchRow[]> {
   const dataDir = mkdtempSync('/var/tmp/cubebox-bench-');
   let m: SandboxManager | undefined;
   let bare: BareRuntime | undefined;
   const t = { createBare: [] as number[], create: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   const b = { run: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   try {
-    m = await SandboxManager.open({ dataDir, network: { warmSlots: 4 } });
+    m = await SandboxManager.open({ ...node.manager, dataDir, network: { ...node.manager.network, warmSlots: 4 } });
     const tpl = await m.templates.addBusybox('busybox');
 
     // bare runtime baseline: same binary, same wrapper, the busybox layer as a plain rootfs
-    const br = (bare = new BareRuntime(m, dataDir, tpl.layers[0]!));
+    const br = (bare = new BareRuntime(m, dataDir, tpl.layers[0]!, node.manager.runtimeBinaries?.[m.runtime.name]));
     for (let i = 0; i < iterations; i++) {
       const c = br.prepare();
       const cid = c.id;

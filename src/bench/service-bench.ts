@@ -1,8 +1,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { resolveCacheDir } from '../config.js';
 import { ApiKeys } from '../api/keys.js';
-import { startServer } from '../api/server.js';
+import type { RunningServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
+import type { BenchNode } from './harness.js';
 import { isEnvd, LocalLogin, pssKiB } from './host.js';
 import { median, timed, type BenchRow } from './report.js';
 
@@ -11,16 +11,20 @@ import { median, timed, type BenchRow } from './report.js';
  * pool and cold), commands.run('true'), envd's start-to-ready and idle memory inside a
  * sandbox; next to a local spawn of the same command in the same run.
  */
-export async function serviceBench(iterations: number, log: (s: string) => void = () => undefined): Promise<{ rows: BenchRow[]; notes: string[] }> {
+export async function serviceBench(
+  node: BenchNode,
+  iterations: number,
+  log: (s: string) => void = () => undefined,
+): Promise<{ rows: BenchRow[]; notes: string[] }> {
   const dataDir = mkdtempSync('/var/tmp/cubebox-bench-');
-  const manager = await SandboxManager.open({ dataDir, reaperIntervalMs: 250, deleteStopped: true, network: { warmSlots: 4 } });
+  const manager = await SandboxManager.open({ ...node.manager, dataDir, reaperIntervalMs: 250, deleteStopped: true, network: { warmSlots: 4 } });
   const notes: string[] = [];
-  let server: Awaited<ReturnType<typeof startServer>> | undefined;
+  let server: RunningServer | undefined;
   try {
     log('preparing the base template');
-    await manager.templates.addDebianBase('base', { cacheDir: resolveCacheDir() });
+    await manager.templates.addDebianBase('base', { cacheDir: node.cacheDir });
     await manager.templates.addBusybox('busybox');
-    server = await startServer({ manager, host: '127.0.0.1', port: 0, log: manager.log });
+    server = await node.serve(manager, { host: '127.0.0.1', port: 0 });
     const key = new ApiKeys(manager.store).create('bench').key;
     process.env.E2B_API_KEY = key;
     process.env.E2B_API_URL = server.url;

@@ -1,5 +1,7 @@
 import { Command, Option } from 'commander';
-import { openPaths, resolveDataDir } from '../config.js';
+import pino from 'pino';
+import { openPaths } from '../config.js';
+import { faultOf, hostConfig, managerOptions } from '../app/config.js';
 import { formatReport, probeHost } from '../runtime/probe.js';
 import { registerKeysCommand, registerTeamsCommand } from './keys.js';
 import { RemoteApi } from '../api/control-client.js';
@@ -12,6 +14,7 @@ import { formatLeaks, LeakChecker } from '../sandbox/leaks.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { Store } from '../store/store.js';
 import { CubeboxError, errorMessage, type ErrorKind } from '../util/errors.js';
+import { armFault } from '../util/fault.js';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -19,7 +22,7 @@ import { dirname, join, resolve } from 'node:path';
 const EXIT: Record<ErrorKind, number> = { internal: 1, invalid_argument: 2, not_found: 3, conflict: 4, unavailable: 5, busy: 6, insufficient_storage: 7 };
 
 function dataDirOf(cmd: Command): string {
-  return resolveDataDir((cmd.optsWithGlobals() as { dataDir?: string }).dataDir);
+  return hostConfig({ dataDir: (cmd.optsWithGlobals() as { dataDir?: string }).dataDir }).dataDir;
 }
 
 /**
@@ -27,7 +30,8 @@ function dataDirOf(cmd: Command): string {
  * socket when there is one, otherwise as a short-lived manager in this process (which
  * serves the socket meanwhile, so concurrent CLI calls queue behind it).
  */
-async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>): Promise<T> {
+async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>, logLevel = 'warn'): Promise<T> {
+  const config = hostConfig({ dataDir });
   const paths = openPaths(dataDir);
   for (let attempt = 0; ; attempt++) {
     if (await RemoteApi.reachable(paths.socket)) {
@@ -41,7 +45,7 @@ async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>):
     }
     let manager: SandboxManager;
     try {
-      manager = await SandboxManager.open({ dataDir });
+      manager = await SandboxManager.open({ ...managerOptions(config), logger: pino({ level: config.logLevel ?? logLevel }, pino.destination(2)) });
     } catch (err) {
       // Another manager holds the lock but has not bound its socket yet: wait for it.
       if (err instanceof CubeboxError && err.kind === 'unavailable' && /another cubebox manager/.test(err.message) && attempt < 100) {
@@ -50,7 +54,7 @@ async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>):
       }
       throw err;
     }
-    const api = new LocalApi(manager);
+    const api = new LocalApi(manager, { cacheDir: config.cacheDir });
     const server = new ControlServer(api, paths.socket);
     try {
       await server.listen();
@@ -79,6 +83,8 @@ function num(name: string) {
     return n;
   };
 }
+
+armFault(faultOf()); // the crash tests' CUBEBOX_FAULT
 
 const program = new Command();
 program
@@ -175,9 +181,9 @@ template
     const kinds: Record<string, TemplateSource> = { base: { base: true }, busybox: { busybox: true }, 'code-interpreter': { codeInterpreter: true } };
     const source = kinds[kind];
     if (!source) throw new CubeboxError('invalid_argument', `unknown template kind '${kind}' (known: ${Object.keys(kinds).join(', ')})`);
-    if (kind !== 'busybox') process.env.CUBEBOX_LOG_LEVEL ??= 'info'; // show the build's progress
     const name = opts.name ?? (kind === 'code-interpreter' ? 'code-interpreter-v1' : kind);
-    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, source));
+    // a build shows its progress (at info) unless CUBEBOX_LOG_LEVEL says otherwise
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, source), kind !== 'busybox' ? 'info' : undefined);
     console.log(t.id);
   });
 template
@@ -349,14 +355,25 @@ program
         throw new CubeboxError('invalid_argument', `--${k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} must be a positive integer`);
     }
     const { runBench } = await import('../bench/bench.js');
-    const { serveConfig } = await import('../app/serve.js');
-    // the pool `cubebox serve` would start with here: its default, or CUBEBOX_POOL
-    const defaultPool = serveConfig({}).pool;
-    const ok = await runBench({ ...opts, defaultPool });
+    const { serveConfig } = await import('../app/config.js');
+    const { serveNode } = await import('../app/node.js');
+    const { openSecretKey } = await import('../secrets/key.js');
+    // the pool `cubebox serve` would start with here (its default, or CUBEBOX_POOL), and its configuration
+    const config = serveConfig({});
+    const host = hostConfig();
+    const node = {
+      manager: { ...managerOptions(host), logger: pino({ level: host.logLevel ?? 'warn' }, pino.destination(2)) },
+      cacheDir: config.cacheDir,
+      serve: (m: SandboxManager, o: { host: string; port: number }) => {
+        const key = openSecretKey(m.paths.dataDir);
+        return serveNode(m, { ...o, log: m.log, volumeSizeMB: config.volumeSizeMB, sealingKey: () => key });
+      },
+    };
+    const ok = await runBench({ ...opts, defaultPool: config.pool, node });
     if (!ok) process.exitCode = 1;
   });
 
-type BenchOpts = Omit<import('../bench/bench.js').BenchRunOptions, 'defaultPool'>;
+type BenchOpts = Omit<import('../bench/bench.js').BenchRunOptions, 'defaultPool' | 'node'>;
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const kind: ErrorKind = err instanceof CubeboxError ? err.kind : 'internal';

@@ -203,15 +203,15 @@ export interface InstanceLimits {
   ioWeight: number;
 }
 
-/** Defaults from the host: half of pid_max, half the default CPU and IO weights. */
-export function defaultInstanceLimits(): InstanceLimits {
+/** Defaults from the host: half of pid_max (unless a pids budget is given), half the default CPU and IO weights. */
+export function defaultInstanceLimits(pidsBudget?: number): InstanceLimits {
   let pidMax = 32768;
   try {
     pidMax = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim()) || pidMax;
   } catch {
     /* the kernel's own default */
   }
-  const budget = Number(process.env.CUBEBOX_SANDBOX_PIDS_BUDGET);
+  const budget = pidsBudget ?? 0;
   return { pids: Number.isInteger(budget) && budget > 0 ? budget : Math.floor(pidMax / 2), cpuShares: 512, ioWeight: 50 };
 }
 

@@ -57,7 +57,7 @@ export const USER_OOM_SCORE_ADJ = 500;
 export const RUNTIME_CALL_TIMEOUT_MS = 20_000;
 
 export interface OciRuntimeOptions {
-  /** The runtime binary (default /usr/bin/<name>, or env CUBEBOX_<NAME>_BIN). */
+  /** The runtime binary (default the definition's, else /usr/bin/<name>; configuration's CUBEBOX_<NAME>_BIN). */
   binary?: string;
   /** Per-call timeout (default RUNTIME_CALL_TIMEOUT_MS). */
   callTimeoutMs?: number;
@@ -81,8 +81,8 @@ export class OciRuntime implements SandboxRuntime {
     opts: OciRuntimeOptions = {},
   ) {
     this.def = runtimeDefinition(name);
-    this.binary = opts.binary ?? process.env[`CUBEBOX_${name.toUpperCase()}_BIN`] ?? this.def.binary ?? `/usr/bin/${name}`;
-    this.callTimeoutMs = opts.callTimeoutMs ?? (Number(process.env.CUBEBOX_RUNTIME_TIMEOUT_MS) || RUNTIME_CALL_TIMEOUT_MS);
+    this.binary = opts.binary ?? this.def.binary ?? `/usr/bin/${name}`;
+    this.callTimeoutMs = opts.callTimeoutMs ?? RUNTIME_CALL_TIMEOUT_MS;
     this.globalArgs = ['--root', stateRoot, ...this.def.globalArgs];
     this.wrap = this.def.hybridCgroupWrapper && cgroupMode === 'hybrid';
     this.userNamespaces = this.def.capabilities.userNamespaces;

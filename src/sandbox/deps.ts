@@ -17,7 +17,7 @@ export { parseRuntimeName } from '../runtime/registry.js';
 /**
  * What the lifecycle core is given rather than reaching for: the store, the runtimes, the
  * host operations, the template store, a clock and a logger. Production builds the real ones
- * (SandboxManager.open); unit tests give a fake runtime and fake host operations.
+ * (open.ts, from explicit options); unit tests give a fake runtime and fake host operations.
  */
 
 /** Time as the lifecycle sees it: deadlines, TTLs, backoff. Waiting loops use real time. */
@@ -69,8 +69,8 @@ export interface HostOps {
 }
 
 /** The host operations of this machine, over src/runtime/rootfs.ts and cgroups.ts. */
-export function realHostOps(cgroupMode: CgroupMode): HostOps {
-  const limits = defaultInstanceLimits();
+export function realHostOps(cgroupMode: CgroupMode, pidsBudget?: number): HostOps {
+  const limits = defaultInstanceLimits(pidsBudget);
   return {
     cgroupMode,
     cgroup: (relPath) => new SandboxCgroup(cgroupMode, relPath),
@@ -98,13 +98,18 @@ export interface RuntimeResolver {
 }
 
 /** The OCI runtimes, each with its state root under runRoot (made on first use). */
-export function ociRuntimes(defaultName: RuntimeName, runRoot: string, cgroupMode: CgroupMode): RuntimeResolver {
+export function ociRuntimes(
+  defaultName: RuntimeName,
+  runRoot: string,
+  cgroupMode: CgroupMode,
+  opts: { binaries?: Record<RuntimeName, string>; callTimeoutMs?: number } = {},
+): RuntimeResolver {
   const made = new Map<string, SandboxRuntime>();
   const byName = (name: string): SandboxRuntime => {
     let rt = made.get(name);
     if (!rt) {
       if (!isRuntimeName(name)) throw new Error(`unknown runtime '${name}'`);
-      rt = new OciRuntime(name, join(runRoot, name), cgroupMode);
+      rt = new OciRuntime(name, join(runRoot, name), cgroupMode, { binary: opts.binaries?.[name], callTimeoutMs: opts.callTimeoutMs });
       made.set(name, rt);
     }
     return rt;

@@ -1,21 +1,19 @@
 import type { ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
-import pino, { type Logger } from 'pino';
-import { openPaths, type Paths } from '../config.js';
-import { detectCgroupMode, type CgroupMode } from '../runtime/cgroups.js';
+import type { Logger } from 'pino';
+import type { Paths } from '../config.js';
+import type { CgroupMode } from '../runtime/cgroups.js';
 import type { SandboxRuntime } from '../runtime/oci-runtime.js';
-import { prepareSupportTree } from '../runtime/support.js';
-import { SandboxNetwork } from '../network/network.js';
+import type { SandboxNetwork } from '../network/network.js';
 import type { NetworkSettings } from '../network/policy.js';
-import { ManagerLock, Store } from '../store/store.js';
-import { TemplateStore, type Template } from '../template/store.js';
+import type { Store } from '../store/store.js';
+import type { Template, TemplateStore } from '../template/store.js';
 import type { GuardedSocket } from '../util/safe-socket.js';
-import { CubeboxError, errorMessage } from '../util/errors.js';
+import { CubeboxError } from '../util/errors.js';
 import type { KeyedMutex } from '../util/lock.js';
 import { SandboxCore } from './core.js';
-import { ociRuntimes, parseRuntimeName, realHostOps, systemClock, type CgroupHandle, type ManagerDeps } from './deps.js';
+import type { CgroupHandle, ManagerDeps } from './deps.js';
+import { openManagerDeps } from './open.js';
 import * as lifecycle from './lifecycle.js';
 import { CreateGate } from './create-gate.js';
 import { WarmPool } from './pool.js';
@@ -26,16 +24,7 @@ import { Reconciler } from './reconciler.js';
 import { collectEphemeralTemplates, fork, snapshot, type SnapshotOpts } from './snapshots.js';
 import { deleteSandbox } from './teardown.js';
 import { releaseRunRoot } from '../runtime/run-root.js';
-import {
-  poolable,
-  type Admission,
-  type CreateLimits,
-  type CreateRequest,
-  type ManagerOptions,
-  type ReconcileReport,
-  type SandboxInfo,
-  type StoredSpec,
-} from './types.js';
+import { poolable, type Admission, type CreateLimits, type CreateRequest, type ManagerOptions, type ReconcileReport, type SandboxInfo } from './types.js';
 
 export type { Admission, CreateRequest, Lifecycle, LifecycleInput, ManagerOptions, ReconcileReport, SandboxInfo } from './types.js';
 export { idRegionBase, normalizeLifecycle, resolveLimits } from './types.js';
@@ -116,70 +105,12 @@ export class SandboxManager {
 
   /**
    * Opens a data directory as its one manager: checks for root, takes the lock, builds the
-   * real dependencies and runs the start-up reconciliation. Throws a 'unavailable' error when
-   * another manager owns it.
+   * real dependencies from the options (open.ts; nothing is read from the environment) and
+   * runs the start-up reconciliation. Throws a 'unavailable' error when another manager owns it.
    */
   static async open(opts: ManagerOptions): Promise<SandboxManager> {
-    if (process.getuid?.() !== 0) throw new CubeboxError('unavailable', 'cubebox must run as root (it creates namespaces, cgroups and mounts)');
-    const paths = openPaths(opts.dataDir);
-    // Traversable but not listable: the runtime reaches the rootfs as the sandbox's unprivileged root.
-    chmodSync(paths.dataDir, 0o711);
-    mkdirSync(paths.sandboxesDir, { recursive: true });
-    chmodSync(paths.sandboxesDir, 0o711);
-    const lock = new ManagerLock(paths.lockFile);
-    if (!lock.tryAcquire()) throw new CubeboxError('unavailable', `another cubebox manager owns ${paths.dataDir}`);
-    const log = opts.logger ?? pino({ level: process.env.CUBEBOX_LOG_LEVEL ?? 'warn' }, pino.destination(2));
-    const store = new Store(paths.db);
-    const cgroupMode = detectCgroupMode();
-    const runtimeName = parseRuntimeName(opts.runtime ?? process.env.CUBEBOX_RUNTIME);
-    let supportDir: string;
-    try {
-      const inUse = new Set(store.listSandboxes().map((r) => (JSON.parse(r.spec) as StoredSpec).support));
-      supportDir = (await prepareSupportTree(join(paths.dataDir, 'support'), inUse)).dir;
-    } catch (err) {
-      store.close();
-      lock.release();
-      throw new CubeboxError('unavailable', `cannot prepare the sandbox support tree: ${errorMessage(err)}`);
-    }
-    let net: SandboxNetwork | undefined;
-    const netOpts = opts.network ?? (process.env.CUBEBOX_NETWORK === 'off' ? false : {});
-    if (netOpts !== false) {
-      try {
-        net = new SandboxNetwork(store.netSlots, {
-          instanceId: paths.instanceId,
-          dataDir: paths.dataDir,
-          subnet: netOpts.subnet ?? process.env.CUBEBOX_SUBNET,
-          // pre-made slots pay off in a long-lived manager (serve); a CLI call would make and remove them for nothing
-          warmSlots: netOpts.warmSlots ?? (opts.reconcileIntervalMs ? undefined : 0),
-          allowPrivate: netOpts.allowPrivate,
-          maxFlows: netOpts.maxFlows ?? (process.env.CUBEBOX_MAX_FLOWS ? Number(process.env.CUBEBOX_MAX_FLOWS) : undefined),
-          log,
-        });
-        await net.start();
-      } catch (err) {
-        store.close();
-        lock.release();
-        throw new CubeboxError(
-          'unavailable',
-          `cannot set up sandbox networking: ${errorMessage(err)} (needs iproute2 and nftables; CUBEBOX_NETWORK=off runs sandboxes with loopback only)`,
-        );
-      }
-    }
-    const m = new SandboxManager(
-      {
-        net,
-        paths,
-        store,
-        runtimes: ociRuntimes(runtimeName, paths.runRoot, cgroupMode),
-        host: realHostOps(cgroupMode),
-        templates: new TemplateStore(paths, store),
-        clock: systemClock,
-        log,
-        supportDir,
-        lock,
-      },
-      opts.creates,
-    );
+    const m = new SandboxManager(await openManagerDeps(opts), opts.creates);
+    const log = m.log;
     const swept = m.templates.sweepTemporaries();
     if (swept.length) log.warn({ swept }, 'removed temporary layers left by an interrupted import or build');
     await m.start(opts);

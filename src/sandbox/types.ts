@@ -155,7 +155,9 @@ export interface StoredSpec {
 
 export interface ManagerOptions {
   dataDir: string;
+  /** Default: the registry's default runtime. */
   runtime?: RuntimeName;
+  /** Default: warnings and errors to stderr. */
   logger?: Logger;
   /** Run the reconciler every this many ms (0 = only at start-up). */
   reconcileIntervalMs?: number;
@@ -170,11 +172,16 @@ export interface ManagerOptions {
   /** How creates share the host (see CreateGate); defaults from the CPU count. */
   creates?: CreateLimits;
   /**
-   * Sandbox networking: a subnet (default 10.200.0.0/16, or CUBEBOX_SUBNET), pre-made slots,
-   * private networks sandboxes may reach, connections tracked per sandbox (or CUBEBOX_MAX_FLOWS).
-   * false (or CUBEBOX_NETWORK=off): loopback only.
+   * Sandbox networking: a subnet (default 10.200.0.0/16), pre-made slots, private networks
+   * sandboxes may reach, connections tracked per sandbox. false: loopback only. Default: on.
    */
   network?: false | { subnet?: string; warmSlots?: number; allowPrivate?: string[]; maxFlows?: number };
+  /** The pids budget of all sandboxes together (default half of pid_max). */
+  pidsBudget?: number;
+  /** Runtime binaries by runtime name (default each definition's, else /usr/bin/<name>). */
+  runtimeBinaries?: Record<string, string>;
+  /** Per-call bound of runtime commands, ms. */
+  runtimeTimeoutMs?: number;
 }
 
 export interface CreateLimits {

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import pino from 'pino';
+import { hostConfig, managerOptions } from '../../src/app/config.js';
 import { PROJECT_ROOT } from '../../src/config.js';
 import { formatLeaks, LeakChecker } from '../../src/sandbox/leaks.js';
 import { SandboxManager, type ManagerOptions } from '../../src/sandbox/manager.js';
@@ -15,8 +17,13 @@ export function newDataDir(): string {
   return mkdtempSync('/var/tmp/cubebox-test-');
 }
 
+/**
+ * The manager of a data directory, configured as the CLI's would be from this process's
+ * environment (CUBEBOX_RUNTIME, CUBEBOX_NETWORK, ...), then the given options.
+ */
 export async function openManager(dataDir: string, opts: Partial<ManagerOptions> = {}): Promise<SandboxManager> {
-  return SandboxManager.open({ dataDir, ...opts });
+  const config = hostConfig({ dataDir });
+  return SandboxManager.open({ ...managerOptions(config), logger: pino({ level: config.logLevel ?? 'warn' }, pino.destination(2)), ...opts });
 }
 
 /** A manager on a new data directory with a busybox template named `busybox`. */
@@ -59,7 +66,7 @@ export async function destroyInstance(m: SandboxManager | undefined, dataDir?: s
     await m.close();
   } else {
     paths = openPaths(dataDir!, false);
-    const again = await SandboxManager.open({ dataDir: dataDir! });
+    const again = await openManager(dataDir!);
     for (const s of again.list()) await again.delete(s.id);
     await again.close();
   }

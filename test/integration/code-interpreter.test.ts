@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { resolveCacheDir } from '../../src/config.js';
+import { hostConfig } from '../../src/app/config.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { CODE_INTERPRETER_TEMPLATE } from '../../src/template/code-interpreter.js';
 import { destroyInstance, newInstance } from '../helpers/instance.js';
@@ -59,8 +59,8 @@ const error = (events: Event[]) => events.find((e) => e.type === 'error');
 describe('code interpreter in a real sandbox', { timeout: 1_800_000 }, () => {
   before(async () => {
     m = await newInstance({ network: false }); // reached from inside: no sandbox network needed
-    await m.templates.addDebianBase('base', { cacheDir: resolveCacheDir() });
-    await m.templates.addCodeInterpreter(CODE_INTERPRETER_TEMPLATE, { cacheDir: resolveCacheDir() });
+    await m.templates.addDebianBase('base', { cacheDir: hostConfig().cacheDir });
+    await m.templates.addCodeInterpreter(CODE_INTERPRETER_TEMPLATE, { cacheDir: hostConfig().cacheDir });
     id = (await m.create({ template: CODE_INTERPRETER_TEMPLATE, secure: false, envVars: { SANDBOX_VAR: 'from the sandbox' } })).id;
   });
   after(async () => {

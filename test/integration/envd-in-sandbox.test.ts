@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { resolveCacheDir } from '../../src/config.js';
+import { hostConfig } from '../../src/app/config.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { destroyInstance, newInstance } from '../helpers/instance.js';
 
@@ -54,7 +54,7 @@ describe('envd inside real sandboxes', { timeout: 900_000 }, () => {
   before(async () => {
     e2b = (await import('e2b')) as unknown as E2B;
     m = await newInstance();
-    if (!m.templates.find('base')) await m.templates.addDebianBase('base', { cacheDir: resolveCacheDir() });
+    if (!m.templates.find('base')) await m.templates.addDebianBase('base', { cacheDir: hostConfig().cacheDir });
   });
   after(async () => {
     await destroyInstance(m);

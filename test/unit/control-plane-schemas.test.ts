@@ -1,51 +1,37 @@
 // The control plane's body schemas answer as the hand-written checks did: E2B's {code, message}
 // with status 400 and the same words, after the 404 of a missing sandbox or template, and
-// without type coercion. A fake manager records what reached it.
+// without type coercion. A fake node records what reached it.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { CONTROL_PLANE_AJV, registerControlPlane, type ControlPlaneOptions } from '../../src/api/control-plane.js';
+import { fakeNode, sandboxInfo } from '../helpers/fake-node.js';
 
 const calls: string[] = [];
-const info = {
-  id: 'sbx1abc',
-  templateId: 't1',
-  templateName: 'base',
-  state: 'running',
-  team: 'default',
-  accessToken: null,
-  limits: { cpuCount: 1, memoryMB: 512 },
-  metadata: {},
-  extra: {},
-  lifecycle: { onTimeout: 'kill', autoResume: false },
-  createdAt: 1,
-  startedAt: 1,
-  endAt: 2,
-};
-const manager = {
-  log: { error() {} },
-  templates: {
-    find: (r: string) => (r === 'base' ? { id: 't1', name: 'base', createdAt: 1, config: {} } : undefined),
-    list: () => [],
-    ensure: async () => undefined,
-  },
-  get: (id: string) => {
-    if (id !== info.id) throw new Error('not found');
-    return info;
-  },
-  list: () => [info],
-  create: async (r: { timeoutSec: number; metadata: object }) => (calls.push(`create ${r.timeoutSec} ${JSON.stringify(r.metadata)}`), info),
-  resume: async (_id: string, o: { timeoutSec?: number }) => (calls.push(`resume ${o.timeoutSec}`), info),
-  setTimeout: async (_id: string, t: number) => void calls.push(`timeout ${t}`),
-};
-const opts = {
-  manager,
-  metrics: { latest: () => undefined, range: () => [] },
-  authenticate: () => ({ keyId: 'k', keyPrefix: 'e2b_x', team: 'default', admin: false }),
-  tenancy: { checkMetadata() {}, blocked: () => false },
+const info = sandboxInfo();
+const template = { id: 't1', name: 'base', layers: [], createdAt: 1, config: { user: 'user', env: {}, cpuCount: 2, memoryMB: 512, diskSizeMB: 1024 } };
+const opts: ControlPlaneOptions = {
+  node: fakeNode({
+    templates: {
+      find: (r: string) => (r === 'base' ? template : undefined),
+      list: () => [],
+      ensure: async () => undefined,
+    },
+    sandboxes: {
+      get: (id: string) => {
+        if (id !== info.id) throw new Error('not found');
+        return info;
+      },
+      list: () => [info],
+      create: async (r) => (calls.push(`create ${r.timeoutSec} ${JSON.stringify(r.metadata)}`), info),
+      resume: async (_id, o) => (calls.push(`resume ${o?.timeoutSec}`), info),
+      setTimeout: async (_id, t) => (calls.push(`timeout ${t}`), info),
+    },
+    keys: { authenticate: () => ({ keyId: 'k', keyPrefix: 'e2b_x', team: 'default', admin: false }) },
+  }),
   domain: 'example.test',
   clientId: 'c',
-} as unknown as ControlPlaneOptions;
+};
 
 describe('control-plane body schemas', () => {
   let app: FastifyInstance;

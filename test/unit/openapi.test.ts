@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import Fastify, { type FastifyInstance } from 'fastify';
 import ts from 'typescript';
 import { CONTROL_PLANE_AJV, registerControlPlane, type ControlPlaneOptions } from '../../src/api/control-plane.js';
+import { fakeNode } from '../helpers/fake-node.js';
 
 /** SDK routes cubebox does not serve yet, and why. A route served since must leave this list. */
 const KNOWN_GAPS: Record<string, string> = {
@@ -77,16 +78,16 @@ type Doc = {
   paths: Record<string, Record<string, { requestBody?: { content: Record<string, { schema: { required?: string[]; properties?: object } }> }; security?: [] }>>;
 };
 
-const manager = { log: { error() {} }, templates: { find: () => undefined, list: () => [] }, get: () => assert.fail('no sandbox'), list: () => [] };
-const opts = {
-  manager,
-  metrics: { latest: () => undefined, range: () => [] },
-  authenticate: (k: string | undefined) => (k === 'k' ? { keyId: 'k', keyPrefix: 'e2b_x', team: 'default', admin: false } : undefined),
-  tenancy: { checkMetadata() {}, blocked: () => false },
+const opts: ControlPlaneOptions = {
+  node: fakeNode({
+    templates: { find: () => undefined, list: () => [] },
+    sandboxes: { get: () => assert.fail('no sandbox'), list: () => [] },
+    keys: { authenticate: (k) => (k === 'k' ? { keyId: 'k', keyPrefix: 'e2b_x', team: 'default', admin: false } : undefined) },
+  }),
   domain: 'example.test',
   clientId: 'c',
   prometheus: async () => ({ contentType: 'text/plain', body: '' }),
-} as unknown as ControlPlaneOptions;
+};
 
 describe('the OpenAPI document', () => {
   let app: FastifyInstance;

@@ -1,13 +1,13 @@
 // What every control-plane route file shares: the options, the caller of a request, how a
 // sandbox id is read and checked against the caller, and the bodies E2B's SDK reads.
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import type { MetricsSampler } from '../../sandbox/metrics.js';
-import type { SandboxInfo, SandboxManager } from '../../sandbox/manager.js';
+import type { SandboxInfo } from '../../sandbox/types.js';
 import { cubeboxStateShown, e2bStateOf } from '../../sandbox/states.js';
 import type { Template } from '../../template/store.js';
 import { sandboxIdOf } from '../../protocol/ids.js';
 import { notFound } from '../../util/errors.js';
-import { HttpError, type Caller, type Tenancy } from '../tenancy.js';
+import type { NodeApi } from '../node-api.js';
+import { HttpError, type Caller } from '../tenancy.js';
 import { MAX_TIMEOUT_SEC } from './schemas.js';
 
 export { MAX_TIMEOUT_SEC };
@@ -17,12 +17,8 @@ export const ENVD_VERSION = '0.6.13';
 export const DEFAULT_TIMEOUT_SEC = 300;
 
 export interface ControlPlaneOptions {
-  manager: SandboxManager;
-  metrics: MetricsSampler;
-  /** The caller behind an X-API-KEY value (its team, whether it is an admin key); undefined: not a live key. */
-  authenticate: (key: string | undefined) => Caller | undefined;
-  /** Teams and quotas. */
-  tenancy: Tenancy;
+  /** The node the routes act on: sandboxes, templates, volumes, secrets, teams, keys. */
+  node: NodeApi;
   domain: string;
   clientId: string;
   /** Wraps each lifecycle operation (for latency and failure metrics). */
@@ -80,7 +76,7 @@ export function timeoutOf(body: unknown, key = 'timeout', fallback?: number): nu
 export type RouteContext = ReturnType<typeof routeContext>;
 
 export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<FastifyRequest, Caller>) {
-  const { manager, tenancy } = opts;
+  const { sandboxes, templates, teams: tenancy } = opts.node;
   const callerOf = (req: FastifyRequest): Caller => {
     const c = callers.get(req);
     if (!c) throw new HttpError(401, 'Invalid API key');
@@ -101,7 +97,7 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
     const caller = callerOf(req);
     let info: SandboxInfo;
     try {
-      info = manager.get(id);
+      info = sandboxes.get(id);
     } catch {
       throw notFound(`sandbox '${id}' not found`);
     }
@@ -121,7 +117,7 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
     return !t.config.snapshotOf && !t.config.ephemeral; // fork and host snapshots carry a sandbox's files: admins only
   };
   const isSnapshot = (t: Template) => !!t.config.snapshotOf && !t.config.ephemeral && !t.config.buildStep;
-  const diskSizeMB = (info: SandboxInfo): number => manager.templates.find(info.templateId)?.config.diskSizeMB ?? 1024;
+  const diskSizeMB = (info: SandboxInfo): number => templates.find(info.templateId)?.config.diskSizeMB ?? 1024;
   const sandboxBody = (info: SandboxInfo) => ({
     sandboxID: info.id,
     templateID: info.templateId,
@@ -164,8 +160,10 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
   });
   // (not a spread of opts: `domain` may be a getter, read when a body is made)
   return {
-    manager,
-    metrics: opts.metrics,
+    node: opts.node,
+    sandboxes,
+    templates,
+    metrics: opts.node.metrics,
     tenancy,
     observe,
     callerOf,

@@ -5,12 +5,12 @@ import { checked, DEFAULT_TIMEOUT_SEC, timeoutOf, type Req, type RouteContext } 
 import { refreshBody, timeoutBody } from './schemas.js';
 
 export function registerLifecycleRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, observe, idOf, usable, sandboxBody } = ctx;
+  const { sandboxes, observe, idOf, usable, sandboxBody } = ctx;
 
   app.post('/sandboxes/:id/pause', async (req: Req, reply) => {
     const id = idOf(req);
     usable(req, id);
-    await observe('pause', () => manager.pause(id, { memory: req.body?.memory !== false }));
+    await observe('pause', () => sandboxes.pause(id, { memory: req.body?.memory !== false }));
     return reply.code(204).send();
   });
 
@@ -19,7 +19,7 @@ export function registerLifecycleRoutes(app: FastifyInstance, ctx: RouteContext)
     usable(req, id);
     checked(req);
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
-    const info = await observe('resume', () => manager.resume(id, { timeoutSec }));
+    const info = await observe('resume', () => sandboxes.resume(id, { timeoutSec }));
     return reply.code(201).send(sandboxBody(info));
   });
 
@@ -28,7 +28,7 @@ export function registerLifecycleRoutes(app: FastifyInstance, ctx: RouteContext)
     usable(req, id);
     checked(req);
     const timeoutSec = timeoutOf(req.body, 'timeout');
-    const { info, resumed } = await observe('connect', () => manager.connect(id, timeoutSec));
+    const { info, resumed } = await observe('connect', () => sandboxes.connect(id, timeoutSec));
     return reply.code(resumed ? 201 : 200).send(sandboxBody(info));
   };
   app.post('/sandboxes/:id/connect', { schema: { body: timeoutBody }, attachValidation: true }, connect);
@@ -41,7 +41,7 @@ export function registerLifecycleRoutes(app: FastifyInstance, ctx: RouteContext)
     const t = timeoutOf(req.body, 'timeout');
     // (a body without one passes the schema, which checks an object's fields only)
     if (t === undefined) throw invalid('timeout is required');
-    await manager.setTimeout(id, t);
+    await sandboxes.setTimeout(id, t);
     return reply.code(204).send();
   });
 
@@ -50,7 +50,7 @@ export function registerLifecycleRoutes(app: FastifyInstance, ctx: RouteContext)
     usable(req, id);
     checked(req);
     const d = timeoutOf(req.body, 'duration', 60)!;
-    await manager.refresh(id, d);
+    await sandboxes.refresh(id, d);
     return reply.code(204).send();
   });
 }

@@ -1,6 +1,6 @@
 // A sandbox's metrics (sampled from its cgroup) and its console log, read by bounded range.
 import type { FastifyInstance } from 'fastify';
-import type { SandboxInfo } from '../../sandbox/manager.js';
+import type { SandboxInfo } from '../../sandbox/types.js';
 import type { MetricSample } from '../../sandbox/metrics.js';
 import { sandboxIdOf } from '../../protocol/ids.js';
 import { invalid } from '../../util/errors.js';
@@ -11,7 +11,7 @@ import { one, type Query, type Req, type RouteContext } from './context.js';
 const MAX_METRICS_IDS = 100;
 
 export function registerMetricsLogsRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, metrics, idOf, visible, usable, diskSizeMB } = ctx;
+  const { sandboxes, metrics, idOf, visible, usable, diskSizeMB } = ctx;
 
   const metricBody = (info: SandboxInfo, m: MetricSample) => ({
     timestamp: new Date(m.ts).toISOString(),
@@ -89,7 +89,7 @@ export function registerMetricsLogsRoutes(app: FastifyInstance, ctx: RouteContex
       from: direction === 'backward' || (direction === undefined && start === undefined) ? 'tail' : 'head',
       limit: Math.min(limit, MAX_LOG_LINES),
     };
-    const read = await readConsoleLog(manager.consoleLogPath(id), range);
+    const read = await readConsoleLog(sandboxes.consoleLogPath(id), range);
     if (start !== undefined && read.mtime.getTime() < start) return [];
     const level = one(q.level);
     if (level !== undefined && level !== 'debug' && level !== 'info') return [];

@@ -1,6 +1,6 @@
 // Sandboxes as a collection and one by one: create, list (v1 and the paginated v2), get, delete.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { Lifecycle, SandboxInfo } from '../../sandbox/manager.js';
+import type { Lifecycle, SandboxInfo } from '../../sandbox/types.js';
 import { invalid, notFound } from '../../util/errors.js';
 import { DEFAULT_TIMEOUT_SEC, e2bState, schemaError, one, owns, timeoutOf, type Query, type Req, type RouteContext, type RouteTypes } from './context.js';
 import { networkSettings, type NetworkInput } from '../../network/policy.js';
@@ -14,7 +14,7 @@ function networkInput(v: unknown): NetworkInput {
 }
 
 export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, tenancy, observe, callerOf, idOf, visible, usable, templateVisible, sandboxBody, listedBody, detailBody } = ctx;
+  const { sandboxes, templates, tenancy, observe, callerOf, idOf, visible, usable, templateVisible, sandboxBody, listedBody, detailBody } = ctx;
 
   // ---- create
   const create = async (req: Req, reply: FastifyReply) => {
@@ -26,8 +26,8 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     if (bad && (badField === '' || badField === 'templateID')) throw bad;
     const b = req.body as Record<string, unknown>;
     const templateRef = (b.templateID ?? 'base') as string;
-    await manager.templates.ensure(templateRef); // a template built on first use (code-interpreter-v1)
-    const template = manager.templates.find(templateRef, caller.team); // the team's own name first, then the public one
+    await templates.ensure(templateRef); // a template built on first use (code-interpreter-v1)
+    const template = templates.find(templateRef, caller.team); // the team's own name first, then the public one
     if (!template || !templateVisible(caller, template)) throw notFound(`template '${templateRef}' not found`);
     if (bad && badField === 'metadata') throw bad;
     const metadata = { ...(b.metadata as Record<string, string> | null | undefined) };
@@ -39,7 +39,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     const autoResume = typeof b.autoResume === 'object' && b.autoResume !== null && (b.autoResume as { enabled?: unknown }).enabled === true;
     const lifecycle: Lifecycle = { onTimeout: autoPause ? 'pause' : 'kill', autoResume, keepMemory: b.autoPauseMemory !== false };
     const info = await observe('create', () =>
-      manager.create({
+      sandboxes.create({
         template: template.id,
         timeoutSec,
         metadata,
@@ -65,7 +65,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get('/sandboxes', async (req: Req) => {
     const caller = callerOf(req);
     const all = filterList(
-      manager.list().filter((s) => owns(caller, s.team)),
+      sandboxes.list().filter((s) => owns(caller, s.team)),
       req.query,
       { defaultStates: ['running'] },
     );
@@ -80,7 +80,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     if (order !== 'asc' && order !== 'desc') throw invalid("order must be 'asc' or 'desc'");
     const caller = callerOf(req);
     let items = filterList(
-      manager.list().filter((s) => owns(caller, s.team)),
+      sandboxes.list().filter((s) => owns(caller, s.team)),
       q,
       { defaultStates: ['running', 'paused'] },
     );
@@ -121,7 +121,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.delete('/sandboxes/:id', async (req: Req, reply) => {
     const id = idOf(req);
     visible(req, id);
-    await observe('delete', () => manager.delete(id));
+    await observe('delete', () => sandboxes.delete(id));
     return reply.code(204).send();
   });
 
@@ -134,7 +134,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     if (typeof b !== 'object' || b === null || Array.isArray(b)) throw invalid('the body must be a JSON object (NetworkUpdate)');
     const u = b as Record<string, unknown>;
     const settings = networkSettings({ ...networkInput(u), allowInternetAccess: u.allow_internet_access ?? undefined }, info.network);
-    await manager.updateNetwork(id, settings);
+    await sandboxes.updateNetwork(id, settings);
     return reply.code(204).send();
   });
 }

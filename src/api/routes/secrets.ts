@@ -7,8 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { seal } from '../../secrets/cipher.js';
-import { openSecretKey } from '../../secrets/key.js';
-import type { SecretRow } from '../../store/store.js';
+import type { SecretRow } from '../../store/secrets.js';
 import { invalid, notFound, conflict } from '../../util/errors.js';
 import { quotaExceeded } from '../tenancy.js';
 import { one, schemaError, type Req, type RouteContext } from './context.js';
@@ -96,11 +95,10 @@ function checkMetadata(md: Record<string, string>): void {
 }
 
 export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, tenancy, callerOf } = ctx;
-  let key: Buffer | undefined;
-  // opened on first use: `cubebox serve` made (or refused) the key at start-up
-  const secrets = () => manager.store.secrets;
-  const sealingKey = () => (key ??= openSecretKey(manager.paths.dataDir));
+  const { node, tenancy, callerOf } = ctx;
+  // the key is opened on first use: `cubebox serve` made (or refused) it at start-up
+  const secrets = () => node.secrets.rows;
+  const sealingKey = () => node.secrets.sealingKey();
   const found = (team: string, ref: string): SecretRow => {
     const s = secrets().find(team, ref);
     if (!s) throw notFound(`secret '${ref}' not found`);

@@ -7,7 +7,7 @@ import { checked, DEFAULT_TIMEOUT_SEC, one, timeoutOf, type Req, type RouteConte
 import { forkBody, snapshotBody } from './schemas.js';
 
 export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, tenancy, observe, callerOf, idOf, usable, isSnapshot, sandboxBody } = ctx;
+  const { sandboxes, templates, tenancy, observe, callerOf, idOf, usable, isSnapshot, sandboxBody } = ctx;
 
   app.post('/sandboxes/:id/snapshots', { schema: { body: snapshotBody }, attachValidation: true }, async (req: Req, reply) => {
     const id = idOf(req);
@@ -16,9 +16,9 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     const name = req.body?.name as string | undefined; // snapshotBody: a string if given
     // the snapshot belongs to the sandbox's team, and counts against its quota from now on
     const team = info.team ?? undefined;
-    const release = team ? tenancy.reserveSnapshot(team, manager.templates.list().filter((t) => isSnapshot(t) && t.config.team === team).length) : () => {};
+    const release = team ? tenancy.reserveSnapshot(team, templates.list().filter((t) => isSnapshot(t) && t.config.team === team).length) : () => {};
     try {
-      const t = await observe('snapshot', () => manager.snapshot(id, { name, config: team ? { team } : {} }));
+      const t = await observe('snapshot', () => sandboxes.snapshot(id, { name, config: team ? { team } : {} }));
       return reply.code(201).send({ snapshotID: t.id, names: [t.name] });
     } finally {
       release();
@@ -31,7 +31,7 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     const name = one(q.name);
     const limit = Number(one(q.limit) ?? 100);
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
-    let snaps = manager.templates
+    let snaps = templates
       .list()
       .filter((t) => isSnapshot(t) && (caller.admin || t.config.team === caller.team))
       .filter((t) => (!sandboxId || t.config.snapshotOf === sandboxId) && (!name || t.name === name))
@@ -52,9 +52,9 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     usable(req, id);
     const count = (req.body?.count ?? 1) as number; // forkBody: an integer from 1 to MAX_FORK_COUNT if given
     const timeoutSec = timeoutOf(req.body, 'timeout', DEFAULT_TIMEOUT_SEC);
-    const src = manager.get(id);
+    const src = sandboxes.get(id);
     const results = await observe('fork', () =>
-      manager.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra, network: src.network, team: src.team }),
+      sandboxes.fork(id, count, { timeoutSec, metadata: src.metadata, lifecycle: src.lifecycle, extra: src.extra, network: src.network, team: src.team }),
     );
     const statusOf = (e: CubeboxError) => (e instanceof HttpError ? e.status : HTTP_STATUS[e.kind]);
     return reply

@@ -39,7 +39,7 @@ function buildIdOf(t: Template): string {
 }
 
 export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, callerOf, templateVisible, isSnapshot } = ctx;
+  const { templates, callerOf, templateVisible, isSnapshot } = ctx;
   const iso = (ms: number) => new Date(ms).toISOString();
   const isPublic = (t: Template) => t.config.team === undefined;
   /** Templates a user names: not build steps or fork snapshots (internal). */
@@ -49,7 +49,7 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
   /** The template a key names (id, name, alias or name:tag) and may see; 404 otherwise. */
   const visibleTemplate = (req: FastifyRequest, ref: string): Template => {
     const caller = callerOf(req);
-    const t = manager.templates.find(ref, caller.team);
+    const t = templates.find(ref, caller.team);
     if (!t || !listable(t) || !templateVisible(caller, t)) throw notFound(`template '${ref}' not found`);
     return t;
   };
@@ -88,7 +88,7 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     const teamID = one(req.query.teamID);
     if (teamID !== undefined && teamID !== '' && !caller.admin && teamID !== caller.team) throw notFound(`team '${teamID}' not found`);
     const inTeam = (t: Template) => !teamID || isPublic(t) || t.config.team === teamID;
-    return manager.templates
+    return templates
       .list()
       .filter((t) => listable(t) && !isSnapshot(t) && templateVisible(caller, t) && inTeam(t))
       .sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
@@ -119,7 +119,7 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     checked(req);
     const { target, tags } = req.body as { target: string; tags: string[] };
     const t = ownTemplate(req, target, 'tag');
-    for (const tag of tags) manager.templates.addTag(t.id, tag);
+    for (const tag of tags) templates.addTag(t.id, tag);
     return reply.code(201).send({ buildID: buildIdOf(t), tags });
   });
 
@@ -129,7 +129,7 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     const t = ownTemplate(req, name, 'untag');
     const missing = tags.filter((tag) => !RESERVED_TAGS.includes(tag) && !t.config.tags?.includes(tag));
     if (missing.length) throw notFound(`template '${t.name}' has no tag ${missing.map((m) => `'${m}'`).join(', ')}`);
-    for (const tag of tags) manager.templates.removeTag(t.id, tag);
+    for (const tag of tags) templates.removeTag(t.id, tag);
     return reply.code(204).send();
   });
 
@@ -137,14 +137,14 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
   app.get<TemplateReq>('/templates/aliases/:alias', async (req) => {
     const alias = req.params.alias;
     const caller: Caller = callerOf(req);
-    const t = manager.templates.find(alias, caller.team);
+    const t = templates.find(alias, caller.team);
     if (!t || !listable(t) || !names(t).includes(alias) || !templateVisible(caller, t)) throw notFound(`template '${alias}' not found`);
     return { templateID: t.id, public: isPublic(t) };
   });
 
   app.delete<TemplateReq>('/templates/:templateID', async (req, reply) => {
     const t = ownTemplate(req, req.params.templateID, 'delete');
-    await manager.removeTemplate(t.id);
+    await templates.remove(t.id);
     return reply.code(204).send();
   });
 }

@@ -5,10 +5,10 @@
 // Every path is resolved inside the volume without following links (volume/content.ts).
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { Logger } from 'pino';
 import { CubeboxError, errorMessage, HTTP_STATUS } from '../../util/errors.js';
 import { checkAttrs, ContentError, type Attrs, type VolumeFs } from '../../volume/content.js';
-import type { Volumes, VolumeRow } from '../../volume/volumes.js';
+import type { VolumeRow } from '../../volume/volumes.js';
+import type { ErrorLog, VolumesApi } from '../node-api.js';
 import { sendError } from './context.js';
 
 type ContentReq = FastifyRequest<{ Params: { volumeID: string }; Querystring: Record<string, string | string[] | undefined>; Body: unknown }>;
@@ -29,7 +29,12 @@ const ERRNO_STATUS: Record<string, number> = {
 };
 
 /** blocked: a team without a live API key (its volumes answer 403 here, as its sandboxes do on the data plane). */
-export function registerVolumeContentRoutes(app: FastifyInstance, volumes: Volumes, log: Logger, blocked: (team: string | null) => boolean): void {
+export function registerVolumeContentRoutes(
+  app: FastifyInstance,
+  volumes: Pick<VolumesApi, 'open'>,
+  log: ErrorLog,
+  blocked: (team: string | null) => boolean,
+): void {
   const fail = (reply: FastifyReply, err: unknown) => {
     if (reply.sent || reply.raw.destroyed) return reply;
     if (err instanceof ContentError) return sendError(reply, err.status, err.message);

@@ -2,33 +2,26 @@
 // team (another team's volume answers 404, like an unknown id). The volume content API, which
 // authenticates with each volume's own token, is in volume-content.ts.
 import type { FastifyInstance } from 'fastify';
-import { invalid } from '../../util/errors.js';
-import { Volumes, type VolumeRow } from '../../volume/volumes.js';
+import type { VolumeRow } from '../../volume/volumes.js';
 import { checked, type Req, type RouteContext } from './context.js';
 import { volumeBody } from './schemas.js';
 import { registerVolumeContentRoutes } from './volume-content.js';
 
-/** Each new volume's disk size (MiB), unless CUBEBOX_VOLUME_SIZE_MB says otherwise. */
-export const DEFAULT_VOLUME_SIZE_MB = 1024;
-
 export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): void {
-  const { manager, tenancy, callerOf } = ctx;
-  const sizeMB = Number(process.env.CUBEBOX_VOLUME_SIZE_MB ?? DEFAULT_VOLUME_SIZE_MB);
-  if (!Number.isInteger(sizeMB) || sizeMB < 16 || sizeMB > 1024 * 1024)
-    throw invalid(`CUBEBOX_VOLUME_SIZE_MB must be an integer from 16 to 1048576, got ${sizeMB}`);
-  const volumes = new Volumes(manager.store, manager.paths, manager.log, sizeMB);
+  const { node, tenancy, callerOf } = ctx;
+  const volumes = node.volumes;
   const withToken = (v: VolumeRow) => ({ volumeID: v.id, name: v.name, token: v.token });
 
   app.post('/volumes', { schema: { body: volumeBody }, attachValidation: true }, async (req: Req, reply) => {
     const caller = callerOf(req);
     checked(req);
     const name = req.body!.name as string; // volumeBody: a string
-    const v = await volumes.create(caller.team, name, (existing) => tenancy.admitVolume(caller.team, existing, sizeMB));
+    const v = await volumes.create(caller.team, name, (existing) => tenancy.admitVolume(caller.team, existing, volumes.sizeMB));
     return reply.code(201).send(withToken(v));
   });
   app.get('/volumes', async (req: Req) => {
     const caller = callerOf(req);
-    return volumes.store
+    return volumes
       .list(caller.admin ? undefined : caller.team)
       .filter((v) => v.state === 'ready')
       .map((v) => ({ volumeID: v.id, name: v.name }));
@@ -44,5 +37,5 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
     return reply.code(204).send();
   });
 
-  registerVolumeContentRoutes(app, volumes, manager.log, (team) => tenancy.blocked(team));
+  registerVolumeContentRoutes(app, volumes, node.log, (team) => tenancy.blocked(team));
 }

@@ -1,0 +1,251 @@
+// The node's configuration, read in one place: flags, then CUBEBOX_* variables, then defaults.
+// Nothing else in src/ reads the environment; every part is handed what it needs from here
+// (the composition root, app/node.ts, for `serve`; the CLI for its short-lived managers).
+import { resolve } from 'node:path';
+import { DEFAULT_CONNECTION_LIMITS } from '../api/server.js';
+import type { ConnectionLimits } from '../api/connection-guard.js';
+import { DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, parsePausedLifetime } from '../config.js';
+import { parseRuntimeName, runtimeNames, type RuntimeName } from '../runtime/registry.js';
+import type { PoolBounds } from '../sandbox/pool-sizer.js';
+import type { CreateLimits, ManagerOptions } from '../sandbox/types.js';
+import { CubeboxError, invalid } from '../util/errors.js';
+import { parseUpstreams, systemUpstreams, type Upstream } from '../network/dns.js';
+
+type Env = NodeJS.ProcessEnv;
+
+/** What every manager of a data directory is configured with, the CLI's short-lived ones included. */
+export interface HostConfig {
+  dataDir: string;
+  /** Where template builds keep what makes rebuilds fast (shared by every instance on the host). */
+  cacheDir: string;
+  runtime: RuntimeName;
+  /** undefined: the caller's default (serve: info, the CLI: warn). */
+  logLevel: string | undefined;
+  /** false: loopback only (CUBEBOX_NETWORK=off). */
+  network: false | { subnet?: string; maxFlows?: number };
+  /** The pids budget of all sandboxes together (CUBEBOX_SANDBOX_PIDS_BUDGET; default half of pid_max). */
+  pidsBudget: number | undefined;
+  /** Runtime binaries other than /usr/bin/<name> (CUBEBOX_<NAME>_BIN). */
+  runtimeBinaries: Record<RuntimeName, string>;
+  /** Per-call bound of runtime commands, ms (CUBEBOX_RUNTIME_TIMEOUT_MS). */
+  runtimeTimeoutMs: number | undefined;
+}
+
+/** The configuration every command shares: the data directory (a flag or CUBEBOX_DATA_DIR) and the manager's settings. */
+export function hostConfig(flags: { dataDir?: string; runtime?: string } = {}, env: Env = process.env): HostConfig {
+  const budget = Number(env.CUBEBOX_SANDBOX_PIDS_BUDGET);
+  const binaries: Record<RuntimeName, string> = {};
+  for (const name of runtimeNames()) {
+    const bin = env[`CUBEBOX_${name.toUpperCase()}_BIN`];
+    if (bin !== undefined) binaries[name] = bin;
+  }
+  return {
+    dataDir: resolve(flags.dataDir ?? env.CUBEBOX_DATA_DIR ?? DEFAULT_DATA_DIR),
+    cacheDir: resolve(env.CUBEBOX_CACHE_DIR ?? DEFAULT_CACHE_DIR),
+    runtime: parseRuntimeName(flags.runtime ?? env.CUBEBOX_RUNTIME),
+    logLevel: env.CUBEBOX_LOG_LEVEL,
+    network:
+      env.CUBEBOX_NETWORK === 'off' ? false : { subnet: env.CUBEBOX_SUBNET, maxFlows: env.CUBEBOX_MAX_FLOWS ? Number(env.CUBEBOX_MAX_FLOWS) : undefined },
+    pidsBudget: Number.isInteger(budget) && budget > 0 ? budget : undefined,
+    runtimeBinaries: binaries,
+    runtimeTimeoutMs: Number(env.CUBEBOX_RUNTIME_TIMEOUT_MS) || undefined,
+  };
+}
+
+/** The manager options a host configuration gives (the caller adds its logger and background work). */
+export function managerOptions(config: HostConfig): ManagerOptions {
+  return {
+    dataDir: config.dataDir,
+    runtime: config.runtime,
+    network: config.network && { ...config.network },
+    pidsBudget: config.pidsBudget,
+    runtimeBinaries: config.runtimeBinaries,
+    runtimeTimeoutMs: config.runtimeTimeoutMs,
+  };
+}
+
+/** The crash tests' fault point (CUBEBOX_FAULT): the process kills itself when it reaches it. */
+export function faultOf(env: Env = process.env): string | undefined {
+  return env.CUBEBOX_FAULT || undefined;
+}
+
+/** Each new volume's disk size (MiB), unless CUBEBOX_VOLUME_SIZE_MB says otherwise. */
+export const DEFAULT_VOLUME_SIZE_MB = 1024;
+
+function volumeSizeOf(text: string | undefined): number {
+  const sizeMB = Number(text ?? DEFAULT_VOLUME_SIZE_MB);
+  if (!Number.isInteger(sizeMB) || sizeMB < 16 || sizeMB > 1024 * 1024)
+    throw invalid(`CUBEBOX_VOLUME_SIZE_MB must be an integer from 16 to 1048576, got ${sizeMB}`);
+  return sizeMB;
+}
+
+/** What `cubebox serve` is given on its command line; anything left out comes from the environment. */
+export interface ServeFlags {
+  dataDir?: string;
+  host?: string;
+  port?: string;
+  dataPort?: string;
+  domain?: string;
+  runtime?: RuntimeName;
+  /** false with --no-base. */
+  base?: boolean;
+  pool?: string;
+  /** Sandboxes provisioned at once, and creates that may wait (past it: 429 with Retry-After). */
+  maxCreating?: string;
+  createQueue?: string;
+  /** How long a paused sandbox is kept (seconds, or with s, m, h, d). */
+  pausedLifetime?: string;
+  /** Templates built at start: base, code-interpreter (default base). */
+  templates?: string;
+  subnet?: string;
+  dnsUpstream?: string;
+  allowPrivate?: string;
+  /** false with --no-network. */
+  network?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  /** Connection bounds of each listener, and the file descriptors kept for the service's own work. */
+  maxConnections?: string;
+  maxConnectionsPerAddress?: string;
+  headerTimeout?: string;
+  fdReserve?: string;
+  /** Seconds a graceful stop may take before the rest is abandoned. */
+  shutdownTimeout?: string;
+}
+
+export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
+  host: string;
+  port: number;
+  dataPort: number | undefined;
+  domain: string | undefined;
+  buildBase: boolean;
+  /** Built ahead at start besides base (code-interpreter); otherwise built on first request. */
+  buildCodeInterpreter: boolean;
+  pool: Record<string, number | PoolBounds>;
+  creates: CreateLimits;
+  /** ms; undefined: the manager's default (30 days). */
+  pausedLifetimeMs: number | undefined;
+  logLevel: string;
+  /** false: loopback only. */
+  network: false | { subnet?: string; maxFlows?: number; allowPrivate: string[]; dnsUpstreams: Upstream[] };
+  /** Each new volume's disk size, MiB. */
+  volumeSizeMB: number;
+  tls?: { cert: string; key: string };
+  connections: ConnectionLimits & { fdReserve: number };
+  shutdownTimeoutMs: number;
+}
+
+export const DEFAULT_FD_RESERVE = 4096;
+export const DEFAULT_SHUTDOWN_TIMEOUT_SEC = 20;
+
+/** The one place serve's configuration is read: flags, then CUBEBOX_* variables, then defaults. */
+export function serveConfig(flags: ServeFlags, env: Env = process.env): ServeConfig {
+  const host = hostConfig(flags, env);
+  const portText = flags.port ?? env.CUBEBOX_PORT ?? '3000';
+  const dataPortText = flags.dataPort ?? env.CUBEBOX_DATA_PORT;
+  return {
+    ...host,
+    host: flags.host ?? env.CUBEBOX_HOST ?? '127.0.0.1',
+    port: parsePort(portText, 'port'),
+    dataPort: dataPortText === undefined ? undefined : parsePort(dataPortText, 'data port'),
+    domain: flags.domain ?? env.CUBEBOX_DOMAIN,
+    buildBase: flags.base !== false,
+    buildCodeInterpreter: parseTemplates(flags.templates ?? env.CUBEBOX_TEMPLATES ?? 'base').includes('code-interpreter'),
+    pool: parsePool(flags.pool ?? env.CUBEBOX_POOL ?? DEFAULT_POOL),
+    creates: {
+      concurrency: optionalCount(flags.maxCreating ?? env.CUBEBOX_MAX_CREATING, 'max creating', 1, 256),
+      queue: optionalCount(flags.createQueue ?? env.CUBEBOX_CREATE_QUEUE, 'create queue', 0, 100_000),
+    },
+    pausedLifetimeMs: parsePausedLifetime(flags.pausedLifetime ?? env.CUBEBOX_PAUSED_LIFETIME),
+    logLevel: host.logLevel ?? 'info',
+    volumeSizeMB: volumeSizeOf(env.CUBEBOX_VOLUME_SIZE_MB),
+    network:
+      flags.network === false || host.network === false
+        ? false
+        : {
+            subnet: flags.subnet ?? host.network.subnet,
+            maxFlows: host.network.maxFlows,
+            allowPrivate: (flags.allowPrivate ?? env.CUBEBOX_ALLOW_PRIVATE ?? '').split(',').filter(Boolean),
+            dnsUpstreams: dnsUpstreamsOf(flags.dnsUpstream ?? env.CUBEBOX_DNS_UPSTREAM),
+          },
+    tls: tlsOf(flags.tlsCert ?? env.CUBEBOX_TLS_CERT, flags.tlsKey ?? env.CUBEBOX_TLS_KEY),
+    connections: {
+      maxConnections:
+        optionalCount(flags.maxConnections ?? env.CUBEBOX_MAX_CONNECTIONS, 'max connections', 1, 1_000_000) ?? DEFAULT_CONNECTION_LIMITS.maxConnections,
+      maxPerAddress:
+        optionalCount(flags.maxConnectionsPerAddress ?? env.CUBEBOX_MAX_CONNECTIONS_PER_ADDRESS, 'max connections per address', 1, 1_000_000) ??
+        DEFAULT_CONNECTION_LIMITS.maxPerAddress,
+      headerTimeoutMs:
+        1000 *
+        (optionalCount(flags.headerTimeout ?? env.CUBEBOX_HEADER_TIMEOUT, 'header timeout', 1, 3600) ?? DEFAULT_CONNECTION_LIMITS.headerTimeoutMs / 1000),
+      fdReserve: optionalCount(flags.fdReserve ?? env.CUBEBOX_FD_RESERVE, 'fd reserve', 64, 1_000_000) ?? DEFAULT_FD_RESERVE,
+    },
+    shutdownTimeoutMs:
+      1000 * (optionalCount(flags.shutdownTimeout ?? env.CUBEBOX_SHUTDOWN_TIMEOUT, 'shutdown timeout', 1, 3600) ?? DEFAULT_SHUTDOWN_TIMEOUT_SEC),
+  };
+}
+
+function dnsUpstreamsOf(text: string | undefined): Upstream[] {
+  try {
+    return text ? parseUpstreams(text) : systemUpstreams();
+  } catch (err) {
+    throw new CubeboxError('invalid_argument', (err as Error).message);
+  }
+}
+
+/** The certificate and key files, both or neither. */
+function tlsOf(cert: string | undefined, key: string | undefined): { cert: string; key: string } | undefined {
+  if (!cert && !key) return undefined;
+  if (!cert || !key) throw new CubeboxError('invalid_argument', '--tls-cert and --tls-key go together');
+  return { cert, key };
+}
+
+function parsePort(text: string, what: string): number {
+  const port = Number(text);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CubeboxError('invalid_argument', `bad ${what} '${text}'`);
+  return port;
+}
+
+/** `base,code-interpreter` -> the templates serve builds at start. */
+function parseTemplates(text: string): string[] {
+  const names = text.split(',').map((n) => n.trim());
+  for (const n of names.filter(Boolean)) {
+    if (n !== 'base' && n !== 'code-interpreter') throw new CubeboxError('invalid_argument', `unknown template '${n}' in --templates (base, code-interpreter)`);
+  }
+  return names;
+}
+
+/** The default pool: two base sandboxes, growing to 32 after bursts of creates. */
+export const DEFAULT_POOL = 'base=2:32';
+
+/**
+ * `base=2:32,py=1` -> pools by template: `<min>:<max>` is adaptive (sized for recent bursts
+ * between the bounds), `<size>` is fixed; "" is no pool.
+ */
+export function parsePool(text: string): Record<string, number | PoolBounds> {
+  const pool: Record<string, number | PoolBounds> = {};
+  const bad = (part: string) =>
+    new CubeboxError('invalid_argument', `bad --pool entry '${part}': use <template>=<size 0..64> or <template>=<min>:<max> (0 <= min <= max <= 256)`);
+  for (const part of text.split(',').filter(Boolean)) {
+    const [name, size] = part.split('=');
+    if (!name || size === undefined) throw bad(part);
+    if (size.includes(':')) {
+      const bounds = size.split(':').map(Number);
+      const [min, max] = bounds;
+      if (bounds.length !== 2 || !Number.isInteger(min) || !Number.isInteger(max) || min! < 0 || max! < min! || max! > 256) throw bad(part);
+      pool[name] = { min: min!, max: max! };
+    } else {
+      const n = Number(size);
+      if (!Number.isInteger(n) || n < 0 || n > 64) throw bad(part);
+      pool[name] = n;
+    }
+  }
+  return pool;
+}
+
+function optionalCount(text: string | undefined, what: string, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw new CubeboxError('invalid_argument', `bad ${what} '${text}': an integer from ${min} to ${max}`);
+  return n;
+}
