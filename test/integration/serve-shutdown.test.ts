@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
 import { destroyInstance, newDataDir, startServe, waitExit } from '../helpers/instance.js';
@@ -22,21 +22,23 @@ describe('graceful stop', { timeout: 300_000 }, () => {
   it('finishes within the shutdown bound while a client holds a DNS forwarder connection open', async () => {
     const dataDir = newDataDir();
     const serve = await startServe(dataDir, { CUBEBOX_SHUTDOWN_TIMEOUT: '2' });
-    // ss reads each process's descriptors as they are at that moment: asked again, not waited on
-    let ports = listeningPorts(serve.pid!);
-    for (let i = 0; i < 50 && ports.length < 2; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      ports = listeningPorts(serve.pid!);
-    }
-    assert.ok(ports.length >= 2, `serve listens on ${ports.join(', ')}`); // the API and the DNS forwarder
-    // a client on every port serve listens on that trickles bytes and never finishes a message
-    const held = ports.map((port) => {
-      const s = connect(port, '127.0.0.1', () => s.write(Buffer.from([0xff, 0xff])));
-      s.on('error', () => undefined);
-      return s;
-    });
-    const trickle = setInterval(() => held.forEach((s) => s.writable && s.write('x')), 500);
+    let held: Socket[] = [];
+    let trickle: NodeJS.Timeout | undefined;
     try {
+      // ss reads each process's descriptors as they are at that moment: asked again, not waited on
+      let ports = listeningPorts(serve.pid!);
+      for (let i = 0; i < 50 && ports.length < 2; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        ports = listeningPorts(serve.pid!);
+      }
+      assert.ok(ports.length >= 2, `serve listens on ${ports.join(', ')}`); // the API and the DNS forwarder
+      // a client on every port serve listens on that trickles bytes and never finishes a message
+      held = ports.map((port) => {
+        const s = connect(port, '127.0.0.1', () => s.write(Buffer.from([0xff, 0xff])));
+        s.on('error', () => undefined);
+        return s;
+      });
+      trickle = setInterval(() => held.forEach((s) => s.writable && s.write('x')), 500);
       await new Promise((r) => setTimeout(r, 1000));
       serve.kill('SIGTERM');
       const outcome = await Promise.race([waitExit(serve).then(() => 'exited'), new Promise((r) => setTimeout(() => r('hung'), 60_000).unref())]);
@@ -47,6 +49,8 @@ describe('graceful stop', { timeout: 300_000 }, () => {
     } finally {
       clearInterval(trickle);
       held.forEach((s) => s.destroy());
+      // a failure before the stop must not leave serve running (nor this test waiting on it)
+      if (serve.exitCode === null && serve.signalCode === null) serve.kill('SIGKILL');
       await waitExit(serve);
       await destroyInstance(undefined, dataDir);
     }
