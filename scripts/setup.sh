@@ -20,10 +20,10 @@ npm run build
 work=$(mktemp -d /var/tmp/cubebox-setup-XXXXXX)
 mkdir "$work/base" "$work/layer"
 node --input-type=module -e "
-  const { resolveCacheDir } = await import('./dist/src/config.js');
+  const { hostConfig } = await import('./dist/src/app/config.js');
   const { buildDebianBase } = await import('./dist/src/template/debian-base.js');
   const { buildCodeInterpreterLayer } = await import('./dist/src/template/code-interpreter.js');
-  const opts = { cacheDir: resolveCacheDir(), onProgress: (l) => /^(base|code-interpreter): /.test(l) && console.log(l) };
+  const opts = { cacheDir: hostConfig().cacheDir, onProgress: (l) => /^(base|code-interpreter): /.test(l) && console.log(l) };
   await buildDebianBase('$work/base', opts);
   await buildCodeInterpreterLayer('$work/layer', ['$work/base'], opts);
 "
