@@ -7,7 +7,8 @@ import type { SandboxRow } from '../store/store.js';
 import { notFound } from '../util/errors.js';
 import type { GuardedSocket } from '../util/safe-socket.js';
 import { KeyedMutex } from '../util/lock.js';
-import type { CgroupHandle, ManagerDeps } from './deps.js';
+import type { CgroupHandle, LedgerKind, ManagerDeps } from './deps.js';
+import { LEDGER } from './ledger.js';
 import { assertTransition, deadlineFor, type SandboxState } from './states.js';
 import { ID_BLOCK, openIdRegion, type IdRegion } from './id-region.js';
 import type { Admission, SandboxInfo, StoredSpec } from './types.js';
@@ -40,8 +41,11 @@ export class SandboxCore {
 
   /** This instance's host ids: one block per sandbox (see id-region.ts). */
   readonly idRegion: IdRegion;
+  /** The kinds of host resource a sandbox holds, in acquisition order (ledger.ts). */
+  readonly ledger: readonly LedgerKind[];
 
   constructor(readonly deps: ManagerDeps) {
+    this.ledger = deps.ledger ?? LEDGER;
     this.idRegion = openIdRegion(deps.paths.dataDir, deps.paths.instanceId, deps.store.listSandboxes().length > 0);
   }
 

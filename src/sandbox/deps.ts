@@ -7,7 +7,7 @@ import { OciRuntime, type SandboxRuntime } from '../runtime/oci-runtime.js';
 import { isRuntimeName, type RuntimeName } from '../runtime/registry.js';
 import { mountDisk, mountExistingDisk, mountRootfs, mountsUnder, mountTable, releaseLoopDevices, unmountRootfs, type RootfsLayout } from '../runtime/rootfs.js';
 import type { SandboxNetwork } from '../network/network.js';
-import type { ManagerLock, Store } from '../store/store.js';
+import type { ManagerLock, ResourceKind, Store } from '../store/store.js';
 import type { TemplateStore } from '../template/store.js';
 import { mountDevice } from '../util/safe-socket.js';
 
@@ -42,6 +42,7 @@ export interface CgroupHandle {
 export interface HostMount {
   mountPoint: string;
   source: string;
+  fsType?: string;
 }
 
 /** The host mechanisms a sandbox is made of: cgroups, disks, mounts and loop devices. */
@@ -145,4 +146,50 @@ export interface ManagerDeps {
   lock?: ManagerLock;
   /** Sandbox networking (a namespace, link and policy each); none: loopback only. */
   net?: SandboxNetwork;
+  /** The kinds of host resource a sandbox holds, in the order they are acquired (default: ledger.ts). */
+  ledger?: readonly LedgerKind[];
+}
+
+/** What a ledger kind's release and holder search work with (the lifecycle core is one). */
+export interface LedgerContext {
+  readonly deps: Pick<ManagerDeps, 'paths' | 'store' | 'runtimes' | 'host' | 'net'>;
+  sandboxDir(id: string): string;
+  containerId(id: string): string;
+  cgroup(id: string): CgroupHandle;
+}
+
+/** Something left on the host of a sandbox: what the leak checker reports. */
+export interface Leak {
+  sandbox: string;
+  kind: 'process' | 'cgroup' | 'mount' | 'device' | 'dir' | 'runtime-state' | 'ledger' | 'row' | 'network';
+  what: string;
+}
+
+/** The host as the leak checker reads it: directly, without a running service. */
+export interface HostScan {
+  paths: Paths;
+  cgroupMode: CgroupMode;
+  store?: Store;
+  mountTable: HostMount[];
+}
+
+/**
+ * One kind of host resource a sandbox can hold. Each is recorded in the sandbox's ledger
+ * before it is made; teardown releases the kinds in the reverse of their acquisition order;
+ * the reconciler's orphan search and the leak checker ask the same kinds what the host holds.
+ */
+export interface LedgerKind {
+  readonly kind: ResourceKind;
+  /**
+   * Releases everything of this kind the sandbox holds: the recorded names (newest first) and
+   * whatever the host shows under the sandbox's names (a crash between record and make, an
+   * orphan). Idempotent; throws if something stays.
+   */
+  release(ctx: LedgerContext, id: string, recorded: string[]): Promise<void>;
+  /** Ids of this instance's sandboxes the host shows holding this kind (the orphan search). */
+  holders(ctx: LedgerContext): Promise<Iterable<string>>;
+  /** What of this kind the host holds for one sandbox, read directly (the leak checker). */
+  leftovers(scan: HostScan, id: string): Leak[];
+  /** Ids that hold this kind, read directly (the leak checker). */
+  scanHolders(scan: HostScan): Iterable<string>;
 }

@@ -1,6 +1,7 @@
 // A sandbox's side of networking: its slot (namespace, link, policy) and the files that tell
-// it its name server and host names. The slot is recorded in the network ledger before it is
-// made (network.ts), and released by teardown.
+// it its name server and host names. The slot is in the sandbox's resource ledger before it
+// is taken (and in the network's own slot table before it is made: network.ts); teardown
+// releases it (ledger.ts).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NetLease } from '../network/network.js';
@@ -23,6 +24,7 @@ export async function connectNetwork(core: SandboxCore, id: string, spec: Stored
   const net = core.deps.net;
   // only a runtime that can run in a namespace the host prepared; the others keep loopback only
   if (!net || !capabilitiesOf(core.runtimeOf(id).name).preparedNetns) return undefined;
+  core.store.recordResource(id, 'network', 'slot'); // in the sandbox's ledger before the slot is taken
   const lease = await net.attach(id, egressPolicy(spec.network ?? DEFAULT_NETWORK));
   const dir = netFilesDir(core, id);
   // the host writes these before every boot, in a directory only the host can reach (no sandbox path is followed)

@@ -1,6 +1,5 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { naming } from '../config.js';
 import { DEFAULT_NETWORK, egressPolicy } from '../network/policy.js';
 import { errorMessage } from '../util/errors.js';
 import { SANDBOX_ID_RE } from '../util/ids.js';
@@ -162,23 +161,16 @@ export class Reconciler {
     return false;
   }
 
-  /** Host resources named for this instance that no stored sandbox owns. */
+  /**
+   * Host resources of this instance that no stored sandbox owns: the ids every kind of the
+   * resource ledger finds holding something on the host, and ledger rows left without a
+   * sandbox row. Each goes through teardown, like any sandbox.
+   */
   private async removeOrphans(report: ReconcileReport): Promise<void> {
     const core = this.core;
-    const { paths, host, runtimes } = core.deps;
-    const inst = paths.instanceId;
     const known = new Set(core.store.listSandboxes().map((r) => r.id));
-    const prefix = `cubebox-${inst}-`;
     const candidates = new Set<string>(core.store.orphanLedgerIds());
-    for (const rt of runtimes.all()) for (const cid of await rt.list()) if (cid.startsWith(prefix)) candidates.add(cid.slice(prefix.length));
-    for (const name of host.listInstanceCgroups(naming.cgroupParent(inst))) candidates.add(name);
-    for (const id of core.deps.net?.ownerIds() ?? []) candidates.add(id);
-    for (const m of host.mountTable()) if (m.source.startsWith(prefix)) candidates.add(m.source.slice(prefix.length));
-    try {
-      for (const d of readdirSync(paths.sandboxesDir)) candidates.add(d);
-    } catch {
-      /* no sandboxes dir yet */
-    }
+    for (const kind of core.ledger) for (const id of await kind.holders(core)) candidates.add(id);
     for (const id of candidates) {
       if (known.has(id) || !SANDBOX_ID_RE.test(id)) continue;
       // a busy id is a sandbox being made right now, not an orphan

@@ -1,15 +1,15 @@
 import { lstatSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { naming } from '../config.js';
 import { CubeboxError, errorMessage, notFound } from '../util/errors.js';
 import { SANDBOX_ID_RE } from '../util/ids.js';
 import type { SandboxCore } from './core.js';
+import { releaseResources } from './ledger.js';
 import type { SandboxState } from './states.js';
 import type { StoredSpec } from './types.js';
 
 /**
  * Teardown: one path for every state (rule 1), through the runtime's own force delete and
- * the cgroup kill (rules 2, 3), reclaiming every resource in the ledger (rule 7). Delete, the
+ * the cgroup kill (rules 2, 3), reclaiming every resource in the ledger (rule 7, ledger.ts). Delete, the
  * reaper, the reconciler and a failed create all come here (rule 5).
  */
 
@@ -34,73 +34,35 @@ export async function deleteSandbox(core: SandboxCore, id: string): Promise<void
 }
 
 /**
- * Reclaims everything a sandbox owns, in dependency order, then forgets it. Call under
- * the sandbox's lock. Teardown never asks anything inside the sandbox: the runtime's
- * force delete works on a frozen container, and the cgroup kill catches what it missed.
- * If processes cannot be killed the sandbox stays recorded (with the error) for a retry.
+ * Reclaims everything a sandbox owns, then forgets it: the kinds of its resource ledger
+ * (ledger.ts) released in the reverse of their acquisition order, each kind's ledger rows
+ * removed once it is released. Call under the sandbox's lock. If a kind cannot be released
+ * (processes that cannot be killed) the sandbox stays recorded, with the rest of its ledger,
+ * for a retry.
  */
 export async function teardown(core: SandboxCore, id: string): Promise<void> {
-  const { store, host } = core;
-  const inst = core.deps.paths.instanceId;
-  if (store.getSandbox(id)) core.setState(id, 'deleting');
+  if (core.store.getSandbox(id)) core.setState(id, 'deleting');
   core.events.emit('interrupt', id, 'killed'); // the proxy cuts the sandbox's open streams
-  const cid = core.containerId(id);
-  const cg = core.cgroup(id);
-  const dir = core.sandboxDir(id);
-
-  // the sandbox's own runtime (rule 2); an orphan has no row: every runtime with state here
-  const runtimes = store.getSandbox(id) ? [core.runtimeOf(id)] : core.deps.runtimes.all();
-  let runtimeError: unknown;
-  for (const rt of runtimes) {
-    try {
-      await rt.forceDelete(cid);
-    } catch (err) {
-      runtimeError = err;
-    }
-  }
-  if (cg.pids().length) await cg.killAll();
-  if (cg.pids().length) throw new Error(`processes of sandbox '${id}' survived the kill: ${cg.pids().join(', ')}`);
-  if (runtimeError) for (const rt of runtimes) await rt.forceDelete(cid); // retry now that nothing runs; throws if it still fails
-  store.forgetResource(id, 'container', cid);
-
-  await cg.remove();
-  store.forgetResource(id, 'cgroup', naming.cgroupPath(inst, id));
-  await core.deps.net?.release(id); // nothing runs in its namespace any more
-
-  const mounts = new Set([
-    ...host.mountsUnder(dir),
-    ...store
-      .resources(id)
-      .filter((r) => r.kind === 'mount')
-      .map((r) => r.name),
-  ]);
-  // also anything carrying this sandbox's mount name, wherever it is mounted
-  for (const m of host.mountTable()) if (m.source === naming.mountSource(inst, id)) mounts.add(m.mountPoint);
-  // deepest first, and the disk (which holds the overlay's upper layer) after the overlay
-  const isDisk = (p: string) => p === join(dir, 'disk');
-  await host.unmount([...mounts].sort((a, b) => Number(isDisk(a)) - Number(isDisk(b)) || b.length - a.length));
-  await host.releaseLoopDevices(dir);
-  for (const m of mounts) store.forgetResource(id, 'mount', m);
-
-  if (host.mountsUnder(dir).length) throw new Error(`mounts remain under ${dir}`);
-  rmSync(dir, { recursive: true, force: true });
-  store.deleteSandbox(id); // the row and the rest of its ledger, in one transaction
+  await releaseResources(core, id, core.ledger);
+  core.store.deleteSandbox(id); // the row and the rest of its ledger, in one transaction
   core.events.emit('deleted', id);
   core.log.info({ sandbox: id }, 'sandbox deleted');
 }
 
 /**
- * Stops every process of a sandbox but keeps its filesystem (for a pause without memory).
+ * Stops every process of a sandbox but keeps its filesystem (for a pause without memory): its
+ * container and cgroup are released and stay in its ledger (the next boot makes them again).
  * What the boot left in the directory it shares with the host goes too, so that the next
  * boot starts clean: with a runtime whose file proxy creates host sockets, a stale envd socket
  * there makes envd's listen fail.
  */
 export async function stopContainer(core: SandboxCore, id: string): Promise<void> {
-  const cg = core.cgroup(id);
-  await core.runtimeOf(id).forceDelete(core.containerId(id));
-  if (cg.pids().length) await cg.killAll();
-  if (cg.pids().length) throw new Error(`processes of sandbox '${id}' survived the kill`);
-  await cg.remove();
+  await releaseResources(
+    core,
+    id,
+    core.ledger.filter((k) => k.kind === 'container' || k.kind === 'cgroup'),
+    { forget: false },
+  );
   clearSharedDir(join(core.sandboxDir(id), 'disk', 'run'));
 }
 

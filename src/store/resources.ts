@@ -1,7 +1,8 @@
 // The resources table: the ledger of host resources each sandbox owns, written before each is made.
 import type Database from 'better-sqlite3';
 
-export type ResourceKind = 'dir' | 'mount' | 'cgroup' | 'container' | 'uidrange';
+/** A kind of host resource ('dir', 'mount', 'network', ...): the kinds and their release are in src/sandbox/ledger.ts. */
+export type ResourceKind = string;
 
 export interface ResourceRow {
   sandboxId: string;
@@ -15,7 +16,7 @@ export interface ResourceRepo {
   record(sandboxId: string, kind: ResourceKind, name: string): void;
   forget(sandboxId: string, kind: ResourceKind, name: string): void;
   forgetAll(sandboxId: string): void;
-  /** A sandbox's resources, oldest first. */
+  /** A sandbox's resources in the order they were recorded. */
   of(sandboxId: string): ResourceRow[];
   count(sandboxId: string): number;
   /** Sandbox ids that have ledger rows but no sandbox row (a crash between the two deletes). */
@@ -40,14 +41,12 @@ export class SqliteResourceRepo implements ResourceRepo {
   }
 
   of(sandboxId: string): ResourceRow[] {
-    return (this.db.prepare('SELECT * FROM resources WHERE sandbox_id = ? ORDER BY created_at, kind, name').all(sandboxId) as Record<string, unknown>[]).map(
-      (r) => ({
-        sandboxId: r.sandbox_id as string,
-        kind: r.kind as ResourceKind,
-        name: r.name as string,
-        createdAt: r.created_at as number,
-      }),
-    );
+    return (this.db.prepare('SELECT * FROM resources WHERE sandbox_id = ? ORDER BY rowid').all(sandboxId) as Record<string, unknown>[]).map((r) => ({
+      sandboxId: r.sandbox_id as string,
+      kind: r.kind as ResourceKind,
+      name: r.name as string,
+      createdAt: r.created_at as number,
+    }));
   }
 
   count(sandboxId: string): number {

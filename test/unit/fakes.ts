@@ -7,7 +7,7 @@ import { openPaths, type Paths } from '../../src/config.js';
 import type { RuntimeName } from '../../src/runtime/registry.js';
 import type { ContainerState, SandboxRuntime } from '../../src/runtime/oci-runtime.js';
 import type { RootfsLayout } from '../../src/runtime/rootfs.js';
-import type { CgroupHandle, Clock, HostMount, HostOps, RuntimeResolver } from '../../src/sandbox/deps.js';
+import type { CgroupHandle, Clock, HostMount, HostOps, LedgerKind, RuntimeResolver } from '../../src/sandbox/deps.js';
 import { SandboxManager } from '../../src/sandbox/manager.js';
 import { Store } from '../../src/store/store.js';
 import type { CreateLimits } from '../../src/sandbox/types.js';
@@ -201,7 +201,11 @@ export interface Rig {
 }
 
 /** A manager over fakes, a real store in a temporary directory, and a template `t`. */
-export async function rig(shared?: { dir: string; host: FakeHost; runtime: FakeRuntime; clock: FakeClock }, creates?: CreateLimits): Promise<Rig> {
+export async function rig(
+  shared?: { dir: string; host: FakeHost; runtime: FakeRuntime; clock: FakeClock },
+  creates?: CreateLimits,
+  ledger?: readonly LedgerKind[],
+): Promise<Rig> {
   const dir = shared?.dir ?? mkdtempSync(join(tmpdir(), 'cubebox-unit-'));
   const paths = { ...openPaths(dir), runRoot: join(dir, 'run') };
   mkdirSync(paths.sandboxesDir, { recursive: true });
@@ -220,7 +224,10 @@ export async function rig(shared?: { dir: string; host: FakeHost; runtime: FakeR
   };
   const templates = new TemplateStore(paths, store);
   if (!templates.find('t')) store.insertTemplate({ id: 'tmpl0000000000000001', name: 't', layers: [], config: '{}', createdAt: clock.now() });
-  const m = new SandboxManager({ paths, store, runtimes, host, templates, clock, log: pino({ level: 'silent' }), supportDir: join(dir, 'support') }, creates);
+  const m = new SandboxManager(
+    { paths, store, runtimes, host, templates, clock, log: pino({ level: 'silent' }), supportDir: join(dir, 'support'), ledger },
+    creates,
+  );
   const self: Rig = {
     m,
     host,
@@ -230,7 +237,7 @@ export async function rig(shared?: { dir: string; host: FakeHost; runtime: FakeR
     store,
     restart: async () => {
       await m.close();
-      const next = await rig({ dir, host, runtime, clock });
+      const next = await rig({ dir, host, runtime, clock }, creates, ledger);
       await next.m.start();
       return next;
     },

@@ -48,6 +48,7 @@ async function getsSlot(runtime: string): Promise<boolean> {
   const lease: NetLease = { slot: 0, netns: '/run/netns/x', address: '10.0.0.2', gateway: '10.0.0.1', hostLink: 'l' };
   const core = {
     deps: { net: { attach: async (id: string) => (attached.push(id), lease) } },
+    store: { recordResource: () => undefined },
     runtimeOf: () => ({ name: runtime }),
     sandboxDir: () => dir,
   } as unknown as SandboxCore;
