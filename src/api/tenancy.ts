@@ -90,13 +90,15 @@ interface Costs {
   limits?: { cpuCount?: number; memoryMB?: number };
   diskMB?: number;
   coldPaused?: boolean;
+  checkpointed?: boolean;
 }
 
 /**
  * What a sandbox in a state holds against its team's quotas. A running one (or one on its way
  * in or out) holds a place, its vCPUs, memory and disk. A pause with memory keeps the frozen
- * processes' RAM, the network slot and the id block: a place, memory and disk, no vCPUs. A
- * filesystem-only pause keeps its disk alone. `pausing` counts both ways until it is paused,
+ * processes' RAM, the network slot and the id block: a place, memory and disk, no vCPUs; one
+ * to disk (a checkpoint) keeps the place and, instead of the RAM, its image on disk (up to its
+ * memory). A filesystem-only pause keeps its disk alone. `pausing` counts both ways until it is paused,
  * so that concurrent pauses cannot pass the paused limit. Stopped sandboxes keep their disk
  * until the reconciler deletes them.
  */
@@ -112,9 +114,9 @@ export function holds(state: SandboxState, spec: Costs): Usage {
     case 'pausing':
       return { sandboxes: 1, vcpus: cpu, memoryMB: mem, diskMB: disk, pausedSandboxes: 1 };
     case 'paused':
-      return spec.coldPaused
-        ? { sandboxes: 0, vcpus: 0, memoryMB: 0, diskMB: disk, pausedSandboxes: 1 }
-        : { sandboxes: 1, vcpus: 0, memoryMB: mem, diskMB: disk, pausedSandboxes: 1 };
+      if (spec.coldPaused) return { sandboxes: 0, vcpus: 0, memoryMB: 0, diskMB: disk, pausedSandboxes: 1 };
+      if (spec.checkpointed) return { sandboxes: 1, vcpus: 0, memoryMB: 0, diskMB: disk + mem, pausedSandboxes: 1 };
+      return { sandboxes: 1, vcpus: 0, memoryMB: mem, diskMB: disk, pausedSandboxes: 1 };
     case 'stopped':
       return { ...NOTHING, diskMB: disk };
     default:
@@ -199,9 +201,13 @@ export class Tenancy {
         throw quotaExceeded(`quota exceeded: metadata is ${mb} bytes, the limit of team '${name}' (metadataBytes) is ${q.metadataBytes}`);
     }
     const row = a.op === 'create' ? undefined : this.store.getSandbox(a.sandboxId);
-    const spec: Costs = { limits: a.limits, diskMB: a.diskMB, coldPaused: row ? (JSON.parse(row.spec) as Costs).coldPaused : false };
+    const stored = row ? (JSON.parse(row.spec) as Costs) : {};
+    const spec: Costs = { limits: a.limits, diskMB: a.diskMB, coldPaused: stored.coldPaused ?? false, checkpointed: stored.checkpointed ?? false };
     const before = row && row.team === a.team ? holds(row.state, spec) : NOTHING;
-    const after = a.op === 'pause' ? holds('paused', { ...spec, coldPaused: a.memory === false }) : holds('running', spec);
+    const after =
+      a.op === 'pause'
+        ? holds('paused', { ...spec, coldPaused: a.memory === false, checkpointed: a.memory !== false && a.toDisk === true })
+        : holds('running', spec);
     const u = this.usage(a.team, a.sandboxId);
     for (const k of USAGE_KEYS) {
       if (after[k] > before[k] && u[k] + after[k] > q[k])

@@ -24,3 +24,11 @@ export const INIT_SECRET_FILE = 'init-secret';
  * environment at start; the processes it starts get an environment of their own anyway.
  */
 export const ENVD_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '1' };
+
+/**
+ * The host's request before it checkpoints the sandbox: a runtime that saves a sandbox to disk
+ * (gVisor) cannot save a listening socket bound on the host, so envd lets go of its socket
+ * (after answering) and listens again when it gets SIGCONT after the restore. It needs the
+ * INIT_SECRET_HEADER: only the host may ask.
+ */
+export const SUSPEND_SOCKET_PATH = '/cubebox/suspend-socket';

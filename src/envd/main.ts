@@ -28,7 +28,7 @@
  *
  * Readiness: `GET /health` answers 204 (on the socket and on TCP) once every listener is up.
  * envd prints nothing on stdout; errors go to stderr. SIGTERM/SIGINT kill the processes envd
- * started and exit 0. Exit status 2: bad arguments; 1: cannot listen.
+ * started and exit 0. SIGCONT after the host suspended the socket (a checkpoint) listens again. Exit status 2: bad arguments; 1: cannot listen.
  */
 import { closeSync, constants, openSync, readSync, unlinkSync } from 'node:fs';
 import { startEnvd } from './http/server.js';
@@ -101,6 +101,10 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // after a restore from a checkpoint (see SUSPEND_SOCKET_PATH): listen on the socket again
+  process.on('SIGCONT', () => {
+    envd.resumeSocket().catch((e: Error) => process.stderr.write(`envd: cannot listen on its socket again: ${e.message}\n`));
+  });
   process.on('SIGPIPE', () => {});
   process.on('uncaughtException', (e) => {
     process.stderr.write(`envd: uncaught exception: ${e?.stack ?? String(e)}\n`);

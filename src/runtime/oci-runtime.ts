@@ -44,6 +44,15 @@ export interface SandboxRuntime {
   forceDelete(containerId: string): Promise<void>;
   /** Ids of every container in this instance's runtime state root. */
   list(): Promise<string[]>;
+  /** Sends a signal to the container's first process. */
+  signal?(containerId: string, signal: string): Promise<void>;
+  /**
+   * Saves the whole container (processes, memory, open files) into imageDir; the container
+   * stops. Only runtimes that checkpoint by themselves (capability checkpoint 'builtin').
+   */
+  checkpoint?(containerId: string, imageDir: string): Promise<void>;
+  /** Starts a checkpointed container again from imageDir and its bundle; resolves to its PID. */
+  restore?(containerId: string, bundleDir: string, imageDir: string, logFile: string): Promise<number>;
 }
 
 /** OOM score of commands run in a sandbox; envd lowers its own to 0 so a hog dies first. */
@@ -160,20 +169,39 @@ export class OciRuntime implements SandboxRuntime {
   }
 
   async run(containerId: string, bundleDir: string, logFile: string): Promise<number> {
+    return this.start('run', [], containerId, bundleDir, logFile);
+  }
+
+  async restore(containerId: string, bundleDir: string, imageDir: string, logFile: string): Promise<number> {
+    if (this.def.capabilities.checkpoint !== 'builtin') throw new Error(`${this.name} cannot restore a checkpoint by itself`);
+    return this.start('restore', [`--image-path=${imageDir}`], containerId, bundleDir, logFile);
+  }
+
+  /** run or restore, detached; resolves to the container's first PID. */
+  private async start(verb: 'run' | 'restore', extra: string[], containerId: string, bundleDir: string, logFile: string): Promise<number> {
     // The detached container inherits our stdio: give it a log file, never a pipe we wait on.
     const fd = openSync(logFile, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
     const pidFile = join(bundleDir, 'pid');
     try {
-      const [file, argv] = this.command(['run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId]);
-      const code = await this.spawnBounded(file, argv, ['ignore', fd, fd], () => undefined, 'run');
+      const [file, argv] = this.command([verb, ...extra, '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId]);
+      const code = await this.spawnBounded(file, argv, ['ignore', fd, fd], () => undefined, verb);
       if (code !== 0) {
         const tail = readLogTail(logFile, 4096).trim().split('\n').slice(-3).join(' | ');
-        throw new Error(`${this.name} run failed (exit ${code}): ${tail || 'no output'}`);
+        throw new Error(`${this.name} ${verb} failed (exit ${code}): ${tail || 'no output'}`);
       }
       return Number(readFileSync(pidFile, 'utf8').trim()) || 0;
     } finally {
       closeSync(fd);
     }
+  }
+
+  async checkpoint(containerId: string, imageDir: string): Promise<void> {
+    if (this.def.capabilities.checkpoint !== 'builtin') throw new Error(`${this.name} cannot checkpoint by itself`);
+    await this.callOk(['checkpoint', `--image-path=${imageDir}`, containerId]);
+  }
+
+  async signal(containerId: string, signal: string): Promise<void> {
+    await this.callOk(['kill', containerId, signal]);
   }
 
   exec(containerId: string, args: string[], opts: ExecOptions = {}): ChildProcess {

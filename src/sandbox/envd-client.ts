@@ -4,7 +4,7 @@ import { connectGuarded, type GuardedSocket } from '../util/safe-socket.js';
 
 /** How the manager reaches a sandbox's envd: its command line, and requests on its unix socket. */
 
-export { ENVD_ENV, INIT_SECRET_FILE, INIT_SECRET_FILE_ENV, INIT_SECRET_HEADER } from '../envd/host-contract.js';
+export { ENVD_ENV, INIT_SECRET_FILE, INIT_SECRET_FILE_ENV, INIT_SECRET_HEADER, SUSPEND_SOCKET_PATH } from '../envd/host-contract.js';
 
 /** envd's argv inside the sandbox, through the support tree's own loader and node. */
 export function envdCommand(socket: string): string[] {
@@ -20,8 +20,18 @@ export function envdCommand(socket: string): string[] {
   ];
 }
 
-/** A JSON request to a sandbox's envd on its unix socket; resolves to the status code. */
-export function envdRequest(socket: GuardedSocket, method: string, path: string, body: unknown, headers: Record<string, string> = {}): Promise<number> {
+/**
+ * A JSON request to a sandbox's envd on its unix socket; resolves to the status code (with
+ * untilClosed, once envd has also closed the connection).
+ */
+export function envdRequest(
+  socket: GuardedSocket,
+  method: string,
+  path: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+  opts: { untilClosed?: boolean } = {},
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const data = JSON.stringify(body);
     const req = http.request(
@@ -34,7 +44,8 @@ export function envdRequest(socket: GuardedSocket, method: string, path: string,
       },
       (res) => {
         res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
+        if (opts.untilClosed) res.socket.on('close', () => resolve(res.statusCode ?? 0));
+        else res.on('end', () => resolve(res.statusCode ?? 0));
       },
     );
     req.on('error', reject);
@@ -50,7 +61,8 @@ export function healthy(socket: GuardedSocket): Promise<boolean> {
       resolve(res.statusCode === 204);
     });
     req.on('error', () => resolve(false));
-    req.on('timeout', () => req.destroy());
+    // a connection that never answers is not healthy (destroy() alone would leave this pending)
+    req.on('timeout', () => req.destroy(new Error('timed out')));
     req.end();
   });
 }

@@ -5,7 +5,9 @@ import type { NetworkSettings } from '../network/policy.js';
 import { applyPolicy } from './networking.js';
 import { bootAgain } from './provision.js';
 import { assertOperation } from './states.js';
-import { settleFromHost, stopContainer } from './teardown.js';
+import { canCheckpoint, checkpointSandbox, restoreSandbox } from './checkpoint.js';
+import { settleFromHost } from './settle.js';
+import { stopContainer } from './teardown.js';
 import { BASE_ENV, type SandboxInfo, type StoredSpec } from './types.js';
 
 /**
@@ -37,18 +39,22 @@ export async function exec(core: SandboxCore, id: string, args: string[], opts: 
 
 /**
  * Pauses a running sandbox. With memory the whole cgroup tree is frozen and resumes exactly
- * where it was; without, the processes are stopped (the filesystem stays) and resume boots
- * the sandbox again. Under the sandbox's lock.
+ * where it was, or, with a runtime that checkpoints by itself, it is saved to disk and restored
+ * at resume (checkpoint.ts); without, the processes are stopped (the filesystem stays) and
+ * resume boots the sandbox again. Under the sandbox's lock.
  */
 export async function pauseLocked(core: SandboxCore, id: string, memory: boolean): Promise<SandboxInfo> {
   const row = core.requireRow(id);
   assertOperation('pause', id, row.state);
   const spec = JSON.parse(row.spec) as StoredSpec;
-  core.admit?.({ op: 'pause', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata, memory });
+  const toDisk = memory && canCheckpoint(core, id);
+  core.admit?.({ op: 'pause', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata, memory, toDisk });
   core.setState(id, 'pausing');
   core.events.emit('interrupt', id, 'paused');
   try {
-    if (memory) {
+    if (toDisk) {
+      await checkpointSandbox(core, id, spec); // to disk: the sandbox holds no RAM while paused
+    } else if (memory) {
       await core.runtimeOf(id).pause(core.containerId(id));
     } else {
       // recorded first: from here on, an interruption settles to a filesystem-only pause
@@ -75,6 +81,10 @@ export async function resumeLocked(core: SandboxCore, id: string, timeoutSec?: n
     if (spec.coldPaused) {
       const pid = await bootAgain(core, id, spec);
       core.updateSpec(id, { coldPaused: false });
+      core.store.updateSandbox(id, { pid });
+    } else if (spec.checkpointed) {
+      const pid = await restoreSandbox(core, id, spec);
+      core.updateSpec(id, { checkpointed: false });
       core.store.updateSandbox(id, { pid });
     } else {
       await core.runtimeOf(id).resume(core.containerId(id));

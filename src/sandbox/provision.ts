@@ -208,7 +208,7 @@ export async function bootAgain(core: SandboxCore, id: string, spec: StoredSpec)
  * unmounted from outside) gets its disk image and root mounted again, as they were: nothing of
  * its files is lost. What is left of the old mounts goes first. The mounts are in its ledger.
  */
-async function remountRootfs(core: SandboxCore, id: string, spec: StoredSpec): Promise<void> {
+export async function remountRootfs(core: SandboxCore, id: string, spec: StoredSpec): Promise<void> {
   const dir = core.sandboxDir(id);
   const layout = {
     ...rootfsLayout(dir, naming.mountSource(core.deps.paths.instanceId, id), spec.layers.length),
@@ -290,7 +290,7 @@ async function startTemplateCommand(core: SandboxCore, id: string, spec: StoredS
 }
 
 /** Waits until envd answers GET /health on its socket; a sandbox that never gets there fails. */
-async function waitForAgent(core: SandboxCore, id: string, timeoutMs = 20_000): Promise<void> {
+export async function waitForAgent(core: SandboxCore, id: string, timeoutMs = 20_000): Promise<void> {
   const socket = core.envdEndpoint(id);
   if (!socket) throw new Error(`the disk of sandbox '${id}' is not mounted`);
   const until = Date.now() + timeoutMs;

@@ -7,7 +7,8 @@ import { reconcileVolumes } from '../volume/volumes.js';
 import { rotateConsoleLog } from './console-log.js';
 import type { SandboxCore } from './core.js';
 import type { SandboxState } from './states.js';
-import { settleFromHost, teardown } from './teardown.js';
+import { settleFromHost } from './settle.js';
+import { teardown } from './teardown.js';
 import type { ReconcileReport, StoredSpec } from './types.js';
 
 /** How many sandboxes one reconciler pass handles at once. */
@@ -95,8 +96,8 @@ export class Reconciler {
         if (startup || expired) await settleFromHost(core, r.id, `interrupted while ${r.state}`);
       } else if ((r.state === 'running' || r.state === 'paused' || r.state === 'pooled') && !(await this.whole(r.id, spec, report, chains))) {
         return; // failed, with the reason
-      } else if (r.state === 'paused' && spec.coldPaused) {
-        // paused without memory: no container by design; its disk waits for a resume
+      } else if (r.state === 'paused' && (spec.coldPaused || spec.checkpointed)) {
+        // paused without memory, or to disk: no container by design; its disk waits for a resume
         if (startup) report.adopted.push(r.id);
       } else if (r.state === 'running' || r.state === 'paused' || r.state === 'pooled') {
         // between start-ups a live sandbox's populated cgroup is enough: a file read instead of a

@@ -4,8 +4,6 @@ import { CubeboxError, errorMessage, notFound } from '../util/errors.js';
 import { SANDBOX_ID_RE } from '../util/ids.js';
 import type { SandboxCore } from './core.js';
 import { releaseResources } from './ledger.js';
-import type { SandboxState } from './states.js';
-import type { StoredSpec } from './types.js';
 
 /**
  * Teardown: one path for every state (rule 1), through the runtime's own force delete and
@@ -81,27 +79,4 @@ function clearSharedDir(dir: string): void {
   }
   if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
   for (const name of readdirSync(dir)) rmSync(join(dir, name), { recursive: true, force: true });
-}
-
-/** After a failed or interrupted operation: make the stored state what the host shows. */
-export async function settleFromHost(core: SandboxCore, id: string, error?: string): Promise<void> {
-  const row = core.store.getSandbox(id);
-  if (!row) return;
-  if ((JSON.parse(row.spec) as StoredSpec).coldPaused) {
-    // A filesystem-only pause, or the boot of its resume, was cut short. The safe state is
-    // paused, with its disk and no process: a half-booted sandbox may lack its /init.
-    await stopContainer(core, id);
-    core.setState(id, 'paused', error ? { lastError: error } : {});
-    return;
-  }
-  let state: SandboxState = 'stopped';
-  try {
-    const st = await core.runtimeOf(id).state(core.containerId(id));
-    if (st?.status === 'running') state = 'running';
-    else if (st?.status === 'paused') state = 'paused';
-  } catch (err) {
-    state = 'failed';
-    error = `${error ?? ''} state: ${errorMessage(err)}`.trim();
-  }
-  core.setState(id, state, error ? { lastError: error } : {});
 }

@@ -59,6 +59,8 @@ export interface Admission {
   metadata: Record<string, string>;
   /** pause: whether the memory is kept. */
   memory?: boolean;
+  /** pause with memory: whether the memory goes to disk (a checkpoint) rather than staying in RAM. */
+  toDisk?: boolean;
 }
 
 export interface Lifecycle {
@@ -142,6 +144,11 @@ export interface StoredSpec {
   initSecret?: string;
   lifecycle: Lifecycle;
   coldPaused: boolean;
+  /**
+   * Paused with its memory saved to disk (a runtime that checkpoints by itself): no container
+   * while paused; resume restores it from the image (checkpoint.ts).
+   */
+  checkpointed?: boolean;
   /** When the sandbox was last paused (ms epoch); the reaper deletes it a paused lifetime later. */
   pausedAt?: number;
   extra: Record<string, unknown>;

@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 import { ApiKeys } from '../../src/api/keys.js';
 import { serveConfig } from '../../src/app/serve.js';
 import { layerDiskBytes, TeamLayers } from '../../src/api/layer-usage.js';
-import { setTeamQuota, Tenancy, type Quota } from '../../src/api/tenancy.js';
+import { holds, setTeamQuota, Tenancy, type Quota } from '../../src/api/tenancy.js';
 import { PAUSE_RETRY_MS } from '../../src/sandbox/reaper.js';
 import type { CreateRequest } from '../../src/sandbox/manager.js';
 import { DEFAULT_TEAM_ID, Store } from '../../src/store/store.js';
@@ -135,6 +135,15 @@ describe('team quotas count paused sandboxes', () => {
     r.clock.advance(61_000);
     await r.m.reap();
     assert.equal(r.store.getSandbox(c.id), undefined);
+  });
+});
+
+describe('what a sandbox paused to disk holds', () => {
+  it('its place and, instead of its RAM, its image on disk (up to its memory)', () => {
+    const spec = { limits: { cpuCount: 2, memoryMB: 512 }, diskMB: 1024 };
+    assert.deepEqual(holds('paused', spec), { sandboxes: 1, vcpus: 0, memoryMB: 512, diskMB: 1024, pausedSandboxes: 1 });
+    assert.deepEqual(holds('paused', { ...spec, checkpointed: true }), { sandboxes: 1, vcpus: 0, memoryMB: 0, diskMB: 1536, pausedSandboxes: 1 });
+    assert.deepEqual(holds('paused', { ...spec, coldPaused: true }), { sandboxes: 0, vcpus: 0, memoryMB: 0, diskMB: 1024, pausedSandboxes: 1 });
   });
 });
 

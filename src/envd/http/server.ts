@@ -2,10 +2,10 @@
 // REST routes /health, /files, /init, /envs and /metrics, on a unix socket and on TCP.
 import { lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { safeEqual } from '../../protocol/signature.js';
 import { checkToken } from '../auth.js';
-import { INIT_SECRET_HEADER } from '../host-contract.js';
+import { INIT_SECRET_HEADER, SUSPEND_SOCKET_PATH } from '../host-contract.js';
 import { EnvdState, type EnvdOptions } from '../state.js';
 import { UserDb } from '../users.js';
 import { HttpError, sendError, sendJson } from './respond.js';
@@ -17,6 +17,10 @@ export interface Envd {
   services(): Promise<Services>;
   /** Listening addresses: the socket path and host:port of each TCP listener. */
   addresses: string[];
+  /** Closes the unix socket and its connections (before a checkpoint: see SUSPEND_SOCKET_PATH). */
+  suspendSocket(): void;
+  /** Listens on the unix socket again after suspendSocket() (after a restore); a no-op otherwise. */
+  resumeSocket(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -128,6 +132,17 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
         requireToken(req);
         sendJson(res, 200, await (await services()).metrics.collect());
         return;
+      case SUSPEND_SOCKET_PATH: {
+        if (method !== 'POST') throw new HttpError(405, 'method not allowed');
+        const secret = state.opts.initSecret;
+        const given = req.headers[INIT_SECRET_HEADER];
+        if (!viaSocket || !secret || !(typeof given === 'string' && safeEqual(given, secret))) throw new HttpError(401, 'only the host may suspend the socket');
+        // nothing on the socket is left when the host has the answer and sees this connection close
+        suspendSocket(req.socket);
+        res.on('finish', () => req.socket.destroy());
+        res.writeHead(204, { Connection: 'close' }).end();
+        return;
+      }
       default:
         throw new HttpError(404, `no route for ${path}`);
     }
@@ -194,6 +209,39 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
       });
     });
 
+  let socketServer: Server | undefined;
+  const socketConnections = new Set<Socket>();
+  let suspended: NodeJS.Timeout | undefined;
+  const listenSocket = async (path: string) => {
+    try {
+      if (lstatSync(path).isSocket()) unlinkSync(path);
+    } catch {
+      /* no stale socket */
+    }
+    socketServer = newServer(true);
+    socketServer.on('connection', (c: Socket) => {
+      socketConnections.add(c);
+      c.on('close', () => socketConnections.delete(c));
+    });
+    await listen(socketServer, { path });
+  };
+  const closeServer = (s: Server) =>
+    new Promise<void>((resolve) => {
+      s.close(() => resolve());
+      s.closeAllConnections();
+    });
+  /** Stops listening on the socket and closes every connection on it but `keep`. */
+  function suspendSocket(keep?: Socket): void {
+    const s = socketServer;
+    if (!s) return;
+    socketServer = undefined;
+    // with its only listener closed node would exit, and the sandbox with it
+    suspended = setInterval(() => undefined, 2 ** 31 - 1);
+    servers.splice(servers.indexOf(s), 1);
+    s.close();
+    for (const c of socketConnections) if (c !== keep) c.destroy();
+  }
+
   // TCP only when asked for (--port), and never without an access token: without one, anybody
   // inside the sandbox could act as root through it. Without a token yet, TCP waits for /init.
   const startTcp = async () => {
@@ -223,12 +271,7 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
   try {
     if (opts.port > 0 && state.accessToken) await startTcp();
     if (opts.socketPath) {
-      try {
-        if (lstatSync(opts.socketPath).isSocket()) unlinkSync(opts.socketPath);
-      } catch {
-        /* no stale socket */
-      }
-      await listen(newServer(true), { path: opts.socketPath });
+      await listenSocket(opts.socketPath);
       addresses.push(opts.socketPath);
     }
   } catch (e) {
@@ -247,18 +290,17 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
     state,
     services,
     addresses,
+    suspendSocket,
+    async resumeSocket() {
+      if (!suspended || !opts.socketPath) return;
+      clearInterval(suspended);
+      suspended = undefined;
+      await listenSocket(opts.socketPath);
+    },
     async close() {
       // a load still under way ends with the services, which must be closed too
       (loaded ?? (await loading?.catch(() => undefined)))?.close();
-      await Promise.all(
-        servers.map(
-          (s) =>
-            new Promise<void>((resolve) => {
-              s.close(() => resolve());
-              s.closeAllConnections();
-            }),
-        ),
-      );
+      await Promise.all(servers.map(closeServer));
       if (opts.socketPath) {
         try {
           unlinkSync(opts.socketPath);

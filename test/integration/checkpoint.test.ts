@@ -1,0 +1,72 @@
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { healthy } from '../../src/sandbox/envd-client.js';
+import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance, openManager } from '../helpers/instance.js';
+import type { SandboxManager } from '../../src/sandbox/manager.js';
+
+/**
+ * Pause to disk with gVisor: a memory pause of a runsc sandbox saves its processes and memory
+ * to an image and removes the container; resume restores them where they were, also after the
+ * service restarted. crun and runc keep freezing (covered by the lifecycle suites).
+ */
+
+const COUNTER = 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done';
+
+async function counter(m: SandboxManager, id: string): Promise<number> {
+  const r = await execIn(m, id, ['cat', '/tmp/n']);
+  return Number(r.stdout.trim());
+}
+
+/** The PID (inside the sandbox) of the counting shell. */
+async function counterPid(m: SandboxManager, id: string): Promise<string> {
+  // the pattern's backslash keeps this shell's own command line from matching it
+  const r = await execIn(m, id, ['sh', '-c', "for p in /proc/[0-9]*; do grep -q 'i=\\$((i+1))' $p/cmdline 2>/dev/null && basename $p; done"]);
+  return r.stdout.trim().split('\n')[0] ?? '';
+}
+
+describe('pause to disk (runsc)', { skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
+  it('a memory pause saves the sandbox to disk and frees its processes; resume continues them where they were, after a restart too; delete removes the image', async () => {
+    let m = await newInstance({ runtime: 'runsc' });
+    const dataDir = m.paths.dataDir;
+    try {
+      const sbx = await m.create({ template: 'busybox' });
+      const started = await m.exec(sbx.id, ['sh', '-c', COUNTER], { detach: true, stdio: 'ignore' });
+      await new Promise((r) => started.on('close', r));
+      await new Promise((r) => setTimeout(r, 500));
+      const pid = await counterPid(m, sbx.id);
+      assert.match(pid, /^\d+$/);
+
+      await m.pause(sbx.id);
+      const image = join(m.sandboxDir(sbx.id), 'checkpoint');
+      assert.ok(readdirSync(image).length > 0, 'the image is on disk');
+      assert.equal(await m.runtime.state(m.containerId(sbx.id)), null, 'no container while paused');
+      assert.equal(m.get(sbx.id).state, 'paused');
+
+      // the service restarts while the sandbox is paused to disk
+      await m.close();
+      m = await openManager(dataDir, { runtime: 'runsc' });
+      assert.equal(m.get(sbx.id).state, 'paused', 'the reconciler keeps a sandbox paused to disk');
+      const report = await m.reconcile();
+      assert.deepEqual(report.errors, []);
+
+      await m.resume(sbx.id);
+      assert.equal(existsSync(image), false, 'the image goes once restored');
+      assert.ok(await healthy(m.envdEndpoint(sbx.id)!), 'envd answers on its socket again');
+      assert.equal(await counterPid(m, sbx.id), pid, 'the same process');
+      const before = await counter(m, sbx.id);
+      await new Promise((r) => setTimeout(r, 300));
+      const after = await counter(m, sbx.id);
+      assert.ok(after > before, `the loop carries on (${before} -> ${after})`);
+
+      // paused to disk again, then deleted while paused: nothing stays
+      await m.pause(sbx.id);
+      assert.ok(existsSync(image));
+      await m.delete(sbx.id);
+      assertNoSandboxLeaks(m.paths, sbx.id);
+    } finally {
+      await destroyInstance(m);
+    }
+  });
+});
