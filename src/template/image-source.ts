@@ -51,7 +51,7 @@ export function imageTemplateName(digest: string): string {
 export async function templateFromImage(templates: TemplateStore, req: BaseImageRequest, settings: RegistrySettings = {}): Promise<Template> {
   const creds = credentialsOf(req.registry);
   const ref = parseReference(req.image);
-  const shown = req.image.trim();
+  const shown = req.image;
   const log = req.onLog ?? (() => {});
   const local = E2B_IMAGES[`${ref.registry}/${ref.repository}`];
   if (local) {
@@ -112,7 +112,9 @@ function credentialsOf(auth: RegistryAuth | undefined): Credentials | undefined 
   if (!auth) return undefined;
   if (auth.type === 'aws' || auth.type === 'gcp') {
     const what = auth.type === 'aws' ? 'AWS ECR' : 'GCP Artifact Registry';
-    throw invalid(`${what} registries (fromImageRegistry type '${auth.type}') are not supported by this server: use type 'registry' with a username and password`);
+    throw invalid(
+      `${what} registries (fromImageRegistry type '${auth.type}') are not supported by this server: use type 'registry' with a username and password`,
+    );
   }
   if (auth.type !== 'registry') throw invalid(`unknown registry credentials type '${String(auth.type)}' (supported: 'registry')`);
   if (typeof auth.username !== 'string' || typeof auth.password !== 'string' || !auth.username)

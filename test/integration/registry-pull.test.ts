@@ -118,18 +118,43 @@ describe('base images from a registry', { timeout: 300_000 }, () => {
 
   it('wrong credentials, an untrusted CA, an unreachable port and an unknown image are clear errors that leave nothing', async () => {
     const wrong = { type: 'registry' as const, username: reg.username, password: 'not-the-password' };
-    await failsCleanly({ image: `${reg.host}/cubebox/other:v1`, registry: wrong }, trusted, 'invalid_argument', new RegExp(`registry ${reg.host} refused the credentials`));
+    await failsCleanly(
+      { image: `${reg.host}/cubebox/other:v1`, registry: wrong },
+      trusted,
+      'invalid_argument',
+      new RegExp(`registry ${reg.host} refused the credentials`),
+    );
     await failsCleanly({ image: `${reg.host}/cubebox/other:v1` }, trusted, 'invalid_argument', /refused the credentials .*cubebox\/other:v1/);
-    await failsCleanly({ image: `${reg.host}/cubebox/other:v1`, registry: creds() }, {}, 'unavailable', new RegExp(`cannot reach registry ${reg.host} securely.*certificate`));
+    await failsCleanly(
+      { image: `${reg.host}/cubebox/other:v1`, registry: creds() },
+      {},
+      'unavailable',
+      new RegExp(`cannot reach registry ${reg.host} securely.*certificate`),
+    );
     const closed = `127.0.0.1:${await freePort()}`;
-    await failsCleanly({ image: `${closed}/cubebox/app:v1`, registry: creds() }, trusted, 'unavailable', new RegExp(`cannot reach registry ${closed} to pull ${closed}/cubebox/app:v1`));
-    await failsCleanly({ image: `${reg.host}/cubebox/nothing:v1`, registry: creds() }, trusted, 'not_found', new RegExp(`image ${reg.host}/cubebox/nothing:v1 not found in registry ${reg.host}`));
+    await failsCleanly(
+      { image: `${closed}/cubebox/app:v1`, registry: creds() },
+      trusted,
+      'unavailable',
+      new RegExp(`cannot reach registry ${closed} to pull ${closed}/cubebox/app:v1`),
+    );
+    await failsCleanly(
+      { image: `${reg.host}/cubebox/nothing:v1`, registry: creds() },
+      trusted,
+      'not_found',
+      new RegExp(`image ${reg.host}/cubebox/nothing:v1 not found in registry ${reg.host}`),
+    );
     await failsCleanly({ image: `${reg.host}/cubebox/app:v2`, registry: creds() }, trusted, 'not_found', /cubebox\/app:v2 not found/);
   });
 
   it('AWS and GCP registries and bad references are refused with a 400 before any registry call', async () => {
     const before = reg.requests().length;
-    await failsCleanly({ registry: { type: 'aws', awsAccessKeyId: 'x', awsSecretAccessKey: 'y', awsRegion: 'us-east-1' } }, trusted, 'invalid_argument', /AWS ECR .* not supported/);
+    await failsCleanly(
+      { registry: { type: 'aws', awsAccessKeyId: 'x', awsSecretAccessKey: 'y', awsRegion: 'us-east-1' } },
+      trusted,
+      'invalid_argument',
+      /AWS ECR .* not supported/,
+    );
     await failsCleanly({ registry: { type: 'gcp', serviceAccountJson: '{}' } }, trusted, 'invalid_argument', /GCP .* not supported/);
     await failsCleanly({ image: 'Not/A/Valid:Ref' }, trusted, 'invalid_argument', /bad image reference/);
     assert.equal(reg.requests().length, before);

@@ -26,7 +26,7 @@ export const DOCKER_HUB = 'docker.io';
 export function parseReference(text: string): ImageReference {
   const shown = printable(text);
   const bad = (why: string) => invalid(`bad image reference '${shown}': ${why}`);
-  let rest = text.trim().replace(/^docker:\/\//, '');
+  let rest = text.replace(/^docker:\/\//, '');
   if (!rest) throw bad('it is empty');
   if (rest.length > 512) throw bad('it is too long');
   let digest: string | undefined;

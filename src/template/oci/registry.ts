@@ -64,7 +64,8 @@ export async function registryAccess(registry: string, creds: Credentials | unde
     return { copyArgs, inspectArgs, close: () => fs.rm(dir, { recursive: true, force: true }) };
   } catch (err) {
     await fs.rm(dir, { recursive: true, force: true });
-    if ((err as NodeJS.ErrnoException).path === settings.caFile) throw new CubeboxError('unavailable', `cannot read the registry CA bundle ${settings.caFile}: ${(err as Error).message}`);
+    if ((err as NodeJS.ErrnoException).path === settings.caFile)
+      throw new CubeboxError('unavailable', `cannot read the registry CA bundle ${settings.caFile}: ${(err as Error).message}`);
     throw err;
   }
 }
@@ -114,13 +115,17 @@ export function pullError(r: SkopeoResult, host: string, image: string, signal?:
     last
       ?.replace(/^time="[^"]*" level=\w+ msg="?/, '')
       .replace(/"$/, '')
-      .replace(/\\"/g, '"') ?? `skopeo exit ${r.code}`;
+      .replace(/\\"/g, '"')
+      .replace(/^Error parsing image name "[^"]*": /, '') ?? `skopeo exit ${r.code}`;
   const s = r.stderr;
   // credentials first: a registry that refuses them also says "unauthorized" in a 401 over a live connection
   if (/unauthorized|authentication required|invalid username\/password|incorrect username or password/i.test(s))
     return invalid(`registry ${host} refused the credentials for ${image} (wrong or missing username/password): ${msg}`);
   if (/x509|certificate|tls: |server gave HTTP response to HTTPS client|http: server gave/i.test(s))
-    return new CubeboxError('unavailable', `cannot reach registry ${host} securely to pull ${image} (TLS: is its CA trusted? see --registry-ca, --insecure-registry): ${msg}`);
+    return new CubeboxError(
+      'unavailable',
+      `cannot reach registry ${host} securely to pull ${image} (TLS: is its CA trusted? see --registry-ca, --insecure-registry): ${msg}`,
+    );
   if (
     /connection refused|no such host|network is unreachable|no route to host|i\/o timeout|TLS handshake timeout|dial tcp|server misbehaving|context deadline exceeded|connection reset|timed out|EOF$/i.test(
       s,
@@ -139,7 +144,12 @@ const INDEX_TYPES = ['application/vnd.oci.image.index.v1+json', 'application/vnd
  * The digest of the image manifest a pull of ref fetches on this host: the reference's own
  * manifest, or for a multi-platform index the entry for linux on this architecture.
  */
-export async function resolveDigest(ref: ImageReference, shown: string, access: RegistryAccess, opts: { signal?: AbortSignal; timeoutMs?: number }): Promise<string> {
+export async function resolveDigest(
+  ref: ImageReference,
+  shown: string,
+  access: RegistryAccess,
+  opts: { signal?: AbortSignal; timeoutMs?: number },
+): Promise<string> {
   const name = `docker://${ref.registry}/${ref.repository}${ref.digest ? `@${ref.digest}` : `:${ref.tag}`}`;
   const r = await skopeo([...skopeoGlobals(opts.timeoutMs), 'inspect', '--raw', '--retry-times', '0', ...access.inspectArgs, name], {
     signal: opts.signal,
