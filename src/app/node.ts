@@ -68,7 +68,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     }
   }
   const sealingKey = openSecretKey(manager.paths.dataDir); // made on the first start; a key file that is not sound refuses the start
-  const control = new ControlServer(new LocalApi(manager, { cacheDir: config.cacheDir }), manager.paths.socket);
+  const control = new ControlServer(new LocalApi(manager, { cacheDir: config.cacheDir, registry: config.registry }), manager.paths.socket);
   await control.listen();
   if (config.buildBase && !manager.templates.find('base')) {
     logger.info('building the base template (first start; later starts reuse it)');

@@ -54,7 +54,7 @@ async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>, 
       }
       throw err;
     }
-    const api = new LocalApi(manager, { cacheDir: config.cacheDir });
+    const api = new LocalApi(manager, { cacheDir: config.cacheDir, registry: config.registry });
     const server = new ControlServer(api, paths.socket);
     try {
       await server.listen();
@@ -64,6 +64,16 @@ async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>, 
       await manager.close();
     }
   }
+}
+
+/** This command's stdin (a password: never on the command line), up to 64 KiB. */
+async function readStdin(): Promise<string> {
+  let text = '';
+  for await (const chunk of process.stdin) {
+    text += (chunk as Buffer).toString('utf8');
+    if (text.length > 65536) throw new CubeboxError('invalid_argument', 'stdin is longer than 64 KiB');
+  }
+  return text;
 }
 
 function parseEnv(pairs: string[] = []): Record<string, string> {
@@ -151,9 +161,11 @@ template
   .command('import <name> <source>')
   .description('import an OCI image: an OCI layout directory, a `docker save` tarball, or docker://<reference> (through skopeo)')
   .option('--ref <ref>', 'which image: a tag or digest in an OCI layout, repo:tag in a docker save')
-  .action(async (name: string, source: string, opts: { ref?: string }, cmd: Command) => {
+  .option('--username <user>', 'docker:// only: registry user, with the password read from stdin (default: the host logins)')
+  .action(async (name: string, source: string, opts: { ref?: string; username?: string }, cmd: Command) => {
     const image = source.startsWith('docker://') ? source : resolve(source);
-    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, { image, ref: opts.ref }));
+    const registry = opts.username ? { username: opts.username, password: (await readStdin()).replace(/\r?\n$/, '') } : undefined;
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, { image, ref: opts.ref, registry }));
     console.log(t.id);
   });
 template

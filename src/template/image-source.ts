@@ -13,7 +13,7 @@ import { invalid } from '../util/errors.js';
 import { formatReference, parseReference, pinnedSource, type ImageReference } from './oci/reference.js';
 import { registryAccess, resolveDigest, type Credentials, type RegistrySettings } from './oci/registry.js';
 
-export type { RegistrySettings } from './oci/registry.js';
+export type { Credentials, RegistrySettings } from './oci/registry.js';
 
 /** Credentials for a registry, as E2B's `fromImageRegistry` sends them. */
 export interface RegistryAuth {
@@ -121,4 +121,26 @@ function credentialsOf(auth: RegistryAuth | undefined): Credentials | undefined 
     throw invalid("registry credentials of type 'registry' need a username and a password");
   if (/[\0\r\n]/.test(auth.username) || auth.username.includes(':')) throw invalid('the registry username must not contain ":" or control characters');
   return { username: auth.username, password: auth.password };
+}
+
+/**
+ * The host's `cubebox template import <name> docker://<reference>`: a named template of the
+ * image, pulled with the node's trust settings and the given credentials (or the host's own
+ * logins: this is the host's pull, not a team's).
+ */
+export async function importFromRegistry(
+  templates: TemplateStore,
+  name: string,
+  image: string,
+  opts: { credentials?: Credentials; settings?: RegistrySettings; onProgress?: (line: string) => void },
+): Promise<Template> {
+  const ref = parseReference(image);
+  const creds = opts.credentials && credentialsOf({ type: 'registry', ...opts.credentials });
+  const access = await registryAccess(ref.registry, creds, opts.settings ?? {}, true);
+  try {
+    const source = `docker://${formatReference(ref)}`;
+    return await templates.importImage(name, source, { pullArgs: access.copyArgs, onProgress: opts.onProgress, timeoutMs: opts.settings?.timeoutMs });
+  } finally {
+    await access.close();
+  }
 }

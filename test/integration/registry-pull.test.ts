@@ -10,7 +10,7 @@ import type { SandboxManager } from '../../src/sandbox/manager.js';
 import { templateFromImage, type BaseImageRequest } from '../../src/template/image-source.js';
 import type { RegistrySettings } from '../../src/template/oci/registry.js';
 import { CubeboxError } from '../../src/util/errors.js';
-import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance } from '../helpers/instance.js';
+import { assertNoSandboxLeaks, cli, destroyInstance, execIn, newDataDir, newInstance } from '../helpers/instance.js';
 import { freePort, makeTestImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
 
 describe('base images from a registry', { timeout: 300_000 }, () => {
@@ -158,6 +158,23 @@ describe('base images from a registry', { timeout: 300_000 }, () => {
     await failsCleanly({ registry: { type: 'gcp', serviceAccountJson: '{}' } }, trusted, 'invalid_argument', /GCP .* not supported/);
     await failsCleanly({ image: 'Not/A/Valid:Ref' }, trusted, 'invalid_argument', /bad image reference/);
     assert.equal(reg.requests().length, before);
+  });
+
+  it('the host CLI imports from the registry with the password on stdin and the CA from the environment', async () => {
+    const dataDir = newDataDir();
+    try {
+      const args = ['template', 'import', 'app', `docker://${image()}`, '--username', reg.username];
+      const env = { CUBEBOX_REGISTRY_CA: reg.caFile };
+      const wrong = await cli(dataDir, args, env, 'not-the-password\n');
+      assert.notEqual(wrong.code, 0);
+      assert.match(wrong.stderr, new RegExp(`registry ${reg.host} refused the credentials`));
+      const ok = await cli(dataDir, args, env, `${reg.password}\n`);
+      assert.equal(ok.code, 0, ok.stderr);
+      const listed = await cli(dataDir, ['template', 'list', '--json'], env);
+      assert.match(listed.stdout, /"name": ?"app"/);
+    } finally {
+      await destroyInstance(undefined, dataDir);
+    }
   });
 
   it("E2B's own base image names the local base template, without a pull", async () => {

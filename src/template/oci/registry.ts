@@ -41,22 +41,34 @@ export interface RegistryAccess {
  * file (an empty one without credentials, so that the host's own logins in ~/.docker or
  * $XDG_RUNTIME_DIR never serve a team's pull), and the extra CA as a certificate directory.
  */
-export async function registryAccess(registry: string, creds: Credentials | undefined, settings: RegistrySettings): Promise<RegistryAccess> {
+export async function registryAccess(
+  registry: string,
+  creds: Credentials | undefined,
+  settings: RegistrySettings,
+  /** The host's own pulls (its CLI): its logins and certs.d apply unless credentials or a CA are given. */
+  hostDefaults = false,
+): Promise<RegistryAccess> {
   const dir = await fs.mkdtemp(join(tmpdir(), 'cubebox-registry-')); // 0700
   try {
-    const auths: Record<string, { auth: string }> = {};
-    if (creds) auths[registry] = { auth: Buffer.from(`${creds.username}:${creds.password}`).toString('base64') };
-    const authFile = join(dir, 'auth.json');
-    await fs.writeFile(authFile, JSON.stringify({ auths }), { mode: 0o600, flag: 'wx' });
-    const copyArgs = ['--src-authfile', authFile];
-    const inspectArgs = ['--authfile', authFile];
+    const copyArgs: string[] = [];
+    const inspectArgs: string[] = [];
+    if (creds || !hostDefaults) {
+      const auths: Record<string, { auth: string }> = {};
+      if (creds) auths[registry] = { auth: Buffer.from(`${creds.username}:${creds.password}`).toString('base64') };
+      const authFile = join(dir, 'auth.json');
+      await fs.writeFile(authFile, JSON.stringify({ auths }), { mode: 0o600, flag: 'wx' });
+      copyArgs.push('--src-authfile', authFile);
+      inspectArgs.push('--authfile', authFile);
+    }
     // the certificate directory replaces /etc/containers/certs.d/<host> and /etc/docker/certs.d:
     // trust is the system's CAs plus the configured bundle, for every registry alike
-    const certs = join(dir, 'certs');
-    await fs.mkdir(certs, { mode: 0o700 });
-    if (settings.caFile) await fs.copyFile(settings.caFile, join(certs, 'registry-ca.crt'));
-    copyArgs.push('--src-cert-dir', certs);
-    inspectArgs.push('--cert-dir', certs);
+    if (settings.caFile || !hostDefaults) {
+      const certs = join(dir, 'certs');
+      await fs.mkdir(certs, { mode: 0o700 });
+      if (settings.caFile) await fs.copyFile(settings.caFile, join(certs, 'registry-ca.crt'));
+      copyArgs.push('--src-cert-dir', certs);
+      inspectArgs.push('--cert-dir', certs);
+    }
     if (settings.insecure?.includes(registry)) {
       copyArgs.push('--src-tls-verify=false');
       inspectArgs.push('--tls-verify=false');
