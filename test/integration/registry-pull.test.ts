@@ -58,7 +58,9 @@ describe('base images from a registry', { timeout: 300_000 }, () => {
   it('pulls by tag over TLS with credentials: the template has the image files and config, and a second request reuses it without a pull', async () => {
     const lines: string[] = [];
     const seen = watchCommandLines(reg.password, reg.host);
-    const t = await templateFromImage(m.templates, { image: image(), registry: creds(), team: null, onLog: (l) => lines.push(l) }, trusted);
+    const t = await templateFromImage(m.templates, { image: image(), registry: creds(), team: null, onLog: (l) => lines.push(l) }, trusted).finally(() =>
+      seen.stop(),
+    );
     const { sawSkopeo, sawPassword } = await seen.stop();
     assert.ok(sawSkopeo, 'the watch saw skopeo run');
     assert.equal(sawPassword, false, 'the password was on a command line');
@@ -192,8 +194,9 @@ function watchCommandLines(secret: string, host: string): { stop(): Promise<{ sa
   let sawSkopeo = false;
   let sawPassword = false;
   let running = true;
+  const until = Date.now() + 60_000;
   const loop = (async () => {
-    while (running) {
+    while (running && Date.now() < until) {
       for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
         let cmd = '';
         try {
