@@ -12,6 +12,8 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # tests start their own registry: the package's service (port 5000 on every address) stays off
+  if [[ " ${missing[*]} " == *" docker-registry "* ]]; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 fi
 npm ci --no-audit --no-fund
 npm run build

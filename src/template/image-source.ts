@@ -39,13 +39,16 @@ const E2B_IMAGES: Record<string, string> = {
   'docker.io/e2bdev/code-interpreter': CODE_INTERPRETER_TEMPLATE,
 };
 
-/** Pulls under way, by owner and digest: concurrent builds from one image share one pull. */
-const pulling = new Map<string, Promise<Template>>();
+/** Pulls under way, per template store by owner and digest: concurrent builds from one image share one pull. */
+const pullsOf = new WeakMap<TemplateStore, Map<string, Promise<Template>>>();
 
 /** The name of the template holding an image's layers (hidden from lists: it is a build step). */
 export function imageTemplateName(digest: string): string {
   return `image-sha256-${digest.slice(7, 47)}`;
 }
+
+/** The manifest lookup's bound when the settings give none (a pull is bounded by the caller's signal). */
+const LOOKUP_TIMEOUT_MS = 60_000;
 
 /** A template whose layers are the image's (made once per image digest and owner, shared by every build from it). */
 export async function templateFromImage(templates: TemplateStore, req: BaseImageRequest, settings: RegistrySettings = {}): Promise<Template> {
@@ -69,13 +72,15 @@ export async function templateFromImage(templates: TemplateStore, req: BaseImage
   const access = await registryAccess(ref.registry, creds, settings);
   try {
     const opts = { signal: req.signal, timeoutMs: settings.timeoutMs };
-    const digest = await resolveDigest(ref, shown, access, opts);
+    const digest = await resolveDigest(ref, shown, access, { ...opts, timeoutMs: settings.timeoutMs ?? LOOKUP_TIMEOUT_MS });
     const key = `${team ?? ''}\n${digest}`;
     const again = cached(digest);
     if (again) {
       log(`${formatReference(ref)} is ${digest}: using the image already pulled (template ${again.name})`);
       return again;
     }
+    const pulling = pullsOf.get(templates) ?? new Map<string, Promise<Template>>();
+    pullsOf.set(templates, pulling);
     let p = pulling.get(key);
     if (!p) {
       log(`${formatReference(ref)} is ${digest}: pulling`);

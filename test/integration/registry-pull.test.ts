@@ -94,6 +94,10 @@ describe('base images from a registry', { timeout: 300_000 }, () => {
     assert.equal(t.config.team, 'team-a');
     assert.equal(t.config.imageDigest, digest);
     assert.deepEqual(t.layers, mine.layers, 'the layers are shared');
+    // and shared with an import of the same image from its OCI layout
+    const local = await m.templates.importImage('local-app', join(work, 'img'), { ref: 'v1' });
+    assert.deepEqual(local.layers, mine.layers);
+    m.templates.remove('local-app');
     assert.ok(blobFetches() > fetched, "the other team's credentials pulled it");
     // by digest again: no registry request at all
     const before = reg.requests().length;
