@@ -4,6 +4,7 @@
 // registry and removes everything. No traffic leaves loopback.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { createServer } from 'node:net';
@@ -18,7 +19,7 @@ export interface TestRegistry {
   caFile: string;
   username: string;
   password: string;
-  /** Pushes an OCI layout's image (`<layout>:<tag>`) as `<host>/<repo>`; resolves to the manifest digest in the registry. */
+  /** Pushes an OCI layout's image or index (`<layout>:<tag>`) as `<host>/<repo>`; resolves to its digest in the registry. */
   push(layout: string, tag: string, repo: string): Promise<string>;
   /** The registry's access log so far: one `METHOD path status` per request. */
   requests(): string[];
@@ -178,6 +179,7 @@ export async function startRegistry(): Promise<TestRegistry> {
           authFile,
           '--dest-cert-dir',
           certs,
+          '--all',
           '--digestfile',
           digestFile,
           `oci:${layout}:${tag}`,
@@ -225,4 +227,20 @@ export async function makeTestImage(work: string): Promise<string> {
     work,
   ]);
   return img;
+}
+
+/** Tags (as newTag) a multi-platform index in the layout whose entries all point at fromTag's manifest, one per platform. */
+export function addIndex(layout: string, fromTag: string, newTag: string, platforms: { os: string; architecture: string }[]): void {
+  const REF = 'org.opencontainers.image.ref.name';
+  const top = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as { manifests: Record<string, unknown>[] };
+  const from = top.manifests.find((d) => (d.annotations as Record<string, string> | undefined)?.[REF] === fromTag);
+  assert.ok(from, `no ${fromTag} in ${layout}`);
+  const { annotations: _a, ...desc } = from;
+  const index = Buffer.from(
+    JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: platforms.map((platform) => ({ ...desc, platform })) }),
+  );
+  const hex = createHash('sha256').update(index).digest('hex');
+  writeFileSync(join(layout, 'blobs', 'sha256', hex), index);
+  top.manifests.push({ mediaType: 'application/vnd.oci.image.index.v1+json', digest: `sha256:${hex}`, size: index.length, annotations: { [REF]: newTag } });
+  writeFileSync(join(layout, 'index.json'), JSON.stringify(top));
 }

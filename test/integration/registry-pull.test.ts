@@ -11,7 +11,8 @@ import { templateFromImage, type BaseImageRequest } from '../../src/template/ima
 import type { RegistrySettings } from '../../src/template/oci/registry.js';
 import { CubeboxError } from '../../src/util/errors.js';
 import { assertNoSandboxLeaks, cli, destroyInstance, execIn, newDataDir, newInstance } from '../helpers/instance.js';
-import { freePort, makeTestImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { addIndex, freePort, makeTestImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { hostArch } from '../../src/template/oci/resolve.js';
 
 describe('base images from a registry', { timeout: 300_000 }, () => {
   let m: SandboxManager;
@@ -28,7 +29,15 @@ describe('base images from a registry', { timeout: 300_000 }, () => {
   before(async () => {
     work = mkdtempSync('/var/tmp/cubebox-registry-pull-');
     [reg, m] = await Promise.all([startRegistry(), newInstance()]);
-    digest = await reg.push(await makeTestImage(work), 'v1', 'cubebox/app:v1');
+    const layout = await makeTestImage(work);
+    digest = await reg.push(layout, 'v1', 'cubebox/app:v1');
+    addIndex(layout, 'v1', 'multi', [
+      { os: 'linux', architecture: 's390x' },
+      { os: 'linux', architecture: hostArch() },
+    ]);
+    addIndex(layout, 'v1', 'foreign', [{ os: 'linux', architecture: 's390x' }]);
+    await reg.push(layout, 'multi', 'cubebox/app:multi');
+    await reg.push(layout, 'foreign', 'cubebox/app:foreign');
     trusted = { caFile: reg.caFile };
     layersDir = dirname(m.templates.get('busybox').layers[0]!);
   });
@@ -103,6 +112,20 @@ describe('base images from a registry', { timeout: 300_000 }, () => {
     const before = reg.requests().length;
     assert.equal((await templateFromImage(m.templates, { image: `${reg.host}/cubebox/app@${digest}`, team: 'team-a' }, trusted)).id, t.id);
     assert.equal(reg.requests().length, before);
+  });
+
+  it("a multi-platform index resolves to this host's image (the one already pulled), and one without it is refused", async () => {
+    const t = await templateFromImage(m.templates, { image: image(), registry: creds(), team: null }, trusted);
+    const fetched = blobFetches();
+    const multi = await templateFromImage(m.templates, { image: `${reg.host}/cubebox/app:multi`, registry: creds(), team: null }, trusted);
+    assert.equal(multi.id, t.id);
+    assert.equal(blobFetches(), fetched);
+    await failsCleanly(
+      { image: `${reg.host}/cubebox/app:foreign`, registry: creds() },
+      trusted,
+      'invalid_argument',
+      /has no linux\/\w+ variant \(it has: linux\/s390x\)/,
+    );
   });
 
   it("a sandbox of the image's template runs a command and sees the image's files and env", async () => {
