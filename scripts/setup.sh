@@ -5,13 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(crun runc runsc tini iproute2 nftables conntrack openssl debootstrap busybox-static golang-github-containers-common
       util-linux e2fsprogs procps psmisc curl ca-certificates build-essential python3 xz-utils zstd
-      criu skopeo umoci)
+      criu skopeo umoci docker-registry apache2-utils)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # tests start their own registry: the package's service (port 5000 on every address) stays off
+  if [[ " ${missing[*]} " == *" docker-registry "* ]]; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 fi
 npm ci --no-audit --no-fund
 npm run build

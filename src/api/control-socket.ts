@@ -38,7 +38,17 @@ const pauseBody = { type: 'object', properties: { memory: bool } } as const;
 const addTemplateBody = {
   type: 'object',
   required: ['name'],
-  properties: { name: { type: 'string', minLength: 1 }, dir: str, image: str, ref: str, busybox: bool, base: bool, codeInterpreter: bool, config: obj },
+  properties: {
+    name: { type: 'string', minLength: 1 },
+    dir: str,
+    image: str,
+    ref: str,
+    registry: { type: 'object', required: ['username', 'password'], properties: { username: str, password: str }, additionalProperties: false },
+    busybox: bool,
+    base: bool,
+    codeInterpreter: bool,
+    config: obj,
+  },
 } as const;
 const buildBody = {
   type: 'object',
@@ -153,7 +163,15 @@ export function routes(api: LocalApi): FastifyInstance {
   app.get('/templates', async () => api.listTemplates());
   app.post('/templates', { schema: { body: addTemplateBody } }, async (req, reply) => {
     const b = req.body as { name: string; config?: Partial<TemplateConfig> } & TemplateSource;
-    const source = { dir: b.dir, busybox: b.busybox, base: b.base, codeInterpreter: b.codeInterpreter, image: b.image, ref: b.ref };
+    const source = {
+      dir: b.dir,
+      busybox: b.busybox,
+      base: b.base,
+      codeInterpreter: b.codeInterpreter,
+      image: b.image,
+      ref: b.ref,
+      ...(b.registry && { registry: b.registry }),
+    };
     return reply.code(201).send(await api.addTemplate(b.name, source, b.config));
   });
   app.post('/templates/build', { schema: { body: buildBody } }, async (req, reply) => {

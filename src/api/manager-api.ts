@@ -3,6 +3,7 @@ import { buildRecipe, type BuildResult, type Recipe } from '../builder/recipe.js
 import type { NetCounters } from '../network/network.js';
 import { egressPolicy, type EgressPolicy, type NetworkSettings } from '../network/policy.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
+import { importFromRegistry, type Credentials, type RegistrySettings } from '../template/image-source.js';
 import type { Template, TemplateConfig } from '../template/store.js';
 import { CubeboxError } from '../util/errors.js';
 
@@ -53,6 +54,7 @@ export interface ExecOpts {
 export interface TemplateSource {
   image?: string; // an OCI layout, docker save tarball or docker:// reference
   ref?: string; // which image in it
+  registry?: Credentials; // for a docker:// image (else the host's own logins)
   dir?: string; // a root filesystem directory or tarball
   busybox?: boolean;
   base?: boolean; // the Debian `base` template
@@ -64,7 +66,7 @@ export class LocalApi implements ManagerApi {
   constructor(
     readonly manager: SandboxManager,
     /** Where template builds keep what makes rebuilds fast (configuration's cache directory). */
-    private readonly opts: { cacheDir: string },
+    private readonly opts: { cacheDir: string; registry?: RegistrySettings },
   ) {}
   async create(req: CreateRequest) {
     return this.manager.create(req);
@@ -99,6 +101,10 @@ export class LocalApi implements ManagerApi {
   }
   async addTemplate(name: string, source: TemplateSource, config?: Partial<TemplateConfig>) {
     if (source.busybox) return this.manager.templates.addBusybox(name);
+    if (source.image?.startsWith('docker://')) {
+      const onProgress = (line: string) => this.manager.log.info({ template: name }, line);
+      return importFromRegistry(this.manager.templates, name, source.image, { credentials: source.registry, settings: this.opts.registry, onProgress });
+    }
     if (source.image) {
       return this.manager.templates.importImage(name, source.image, { ref: source.ref, onProgress: (line) => this.manager.log.info({ template: name }, line) });
     }

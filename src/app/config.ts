@@ -1,12 +1,14 @@
 // The node's configuration, read in one place: flags, then CUBEBOX_* variables, then defaults.
 // Nothing else in src/ reads the environment; every part is handed what it needs from here
 // (the composition root, app/node.ts, for `serve`; the CLI for its short-lived managers).
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { DEFAULT_CONNECTION_LIMITS } from '../api/server.js';
 import type { ConnectionLimits } from '../api/connection-guard.js';
 import { DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, parsePausedLifetime } from '../config.js';
 import { parseRuntimeName, runtimeNames, type RuntimeName } from '../runtime/registry.js';
 import type { PoolBounds } from '../sandbox/pool-sizer.js';
+import type { RegistrySettings } from '../template/oci/registry.js';
 import type { CreateLimits, ManagerOptions } from '../sandbox/types.js';
 import { CubeboxError, invalid } from '../util/errors.js';
 import { parseUpstreams, systemUpstreams, type Upstream } from '../network/dns.js';
@@ -29,10 +31,18 @@ export interface HostConfig {
   runtimeBinaries: Record<RuntimeName, string>;
   /** Per-call bound of runtime commands, ms (CUBEBOX_RUNTIME_TIMEOUT_MS). */
   runtimeTimeoutMs: number | undefined;
+  /** How registries are trusted for image pulls (--registry-ca, --insecure-registry). */
+  registry: RegistrySettings;
+}
+
+/** The flags every command may give for registries (serve's own, and the CLI's image import). */
+export interface RegistryFlags {
+  registryCa?: string;
+  insecureRegistry?: string[];
 }
 
 /** The configuration every command shares: the data directory (a flag or CUBEBOX_DATA_DIR) and the manager's settings. */
-export function hostConfig(flags: { dataDir?: string; runtime?: string } = {}, env: Env = process.env): HostConfig {
+export function hostConfig(flags: { dataDir?: string; runtime?: string } & RegistryFlags = {}, env: Env = process.env): HostConfig {
   const budget = Number(env.CUBEBOX_SANDBOX_PIDS_BUDGET);
   const binaries: Record<RuntimeName, string> = {};
   for (const name of runtimeNames()) {
@@ -49,7 +59,33 @@ export function hostConfig(flags: { dataDir?: string; runtime?: string } = {}, e
     pidsBudget: Number.isInteger(budget) && budget > 0 ? budget : undefined,
     runtimeBinaries: binaries,
     runtimeTimeoutMs: Number(env.CUBEBOX_RUNTIME_TIMEOUT_MS) || undefined,
+    registry: registrySettings(flags, env),
   };
+}
+
+/**
+ * Registry trust: a PEM bundle trusted besides the system's CAs (--registry-ca,
+ * CUBEBOX_REGISTRY_CA) and the host:port of registries reached over plain HTTP or unverified
+ * TLS (--insecure-registry, repeatable; CUBEBOX_INSECURE_REGISTRY, comma-separated). Default:
+ * the system's CAs, TLS verified everywhere.
+ */
+function registrySettings(flags: RegistryFlags, env: Env): RegistrySettings {
+  const caFile = flags.registryCa ?? (env.CUBEBOX_REGISTRY_CA || undefined);
+  if (caFile !== undefined) {
+    let pem = '';
+    try {
+      pem = readFileSync(caFile, 'utf8');
+    } catch (err) {
+      throw invalid(`cannot read the registry CA bundle ${caFile}: ${(err as Error).message}`);
+    }
+    if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw invalid(`the registry CA bundle ${caFile} holds no PEM certificate`);
+  }
+  const insecure = flags.insecureRegistry ?? (env.CUBEBOX_INSECURE_REGISTRY ?? '').split(',');
+  const hosts = insecure.map((h) => h.trim()).filter(Boolean);
+  for (const h of hosts) {
+    if (!/^(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::\d{1,5})?$/.test(h)) throw invalid(`bad insecure registry '${h}': give host or host:port`);
+  }
+  return { caFile: caFile && resolve(caFile), insecure: hosts };
 }
 
 /** The manager options a host configuration gives (the caller adds its logger and background work). */
@@ -80,7 +116,7 @@ function volumeSizeOf(text: string | undefined): number {
 }
 
 /** What `cubebox serve` is given on its command line; anything left out comes from the environment. */
-export interface ServeFlags {
+export interface ServeFlags extends RegistryFlags {
   dataDir?: string;
   host?: string;
   port?: string;

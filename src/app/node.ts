@@ -22,6 +22,7 @@ import { SandboxManager } from '../sandbox/manager.js';
 import { MetricsSampler } from '../sandbox/metrics.js';
 import { openSecretKey } from '../secrets/key.js';
 import { CODE_INTERPRETER_TEMPLATE } from '../template/code-interpreter.js';
+import type { RegistrySettings } from '../template/image-source.js';
 import { CubeboxError } from '../util/errors.js';
 import { raiseFdLimit } from '../util/fd-limit.js';
 import { Volumes } from '../volume/volumes.js';
@@ -67,7 +68,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     }
   }
   const sealingKey = openSecretKey(manager.paths.dataDir); // made on the first start; a key file that is not sound refuses the start
-  const control = new ControlServer(new LocalApi(manager, { cacheDir: config.cacheDir }), manager.paths.socket);
+  const control = new ControlServer(new LocalApi(manager, { cacheDir: config.cacheDir, registry: config.registry }), manager.paths.socket);
   await control.listen();
   if (config.buildBase && !manager.templates.find('base')) {
     logger.info('building the base template (first start; later starts reuse it)');
@@ -95,6 +96,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     connections,
     volumeSizeMB: config.volumeSizeMB,
     sealingKey: () => sealingKey,
+    registry: config.registry,
   });
   manager.setPool(config.pool);
   logger.info(
@@ -136,6 +138,8 @@ export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | '
   volumeSizeMB: number;
   /** The key that seals secrets (opened once at start). */
   sealingKey: () => Buffer;
+  /** How registries are trusted when template builds pull base images (templateFromImage's settings). */
+  registry?: RegistrySettings;
 }
 
 /**

@@ -54,7 +54,7 @@ async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>, 
       }
       throw err;
     }
-    const api = new LocalApi(manager, { cacheDir: config.cacheDir });
+    const api = new LocalApi(manager, { cacheDir: config.cacheDir, registry: config.registry });
     const server = new ControlServer(api, paths.socket);
     try {
       await server.listen();
@@ -64,6 +64,16 @@ async function withApi<T>(dataDir: string, fn: (api: ManagerApi) => Promise<T>, 
       await manager.close();
     }
   }
+}
+
+/** This command's stdin (a password: never on the command line), up to 64 KiB. */
+async function readStdin(): Promise<string> {
+  let text = '';
+  for await (const chunk of process.stdin) {
+    text += (chunk as Buffer).toString('utf8');
+    if (text.length > 65536) throw new CubeboxError('invalid_argument', 'stdin is longer than 64 KiB');
+  }
+  return text;
 }
 
 function parseEnv(pairs: string[] = []): Record<string, string> {
@@ -151,9 +161,11 @@ template
   .command('import <name> <source>')
   .description('import an OCI image: an OCI layout directory, a `docker save` tarball, or docker://<reference> (through skopeo)')
   .option('--ref <ref>', 'which image: a tag or digest in an OCI layout, repo:tag in a docker save')
-  .action(async (name: string, source: string, opts: { ref?: string }, cmd: Command) => {
+  .option('--username <user>', 'docker:// only: registry user, with the password read from stdin (default: the host logins)')
+  .action(async (name: string, source: string, opts: { ref?: string; username?: string }, cmd: Command) => {
     const image = source.startsWith('docker://') ? source : resolve(source);
-    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, { image, ref: opts.ref }));
+    const registry = opts.username ? { username: opts.username, password: (await readStdin()).replace(/\r?\n$/, '') } : undefined;
+    const t = await withApi(dataDirOf(cmd), (api) => api.addTemplate(name, { image, ref: opts.ref, registry }));
     console.log(t.id);
   });
 template
@@ -330,6 +342,8 @@ program
   .addOption(new Option('--header-timeout <s>', 'seconds a new connection may take to send its request headers (env CUBEBOX_HEADER_TIMEOUT, default 10)'))
   .addOption(new Option('--fd-reserve <n>', "file descriptors kept from connections for the service's own work (env CUBEBOX_FD_RESERVE, default 4096)"))
   .addOption(new Option('--shutdown-timeout <s>', 'seconds a graceful stop may take (env CUBEBOX_SHUTDOWN_TIMEOUT, default 20)'))
+  .addOption(new Option('--registry-ca <file>', 'PEM bundle trusted for image registries besides the system CAs (env CUBEBOX_REGISTRY_CA)'))
+  .addOption(new Option('--insecure-registry <host:port...>', 'registries pulled from over plain HTTP or unverified TLS (env CUBEBOX_INSECURE_REGISTRY)'))
   .action(async (opts: Omit<ServeFlags, 'dataDir'>, cmd: Command) => {
     const { serve } = await import('../app/serve.js');
     await serve({ ...opts, dataDir: (cmd.optsWithGlobals() as { dataDir?: string }).dataDir });

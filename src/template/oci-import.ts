@@ -31,6 +31,8 @@ export interface ImportOptions {
   signal?: AbortSignal;
   /** Registry pulls only: give up after this long (default: no limit beyond skopeo's own). */
   timeoutMs?: number;
+  /** Registry pulls only: skopeo's options for the source (auth file, certificates, TLS). */
+  pullArgs?: string[];
 }
 
 const PARALLEL_LAYERS = 3;

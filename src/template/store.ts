@@ -5,6 +5,7 @@ import type { Store, TemplateRow } from '../store/store.js';
 import { conflict, invalid, notFound } from '../util/errors.js';
 import { run, runOk } from '../util/exec.js';
 import { fillBusybox } from './busybox.js';
+import type { ImportOptions } from './oci-import.js';
 import { NAME_RE, randomId } from '../util/ids.js';
 
 /** Settings a template gives its sandboxes. */
@@ -224,10 +225,10 @@ export class TemplateStore {
    * reference): its layers become shared layer directories, its config the template's
    * settings (env, user, workdir, and entrypoint + cmd as the start command).
    */
-  async importImage(name: string, source: string, opts: { ref?: string; onProgress?: (line: string) => void } = {}): Promise<Template> {
-    this.checkNewName(name);
+  async importImage(name: string, source: string, opts: ImportOptions & { config?: Partial<TemplateConfig> } = {}): Promise<Template> {
+    this.checkNewName(name, opts.config?.team);
     const { importImage } = await import('./oci-import.js');
-    const image = await importImage(source, this.paths.layersDir, { ref: opts.ref, onProgress: opts.onProgress });
+    const image = await importImage(source, this.paths.layersDir, opts);
     const command = [...(image.config.entrypoint ?? []), ...(image.config.cmd ?? [])];
     const config: Partial<TemplateConfig> = {
       env: image.config.env,
@@ -235,6 +236,7 @@ export class TemplateStore {
       workdir: image.config.workdir || undefined,
       startCommand: command.length ? command.map(shellQuote).join(' ') : undefined,
       imageDigest: image.digest,
+      ...opts.config,
     };
     const row: TemplateRow = { id: randomId(20), name, layers: image.layerIds, config: JSON.stringify(config), createdAt: Date.now() };
     this.insert(row);

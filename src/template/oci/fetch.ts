@@ -5,8 +5,9 @@ import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { CubeboxError, invalid, notFound } from '../../util/errors.js';
+import { CubeboxError, invalid } from '../../util/errors.js';
 import { abortError } from './layer-blob.js';
+import { pullError, skopeo, skopeoGlobals } from './registry.js';
 
 // --- registries ---------------------------------------------------------------------------
 
@@ -16,46 +17,17 @@ function registryHost(ref: string): string {
   return name.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost') ? first : 'docker.io';
 }
 
-export async function pull(source: string, dir: string, opts: { signal?: AbortSignal; timeoutMs?: number }, progress: (l: string) => void): Promise<void> {
-  const args: string[] = [];
-  if (!existsSync('/etc/containers/policy.json')) args.push('--insecure-policy');
-  if (opts.timeoutMs) args.push('--command-timeout', `${Math.ceil(opts.timeoutMs / 1000)}s`);
-  args.push('copy', '--retry-times', '0', source, `oci:${dir}:import`);
-  const host = registryHost(source);
+/** Copies a `docker://` reference into an OCI layout at dir (tag `import`); args: the source's access options. */
+export async function pull(
+  source: string,
+  dir: string,
+  opts: { signal?: AbortSignal; timeoutMs?: number; pullArgs?: string[] },
+  progress: (l: string) => void,
+): Promise<void> {
+  const args = [...skopeoGlobals(opts.timeoutMs), 'copy', '--retry-times', '0', ...(opts.pullArgs ?? []), source, `oci:${dir}:import`];
   progress(`pulling ${source} with skopeo`);
-  const r = await new Promise<{ code: number | null; stderr: string; spawnErr?: Error }>((resolve) => {
-    const c = spawn('skopeo', args, { stdio: ['ignore', 'pipe', 'pipe'], signal: opts.signal });
-    let stderr = '';
-    let partial = '';
-    c.stdout.setEncoding('utf8').on('data', (d: string) => {
-      const lines = (partial + d).split('\n');
-      partial = lines.pop() ?? '';
-      for (const l of lines) if (l.trim()) progress(l.trim());
-    });
-    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-8000)));
-    c.on('error', (e) => resolve({ code: null, stderr, spawnErr: e }));
-    c.on('close', (code) => resolve({ code, stderr }));
-  });
-  if (opts.signal?.aborted) throw abortError(opts.signal);
-  if (r.spawnErr) throw new CubeboxError('unavailable', `cannot run skopeo to pull ${source} (install the skopeo package): ${r.spawnErr.message}`);
-  if (r.code === 0) return;
-  const last = r.stderr.trim().split('\n').filter(Boolean).slice(-1)[0];
-  const msg =
-    last
-      ?.replace(/^time="[^"]*" level=\w+ msg="?/, '')
-      .replace(/"$/, '')
-      .replace(/\\"/g, '"') ?? `skopeo exit ${r.code}`;
-  if (
-    /connection refused|no such host|network is unreachable|no route to host|i\/o timeout|TLS handshake timeout|dial tcp|server misbehaving|context deadline exceeded|connection reset|timed out|EOF$/i.test(
-      r.stderr,
-    )
-  ) {
-    throw new CubeboxError('unavailable', `cannot reach registry ${host} to pull ${source}: ${msg}`);
-  }
-  if (/x509|certificate|tls:/i.test(r.stderr)) throw new CubeboxError('unavailable', `cannot reach registry ${host} securely to pull ${source}: ${msg}`);
-  if (/manifest unknown|name unknown|not found/i.test(r.stderr)) throw notFound(`image ${source} not found in registry ${host}: ${msg}`);
-  if (/unauthorized|authentication required|denied|forbidden/i.test(r.stderr)) throw invalid(`registry ${host} refused access to ${source}: ${msg}`);
-  throw invalid(`cannot pull ${source}: ${msg}`);
+  const r = await skopeo(args, { signal: opts.signal, onLine: progress });
+  if (r.code !== 0) throw pullError(r, registryHost(source), source, opts.signal);
 }
 
 export async function sniffFile(path: string): Promise<'gzip' | 'zstd' | 'none'> {
