@@ -1,6 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { DEFAULT_RUNTIME } from '../runtime/registry.js';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { capabilitiesOf, DEFAULT_RUNTIME } from '../runtime/registry.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import type { BenchNode } from './harness.js';
 import { BareRuntime } from './bare.js';
@@ -15,11 +16,14 @@ export async function runtimeBench(node: BenchNode, iterations: number, log: (s:
   const dataDir = mkdtempSync('/var/tmp/cubebox-bench-');
   let m: SandboxManager | undefined;
   let bare: BareRuntime | undefined;
+  let toDisk = false;
   const t = { createBare: [] as number[], create: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   const b = { run: [] as number[], exec: [] as number[], pause: [] as number[], resume: [] as number[], delete: [] as number[] };
   try {
     m = await SandboxManager.open({ ...node.manager, dataDir, network: { ...node.manager.network, warmSlots: 4 } });
     const tpl = await m.templates.addBusybox('busybox');
+    // a runtime that checkpoints by itself pauses to disk (see sandbox/checkpoint.ts)
+    toDisk = capabilitiesOf(m.runtime.name).checkpoint === 'builtin';
 
     // bare runtime baseline: same binary, same wrapper, the busybox layer as a plain rootfs
     const br = (bare = new BareRuntime(m, dataDir, tpl.layers[0]!, node.manager.runtimeBinaries?.[m.runtime.name]));
@@ -28,8 +32,16 @@ export async function runtimeBench(node: BenchNode, iterations: number, log: (s:
       const cid = c.id;
       b.run.push(await timed(() => br.run(c)));
       b.exec.push(await timed(() => waitClose(br.runtime.exec(cid, ['/bin/true'], { stdio: 'ignore' }))));
-      b.pause.push(await timed(() => br.runtime.pause(cid)));
-      b.resume.push(await timed(() => br.runtime.resume(cid)));
+      if (toDisk) {
+        // what a pause to disk is made of, bare: checkpoint and delete, then restore
+        const image = join(c.bundle, 'checkpoint');
+        mkdirSync(image);
+        b.pause.push(await timed(async () => (await br.runtime.checkpoint(cid, image), await br.runtime.forceDelete(cid))));
+        b.resume.push(await timed(() => br.runtime.restore(cid, c.bundle, image, c.log)));
+      } else {
+        b.pause.push(await timed(() => br.runtime.pause(cid)));
+        b.resume.push(await timed(() => br.runtime.resume(cid)));
+      }
       b.delete.push(await timed(() => br.delete(cid)));
 
       let id = '';
@@ -57,8 +69,18 @@ export async function runtimeBench(node: BenchNode, iterations: number, log: (s:
     { name: 'sandbox create, no envd', medianMs: median(t.createBare), baselineName: `bare ${rt} run -d`, baselineMs: median(b.run) },
     { name: 'sandbox create', medianMs: median(t.create), baselineName: `bare ${rt} run -d`, baselineMs: median(b.run) },
     { name: 'sandbox exec true', medianMs: median(t.exec), baselineName: `bare ${rt} exec true`, baselineMs: median(b.exec) },
-    { name: 'sandbox pause', medianMs: median(t.pause), baselineName: `bare ${rt} pause`, baselineMs: median(b.pause) },
-    { name: 'sandbox resume', medianMs: median(t.resume), baselineName: `bare ${rt} resume`, baselineMs: median(b.resume) },
+    {
+      name: toDisk ? 'sandbox pause (to disk)' : 'sandbox pause',
+      medianMs: median(t.pause),
+      baselineName: toDisk ? `bare ${rt} checkpoint + delete` : `bare ${rt} pause`,
+      baselineMs: median(b.pause),
+    },
+    {
+      name: toDisk ? 'sandbox resume (from disk)' : 'sandbox resume',
+      medianMs: median(t.resume),
+      baselineName: toDisk ? `bare ${rt} restore` : `bare ${rt} resume`,
+      baselineMs: median(b.resume),
+    },
     { name: 'sandbox delete', medianMs: median(t.delete), baselineName: `bare ${rt} delete --force`, baselineMs: median(b.delete) },
   ];
 }
