@@ -28,7 +28,13 @@ export interface BuildLimits {
   maxLogLines: number;
 }
 
-export const DEFAULT_BUILD_LIMITS: BuildLimits = { maxQueuedPerTeam: 4, maxRunning: 2, buildTimeoutMs: 30 * 60_000, readyTimeoutMs: 120_000, maxLogLines: 10_000 };
+export const DEFAULT_BUILD_LIMITS: BuildLimits = {
+  maxQueuedPerTeam: 4,
+  maxRunning: 2,
+  buildTimeoutMs: 30 * 60_000,
+  readyTimeoutMs: 120_000,
+  maxLogLines: 10_000,
+};
 
 export interface BuildRequest {
   name: string;
@@ -134,9 +140,13 @@ export class TemplateBuilds {
     const steps = compileSteps(req, (hash) => this.files.source(b.team, hash));
     const queued = this.queue.filter((q) => q.row.team === b.team).length + [...this.running.keys()].filter((id) => this.repo.get(id)?.team === b.team).length;
     if (queued >= this.limits.maxQueuedPerTeam) {
-      throw new CubeboxError('busy', `the team has ${queued} builds waiting or running (at most ${this.limits.maxQueuedPerTeam}): try again when one has finished`, {
-        retryAfterSec: 10,
-      });
+      throw new CubeboxError(
+        'busy',
+        `the team has ${queued} builds waiting or running (at most ${this.limits.maxQueuedPerTeam}): try again when one has finished`,
+        {
+          retryAfterSec: 10,
+        },
+      );
     }
     this.queue.push({ row: b, steps, req });
     this.log(b.id, 'info', `build queued (${steps.length} steps)`);
@@ -170,7 +180,10 @@ export class TemplateBuilds {
   private async run(q: Queued, ctl: AbortController): Promise<void> {
     const { row } = q;
     const started = Date.now();
-    const timer = setTimeout(() => ctl.abort(new Error(`the build took longer than ${Math.round(this.limits.buildTimeoutMs / 1000)} s`)), this.limits.buildTimeoutMs);
+    const timer = setTimeout(
+      () => ctl.abort(new Error(`the build took longer than ${Math.round(this.limits.buildTimeoutMs / 1000)} s`)),
+      this.limits.buildTimeoutMs,
+    );
     this.repo.setStatus(row.id, 'building');
     const log = (level: LogLevel, message: string, step?: string) => this.log(row.id, level, message, step);
     const cfg = JSON.parse(row.config) as { cpuCount?: number; memoryMB?: number; tags?: string[] };
@@ -183,11 +196,15 @@ export class TemplateBuilds {
         if (from.name === 'code-interpreter-v1') await this.manager.templates.ensure(from.name);
       } else {
         log('info', `[base] ${base.image}`, 'base');
-        from = await this.baseImage({ image: base.image, registry: base.registry, team: row.team, onLog: (l) => log('info', l, 'base'), signal: ctl.signal }).catch(
-          (err: unknown) => {
-            throw new StepFailure('base', `the base image '${base.image}' could not be used: ${errorMessage(err)}`);
-          },
-        );
+        from = await this.baseImage({
+          image: base.image,
+          registry: base.registry,
+          team: row.team,
+          onLog: (l) => log('info', l, 'base'),
+          signal: ctl.signal,
+        }).catch((err: unknown) => {
+          throw new StepFailure('base', `the base image '${base.image}' could not be used: ${errorMessage(err)}`);
+        });
       }
       log('info', `[base] from template '${from.name}'`, 'base');
       const limits = { cpuCount: cfg.cpuCount, memoryMB: cfg.memoryMB };
@@ -203,8 +220,15 @@ export class TemplateBuilds {
         log,
       });
       made = r.made;
-      const config = { ...r.settings, team: row.team, ...(cfg.cpuCount ? { cpuCount: cfg.cpuCount } : {}), ...(cfg.memoryMB ? { memoryMB: cfg.memoryMB } : {}) };
-      const t = this.manager.templates.find(row.templateId) ? this.rebuild(row.templateId, r.top, config) : this.manager.templates.addDerived(row.name, r.top, config, row.templateId);
+      const config = {
+        ...r.settings,
+        team: row.team,
+        ...(cfg.cpuCount ? { cpuCount: cfg.cpuCount } : {}),
+        ...(cfg.memoryMB ? { memoryMB: cfg.memoryMB } : {}),
+      };
+      const t = this.manager.templates.find(row.templateId)
+        ? this.rebuild(row.templateId, r.top, config)
+        : this.manager.templates.addDerived(row.name, r.top, config, row.templateId);
       for (const tag of cfg.tags ?? []) this.manager.templates.addTag(t.id, tag);
       log('info', `[finalize] template '${row.name}' built in ${((Date.now() - started) / 1000).toFixed(1)} s`, 'finalize');
       this.repo.setStatus(row.id, 'ready', { finishedAt: Date.now() });
@@ -223,9 +247,24 @@ export class TemplateBuilds {
   /** The template built again in place (same id, names, tags and public flag): the new layers and settings. */
   private rebuild(id: string, top: Template, config: Partial<TemplateConfig>): Template {
     const old = this.manager.templates.get(id).config;
-    const { cacheKey: _k, buildStep: _b, snapshotOf: _s, takenAt: _t, ephemeral: _e, aliases: _a, tags: _g, tagsAt: _ta, public: _p, ...inherited } = top.config;
+    const {
+      cacheKey: _k,
+      buildStep: _b,
+      snapshotOf: _s,
+      takenAt: _t,
+      ephemeral: _e,
+      aliases: _a,
+      tags: _g,
+      tagsAt: _ta,
+      public: _p,
+      ...inherited
+    } = top.config;
     const settings = { ...inherited, ...config, parent: top.id, aliases: old.aliases, tags: old.tags, tagsAt: old.tagsAt, team: old.team, public: old.public };
-    this.manager.store.replaceTemplate(id, top.layers.map((l) => basename(l)), JSON.stringify(settings));
+    this.manager.store.replaceTemplate(
+      id,
+      top.layers.map((l) => basename(l)),
+      JSON.stringify(settings),
+    );
     return this.manager.templates.get(id);
   }
 
@@ -234,7 +273,8 @@ export class TemplateBuilds {
     const n = (this.logCount.get(id) ?? 0) + 1;
     this.logCount.set(id, n);
     if (n > this.limits.maxLogLines) {
-      if (n === this.limits.maxLogLines + 1) this.repo.log(id, { at: Date.now(), level: 'warn', step: step ?? null, message: 'further log lines of this build are dropped' });
+      if (n === this.limits.maxLogLines + 1)
+        this.repo.log(id, { at: Date.now(), level: 'warn', step: step ?? null, message: 'further log lines of this build are dropped' });
       if (level !== 'error') return;
     }
     this.repo.log(id, { at: Date.now(), level, step: step ?? null, message: message.slice(0, 8192) });

@@ -40,7 +40,11 @@ export function describeStep(s: BuildStep): string {
     case 'copy':
       return short(`COPY ${s.src} ${s.dest}${s.owner ? ` (owner ${s.owner})` : ''}${s.mode ? ` (mode ${s.mode})` : ''}`);
     case 'env':
-      return short(`ENV ${Object.entries(s.env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+      return short(
+        `ENV ${Object.entries(s.env)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(' ')}`,
+      );
     case 'workdir':
       return `WORKDIR ${s.dir}`;
     case 'user':

@@ -87,7 +87,11 @@ export class TarReader {
         this.ended = true;
         return undefined;
       }
-      const str = (off: number, len: number) => h.subarray(off, off + len).toString('utf8').replace(/\0.*$/s, '');
+      const str = (off: number, len: number) =>
+        h
+          .subarray(off, off + len)
+          .toString('utf8')
+          .replace(/\0.*$/s, '');
       const size = parseInt(str(124, 12).trim() || '0', 8);
       if (!Number.isFinite(size) || size < 0) return 'the upload is not a tar archive (a header is damaged)';
       const type = String.fromCharCode(h[156] || 0x30);
@@ -107,7 +111,8 @@ export class TarReader {
       const clean = path.replace(/^(\.\/)+/, '').replace(/\/+$/, '');
       if (clean !== '' && clean !== '.' && !insideContext(clean)) return `the upload has a path outside the build context: '${path.slice(0, 200)}'`;
       if (type === '1' && !insideContext(link.replace(/^(\.\/)+/, ''))) return `the upload has a hard link outside the build context: '${path.slice(0, 200)}'`;
-      if (!['0', '\0', '1', '2', '5', '7'].includes(type)) return `the upload has an entry of a kind builds do not take (type '${type}'): '${path.slice(0, 200)}'`;
+      if (!['0', '\0', '1', '2', '5', '7'].includes(type))
+        return `the upload has an entry of a kind builds do not take (type '${type}'): '${path.slice(0, 200)}'`;
       if (++this.entries > this.limits.maxEntries) return `the upload has more than ${this.limits.maxEntries} entries`;
       this.bytes += size;
       if (this.bytes > this.limits.maxBytes) return `the upload unpacks to more than ${Math.round(this.limits.maxBytes / 1048576)} MiB`;

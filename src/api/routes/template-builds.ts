@@ -70,16 +70,17 @@ export function registerTemplateBuildRoutes(app: FastifyInstance, ctx: RouteCont
     if (!ours) throw notFound(`template '${req.params.templateID}' not found`);
     const present = builds.files.present(caller.team, req.params.hash);
     const origin = `${req.protocol}://${req.headers.host ?? req.hostname}`;
-    return reply.code(201).send({ present, url: `${origin}${UPLOAD_PREFIX}${builds.files.token(caller.team, req.params.hash)}` });
+    const token = builds.files.token(caller.team, req.params.hash);
+    return reply.code(201).send({ present, url: `${origin}${UPLOAD_PREFIX}${req.params.hash}?token=${token}` });
   });
 
   app.register(async (sub) => {
     // the upload stays a stream: never parsed, never buffered (BuildFiles bounds and checks it)
     sub.removeAllContentTypeParsers();
     sub.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
-    sub.put<BuildReq>(`${UPLOAD_PREFIX}:token`, async (req, reply) => {
-      const t = builds.files.verify(req.params.token);
-      if (!t) return sendError(reply, 403, 'this upload link is not valid (or has expired): ask for a new one');
+    sub.put<BuildReq>(`${UPLOAD_PREFIX}:hash`, async (req, reply) => {
+      const t = builds.files.verify(one(req.query.token) ?? '');
+      if (!t || t.hash !== req.params.hash) return sendError(reply, 403, 'this upload link is not valid (or has expired): ask for a new one');
       await builds.files.receive(t.team, t.hash, (req.body as Readable | undefined) ?? req.raw);
       return reply.code(201).send();
     });
@@ -99,7 +100,13 @@ export function registerTemplateBuildRoutes(app: FastifyInstance, ctx: RouteCont
     const min = levelOf(req.query);
     // read the status first: a ready or failed build has written all its lines by then
     const status = builds.current(b);
-    const lines = min === 0 ? builds.logs(b, offset, limit) : builds.logs(b, 0, 100_000).filter((l) => LEVELS.indexOf(l.level) >= min).slice(offset, offset + limit);
+    const lines =
+      min === 0
+        ? builds.logs(b, offset, limit)
+        : builds
+            .logs(b, 0, 100_000)
+            .filter((l) => LEVELS.indexOf(l.level) >= min)
+            .slice(offset, offset + limit);
     const body: Record<string, unknown> = { buildID: b.id, templateID: b.templateId, status: status.status, logEntries: lines.map(entry), logs: [] };
     if (status.status === 'error') {
       const tail = builds.logs(b, 0, 100_000).slice(-20);
@@ -117,7 +124,11 @@ export function registerTemplateBuildRoutes(app: FastifyInstance, ctx: RouteCont
     const min = levelOf(req.query);
     let lines = builds.logs(b, 0, 100_000).filter((l) => LEVELS.indexOf(l.level) >= min);
     if (direction === 'forward') lines = lines.filter((l) => l.at >= cursor).slice(0, limit);
-    else lines = lines.filter((l) => !cursor || l.at <= cursor).reverse().slice(0, limit);
+    else
+      lines = lines
+        .filter((l) => !cursor || l.at <= cursor)
+        .reverse()
+        .slice(0, limit);
     return { logs: lines.map(entry) };
   });
 

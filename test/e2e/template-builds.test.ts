@@ -1,0 +1,181 @@
+// E2B's template build API against a real `cubebox serve`, driven by the published SDK
+// (Template().build) the way a user does: every step type, files with owner, mode and a
+// symlink, the layer cache, a start command, failures that report their output and leave
+// nothing, build status and logs while a build runs, and requests that are refused.
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { openPaths } from '../../src/config.js';
+import { Store } from '../../src/store/store.js';
+import { destroyInstance } from '../helpers/instance.js';
+import { sdkService, type E2B, type Service } from '../helpers/service.js';
+
+let e2b: E2B;
+let svc: Service;
+let dataDir: string;
+let key: string;
+let ctx: string;
+const made: { kill(): Promise<unknown> }[] = [];
+
+async function api(method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const r = await fetch(`${svc.url}${path}`, {
+    method,
+    headers: { 'x-api-key': key, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    body: body !== undefined ? JSON.stringify(body) : undefined,
+  });
+  const text = await r.text();
+  return { status: r.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
+
+/** The SDK's build errors carry the caller's stack in place of their own: keep the message. */
+const withMessage = (err: Error) => {
+  throw new Error(`${err.name}: ${err.message}`);
+};
+
+/** Templates and build layers in the store whose name starts with the prefix. */
+function storedTemplates(prefix: string): string[] {
+  const store = new Store(openPaths(dataDir, false).db);
+  try {
+    return store
+      .listTemplates()
+      .filter((t) => t.name.startsWith(prefix))
+      .map((t) => t.name);
+  } finally {
+    store.close();
+  }
+}
+
+describe('template builds through the E2B SDK', { timeout: 900_000 }, () => {
+  before(async () => {
+    ({ svc, dataDir, key, e2b } = await sdkService({ CUBEBOX_POOL: '', CUBEBOX_BUILD_READY_TIMEOUT_SEC: '4' }));
+    ctx = mkdtempSync('/var/tmp/cubebox-tplctx-');
+    mkdirSync(join(ctx, 'app'));
+    writeFileSync(join(ctx, 'app', 'hello.txt'), 'hello from the context\n');
+    writeFileSync(join(ctx, 'app', 'old.txt'), 'renamed\n');
+    writeFileSync(join(ctx, 'app', 'junk.txt'), 'removed\n');
+    symlinkSync('hello.txt', join(ctx, 'app', 'link'));
+  });
+  after(async () => {
+    for (const s of made) await s.kill().catch(() => {});
+    await svc.stop();
+    await destroyInstance(undefined, dataDir);
+    rmSync(ctx, { recursive: true, force: true });
+  });
+
+  const appTemplate = () =>
+    e2b
+      .Template({ fileContextPath: ctx })
+      .fromTemplate('base')
+      .setEnvs({ MODE: 'prod' })
+      .copy('app', '/home/user/app', { mode: 0o750 })
+      .runCmd('id -un > /home/user/who-root', { user: 'root' })
+      .runCmd('git init -q /home/user/repo && git -C /home/user/repo -c user.name=t -c user.email=t@t commit -q --allow-empty -m first')
+      .makeDir('/home/user/data/sub')
+      .makeSymlink('/home/user/app/hello.txt', '/home/user/hello-link')
+      .remove('/home/user/app/junk.txt')
+      .rename('/home/user/app/old.txt', '/home/user/app/new.txt')
+      .gitClone('file:///home/user/repo', '/home/user/clone')
+      .setWorkdir('/home/user/app')
+      .setUser('user')
+      .setStartCmd('echo started > /tmp/started; sleep infinity', e2b.waitForFile('/tmp/started'));
+
+  it('builds every step type from a template; sandboxes see files, env, user, workdir and the start command; a rebuild is cached', async () => {
+    const logs: string[] = [];
+    const built = await e2b.Template.build(appTemplate(), 'tb-app', { cpuCount: 1, memoryMB: 512, onBuildLogs: (l) => logs.push(l.message) }).catch(
+      withMessage,
+    );
+    assert.ok(built.templateId && built.buildId);
+    assert.ok(
+      logs.some((l) => /\[3\/\d+\] RUN id -un/.test(l)),
+      logs.join('\n'),
+    );
+    assert.ok(
+      logs.some((l) => /done in [\d.]+ s/.test(l)),
+      logs.join('\n'),
+    );
+
+    const sbx = await e2b.Sandbox.create('tb-app');
+    made.push(sbx);
+    const run = async (cmd: string) => (await sbx.commands.run(cmd)).stdout;
+    assert.equal(await run('cat /home/user/app/hello.txt'), 'hello from the context\n');
+    assert.equal(await run('stat -c "%U %a" /home/user/app/hello.txt'), 'user 750\n');
+    assert.equal(await run('readlink /home/user/app/link'), 'hello.txt\n');
+    assert.equal(await run('echo "$MODE $(whoami) $(pwd)"'), 'prod user /home/user/app\n');
+    assert.equal(await run('cat /home/user/who-root /home/user/app/new.txt /home/user/hello-link'), 'root\nrenamed\nhello from the context\n');
+    assert.equal(await run('test -d /home/user/data/sub && test ! -e /home/user/app/junk.txt && git -C /home/user/clone log --format=%s'), 'first\n');
+    assert.equal(await run('cat /tmp/started'), 'started\n', 'the start command ran before create returned');
+    await sbx.kill();
+
+    // the same template again: every layer from the cache, same template id
+    const again: string[] = [];
+    const second = await e2b.Template.build(appTemplate(), 'tb-app', { onBuildLogs: (l) => again.push(l.message) }).catch(withMessage);
+    assert.equal(second.templateId, built.templateId);
+    assert.ok(
+      again.some((l) => l.startsWith('CACHED [3/')),
+      again.join('\n'),
+    );
+    assert.ok(!again.some((l) => /done in/.test(l)), again.join('\n'));
+    assert.equal(await e2b.Template.exists('tb-app'), true);
+  });
+
+  it('a failing runCmd reports its output in the SDK error and leaves nothing', async () => {
+    const t = e2b.Template().fromImage('e2bdev/base').runCmd('echo made > /tmp/x').runCmd('echo marker-output-xyz; exit 3');
+    await assert.rejects(e2b.Template.build(t, 'tb-fail'), (err: Error) => {
+      assert.match(err.message, /exit 3/);
+      assert.match(err.message, /marker-output-xyz/);
+      return true;
+    });
+    assert.equal(await e2b.Template.exists('tb-fail'), false);
+    assert.deepEqual(storedTemplates('tb-fail'), [], 'no template rows or layers');
+  });
+
+  it('reports status and logs while a build runs', async () => {
+    const t = e2b.Template().fromTemplate('base').runCmd('echo begun; sleep 2; echo finished-step');
+    const info = await e2b.Template.buildInBackground(t, 'tb-bg');
+    const seen = new Set<string>();
+    let status = await e2b.Template.getBuildStatus(info);
+    for (let i = 0; i < 300 && (status.status === 'building' || status.status === 'waiting'); i++) {
+      seen.add(status.status);
+      await new Promise((r) => setTimeout(r, 100));
+      status = await e2b.Template.getBuildStatus(info);
+    }
+    assert.equal(status.status, 'ready');
+    assert.ok(seen.has('building'), [...seen].join());
+    const logs = await api('GET', `/templates/${info.templateId}/builds/${info.buildId}/logs?limit=1000`);
+    const messages = (logs.json.logs as { message: string }[]).map((l) => l.message);
+    assert.ok(messages.includes('finished-step'), messages.join('\n'));
+    const offset = await api('GET', `/templates/${info.templateId}/builds/${info.buildId}/status?logsOffset=2&limit=1`);
+    assert.equal((offset.json.logEntries as unknown[]).length, 1);
+  });
+
+  it('refuses bad requests with a message naming the cause, and leaves nothing', async () => {
+    const start = async (steps: unknown[], extra: Record<string, unknown> = {}) => {
+      const r = await api('POST', '/v3/templates', { name: 'tb-bad' });
+      assert.equal(r.status, 202, JSON.stringify(r.json));
+      return api('POST', `/v2/templates/${r.json.templateID as string}/builds/${r.json.buildID as string}`, { fromTemplate: 'base', steps, ...extra });
+    };
+    let r = await start([{ type: 'FROB', args: ['x'] }]);
+    assert.equal(r.status, 400);
+    assert.match(r.json.message as string, /unknown step type 'FROB'/);
+    r = await start([{ type: 'COPY', args: ['app', '/x'], filesHash: 'a'.repeat(64) }]);
+    assert.equal(r.status, 400);
+    assert.match(r.json.message as string, /never uploaded/);
+    r = await start([{ type: 'COPY', args: ['../etc', '/x'], filesHash: 'a'.repeat(64) }]);
+    assert.equal(r.status, 400);
+    assert.match(r.json.message as string, /outside the build context/);
+    r = await start([], { fromTemplate: 'no-such-template' });
+    assert.equal(r.status, 400);
+    assert.match(r.json.message as string, /no-such-template/);
+    const reserved = await api('POST', '/v3/templates', { name: 'base' });
+    assert.equal(reserved.status, 409);
+
+    const aws = e2b.Template().fromAWSRegistry('123.dkr.ecr.us-east-1.amazonaws.com/x:1', { accessKeyId: 'a', secretAccessKey: 'b', region: 'us-east-1' });
+    await assert.rejects(e2b.Template.build(aws, 'tb-aws'), /type 'aws' is not supported/);
+
+    const never = e2b.Template().fromTemplate('base').runCmd('echo layer').setStartCmd('sleep infinity', 'false');
+    await assert.rejects(e2b.Template.build(never, 'tb-never'), /did not become ready/);
+    assert.deepEqual(storedTemplates('tb-never'), []);
+    assert.deepEqual(storedTemplates('tb-bad'), []);
+  });
+});
