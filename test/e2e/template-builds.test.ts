@@ -3,13 +3,17 @@
 // symlink, the layer cache, a start command, failures that report their output and leave
 // nothing, build status and logs while a build runs, and requests that are refused.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { openPaths } from '../../src/config.js';
 import { Store } from '../../src/store/store.js';
 import { destroyInstance } from '../helpers/instance.js';
-import { sdkService, type E2B, type Service } from '../helpers/service.js';
+import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
+
+const E2B_CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'node_modules', '.bin', 'e2b');
 
 let e2b: E2B;
 let svc: Service;
@@ -26,6 +30,25 @@ async function api(method: string, path: string, body?: unknown): Promise<{ stat
   });
   const text = await r.text();
   return { status: r.status, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
+
+/** The published E2B CLI in a directory, with only the environment a user would set. */
+function e2bCli(cwd: string, args: string[]): Promise<{ code: number | null; out: string }> {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('E2B_')) env[k] = v;
+  Object.assign(env, { E2B_API_KEY: key, E2B_API_URL: svc.url, E2B_SANDBOX_URL: svc.url, HOME: ctx, NO_UPDATE_NOTIFIER: '1', NO_COLOR: '1' });
+  return new Promise((resolve, reject) => {
+    const child = spawn(E2B_CLI, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, out });
+    });
+  });
 }
 
 /** The SDK's build errors carry the caller's stack in place of their own: keep the message. */
@@ -177,5 +200,60 @@ describe('template builds through the E2B SDK', { timeout: 900_000 }, () => {
     await assert.rejects(e2b.Template.build(never, 'tb-never'), /did not become ready/);
     assert.deepEqual(storedTemplates('tb-never'), []);
     assert.deepEqual(storedTemplates('tb-bad'), []);
+  });
+
+  it('the published CLI builds a Dockerfile (FROM e2bdev/base, RUN, COPY, ENV, WORKDIR, USER) and lists the template', async () => {
+    const dir = join(ctx, 'cli');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'notes.txt'), 'copied by the CLI\n');
+    writeFileSync(
+      join(dir, 'e2b.Dockerfile'),
+      [
+        'FROM e2bdev/base',
+        'RUN mkdir -p /srv/app && echo ran > /srv/app/ran.txt',
+        'COPY notes.txt /srv/app/notes.txt',
+        'ENV STAGE=cli',
+        'WORKDIR /srv/app',
+        'USER user',
+        '',
+      ].join('\n'),
+    );
+    const r = await e2bCli(dir, ['template', 'create', 'tb-cli', '--dockerfile', 'e2b.Dockerfile', '--cpu-count', '1', '--memory-mb', '512']);
+    assert.equal(r.code, 0, r.out);
+    const list = await e2bCli(dir, ['template', 'list']);
+    assert.equal(list.code, 0, list.out);
+    assert.match(list.out, /tb-cli/);
+    const sbx = await e2b.Sandbox.create('tb-cli');
+    made.push(sbx);
+    const out = await sbx.commands.run('cat ran.txt notes.txt; echo "$STAGE $(whoami) $(pwd)"');
+    assert.equal(out.stdout, 'ran\ncopied by the CLI\ncli user /srv/app\n');
+    await sbx.kill();
+
+    writeFileSync(join(dir, 'multi.Dockerfile'), 'FROM e2bdev/base AS one\nRUN true\nFROM e2bdev/base\nRUN true\n');
+    const multi = await e2bCli(dir, ['template', 'create', 'tb-multi', '--dockerfile', 'multi.Dockerfile']);
+    assert.notEqual(multi.code, 0);
+    assert.match(multi.out, /Multi-stage/);
+  });
+
+  it('a build under way when the service stops is failed with the reason after the restart, its sandboxes gone', async () => {
+    const t = e2b.Template().fromTemplate('base').runCmd('sleep 600');
+    const info = await e2b.Template.buildInBackground(t, 'tb-restart');
+    for (let i = 0; i < 100 && (await e2b.Template.getBuildStatus(info)).status !== 'building'; i++) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 1000)); // the step's sandbox is up
+    await svc.crash();
+    svc = await startService(dataDir, { env: { CUBEBOX_POOL: '' } });
+    process.env.E2B_API_URL = svc.url;
+    process.env.E2B_SANDBOX_URL = svc.url;
+    const after = await e2b.Template.getBuildStatus(info);
+    assert.equal(after.status, 'error');
+    assert.match(after.reason?.message ?? '', /interrupted by a restart/);
+    assert.deepEqual(storedTemplates('tb-restart'), []);
+    const store = new Store(openPaths(dataDir, false).db);
+    try {
+      const left = store.listSandboxes().filter((r) => (JSON.parse(r.spec) as { metadata?: Record<string, string> }).metadata?.['cubebox.build']);
+      assert.deepEqual(left, [], 'the build sandbox of the interrupted build is gone');
+    } finally {
+      store.close();
+    }
   });
 });
