@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { openPaths } from '../../src/config.js';
 import { Store } from '../../src/store/store.js';
-import { destroyInstance } from '../helpers/instance.js';
+import { cli, destroyInstance } from '../helpers/instance.js';
 import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
 
 const E2B_CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'node_modules', '.bin', 'e2b');
@@ -255,5 +255,20 @@ describe('template builds through the E2B SDK', { timeout: 900_000 }, () => {
     } finally {
       store.close();
     }
+  });
+
+  it('the host CLI builds a recipe with the same builder, printing numbered steps and the time taken', async () => {
+    const recipe = join(ctx, 'recipe.json');
+    writeFileSync(
+      recipe,
+      JSON.stringify({ from: 'base', steps: [{ run: 'echo host > /tmp/host.txt' }, { copy: { src: 'app', dest: '/opt/app' } }, { env: { HOST: '1' } }] }),
+    );
+    const r = await cli(dataDir, ['template', 'build', 'tb-host', '--recipe', recipe]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /\[1\/3\] built +RUN echo host/);
+    assert.match(r.stderr, /\[2\/3\] built +COPY app \/opt\/app/);
+    assert.match(r.stderr, /built 'tb-host' in [\d.]+ s/);
+    const again = await cli(dataDir, ['template', 'build', 'tb-host2', '--recipe', recipe]);
+    assert.match(again.stderr, /\[1\/3\] cached +RUN echo host/);
   });
 });
