@@ -208,7 +208,11 @@ async function execCollect(
   signal?.addEventListener('abort', kill, { once: true });
   try {
     const code = await new Promise<number>((resolve) => child.on('close', (c, s) => resolve(c ?? (s ? 137 : 1))));
-    for (const rest of [partial.out, partial.err]) if (rest.trim()) (lines.push(rest.slice(0, 4096)), onLine(rest.slice(0, 4096)));
+    for (const rest of [partial.out, partial.err]) {
+      if (!rest.trim()) continue;
+      lines.push(rest.slice(0, 4096));
+      onLine(rest.slice(0, 4096));
+    }
     signal?.throwIfAborted();
     return { code, lines };
   } finally {
