@@ -196,6 +196,10 @@ describe('template builds through the E2B SDK', { timeout: 900_000 }, () => {
     const aws = e2b.Template().fromAWSRegistry('123.dkr.ecr.us-east-1.amazonaws.com/x:1', { accessKeyId: 'a', secretAccessKey: 'b', region: 'us-east-1' });
     await assert.rejects(e2b.Template.build(aws, 'tb-aws'), /type 'aws' is not supported/);
 
+    // any other image goes through the registry import: whatever it answers, the build names the image
+    await assert.rejects(e2b.Template.build(e2b.Template().fromImage('python:3.12').runCmd('true'), 'tb-image').catch(withMessage), /python:3\.12/);
+    assert.deepEqual(storedTemplates('tb-image'), []);
+
     const never = e2b.Template().fromTemplate('base').runCmd('echo layer').setStartCmd('sleep infinity', 'false');
     await assert.rejects(e2b.Template.build(never, 'tb-never'), /did not become ready/);
     assert.deepEqual(storedTemplates('tb-never'), []);
