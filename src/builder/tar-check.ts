@@ -87,6 +87,10 @@ export class TarReader {
         this.ended = true;
         return undefined;
       }
+      let sum = 0;
+      for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 32 : h[i]!;
+      const stored = parseInt(h.subarray(148, 156).toString('latin1').replace(/\0.*$/s, '').trim(), 8);
+      if (stored !== sum) return 'the upload is not a tar archive (a header checksum is wrong)';
       const str = (off: number, len: number) =>
         h
           .subarray(off, off + len)
@@ -122,7 +126,8 @@ export class TarReader {
 
   /** Undefined when the archive ended well. */
   finish(): string | undefined {
-    if (this.skip > 0 || this.collect) return 'the upload is not a whole tar archive (it ends inside an entry)';
+    if (this.skip > 0 || this.collect || (!this.ended && this.buf.length > 0)) return 'the upload is not a whole tar archive (it ends inside an entry)';
+    if (!this.ended && this.entries === 0) return 'the upload is not a tar archive (no entries)';
     return undefined;
   }
 }

@@ -142,6 +142,33 @@ describe('template builds through the E2B SDK', { timeout: 900_000 }, () => {
     assert.equal(await e2b.Template.exists('tb-app'), true);
   });
 
+  it("keeps a team's builds, files and templates its own", async () => {
+    const other = await cli(dataDir, ['keys', 'create', '--name', 'other', '--team', 'tb-other-team']);
+    assert.equal(other.code, 0, other.stderr);
+    const otherKey = other.stdout.trim().split('\n').pop()!.trim();
+    const mine = await api('POST', '/v3/templates', { name: 'tb-own' });
+    const as = (method: string, path: string, body?: unknown) =>
+      fetch(`${svc.url}${path}`, {
+        method,
+        headers: { 'x-api-key': otherKey, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    const { templateID, buildID } = mine.json as { templateID: string; buildID: string };
+    assert.equal((await as('GET', `/templates/${templateID}/builds/${buildID}/status`)).status, 404);
+    assert.equal((await as('POST', `/v2/templates/${templateID}/builds/${buildID}`, { fromTemplate: 'base', steps: [] })).status, 404);
+    assert.equal((await as('GET', `/templates/${templateID}/files/${'a'.repeat(64)}`)).status, 404);
+    // the same name in another team is that team's own template
+    const theirs = await as('POST', '/v3/templates', { name: 'tb-own' });
+    assert.equal(theirs.status, 202);
+    assert.notEqual(((await theirs.json()) as { templateID: string }).templateID, templateID);
+    // an upload link is for its team and hash only
+    const link = (await api('GET', `/templates/${templateID}/files/${'b'.repeat(64)}`)).json as { url: string; present: boolean };
+    assert.equal(link.present, false);
+    const forged = link.url.replace('b'.repeat(64), 'c'.repeat(64));
+    assert.equal((await fetch(forged, { method: 'PUT', body: 'x' })).status, 403);
+    assert.equal((await fetch(link.url, { method: 'PUT', body: 'not a tar at all, long enough to fill a header? no' })).status, 400);
+  });
+
   it('a failing runCmd reports its output in the SDK error and leaves nothing', async () => {
     const t = e2b.Template().fromImage('e2bdev/base').runCmd('echo made > /tmp/x').runCmd('echo marker-output-xyz; exit 3');
     await assert.rejects(e2b.Template.build(t, 'tb-fail'), (err: Error) => {

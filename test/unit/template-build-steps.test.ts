@@ -117,12 +117,14 @@ describe('template build steps', () => {
     assert.equal(check(tarOf('app/link', '2', '', '/etc/passwd')), undefined, 'a symlink only points inside the build sandbox');
   });
 
-  it('refuses tars with paths or hard links outside the context, devices, or a cut-off entry', () => {
+  it('refuses tars with paths or hard links outside the context, devices, a cut-off entry, or what is no tar', () => {
     assert.match(check(tarOf('../evil', '0', 'x'))!, /outside the build context/);
     assert.match(check(tarOf('/etc/cron.d/x', '0', 'x'))!, /outside the build context/);
     assert.match(check(tarOf('app/../../x', '0', 'x'))!, /outside the build context/);
     assert.match(check(tarOf('app/h', '1', '', '../../etc/shadow'))!, /hard link outside/);
     assert.match(check(tarOf('dev/sda', '3'))!, /kind builds do not take/);
+    assert.match(check(Buffer.from('not a tar at all'))!, /not a (whole )?tar archive/);
+    assert.match(check(Buffer.alloc(512, 'x'))!, /checksum is wrong/);
     const whole = tarOf('app/big', '0', 'x'.repeat(2000));
     assert.match(check(whole.subarray(0, 1024))!, /ends inside an entry/);
   });
