@@ -150,7 +150,7 @@ describe('template builds through the E2B SDK', { timeout: 900_000 }, () => {
     const as = (method: string, path: string, body?: unknown) =>
       fetch(`${svc.url}${path}`, {
         method,
-        headers: { 'x-api-key': otherKey, 'content-type': 'application/json' },
+        headers: { 'x-api-key': otherKey, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     const { templateID, buildID } = mine.json as { templateID: string; buildID: string };
@@ -167,6 +167,46 @@ describe('template builds through the E2B SDK', { timeout: 900_000 }, () => {
     const forged = link.url.replace('b'.repeat(64), 'c'.repeat(64));
     assert.equal((await fetch(forged, { method: 'PUT', body: 'x' })).status, 403);
     assert.equal((await fetch(link.url, { method: 'PUT', body: 'not a tar at all, long enough to fill a header? no' })).status, 400);
+
+    // E2B's public flag: another team may then start sandboxes of the template, by its id
+    const app = (await api('GET', '/templates/tb-app')).json as { templateID: string };
+    assert.equal((await as('POST', '/sandboxes', { templateID: app.templateID })).status, 404);
+    assert.equal((await api('PATCH', `/v2/templates/${app.templateID}`, { public: true })).status, 200);
+    const created = await as('POST', '/sandboxes', { templateID: app.templateID });
+    assert.equal(created.status, 201);
+    const sandboxID = ((await created.json()) as { sandboxID: string }).sandboxID;
+    assert.equal((await as('DELETE', `/sandboxes/${sandboxID}`)).status, 204);
+    assert.equal((await as('PATCH', `/v2/templates/${app.templateID}`, { public: false })).status, 403, 'only its team changes it');
+    assert.equal((await api('PATCH', `/templates/${app.templateID}`, { public: false })).status, 200);
+  });
+
+  it('refuses a second build of a name under way (409) and builds past the team bound (429)', async () => {
+    const slow = await e2b.Template.buildInBackground(e2b.Template().fromTemplate('base').runCmd('sleep 3'), 'tb-q0');
+    assert.equal((await api('POST', '/v3/templates', { name: 'tb-q0' })).status, 409);
+    const queued = [slow];
+    for (let i = 1; i < 4; i++)
+      queued.push(
+        await e2b.Template.buildInBackground(
+          e2b
+            .Template()
+            .fromTemplate('base')
+            .setEnvs({ Q: String(i) }),
+          `tb-q${i}`,
+        ),
+      );
+    // (the SDK itself waits out a 429 with Retry-After: asked directly, the bound answers)
+    const fifth = await api('POST', '/v3/templates', { name: 'tb-q4' });
+    const refused = await api('POST', `/v2/templates/${fifth.json.templateID as string}/builds/${fifth.json.buildID as string}`, {
+      fromTemplate: 'base',
+      steps: [],
+    });
+    assert.equal(refused.status, 429);
+    assert.match(refused.json.message as string, /builds waiting or running/);
+    for (const b of queued) {
+      for (let i = 0; i < 300 && ['building', 'waiting'].includes((await e2b.Template.getBuildStatus(b)).status); i++)
+        await new Promise((r) => setTimeout(r, 100));
+      assert.equal((await e2b.Template.getBuildStatus(b)).status, 'ready');
+    }
   });
 
   it('a failing runCmd reports its output in the SDK error and leaves nothing', async () => {
