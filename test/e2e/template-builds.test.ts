@@ -181,7 +181,7 @@ describe('template builds through the E2B SDK', { timeout: 900_000 }, () => {
   });
 
   it('refuses a second build of a name under way (409) and builds past the team bound (429)', async () => {
-    const slow = await e2b.Template.buildInBackground(e2b.Template().fromTemplate('base').runCmd('sleep 3'), 'tb-q0');
+    const slow = await e2b.Template.buildInBackground(e2b.Template().fromTemplate('base').runCmd('sleep 5'), 'tb-q0');
     assert.equal((await api('POST', '/v3/templates', { name: 'tb-q0' })).status, 409);
     const queued = [slow];
     for (let i = 1; i < 4; i++)
