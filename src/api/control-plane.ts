@@ -11,6 +11,7 @@ import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerTeamRoutes } from './routes/teams.js';
 import { registerVolumeRoutes } from './routes/volumes.js';
 import { registerTemplateRoutes } from './routes/templates.js';
+import { registerTemplateBuildRoutes, UPLOAD_PREFIX } from './routes/template-builds.js';
 import { validationMessage } from './routes/schemas.js';
 import { HttpError, type Caller } from './tenancy.js';
 import { OPENAPI_PATH, registerOpenApi } from './openapi.js';
@@ -49,6 +50,7 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     const path = req.url.split('?')[0];
     if (isPublic(path)) return;
     if (path?.startsWith('/volumecontent/')) return; // the volume's own token instead (routes/volume-content.ts)
+    if (path?.startsWith(UPLOAD_PREFIX)) return; // the upload link's own signed token (routes/template-builds.ts)
     const key = req.headers['x-api-key'];
     const caller = opts.node.keys.authenticate(Array.isArray(key) ? key[0] : key);
     if (!caller) {
@@ -75,4 +77,5 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   registerVolumeRoutes(app, ctx);
   registerSecretRoutes(app, ctx);
   registerTemplateRoutes(app, ctx);
+  if (opts.node.builds) registerTemplateBuildRoutes(app, ctx, opts.node.builds);
 }

@@ -1,5 +1,6 @@
 // The node API of the manager in this process: the manager's sandboxes and templates, and the
 // stores and services the composition root (app/node.ts) built next to it.
+import type { TemplateBuilds } from '../builder/builds.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import type { MetricsSampler } from '../sandbox/metrics.js';
 import type { Volumes } from '../volume/volumes.js';
@@ -13,6 +14,7 @@ export interface LocalNodeParts {
   metrics: MetricsSampler;
   volumes: Volumes;
   secrets: SecretsApi;
+  builds?: TemplateBuilds;
 }
 
 export function localNode(manager: SandboxManager, parts: LocalNodeParts): NodeApi {
@@ -46,5 +48,6 @@ export function localNode(manager: SandboxManager, parts: LocalNodeParts): NodeA
     },
     metrics: parts.metrics,
     log: manager.log,
+    builds: parts.builds,
   };
 }

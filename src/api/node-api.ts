@@ -2,6 +2,7 @@
 // sandboxes, templates, volumes, secrets, teams and keys. The in-process implementation is
 // built by the composition root (app/node.ts) over the manager and the stores; a remote one
 // (a node reached over the network) can implement the same interface.
+import type { TemplateBuilds } from '../builder/builds.js';
 import type { NetworkSettings } from '../network/policy.js';
 import type { MetricsSampler } from '../sandbox/metrics.js';
 import type { SnapshotOpts } from '../sandbox/snapshots.js';
@@ -91,4 +92,6 @@ export interface NodeApi {
   keys: KeysApi;
   metrics: MetricsApi;
   log: ErrorLog;
+  /** E2B's template builds (absent: the node does not build). */
+  builds?: TemplateBuilds;
 }

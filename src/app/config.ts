@@ -161,6 +161,8 @@ export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
   creates: CreateLimits;
   /** ms; undefined: the manager's default (30 days). */
   pausedLifetimeMs: number | undefined;
+  /** How long a template build waits for its start command to be ready, ms; undefined: the builder's default. */
+  buildReadyTimeoutMs: number | undefined;
   logLevel: string;
   /** false: loopback only. */
   network: false | { subnet?: string; maxFlows?: number; allowPrivate: string[]; dnsUpstreams: Upstream[] };
@@ -193,6 +195,7 @@ export function serveConfig(flags: ServeFlags, env: Env = process.env): ServeCon
       queue: optionalCount(flags.createQueue ?? env.CUBEBOX_CREATE_QUEUE, 'create queue', 0, 100_000),
     },
     pausedLifetimeMs: parsePausedLifetime(flags.pausedLifetime ?? env.CUBEBOX_PAUSED_LIFETIME),
+    buildReadyTimeoutMs: (optionalCount(env.CUBEBOX_BUILD_READY_TIMEOUT_SEC, 'build ready timeout', 1, 86_400) ?? 0) * 1000 || undefined,
     logLevel: host.logLevel ?? 'info',
     volumeSizeMB: volumeSizeOf(env.CUBEBOX_VOLUME_SIZE_MB),
     network:

@@ -4,6 +4,7 @@
 // the data plane, the listeners and the warm pool, in that order; and the shutdown that leaves
 // sandboxes running. Everything else is handed what it needs from here.
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { ControlServer } from '../api/control-socket.js';
 import { dataPlaneProxy, dataPlaneResolver } from '../api/data-plane.js';
@@ -21,8 +22,10 @@ import { probeHost } from '../runtime/probe.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { MetricsSampler } from '../sandbox/metrics.js';
 import { openSecretKey } from '../secrets/key.js';
+import { TemplateBuilds, DEFAULT_BUILD_LIMITS } from '../builder/builds.js';
+import { BuildFiles } from '../builder/uploads.js';
 import { CODE_INTERPRETER_TEMPLATE } from '../template/code-interpreter.js';
-import type { RegistrySettings } from '../template/image-source.js';
+import { templateFromImage, type BaseImageRequest, type RegistrySettings } from '../template/image-source.js';
 import { CubeboxError } from '../util/errors.js';
 import { raiseFdLimit } from '../util/fd-limit.js';
 import { Volumes } from '../volume/volumes.js';
@@ -97,6 +100,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     volumeSizeMB: config.volumeSizeMB,
     sealingKey: () => sealingKey,
     registry: config.registry,
+    buildReadyTimeoutMs: config.buildReadyTimeoutMs,
   });
   manager.setPool(config.pool);
   logger.info(
@@ -140,6 +144,8 @@ export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | '
   sealingKey: () => Buffer;
   /** How registries are trusted when template builds pull base images (templateFromImage's settings). */
   registry?: RegistrySettings;
+  /** How long a build waits for its start command to be ready, ms (default: the builder's). */
+  buildReadyTimeoutMs?: number;
 }
 
 /**
@@ -153,12 +159,20 @@ export async function serveNode(manager: SandboxManager, opts: NodeServeOptions)
   tenancy.attach(manager); // quota admission of creates, resumes, pauses and new layers
   const metrics = new MetricsSampler(manager);
   metrics.start();
+  // template builds; a base image that is not a cubebox template comes from a registry (image-source.ts)
+  const baseImage = (req: BaseImageRequest) => templateFromImage(manager.templates, req, opts.registry);
+  const builds = new TemplateBuilds(manager, new BuildFiles(join(manager.paths.dataDir, 'build-files')), baseImage, {
+    ...DEFAULT_BUILD_LIMITS,
+    ...(opts.buildReadyTimeoutMs ? { readyTimeoutMs: opts.buildReadyTimeoutMs } : {}),
+  });
+  await builds.recover();
   const node = localNode(manager, {
     keys: new ApiKeys(manager.store),
     tenancy,
     metrics,
     volumes: new Volumes(manager.store, manager.paths, manager.log, opts.volumeSizeMB),
     secrets: { rows: manager.store.secrets, sealingKey: opts.sealingKey },
+    builds,
   });
   const proxy = dataPlaneProxy(dataPlaneResolver(node, log), opts.domain, log);
   const prom = new ServiceMetrics(manager, proxy);
@@ -185,6 +199,7 @@ export async function serveNode(manager: SandboxManager, opts: NodeServeOptions)
     async close() {
       manager.events.off('interrupt', onInterrupt);
       manager.events.off('deleted', onDeleted);
+      await builds.close();
       metrics.stop();
       await server.close();
     },

@@ -1,11 +1,13 @@
 import { spawnChild as spawn } from '../util/exec.js';
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
 import { NAME_RE } from '../util/ids.js';
-import type { Template, TemplateConfig } from '../template/store.js';
+import type { Template } from '../template/store.js';
+import { buildLayers, removeLayers } from './build.js';
+import type { BuildStep, FileSource } from './steps.js';
 
 // Builds sit above sandboxes and templates: a recipe runs its steps in real sandboxes and
 // commits each as a template layer.
@@ -63,7 +65,18 @@ export function parseRecipe(text: string): Recipe {
   return recipe;
 }
 
-const describe = (s: RecipeStep) => JSON.stringify(s).slice(0, 120);
+/** A recipe's steps as the builder runs them (copy sources are read from the context directory). */
+export function recipeSteps(recipe: Recipe, contextDir: string | undefined): BuildStep[] {
+  return recipe.steps.map((s): BuildStep => {
+    if ('run' in s) return { kind: 'run', cmd: s.run };
+    if ('copy' in s) return { kind: 'copy', src: contextRelative(contextDir, s.copy.src), dest: s.copy.dest, files: contextFiles(contextDir!, s.copy.src) };
+    if ('env' in s) return { kind: 'env', env: s.env };
+    if ('workdir' in s) return { kind: 'workdir', dir: s.workdir };
+    if ('user' in s) return { kind: 'user', user: s.user };
+    if ('start' in s) return { kind: 'start', cmd: s.start };
+    return { kind: 'ready', cmd: s.ready };
+  });
+}
 
 /**
  * Builds a template from a recipe. Unchanged steps reuse the layer an earlier build made
@@ -79,61 +92,50 @@ export async function buildRecipe(
   const progress = opts.onProgress ?? (() => undefined);
   if (!NAME_RE.test(name)) throw invalid(`bad template name '${name}': use lowercase letters, digits, '.', '_' and '-' (max 63)`);
   if (manager.templates.find(name)) throw new CubeboxError('conflict', `template '${name}' already exists`);
-  let current = manager.templates.get(recipe.from);
-  const settings: Partial<TemplateConfig> = { env: { ...current.config.env }, user: current.config.user, workdir: current.config.workdir };
-  const made: Template[] = [];
-  const results: BuildResult['steps'] = [];
-  let key = current.id;
+  const from = manager.templates.get(recipe.from);
+  const started = Date.now();
+  const r = await buildLayers(manager, {
+    from,
+    steps: recipeSteps(recipe, opts.contextDir),
+    metadata: { 'cubebox.build-name': name },
+    log: (_level, message) => progress(message),
+  });
   try {
-    for (const [i, step] of recipe.steps.entries()) {
-      const label = `step ${i + 1}/${recipe.steps.length}`;
-      if ('env' in step) settings.env = { ...settings.env, ...step.env };
-      else if ('workdir' in step) settings.workdir = step.workdir;
-      else if ('user' in step) settings.user = step.user;
-      else if ('start' in step) settings.startCommand = step.start;
-      else if ('ready' in step) settings.readyCommand = step.ready;
-      if (!('run' in step) && !('copy' in step)) {
-        results.push({ step: describe(step), cached: true });
-        continue;
-      }
-      const contentHash = 'copy' in step ? hashContext(opts.contextDir, step.copy.src) : '';
-      key = createHash('sha256')
-        .update(JSON.stringify([key, step, settings.env, settings.user, settings.workdir, contentHash]))
-        .digest('hex');
-      const cached = manager.templates.list().find((t) => t.config.cacheKey === key);
-      if (cached) {
-        progress(`${label}: ${describe(step)} (cached)`);
-        current = cached;
-        results.push({ step: describe(step), cached: true });
-        continue;
-      }
-      progress(`${label}: ${describe(step)}`);
-      current = await runStep(manager, current, step, settings, `${name}.step${i + 1}-${key.slice(0, 10)}`, key, opts.contextDir, progress);
-      made.push(current);
-      results.push({ step: describe(step), cached: false });
-    }
     // the final template: the last layer's stack with the recipe's settings
-    const final = manager.templates.addDerived(name, current, settings);
-    return { template: final, steps: results };
+    const template = manager.templates.addDerived(name, r.top, { ...r.settings });
+    progress(`built '${name}' in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    return { template, steps: r.steps };
   } catch (err) {
-    for (const t of made.reverse()) {
-      try {
-        manager.templates.remove(t.id);
-      } catch (e) {
-        progress(`could not remove ${t.name}: ${errorMessage(e)}`);
-      }
-    }
+    removeLayers(manager, r.made, (_l, m) => progress(m));
     throw err;
   }
 }
 
-function hashContext(contextDir: string | undefined, src: string): string {
+function contextRelative(contextDir: string | undefined, src: string): string {
+  const root = realpathSync(contextDir!);
+  return relative(root, contextPath(contextDir, src)) || '.';
+}
+
+/** A copy source in the context: its content hash, and a tar of it (relative to the context). */
+function contextFiles(contextDir: string, src: string): FileSource {
   const path = contextPath(contextDir, src);
+  const root = realpathSync(contextDir);
+  return {
+    hash: hashContext(path),
+    open() {
+      const tar = spawn('tar', ['-c', '-C', root, relative(root, path) || '.'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      return tar.stdout;
+    },
+  };
+}
+
+function hashContext(path: string): string {
   const h = createHash('sha256');
   const walk = (p: string) => {
-    const st = statSync(p);
+    const st = lstatSync(p);
     h.update(`${relative(path, p)}:${st.mode}:${st.size}\n`);
-    if (st.isDirectory()) {
+    if (st.isSymbolicLink()) h.update(readlinkSync(p));
+    else if (st.isDirectory()) {
       for (const e of readdirSync(p).sort()) walk(join(p, e));
     } else if (st.isFile()) {
       h.update(readFileSync(p));
@@ -156,71 +158,4 @@ function contextPath(contextDir: string | undefined, src: string): string {
   }
   if (real !== root && !real.startsWith(root + '/')) throw invalid(`copy source '${src}' is outside the build context`);
   return real;
-}
-
-async function runStep(
-  manager: SandboxManager,
-  parent: Template,
-  step: RecipeStep,
-  settings: Partial<TemplateConfig>,
-  layerName: string,
-  cacheKey: string,
-  contextDir: string | undefined,
-  progress: (line: string) => void,
-): Promise<Template> {
-  const sbx = await manager.create({ template: parent.id, agent: false });
-  try {
-    let result: { code: number; output: string };
-    if ('run' in step) {
-      const argv = settings.user && settings.user !== 'root' ? ['su', '-s', '/bin/sh', settings.user, '-c', step.run] : ['/bin/sh', '-c', step.run];
-      result = await execCollect(manager, sbx.id, argv, { env: settings.env, cwd: settings.workdir }, progress);
-    } else if ('copy' in step) {
-      const path = contextPath(contextDir, step.copy.src);
-      const isDir = statSync(path).isDirectory();
-      const dest = step.copy.dest;
-      // stream a tar of the source into the sandbox; tar extracts it inside, as the sandbox sees it
-      const target = isDir ? dest : dest.replace(/\/[^/]*$/, '') || '/';
-      const inner = isDir ? `mkdir -p '${dest}' && tar -x -C '${dest}'` : `mkdir -p '${target}' && tar -x -O > '${dest}'`;
-      const tarArgs = isDir ? ['-c', '-C', path, '.'] : ['-c', '-C', join(path, '..'), relative(join(path, '..'), path)];
-      result = await execCollect(manager, sbx.id, ['/bin/sh', '-c', inner], {}, progress, tarArgs);
-    } else {
-      throw new Error('not a layer step');
-    }
-    if (result.code !== 0) {
-      throw new CubeboxError(
-        'invalid_argument',
-        `build step failed (exit ${result.code}): ${describe(step)}\n${result.output.trim().split('\n').slice(-40).join('\n')}`,
-      );
-    }
-    return await manager.snapshot(sbx.id, { name: layerName, config: { cacheKey, buildStep: true } });
-  } finally {
-    await manager.delete(sbx.id).catch(() => undefined);
-  }
-}
-
-async function execCollect(
-  manager: SandboxManager,
-  id: string,
-  argv: string[],
-  opts: { env?: Record<string, string>; cwd?: string },
-  progress: (line: string) => void,
-  tarArgs?: string[],
-): Promise<{ code: number; output: string }> {
-  const child = await manager.exec(id, argv, { stdio: [tarArgs ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: opts.env, cwd: opts.cwd });
-  let output = '';
-  const onData = (d: Buffer) => {
-    const text = d.toString();
-    output += text;
-    if (output.length > 1_000_000) output = output.slice(-500_000);
-    for (const line of text.split('\n')) if (line.trim()) progress(`  ${line}`);
-  };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
-  if (tarArgs) {
-    const tar = spawn('tar', tarArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
-    tar.stdout.pipe(child.stdin!);
-    tar.stderr.on('data', onData);
-  }
-  const code = await new Promise<number>((resolve) => child.on('close', (c, s) => resolve(c ?? (s ? 137 : 1))));
-  return { code, output };
 }

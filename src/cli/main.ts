@@ -185,8 +185,11 @@ template
       if (!existsSync(opts.recipe)) throw new CubeboxError('invalid_argument', `recipe file ${opts.recipe} not found`);
       const recipe = parseRecipe(readFileSync(opts.recipe, 'utf8'));
       const context = resolve(opts.context ?? dirname(resolve(opts.recipe)));
-      const r = await withApi(dataDirOf(cmd), (api) => api.buildRecipe(opts.name ?? kind, recipe, context));
-      for (const st of r.steps) console.error(`${st.cached ? 'cached' : 'built '}  ${st.step}`);
+      // the steps' progress (numbers, output, timings) at info; through a running serve, in its log
+      const started = Date.now();
+      const r = await withApi(dataDirOf(cmd), (api) => api.buildRecipe(opts.name ?? kind, recipe, context), 'info');
+      r.steps.forEach((st, i) => console.error(`[${i + 1}/${r.steps.length}] ${st.cached ? 'cached' : 'built '}  ${st.step}`));
+      console.error(`built '${opts.name ?? kind}' in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       console.log(r.template.id);
       return;
     }

@@ -224,7 +224,7 @@ export async function remountRootfs(core: SandboxCore, id: string, spec: StoredS
 
 /** Gives envd what is particular to this sandbox: env vars, access token, default user and workdir. */
 export async function personalize(core: SandboxCore, id: string, spec: StoredSpec): Promise<void> {
-  const body: Record<string, unknown> = { envVars: spec.envVars, defaultUser: spec.user, timestamp: new Date().toISOString() };
+  const body: Record<string, unknown> = { envVars: { ...spec.env, ...spec.envVars }, defaultUser: spec.user, timestamp: new Date().toISOString() };
   if (spec.accessToken) body.accessToken = spec.accessToken;
   if (spec.workdir) body.defaultWorkdir = spec.workdir;
   const socket = core.envdEndpoint(id);

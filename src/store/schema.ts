@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS volumes (
 `;
 
 /** The schema version this code writes; migrate() brings older stores up to it. */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /** The team that keys and sandboxes made before teams existed belong to. */
 export const DEFAULT_TEAM_ID = 'team_default';
@@ -81,6 +81,7 @@ export const DEFAULT_TEAM_NAME = 'default';
  *           an admin flag; sandboxes get a team column (existing ones: the default team);
  *           snapshots made through the API before teams belong to the default team.
  *   2 -> 3: template names are unique per team (a team column, copied from the config's team).
+ *   3 -> 4: template builds of the E2B build API and their log lines.
  */
 export function migrateStore(db: Database.Database): void {
   db.exec(SCHEMA);
@@ -127,6 +128,33 @@ export function migrateStore(db: Database.Database): void {
       }
     }
     if (version() < 3 && !columns('templates').has('team')) migrateTemplateTeams(db);
+    if (version() < 4) {
+      db.exec(`
+        CREATE TABLE IF NOT EXISTS template_builds (
+          id TEXT PRIMARY KEY,
+          template_id TEXT NOT NULL,
+          name TEXT NOT NULL,
+          team TEXT NOT NULL,
+          status TEXT NOT NULL,
+          config TEXT NOT NULL,
+          reason TEXT,
+          failed_step TEXT,
+          created_at BIGINT NOT NULL,
+          updated_at BIGINT NOT NULL,
+          finished_at BIGINT
+        );
+        CREATE INDEX IF NOT EXISTS template_builds_template ON template_builds (template_id);
+        CREATE TABLE IF NOT EXISTS template_build_logs (
+          build_id TEXT NOT NULL,
+          seq INTEGER NOT NULL,
+          at BIGINT NOT NULL,
+          level TEXT NOT NULL,
+          step TEXT,
+          message TEXT NOT NULL,
+          PRIMARY KEY (build_id, seq)
+        );
+      `);
+    }
     db.prepare("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value").run(String(SCHEMA_VERSION));
   }).immediate();
 }

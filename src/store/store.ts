@@ -9,11 +9,13 @@ import { SqliteSandboxRepo, type SandboxRepo, type SandboxRow, type SandboxState
 import { SqliteSecretRepo, type SecretRepo } from './secrets.js';
 import { SqliteTeamRepo, type TeamRepo, type TeamRow } from './teams.js';
 import { SqliteTemplateRepo, type TemplateRepo, type TemplateRow } from './templates.js';
+import { SqliteTemplateBuildRepo, type TemplateBuildRepo } from './template-builds.js';
 import { SqliteVolumeRepo, type VolumeRepo } from './volumes.js';
 
 export { SANDBOX_STATES, type SandboxRepo, type SandboxRow, type SandboxState } from './sandboxes.js';
 export type { ResourceKind, ResourceRepo, ResourceRow } from './resources.js';
 export type { TemplateRepo, TemplateRow } from './templates.js';
+export type { BuildLogRow, BuildRow, BuildStatus, TemplateBuildRepo } from './template-builds.js';
 export type { TeamRepo, TeamRow } from './teams.js';
 export type { ApiKeyRow, KeyRepo } from './api-keys.js';
 export type { NetSlotRepo, NetSlotRow, NetSlotState } from './net-slots.js';
@@ -31,6 +33,7 @@ export interface Repositories {
   readonly netSlots: NetSlotRepo;
   readonly secrets: SecretRepo;
   readonly volumes: VolumeRepo;
+  readonly builds: TemplateBuildRepo;
   /** Runs fn in one transaction. */
   transaction<T>(fn: () => T): T;
   /** Runs fn in one transaction that takes the write lock first (a read, then the write it allows). */
@@ -55,6 +58,7 @@ export class Store implements Repositories {
   readonly netSlots: NetSlotRepo;
   readonly secrets: SecretRepo;
   readonly volumes: VolumeRepo;
+  readonly builds: TemplateBuildRepo;
 
   constructor(file: string) {
     this.db = new Database(file);
@@ -75,6 +79,7 @@ export class Store implements Repositories {
     this.netSlots = new SqliteNetSlotRepo(this.db);
     this.secrets = new SqliteSecretRepo(this.db);
     this.volumes = new SqliteVolumeRepo(this.db);
+    this.builds = new SqliteTemplateBuildRepo(this.db);
   }
 
   close(): void {
@@ -195,6 +200,11 @@ export class Store implements Repositories {
 
   updateTemplateConfig(id: string, config: string): void {
     this.templates.setConfig(id, config);
+  }
+
+  /** A template's new build: its layers and settings replaced in one step (the id stays). */
+  replaceTemplate(id: string, layers: string[], config: string): void {
+    this.templates.replace(id, layers, config);
   }
 
   deleteTemplate(id: string): void {

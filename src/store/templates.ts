@@ -18,6 +18,8 @@ export interface TemplateRepo {
   /** By name. */
   list(): TemplateRow[];
   setConfig(id: string, config: string): void;
+  /** New layers and settings (a rebuild): the id, name and team stay. */
+  replace(id: string, layers: string[], config: string): void;
   delete(id: string): void;
 }
 
@@ -57,6 +59,10 @@ export class SqliteTemplateRepo implements TemplateRepo {
 
   setConfig(id: string, config: string): void {
     this.db.prepare('UPDATE templates SET config = ? WHERE id = ?').run(config, id);
+  }
+
+  replace(id: string, layers: string[], config: string): void {
+    this.db.prepare('UPDATE templates SET layers = ?, config = ? WHERE id = ?').run(JSON.stringify(layers), config, id);
   }
 
   delete(id: string): void {

@@ -39,6 +39,16 @@ const E2B_IMAGES: Record<string, string> = {
   'docker.io/e2bdev/code-interpreter': CODE_INTERPRETER_TEMPLATE,
 };
 
+/** The local template an image reference names when it is one of E2B's own images (no pull), else undefined. */
+export function localTemplateFor(image: string): string | undefined {
+  try {
+    const ref = parseReference(image);
+    return E2B_IMAGES[`${ref.registry}/${ref.repository}`];
+  } catch {
+    return undefined; // not a reference: the pull refuses it with the reason
+  }
+}
+
 /** Pulls under way, per template store by owner and digest: concurrent builds from one image share one pull. */
 const pullsOf = new WeakMap<TemplateStore, Map<string, Promise<Template>>>();
 
@@ -56,7 +66,7 @@ export async function templateFromImage(templates: TemplateStore, req: BaseImage
   const ref = parseReference(req.image);
   const shown = req.image;
   const log = req.onLog ?? (() => {});
-  const local = E2B_IMAGES[`${ref.registry}/${ref.repository}`];
+  const local = localTemplateFor(req.image);
   if (local) {
     log(`${shown} is the local template '${local}' (no pull)`);
     await templates.ensure(local);

@@ -43,6 +43,7 @@ export interface TemplateConfig {
   nestedContainers?: boolean;
   /** The owning team (snapshots made through the API); unset: public (built-in and host-made templates). */
   team?: string;
+  public?: boolean; // a team's template other teams may start sandboxes of, by its id (E2B's public flag)
 }
 
 function shellQuote(arg: string): string {
@@ -60,7 +61,7 @@ export const RESERVED_TAGS = ['latest', 'default'];
 export const PUBLIC_TEMPLATE_NAMES = ['base', 'code-interpreter-v1', 'busybox', 'desktop'];
 
 /** Settings a derived template does not take from its parent: what made the parent, and the names it answers to. */
-const NOT_INHERITED = ['parent', 'cacheKey', 'buildStep', 'snapshotOf', 'takenAt', 'ephemeral', 'aliases', 'tags', 'tagsAt'] as const;
+const NOT_INHERITED = ['parent', 'cacheKey', 'buildStep', 'snapshotOf', 'takenAt', 'ephemeral', 'aliases', 'tags', 'tagsAt', 'public'] as const;
 
 function inheritedConfig(parent: TemplateConfig): Partial<TemplateConfig> {
   const out: Partial<TemplateConfig> = { ...parent };
@@ -186,7 +187,7 @@ export class TemplateStore {
     return this.updateConfig(t, { tags: t.config.tags.filter((x) => x !== tag), tagsAt });
   }
 
-  private updateConfig(t: Template, change: Partial<TemplateConfig>): Template {
+  updateConfig(t: Template, change: Partial<TemplateConfig>): Template {
     const row = this.store.getTemplate(t.id)!;
     const config = { ...(JSON.parse(row.config) as Partial<TemplateConfig>), ...change };
     this.store.updateTemplateConfig(t.id, JSON.stringify(config));
@@ -301,10 +302,10 @@ export class TemplateStore {
   }
 
   /** A template with exactly a parent's layers and its own settings (a recipe's result). */
-  addDerived(name: string, parent: Template, config: Partial<TemplateConfig>): Template {
+  addDerived(name: string, parent: Template, config: Partial<TemplateConfig>, id = randomId(20)): Template {
     const settings = { ...inheritedConfig(parent.config), ...config, parent: parent.id };
     this.checkNewName(name, settings.team);
-    const row: TemplateRow = { id: randomId(20), name, layers: parent.layers.map((l) => basename(l)), config: JSON.stringify(settings), createdAt: Date.now() };
+    const row: TemplateRow = { id, name, layers: parent.layers.map((l) => basename(l)), config: JSON.stringify(settings), createdAt: Date.now() };
     this.insert(row);
     return this.toTemplate(row);
   }

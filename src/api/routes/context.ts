@@ -113,7 +113,7 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
   /** Templates a caller may start sandboxes from: public ones (built-in, host-made) and its team's. */
   const templateVisible = (caller: Caller, t: Template): boolean => {
     if (caller.admin) return true;
-    if (t.config.team !== undefined) return t.config.team === caller.team;
+    if (t.config.team !== undefined) return t.config.team === caller.team || t.config.public === true;
     return !t.config.snapshotOf && !t.config.ephemeral; // fork and host snapshots carry a sandbox's files: admins only
   };
   const isSnapshot = (t: Template) => !!t.config.snapshotOf && !t.config.ephemeral && !t.config.buildStep;

@@ -83,7 +83,7 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     envdVersion: ENVD_VERSION,
   });
 
-  app.get<TemplateReq>('/templates', async (req) => {
+  const listTemplates = async (req: FastifyRequest<TemplateReq>) => {
     const caller = callerOf(req);
     const teamID = one(req.query.teamID);
     if (teamID !== undefined && teamID !== '' && !caller.admin && teamID !== caller.team) throw notFound(`team '${teamID}' not found`);
@@ -93,7 +93,9 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
       .filter((t) => listable(t) && !isSnapshot(t) && templateVisible(caller, t) && inTeam(t))
       .sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
       .map(templateBody);
-  });
+  };
+  app.get<TemplateReq>('/templates', listTemplates);
+  app.get<TemplateReq>('/v2/templates', listTemplates);
 
   app.get<TemplateReq>('/templates/:templateID', async (req) => {
     const t = visibleTemplate(req, req.params.templateID);
