@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { naming } from '../config.js';
 import { type BundleSpec, procMeminfo, writeBundle } from '../runtime/bundle.js';
 import type { NetLease } from '../network/network.js';
+import { runtimeDefinition } from '../runtime/registry.js';
 import { rootfsLayout } from '../runtime/rootfs.js';
 import { SANDBOX_SUPPORT } from '../runtime/support.js';
 import { mountVolumeViews, volumeBinds } from '../volume/disk.js';
@@ -272,9 +273,18 @@ async function startTemplateCommand(core: SandboxCore, id: string, spec: StoredS
   if (!spec.startCommand) return;
   const env = { ...BASE_ENV, ...spec.env, ...spec.envVars };
   const cid = core.containerId(id);
-  const start = core
-    .runtimeOf(id)
-    .exec(cid, ['/bin/sh', '-c', `(${spec.startCommand}) >>/proc/1/fd/1 2>&1`], { env, cwd: spec.workdir, detach: true, stdio: 'ignore' });
+  // The shell puts it in the background with stdio of its own and exits at once; detached too
+  // where the runtime can. Its output goes to the console log (PID 1's stdout) where the
+  // runtime lets the exec open it (runc does not: then nowhere).
+  const script = `out=/proc/1/fd/1; true 2>/dev/null >>$out || out=/dev/null; (${spec.startCommand}) </dev/null >>$out 2>&1 &`;
+  const rt = core.runtimeOf(id);
+  const detach = runtimeDefinition(rt.name).detachedExec !== false;
+  const start = rt.exec(cid, ['/bin/sh', '-c', script], {
+    env,
+    cwd: spec.workdir,
+    detach,
+    stdio: 'ignore',
+  });
   const code = await new Promise<number>((r) => start.on('close', (c) => r(c ?? 1)));
   if (code !== 0) throw new Error(`the template's start command could not be started (exit ${code}); see ${core.consoleLogPath(id)}`);
   if (!spec.readyCommand) return;

@@ -28,6 +28,23 @@ for (const runtime of ['runc', 'runsc'] as RuntimeName[]) {
       }
     });
 
+    it("a template's start command is running and ready when create returns", async () => {
+      const m = await newInstance({ runtime });
+      try {
+        m.templates.addDerived('with-start', m.templates.get('busybox'), {
+          startCommand: 'echo up > /tmp/up; exec sleep 100000',
+          readyCommand: 'test -f /tmp/up',
+        });
+        const sbx = await m.create({ template: 'with-start' });
+        const r = await execIn(m, sbx.id, ['sh', '-c', 'cat /tmp/up; ps | grep -c "[s]leep 100000"']);
+        assert.equal(r.stdout, 'up\n1\n', r.stderr);
+        await m.delete(sbx.id);
+        assertNoSandboxLeaks(m.paths, sbx.id);
+      } finally {
+        await destroyInstance(m);
+      }
+    });
+
     it('a filesystem-only pause resumes with a new boot (what the last boot left is cleared), twice, and delete leaves nothing', async () => {
       const m = await newInstance({ runtime });
       const canary = mkdtempSync('/var/tmp/cubebox-canary-');

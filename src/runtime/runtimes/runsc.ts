@@ -24,6 +24,8 @@ export const runsc: RuntimeDefinition = {
   globalArgs: ['--platform=ptrace', '--network=none', '--host-uds=create'],
   probeArgs: ['--platform=ptrace', '--network=none'],
   hybridCgroupWrapper: false,
+  // `runsc exec --detach` exits 128 whatever happens (and waits ~10 s for a shell that forks)
+  detachedExec: false,
   // files named `<id>_sandbox:<sandbox id>.state` (and .lock), not a directory per container
   stateFileOwner: (entry) => /^(.+)_sandbox:.*\.(state|lock)$/.exec(entry)?.[1],
   isolationNote: "gVisor's user-space kernel is the boundary: no user namespace and no seccomp profile from cubebox (runsc filters its own syscalls)",

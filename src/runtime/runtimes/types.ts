@@ -45,6 +45,11 @@ export interface RuntimeDefinition {
    * than a directory per container; undefined: not a container's file.
    */
   stateFileOwner?(entry: string): string | undefined;
+  /**
+   * false when `exec --detach` cannot be used (gVisor's build here always exits 128 from it):
+   * callers that start something in the background let a shell background it instead.
+   */
+  readonly detachedExec?: false;
   /** What `cubebox doctor` says of its isolation when it does not rest on a user namespace and seccomp. */
   readonly isolationNote?: string;
 }
