@@ -1,0 +1,125 @@
+// File metadata on a filesystem that keeps no extended attributes: gVisor's file proxy (a 9P
+// filesystem inside the sandbox) refuses user.* attributes on the sandbox's root. There the
+// metadata of a file is one small JSON file in a store directory on that same root, named for
+// the file's real path and holding its device and inode: it goes with the root into pauses and
+// snapshots, never attaches to another file that takes the path later, and follows envd's own
+// moves (a shell's `mv` leaves it behind). The store is sticky and writable by all but listable
+// by root only, like a drop box: each user's entries are theirs (0600), and an entry counts only
+// when root or the file's owner wrote it. Inside the sandbox `getfattr`/`setfattr` do not see it.
+import { createHash, randomBytes } from 'node:crypto';
+import { constants, mkdirSync, chmodSync, lstatSync, statfsSync } from 'node:fs';
+import { access, lstat, open, realpath, rename, rm, statfs, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/** Where the store lives on the sandbox's root. */
+export const METADATA_STORE = '/var/lib/envd/metadata';
+/** statfs f_type of a 9P filesystem: gVisor's file proxy, which keeps no user.* attributes. */
+const V9FS_MAGIC = 0x01021997;
+/** What one entry may hold (metadata within METADATA_LIMITS, its path, JSON): more is not ours. */
+const MAX_ENTRY = 64 * 1024;
+
+interface Entry {
+  path: string;
+  dev: string;
+  ino: string;
+  meta: Record<string, string>;
+}
+
+/**
+ * Makes the store at envd's start when the root keeps no extended attributes (envd is root);
+ * returns whether it did. Elsewhere nothing is made and metadata stays in the files' attributes.
+ */
+export function prepareMetadataStore(dir = METADATA_STORE): boolean {
+  if (statfsSync('/').type !== V9FS_MAGIC) return false;
+  mkdirSync(dir, { recursive: true, mode: 0o1733 });
+  if (!lstatSync(dir).isDirectory()) return false;
+  chmodSync(dir, 0o1733); // whatever the umask left
+  return true;
+}
+
+/** Whether a path is on a filesystem whose metadata lives in the store. */
+export async function keepsNoXattrs(p: string): Promise<boolean> {
+  const s = await statfs(p).catch(() => undefined);
+  return s !== undefined && Number(s.type) === V9FS_MAGIC;
+}
+
+export class MetadataStore {
+  constructor(private readonly dir = METADATA_STORE) {}
+
+  /** The store of this sandbox, if envd made one (see prepareMetadataStore). */
+  static active(dir = METADATA_STORE): MetadataStore | undefined {
+    try {
+      return lstatSync(dir).isDirectory() ? new MetadataStore(dir) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async locate(p: string): Promise<{ file: string; real: string; dev: string; ino: string; uid: number }> {
+    const real = await realpath(p);
+    const st = await lstat(real, { bigint: true });
+    const file = join(this.dir, createHash('sha256').update(real).digest('hex'));
+    return { file, real, dev: String(st.dev), ino: String(st.ino), uid: Number(st.uid) };
+  }
+
+  /** The file's metadata, undefined when it has none (or the caller may not read the file). */
+  async get(p: string): Promise<Record<string, string> | undefined> {
+    const at = await this.locate(p);
+    await access(at.real, constants.R_OK);
+    const e = await this.read(at.file, at.uid);
+    if (!e || e.path !== at.real || e.dev !== at.dev || e.ino !== at.ino) return undefined;
+    return Object.keys(e.meta).length ? e.meta : undefined;
+  }
+
+  /** Sets exactly this metadata (none: the entry goes). The caller must be able to write the file. */
+  async set(p: string, meta: Record<string, string>): Promise<void> {
+    const at = await this.locate(p);
+    await access(at.real, constants.W_OK);
+    if (!Object.keys(meta).length) return rm(at.file, { force: true });
+    await this.write(at.file, { path: at.real, dev: at.dev, ino: at.ino, meta });
+  }
+
+  /** Where a file's entry is before a move, to carry it after (undefined: none to carry). */
+  async before(p: string): Promise<{ file: string; entry: Entry } | undefined> {
+    const at = await this.locate(p);
+    const e = await this.read(at.file, at.uid);
+    return e && e.dev === at.dev && e.ino === at.ino ? { file: at.file, entry: e } : undefined;
+  }
+
+  /** Carries an entry to the file's new path (after envd moved it). */
+  async moved(from: { file: string; entry: Entry }, p: string): Promise<void> {
+    const at = await this.locate(p);
+    if (at.ino !== from.entry.ino) return; // copied across devices: a new file
+    await this.write(at.file, { ...from.entry, path: at.real, dev: at.dev });
+    await rm(from.file, { force: true });
+  }
+
+  private async write(file: string, e: Entry): Promise<void> {
+    const tmp = `${file}.${randomBytes(6).toString('hex')}`;
+    await writeFile(tmp, JSON.stringify(e), { mode: 0o600, flag: 'wx' });
+    await rename(tmp, file).catch(async (err: unknown) => {
+      await rm(tmp, { force: true });
+      throw err;
+    });
+  }
+
+  /** An entry, if it is a bounded regular file written by root or by the file's owner. */
+  private async read(file: string, ownerUid: number): Promise<Entry | undefined> {
+    const fh = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => undefined);
+    if (!fh) return undefined;
+    try {
+      const st = await fh.stat();
+      if (!st.isFile() || st.size > MAX_ENTRY || (st.uid !== 0 && st.uid !== ownerUid)) return undefined;
+      const buf = Buffer.alloc(st.size);
+      const { bytesRead } = await fh.read(buf, 0, st.size, 0);
+      const e = JSON.parse(buf.subarray(0, bytesRead).toString('utf8')) as Entry;
+      const meta = e?.meta;
+      if (typeof e.path !== 'string' || typeof meta !== 'object' || meta === null || Object.values(meta).some((v) => typeof v !== 'string')) return undefined;
+      return e;
+    } catch {
+      return undefined;
+    } finally {
+      await fh.close();
+    }
+  }
+}
