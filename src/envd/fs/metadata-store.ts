@@ -1,9 +1,11 @@
 // File metadata on a filesystem that keeps no extended attributes: gVisor's file proxy (a 9P
 // filesystem inside the sandbox) refuses user.* attributes on the sandbox's root. There the
 // metadata of a file is one small JSON file in a store directory on that same root, named for
-// the file's real path and holding its device and inode: it goes with the root into pauses and
-// snapshots, never attaches to another file that takes the path later, and follows envd's own
-// moves (a shell's `mv` leaves it behind). The store is sticky and writable by all but listable
+// the file's real path and holding its device, inode and change time: it goes with the root into
+// pauses and snapshots and follows envd's own moves. A file changed other than through envd
+// (a shell's `mv`, `chmod`, an append: anything that moves its ctime) loses it rather than risk
+// another file that took the path and the inode number later showing it (gVisor reuses inode
+// numbers at once and knows no birth time). The store is sticky and writable by all but listable
 // by root only, like a drop box: each user's entries are theirs (0600), and an entry counts only
 // when root or the file's owner wrote it. Inside the sandbox `getfattr`/`setfattr` do not see it.
 import { createHash, randomBytes } from 'node:crypto';
@@ -22,6 +24,7 @@ interface Entry {
   path: string;
   dev: string;
   ino: string;
+  ctime: string;
   meta: Record<string, string>;
 }
 
@@ -43,6 +46,8 @@ export async function keepsNoXattrs(p: string): Promise<boolean> {
   return s !== undefined && Number(s.type) === V9FS_MAGIC;
 }
 
+const sameFile = (e: Entry, at: { dev: string; ino: string; ctime: string }) => e.dev === at.dev && e.ino === at.ino && e.ctime === at.ctime;
+
 export class MetadataStore {
   constructor(private readonly dir = METADATA_STORE) {}
 
@@ -55,11 +60,11 @@ export class MetadataStore {
     }
   }
 
-  private async locate(p: string): Promise<{ file: string; real: string; dev: string; ino: string; uid: number }> {
+  private async locate(p: string): Promise<{ file: string; real: string; dev: string; ino: string; ctime: string; uid: number }> {
     const real = await realpath(p);
     const st = await lstat(real, { bigint: true });
     const file = join(this.dir, createHash('sha256').update(real).digest('hex'));
-    return { file, real, dev: String(st.dev), ino: String(st.ino), uid: Number(st.uid) };
+    return { file, real, dev: String(st.dev), ino: String(st.ino), ctime: String(st.ctimeNs), uid: Number(st.uid) };
   }
 
   /** The file's metadata, undefined when it has none (or the caller may not read the file). */
@@ -67,7 +72,7 @@ export class MetadataStore {
     const at = await this.locate(p);
     await access(at.real, constants.R_OK);
     const e = await this.read(at.file, at.uid);
-    if (!e || e.path !== at.real || e.dev !== at.dev || e.ino !== at.ino) return undefined;
+    if (!e || e.path !== at.real || !sameFile(e, at)) return undefined;
     return Object.keys(e.meta).length ? e.meta : undefined;
   }
 
@@ -76,21 +81,21 @@ export class MetadataStore {
     const at = await this.locate(p);
     await access(at.real, constants.W_OK);
     if (!Object.keys(meta).length) return rm(at.file, { force: true });
-    await this.write(at.file, { path: at.real, dev: at.dev, ino: at.ino, meta });
+    await this.write(at.file, { path: at.real, dev: at.dev, ino: at.ino, ctime: at.ctime, meta });
   }
 
   /** Where a file's entry is before a move, to carry it after (undefined: none to carry). */
   async before(p: string): Promise<{ file: string; entry: Entry } | undefined> {
     const at = await this.locate(p);
     const e = await this.read(at.file, at.uid);
-    return e && e.dev === at.dev && e.ino === at.ino ? { file: at.file, entry: e } : undefined;
+    return e && sameFile(e, at) ? { file: at.file, entry: e } : undefined;
   }
 
   /** Carries an entry to the file's new path (after envd moved it). */
   async moved(from: { file: string; entry: Entry }, p: string): Promise<void> {
     const at = await this.locate(p);
     if (at.ino !== from.entry.ino) return; // copied across devices: a new file
-    await this.write(at.file, { ...from.entry, path: at.real, dev: at.dev });
+    await this.write(at.file, { ...from.entry, path: at.real, dev: at.dev, ctime: at.ctime });
     await rm(from.file, { force: true });
   }
 
