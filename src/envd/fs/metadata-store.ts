@@ -1,15 +1,17 @@
 // File metadata on a filesystem that keeps no extended attributes: gVisor's file proxy (a 9P
 // filesystem inside the sandbox) refuses user.* attributes on the sandbox's root. There the
 // metadata of a file is one small JSON file in a store directory on that same root, named for
-// the file's real path and holding its device, inode and change time: it goes with the root into
-// pauses and snapshots and follows envd's own moves. A file changed other than through envd
-// (a shell's `mv`, `chmod`, an append: anything that moves its ctime) loses it rather than risk
-// another file that took the path and the inode number later showing it (gVisor reuses inode
-// numbers at once and knows no birth time). The store is sticky and writable by all but listable
-// by root only, like a drop box: each user's entries are theirs (0600), and an entry counts only
-// when root or the file's owner wrote it. Inside the sandbox `getfattr`/`setfattr` do not see it.
+// the file's real path: it goes with the root into pauses and snapshots and follows envd's own
+// moves. An entry names the file it was written for by its inode number and exact modification
+// time within one boot, and by that time within 2 s after a new boot (gVisor numbers inodes anew
+// at each boot, reuses a number at once, knows no birth time, and its cached times differ from
+// the host's by milliseconds): a
+// file changed other than through envd (a shell's append or `mv`) loses its metadata rather
+// than a file made later at the path showing it. The store is sticky and writable by all but
+// listable by root only, like a drop box: each user's entries are theirs (0600), and an entry
+// counts only when root or the file's owner wrote it. `getfattr`/`setfattr` inside do not see it.
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, mkdirSync, chmodSync, lstatSync, statfsSync } from 'node:fs';
+import { constants, mkdirSync, chmodSync, lstatSync, readFileSync, statfsSync } from 'node:fs';
 import { access, lstat, open, realpath, rename, rm, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -22,10 +24,37 @@ const MAX_ENTRY = 64 * 1024;
 
 interface Entry {
   path: string;
-  dev: string;
+  /** The boot it was written in, and the file's inode number then. */
+  boot: string;
   ino: string;
-  ctime: string;
+  mtimeNs: string;
   meta: Record<string, string>;
+}
+
+/** How far a file's modification time may be from an entry's: gVisor's cached times and the host's differ by milliseconds. */
+const MTIME_SLACK_MS = 2000;
+
+let bootId: string | undefined;
+function currentBoot(): string {
+  try {
+    bootId ??= readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    bootId = '';
+  }
+  return bootId;
+}
+
+interface Place {
+  file: string;
+  real: string;
+  ino: string;
+  mtimeNs: string;
+  uid: number;
+}
+
+function sameFile(e: Entry, at: Place): boolean {
+  if (e.boot === currentBoot()) return e.ino === at.ino && e.mtimeNs === at.mtimeNs;
+  return Math.abs(Number((BigInt(e.mtimeNs) - BigInt(at.mtimeNs)) / 1_000_000n)) < MTIME_SLACK_MS;
 }
 
 /**
@@ -46,8 +75,6 @@ export async function keepsNoXattrs(p: string): Promise<boolean> {
   return s !== undefined && Number(s.type) === V9FS_MAGIC;
 }
 
-const sameFile = (e: Entry, at: { dev: string; ino: string; ctime: string }) => e.dev === at.dev && e.ino === at.ino && e.ctime === at.ctime;
-
 export class MetadataStore {
   constructor(private readonly dir = METADATA_STORE) {}
 
@@ -60,11 +87,15 @@ export class MetadataStore {
     }
   }
 
-  private async locate(p: string): Promise<{ file: string; real: string; dev: string; ino: string; ctime: string; uid: number }> {
+  private async locate(p: string): Promise<Place> {
     const real = await realpath(p);
     const st = await lstat(real, { bigint: true });
     const file = join(this.dir, createHash('sha256').update(real).digest('hex'));
-    return { file, real, dev: String(st.dev), ino: String(st.ino), ctime: String(st.ctimeNs), uid: Number(st.uid) };
+    return { file, real, ino: String(st.ino), mtimeNs: String(st.mtimeNs), uid: Number(st.uid) };
+  }
+
+  private entryFor(at: Place, meta: Record<string, string>): Entry {
+    return { path: at.real, boot: currentBoot(), ino: at.ino, mtimeNs: at.mtimeNs, meta };
   }
 
   /** The file's metadata, undefined when it has none (or the caller may not read the file). */
@@ -81,7 +112,7 @@ export class MetadataStore {
     const at = await this.locate(p);
     await access(at.real, constants.W_OK);
     if (!Object.keys(meta).length) return rm(at.file, { force: true });
-    await this.write(at.file, { path: at.real, dev: at.dev, ino: at.ino, ctime: at.ctime, meta });
+    await this.write(at.file, this.entryFor(at, meta));
   }
 
   /** Where a file's entry is before a move, to carry it after (undefined: none to carry). */
@@ -94,8 +125,8 @@ export class MetadataStore {
   /** Carries an entry to the file's new path (after envd moved it). */
   async moved(from: { file: string; entry: Entry }, p: string): Promise<void> {
     const at = await this.locate(p);
-    if (at.ino !== from.entry.ino) return; // copied across devices: a new file
-    await this.write(at.file, { ...from.entry, path: at.real, dev: at.dev, ctime: at.ctime });
+    if (from.entry.boot === currentBoot() && at.ino !== from.entry.ino) return; // copied across devices: a new file
+    await this.write(at.file, this.entryFor(at, from.entry.meta));
     await rm(from.file, { force: true });
   }
 
@@ -119,7 +150,15 @@ export class MetadataStore {
       const { bytesRead } = await fh.read(buf, 0, st.size, 0);
       const e = JSON.parse(buf.subarray(0, bytesRead).toString('utf8')) as Entry;
       const meta = e?.meta;
-      if (typeof e.path !== 'string' || typeof meta !== 'object' || meta === null || Object.values(meta).some((v) => typeof v !== 'string')) return undefined;
+      if (
+        typeof e.path !== 'string' ||
+        typeof e.mtimeNs !== 'string' ||
+        !/^\d{1,24}$/.test(e.mtimeNs) ||
+        typeof meta !== 'object' ||
+        meta === null ||
+        Object.values(meta).some((v) => typeof v !== 'string')
+      )
+        return undefined;
       return e;
     } catch {
       return undefined;
