@@ -66,16 +66,17 @@ export interface OciRuntimeOptions {
 const GONE_RE = /does not exist|no such file or directory|not found|container .* not exist/i;
 
 /**
- * Throws if the bundle names the host's own network namespace. A runtime whose own check of
+ * The network namespace the bundle joins (undefined: a new one); throws if it is the host's own. A runtime whose own check of
  * that is hidden (hideProcSysNet) would take the host's links over, addresses and all.
  */
-export function refuseHostNetns(bundleDir: string): void {
+export function refuseHostNetns(bundleDir: string): string | undefined {
   const config = JSON.parse(readFileSync(join(bundleDir, 'config.json'), 'utf8')) as { linux?: { namespaces?: { type: string; path?: string }[] } };
   const path = config.linux?.namespaces?.find((n) => n.type === 'network')?.path;
-  if (!path) return; // none, or a new one: the runtime makes it
+  if (!path) return undefined; // none, or a new one: the runtime makes it
   const ns = statSync(path);
   const host = statSync('/proc/self/ns/net');
   if (ns.dev === host.dev && ns.ino === host.ino) throw new Error(`the bundle's network namespace ${path} is the host's`);
+  return path;
 }
 
 /** The OCI runtimes share one command line; what differs is in each one's definition (runtimes/). */
@@ -178,8 +179,9 @@ export class OciRuntime implements SandboxRuntime {
     const fd = openSync(logFile, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
     const pidFile = join(bundleDir, 'pid');
     try {
-      if (this.def.hideProcSysNet) refuseHostNetns(bundleDir);
-      const [file, argv] = this.command(['run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId], { create: true });
+      const netns = this.def.hideProcSysNet || this.def.loopbackArgs ? refuseHostNetns(bundleDir) : undefined;
+      const loopback = netns ? [] : (this.def.loopbackArgs ?? []);
+      const [file, argv] = this.command([...loopback, 'run', '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId], { create: true });
       const code = await this.spawnBounded(file, argv, ['ignore', fd, fd], () => undefined, 'run');
       if (code !== 0) {
         const tail = readLogTail(logFile, 4096).trim().split('\n').slice(-3).join(' | ');

@@ -91,6 +91,19 @@ describe('gVisor sandbox networking under attack', { timeout: 300_000, skip: !in
     }
   });
 
+  it('without networking it has a working loopback and no link at all', async () => {
+    const lo = await newInstance({ runtime: 'runsc', network: false });
+    try {
+      const a = await lo.create({ template: 'busybox', agent: false });
+      const r = await execIn(lo, a.id, ['/bin/sh', '-c', '(nc -l -p 7000 -e /bin/echo on-loopback &) ; sleep 0.3; echo | nc -w 2 127.0.0.1 7000; ip addr']);
+      assert.match(r.stdout, /on-loopback/);
+      assert.match(r.stdout, /inet 127\.0\.0\.1/);
+      assert.doesNotMatch(r.stdout, /eth0/);
+    } finally {
+      await destroyInstance(lo);
+    }
+  });
+
   it('the host never hands runsc its own network namespace: a bundle naming it is refused before runsc runs', async () => {
     const dir = mkdtempSync('/var/tmp/cubebox-bundle-');
     try {

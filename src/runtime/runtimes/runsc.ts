@@ -20,8 +20,10 @@ export const runsc: RuntimeDefinition = {
   // host-uds=create: envd's socket in the shared directory must be reachable from the host (a
   // stale one there makes envd's listen fail: a pause without memory clears the directory);
   // network=sandbox: gVisor's own netstack on the links of the bundle's network namespace (the
-  // slot's; a sandbox without one gets a new namespace, loopback only)
+  // slot's); a sandbox without one gets network=none, gVisor's loopback (a new namespace's
+  // loopback is down, and runsc would copy it so)
   globalArgs: ['--platform=ptrace', '--network=sandbox', '--host-uds=create'],
+  loopbackArgs: ['--network=none'],
   probeArgs: ['--platform=ptrace', '--network=none'],
   hybridCgroupWrapper: false,
   // gVisor 2022 tells the host's network namespace by /proc/sys/net/core/rmem_default, which

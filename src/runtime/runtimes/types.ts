@@ -46,6 +46,8 @@ export interface RuntimeDefinition {
    * The host then checks by itself that the namespace it hands over is not its own.
    */
   readonly hideProcSysNet?: boolean;
+  /** Global flags of a sandbox's start when it has no prepared network namespace (loopback only). */
+  readonly loopbackArgs?: readonly string[];
   /**
    * The container a file in its state root belongs to, for a runtime that keeps files rather
    * than a directory per container; undefined: not a container's file.
