@@ -1,7 +1,7 @@
 /*
  * cubebox-helper: the few host operations Node cannot do itself.
  *
- *   cubebox-helper run-runtime [--private-cgroupv1 [--detach-mounts]] [--oom-score-adj N] <runtime> [args...]
+ *   cubebox-helper run-runtime [--private-cgroupv1 [--detach-mounts]] [--hide-proc-sys-net] [--oom-score-adj N] <runtime> [args...]
  *       Runs an OCI runtime. --private-cgroupv1: in a private mount namespace where the
  *       cgroup2 mount at /sys/fs/cgroup/unified is gone, so that crun sees a pure cgroup v1
  *       host on a hybrid-cgroup machine (crun refuses hybrid layouts). That namespace starts
@@ -12,6 +12,11 @@
  *       meanwhile frees its loop device. It costs one unmount per sandbox mount, so short
  *       calls (run, state, delete, pause) skip it: their copy goes when they exit (a started
  *       container leaves it at pivot_root). The host's mounts are untouched.
+ *       --hide-proc-sys-net: in a private mount namespace where an empty read-only tmpfs
+ *       covers /proc/sys/net. gVisor (before 2024) takes a network namespace that shows
+ *       /proc/sys/net/core/rmem_default for the host's and refuses to copy its links; kernels
+ *       since 6.x show that file in every namespace. The caller checks the namespace it hands
+ *       over is not the host's (that check is what this hides).
  *       --oom-score-adj: with that OOM score, which the processes it starts inherit.
  *
  *   cubebox-helper mount-rootfs <name> <target> <upper> <work> <hostid> <count> <src> <view> [<src> <view>...]
@@ -108,13 +113,14 @@ static void detach_sandbox_mounts(void) {
   free(todo);
 }
 
-/* run-runtime [--private-cgroupv1 [--detach-mounts]] [--oom-score-adj N] <runtime> [args...] */
+/* run-runtime [--private-cgroupv1 [--detach-mounts]] [--hide-proc-sys-net] [--oom-score-adj N] <runtime> [args...] */
 static int run_runtime(int argc, char **argv) {
-  int private_v1 = 0, detach = 0;
+  int private_v1 = 0, detach = 0, hide_net = 0;
   const char *oom = NULL;
   while (argc > 0 && strncmp(argv[0], "--", 2) == 0) {
     if (strcmp(argv[0], "--private-cgroupv1") == 0) { private_v1 = 1; argc--; argv++; }
     else if (strcmp(argv[0], "--detach-mounts") == 0) { detach = 1; argc--; argv++; }
+    else if (strcmp(argv[0], "--hide-proc-sys-net") == 0) { hide_net = 1; argc--; argv++; }
     else if (strcmp(argv[0], "--oom-score-adj") == 0 && argc > 1) { oom = argv[1]; argc -= 2; argv += 2; }
     else { fprintf(stderr, "cubebox-helper: unknown option %s\n", argv[0]); return 2; }
   }
@@ -125,9 +131,13 @@ static int run_runtime(int argc, char **argv) {
     if (fd < 0 || write(fd, oom, strlen(oom)) < 0) return fail("write", "/proc/self/oom_score_adj");
     close(fd);
   }
-  if (private_v1) {
+  if (private_v1 || hide_net) {
     if (unshare(CLONE_NEWNS) < 0) return fail("unshare", "mount namespace");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return fail("mount", "make / private");
+  }
+  if (hide_net && mount("cubebox", "/proc/sys/net", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=555") < 0)
+    return fail("mount", "tmpfs over /proc/sys/net");
+  if (private_v1) {
     if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
       return fail("umount", "/sys/fs/cgroup/unified");
     if (detach) detach_sandbox_mounts();

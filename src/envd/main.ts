@@ -31,6 +31,7 @@
  * started and exit 0. SIGCONT after the host suspended the socket (a checkpoint) listens again. Exit status 2: bad arguments; 1: cannot listen.
  */
 import { closeSync, constants, openSync, readSync, unlinkSync } from 'node:fs';
+import { prepareMetadataStore } from './fs/metadata-store.js';
 import { startEnvd } from './http/server.js';
 import { ENVD_ENV, INIT_SECRET_FILE_ENV } from './host-contract.js';
 import { parseArgs, UsageError } from './options.js';
@@ -81,6 +82,11 @@ async function main(): Promise<void> {
   for (const k of Object.keys(ENVD_ENV)) delete process.env[k];
   // Deterministic modes for what envd creates (dirs 0755, files 0644) and for its processes.
   process.umask(0o022);
+  try {
+    prepareMetadataStore(); // file metadata beside the files where the root keeps no attributes
+  } catch (e) {
+    process.stderr.write(`envd: no file metadata store: ${(e as Error).message}\n`);
+  }
   let envd;
   try {
     envd = await startEnvd(opts);

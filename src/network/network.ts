@@ -12,7 +12,7 @@ import { ResolvedSets } from './resolved.js';
 import type { NetSlotRepo, NetSlotState } from '../store/store.js';
 import { CubeboxError } from '../util/errors.js';
 import { installTable, policyScript, removeTable, slotNames, tableObjects } from './rules.js';
-import { makeSlot, removeSlot, removeStrays, repairSlot, slotProblems, type SlotPlace } from './slot-host.js';
+import { addressLink, makeSlot, removeSlot, removeStrays, repairSlot, slotProblems, type SlotPlace } from './slot-host.js';
 
 export { blockFile } from './block.js';
 
@@ -178,6 +178,7 @@ export class SandboxNetwork {
         const repaired = await this.repair(sandboxId, policy, undefined);
         this.cfg.log.warn({ sandbox: sandboxId, repaired }, 'repaired the network slot of a sandbox');
       }
+      await addressLink(this.place(existing.slot));
       await this.setPolicy(sandboxId, policy);
       return existing;
     }

@@ -25,7 +25,15 @@ export function slotObjects(p: SlotPlace): string[] {
 /** The link's host end and the namespace's side of it (in two `ip -batch` calls). */
 async function makeLink(p: SlotPlace, first: string[] = []): Promise<void> {
   await ipBatch([...first, `link add ${p.link} type veth peer name eth0 netns ${p.netns}`, `addr add ${p.host}/31 dev ${p.link}`, `link set ${p.link} up`]);
-  await ipBatch(['link set lo up', `addr add ${p.addr}/31 dev eth0`, 'link set eth0 up', `route add default via ${p.host}`], p.netns);
+  await addressLink(p);
+}
+
+/**
+ * The namespace's side of the link: up, its address and the default route. Again before each
+ * boot: a user-space netstack (gVisor's) takes them off the link it takes over.
+ */
+export async function addressLink(p: SlotPlace): Promise<void> {
+  await ipBatch(['link set lo up', `addr replace ${p.addr}/31 dev eth0`, 'link set eth0 up', `route replace default via ${p.host}`], p.netns);
 }
 
 /** Makes a slot's namespace, link, addresses, route and nft chain (its sets empty: the open policy). */

@@ -1,5 +1,5 @@
 import type { ChildProcess, StdioOptions } from 'node:child_process';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { HELPER_BIN } from '../config.js';
 import type { CgroupMode } from './cgroups.js';
@@ -74,6 +74,20 @@ export interface OciRuntimeOptions {
 
 const GONE_RE = /does not exist|no such file or directory|not found|container .* not exist/i;
 
+/**
+ * The network namespace the bundle joins (undefined: a new one); throws if it is the host's own. A runtime whose own check of
+ * that is hidden (hideProcSysNet) would take the host's links over, addresses and all.
+ */
+export function refuseHostNetns(bundleDir: string): string | undefined {
+  const config = JSON.parse(readFileSync(join(bundleDir, 'config.json'), 'utf8')) as { linux?: { namespaces?: { type: string; path?: string }[] } };
+  const path = config.linux?.namespaces?.find((n) => n.type === 'network')?.path;
+  if (!path) return undefined; // none, or a new one: the runtime makes it
+  const ns = statSync(path);
+  const host = statSync('/proc/self/ns/net');
+  if (ns.dev === host.dev && ns.ino === host.ino) throw new Error(`the bundle's network namespace ${path} is the host's`);
+  return path;
+}
+
 /** The OCI runtimes share one command line; what differs is in each one's definition (runtimes/). */
 export class OciRuntime implements SandboxRuntime {
   readonly userNamespaces: boolean;
@@ -102,9 +116,10 @@ export class OciRuntime implements SandboxRuntime {
    * The argv that runs the runtime with the given command, through the helper when the
    * hybrid-cgroup wrapper or an OOM score for what it starts is needed.
    */
-  command(args: string[], opts: { oomScoreAdj?: number; long?: boolean } = {}): [string, string[]] {
+  command(args: string[], opts: { oomScoreAdj?: number; long?: boolean; create?: boolean } = {}): [string, string[]] {
     const full = [...this.globalArgs, ...args];
     const helperArgs: string[] = [];
+    if (opts.create && this.def.hideProcSysNet) helperArgs.push('--hide-proc-sys-net');
     // a long call (exec) drops every sandbox's disk and overlay from its copy of the mount table
     // so that it cannot keep them busy; that costs an unmount per sandbox mount, so short calls
     // (whose copy goes when they exit) skip it
@@ -183,7 +198,11 @@ export class OciRuntime implements SandboxRuntime {
     const fd = openSync(logFile, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
     const pidFile = join(bundleDir, 'pid');
     try {
-      const [file, argv] = this.command([verb, ...extra, '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId]);
+      const netns = this.def.hideProcSysNet || this.def.loopbackArgs ? refuseHostNetns(bundleDir) : undefined;
+      const loopback = netns ? [] : (this.def.loopbackArgs ?? []);
+      const [file, argv] = this.command([...loopback, verb, ...extra, '--detach', '--pid-file', pidFile, '--bundle', bundleDir, containerId], {
+        create: true,
+      });
       const code = await this.spawnBounded(file, argv, ['ignore', fd, fd], () => undefined, verb);
       if (code !== 0) {
         const tail = readLogTail(logFile, 4096).trim().split('\n').slice(-3).join(' | ');

@@ -1,5 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { capabilitiesOf, parseRuntimeName } from '../../src/runtime/registry.js';
 import { cli, CLI, waitExit } from './instance.js';
+
+/** The runtime the suites run sandboxes with: CUBEBOX_RUNTIME, as the service and managers read it (crun by default). */
+export const testRuntime = parseRuntimeName(process.env.CUBEBOX_RUNTIME);
+/** What that runtime can do (a test skips the part its runtime cannot). */
+export const testCapabilities = capabilitiesOf(testRuntime);
 
 export interface Service {
   dataDir: string;

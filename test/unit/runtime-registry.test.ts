@@ -75,7 +75,7 @@ describe('the runtime registry', () => {
       [
         ['crun', true, true, false],
         ['runc', true, false, false],
-        ['runsc', false, false, true],
+        ['runsc', false, true, true],
       ],
     );
     for (const n of runtimeNames()) assert.equal(capabilitiesOf(n).envdTransport, 'unix');
@@ -98,7 +98,7 @@ describe('the runtime registry', () => {
   });
 
   it('gives a prepared network namespace only to runtimes that can join one', async () => {
-    assert.deepEqual(await Promise.all(runtimeNames().map(getsSlot)), [true, false, false]);
+    assert.deepEqual(await Promise.all(runtimeNames().map(getsSlot)), [true, false, true]);
   });
 
   it('is the only place outside the runtime modules that names a runtime', () => {

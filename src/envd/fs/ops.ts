@@ -7,6 +7,7 @@ import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import { cp, lstat, mkdir, open, readdir, readlink, realpath, rename, rm, stat, statfs, type FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { XattrClient } from './metadata.js';
+import { keepsNoXattrs, MetadataStore } from './metadata-store.js';
 
 const S_IFMT = 0o170000;
 
@@ -133,6 +134,10 @@ function errno(code: string, message: string): NodeJS.ErrnoException {
 export class LocalFs implements FsOps {
   private readonly handles = new Map<number, FileHandle>();
   private readonly xattr: XattrClient;
+  /** Where metadata lives on filesystems without extended attributes (metadata-store.ts), if this sandbox has one. */
+  private readonly store = MetadataStore.active();
+  /** Per device: whether its metadata lives in the store. */
+  private readonly storeDevs = new Map<bigint, Promise<boolean>>();
 
   /** xattrHelper: envd-exec, for file metadata (none: files have no metadata). */
   constructor(
@@ -140,6 +145,19 @@ export class LocalFs implements FsOps {
     readonly uid = process.getuid?.() ?? 0,
   ) {
     this.xattr = new XattrClient(xattrHelper);
+  }
+
+  /** The store, when the path's filesystem keeps no extended attributes and this sandbox has one. */
+  private async storeFor(p: string, dev: bigint): Promise<MetadataStore | undefined> {
+    if (!this.store) return undefined;
+    let known = this.storeDevs.get(dev);
+    if (!known) this.storeDevs.set(dev, (known = keepsNoXattrs(p)));
+    return (await known) ? this.store : undefined;
+  }
+
+  private async metadataOf(e: PathEntry): Promise<Record<string, string> | undefined> {
+    const store = await this.storeFor(e.path, e.stat.dev);
+    return store ? store.get(e.path) : this.xattr.get(e.path);
   }
 
   async lstat(p: string): Promise<FileStat> {
@@ -166,14 +184,15 @@ export class LocalFs implements FsOps {
    * helper answers in order). Best effort: an entry that vanished or refuses it (EACCES) has none.
    */
   private async withMetadata(entries: PathEntry[]): Promise<PathEntry[]> {
-    const metas = await Promise.all(entries.map((e) => (e.stat.isFile() || e.stat.isDirectory() ? this.xattr.get(e.path).catch(() => undefined) : undefined)));
+    const metas = await Promise.all(entries.map((e) => (e.stat.isFile() || e.stat.isDirectory() ? this.metadataOf(e).catch(() => undefined) : undefined)));
     return entries.map((e, i) => (metas[i] ? { ...e, metadata: metas[i] } : e));
   }
 
   async setMetadata(p: string, metadata: Record<string, string>): Promise<void> {
     // a write through a symlink wrote its target: the metadata is the target's (set without following)
     const real = (await lstat(p)).isSymbolicLink() ? await realpath(p) : p;
-    await this.xattr.set(real, metadata);
+    const store = await this.storeFor(real, (await lstat(real, { bigint: true })).dev);
+    await (store ? store.set(real, metadata) : this.xattr.set(real, metadata));
   }
 
   async readdir(p: string): Promise<string[]> {
@@ -215,8 +234,16 @@ export class LocalFs implements FsOps {
   }
 
   async move(src: string, dst: string): Promise<void> {
-    await lstat(src);
+    const st = await lstat(src, { bigint: true });
     await this.mkdirp(posix.dirname(dst));
+    // metadata in the store follows the file (attributes follow it by themselves)
+    const store = st.isFile() || st.isDirectory() ? await this.storeFor(src, st.dev) : undefined;
+    const entry = await store?.before(src).catch(() => undefined);
+    await this.moveFile(src, dst);
+    if (entry) await store!.moved(entry, dst).catch(() => undefined);
+  }
+
+  private async moveFile(src: string, dst: string): Promise<void> {
     try {
       await rename(src, dst);
     } catch (e) {

@@ -6,9 +6,8 @@ export const runsc: RuntimeDefinition = {
   capabilities: {
     // its kernel is the isolation layer
     userNamespaces: false,
-    // gVisor refuses a prepared namespace on this kind of host ("cannot run with network
-    // enabled in root network namespace"): its sandboxes keep loopback only
-    preparedNetns: false,
+    // its netstack takes over the slot's link (see hideProcSysNet)
+    preparedNetns: true,
     freeze: true,
     checkpoint: 'builtin',
     // its file proxy refuses user.* attributes on the root (EOPNOTSUPP): files keep no metadata
@@ -20,12 +19,19 @@ export const runsc: RuntimeDefinition = {
   },
   // host-uds=create: envd's socket in the shared directory must be reachable from the host (a
   // stale one there makes envd's listen fail: a pause without memory clears the directory);
-  // network=none: loopback only (see preparedNetns)
-  globalArgs: ['--platform=ptrace', '--network=none', '--host-uds=create'],
+  // network=sandbox: gVisor's own netstack on the links of the bundle's network namespace (the
+  // slot's); a sandbox without one gets network=none, gVisor's loopback (a new namespace's
+  // loopback is down, and runsc would copy it so)
+  globalArgs: ['--platform=ptrace', '--network=sandbox', '--host-uds=create'],
+  loopbackArgs: ['--network=none'],
   probeArgs: ['--platform=ptrace', '--network=none'],
   hybridCgroupWrapper: false,
   // `runsc exec --detach` exits 128 whatever happens (and waits ~10 s for a shell that forks)
   detachedExec: false,
+  // gVisor 2022 tells the host's network namespace by /proc/sys/net/core/rmem_default, which
+  // kernels since 6.x show in every namespace: it would refuse every slot ("cannot run with
+  // network enabled in root network namespace", gvisor#10704)
+  hideProcSysNet: true,
   // files named `<id>_sandbox:<sandbox id>.state` (and .lock), not a directory per container
   stateFileOwner: (entry) => /^(.+)_sandbox:.*\.(state|lock)$/.exec(entry)?.[1],
   isolationNote: "gVisor's user-space kernel is the boundary: no user namespace and no seccomp profile from cubebox (runsc filters its own syscalls)",

@@ -41,6 +41,14 @@ export interface RuntimeDefinition {
   /** On hosts with hybrid cgroups every call runs in a private mount namespace without the cgroup2 mount. */
   readonly hybridCgroupWrapper: boolean;
   /**
+   * Its create runs where /proc/sys/net is hidden (the helper's --hide-proc-sys-net): it takes a
+   * namespace that shows /proc/sys/net/core/rmem_default for the host's own and refuses it.
+   * The host then checks by itself that the namespace it hands over is not its own.
+   */
+  readonly hideProcSysNet?: boolean;
+  /** Global flags of a sandbox's start when it has no prepared network namespace (loopback only). */
+  readonly loopbackArgs?: readonly string[];
+  /**
    * The container a file in its state root belongs to, for a runtime that keeps files rather
    * than a directory per container; undefined: not a container's file.
    */
