@@ -275,7 +275,7 @@ async function startTemplateCommand(core: SandboxCore, id: string, spec: StoredS
   const cid = core.containerId(id);
   // The shell puts it in the background with stdio of its own and exits at once; detached too
   // where the runtime can. Its output goes to the console log (PID 1's stdout) where the
-  // runtime lets the exec open it (runc does not: then nowhere).
+  // runtime lets the exec open it (some do not: then nowhere).
   const script = `out=/proc/1/fd/1; true 2>/dev/null >>$out || out=/dev/null; (${spec.startCommand}) </dev/null >>$out 2>&1 &`;
   const rt = core.runtimeOf(id);
   const detach = runtimeDefinition(rt.name).detachedExec !== false;
