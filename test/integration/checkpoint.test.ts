@@ -26,6 +26,27 @@ async function counterPid(m: SandboxManager, id: string): Promise<string> {
   return r.stdout.trim().split('\n')[0] ?? '';
 }
 
+describe('gVisor sandboxes and the host mounts', { skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
+  it("a running or restored runsc sandbox holds no copy of other sandboxes' disks: those delete cleanly meanwhile", async () => {
+    const crun = await newInstance();
+    const gvisor = await newInstance({ runtime: 'runsc' });
+    try {
+      const first = await crun.create({ template: 'busybox' });
+      const g = await gvisor.create({ template: 'busybox' });
+      const second = await crun.create({ template: 'busybox' });
+      await crun.delete(first.id); // its disk was mounted when the runsc sandbox started
+      assertNoSandboxLeaks(crun.paths, first.id);
+      await gvisor.pause(g.id);
+      await gvisor.resume(g.id);
+      await crun.delete(second.id); // and this one's when it was restored
+      assertNoSandboxLeaks(crun.paths, second.id);
+    } finally {
+      await destroyInstance(gvisor);
+      await destroyInstance(crun);
+    }
+  });
+});
+
 describe('pause to disk (runsc)', { skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
   it('a memory pause saves the sandbox to disk and frees its processes; resume continues them where they were, after a restart too; delete removes the image', async () => {
     let m = await newInstance({ runtime: 'runsc' });
