@@ -5,6 +5,7 @@ import { isAbsolute, join, relative } from 'node:path';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
 import { NAME_RE } from '../util/ids.js';
+import { isRuntimeName, runtimeNames } from '../runtime/registry.js';
 import type { Template } from '../template/store.js';
 import { buildLayers, removeLayers } from './build.js';
 import type { BuildStep, FileSource } from './steps.js';
@@ -20,6 +21,8 @@ import type { BuildStep, FileSource } from './steps.js';
 export interface Recipe {
   from: string;
   steps: RecipeStep[];
+  /** The runtime the template's sandboxes need (one of the registry's). */
+  runtime?: string;
 }
 
 export type RecipeStep =
@@ -46,6 +49,8 @@ export function parseRecipe(text: string): Recipe {
   }
   const recipe = r as Recipe;
   if (!recipe || typeof recipe.from !== 'string' || !Array.isArray(recipe.steps)) throw invalid('a recipe needs "from" (a template) and "steps" (a list)');
+  if (recipe.runtime !== undefined && !(typeof recipe.runtime === 'string' && isRuntimeName(recipe.runtime)))
+    throw invalid(`"runtime" must be one of ${runtimeNames().join(', ')}`);
   recipe.steps.forEach((s, i) => {
     const keys = s && typeof s === 'object' ? Object.keys(s) : [];
     const known = ['run', 'copy', 'env', 'workdir', 'user', 'start', 'ready'];
@@ -102,7 +107,7 @@ export async function buildRecipe(
   });
   try {
     // the final template: the last layer's stack with the recipe's settings
-    const template = manager.templates.addDerived(name, r.top, { ...r.settings });
+    const template = manager.templates.addDerived(name, r.top, { ...r.settings, ...(recipe.runtime ? { runtime: recipe.runtime } : {}) });
     progress(`built '${name}' in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     return { template, steps: r.steps };
   } catch (err) {

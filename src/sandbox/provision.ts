@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { naming } from '../config.js';
 import { type BundleSpec, procMeminfo, writeBundle } from '../runtime/bundle.js';
 import type { NetLease } from '../network/network.js';
-import { runtimeDefinition } from '../runtime/registry.js';
+import type { SandboxRuntime } from '../runtime/oci-runtime.js';
+import { isRuntimeName, runtimeDefinition, runtimeNames } from '../runtime/registry.js';
 import { rootfsLayout } from '../runtime/rootfs.js';
 import { SANDBOX_SUPPORT } from '../runtime/support.js';
 import { mountVolumeViews, volumeBinds } from '../volume/disk.js';
@@ -77,7 +78,7 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
   };
   if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0))
     throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
-  const runtime = core.deps.runtimes.default;
+  const runtime = runtimeFor(core, template, req.runtime);
   core.store.transaction(() => {
     core.admit?.({ op: 'create', team: req.team ?? null, sandboxId: id, limits, diskMB: spec.diskMB, metadata: spec.metadata });
     const slot = runtime.userNamespaces ? allocateIdSlot(core) : null;
@@ -100,6 +101,20 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
     });
   });
   return spec;
+}
+
+/**
+ * The runtime a new sandbox runs under: the one its template needs, else the one the create asks
+ * for, else the node's default. Asking for another than the template needs is refused.
+ */
+function runtimeFor(core: SandboxCore, template: Template, asked: string | undefined): SandboxRuntime {
+  const needed = template.config.runtime;
+  if (needed !== undefined && asked !== undefined && asked !== needed)
+    throw invalid(`template '${template.name}' runs under ${needed} only; the create asked for ${asked}`);
+  const name = needed ?? asked;
+  if (name === undefined) return core.deps.runtimes.default;
+  if (!isRuntimeName(name)) throw invalid(`unknown runtime '${name}': use one of ${runtimeNames().join(', ')}`);
+  return core.deps.runtimes.byName(name);
 }
 
 function allocateIdSlot(core: SandboxCore): number {

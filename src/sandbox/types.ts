@@ -43,7 +43,12 @@ export interface CreateRequest {
   team?: string | null;
   /** Persistent volumes of the team, by name, and where they appear in the sandbox. */
   volumeMounts?: { name: string; path: string }[];
+  /** The runtime to run it under (one of the registry's); default: its template's, else the node's. */
+  runtime?: string;
 }
+
+/** The metadata key through which an E2B create chooses the sandbox's runtime. */
+export const RUNTIME_METADATA_KEY = 'cubebox.runtime';
 
 /**
  * What the admission hook (quotas) sees. It runs synchronously right before a sandbox's row is
@@ -213,7 +218,8 @@ export interface ReconcileReport {
 
 /** Requests a pooled sandbox can serve: nothing that changes how the sandbox is built. */
 export function poolable(req: CreateRequest): boolean {
-  return !req.limits && !req.env && !req.command && req.agent !== false && !req.volumeMounts?.length;
+  // pooled sandboxes run under their template's runtime (or the node's): a create that names one is made anew
+  return !req.limits && !req.env && !req.command && req.agent !== false && !req.volumeMounts?.length && !req.runtime;
 }
 
 export function resolveLimits(template: Template, reqLimits: Partial<Limits> = {}, req: Pick<CreateRequest, 'agent' | 'command'> = {}): Limits {

@@ -41,6 +41,8 @@ export interface TemplateConfig {
    * default; `cubebox doctor` lists the templates that turn it on.
    */
   nestedContainers?: boolean;
+  /** The runtime its sandboxes need (e.g. gVisor for untrusted code); unset: the node's default or the create's choice. */
+  runtime?: string;
   /** The owning team (snapshots made through the API); unset: public (built-in and host-made templates). */
   team?: string;
   public?: boolean; // a team's template other teams may start sandboxes of, by its id (E2B's public flag)

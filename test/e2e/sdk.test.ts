@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
 import { assertNoSandboxLeaks, destroyInstance, instanceLeaks } from '../helpers/instance.js';
-import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
+import { sdkService, startService, testRuntime, type E2B, type Service } from '../helpers/service.js';
 
 let e2b: E2B;
 let svc: Service;
@@ -46,6 +46,18 @@ describe('cubebox serve with the e2b SDK', { timeout: 900_000 }, () => {
     assert.equal(await sbx.kill(), true);
     assert.equal(await e2b.Sandbox.kill(sbx.sandboxId), false, 'a second kill returns false');
     assertNoSandboxLeaks(openPaths(dataDir, false), sbx.sandboxId);
+  });
+
+  it("a create chooses its runtime with the 'cubebox.runtime' metadata key; an unknown one is a 400", async () => {
+    const other = testRuntime === 'runsc' ? 'crun' : 'runsc';
+    const sbx = await newSandbox({ metadata: { 'cubebox.runtime': other } });
+    const kernel = (await sbx.commands.run('uname -r')).stdout;
+    // gVisor reports its own kernel (4.4.0); the host's is newer
+    assert.equal(kernel.startsWith('4.4.0'), other === 'runsc', kernel);
+    assert.equal((await sbx.getInfo()).metadata['cubebox.runtime'], other);
+    await sbx.kill();
+    assertNoSandboxLeaks(openPaths(dataDir, false), sbx.sandboxId);
+    await assert.rejects(newSandbox({ metadata: { 'cubebox.runtime': 'nope' } }), /unknown runtime 'nope'/);
   });
 
   it('lists with metadata filters and pagination, newest first', async () => {

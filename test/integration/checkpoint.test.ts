@@ -47,6 +47,31 @@ describe('gVisor sandboxes and the host mounts', { skip: !existsSync('/usr/bin/r
   });
 });
 
+describe('runtimes side by side on one node', { skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
+  it('a create may name its runtime, a template may require one; both kinds live together and delete cleanly', async () => {
+    const m = await newInstance(); // the node's default runtime
+    try {
+      const plain = await m.create({ template: 'busybox' });
+      const chosen = await m.create({ template: 'busybox', runtime: 'runsc' });
+      m.templates.addDerived('gvisor-only', m.templates.get('busybox'), { runtime: 'runsc' });
+      const required = await m.create({ template: 'gvisor-only' });
+      assert.equal(plain.runtime, m.runtime.name);
+      assert.equal(chosen.runtime, 'runsc');
+      assert.equal(required.runtime, 'runsc');
+      for (const s of [chosen, required]) assert.match((await execIn(m, s.id, ['uname', '-r'])).stdout, /^4\.4\.0/, 'gVisor reports its own kernel');
+      await assert.rejects(m.create({ template: 'gvisor-only', runtime: 'crun' }), /runs under runsc only/);
+      await m.pause(chosen.id); // to disk, beside a sandbox of the default runtime
+      await m.resume(chosen.id);
+      for (const s of [plain, chosen, required]) {
+        await m.delete(s.id);
+        assertNoSandboxLeaks(m.paths, s.id);
+      }
+    } finally {
+      await destroyInstance(m);
+    }
+  });
+});
+
 describe('pause to disk (runsc)', { skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
   it('a memory pause saves the sandbox to disk and frees its processes; resume continues them where they were, after a restart too; delete removes the image', async () => {
     let m = await newInstance({ runtime: 'runsc' });

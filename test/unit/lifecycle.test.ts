@@ -296,6 +296,17 @@ describe('lifecycle rules (fake runtime and host, real store)', () => {
     assert.deepEqual([...r.runtime.containers.keys()], []);
   });
 
+  it("a create's runtime: the template's, else the one asked for, else the node's; a conflict or an unknown name makes nothing", async () => {
+    const s = await m.create({ ...NO_AGENT, runtime: 'crun' });
+    assert.equal(m.get(s.id).runtime, 'crun');
+    await m.delete(s.id);
+    await assert.rejects(m.create({ ...NO_AGENT, runtime: 'nope' }), /unknown runtime 'nope'/);
+    const t = m.templates.addDerived('needs-other', m.templates.get('t'), { runtime: 'runsc' });
+    await assert.rejects(m.create({ ...NO_AGENT, template: t.name, runtime: 'crun' }), /runs under runsc only/);
+    assert.deepEqual(r.store.listSandboxes(), []);
+    assert.deepEqual(r.store.orphanLedgerIds(), []);
+  });
+
   it('operations refused by the state table keep their conflict messages', async () => {
     const s = await m.create(NO_AGENT);
     await assert.rejects(m.resume(s.id), /is already running/);

@@ -1,6 +1,6 @@
 // Sandboxes as a collection and one by one: create, list (v1 and the paginated v2), get, delete.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { Lifecycle, SandboxInfo } from '../../sandbox/types.js';
+import { RUNTIME_METADATA_KEY, type Lifecycle, type SandboxInfo } from '../../sandbox/types.js';
 import { invalid, notFound } from '../../util/errors.js';
 import { DEFAULT_TIMEOUT_SEC, e2bState, schemaError, one, owns, timeoutOf, type Query, type Req, type RouteContext, type RouteTypes } from './context.js';
 import { networkSettings, type NetworkInput } from '../../network/policy.js';
@@ -50,6 +50,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
         network: networkSettings({ allowInternetAccess: b.allow_internet_access ?? undefined, ...networkInput(b.network) }),
         extra: { mcp: b.mcp ?? undefined },
         volumeMounts: (b.volumeMounts as { name: string; path: string }[] | null | undefined) ?? undefined, // createBody: checked
+        runtime: metadata[RUNTIME_METADATA_KEY],
       }),
     );
     return reply.code(201).send(sandboxBody(info));

@@ -10,7 +10,7 @@ export const runsc: RuntimeDefinition = {
     preparedNetns: true,
     freeze: true,
     checkpoint: 'builtin',
-    // its file proxy refuses user.* attributes on the root (EOPNOTSUPP): files keep no metadata
+    // its file proxy refuses user.* attributes on the root (EOPNOTSUPP): envd keeps metadata beside the files
     rootXattrs: false,
     envdTransport: 'unix',
     // binds over files in its own /proc work (a boot id per boot); meminfo needs none, its kernel knows the sandbox's memory
