@@ -2,7 +2,7 @@
 // with --json, one document at the end), progress on stderr. Every figure stands next to a
 // baseline measured in the same run: compare ratios, not times, on a shared machine.
 import { loadavg } from 'node:os';
-import { DEFAULT_RUNTIME } from '../runtime/registry.js';
+import { DEFAULT_RUNTIME, type RuntimeName } from '../runtime/registry.js';
 import { burstBench } from './burst-bench.js';
 import { densityBench } from './density-bench.js';
 import { BenchService, type BenchNode, type PoolConfig } from './harness.js';
@@ -21,6 +21,8 @@ export interface BenchRunOptions {
   clientSandboxes: number;
   seconds: number;
   json?: boolean;
+  /** Runtimes the runtime part measures, side by side (default: the node's). */
+  runtimes?: RuntimeName[];
   /** The pool `cubebox serve` starts with by default. */
   defaultPool: PoolConfig;
   /** The node's configuration and how it is served (from the CLI). */
@@ -108,7 +110,15 @@ async function runPart(name: PartName, o: BenchRunOptions, service: () => Promis
   switch (name) {
     case 'runtime': {
       const { runtimeBench } = await import('./runtime-bench.js');
-      return rowsToPart('runtime', await runtimeBench(o.node, o.iterations, progress));
+      // one column of figures per runtime, each against that runtime's bare baseline, in one run
+      const runtimes = o.runtimes?.length ? o.runtimes : [o.node.manager.runtime ?? DEFAULT_RUNTIME];
+      const rows = [];
+      for (const runtime of runtimes) {
+        const node = { ...o.node, manager: { ...o.node.manager, runtime } };
+        const got = await runtimeBench(node, o.iterations, progress);
+        rows.push(...(runtimes.length > 1 ? got.map((r) => ({ ...r, name: `${runtime}: ${r.name}` })) : got));
+      }
+      return rowsToPart('runtime', rows);
     }
     case 'network': {
       const { networkBench } = await import('./network-bench.js');

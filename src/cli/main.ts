@@ -3,6 +3,7 @@ import pino from 'pino';
 import { openPaths } from '../config.js';
 import { faultOf, hostConfig, managerOptions } from '../app/config.js';
 import { formatReport, probeHost } from '../runtime/probe.js';
+import { registerBenchCommand } from './bench.js';
 import { registerKeysCommand, registerTeamsCommand } from './keys.js';
 import { RemoteApi } from '../api/control-client.js';
 import { ControlServer } from '../api/control-socket.js';
@@ -355,42 +356,7 @@ program
 registerKeysCommand(program, dataDirOf);
 registerTeamsCommand(program, dataDirOf);
 
-program
-  .command('bench')
-  .description('measure cubebox against bare baselines taken in the same run (runtime, service, network, bursts, throughput, density)')
-  .option('-n, --iterations <n>', 'iterations of the sequential measurements', num('--iterations'), 20)
-  .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'service', 'network', 'burst', 'throughput', 'density']))
-  .option('--burst <n>', 'concurrent creates in a burst', num('--burst'), 50)
-  .option('--sandboxes <m>', 'idle sandboxes for the density part', num('--sandboxes'), 100)
-  .option('--clients <c>', 'concurrent SDK clients for the throughput part', num('--clients'), 100)
-  .option('--client-sandboxes <s>', 'sandboxes the throughput clients share', num('--client-sandboxes'), 20)
-  .option('--seconds <t>', 'seconds the throughput loops run', num('--seconds'), 20)
-  .option('--json', 'print one JSON document on stdout (progress stays on stderr)')
-  .action(async (opts: BenchOpts) => {
-    for (const k of ['iterations', 'burst', 'sandboxes', 'clients', 'clientSandboxes', 'seconds'] as const) {
-      if (!Number.isInteger(opts[k]) || opts[k] < 1)
-        throw new CubeboxError('invalid_argument', `--${k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} must be a positive integer`);
-    }
-    const { runBench } = await import('../bench/bench.js');
-    const { serveConfig } = await import('../app/config.js');
-    const { serveNode } = await import('../app/node.js');
-    const { openSecretKey } = await import('../secrets/key.js');
-    // the pool `cubebox serve` would start with here (its default, or CUBEBOX_POOL), and its configuration
-    const config = serveConfig({});
-    const host = hostConfig();
-    const node = {
-      manager: { ...managerOptions(host), logger: pino({ level: host.logLevel ?? 'warn' }, pino.destination(2)) },
-      cacheDir: config.cacheDir,
-      serve: (m: SandboxManager, o: { host: string; port: number }) => {
-        const key = openSecretKey(m.paths.dataDir);
-        return serveNode(m, { ...o, log: m.log, volumeSizeMB: config.volumeSizeMB, sealingKey: () => key });
-      },
-    };
-    const ok = await runBench({ ...opts, defaultPool: config.pool, node });
-    if (!ok) process.exitCode = 1;
-  });
-
-type BenchOpts = Omit<import('../bench/bench.js').BenchRunOptions, 'defaultPool' | 'node'>;
+registerBenchCommand(program, num);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const kind: ErrorKind = err instanceof CubeboxError ? err.kind : 'internal';
