@@ -6,7 +6,7 @@ import type { SandboxCore } from './core.js';
 import { envdRequest, INIT_SECRET_HEADER, SUSPEND_SOCKET_PATH } from './envd-client.js';
 import { connectNetwork } from './networking.js';
 import { remountRootfs, waitForAgent } from './provision.js';
-import { stopContainer } from './teardown.js';
+import { clearSharedDir, stopContainer } from './teardown.js';
 import { mountVolumeViews } from '../volume/disk.js';
 import type { StoredSpec } from './types.js';
 
@@ -45,9 +45,11 @@ export async function checkpointSandbox(core: SandboxCore, id: string, spec: Sto
   } catch (err) {
     throw new Error(`checkpoint: ${errorMessage(err)}`);
   }
-  // the runtime stopped the container: its state, cgroup and envd's old socket file go (both
-  // stay in the ledger for the restore); envd binds its socket afresh after the restore
-  await stopContainer(core, id);
+  // The runtime stopped the container. envd's old socket file goes (envd binds it afresh after
+  // the restore); the stopped container's state and empty cgroup stay until the resume or a
+  // delete: the runtime's delete waits for the checkpointed sandbox process to be reaped, which
+  // can take seconds, and is quick by then.
+  clearSharedDir(join(core.sandboxDir(id), 'disk', 'run'));
 }
 
 /** Starts a checkpointed sandbox again from its image; returns its PID. Under the sandbox's lock. */
@@ -61,7 +63,7 @@ export async function restoreSandbox(core: SandboxCore, id: string, spec: Stored
   await remountRootfs(core, id, spec);
   await mountVolumeViews(core.store, core.deps.paths, id, dir, spec.volumeMounts, core.idMapFor(core.requireRow(id).uidSlot));
   await connectNetwork(core, id, spec);
-  await rt.forceDelete(cid); // whatever a failed restore left
+  await rt.forceDelete(cid); // the stopped container the checkpoint left (or a failed restore)
   const pid = await rt.restore!(cid, join(dir, 'bundle'), image, core.consoleLogPath(id));
   core.applyInstanceLimits();
   if (spec.agent) {

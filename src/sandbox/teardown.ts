@@ -70,7 +70,7 @@ export async function stopContainer(core: SandboxCore, id: string): Promise<void
  * sandbox cannot reach its parent); its entries are the sandbox's and are removed without
  * following any link in them.
  */
-function clearSharedDir(dir: string): void {
+export function clearSharedDir(dir: string): void {
   let st;
   try {
     st = lstatSync(dir);

@@ -3,6 +3,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { healthy } from '../../src/sandbox/envd-client.js';
+import { processesInCgroup } from '../../src/sandbox/leaks.js';
 import { assertNoSandboxLeaks, destroyInstance, execIn, newInstance, openManager } from '../helpers/instance.js';
 import type { SandboxManager } from '../../src/sandbox/manager.js';
 
@@ -87,7 +88,10 @@ describe('pause to disk (runsc)', { skip: !existsSync('/usr/bin/runsc') && 'runs
       await m.pause(sbx.id);
       const image = join(m.sandboxDir(sbx.id), 'checkpoint');
       assert.ok(readdirSync(image).length > 0, 'the image is on disk');
-      assert.equal(await m.runtime.state(m.containerId(sbx.id)), null, 'no container while paused');
+      // nothing runs while paused (the stopped container's record goes at the resume or delete)
+      const st = await m.runtime.state(m.containerId(sbx.id));
+      assert.ok(st === null || st.status === 'stopped', `container ${st?.status}`);
+      assert.deepEqual(processesInCgroup(`/cubebox-${m.paths.instanceId}/${sbx.id}`), [], 'no process while paused');
       assert.equal(m.get(sbx.id).state, 'paused');
 
       // the service restarts while the sandbox is paused to disk
