@@ -288,12 +288,14 @@ async function startTemplateCommand(core: SandboxCore, id: string, spec: StoredS
   if (!spec.startCommand) return;
   const env = { ...BASE_ENV, ...spec.env, ...spec.envVars };
   const cid = core.containerId(id);
-  // The shell puts it in the background with stdio of its own and exits at once; detached too
-  // where the runtime can. Its output goes to the console log (PID 1's stdout) where the
-  // runtime lets the exec open it (some do not: then nowhere).
-  const script = `out=/proc/1/fd/1; true 2>/dev/null >>$out || out=/dev/null; (${spec.startCommand}) </dev/null >>$out 2>&1 &`;
+  // Its output goes to the console log (PID 1's stdout) where the runtime lets the exec open it
+  // (some do not: then nowhere). Where the runtime detaches the exec, the shell waits for the
+  // command in the foreground; where it cannot (its detached exec is unusable), the shell puts
+  // the command in the background and returns, and the command then starts with SIGINT and
+  // SIGQUIT ignored, as POSIX has background jobs of a shell without job control.
   const rt = core.runtimeOf(id);
   const detach = runtimeDefinition(rt.name).detachedExec !== false;
+  const script = `out=/proc/1/fd/1; true 2>/dev/null >>$out || out=/dev/null; (${spec.startCommand}) </dev/null >>$out 2>&1${detach ? '' : ' &'}`;
   const start = rt.exec(cid, ['/bin/sh', '-c', script], {
     env,
     cwd: spec.workdir,
