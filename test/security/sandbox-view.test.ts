@@ -134,8 +134,10 @@ for (const runtime of ['crun', 'runsc'] as RuntimeName[]) {
         await sh(m, id, 'kill -9 $(pidof sleep)');
         assert.ok(await eventually(async () => (await countSleeps(m, id)) === 0));
         // a fork storm: the limit holds it (forks fail), and it dies with its command's deadline
-        // exec: the command itself needs no fork, so it lives until its deadline whatever the storm takes
-        const storm = await envdRun(m, id, 'f() { while :; do sleep 1004 & done; }; f & f & f & exec sleep 1005', { timeoutMs: 1500 });
+        // the command forks once (a subshell that starts the storm; its own forks may fail at the
+        // limit, which only ends the subshell), then execs: it lives until its deadline whatever
+        // the storm takes (a leader whose fork failed would end by itself, leaving its jobs running)
+        const storm = await envdRun(m, id, 'f() { while :; do sleep 1004 & done; }; (f & f & f &); exec sleep 1005', { timeoutMs: 1500 });
         assert.ok(storm.pid > 0);
         if (!(await eventually(async () => (await countSleeps(m, id)) === 0))) {
           const dump = await sh(m, id, 'for p in /proc/[0-9]*; do read -r s < $p/stat 2>/dev/null && echo "$s"; done');
