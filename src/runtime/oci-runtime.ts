@@ -224,6 +224,8 @@ export class OciRuntime implements SandboxRuntime {
   }
 
   exec(containerId: string, args: string[], opts: ExecOptions = {}): ChildProcess {
+    // a detached exec that cannot work fails here, not after a silent wait and a meaningless exit code
+    if (opts.detach && this.def.detachedExec === false) throw new Error(`${this.name} cannot detach an exec: background the command in a shell instead`);
     const flags: string[] = [];
     if (opts.tty) flags.push('--tty');
     if (opts.detach) flags.push('--detach');

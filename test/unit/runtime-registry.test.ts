@@ -69,6 +69,19 @@ describe('the runtime registry', () => {
     assert.throws(() => parseRuntimeName('kata'), /unknown runtime 'kata' \(crun, runc or runsc\)/);
   });
 
+  it('refuses a detached exec where the runtime cannot detach one, before running anything', () => {
+    const root = mkdtempSync(join(tmpdir(), 'cubebox-detach-'));
+    try {
+      for (const name of runtimeNames()) {
+        const rt = new OciRuntime(name, root, 'v2', { binary: '/nonexistent/runtime' });
+        if (runtimeDefinition(name).detachedExec === false) assert.throws(() => rt.exec('c', ['true'], { detach: true }), /cannot detach an exec/);
+        else rt.exec('c', ['true'], { detach: true, stdio: 'ignore' }).on('error', () => undefined); // spawned (and fails: no binary)
+      }
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it('declares what each runtime can do', () => {
     assert.deepEqual(
       runtimeNames().map((n) => [n, capabilitiesOf(n).userNamespaces, capabilitiesOf(n).preparedNetns, capabilitiesOf(n).ownKernel]),
