@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(crun runc runsc tini iproute2 nftables conntrack openssl debootstrap busybox-static golang-github-containers-common
       util-linux e2fsprogs procps psmisc curl ca-certificates build-essential python3 xz-utils zstd
-      criu skopeo umoci docker-registry apache2-utils)
+      criu skopeo umoci docker-registry apache2-utils postgresql chromium fonts-dejavu-core)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -14,6 +14,8 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   # tests start their own registry: the package's service (port 5000 on every address) stays off
   if [[ " ${missing[*]} " == *" docker-registry "* ]]; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+  # the same for PostgreSQL: tests and the local cluster start their own servers in temporary directories
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then systemctl disable --now postgresql >/dev/null 2>&1 || true; fi
 fi
 npm ci --no-audit --no-fund
 npm run build
