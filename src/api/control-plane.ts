@@ -52,10 +52,12 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
     if (path?.startsWith('/volumecontent/')) return; // the volume's own token instead (routes/volume-content.ts)
     if (path?.startsWith(UPLOAD_PREFIX)) return; // the upload link's own signed token (routes/template-builds.ts)
     const key = req.headers['x-api-key'];
-    const caller = opts.node.keys.authenticate(Array.isArray(key) ? key[0] : key);
+    // both read the shared store (through short-lived copies): unreachable, the request is a 503
+    const caller = await opts.node.keys.authenticate(Array.isArray(key) ? key[0] : key);
     if (!caller) {
       return sendError(reply, 401, 'Invalid API key: pass a valid key (e2b_...) in the X-API-KEY header; create one with `cubebox keys create`');
     }
+    await opts.node.teams.fresh(caller.team); // the quota checks and blocked teams of this request read its copy
     callers.set(req, caller);
   });
 

@@ -1,10 +1,13 @@
 // API keys of the control plane: `e2b_` + 40 hex characters, stored as SHA-256 hashes only.
 // Every key belongs to a team (E2B's model); an admin key manages every team's objects.
-// The table lives in the instance's SQLite store (its schema and migrations: store/schema.ts, its queries: store/api-keys.ts); the CLI (`cubebox keys ...`) and a running
-// `cubebox serve` use it through separate connections (WAL), and verify() reads it on every
-// request, so a key created or revoked by the CLI takes effect at once.
+// Keys and teams live in the shared store (store/shared.ts): by default the instance's SQLite
+// file, which the CLI (`cubebox keys ...`) and a running `cubebox serve` open through separate
+// connections (WAL) and verify() reads on every request, so a key created or revoked by the CLI
+// takes effect at once; on PostgreSQL a verified key is trusted for the store's keyCacheMs
+// (a revoke through this process drops it at once, through another within that time).
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { DEFAULT_TEAM_ID, type ApiKeyRow, type Repositories, type TeamRow } from '../store/store.js';
+import type { SharedStore } from '../store/shared.js';
+import { DEFAULT_TEAM_ID, type ApiKeyRow, type TeamRow } from '../store/store.js';
 import { invalid, notFound } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 
@@ -47,76 +50,71 @@ export function hashApiKey(key: string): string {
   return createHash('sha256').update(key, 'utf8').digest('hex');
 }
 
-/** What the keys need of the store: the two tables, and immediate transactions across them. */
-export type KeyStore = Pick<Repositories, 'keys' | 'teams' | 'immediate'>;
+/** Verified keys kept at most this many (a flood of distinct keys must not grow memory). */
+const KEY_CACHE_MAX = 10_000;
 
 export class ApiKeys {
-  constructor(private readonly store: KeyStore) {}
+  /** Live keys verified within the store's keyCacheMs, by hash (PostgreSQL only: SQLite reads at each request). */
+  private readonly verified = new Map<string, { row: ApiKeyRow; at: number }>();
+
+  constructor(private readonly store: SharedStore) {}
 
   /**
    * A new key of a team (by name or id; a name that no team has yet makes that team; default:
    * the default team). `admin` keys manage every team's objects.
    */
-  create(name = '', opts: { team?: string; admin?: boolean } = {}): { key: string; info: ApiKeyInfo } {
+  async create(name = '', opts: { team?: string; admin?: boolean } = {}): Promise<{ key: string; info: ApiKeyInfo }> {
     if (typeof name !== 'string' || name.length > 200) throw invalid('the key name must be a string of at most 200 characters');
     const key = 'e2b_' + randomBytes(20).toString('hex');
-    // immediate: a deferred transaction that reads, then writes fails at once ("database is
-    // locked") when the running service wrote in between, instead of waiting for its turn
-    return this.store.immediate(() => {
-      const team = this.ensureTeam(opts.team ?? DEFAULT_TEAM_ID);
-      const row: ApiKeyRow = {
-        id: 'key_' + randomId(12),
-        name,
-        prefix: key.slice(0, PREFIX_LENGTH),
-        hash: hashApiKey(key),
-        createdAt: Date.now(),
-        lastUsedAt: null,
-        revokedAt: null,
-        team: team.id,
-        admin: !!opts.admin,
-      };
-      this.store.keys.insert(row);
-      return { key, info: toInfo(row) };
+    // the key and the team it may make, in one transaction of the store
+    const made = await this.store.keys.create(opts.team ?? DEFAULT_TEAM_ID, newTeam, {
+      id: 'key_' + randomId(12),
+      name,
+      prefix: key.slice(0, PREFIX_LENGTH),
+      hash: hashApiKey(key),
+      createdAt: Date.now(),
+      lastUsedAt: null,
+      revokedAt: null,
+      admin: !!opts.admin,
     });
+    this.store.directory.invalidate();
+    return { key, info: toInfo(made.key) };
   }
 
   /** The team named (by id or name), made when no team has that name. */
-  ensureTeam(ref: string): TeamRow {
-    const found = this.team(ref);
-    if (found) return found;
-    if (!TEAM_NAME_RE.test(ref)) throw invalid(`bad team name '${ref}': use 1-63 of [a-z0-9_.-], starting with a letter or digit`);
-    const row: TeamRow = { id: 'team_' + randomId(12), name: ref, createdAt: Date.now(), quota: '{}' };
-    this.store.teams.insert(row);
-    return row;
+  async ensureTeam(ref: string): Promise<TeamRow> {
+    const team = await this.store.teams.ensure(ref, newTeam);
+    this.store.directory.invalidate();
+    return team;
   }
 
-  team(ref: string): TeamRow | undefined {
+  team(ref: string): Promise<TeamRow | undefined> {
     return this.store.teams.get(ref);
   }
 
   /** Every key, revoked ones included, oldest first. */
-  list(): ApiKeyInfo[] {
-    return this.store.keys.list().map(toInfo);
+  async list(): Promise<ApiKeyInfo[]> {
+    return (await this.store.keys.list()).map(toInfo);
   }
 
   /**
    * Revokes a key named by its id, by a prefix of the key (at least 'e2b_' + 4 hex, at most the
    * stored prefix), or by the whole key. Revoking a revoked key changes nothing.
    */
-  revoke(idOrPrefix: string): ApiKeyInfo {
+  async revoke(idOrPrefix: string): Promise<ApiKeyInfo> {
     const arg = (idOrPrefix ?? '').trim();
     if (!arg) throw invalid('name a key by its id or the first characters of the key');
     let matches: ApiKeyRow[];
     if (API_KEY_RE.test(arg)) {
-      const r = this.store.keys.byHash(hashApiKey(arg));
+      const r = await this.store.keys.byHash(hashApiKey(arg));
       matches = r ? [r] : [];
     } else {
-      const r = this.store.keys.get(arg);
+      const r = await this.store.keys.get(arg);
       matches = r ? [r] : [];
       if (!matches.length && arg.startsWith('e2b_')) {
         if (arg.length < MIN_LOOKUP_PREFIX) throw invalid(`key prefix '${arg}' is too short: give at least ${MIN_LOOKUP_PREFIX} characters`);
         if (arg.length <= PREFIX_LENGTH) {
-          matches = this.store.keys.list().filter((r) => r.prefix.startsWith(arg));
+          matches = (await this.store.keys.list()).filter((r) => r.prefix.startsWith(arg));
         }
       }
     }
@@ -125,8 +123,10 @@ export class ApiKeys {
     const row = matches[0] as ApiKeyRow;
     if (row.revokedAt === null) {
       row.revokedAt = Date.now();
-      this.store.keys.revoke(row.id, row.revokedAt);
+      await this.store.keys.revoke(row.id, row.revokedAt);
     }
+    this.verified.delete(row.hash);
+    this.store.directory.invalidate();
     return toInfo(row);
   }
 
@@ -135,18 +135,33 @@ export class ApiKeys {
    * (an index search on the hash leaks nothing usable about the key) and the stored hash is
    * compared in constant time. lastUsedAt is written at most once a minute per key.
    */
-  verify(key: string | undefined): ApiKeyInfo | undefined {
+  async verify(key: string | undefined): Promise<ApiKeyInfo | undefined> {
     if (typeof key !== 'string' || !API_KEY_RE.test(key)) return undefined;
     const hash = hashApiKey(key);
-    const row = this.store.keys.byHash(hash);
-    if (!row) return undefined;
-    if (!timingSafeEqual(Buffer.from(row.hash, 'hex'), Buffer.from(hash, 'hex'))) return undefined;
-    if (row.revokedAt !== null) return undefined;
     const now = Date.now();
+    const cached = this.verified.get(hash);
+    let row = cached && now - cached.at < this.store.keyCacheMs ? cached.row : undefined;
+    if (!row) {
+      this.verified.delete(hash);
+      row = await this.store.keys.byHash(hash);
+      if (!row) return undefined;
+      if (!timingSafeEqual(Buffer.from(row.hash, 'hex'), Buffer.from(hash, 'hex'))) return undefined;
+      if (row.revokedAt !== null) return undefined;
+      if (this.store.keyCacheMs > 0) {
+        if (this.verified.size >= KEY_CACHE_MAX) this.verified.clear();
+        this.verified.set(hash, { row, at: now });
+      }
+    }
     if (row.lastUsedAt === null || now - row.lastUsedAt >= LAST_USED_RESOLUTION_MS) {
       row.lastUsedAt = now;
-      this.store.keys.touch(row.id, now); // best effort: never blocks a request behind another process's write lock
+      await this.store.keys.touch(row.id, now); // best effort: never blocks a request behind another writer
     }
     return toInfo(row);
   }
+}
+
+/** A new team of that name; refuses a name that is not one. */
+function newTeam(ref: string): TeamRow {
+  if (!TEAM_NAME_RE.test(ref)) throw invalid(`bad team name '${ref}': use 1-63 of [a-z0-9_.-], starting with a letter or digit`);
+  return { id: 'team_' + randomId(12), name: ref, createdAt: Date.now(), quota: '{}' };
 }

@@ -41,8 +41,8 @@ export function localNode(manager: SandboxManager, parts: LocalNodeParts): NodeA
     secrets: parts.secrets,
     teams: parts.tenancy,
     keys: {
-      authenticate(key) {
-        const info = keys.verify(key);
+      async authenticate(key) {
+        const info = await keys.verify(key);
         return info && { keyId: info.id, keyPrefix: info.prefix, team: info.team, admin: info.admin };
       },
     },

@@ -7,7 +7,7 @@ import type { NetworkSettings } from '../network/policy.js';
 import type { MetricsSampler } from '../sandbox/metrics.js';
 import type { SnapshotOpts } from '../sandbox/snapshots.js';
 import type { CreateRequest, SandboxInfo } from '../sandbox/types.js';
-import type { SecretRepo } from '../store/secrets.js';
+import type { SharedSecretRepo } from '../store/shared.js';
 import type { Template } from '../template/store.js';
 import type { CubeboxError } from '../util/errors.js';
 import type { GuardedSocket } from '../util/safe-socket.js';
@@ -63,16 +63,16 @@ export interface VolumesApi {
 
 /** A team's sealed secrets, and the key that seals them. */
 export interface SecretsApi {
-  rows: SecretRepo;
+  rows: SharedSecretRepo;
   sealingKey(): Buffer;
 }
 
 /** Teams, their quotas and whether one is blocked (no live key). */
-export type TeamsApi = Pick<Tenancy, 'blocked' | 'checkMetadata' | 'reserveSnapshot' | 'admitVolume' | 'quota' | 'team' | 'teams'>;
+export type TeamsApi = Pick<Tenancy, 'fresh' | 'blocked' | 'checkMetadata' | 'reserveSnapshot' | 'admitVolume' | 'quota' | 'team' | 'teams'>;
 
 export interface KeysApi {
   /** The caller behind an X-API-KEY value (its team, whether it is an admin key); undefined: not a live key. */
-  authenticate(key: string | undefined): Caller | undefined;
+  authenticate(key: string | undefined): Promise<Caller | undefined>;
 }
 
 /** Resource samples of sandboxes and teams. */

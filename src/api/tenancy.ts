@@ -4,9 +4,13 @@
 // row is written (create, warm-pool claim), it leaves `paused` (resume) or enters `pausing`
 // (pause): check and write are one step of the single-threaded manager, so concurrent
 // operations cannot overshoot a quota. New template layers are measured once they exist.
+// Teams, their quotas and which have a live key come from the shared store's directory (a
+// synchronous copy: see store/shared.ts); what sandboxes hold, from the node's own store.
 import type { Logger } from 'pino';
 import type { Admission, SandboxManager } from '../sandbox/manager.js';
 import type { Template } from '../template/store.js';
+import type { SharedStore, TeamDirectory } from '../store/shared.js';
+import { sqliteDirectory } from '../store/shared-sqlite.js';
 import type { SandboxState, Store, TeamRow } from '../store/store.js';
 import { CubeboxError, invalid, notFound } from '../util/errors.js';
 import { TeamLayers } from './layer-usage.js';
@@ -147,30 +151,40 @@ export class Tenancy {
   /** The teams' own template layers on disk; without templates (the CLI) layers are not counted. */
   private readonly layers: TeamLayers | undefined;
 
+  /** The teams and which have a live key (default: read from the node's own store). */
+  private readonly directory: TeamDirectory;
+
   constructor(
     private readonly store: Store,
     templates?: { list(): Template[] },
     log?: Logger,
+    directory?: TeamDirectory,
   ) {
     this.layers = templates && new TeamLayers(() => templates.list(), log);
+    this.directory = directory ?? sqliteDirectory(store);
+  }
+
+  /** Brings the directory up to date for a request of `team`'s caller (throws 'unavailable' when the shared store cannot be read). */
+  fresh(team?: string): Promise<void> {
+    return this.directory.fresh(team);
   }
 
   team(ref: string): TeamRow | undefined {
-    return this.store.getTeam(ref);
+    return this.directory.team(ref);
   }
 
   teams(): TeamRow[] {
-    return this.store.listTeams();
+    return this.directory.teams();
   }
 
   quota(team: string): Quota {
-    const row = this.store.getTeam(team);
+    const row = this.directory.team(team);
     return { ...DEFAULT_QUOTA, ...(row ? parseQuota(row.quota) : {}) };
   }
 
   /** A team without a live key is blocked: its sandboxes are refused on both planes. Host-made sandboxes (no team) never are. */
   blocked(team: string | null | undefined): boolean {
-    return !!team && !this.store.teamHasLiveKey(team);
+    return !!team && !this.directory.hasLiveKey(team);
   }
 
   /** What a team's sandboxes hold, leaving out one (the one being admitted), and its own template layers on disk. */
@@ -283,7 +297,7 @@ export class Tenancy {
   }
 
   private teamName(team: string): string {
-    return this.store.getTeam(team)?.name ?? team;
+    return this.directory.team(team)?.name ?? team;
   }
 }
 
@@ -299,15 +313,16 @@ export function parseQuota(json: string): Partial<Quota> {
 }
 
 /** Sets (or, with null, resets to the default) some limits of a team; returns the effective quota. */
-export function setTeamQuota(store: Store, ref: string, change: Partial<Record<keyof Quota, number | null>>): Quota {
-  // read and write in one immediate transaction: no other change slips in between (nor fails it)
-  return store.immediate(() => changeQuota(store, ref, change));
+export async function setTeamQuota(store: SharedStore, ref: string, change: Partial<Record<keyof Quota, number | null>>): Promise<Quota> {
+  // read and write under the team's lock: no other change slips in between (nor fails it)
+  const row = await store.teams.changeQuota(ref, (quota) => JSON.stringify(changedQuota(quota, change)));
+  if (!row) throw notFound(`no team '${ref}'`);
+  store.directory.invalidate();
+  return { ...DEFAULT_QUOTA, ...parseQuota(row.quota) };
 }
 
-function changeQuota(store: Store, ref: string, change: Partial<Record<keyof Quota, number | null>>): Quota {
-  const row = store.getTeam(ref);
-  if (!row) throw notFound(`no team '${ref}'`);
-  const cur = parseQuota(row.quota);
+function changedQuota(quota: string, change: Partial<Record<keyof Quota, number | null>>): Partial<Quota> {
+  const cur = parseQuota(quota);
   for (const [k, v] of Object.entries(change) as [keyof Quota, number | null | undefined][]) {
     if (!QUOTA_KEYS.includes(k)) throw invalid(`unknown quota '${k}' (${QUOTA_KEYS.join(', ')})`);
     if (v === undefined) continue;
@@ -315,6 +330,5 @@ function changeQuota(store: Store, ref: string, change: Partial<Record<keyof Quo
     else if (!Number.isInteger(v) || v < 0) throw invalid(`quota ${k} must be a non-negative integer, got ${v}`);
     else cur[k] = v;
   }
-  store.setTeamQuota(row.id, JSON.stringify(cur));
-  return { ...DEFAULT_QUOTA, ...cur };
+  return cur;
 }

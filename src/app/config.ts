@@ -10,6 +10,7 @@ import { parseRuntimeName, runtimeNames, type RuntimeName } from '../runtime/reg
 import type { PoolBounds } from '../sandbox/pool-sizer.js';
 import type { RegistrySettings } from '../template/oci/registry.js';
 import type { CreateLimits, ManagerOptions } from '../sandbox/types.js';
+import { isPostgresUrl } from '../store/shared.js';
 import { CubeboxError, invalid } from '../util/errors.js';
 import { parseUpstreams, systemUpstreams, type Upstream } from '../network/dns.js';
 
@@ -147,6 +148,8 @@ export interface ServeFlags extends RegistryFlags {
   fdReserve?: string;
   /** Seconds a graceful stop may take before the rest is abandoned. */
   shutdownTimeout?: string;
+  /** The shared store of teams, keys and secrets: a postgres:// URL (default: the data directory's SQLite file). */
+  database?: string;
 }
 
 export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
@@ -171,6 +174,8 @@ export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
   tls?: { cert: string; key: string };
   connections: ConnectionLimits & { fdReserve: number };
   shutdownTimeoutMs: number;
+  /** A postgres:// URL of the shared store (teams, keys, secrets); undefined: the data directory's SQLite file. */
+  database: string | undefined;
 }
 
 export const DEFAULT_FD_RESERVE = 4096;
@@ -219,6 +224,7 @@ export function serveConfig(flags: ServeFlags, env: Env = process.env): ServeCon
         (optionalCount(flags.headerTimeout ?? env.CUBEBOX_HEADER_TIMEOUT, 'header timeout', 1, 3600) ?? DEFAULT_CONNECTION_LIMITS.headerTimeoutMs / 1000),
       fdReserve: optionalCount(flags.fdReserve ?? env.CUBEBOX_FD_RESERVE, 'fd reserve', 64, 1_000_000) ?? DEFAULT_FD_RESERVE,
     },
+    database: databaseOf(flags, env),
     shutdownTimeoutMs:
       1000 * (optionalCount(flags.shutdownTimeout ?? env.CUBEBOX_SHUTDOWN_TIMEOUT, 'shutdown timeout', 1, 3600) ?? DEFAULT_SHUTDOWN_TIMEOUT_SEC),
   };
@@ -287,4 +293,15 @@ function optionalCount(text: string | undefined, what: string, min: number, max:
   const n = Number(text);
   if (!Number.isInteger(n) || n < min || n > max) throw new CubeboxError('invalid_argument', `bad ${what} '${text}': an integer from ${min} to ${max}`);
   return n;
+}
+
+/**
+ * The shared store's URL (--database, else CUBEBOX_DATABASE): postgres:// or postgresql:// for
+ * PostgreSQL; absent, the data directory's SQLite file. The URL may carry a password: errors
+ * never quote it.
+ */
+export function databaseOf(flags: { database?: string }, env: Env = process.env): string | undefined {
+  const url = flags.database ?? (env.CUBEBOX_DATABASE || undefined);
+  if (url !== undefined && !isPostgresUrl(url)) throw invalid('--database (CUBEBOX_DATABASE) takes a postgres:// or postgresql:// URL');
+  return url;
 }

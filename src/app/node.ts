@@ -20,6 +20,9 @@ import { egressPolicy } from '../network/policy.js';
 import type { InterruptReason } from '../proxy/proxy.js';
 import { probeHost } from '../runtime/probe.js';
 import { SandboxManager } from '../sandbox/manager.js';
+import { openSharedStore } from '../store/open-shared.js';
+import { redactUrl, type SharedStore } from '../store/shared.js';
+import { sqliteSharedStore } from '../store/shared-sqlite.js';
 import { MetricsSampler } from '../sandbox/metrics.js';
 import { openSecretKey } from '../secrets/key.js';
 import { TemplateBuilds, DEFAULT_BUILD_LIMITS } from '../builder/builds.js';
@@ -70,6 +73,12 @@ export async function startService(config: ServeConfig): Promise<RunningService>
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+  // teams, keys and secrets: the data directory's SQLite file, or the database of --database
+  const shared = await openSharedStore(config.database, manager.store, logger).catch(async (err: unknown) => {
+    await manager.close(); // refused start: the data directory is released
+    throw err;
+  });
+  if (config.database) logger.info({ database: redactUrl(config.database) }, 'teams, keys and secrets are in the shared database');
   const sealingKey = openSecretKey(manager.paths.dataDir); // made on the first start; a key file that is not sound refuses the start
   const control = new ControlServer(new LocalApi(manager, { cacheDir: config.cacheDir, registry: config.registry }), manager.paths.socket);
   await control.listen();
@@ -90,6 +99,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
   if (config.buildCodeInterpreter) await templates.ensure(CODE_INTERPRETER_TEMPLATE);
   const dns = config.network ? await startDnsForwarder(manager, config.network.dnsUpstreams, logger) : undefined;
   const server = await serveNode(manager, {
+    shared,
     host: config.host,
     port: config.port,
     dataPort: config.dataPort,
@@ -132,6 +142,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
       await step('the API listeners', () => server.close());
       await step('the DNS forwarder', () => dns?.close());
       await step('the control socket', () => control.close(true));
+      await step('the shared store', () => shared.close());
       await step('the manager', () => m.close());
     },
   };
@@ -146,6 +157,8 @@ export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | '
   registry?: RegistrySettings;
   /** How long a build waits for its start command to be ready, ms (default: the builder's). */
   buildReadyTimeoutMs?: number;
+  /** Teams, keys and secrets (default: the manager's own SQLite store). */
+  shared?: SharedStore;
 }
 
 /**
@@ -155,7 +168,8 @@ export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | '
  */
 export async function serveNode(manager: SandboxManager, opts: NodeServeOptions): Promise<RunningServer> {
   const { log } = opts;
-  const tenancy = new Tenancy(manager.store, manager.templates, log);
+  const shared = opts.shared ?? sqliteSharedStore(manager.store);
+  const tenancy = new Tenancy(manager.store, manager.templates, log, shared.directory);
   tenancy.attach(manager); // quota admission of creates, resumes, pauses and new layers
   const metrics = new MetricsSampler(manager);
   metrics.start();
@@ -167,11 +181,11 @@ export async function serveNode(manager: SandboxManager, opts: NodeServeOptions)
   });
   await builds.recover();
   const node = localNode(manager, {
-    keys: new ApiKeys(manager.store),
+    keys: new ApiKeys(shared),
     tenancy,
     metrics,
     volumes: new Volumes(manager.store, manager.paths, manager.log, opts.volumeSizeMB),
-    secrets: { rows: manager.store.secrets, sealingKey: opts.sealingKey },
+    secrets: { rows: shared.secrets, sealingKey: opts.sealingKey },
     builds,
   });
   const proxy = dataPlaneProxy(dataPlaneResolver(node, log), opts.domain, log);

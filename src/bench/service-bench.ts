@@ -1,5 +1,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { ApiKeys } from '../api/keys.js';
+import { sqliteSharedStore } from '../store/shared-sqlite.js';
 import type { RunningServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import type { BenchNode } from './harness.js';
@@ -25,7 +26,7 @@ export async function serviceBench(
     await manager.templates.addDebianBase('base', { cacheDir: node.cacheDir });
     await manager.templates.addBusybox('busybox');
     server = await node.serve(manager, { host: '127.0.0.1', port: 0 });
-    const key = new ApiKeys(manager.store).create('bench').key;
+    const key = (await new ApiKeys(sqliteSharedStore(manager.store)).create('bench')).key;
     process.env.E2B_API_KEY = key;
     process.env.E2B_API_URL = server.url;
     process.env.E2B_SANDBOX_URL = server.url;

@@ -28,6 +28,8 @@ export interface KeyRepo {
   touch(id: string, at: number): void;
   /** Whether the team has at least one API key that is not revoked. */
   teamHasLiveKey(team: string): boolean;
+  /** The ids of the teams with at least one live key. */
+  liveTeams(): Set<string>;
 }
 
 type Raw = {
@@ -104,5 +106,10 @@ export class SqliteKeyRepo implements KeyRepo {
   teamHasLiveKey(team: string): boolean {
     this.liveKeyStmt ??= this.db.prepare('SELECT 1 AS x FROM api_keys WHERE team_id = ? AND revoked_at IS NULL LIMIT 1');
     return this.liveKeyStmt.get(team) !== undefined;
+  }
+
+  liveTeams(): Set<string> {
+    const rows = this.db.prepare<[], { team_id: string }>('SELECT DISTINCT team_id FROM api_keys WHERE revoked_at IS NULL AND team_id IS NOT NULL').all();
+    return new Set(rows.map((r) => r.team_id));
   }
 }

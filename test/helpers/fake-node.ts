@@ -61,12 +61,12 @@ export function fakeNode(parts: FakeNodeParts = {}): NodeApi {
         insert: unexpected('secrets.insert'),
         update: unexpected('secrets.update'),
         delete: unexpected('secrets.delete'),
-        transaction: unexpected('secrets.transaction'),
       },
       sealingKey: unexpected('secrets.sealingKey'),
       ...parts.secrets,
     },
     teams: {
+      fresh: async () => {},
       blocked: () => false,
       checkMetadata: () => undefined,
       reserveSnapshot: unexpected('teams.reserveSnapshot'),

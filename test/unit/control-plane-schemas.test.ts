@@ -27,7 +27,7 @@ const opts: ControlPlaneOptions = {
       resume: async (_id, o) => (calls.push(`resume ${o?.timeoutSec}`), info),
       setTimeout: async (_id, t) => (calls.push(`timeout ${t}`), info),
     },
-    keys: { authenticate: () => ({ keyId: 'k', keyPrefix: 'e2b_x', team: 'default', admin: false }) },
+    keys: { authenticate: async () => ({ keyId: 'k', keyPrefix: 'e2b_x', team: 'default', admin: false }) },
   }),
   domain: 'example.test',
   clientId: 'c',

@@ -10,6 +10,7 @@ import { ApiKeys, hashApiKey } from '../../src/api/keys.js';
 import { registerKeysCommand } from '../../src/cli/keys.js';
 import { openPaths, PROJECT_ROOT } from '../../src/config.js';
 import Database from 'better-sqlite3';
+import { sqliteSharedStore } from '../../src/store/shared-sqlite.js';
 import { DEFAULT_TEAM_ID, migrateStore, SCHEMA_VERSION, Store } from '../../src/store/store.js';
 import { CubeboxError } from '../../src/util/errors.js';
 
@@ -23,29 +24,29 @@ describe('ApiKeys', () => {
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'cubebox-keys-'));
     store = new Store(join(dir, 'cubebox.db'));
-    keys = new ApiKeys(store);
+    keys = new ApiKeys(sqliteSharedStore(store));
   });
   after(() => {
     store?.close();
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test('create returns an e2b_ key of 40 hex characters and its info', () => {
-    const { key, info } = keys.create('ci');
+  test('create returns an e2b_ key of 40 hex characters and its info', async () => {
+    const { key, info } = await keys.create('ci');
     assert.match(key, KEY_RE);
     assert.equal(info.name, 'ci');
     assert.equal(info.prefix, key.slice(0, 12));
     assert.equal(info.lastUsedAt, null);
     assert.equal(info.revokedAt, null);
     assert.ok(info.createdAt > 0);
-    const other = keys.create();
+    const other = await keys.create();
     assert.notEqual(other.key, key);
     assert.notEqual(other.info.id, info.id);
     assert.equal(other.info.name, '');
   });
 
-  test('only the hash is stored: the key is not in the database files', () => {
-    const { key } = keys.create('secret');
+  test('only the hash is stored: the key is not in the database files', async () => {
+    const { key } = await keys.create('secret');
     store['db'].pragma('wal_checkpoint(FULL)');
     for (const f of readdirSync(dir)) {
       const bytes = readFileSync(join(dir, f));
@@ -56,38 +57,38 @@ describe('ApiKeys', () => {
     assert.ok(row);
   });
 
-  test('verify accepts live keys and rejects everything else', () => {
-    const { key, info } = keys.create('v');
-    const ok = keys.verify(key);
+  test('verify accepts live keys and rejects everything else', async () => {
+    const { key, info } = await keys.create('v');
+    const ok = await keys.verify(key);
     assert.equal(ok?.id, info.id);
-    assert.equal(keys.verify(undefined), undefined);
-    assert.equal(keys.verify(''), undefined);
-    assert.equal(keys.verify(key.toUpperCase()), undefined);
-    assert.equal(keys.verify(key.slice(0, -1) + (key.endsWith('0') ? '1' : '0')), undefined);
-    assert.equal(keys.verify(key + '0'), undefined);
-    assert.equal(keys.verify('e2b_' + '0'.repeat(40)), undefined);
+    assert.equal(await keys.verify(undefined), undefined);
+    assert.equal(await keys.verify(''), undefined);
+    assert.equal(await keys.verify(key.toUpperCase()), undefined);
+    assert.equal(await keys.verify(key.slice(0, -1) + (key.endsWith('0') ? '1' : '0')), undefined);
+    assert.equal(await keys.verify(key + '0'), undefined);
+    assert.equal(await keys.verify('e2b_' + '0'.repeat(40)), undefined);
   });
 
-  test('verify records lastUsedAt at most once a minute', () => {
-    const { key, info } = keys.create('u');
-    const first = keys.verify(key);
+  test('verify records lastUsedAt at most once a minute', async () => {
+    const { key, info } = await keys.create('u');
+    const first = await keys.verify(key);
     assert.ok(first?.lastUsedAt);
-    const stored = () => keys.list().find((k) => k.id === info.id)?.lastUsedAt;
-    assert.equal(stored(), first.lastUsedAt);
+    const stored = async () => (await keys.list()).find((k) => k.id === info.id)?.lastUsedAt;
+    assert.equal(await stored(), first.lastUsedAt);
     // Pretend the last use was 30 s ago: no write. Two minutes ago: a write.
     const t30 = Date.now() - 30_000;
     store['db'].prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(t30, info.id);
-    assert.equal(keys.verify(key)?.lastUsedAt, t30);
-    assert.equal(stored(), t30);
+    assert.equal((await keys.verify(key))?.lastUsedAt, t30);
+    assert.equal(await stored(), t30);
     const t120 = Date.now() - 120_000;
     store['db'].prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(t120, info.id);
-    const again = keys.verify(key);
+    const again = await keys.verify(key);
     assert.ok(again?.lastUsedAt && again.lastUsedAt > t120);
-    assert.equal(stored(), again.lastUsedAt);
+    assert.equal(await stored(), again.lastUsedAt);
   });
 
-  test('list shows every key with its prefix, never the key', () => {
-    const list = keys.list();
+  test('list shows every key with its prefix, never the key', async () => {
+    const list = await keys.list();
     assert.ok(list.length >= 4);
     for (const k of list) {
       assert.match(k.prefix, /^e2b_[0-9a-f]{8}$/);
@@ -95,26 +96,26 @@ describe('ApiKeys', () => {
     }
   });
 
-  test('every key has a team: the default one, or a named one made on first use; admin is a flag', () => {
-    const plain = keys.create('p');
+  test('every key has a team: the default one, or a named one made on first use; admin is a flag', async () => {
+    const plain = await keys.create('p');
     assert.equal(plain.info.team, DEFAULT_TEAM_ID);
     assert.equal(plain.info.admin, false);
-    const t1 = keys.create('t1', { team: 'acme' });
-    const t2 = keys.create('t2', { team: 'acme', admin: true });
+    const t1 = await keys.create('t1', { team: 'acme' });
+    const t2 = await keys.create('t2', { team: 'acme', admin: true });
     assert.notEqual(t1.info.team, DEFAULT_TEAM_ID);
     assert.equal(t2.info.team, t1.info.team);
     assert.equal(t2.info.admin, true);
-    assert.equal(keys.verify(t2.key)?.admin, true);
-    assert.equal(keys.team('acme')?.id, t1.info.team);
-    assert.throws(() => keys.create('bad', { team: 'Bad Name!' }), CubeboxError);
+    assert.equal((await keys.verify(t2.key))?.admin, true);
+    assert.equal((await keys.team('acme'))?.id, t1.info.team);
+    await assert.rejects(async () => keys.create('bad', { team: 'Bad Name!' }), CubeboxError);
     assert.equal(store.teamHasLiveKey(t1.info.team), true);
-    keys.revoke(t1.info.id);
+    await keys.revoke(t1.info.id);
     assert.equal(store.teamHasLiveKey(t1.info.team), true);
-    keys.revoke(t2.info.id);
+    await keys.revoke(t2.info.id);
     assert.equal(store.teamHasLiveKey(t1.info.team), false);
   });
 
-  test('a store from before teams is migrated: its keys and sandboxes join the default team', () => {
+  test('a store from before teams is migrated: its keys and sandboxes join the default team', async () => {
     const old = mkdtempSync(join(tmpdir(), 'cubebox-keys-old-'));
     try {
       const db = new Database(join(old, 'cubebox.db'));
@@ -129,8 +130,8 @@ describe('ApiKeys', () => {
       db.close();
       const s2 = new Store(join(old, 'cubebox.db'));
       try {
-        const k2 = new ApiKeys(s2);
-        assert.equal(k2.verify(key)?.team, DEFAULT_TEAM_ID);
+        const k2 = new ApiKeys(sqliteSharedStore(s2));
+        assert.equal((await k2.verify(key))?.team, DEFAULT_TEAM_ID);
         assert.equal(s2.getSandbox('s1')?.team, DEFAULT_TEAM_ID);
         assert.equal(s2.getSandbox('s2')?.team, null);
         assert.equal((s2['db'].prepare("SELECT value FROM meta WHERE key = 'schema_version'").get() as { value: string }).value, String(SCHEMA_VERSION));
@@ -143,47 +144,47 @@ describe('ApiKeys', () => {
     }
   });
 
-  test('revoke by id, by prefix and by key; revoked keys fail verify', () => {
-    const a = keys.create('a');
-    const b = keys.create('b');
-    const c = keys.create('c');
-    assert.equal(keys.revoke(a.info.id).id, a.info.id);
-    assert.equal(keys.verify(a.key), undefined);
-    const rb = keys.revoke(b.key.slice(0, 10));
+  test('revoke by id, by prefix and by key; revoked keys fail verify', async () => {
+    const a = await keys.create('a');
+    const b = await keys.create('b');
+    const c = await keys.create('c');
+    assert.equal((await keys.revoke(a.info.id)).id, a.info.id);
+    assert.equal(await keys.verify(a.key), undefined);
+    const rb = await keys.revoke(b.key.slice(0, 10));
     assert.equal(rb.id, b.info.id);
     assert.ok(rb.revokedAt);
-    assert.equal(keys.verify(b.key), undefined);
-    assert.equal(keys.revoke(c.key).id, c.info.id);
-    assert.equal(keys.verify(c.key), undefined);
+    assert.equal(await keys.verify(b.key), undefined);
+    assert.equal((await keys.revoke(c.key)).id, c.info.id);
+    assert.equal(await keys.verify(c.key), undefined);
     // Idempotent.
-    assert.equal(keys.revoke(a.info.id).revokedAt, keys.list().find((k) => k.id === a.info.id)?.revokedAt);
-    const listed = keys.list().find((k) => k.id === a.info.id);
+    assert.equal((await keys.revoke(a.info.id)).revokedAt, (await keys.list()).find((k) => k.id === a.info.id)?.revokedAt);
+    const listed = (await keys.list()).find((k) => k.id === a.info.id);
     assert.ok(listed?.revokedAt);
   });
 
-  test('revoke: unknown is not_found, ambiguous or too short is invalid_argument', () => {
+  test('revoke: unknown is not_found, ambiguous or too short is invalid_argument', async () => {
     const isKind = (kind: string) => (e: unknown) => e instanceof CubeboxError && e.kind === kind;
-    assert.throws(() => keys.revoke('key_nope'), isKind('not_found'));
-    assert.throws(() => keys.revoke('e2b_' + '0'.repeat(40)), isKind('not_found'));
-    assert.throws(() => keys.revoke(''), isKind('invalid_argument'));
-    assert.throws(() => keys.revoke('e2b_'), isKind('invalid_argument'));
+    await assert.rejects(async () => keys.revoke('key_nope'), isKind('not_found'));
+    await assert.rejects(async () => keys.revoke('e2b_' + '0'.repeat(40)), isKind('not_found'));
+    await assert.rejects(async () => keys.revoke(''), isKind('invalid_argument'));
+    await assert.rejects(async () => keys.revoke('e2b_'), isKind('invalid_argument'));
     // Two keys sharing a display prefix (made so by hand) are ambiguous by prefix.
-    const x = keys.create('x');
-    const y = keys.create('y');
+    const x = await keys.create('x');
+    const y = await keys.create('y');
     store['db'].prepare('UPDATE api_keys SET prefix = ? WHERE id IN (?, ?)').run('e2b_ffffffff', x.info.id, y.info.id);
-    assert.throws(() => keys.revoke('e2b_ffff'), isKind('invalid_argument'));
-    assert.equal(keys.verify(x.key)?.id, x.info.id);
-    assert.equal(keys.revoke(x.info.id).id, x.info.id);
+    await assert.rejects(async () => keys.revoke('e2b_ffff'), isKind('invalid_argument'));
+    assert.equal((await keys.verify(x.key))?.id, x.info.id);
+    assert.equal((await keys.revoke(x.info.id)).id, x.info.id);
   });
 
-  test('a second connection (the CLI while serve runs) sees new and revoked keys at once', () => {
+  test('a second connection (the CLI while serve runs) sees new and revoked keys at once', async () => {
     const other = new Store(join(dir, 'cubebox.db'));
     try {
-      const cli = new ApiKeys(other);
-      const { key, info } = cli.create('from-cli');
-      assert.equal(keys.verify(key)?.id, info.id);
-      cli.revoke(info.id);
-      assert.equal(keys.verify(key), undefined);
+      const cli = new ApiKeys(sqliteSharedStore(other));
+      const { key, info } = await cli.create('from-cli');
+      assert.equal((await keys.verify(key))?.id, info.id);
+      await cli.revoke(info.id);
+      assert.equal(await keys.verify(key), undefined);
     } finally {
       other.close();
     }
@@ -215,12 +216,12 @@ describe('cubebox keys (CLI module)', () => {
     return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
   }
 
-  test('list on a missing data directory is not_found', () => {
+  test('list on a missing data directory is not_found', async () => {
     const r = cli(['keys', 'list']);
     assert.equal(r.status, 3, r.stderr);
   });
 
-  test('create prints the key alone on its last line; list and revoke', () => {
+  test('create prints the key alone on its last line; list and revoke', async () => {
     const c = cli(['keys', 'create', '--name', 'laptop']);
     assert.equal(c.status, 0, c.stderr);
     const lines = c.stdout.trimEnd().split('\n');
@@ -240,11 +241,11 @@ describe('cubebox keys (CLI module)', () => {
 
     const store = new Store(openPaths(dataDir, false).db);
     try {
-      assert.equal(new ApiKeys(store).verify(key)?.name, 'laptop');
+      assert.equal((await new ApiKeys(sqliteSharedStore(store)).verify(key))?.name, 'laptop');
       const rv = cli(['keys', 'revoke', key.slice(0, 12)]);
       assert.equal(rv.status, 0, rv.stderr);
       assert.equal(rv.stdout.trim(), list[0]?.id);
-      assert.equal(new ApiKeys(store).verify(key), undefined);
+      assert.equal(await new ApiKeys(sqliteSharedStore(store)).verify(key), undefined);
     } finally {
       store.close();
     }
@@ -252,7 +253,7 @@ describe('cubebox keys (CLI module)', () => {
     assert.equal(unknown.status, 3);
   });
 
-  test('registerKeysCommand adds create, list and revoke', () => {
+  test('registerKeysCommand adds create, list and revoke', async () => {
     const program = new Command();
     registerKeysCommand(program, () => dataDir);
     const keysCmd = program.commands.find((c) => c.name() === 'keys');

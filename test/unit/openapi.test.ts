@@ -75,7 +75,7 @@ const opts: ControlPlaneOptions = {
     ...fakeNode({
       templates: { find: () => undefined, list: () => [] },
       sandboxes: { get: () => assert.fail('no sandbox'), list: () => [] },
-      keys: { authenticate: (k) => (k === 'k' ? { keyId: 'k', keyPrefix: 'e2b_x', team: 'default', admin: false } : undefined) },
+      keys: { authenticate: async (k) => (k === 'k' ? { keyId: 'k', keyPrefix: 'e2b_x', team: 'default', admin: false } : undefined) },
     }),
     builds: {} as TemplateBuilds, // the build routes are registered; none is called here
   },

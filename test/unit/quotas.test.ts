@@ -8,6 +8,7 @@ import { ApiKeys } from '../../src/api/keys.js';
 import { serveConfig } from '../../src/app/serve.js';
 import { layerDiskBytes, TeamLayers } from '../../src/api/layer-usage.js';
 import { holds, setTeamQuota, Tenancy, type Quota } from '../../src/api/tenancy.js';
+import { sqliteSharedStore } from '../../src/store/shared-sqlite.js';
 import { PAUSE_RETRY_MS } from '../../src/sandbox/reaper.js';
 import type { CreateRequest } from '../../src/sandbox/manager.js';
 import { DEFAULT_TEAM_ID, Store } from '../../src/store/store.js';
@@ -25,12 +26,12 @@ let r: Rig;
 let team: string;
 beforeEach(async () => {
   r = await rig();
-  team = new ApiKeys(r.store).create('', { team: 'alpha' }).info.team;
+  team = (await new ApiKeys(sqliteSharedStore(r.store)).create('', { team: 'alpha' })).info.team;
   new Tenancy(r.store, r.m.templates).attach(r.m);
 });
 afterEach(async () => r.cleanup());
 
-const quota = (q: Partial<Quota>) => setTeamQuota(r.store, team, q);
+const quota = (q: Partial<Quota>) => setTeamQuota(sqliteSharedStore(r.store), team, q);
 const create = (extra: Partial<CreateRequest> = {}) => r.m.create({ template: 't', agent: false, command: ['/bin/sleep', 'infinity'], team, ...extra });
 
 async function refused(p: Promise<unknown>, limit: keyof Quota): Promise<void> {
@@ -43,7 +44,7 @@ async function refused(p: Promise<unknown>, limit: keyof Quota): Promise<void> {
 
 describe('team quotas count paused sandboxes', () => {
   it('a sandbox paused with its memory keeps its place and memory: create -> pause cannot pass the limits, and its resume is never refused', async () => {
-    quota({ sandboxes: 3 });
+    await quota({ sandboxes: 3 });
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
       const s = await create();
@@ -52,15 +53,15 @@ describe('team quotas count paused sandboxes', () => {
     }
     await refused(create(), 'sandboxes');
     // memory too: 3 x 512 MiB are held by the frozen sandboxes
-    quota({ sandboxes: 10, memoryMB: 3 * 512 });
+    await quota({ sandboxes: 10, memoryMB: 3 * 512 });
     await refused(create(), 'memoryMB');
     // a resume adds nothing the sandbox did not already hold, whatever the quota now is
-    quota({ sandboxes: 1, memoryMB: 512 });
+    await quota({ sandboxes: 1, memoryMB: 512 });
     assert.equal((await r.m.resume(ids[0]!)).state, 'running');
   });
 
   it('a filesystem-only pause keeps its disk alone; resuming it at the running limit is a 429 that leaves it paused and intact', async () => {
-    quota({ sandboxes: 1 });
+    await quota({ sandboxes: 1 });
     const a = await create();
     await r.m.pause(a.id, { memory: false });
     const b = await create(); // a's place is free
@@ -70,14 +71,14 @@ describe('team quotas count paused sandboxes', () => {
     assert.equal(row.state, 'paused');
     assert.equal(row.coldPaused, true);
     // its disk still counts: 1024 MiB each
-    quota({ sandboxes: 5, diskMB: 2048 });
+    await quota({ sandboxes: 5, diskMB: 2048 });
     await refused(create(), 'diskMB');
     await r.m.delete(b.id);
     assert.equal((await r.m.resume(a.id)).state, 'running');
   });
 
   it('the paused sandboxes limit refuses a pause with 429, and the sandbox keeps running', async () => {
-    quota({ pausedSandboxes: 2 });
+    await quota({ pausedSandboxes: 2 });
     const s = [await create(), await create(), await create()];
     await r.m.pause(s[0]!.id);
     await r.m.pause(s[1]!.id, { memory: false });
@@ -89,7 +90,7 @@ describe('team quotas count paused sandboxes', () => {
   });
 
   it('a timeout pause refused by the paused limit leaves the sandbox running and is tried again later', async () => {
-    quota({ pausedSandboxes: 1 });
+    await quota({ pausedSandboxes: 1 });
     const lifecycle = { onTimeout: 'pause' as const };
     const a = await create({ timeoutSec: 1, lifecycle });
     const b = await create({ timeoutSec: 1, lifecycle });
@@ -203,16 +204,16 @@ describe("a team's template layers on disk", () => {
 });
 
 describe('keys and quotas written by the CLI next to the running service', () => {
-  it('a key is made even when the service writes between its read and its write', () => {
+  it('a key is made even when the service writes between its read and its write', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'cubebox-keys-'));
     const service = new Store(join(dir, 'cubebox.db'));
     const cliStore = new Store(join(dir, 'cubebox.db'));
     try {
       service['db'].pragma('busy_timeout = 0');
-      const keys = new ApiKeys(cliStore);
-      const lookup = keys.team.bind(keys);
+      const keys = new ApiKeys(sqliteSharedStore(cliStore));
+      const lookup = cliStore.teams.get.bind(cliStore.teams);
       let serviceWrote = false;
-      keys.team = (ref: string) => {
+      cliStore.teams.get = (ref: string) => {
         const found = lookup(ref);
         try {
           service.setTeamQuota(DEFAULT_TEAM_ID, '{}'); // the service's own write, right after the CLI's read
@@ -222,8 +223,8 @@ describe('keys and quotas written by the CLI next to the running service', () =>
         }
         return found;
       };
-      const made = keys.create('k', { team: 'fresh' });
-      assert.equal(made.info.team, new ApiKeys(service).team('fresh')?.id);
+      const made = await keys.create('k', { team: 'fresh' });
+      assert.equal(made.info.team, (await new ApiKeys(sqliteSharedStore(service)).team('fresh'))?.id);
       assert.equal(serviceWrote, false, 'the service wrote inside the CLI transaction');
     } finally {
       cliStore.close();

@@ -7,8 +7,8 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { seal } from '../../secrets/cipher.js';
-import type { SecretRow } from '../../store/secrets.js';
-import { invalid, notFound, conflict } from '../../util/errors.js';
+import type { SecretRow } from '../../store/shared.js';
+import { invalid, notFound } from '../../util/errors.js';
 import { quotaExceeded } from '../tenancy.js';
 import { one, schemaError, type Req, type RouteContext } from './context.js';
 
@@ -99,8 +99,8 @@ export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): v
   // the key is opened on first use: `cubebox serve` made (or refused) it at start-up
   const secrets = () => node.secrets.rows;
   const sealingKey = () => node.secrets.sealingKey();
-  const found = (team: string, ref: string): SecretRow => {
-    const s = secrets().find(team, ref);
+  const found = async (team: string, ref: string): Promise<SecretRow> => {
+    const s = await secrets().find(team, ref);
     if (!s) throw notFound(`secret '${ref}' not found`);
     return s;
   };
@@ -120,13 +120,11 @@ export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): v
       createdAt: now,
       updatedAt: now,
     };
-    secrets().transaction(() => {
-      if (secrets().find(team, row.name)) throw conflict(`secret '${row.name}' already exists`);
-      const limit = tenancy.quota(team).secrets;
-      const n = secrets().count(team);
+    // a name taken answers 409; the count and the insert it allows are one step of the store
+    const limit = tenancy.quota(team).secrets;
+    await secrets().insert(row, (n) => {
       if (n + 1 > limit)
         throw quotaExceeded(`quota exceeded: secrets of team '${tenancy.team(team)?.name ?? team}' would be ${n + 1}, its limit (secrets) is ${limit}`);
-      secrets().insert(row);
     });
     return reply.code(201).send(secretBody(row));
   });
@@ -138,7 +136,7 @@ export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): v
     const token = one(req.query.nextToken);
     const after = token ? Buffer.from(token, 'base64url').toString('utf8') : undefined;
     if (token && (!after || !NAME.test(after))) throw invalid('nextToken is not a token this service gave');
-    const page = secrets().list(team, after, limit + 1);
+    const page = await secrets().list(team, after, limit + 1);
     if (page.length > limit) {
       page.length = limit;
       reply.header('X-Next-Token', Buffer.from(page[limit - 1]!.name).toString('base64url'));
@@ -146,7 +144,9 @@ export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): v
     return page.map(secretBody);
   });
 
-  app.get('/secrets/:id', { schema: { params, response: { 200: secretSchema } } }, async (req: Req) => secretBody(found(callerOf(req).team, req.params.id)));
+  app.get('/secrets/:id', { schema: { params, response: { 200: secretSchema } } }, async (req: Req) =>
+    secretBody(await found(callerOf(req).team, req.params.id)),
+  );
 
   // the SDK's Secret.update sends POST; PATCH is the same update
   app.route({
@@ -156,7 +156,7 @@ export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): v
     attachValidation: true,
     handler: async (req: Req) => {
       const team = callerOf(req).team;
-      const cur = found(team, req.params.id);
+      const cur = await found(team, req.params.id);
       const { value, metadata } = checkedBody(req);
       const version = cur.version + 1;
       const next = {
@@ -166,15 +166,15 @@ export function registerSecretRoutes(app: FastifyInstance, ctx: RouteContext): v
         metadata: metadata ?? cur.metadata,
         updatedAt: Date.now(),
       };
-      secrets().update(next);
+      await secrets().update(next);
       return secretBody(next);
     },
   });
 
   app.delete('/secrets/:id', { schema: { params } }, async (req: Req, reply) => {
     const team = callerOf(req).team;
-    const s = found(team, req.params.id);
-    secrets().delete(team, s.id);
+    const s = await found(team, req.params.id);
+    await secrets().delete(team, s.id);
     return reply.code(204).send();
   });
 }
