@@ -24,8 +24,8 @@ export interface Service {
  * Starts `cubebox serve` on a data directory and an ephemeral loopback port, and waits
  * for its ready line (after the base template exists: the first start builds it).
  */
-export async function startService(dataDir: string, opts: { port?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Service> {
-  const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'serve', '--host', '127.0.0.1', '--port', String(opts.port ?? 0)], {
+export async function startService(dataDir: string, opts: { port?: number; env?: NodeJS.ProcessEnv; args?: string[] } = {}): Promise<Service> {
+  const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'serve', '--host', '127.0.0.1', '--port', String(opts.port ?? 0), ...(opts.args ?? [])], {
     env: { ...process.env, CUBEBOX_LOG_LEVEL: 'info', ...opts.env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
