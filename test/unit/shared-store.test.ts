@@ -111,6 +111,7 @@ for (const backend of [sqliteBackend(), postgresBackend()]) {
       await assert.rejects(keys.create('bad', { team: 'Bad Name!' }), isKind('invalid_argument'));
 
       assert.equal(await a.keys.teamHasLiveKey(team!.id), true);
+      assert.equal((await keys.verify(made.key))?.id, made.info.id); // now in this process's copy of verified keys
       await keys.revoke(made.key.slice(0, 12));
       assert.equal(await keys.verify(made.key), undefined, 'revoked: refused at once in this process');
       const again = await keys.revoke(made.info.id);

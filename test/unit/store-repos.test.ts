@@ -213,7 +213,7 @@ describe('store repositories', () => {
 
   it('no SQL and no database handle outside src/store/', () => {
     const src = join(dirname(fileURLToPath(import.meta.url)), '../../../src');
-    const sql = /\bprepare\(['"`]|\.exec\(['"]|\b(SELECT|INSERT INTO|DELETE FROM) |UPDATE \w+ SET|better-sqlite3|\.db\.|store\.db\b|\['db'\]/;
+    const sql = /\bprepare\(['"`]|\.exec\(['"]|\b(SELECT|INSERT INTO|DELETE FROM) |UPDATE \w+ SET|better-sqlite3|\.db\.|store\.db\b|\['db'\]|from 'pg'/;
     const found: string[] = [];
     const walk = (d: string): void => {
       for (const e of readdirSync(d)) {
