@@ -23,7 +23,10 @@ export type { SecretRepo, SecretRow } from './secrets.js';
 export type { VolumeMountSpec, VolumeRepo, VolumeRow, VolumeState } from './volumes.js';
 export { DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, migrateStore, SCHEMA_VERSION } from './schema.js';
 
-/** The tables, each behind its repository, and transactions across them: what a second store (PostgreSQL) implements. */
+/**
+ * The tables of the node's SQLite file, each behind its repository, and transactions across them.
+ * Teams, keys and secrets are reached through the shared store (shared.ts), which may be PostgreSQL.
+ */
 export interface Repositories {
   readonly sandboxes: SandboxRepo;
   readonly ledger: ResourceRepo;
@@ -44,7 +47,7 @@ export interface Repositories {
  * The embedded store: one repository per table (sandboxes, the resource ledger, templates,
  * teams, API keys, network slots, secrets, volumes), each behind an interface whose
  * implementation here is SQLite. Plain SQL kept to what PostgreSQL also speaks (TEXT, BIGINT,
- * INTEGER, ON CONFLICT), so a cluster store can take the same schema. No SQL lives outside
+ * INTEGER, ON CONFLICT); the PostgreSQL shared store (pg/) has its own migrations. No SQL lives outside
  * src/store/: the rest of the code holds a Store or one of its repositories.
  */
 export class Store implements Repositories {
