@@ -96,22 +96,22 @@ export function SandboxesView({ ask }: { ask: (r: ConfirmRequest) => void }) {
               const m = now.data?.[s.sandboxID];
               return (
                 <tr key={s.sandboxID}>
-                  <td>
+                  <td data-label="Sandbox">
                     <a href={`#/sandbox/${encodeURIComponent(s.sandboxID)}`} class="mono">
                       {s.sandboxID}
                     </a>
                   </td>
-                  <td>
+                  <td data-label="State">
                     <span class={`state ${s.state}`}>{s.cubeboxState ?? s.state}</span>
                   </td>
-                  <td>{s.alias || s.templateID}</td>
-                  <td>{time(s.startedAt)}</td>
-                  <td>{time(s.endAt)}</td>
-                  <td>{m ? `${m.cpuUsedPct.toFixed(0)}% · ${bytes(m.memUsed)}` : ''}</td>
-                  <td>
+                  <td data-label="Template">{s.alias || s.templateID}</td>
+                  <td data-label="Started">{time(s.startedAt)}</td>
+                  <td data-label="Ends at">{time(s.endAt)}</td>
+                  <td data-label="CPU / memory now">{m ? `${m.cpuUsedPct.toFixed(0)}% · ${bytes(m.memUsed)}` : ''}</td>
+                  <td data-label="Metadata">
                     <Meta m={s.metadata} />
                   </td>
-                  <td>
+                  <td data-label="Actions">
                     <SandboxActions s={s} ask={ask} done={list.refresh} />
                   </td>
                 </tr>

@@ -41,6 +41,39 @@ function UsageChart({ team }: { team: string }) {
   );
 }
 
+const QUOTA_NAMES: Record<string, string> = {
+  sandboxes: 'Sandboxes (running or paused with memory)',
+  vcpus: 'vCPUs',
+  memoryMB: 'Memory, MiB',
+  diskMB: 'Disk, MiB',
+  pausedSandboxes: 'Paused sandboxes',
+  snapshots: 'Snapshots',
+  metadataBytes: 'Metadata per sandbox, bytes',
+  secrets: 'Secrets',
+  volumes: 'Volumes',
+  volumeMB: 'Volume size, MiB',
+};
+
+function Quota({ team }: { team: string }) {
+  const q = usePoll(() => api<{ quota: Record<string, number>; usage: Record<string, number> }>(`/teams/${encodeURIComponent(team)}/quota`), [team], 10_000);
+  if (!q.data) return <ErrorLine error={q.error} />;
+  const { quota, usage } = q.data;
+  return (
+    <table class="quota">
+      <caption>Usage against the quota (set on the host with cubebox teams set-quota)</caption>
+      <tbody>
+        {Object.entries(quota).map(([k, limit]) => (
+          <tr key={k}>
+            <th scope="row">{QUOTA_NAMES[k] ?? k}</th>
+            <td>{k in usage ? `${usage[k]} of ${limit}` : `limit ${limit}`}</td>
+            <td>{k in usage ? <meter min={0} max={limit || 1} value={usage[k]} high={limit * 0.8} aria-label={`${QUOTA_NAMES[k] ?? k} used`} /> : null}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
 /** The gauges of the Prometheus text that describe the host's pool and create gate. */
 function gauges(text: string): [string, string][] {
   const want = /^(cubebox_(?:sandboxes|templates|pool_target|pool_ready|creates_in_progress|creates_waiting))(\{[^}]*\})? (\S+)$/;
@@ -95,6 +128,7 @@ export function TeamsView() {
             {t.name} <span class="mono muted">{t.teamID}</span>
           </h2>
           {t.apiKey ? <p>Signed in with the key {t.apiKey}</p> : null}
+          <Quota team={t.teamID} />
           <UsageChart team={t.teamID} />
         </section>
       ))}

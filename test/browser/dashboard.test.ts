@@ -105,6 +105,26 @@ describe('the web dashboard in a browser', { timeout: 300_000 }, () => {
     await page.close();
   });
 
+  it("an admin key sees every team's sandboxes, every team's quota, and the host's pool and create gate", async () => {
+    const r = await cli(dataDir, ['keys', 'create', '--name', 'admin', '--admin']);
+    assert.equal(r.code, 0, r.stderr);
+    const adminKey = r.stdout.trim().split('\n').pop()!.trim();
+    const { page, watch } = await browser.page();
+    await logIn(page, svc.url, adminKey);
+    const theirs = created.find((s) => s.apiKey === otherKey)!;
+    for (const id of [...mine.map((s) => s.sandboxId), theirs.id]) await page.getByText(id, { exact: true }).waitFor();
+    await page.getByRole('link', { name: 'Team & host' }).click();
+    await page.getByRole('heading', { name: 'Teams', exact: true }).waitFor();
+    await page
+      .getByRole('region', { name: 'Team dashboard-other' })
+      .getByRole('row', { name: /^Sandboxes .* 1 of 20/ })
+      .waitFor();
+    await page.getByText('cubebox_creates_waiting').waitFor();
+    await browser.shot(page, 'admin');
+    clean(watch);
+    await page.close();
+  });
+
   it('a terminal in the page runs what is typed in it', async () => {
     const { page, watch } = await browser.page();
     await logIn(page, svc.url, key);
@@ -216,6 +236,8 @@ describe('the web dashboard in a browser', { timeout: 300_000 }, () => {
       .getByText(/peak concurrent sandboxes/)
       .first()
       .waitFor();
+    await page.getByRole('row', { name: /^Sandboxes \(running or paused with memory\) \d+ of 20/ }).waitFor();
+    await browser.shot(page, 'team');
     assert.equal(await page.evaluate(() => (window as unknown as { __xss?: number }).__xss), undefined, 'no payload ran');
     assert.equal(await page.locator('img[src="x"], svg[onload], script:not([src])').count(), 0, 'no payload became markup');
     clean(watch);
