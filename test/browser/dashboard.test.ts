@@ -191,7 +191,22 @@ describe('the web dashboard in a browser', { timeout: 300_000 }, () => {
     await page.close();
   });
 
-  it('payloads in metadata, file names, logs, secrets and template names stay text', async () => {
+  it('starts a sandbox from a template in the page', async () => {
+    const { page, watch } = await browser.page();
+    await logIn(page, svc.url, key);
+    await page.getByRole('link', { name: 'Templates' }).click();
+    const row = page.getByRole('row').filter({ has: page.getByRole('cell', { name: 'base', exact: true }) });
+    await row.getByRole('button', { name: 'Start sandbox' }).click();
+    await page.waitForURL(/#\/sandbox\/[a-z0-9]+$/);
+    const id = decodeURIComponent(page.url().split('#/sandbox/')[1]!);
+    created.push({ id, apiKey: key });
+    await page.getByRole('heading', { name: id }).waitFor();
+    assert.equal((await e2b.Sandbox.getInfo(id)).state, 'running');
+    clean(watch);
+    await page.close();
+  });
+
+  it('payloads in metadata, file names, logs, build logs, secrets and template names stay text', async () => {
     const payloads = {
       img: '<img src=x onerror="window.__xss=1">',
       script: '</script><script>window.__xss=2</script>',
@@ -215,6 +230,8 @@ describe('the web dashboard in a browser', { timeout: 300_000 }, () => {
     const tpl = await api('/v3/templates', { method: 'POST', body: JSON.stringify({ name: payloads.img, cpuCount: 1, memoryMB: 256 }) });
     assert.equal(tpl.status, 400);
 
+    await e2b.Template.build(e2b.Template().fromTemplate('base').runCmd(`echo '${payloads.img}'`), 'xss-build');
+
     const { page, watch } = await browser.page();
     await logIn(page, svc.url, key);
     await page.getByText(`img=${payloads.img}`).waitFor();
@@ -231,6 +248,11 @@ describe('the web dashboard in a browser', { timeout: 300_000 }, () => {
     await page.getByText(`note=${payloads.img}`).waitFor();
     await page.getByRole('link', { name: 'Templates' }).click();
     await page.getByRole('cell', { name: 'base', exact: true }).first().waitFor();
+    const buildRow = page.getByRole('row').filter({ has: page.getByRole('cell', { name: 'xss-build', exact: true }) });
+    await buildRow.getByRole('button', { name: 'Builds' }).click();
+    await page.getByRole('button', { name: 'Show log' }).click();
+    await page.getByLabel('Build log').getByText(payloads.img).first().waitFor();
+    await browser.shot(page, 'xss-build-log');
     await page.getByRole('link', { name: 'Team & host' }).click();
     await page
       .getByText(/peak concurrent sandboxes/)
