@@ -64,6 +64,16 @@ describe('the web dashboard in a browser', { timeout: 300_000 }, () => {
     assert.match(csp, /script-src 'self'(;|$)/);
     assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval|https?:/);
     assert.doesNotMatch(await res.text(), /<script>|<style>/, 'no inline script or style in the page');
+    const js = await fetch(`${svc.url}/dashboard/app.js`);
+    assert.equal(js.status, 200);
+    assert.match(js.headers.get('content-type') ?? '', /^text\/javascript/);
+    assert.equal(js.headers.get('x-content-type-options'), 'nosniff');
+    await js.arrayBuffer();
+    for (const path of ['/dashboard/..%2f..%2fpackage.json', '/dashboard/../package.json', '/dashboard/nope.js']) {
+      const r = await fetch(`${svc.url}${path}`);
+      assert.notEqual(r.status, 200, path);
+      assert.doesNotMatch(await r.text(), /"name": "cubebox"/, path);
+    }
 
     const { page, watch } = await browser.page();
     await logIn(page, svc.url, key);
