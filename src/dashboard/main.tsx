@@ -100,7 +100,7 @@ function App() {
   const current = sandbox ? '#/sandboxes' : NAV.some(([h]) => h === hash) ? hash : '#/sandboxes';
   return (
     <>
-      <header>
+      <header inert={!!confirm}>
         <strong>cubebox</strong>
         <nav aria-label="Main">
           {NAV.map(([h, name]) => (
@@ -119,7 +119,7 @@ function App() {
           Log out
         </button>
       </header>
-      <main>
+      <main inert={!!confirm}>
         {error ? (
           <p class="error" role="alert">
             {error}

@@ -52,7 +52,12 @@ export interface ConfirmRequest {
 export function Confirm({ req, onClose }: { req: ConfirmRequest; onClose: (err?: string) => void }) {
   const ok = useRef<HTMLButtonElement>(null);
   const [busy, setBusy] = useState(false);
-  useEffect(() => ok.current?.focus(), []);
+  useEffect(() => {
+    // focus moves into the dialog and, when it closes, back to what opened it
+    const opener = document.activeElement as HTMLElement | null;
+    ok.current?.focus();
+    return () => opener?.focus();
+  }, []);
   const go = async () => {
     setBusy(true);
     try {
