@@ -12,3 +12,4 @@ run('cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-o', 'dist/native/cubebox-help
 run(join(root, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.json']);
 if (existsSync(join(root, 'scripts/build-envd.mjs'))) run(process.execPath, ['scripts/build-envd.mjs']);
 if (existsSync(join(root, 'scripts/build-interpreter.mjs'))) run(process.execPath, ['scripts/build-interpreter.mjs']);
+if (existsSync(join(root, 'scripts/build-dashboard.mjs'))) run(process.execPath, ['scripts/build-dashboard.mjs']);

@@ -1,12 +1,12 @@
 // Runs the test suites with node's test runner, one file at a time (the integration
-// suites drive real sandboxes on a shared host). Usage: npm test [-- unit|envd|integration|security|e2e|<file>...]
+// suites drive real sandboxes on a shared host). Usage: npm test [-- unit|envd|integration|security|e2e|browser|<file>...]
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const suites = ['unit', 'envd', 'integration', 'security', 'e2e'];
+const suites = ['unit', 'envd', 'integration', 'security', 'e2e', 'browser'];
 const args = process.argv.slice(2);
 const chosen = args.length ? args : suites;
 

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { DataPlaneProxy } from '../proxy/proxy.js';
 import { CONTROL_PLANE_AJV, registerControlPlane, type ControlPlaneOptions } from './control-plane.js';
 import { ConnectionGuard, type ConnectionLimits } from './connection-guard.js';
+import { serveDashboard } from './routes/dashboard.js';
 
 export interface ServerOptions {
   /** The control plane's routes and the node they act on; the domain is the listener's. */
@@ -62,7 +63,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     bodyLimit: 8 * 1024 * 1024,
     serverFactory: (handler) => {
       // the proxy refuses envd's /init itself: only the manager gives a sandbox its identity
-      return listener((req, res) => (proxy.matches(req) ? proxy.handle(req, res) : handler(req, res)));
+      return listener((req, res) => (proxy.matches(req) ? proxy.handle(req, res) : serveDashboard(req, res) || handler(req, res)));
     },
   });
   // the default address is filled in after listen, when the port is known

@@ -292,6 +292,11 @@ export class TemplateBuilds {
     return this.repo.ofTemplate(templateId).some((b) => b.team === team);
   }
 
+  /** The template's builds the caller's team may see (admins: every one), newest first. */
+  ofTemplate(templateId: string, team: string, admin: boolean): BuildRow[] {
+    return this.repo.ofTemplate(templateId).filter((b) => admin || b.team === team);
+  }
+
   /** The build's log lines from offset on (at most limit). */
   logs(b: BuildRow, offset: number, limit: number): BuildLogRow[] {
     return this.repo.logs(b.id, offset, limit);

@@ -72,6 +72,7 @@ export function fakeNode(parts: FakeNodeParts = {}): NodeApi {
       reserveSnapshot: unexpected('teams.reserveSnapshot'),
       admitVolume: unexpected('teams.admitVolume'),
       quota: unexpected('teams.quota'),
+      usage: unexpected('teams.usage'),
       team: unexpected('teams.team'),
       teams: unexpected('teams.teams'),
       ...parts.teams,

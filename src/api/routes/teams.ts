@@ -59,6 +59,12 @@ export function registerTeamRoutes(app: FastifyInstance, ctx: RouteContext): voi
       .map((m) => ({ ...stamp(m.ts), concurrentSandboxes: m.concurrentSandboxes, sandboxStartRate: m.sandboxStartRate }));
   });
 
+  /** The team's quota and what its sandboxes and layers hold against it (read-only: quotas are set on the host). */
+  app.get<TeamReq>('/teams/:teamID/quota', async (req) => {
+    const team = teamOf(req);
+    return { quota: tenancy.quota(team), usage: tenancy.usage(team) };
+  });
+
   app.get<TeamReq>('/teams/:teamID/metrics/max', async (req) => {
     const team = teamOf(req);
     const name = one(req.query.metric);

@@ -101,10 +101,25 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     const t = visibleTemplate(req, req.params.templateID);
     const { buildID, cpuCount, memoryMB, diskSizeMB, envdVersion, buildStatus, createdAt, ...rest } = templateBody(t);
     const { buildCount: _c, ...summary } = rest;
+    const caller = callerOf(req);
+    // the builds made through the API (their ids answer the build status and logs routes); a host-made template has none
+    const made = (ctx.node.builds?.ofTemplate(t.id, caller.team, caller.admin) ?? []).map((b) => ({
+      buildID: b.id,
+      status: b.status,
+      createdAt: iso(b.createdAt),
+      updatedAt: iso(b.updatedAt),
+      finishedAt: b.finishedAt === null ? undefined : iso(b.finishedAt),
+      cpuCount,
+      memoryMB,
+      diskSizeMB,
+      envdVersion,
+    }));
     return {
       ...summary,
       createdAt,
-      builds: [{ buildID, status: buildStatus, createdAt, updatedAt: createdAt, finishedAt: createdAt, cpuCount, memoryMB, diskSizeMB, envdVersion }],
+      builds: made.length
+        ? made
+        : [{ buildID, status: buildStatus, createdAt, updatedAt: createdAt, finishedAt: createdAt, cpuCount, memoryMB, diskSizeMB, envdVersion }],
     };
   });
 
