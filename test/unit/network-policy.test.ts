@@ -93,7 +93,7 @@ describe('network settings and the egress policy', () => {
     bad(() => networkSettings({ httpsPorts: [49983] }), /envd/);
     bad(() => networkSettings({ httpsPorts: [0] }), /httpsPorts/);
     bad(() => networkSettings({ egressProxy: { address: 'p:1' } }), /egressProxy/);
-    bad(() => networkSettings({ rules: { 'a.test': [] } }), /rules/);
+    bad(() => networkSettings({ rules: { '*': [] } }), /network\.rules: a bare '\*'/);
     bad(() => networkSettings({ maskRequestHost: 'a b' }), /maskRequestHost/);
     bad(() => networkSettings({ allowInternetAccess: 'no' }), /allow_internet_access/);
   });
