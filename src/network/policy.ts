@@ -137,6 +137,12 @@ export function nameGrantsAddresses(p: EgressPolicy, name: string): boolean {
   return p.domains.includes(n) || p.wildcards.some((w) => n.endsWith(`.${w}`));
 }
 
+/** Whether a name has egress rules (an exact domain or a wildcard over it). */
+export function nameHasRules(p: EgressPolicy, name: string): boolean {
+  const n = name.toLowerCase().replace(/\.$/, '');
+  return p.ruleDomains.some((d) => (d.startsWith('*.') ? n.endsWith(d.slice(1)) : d === n));
+}
+
 /** The default policy: nothing allowed or denied beyond what is always blocked (a new slot's). */
 export function isOpenPolicy(p: EgressPolicy): boolean {
   return !p.allowCidrs.length && !p.denyCidrs.length && !p.domains.length && !p.wildcards.length && !p.ruleDomains.length;

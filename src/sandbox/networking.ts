@@ -2,7 +2,7 @@
 // it its name server and host names. The slot is in the sandbox's resource ledger before it
 // is taken (and in the network's own slot table before it is made: network.ts); teardown
 // releases it (ledger.ts).
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NetLease } from '../network/network.js';
 import { DEFAULT_NETWORK, egressPolicy, type NetworkSettings } from '../network/policy.js';
@@ -31,16 +31,42 @@ export async function connectNetwork(core: SandboxCore, id: string, spec: Stored
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   writeFileSync(join(dir, 'resolv.conf'), `nameserver ${lease.gateway}\noptions edns0 trust-ad\n`, { mode: 0o644 });
   writeFileSync(join(dir, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${lease.address}\t${id}\n`, { mode: 0o644 });
+  if (net.egressCaCert) writeFileSync(join(dir, 'ca-certificates.crt'), templateBundle(spec.layers) + net.egressCaCert, { mode: 0o644 });
   return lease;
+}
+
+/** Where the sandbox finds its CA bundle: the template's, with the egress proxy's CA added. */
+const CA_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
+
+/** The template's system CA bundle, from its topmost read-only layer that has one (never the sandbox's own files). */
+function templateBundle(layers: string[]): string {
+  for (const l of layers) {
+    const f = join(l, CA_BUNDLE);
+    try {
+      const st = lstatSync(f);
+      if (st.isFile() && st.size < 8 << 20) return readFileSync(f, 'utf8').replace(/\n?$/, '\n');
+    } catch {
+      // not in this layer
+    }
+  }
+  return '';
+}
+
+/** The environment that points Python, Node, curl and OpenSSL at that bundle (when the egress proxy runs). */
+export function egressTrustEnv(core: SandboxCore): Record<string, string> {
+  if (!core.deps.net?.egressCaCert) return {};
+  return { SSL_CERT_FILE: CA_BUNDLE, NODE_EXTRA_CA_CERTS: CA_BUNDLE, REQUESTS_CA_BUNDLE: CA_BUNDLE, CURL_CA_BUNDLE: CA_BUNDLE };
 }
 
 /** The bind mounts of a networked sandbox's /etc/resolv.conf and /etc/hosts. */
 export function networkBinds(core: SandboxCore, id: string, lease: NetLease | undefined): BindMount[] {
   if (!lease) return [];
   const dir = netFilesDir(core, id);
+  const bundle = join(dir, 'ca-certificates.crt');
   return [
     { source: join(dir, 'resolv.conf'), destination: '/etc/resolv.conf', readonly: true },
     { source: join(dir, 'hosts'), destination: '/etc/hosts', readonly: true },
+    ...(core.deps.net?.egressCaCert && existsSync(bundle) ? [{ source: bundle, destination: CA_BUNDLE, readonly: true }] : []),
   ];
 }
 
