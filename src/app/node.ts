@@ -252,7 +252,7 @@ async function startDnsForwarder(manager: SandboxManager, upstreams: Upstream[],
       }
     },
     allowResolved: (sandboxId, addresses, ttl) => net.allowResolved(sandboxId, addresses, ttl),
-    proxyResolved: (sandboxId, addresses, ttl) => net.proxyResolved(sandboxId, addresses, ttl),
+    proxyResolved: (sandboxId, addresses, ttl) => net.allowResolved(sandboxId, addresses, ttl, true),
   });
   await net.setDnsPort(await dns.start());
   return dns;

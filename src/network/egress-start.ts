@@ -41,7 +41,7 @@ export async function startEgressProxy(o: EgressStart): Promise<EgressProxy> {
     secret: (team, name) => secretValue(o.secrets, team, name),
   });
   const ports = await proxy.start();
-  o.net.egressCaCert = ca.certPem;
+  o.net.egress = { caCert: ca.certPem, counts: proxy.counts };
   await o.net.setProxyPorts(ports);
   return proxy;
 }

@@ -5,10 +5,10 @@
 import type { Logger } from 'pino';
 import { instanceBlock } from './block.js';
 import { AddressPlan, NEVER_REACHABLE, PRIVATE_NETWORKS, contains, formatCidr, parseCidr, parseIp, parsePool, subtractCidrs, type Cidr } from './cidr.js';
-import { ensureForwarding, flushConntrack, hostNetworks, netnsExists, netnsPath, nftJson, tableChains } from './host.js';
+import { ensureForwarding, flushConntrack, hostNetworks, netnsExists, netnsPath, nft, nftJson, tableChains } from './host.js';
 import { isOpenPolicy, type EgressPolicy } from './policy.js';
-import { nft } from './host.js';
 import { ResolvedSets } from './resolved.js';
+import type { EgressCounts } from './egress-proxy.js';
 import type { NetSlotRepo, NetSlotState } from '../store/store.js';
 import { CubeboxError } from '../util/errors.js';
 import { installTable, policyScript, proxiedScript, removeTable, slotNames, tableObjects } from './rules.js';
@@ -66,9 +66,8 @@ export class SandboxNetwork {
   private proxyPorts: { tls: number; http: number } | undefined;
   /** The blocked networks the table has now (refreshed when the host's networks change). */
   private blockedNow = '';
-  private blockedCidrs: Cidr[] = [];
-  /** The egress proxy's CA certificate (PEM), which sandboxes trust; undefined without the proxy. */
-  egressCaCert: string | undefined;
+  /** The egress proxy's CA certificate (PEM), which sandboxes trust, and its counts; undefined without the proxy. */
+  egress: { caCert: string; counts: EgressCounts } | undefined;
 
   constructor(
     private readonly slots: NetSlotRepo,
@@ -145,7 +144,6 @@ export class SandboxNetwork {
       proxyPorts: this.proxyPorts,
     });
     this.blockedNow = [...blocked].sort().join(',');
-    this.blockedCidrs = blocked.map((b) => parseCidr(b)).filter((c): c is Cidr => !!c);
   }
 
   /** Points 80/443 of proxied addresses at the egress proxy's ports (the base chains are rebuilt at once). */
@@ -157,7 +155,7 @@ export class SandboxNetwork {
   /** Whether no sandbox may ever reach this address (what the forward chain's blocked set holds). */
   isBlocked(address: string): boolean {
     const ip = parseIp(address);
-    return ip === undefined || this.blockedCidrs.some((c) => contains(c, ip));
+    return ip === undefined || this.blockedNow.split(',').some((c) => contains(parseCidr(c)!, ip));
   }
 
   /** Rebuilds the base chains if the host's networks changed (an interface or address came) or the table went. */
@@ -226,16 +224,13 @@ export class SandboxNetwork {
     await nft(policyScript(this.table, slot, policy));
   }
 
-  /** Lets a sandbox reach addresses the forwarder resolved for it from an allowed name (batched, see resolved.ts). */
-  async allowResolved(sandboxId: string, addresses: string[], ttlSec: number): Promise<void> {
+  /**
+   * Lets a sandbox reach addresses the forwarder resolved for it from an allowed name (batched,
+   * see resolved.ts); or, `proxied`, sends its 80/443 to them through the egress proxy.
+   */
+  async allowResolved(sandboxId: string, addresses: string[], ttlSec: number, proxied = false): Promise<void> {
     const l = this.lease(sandboxId);
-    if (l && addresses.length) await this.resolved.add(l.slot, addresses, Math.max(30, Math.min(ttlSec, 3600)));
-  }
-
-  /** Sends a sandbox's 80/443 to these addresses through the egress proxy (names with rules, names allowOut grants). */
-  async proxyResolved(sandboxId: string, addresses: string[], ttlSec: number): Promise<void> {
-    const l = this.lease(sandboxId);
-    if (l && addresses.length) await this.proxied.add(l.slot, addresses, Math.max(30, Math.min(ttlSec, 3600)));
+    if (l && addresses.length) await (proxied ? this.proxied : this.resolved).add(l.slot, addresses, Math.max(30, Math.min(ttlSec, 3600)));
   }
 
   /** What of a sandbox's slot is missing on the host (namespace, link, nft chain: given chains()). */
@@ -291,32 +286,24 @@ export class SandboxNetwork {
   private async make(slot: number): Promise<void> {
     this.busy.add(slot);
     try {
-      await this.makeNow(slot);
+      await makeSlot(this.place(slot));
     } finally {
       this.busy.delete(slot);
     }
-  }
-
-  private async makeNow(slot: number): Promise<void> {
-    await makeSlot(this.place(slot));
   }
 
   private async releaseSlot(slot: number): Promise<void> {
     this.busy.add(slot);
     try {
-      await this.releaseNow(slot);
+      this.slots.setState(slot, 'releasing');
+      this.resolved.forget(slot);
+      this.proxied.forget(slot);
+      await removeSlot(this.place(slot), () => this.objects());
+      await flushConntrack(this.plan.sandboxAddress(slot));
+      this.slots.remove(slot);
     } finally {
       this.busy.delete(slot);
     }
-  }
-
-  private async releaseNow(slot: number): Promise<void> {
-    this.slots.setState(slot, 'releasing');
-    this.resolved.forget(slot);
-    this.proxied.forget(slot);
-    await removeSlot(this.place(slot), () => this.objects());
-    await flushConntrack(this.plan.sandboxAddress(slot));
-    this.slots.remove(slot);
   }
 
   private async listTable(): Promise<unknown> {

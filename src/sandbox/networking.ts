@@ -31,7 +31,7 @@ export async function connectNetwork(core: SandboxCore, id: string, spec: Stored
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   writeFileSync(join(dir, 'resolv.conf'), `nameserver ${lease.gateway}\noptions edns0 trust-ad\n`, { mode: 0o644 });
   writeFileSync(join(dir, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${lease.address}\t${id}\n`, { mode: 0o644 });
-  if (net.egressCaCert) writeFileSync(join(dir, 'ca-certificates.crt'), templateBundle(spec.layers) + net.egressCaCert, { mode: 0o644 });
+  if (net.egress?.caCert) writeFileSync(join(dir, 'ca-certificates.crt'), templateBundle(spec.layers) + net.egress?.caCert, { mode: 0o644 });
   return lease;
 }
 
@@ -54,7 +54,7 @@ function templateBundle(layers: string[]): string {
 
 /** The environment that points Python, Node, curl and OpenSSL at that bundle (when the egress proxy runs). */
 export function egressTrustEnv(core: SandboxCore): Record<string, string> {
-  if (!core.deps.net?.egressCaCert) return {};
+  if (!core.deps.net?.egress?.caCert) return {};
   return { SSL_CERT_FILE: CA_BUNDLE, NODE_EXTRA_CA_CERTS: CA_BUNDLE, REQUESTS_CA_BUNDLE: CA_BUNDLE, CURL_CA_BUNDLE: CA_BUNDLE };
 }
 
@@ -66,7 +66,7 @@ export function networkBinds(core: SandboxCore, id: string, lease: NetLease | un
   return [
     { source: join(dir, 'resolv.conf'), destination: '/etc/resolv.conf', readonly: true },
     { source: join(dir, 'hosts'), destination: '/etc/hosts', readonly: true },
-    ...(core.deps.net?.egressCaCert && existsSync(bundle) ? [{ source: bundle, destination: CA_BUNDLE, readonly: true }] : []),
+    ...(core.deps.net?.egress?.caCert && existsSync(bundle) ? [{ source: bundle, destination: CA_BUNDLE, readonly: true }] : []),
   ];
 }
 
