@@ -6,7 +6,7 @@
 // rules' headers are set (secrets resolved now, on the host) and the request goes on over a
 // verified TLS connection. Anything else passes through untouched (the sandbox's own TLS).
 import { Agent, request as httpsRequest } from 'node:https';
-import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { ClientRequest, createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
@@ -50,10 +50,14 @@ const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trai
 interface Terminated {
   /** The sandbox's address: its settings are read again for each request (live updates apply). */
   source: string;
+  sandboxId: string;
   name: string;
   address: string;
-  agent: Agent;
 }
+
+/** How long a name's addresses are kept, and how many names. */
+const NAME_TTL_MS = 30_000;
+const NAME_CACHE = 4096;
 
 export class EgressProxy {
   readonly counts: EgressCounts = { injected: 0, passedThrough: 0, refusedName: 0, refusedOther: 0 };
@@ -62,11 +66,18 @@ export class EgressProxy {
   private readonly perSource = new Map<string, number>();
   private readonly sockets = new Set<Socket>();
   private readonly terminated = new WeakMap<object, Terminated>();
+  /** Upstream connections kept for reuse, per sandbox (never shared between sandboxes). */
+  private readonly agents = new Map<string, Agent>();
+  private readonly names = new Map<string, { addresses: string[]; until: number }>();
   /** Parses the requests of ended-TLS connections (it never listens). */
-  private readonly inner = createHttpServer({ requestTimeout: 0, headersTimeout: 30_000 }, (req, res) => void this.forward(req, res));
+  private readonly inner = createHttpServer(
+    { requestTimeout: 0, headersTimeout: 30_000 },
+    (req, res) => void this.forward(req, res).catch(() => res.destroy()),
+  );
 
   constructor(private readonly deps: EgressProxyDeps) {
     this.inner.on('clientError', (_e, s) => s.destroy());
+    this.inner.on('upgrade', (req: IncomingMessage, sock: Socket, head: Buffer) => void this.upgrade(req, sock, head).catch(() => sock.destroy()));
   }
 
   /** Listens on two ports of every address (nftables lets only redirected sandbox connections in). */
@@ -82,6 +93,8 @@ export class EgressProxy {
   }
 
   async close(): Promise<void> {
+    for (const a of this.agents.values()) a.destroy();
+    this.agents.clear();
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
     await Promise.all([this.tls, this.http].map((srv) => new Promise<void>((r) => (srv ? srv.close(() => r()) : r()))));
@@ -119,7 +132,7 @@ export class EgressProxy {
       if (name === undefined && buf.length < MAX_PEEK) return;
       sock.off('data', onData);
       sock.pause();
-      void this.route(sock, port, buf, name || null, source, who.settings).catch((err: Error) => {
+      void this.route(sock, port, buf, name || null, source, who.sandboxId, who.settings).catch((err: Error) => {
         this.deps.log.debug({ err: err.message }, 'egress proxy: connection failed');
         sock.destroy();
       });
@@ -128,7 +141,15 @@ export class EgressProxy {
   }
 
   /** Where a connection goes, once its name is read. */
-  private async route(sock: Socket, port: 443 | 80, head: Buffer, name: string | null, source: string, settings: NetworkSettings): Promise<void> {
+  private async route(
+    sock: Socket,
+    port: 443 | 80,
+    head: Buffer,
+    name: string | null,
+    source: string,
+    sandboxId: string,
+    settings: NetworkSettings,
+  ): Promise<void> {
     const policy = egressPolicy(settings);
     if (!name || !nameAllowed(policy, name)) {
       // a name the policy does not allow (or none) on an address an allowed name shares
@@ -150,9 +171,7 @@ export class EgressProxy {
     sock.unshift(head);
     const tls = new TLSSocket(sock, { isServer: true, secureContext: context, ALPNProtocols: ['http/1.1'] });
     tls.on('error', () => tls.destroy());
-    const agent = new Agent({ keepAlive: true, maxSockets: 8, ca: this.deps.upstreamCa });
-    tls.once('close', () => agent.destroy());
-    this.terminated.set(tls, { source, name, address, agent });
+    this.terminated.set(tls, { source, sandboxId, name, address });
     this.inner.emit('connection', tls);
   }
 
@@ -162,12 +181,38 @@ export class EgressProxy {
     const allowed = p.allowCidrs.map((c) => parseCidr(c)!);
     const denied = p.denyCidrs.map((c) => parseCidr(c)!);
     const granted = p.domains.includes(name) || p.wildcards.some((w) => name.endsWith(`.${w}`));
-    for (const a of await this.deps.resolve(name)) {
+    for (const a of await this.resolve(name)) {
       const ip = parseIp(a);
       if (ip === undefined || this.deps.blocked(a)) continue;
       if (granted || allowed.some((c) => contains(c, ip)) || !denied.some((c) => contains(c, ip))) return a;
     }
     return undefined;
+  }
+
+  private async resolve(name: string): Promise<string[]> {
+    const now = Date.now();
+    const hit = this.names.get(name);
+    if (hit && hit.until > now) return hit.addresses;
+    const addresses = await this.deps.resolve(name);
+    if (this.names.size >= NAME_CACHE) this.names.clear();
+    if (addresses.length) this.names.set(name, { addresses, until: now + NAME_TTL_MS });
+    return addresses;
+  }
+
+  /** The sandbox's pool of upstream connections (idle ones close after a while; pools of gone sandboxes go). */
+  private agentOf(sandboxId: string): Agent {
+    let a = this.agents.get(sandboxId);
+    if (!a) {
+      if (this.agents.size >= 1024)
+        for (const [id, x] of this.agents)
+          if (!Object.keys(x.sockets).length && !Object.keys(x.freeSockets).length) {
+            x.destroy();
+            this.agents.delete(id);
+          }
+      a = new Agent({ keepAlive: true, maxSockets: 16, timeout: 30_000, ca: this.deps.upstreamCa });
+      this.agents.set(sandboxId, a);
+    }
+    return a;
   }
 
   private passThrough(sock: Socket, head: Buffer, address: string, port: number): void {
@@ -188,30 +233,34 @@ export class EgressProxy {
     });
   }
 
-  /** One request of an ended-TLS connection: the rules' headers set, sent on to the real destination, streamed both ways. */
-  private async forward(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /**
+   * The request to the real destination for one request of an ended-TLS connection: the Host
+   * checked, hop-by-hop headers dropped, the rules' headers set (secrets resolved now); or the
+   * status and text to answer instead.
+   */
+  private async upstream(req: IncomingMessage, upgrade: boolean): Promise<ClientRequest | { status: number; text: string }> {
     const t = this.terminated.get(req.socket);
     const who = t && this.deps.lookup(t.source);
-    if (!t || !who) return void res.destroy();
+    if (!t || !who) return { status: 502, text: 'the sandbox is gone' };
     const host = (req.headers.host ?? '').toLowerCase().replace(/:\d+$/, '').replace(/\.$/, '');
-    if (host !== t.name) return this.answer(res, 421, 'the Host of this request is not the name the connection was made for');
+    if (host !== t.name) return { status: 421, text: 'the Host of this request is not the name the connection was made for' };
     const headers: Record<string, string | string[]> = {};
     for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
-      const k = req.rawHeaders[i]!;
-      const lk = k.toLowerCase();
-      if (HOP.has(lk)) continue;
-      const prev = headers[lk];
-      headers[lk] = prev === undefined ? req.rawHeaders[i + 1]! : [...(Array.isArray(prev) ? prev : [prev]), req.rawHeaders[i + 1]!];
+      const k = req.rawHeaders[i]!.toLowerCase();
+      if (HOP.has(k)) continue;
+      const prev = headers[k];
+      headers[k] = prev === undefined ? req.rawHeaders[i + 1]! : [...(Array.isArray(prev) ? prev : [prev]), req.rawHeaders[i + 1]!];
     }
     // the rules of the name now (a live update applies to the next request)
-    const rules = rulesFor(who.settings.rules, t.name) ?? [];
-    for (const [k, v] of Object.entries(ruleHeaders(rules))) {
+    for (const [k, v] of Object.entries(ruleHeaders(rulesFor(who.settings.rules, t.name) ?? []))) {
       const value = await resolvePlaceholders(v, (n) => this.deps.secret(who.team, n));
-      if (value === undefined) return this.answer(res, 502, `a secret the egress rules of ${t.name} name is missing`);
+      if (value === undefined) return { status: 502, text: `a secret the egress rules of ${t.name} name is missing` };
       headers[k] = value;
     }
     headers.host = req.headers.host!;
-    const up = httpsRequest({
+    if (upgrade) Object.assign(headers, { connection: 'Upgrade', upgrade: req.headers.upgrade ?? '' });
+    this.counts.injected++;
+    return httpsRequest({
       host: t.name,
       // the address checked for this sandbox, never a new lookup
       lookup: ((_h: string, o: { all?: boolean }, cb: (...a: unknown[]) => void) =>
@@ -220,19 +269,21 @@ export class EgressProxy {
       method: req.method,
       path: req.url,
       headers,
-      agent: t.agent,
+      ...(upgrade ? { ca: this.deps.upstreamCa, agent: false } : { agent: this.agentOf(t.sandboxId) }),
     });
-    this.counts.injected++;
+  }
+
+  /** One request: sent on, streamed both ways. */
+  private async forward(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const up = await this.upstream(req, false);
+    if (!(up instanceof ClientRequest)) return this.answer(res, up.status, up.text);
     up.on('response', (r) => {
-      const out: string[] = [];
-      for (let i = 0; i + 1 < r.rawHeaders.length; i += 2)
-        if (!HOP.has(r.rawHeaders[i]!.toLowerCase()) || /^host$/i.test(r.rawHeaders[i]!)) out.push(r.rawHeaders[i]!, r.rawHeaders[i + 1]!);
-      res.writeHead(r.statusCode ?? 502, r.statusMessage, out);
+      res.writeHead(r.statusCode ?? 502, r.statusMessage, endToEnd(r.rawHeaders));
       r.pipe(res);
       r.on('error', () => res.destroy());
     });
     up.on('error', (err) => {
-      if (!res.headersSent) this.answer(res, 502, `the egress proxy could not reach ${t.name}: ${err.message}`);
+      if (!res.headersSent) this.answer(res, 502, `the egress proxy could not reach the destination: ${err.message}`);
       else res.destroy();
     });
     req.on('error', () => up.destroy());
@@ -242,8 +293,40 @@ export class EgressProxy {
     req.pipe(up);
   }
 
+  /** A WebSocket (or other Upgrade) request: once the destination agrees, bytes flow both ways as they are. */
+  private async upgrade(req: IncomingMessage, sock: Socket, head: Buffer): Promise<void> {
+    const up = await this.upstream(req, true);
+    const reply = (status: number, msg: string, raw: string[]) =>
+      `HTTP/1.1 ${status} ${msg}\r\n${raw.map((v, i) => (i % 2 ? `${v}\r\n` : `${v}: `)).join('')}\r\n`;
+    if (!(up instanceof ClientRequest)) return void sock.end(reply(up.status, 'Refused', ['connection', 'close', 'content-length', '0']));
+    up.on('upgrade', (r, upSock, upHead) => {
+      sock.write(reply(r.statusCode ?? 101, r.statusMessage ?? '', r.rawHeaders));
+      if (upHead.length) sock.write(upHead);
+      if (head.length) upSock.write(head);
+      upSock.on('error', () => sock.destroy());
+      sock.on('close', () => upSock.destroy());
+      upSock.on('close', () => sock.destroy());
+      upSock.pipe(sock);
+      sock.pipe(upSock);
+    });
+    up.on('response', (r) => {
+      sock.write(reply(r.statusCode ?? 502, r.statusMessage ?? '', [...endToEnd(r.rawHeaders), 'connection', 'close']));
+      r.pipe(sock);
+    });
+    up.on('error', () => sock.destroy());
+    sock.on('error', () => up.destroy());
+    up.end();
+  }
+
   private answer(res: ServerResponse, status: number, text: string): void {
     res.writeHead(status, { 'content-type': 'text/plain', connection: 'close' });
     res.end(`${text}\n`);
   }
+}
+
+/** A response's headers less the hop-by-hop ones (Node sets its own framing). */
+function endToEnd(raw: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) if (!HOP.has(raw[i]!.toLowerCase()) || /^host$/i.test(raw[i]!)) out.push(raw[i]!, raw[i + 1]!);
+  return out;
 }

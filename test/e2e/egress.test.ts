@@ -74,6 +74,27 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
     assert.match(up, /"bodyBytes":1048576/);
   });
 
+  it('a WebSocket upgrade through the proxy carries the headers and then bytes both ways', async () => {
+    const sbx = await newSandbox({ network: { rules: { 'api.test': [bearer] } } });
+    await sbx.files.write(
+      '/tmp/ws.py',
+      [
+        'import socket, ssl',
+        "c = ssl.create_default_context().wrap_socket(socket.create_connection(('api.test', 443)), server_hostname='api.test')",
+        "c.sendall(b'GET /ws HTTP/1.1\\r\\nHost: api.test\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n')",
+        "buf = b''",
+        "while b'\\r\\n\\r\\n' not in buf: buf += c.recv(4096)",
+        "head, _, rest = buf.partition(b'\\r\\n\\r\\n')",
+        "c.sendall(b'hello-through')",
+        'while len(rest) < 13: rest += c.recv(4096)',
+        "print(head.split(b'\\r\\n')[0].decode(), rest.decode())",
+      ].join('\n'),
+    );
+    const out = await sh(sbx, 'timeout 20 python3 /tmp/ws.py 2>&1');
+    assert.match(out, /^HTTP\/1\.1 101 Switching Protocols hello-through\s+rc=0$/, out);
+    assert.equal(seenFor('/ws')?.headers.authorization, `Bearer ${SECRET}`);
+  });
+
   it('a domain without rules is not intercepted: the server gets the sandbox own TLS', async () => {
     const sbx = await newSandbox({ network: { rules: { 'api.test': [bearer] } } });
     await sbx.files.write('/tmp/test-ca.pem', inet.caPem);

@@ -40,8 +40,15 @@ function handle(req, res) {
   req.on('data', (d) => (n += d.length));
   req.on('end', () => { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify({ ...seen, bodyBytes: n })); });
 }
+// an Upgrade answered with 101, then every byte echoed back (a tunnel, as a WebSocket's is)
+function upgrade(req, sock) {
+  process.stdout.write('seen ' + JSON.stringify({ sni: sock.servername || null, host: req.headers.host, url: req.url, headers: req.headers }) + '\\n');
+  sock.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n');
+  sock.on('error', () => {});
+  sock.pipe(sock);
+}
 for (const addr of ['${API_ADDR}', '${OTHER_ADDR}']) {
-  https.createServer({ key, cert }, handle).listen(443, addr);
+  https.createServer({ key, cert }, handle).on('upgrade', upgrade).listen(443, addr);
   http.createServer(handle).listen(80, addr);
 }
 function name(buf) { const l = []; let o = 12; while (buf[o]) { l.push(buf.toString('latin1', o + 1, o + 1 + buf[o])); o += buf[o] + 1; } return [l.join('.').toLowerCase(), o + 5]; }
