@@ -117,6 +117,42 @@ describe('the egress proxy against a hostile sandbox', { timeout: 600_000 }, () 
     assert.ok((await refusedNames()) >= before + 2, 'refusals are counted');
   });
 
+  it('one sandbox holding more connections than its cap cannot starve the proxy for another', async () => {
+    const hog = await e2b.Sandbox.create('base', { network: { rules: { 'api.test': [bearer] } } });
+    const other = await e2b.Sandbox.create('base', { network: { rules: { 'api.test': [bearer] } } });
+    created.push(hog.sandboxId, other.sandboxId);
+    await hog.files.write(
+      '/tmp/hog.py',
+      [
+        'import socket, time',
+        // resolved once (the forwarder rate-limits queries), its address then proxied
+        "addr = socket.gethostbyname('api.test')",
+        'ss = [socket.create_connection((addr, 443)) for _ in range(300)]',
+        'time.sleep(1.5)',
+        'closed = 0',
+        'for s in ss:',
+        '    s.setblocking(False)',
+        '    try:',
+        "        closed += s.recv(1) == b''",
+        '    except BlockingIOError:',
+        '        pass',
+        '    except OSError:',
+        '        closed += 1',
+        "open('/tmp/hog.out', 'w').write(str(closed))",
+        'time.sleep(30)',
+      ].join('\n'),
+    );
+    await hog.commands.run('python3 /tmp/hog.py >/dev/null 2>&1', { background: true });
+    let closed = '';
+    for (let i = 0; i < 100 && !closed; i++) {
+      closed = (await sh(hog, 'cat /tmp/hog.out 2>/dev/null')).replace(/\s*rc=\d+$/, '');
+      if (!closed) await new Promise((r) => setTimeout(r, 200));
+    }
+    // the first 256 are held (waiting for their ClientHello), the 44 past the cap closed at once
+    assert.equal(closed, '44');
+    assert.match(await sh(other, 'curl -sS --max-time 10 -o /dev/null -w "%{http_code}" https://api.test/other 2>&1'), /^200\s+rc=0$/);
+  });
+
   it('leaves no listener, nft object or file of the proxy after the service stops', async () => {
     const inst = openPaths(dataDir, false).instanceId;
     const chain = execFileSync('nft', ['list', 'chain', 'inet', `cubebox_${inst}`, 'egress_proxy'], { encoding: 'utf8' });
