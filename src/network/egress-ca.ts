@@ -11,11 +11,15 @@ import { promisify } from 'node:util';
 const run = promisify(execFile);
 /** Names whose certificate is kept (the oldest goes first). */
 const CACHE = 1024;
+/** openssl processes issuing at once (a sandbox asking for many names waits, it does not fork the host away). */
+const ISSUING = 2;
 const NAME = /^([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 export class EgressCa {
   private readonly contexts = new Map<string, Promise<SecureContext>>();
   private readonly leafKey: string;
+  private issuing = 0;
+  private readonly waiting: (() => void)[] = [];
 
   private constructor(
     private readonly dir: string,
@@ -58,6 +62,17 @@ export class EgressCa {
   }
 
   private async issue(name: string): Promise<string> {
+    if (this.issuing >= ISSUING) await new Promise<void>((r) => this.waiting.push(r));
+    this.issuing++;
+    try {
+      return await this.sign(name);
+    } finally {
+      this.issuing--;
+      this.waiting.shift()?.();
+    }
+  }
+
+  private async sign(name: string): Promise<string> {
     const keyFile = join(this.dir, `leaf-${randomBytes(6).toString('hex')}.key`);
     writeFileSync(keyFile, this.leafKey, { mode: 0o600 });
     try {

@@ -65,7 +65,9 @@ export function slotProblems(p: SlotPlace, chains: Set<string> | undefined): str
   const out: string[] = [];
   if (!netnsExists(p.netns)) out.push('network namespace');
   if (!linkExists(p.link)) out.push('veth link');
-  if (chains && !chains.has(`chain:${slotNames(p.slot).chain}`)) out.push('nft chain');
+  const n = slotNames(p.slot);
+  // the nat chain too: a slot made before the egress proxy existed gets it (with its set) by repair
+  if (chains && (!chains.has(`chain:${n.chain}`) || !chains.has(`chain:${n.natChain}`))) out.push('nft chain');
   return out;
 }
 

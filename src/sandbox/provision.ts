@@ -53,7 +53,7 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
   const now = core.now();
   const spec: StoredSpec = {
     limits,
-    env: { ...template.config.env, ...egressTrustEnv(core), ...(req.env ?? {}) },
+    env: { ...template.config.env, ...egressTrustEnv(core, template.layers), ...(req.env ?? {}) },
     metadata: req.metadata ?? {},
     layers: template.layers,
     command: req.command ?? ['/bin/sh', '-c', 'exec sleep 2147483647'],
