@@ -8,7 +8,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
-import { assertNoSandboxLeaks, destroyInstance } from '../helpers/instance.js';
+import { assertNoSandboxLeaks, cli, destroyInstance } from '../helpers/instance.js';
 import { API_ADDR, NET, startFakeHttps, type FakeHttps } from '../helpers/fake-https.js';
 import { sdkService, type E2B, type Service } from '../helpers/service.js';
 
@@ -88,6 +88,9 @@ describe('the egress proxy against a hostile sandbox', { timeout: 600_000 }, () 
     await api('/metrics');
     const info = JSON.parse(await api(`/sandboxes/${sbx.sandboxId}`)) as { network: { rules: unknown } };
     assert.deepEqual(info.network.rules, { 'api.test': [bearer] });
+    const net = await cli(dataDir, ['sandbox', 'net', sbx.sandboxId]);
+    assert.match(net.stdout, /rules +api\.test: Authorization=Bearer \$\{e2b\.secrets\.tok\}/, net.stdout + net.stderr);
+    bodies.push(net.stdout, net.stderr, (await cli(dataDir, ['sandbox', 'net', sbx.sandboxId, '--json'])).stdout);
     for (const b of bodies) assert.ok(!b.includes(SECRET), 'an API response carries the secret');
     assert.ok(!log.includes(SECRET), "the service's log carries the secret");
     // the CA's key is the host's alone
