@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { destroyInstance, assertNoSandboxLeaks } from '../helpers/instance.js';
 import { openPaths } from '../../src/config.js';
 import { API_ADDR, NET, startFakeHttps, type FakeHttps, type Seen } from '../helpers/fake-https.js';
-import { sdkService, type E2B, type Service } from '../helpers/service.js';
+import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
 
 let e2b: E2B;
 let svc: Service;
@@ -35,15 +35,17 @@ function seenFor(mark: string): Seen | undefined {
   return [...inet.seen].reverse().find((s) => s.url.includes(mark));
 }
 
+const serviceEnv = () => ({
+  CUBEBOX_DNS_UPSTREAM: API_ADDR,
+  CUBEBOX_POOL: 'base=1',
+  CUBEBOX_ALLOW_PRIVATE: `${NET}.0/24`,
+  CUBEBOX_EGRESS_CA: inet.caFile,
+});
+
 describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
   before(async () => {
     inet = await startFakeHttps();
-    ({ svc, dataDir, e2b } = await sdkService({
-      CUBEBOX_DNS_UPSTREAM: API_ADDR,
-      CUBEBOX_POOL: 'base=1',
-      CUBEBOX_ALLOW_PRIVATE: `${NET}.0/24`,
-      CUBEBOX_EGRESS_CA: inet.caFile,
-    }));
+    ({ svc, dataDir, e2b } = await sdkService(serviceEnv()));
     await e2b.Secret.create('tok', SECRET);
   });
 
@@ -168,6 +170,16 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
       `egress proxy: 64 MiB GET ${mibs(proxied)} MiB/s proxied vs ${mibs(direct)} MiB/s direct (${(direct / proxied).toFixed(2)}x); ` +
         `small request median ${(smallProxied * 1000).toFixed(1)} ms proxied vs ${(smallDirect * 1000).toFixed(1)} ms direct`,
     );
+  });
+
+  it('a running sandbox keeps its rules across a restart of the service (same CA, new proxy ports)', async () => {
+    const sbx = await newSandbox({ network: { rules: { 'api.test': [bearer] } } });
+    await svc.stop();
+    svc = await startService(dataDir, { env: serviceEnv() });
+    process.env.E2B_API_URL = process.env.E2B_SANDBOX_URL = svc.url;
+    const again = await e2b.Sandbox.connect(sbx.sandboxId);
+    assert.match(await sh(again, 'curl -sS --max-time 10 https://api.test/restarted 2>&1'), / rc=0$/);
+    assert.equal(seenFor('/restarted')?.headers.authorization, `Bearer ${SECRET}`);
   });
 
   it('leaves no network slot behind', async () => {
