@@ -169,7 +169,9 @@ export class EgressProxy {
     // end the sandbox's TLS here: the bytes read so far go back in front of the stream
     const context = await this.deps.ca.contextFor(name);
     sock.unshift(head);
+    sock.setTimeout(0); // the TLS socket reads the connection from now on: its own activity keeps it
     const tls = new TLSSocket(sock, { isServer: true, secureContext: context, ALPNProtocols: ['http/1.1'] });
+    tls.setTimeout(IDLE_TIMEOUT_MS, () => tls.destroy());
     tls.on('error', () => tls.destroy());
     this.terminated.set(tls, { source, sandboxId, name, address });
     this.inner.emit('connection', tls);
