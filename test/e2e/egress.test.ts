@@ -71,6 +71,9 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
       assert.match(js, /^200\s+rc=0$/, js);
       assert.equal(seenFor('/node')?.headers.authorization, `Bearer ${SECRET}`);
     }
+    // the sandbox still manages its trust store: regenerating it keeps the CA
+    assert.match(await sh(sbx, 'sudo update-ca-certificates 2>&1 | tail -1'), /rc=0$/);
+    assert.match(await sh(sbx, 'curl -sS --max-time 10 https://api.test/regenerated 2>&1'), / rc=0$/);
     // a request body streams through (1 MiB up)
     const up = await sh(sbx, 'head -c 1048576 /dev/zero | curl -sS --max-time 20 -X POST --data-binary @- https://api.test/upload 2>&1');
     assert.match(up, /"bodyBytes":1048576/);
