@@ -48,13 +48,13 @@ export class EgressCa {
     return new EgressCa(dir, readFileSync(crt, 'utf8'));
   }
 
-  /** The TLS context to show a sandbox for a name (issued once, then cached). */
+  /** The TLS context to show a sandbox for a name (issued once, then cached; the leaf alone: the sandbox has the CA). */
   contextFor(name: string): Promise<SecureContext> {
     if (!NAME.test(name) || name.length > 253) return Promise.reject(new Error('not a host name'));
     let ctx = this.contexts.get(name);
     if (!ctx) {
       if (this.contexts.size >= CACHE) this.contexts.delete(this.contexts.keys().next().value!);
-      ctx = this.issue(name).then((cert) => createSecureContext({ key: this.leafKey, cert: cert + this.certPem }));
+      ctx = this.issue(name).then((cert) => createSecureContext({ key: this.leafKey, cert }));
       ctx.catch(() => this.contexts.delete(name));
       this.contexts.set(name, ctx);
     }

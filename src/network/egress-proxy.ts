@@ -82,8 +82,9 @@ export class EgressProxy {
 
   /** Listens on two ports of every address (nftables lets only redirected sandbox connections in). */
   async start(): Promise<{ tls: number; http: number }> {
-    this.tls = createServer((s) => this.accept(s, 443));
-    this.http = createServer((s) => this.accept(s, 80));
+    // no Nagle: a request's or answer's last small segment goes at once (as Node's HTTP servers do)
+    this.tls = createServer({ noDelay: true }, (s) => this.accept(s, 443));
+    this.http = createServer({ noDelay: true }, (s) => this.accept(s, 80));
     const listen = (srv: Server) =>
       new Promise<number>((resolve, reject) => {
         srv.once('error', reject);
@@ -171,6 +172,7 @@ export class EgressProxy {
     sock.unshift(head);
     sock.setTimeout(0); // the TLS socket reads the connection from now on: its own activity keeps it
     const tls = new TLSSocket(sock, { isServer: true, secureContext: context, ALPNProtocols: ['http/1.1'] });
+    tls.setNoDelay(true);
     tls.setTimeout(IDLE_TIMEOUT_MS, () => tls.destroy());
     tls.on('error', () => tls.destroy());
     this.terminated.set(tls, { source, sandboxId, name, address });
@@ -218,7 +220,7 @@ export class EgressProxy {
   }
 
   private passThrough(sock: Socket, head: Buffer, address: string, port: number): void {
-    const up = connect({ host: address, port });
+    const up = connect({ host: address, port, noDelay: true });
     this.sockets.add(up);
     up.once('close', () => this.sockets.delete(up));
     up.setTimeout(IDLE_TIMEOUT_MS, () => up.destroy());
