@@ -110,6 +110,19 @@ export class ServiceMetrics {
         this.set((await netTotals()).deniedPackets);
       },
     });
+    new Counter({
+      name: 'cubebox_egress_proxy_connections_total',
+      help: "Sandbox connections through the egress proxy, by outcome (injected: requests given a rule's headers; refused_name: SNI/Host not allowed)",
+      labelNames: ['outcome'],
+      registers: [this.registry],
+      collect() {
+        const c = manager.network()?.egress?.counts;
+        this.reset();
+        if (c)
+          for (const [outcome, n] of Object.entries({ injected: c.injected, passed_through: c.passedThrough, refused_name: c.refusedName, refused_other: c.refusedOther }))
+            this.inc({ outcome }, n);
+      },
+    });
     new Gauge({
       name: 'cubebox_dataplane_bytes',
       help: 'Data-plane body bytes of the sandboxes that exist now, by direction',

@@ -137,6 +137,8 @@ export interface ServeFlags extends RegistryFlags {
   subnet?: string;
   dnsUpstream?: string;
   allowPrivate?: string;
+  /** CA certificates (PEM file) the egress proxy verifies destinations with, instead of the host's. */
+  egressCa?: string;
   /** false with --no-network. */
   network?: boolean;
   tlsCert?: string;
@@ -168,7 +170,7 @@ export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
   buildReadyTimeoutMs: number | undefined;
   logLevel: string;
   /** false: loopback only. */
-  network: false | { subnet?: string; maxFlows?: number; allowPrivate: string[]; dnsUpstreams: Upstream[] };
+  network: false | { subnet?: string; maxFlows?: number; allowPrivate: string[]; dnsUpstreams: Upstream[]; egressCa?: Buffer };
   /** Each new volume's disk size, MiB. */
   volumeSizeMB: number;
   tls?: { cert: string; key: string };
@@ -211,6 +213,7 @@ export function serveConfig(flags: ServeFlags, env: Env = process.env): ServeCon
             maxFlows: host.network.maxFlows,
             allowPrivate: (flags.allowPrivate ?? env.CUBEBOX_ALLOW_PRIVATE ?? '').split(',').filter(Boolean),
             dnsUpstreams: dnsUpstreamsOf(flags.dnsUpstream ?? env.CUBEBOX_DNS_UPSTREAM),
+            egressCa: egressCaOf(flags.egressCa ?? env.CUBEBOX_EGRESS_CA),
           },
     tls: tlsOf(flags.tlsCert ?? env.CUBEBOX_TLS_CERT, flags.tlsKey ?? env.CUBEBOX_TLS_KEY),
     connections: {
@@ -228,6 +231,15 @@ export function serveConfig(flags: ServeFlags, env: Env = process.env): ServeCon
     shutdownTimeoutMs:
       1000 * (optionalCount(flags.shutdownTimeout ?? env.CUBEBOX_SHUTDOWN_TIMEOUT, 'shutdown timeout', 1, 3600) ?? DEFAULT_SHUTDOWN_TIMEOUT_SEC),
   };
+}
+
+function egressCaOf(file: string | undefined): Buffer | undefined {
+  if (!file) return undefined;
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new Error(`--egress-ca: cannot read '${file}': ${(err as Error).message}`);
+  }
 }
 
 function dnsUpstreamsOf(text: string | undefined): Upstream[] {

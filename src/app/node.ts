@@ -17,6 +17,7 @@ import { Tenancy } from '../api/tenancy.js';
 import type { ConnectionLimits } from '../api/connection-guard.js';
 import { DnsForwarder, type Upstream } from '../network/dns.js';
 import { egressPolicy } from '../network/policy.js';
+import { startEgressProxy } from '../network/egress-start.js';
 import type { InterruptReason } from '../proxy/proxy.js';
 import { probeHost } from '../runtime/probe.js';
 import { SandboxManager } from '../sandbox/manager.js';
@@ -98,6 +99,14 @@ export async function startService(config: ServeConfig): Promise<RunningService>
   templates.buildOnDemand(CODE_INTERPRETER_TEMPLATE, buildInterpreter);
   if (config.buildCodeInterpreter) await templates.ensure(CODE_INTERPRETER_TEMPLATE);
   const dns = config.network ? await startDnsForwarder(manager, config.network.dnsUpstreams, logger) : undefined;
+  const net = manager.network();
+  const egress =
+    dns && net && config.network
+      ? await startEgressProxy({
+          ...{ net, dns, sandbox: (id: string) => manager.get(id), secrets: { rows: manager.store.secrets, sealingKey: () => sealingKey } },
+          ...{ dataDir: manager.paths.dataDir, instanceId: manager.paths.instanceId, upstreamCa: config.network.egressCa, log: logger },
+        })
+      : undefined;
   const server = await serveNode(manager, {
     shared,
     host: config.host,
@@ -141,6 +150,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
       };
       await step('the API listeners', () => server.close());
       await step('the DNS forwarder', () => dns?.close());
+      await step('the egress proxy', () => egress?.close());
       await step('the control socket', () => control.close(true));
       await step('the shared store', () => shared.close());
       await step('the manager', () => m.close());
@@ -256,6 +266,7 @@ async function startDnsForwarder(manager: SandboxManager, upstreams: Upstream[],
       }
     },
     allowResolved: (sandboxId, addresses, ttl) => net.allowResolved(sandboxId, addresses, ttl),
+    proxyResolved: (sandboxId, addresses, ttl) => net.allowResolved(sandboxId, addresses, ttl, true),
   });
   await net.setDnsPort(await dns.start());
   return dns;

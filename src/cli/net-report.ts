@@ -15,6 +15,10 @@ export function formatNetworkReport(r: NetworkReport): string {
     `always       host services, other sandboxes, link-local and metadata addresses, private networks: denied`,
     `ports        ${r.settings.allowPublicTraffic ? 'public' : 'traffic token required'}${r.settings.maskRequestHost ? `, Host masked as ${r.settings.maskRequestHost}` : ''}${r.settings.httpsPorts.length ? `, HTTPS on ${r.settings.httpsPorts.join(', ')}` : ''}`,
   ];
+  const rules = Object.entries(r.settings.rules ?? {}).map(
+    ([d, rs]) => `${d}: ${rs.flatMap((x) => Object.entries(x.transform?.headers ?? {}).map(([k, v]) => `${k}=${v}`)).join(', ') || '-'}`,
+  );
+  if (rules.length) lines.push(`rules        ${rules.join('; ')} (HTTPS headers set by the egress proxy; placeholders shown, never values)`);
   if (r.counters)
     lines.push(`counters     egress ${r.counters.egressPackets} packets / ${r.counters.egressBytes} bytes, denied ${r.counters.deniedPackets} packets`);
   return lines.join('\n');

@@ -7,8 +7,8 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { answerAddresses, answers, buildQuery, emptyAnswer, readQuery, RCODE_REFUSED, RCODE_SERVFAIL, TYPE_AAAA } from './dns-wire.js';
-import { nameAllowed, nameGrantsAddresses, type EgressPolicy } from './policy.js';
+import { answerAddresses, answers, buildQuery, emptyAnswer, readQuery, RCODE_REFUSED, RCODE_SERVFAIL, TYPE_A, TYPE_AAAA } from './dns-wire.js';
+import { nameAllowed, nameGrantsAddresses, nameHasRules, type EgressPolicy } from './policy.js';
 
 export interface Upstream {
   host: string;
@@ -20,6 +20,8 @@ export interface ForwarderDeps {
   lookup(address: string): { sandboxId: string; policy: EgressPolicy } | undefined;
   /** Makes resolved addresses of an allowed name reachable for the sandbox. */
   allowResolved(sandboxId: string, addresses: string[], ttlSec: number): Promise<void>;
+  /** Sends the sandbox's 80/443 to resolved addresses of a name with rules or a granted name through the egress proxy. */
+  proxyResolved?(sandboxId: string, addresses: string[], ttlSec: number): Promise<void>;
   upstreams: Upstream[];
   log: Logger;
 }
@@ -163,10 +165,13 @@ export class DnsForwarder {
       const reply = await this.forward(buildQuery(q, id), id, transport);
       if (!reply) return emptyAnswer(msg, q, RCODE_SERVFAIL);
       reply.writeUInt16BE(q.id, 0);
-      if (nameGrantsAddresses(who.policy, q.name)) {
+      const grants = nameGrantsAddresses(who.policy, q.name);
+      const proxied = this.deps.proxyResolved && (grants || nameHasRules(who.policy, q.name));
+      if (grants || proxied) {
         const { addresses, ttl } = answerAddresses(reply);
-        // reachable before the sandbox reads the answer, so its first connect is not refused
-        if (addresses.length) await this.deps.allowResolved(who.sandboxId, addresses, ttl);
+        // reachable (and proxied) before the sandbox reads the answer, so its first connect goes the right way
+        if (addresses.length && proxied) await this.deps.proxyResolved!(who.sandboxId, addresses, ttl);
+        if (addresses.length && grants) await this.deps.allowResolved(who.sandboxId, addresses, ttl);
       }
       return reply;
     } catch (err) {
@@ -177,6 +182,14 @@ export class DnsForwarder {
       if (left) this.inFlight.set(source, left);
       else this.inFlight.delete(source);
     }
+  }
+
+  /** The IPv4 addresses of a name, asked of the upstreams (the egress proxy resolves the names it connects to). */
+  async resolve4(name: string): Promise<string[]> {
+    const id = randomInt(0x10000);
+    const q = { id, name, labels: name.split('.'), type: TYPE_A, flags: 0x0100, end: 0 };
+    const reply = await this.forward(buildQuery(q, id), id, 'udp');
+    return reply ? answerAddresses(reply).addresses : [];
   }
 
   /** Asks the upstreams in turn. */

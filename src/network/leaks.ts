@@ -40,7 +40,7 @@ function leaksWith(inst: string, dataDir: string, rows: NetSlotRow[] | undefined
   if (listed.status === 0) {
     const { objects } = tableObjects(JSON.parse(listed.stdout) as unknown);
     for (const o of objects) {
-      const m = /^chain:s(\d+)$/.exec(o);
+      const m = /^chain:[si](\d+)$/.exec(o);
       if (m && !owned.has(Number(m[1]))) out.push({ kind: 'nft', what: `${table} ${o}` });
     }
   }

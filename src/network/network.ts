@@ -4,14 +4,14 @@
 // reclaimed on release and by reconcile() whatever state a crash left it in.
 import type { Logger } from 'pino';
 import { instanceBlock } from './block.js';
-import { AddressPlan, NEVER_REACHABLE, PRIVATE_NETWORKS, formatCidr, parsePool, subtractCidrs, type Cidr } from './cidr.js';
-import { ensureForwarding, flushConntrack, hostNetworks, netnsExists, netnsPath, nftJson, tableChains } from './host.js';
+import { AddressPlan, NEVER_REACHABLE, PRIVATE_NETWORKS, contains, formatCidr, parseCidr, parseIp, parsePool, subtractCidrs, type Cidr } from './cidr.js';
+import { ensureForwarding, flushConntrack, hostNetworks, netnsExists, netnsPath, nft, nftJson, tableChains } from './host.js';
 import { isOpenPolicy, type EgressPolicy } from './policy.js';
-import { nft } from './host.js';
 import { ResolvedSets } from './resolved.js';
+import type { EgressCounts } from './egress-proxy.js';
 import type { NetSlotRepo, NetSlotState } from '../store/store.js';
 import { CubeboxError } from '../util/errors.js';
-import { installTable, policyScript, removeTable, slotNames, tableObjects } from './rules.js';
+import { installTable, policyScript, proxiedScript, removeTable, slotNames, tableObjects } from './rules.js';
 import { addressLink, makeSlot, removeSlot, removeStrays, repairSlot, slotProblems, type SlotPlace } from './slot-host.js';
 
 export { blockFile } from './block.js';
@@ -62,8 +62,12 @@ export class SandboxNetwork {
   /** Slots this process is making or releasing right now (reconcile leaves them alone). */
   private readonly busy = new Set<number>();
   private readonly resolved: ResolvedSets;
+  private readonly proxied: ResolvedSets;
+  private proxyPorts: { tls: number; http: number } | undefined;
   /** The blocked networks the table has now (refreshed when the host's networks change). */
   private blockedNow = '';
+  /** The egress proxy's CA certificate (PEM), which sandboxes trust, and its counts; undefined without the proxy. */
+  egress: { caCert: string; counts: EgressCounts } | undefined;
 
   constructor(
     private readonly slots: NetSlotRepo,
@@ -77,6 +81,7 @@ export class SandboxNetwork {
     if (!Number.isInteger(flows) || flows < 1 || flows > 1_000_000)
       throw new Error(`the flow limit per sandbox must be an integer from 1 to 1000000, got ${cfg.maxFlows}`);
     this.resolved = new ResolvedSets(this.table, cfg.log);
+    this.proxied = new ResolvedSets(this.table, cfg.log, proxiedScript);
   }
 
   netnsName(slot: number): string {
@@ -136,8 +141,21 @@ export class SandboxNetwork {
       dnsPort: this.dnsPort,
       blocked,
       maxFlows: this.cfg.maxFlows ?? DEFAULT_MAX_FLOWS,
+      proxyPorts: this.proxyPorts,
     });
     this.blockedNow = [...blocked].sort().join(',');
+  }
+
+  /** Points 80/443 of proxied addresses at the egress proxy's ports (the base chains are rebuilt at once). */
+  async setProxyPorts(ports: { tls: number; http: number }): Promise<void> {
+    this.proxyPorts = ports;
+    await this.install();
+  }
+
+  /** Whether no sandbox may ever reach this address (what the forward chain's blocked set holds). */
+  isBlocked(address: string): boolean {
+    const ip = parseIp(address);
+    return ip === undefined || this.blockedNow.split(',').some((c) => contains(parseCidr(c)!, ip));
   }
 
   /** Rebuilds the base chains if the host's networks changed (an interface or address came) or the table went. */
@@ -202,13 +220,17 @@ export class SandboxNetwork {
 
   private async applyPolicy(slot: number, policy: EgressPolicy): Promise<void> {
     this.resolved.forget(slot);
+    this.proxied.forget(slot);
     await nft(policyScript(this.table, slot, policy));
   }
 
-  /** Lets a sandbox reach addresses the forwarder resolved for it from an allowed name (batched, see resolved.ts). */
-  async allowResolved(sandboxId: string, addresses: string[], ttlSec: number): Promise<void> {
+  /**
+   * Lets a sandbox reach addresses the forwarder resolved for it from an allowed name (batched,
+   * see resolved.ts); or, `proxied`, sends its 80/443 to them through the egress proxy.
+   */
+  async allowResolved(sandboxId: string, addresses: string[], ttlSec: number, proxied = false): Promise<void> {
     const l = this.lease(sandboxId);
-    if (l && addresses.length) await this.resolved.add(l.slot, addresses, Math.max(30, Math.min(ttlSec, 3600)));
+    if (l && addresses.length) await (proxied ? this.proxied : this.resolved).add(l.slot, addresses, Math.max(30, Math.min(ttlSec, 3600)));
   }
 
   /** What of a sandbox's slot is missing on the host (namespace, link, nft chain: given chains()). */
@@ -236,7 +258,10 @@ export class SandboxNetwork {
       objects = await this.objects();
     }
     const slot = await repairSlot(this.place(l.slot), policy, pid, objects);
-    if (slot.length) this.resolved.forget(l.slot); // a new set holds none of them
+    if (slot.length) {
+      this.resolved.forget(l.slot); // a new set holds none of them
+      this.proxied.forget(l.slot);
+    }
     return [...repaired, ...slot];
   }
 
@@ -261,31 +286,24 @@ export class SandboxNetwork {
   private async make(slot: number): Promise<void> {
     this.busy.add(slot);
     try {
-      await this.makeNow(slot);
+      await makeSlot(this.place(slot));
     } finally {
       this.busy.delete(slot);
     }
-  }
-
-  private async makeNow(slot: number): Promise<void> {
-    await makeSlot(this.place(slot));
   }
 
   private async releaseSlot(slot: number): Promise<void> {
     this.busy.add(slot);
     try {
-      await this.releaseNow(slot);
+      this.slots.setState(slot, 'releasing');
+      this.resolved.forget(slot);
+      this.proxied.forget(slot);
+      await removeSlot(this.place(slot), () => this.objects());
+      await flushConntrack(this.plan.sandboxAddress(slot));
+      this.slots.remove(slot);
     } finally {
       this.busy.delete(slot);
     }
-  }
-
-  private async releaseNow(slot: number): Promise<void> {
-    this.slots.setState(slot, 'releasing');
-    this.resolved.forget(slot);
-    await removeSlot(this.place(slot), () => this.objects());
-    await flushConntrack(this.plan.sandboxAddress(slot));
-    this.slots.remove(slot);
   }
 
   private async listTable(): Promise<unknown> {

@@ -2,6 +2,7 @@
 // one validated settings object, and the egress policy the host enforces for it. Pure.
 import { invalid } from '../util/errors.js';
 import { formatCidr, parseCidr } from './cidr.js';
+import { parseRules, type EgressRules } from './egress-rules.js';
 
 /** What a sandbox was given, as GET /sandboxes/{id} reports it back. */
 export interface NetworkSettings {
@@ -11,6 +12,8 @@ export interface NetworkSettings {
   allowPublicTraffic: boolean;
   maskRequestHost?: string;
   httpsPorts: number[];
+  /** Per-domain header transforms (placeholders kept as given), applied by the egress proxy. */
+  rules?: EgressRules;
 }
 
 /** The egress policy of one sandbox, as nftables and the DNS forwarder apply it. */
@@ -27,6 +30,8 @@ export interface EgressPolicy {
    * by name are only those it resolved for this sandbox.
    */
   restricted: boolean;
+  /** Domains with rules (exact, and wildcards as '*.example.com'): their HTTPS goes through the egress proxy. */
+  ruleDomains: string[];
 }
 
 export const DEFAULT_NETWORK: NetworkSettings = { allowInternetAccess: true, allowOut: [], denyOut: [], allowPublicTraffic: true, httpsPorts: [] };
@@ -63,9 +68,8 @@ function cidrOrIp(entry: string, what: string): string {
 /** Validates create's or an update's options into settings (an update replaces the egress fields, keeps the ingress ones). */
 export function networkSettings(input: NetworkInput, base: NetworkSettings = DEFAULT_NETWORK): NetworkSettings {
   if (input.egressProxy !== undefined && input.egressProxy !== null)
-    throw invalid('network.egressProxy is not supported by this service: outbound traffic leaves the host directly');
-  if (input.rules !== undefined && input.rules !== null && Object.keys(input.rules as object).length > 0)
-    throw invalid('network.rules (request transforms) are not supported by this service yet');
+    throw invalid('network.egressProxy (an upstream SOCKS5 proxy) is not supported by this service: outbound traffic leaves the host directly');
+  const rules = parseRules(input.rules);
   if (input.allowInternetAccess !== undefined && typeof input.allowInternetAccess !== 'boolean') throw invalid('allow_internet_access must be a boolean');
   const allowOut = list(input.allowOut, 'allowOut').map((e) => (parseCidr(e) || e.includes(':') ? cidrOrIp(e, 'allowOut') : domain(e)));
   const denyOut = list(input.denyOut, 'denyOut').map((e) => cidrOrIp(e, 'denyOut'));
@@ -75,6 +79,8 @@ export function networkSettings(input: NetworkInput, base: NetworkSettings = DEF
     allowOut,
     denyOut,
   };
+  if (rules) out.rules = rules;
+  else delete out.rules;
   if (input.allowPublicTraffic !== undefined) {
     if (typeof input.allowPublicTraffic !== 'boolean') throw invalid('network.allowPublicTraffic must be a boolean');
     out.allowPublicTraffic = input.allowPublicTraffic;
@@ -114,7 +120,7 @@ export function egressPolicy(s: NetworkSettings): EgressPolicy {
   }
   const denyCidrs = [...s.denyOut];
   if (!s.allowInternetAccess && !denyCidrs.includes('0.0.0.0/0')) denyCidrs.push('0.0.0.0/0');
-  return { allowCidrs, denyCidrs, domains, wildcards, restricted: denyCidrs.includes('0.0.0.0/0') };
+  return { allowCidrs, denyCidrs, domains, wildcards, restricted: denyCidrs.includes('0.0.0.0/0'), ruleDomains: Object.keys(s.rules ?? {}) };
 }
 
 /** Whether a name may be resolved for a sandbox under this policy. */
@@ -131,7 +137,13 @@ export function nameGrantsAddresses(p: EgressPolicy, name: string): boolean {
   return p.domains.includes(n) || p.wildcards.some((w) => n.endsWith(`.${w}`));
 }
 
+/** Whether a name has egress rules (an exact domain or a wildcard over it). */
+export function nameHasRules(p: EgressPolicy, name: string): boolean {
+  const n = name.toLowerCase().replace(/\.$/, '');
+  return p.ruleDomains.some((d) => (d.startsWith('*.') ? n.endsWith(d.slice(1)) : d === n));
+}
+
 /** The default policy: nothing allowed or denied beyond what is always blocked (a new slot's). */
 export function isOpenPolicy(p: EgressPolicy): boolean {
-  return !p.allowCidrs.length && !p.denyCidrs.length && !p.domains.length && !p.wildcards.length;
+  return !p.allowCidrs.length && !p.denyCidrs.length && !p.domains.length && !p.wildcards.length && !p.ruleDomains.length;
 }

@@ -19,6 +19,8 @@ export class ResolvedSets {
   constructor(
     private readonly table: string,
     private readonly log: Logger,
+    /** The script that adds addresses to a slot's set (its resolved set by default). */
+    private readonly addScript: (table: string, slot: number, addresses: string[], ttlSec: number) => string = resolvedScript,
   ) {}
 
   /** Resolves once the addresses are in the slot's set (a failure is logged: they stay unreachable). */
@@ -65,7 +67,7 @@ export class ResolvedSets {
     // one line per TTL: elements of one `add element` share nothing else
     const byTtl = new Map<number, string[]>();
     for (const [a, ttl] of els) byTtl.set(ttl, [...(byTtl.get(ttl) ?? []), a]);
-    return [...byTtl].map(([ttl, addrs]) => resolvedScript(this.table, slot, addrs, ttl)).join('\n');
+    return [...byTtl].map(([ttl, addrs]) => this.addScript(this.table, slot, addrs, ttl)).join('\n');
   }
 
   private remember(slot: number, els: Map<string, number>): void {

@@ -7,6 +7,9 @@
 //                         denied CIDRs, accept.
 //   to the host itself:   only the DNS forwarder (reached by redirect, within the flow cap) and replies.
 //   into a sandbox link:  only replies (ports are served through the proxy, from the host).
+//   before routing:       TCP 80/443 to an address the forwarder resolved for a name with rules or
+//                         a name allowOut grants (set p<N>) goes to the egress proxy on the host
+//                         (egress-proxy.ts), which checks the name (SNI / Host) and applies the rules.
 import { nft } from './host.js';
 import type { EgressPolicy } from './policy.js';
 
@@ -21,11 +24,18 @@ export interface TableConfig {
   blocked: string[];
   /** Connections one sandbox may have tracked at once (new ones past it are refused). */
   maxFlows: number;
+  /** The egress proxy's ports (TLS for 443, HTTP for 80); undefined: such connections are dropped. */
+  proxyPorts?: { tls: number; http: number };
 }
 
-/** Slot object names: chain s<N>, sets a<N> (allowed), r<N> (resolved), d<N> (denied), counters tx<N>, dn<N>. */
+/**
+ * Slot object names: chain s<N>, sets a<N> (allowed), r<N> (resolved), d<N> (denied), counters
+ * tx<N>, dn<N>; the nat chain i<N> and set p<N> (addresses whose 80/443 go through the egress proxy).
+ */
 export const slotNames = (slot: number) => ({
   chain: `s${slot}`,
+  natChain: `i${slot}`,
+  proxied: `p${slot}`,
   allow: `a${slot}`,
   resolved: `r${slot}`,
   deny: `d${slot}`,
@@ -40,6 +50,7 @@ export async function installTable(c: TableConfig): Promise<void> {
   const script = [
     `add table ${t}`,
     `add map ${t} egress { type ifname : verdict; }`,
+    `add map ${t} intercept { type ifname : verdict; }`,
     `add set ${t} blocked { type ipv4_addr; flags interval; auto-merge; }`,
     `flush set ${t} blocked`,
     `add element ${t} blocked { ${c.blocked.join(', ')} }`,
@@ -52,8 +63,8 @@ export async function installTable(c: TableConfig): Promise<void> {
     `add chain ${t} prerouting { type nat hook prerouting priority dstnat - 5; policy accept; }`,
     `add chain ${t} antispoof { type filter hook prerouting priority raw; policy accept; }`,
     `add chain ${t} postrouting { type nat hook postrouting priority srcnat - 5; policy accept; }`,
-    ...['from_sandbox', 'to_host', 'deny'].map((ch) => `add chain ${t} ${ch}`),
-    ...['input', 'forward', 'from_sandbox', 'to_host', 'deny', 'prerouting', 'postrouting', 'antispoof'].map((ch) => `flush chain ${t} ${ch}`),
+    ...['from_sandbox', 'to_host', 'deny', 'egress_proxy'].map((ch) => `add chain ${t} ${ch}`),
+    ...['input', 'forward', 'from_sandbox', 'to_host', 'deny', 'prerouting', 'postrouting', 'antispoof', 'egress_proxy'].map((ch) => `flush chain ${t} ${ch}`),
     `add rule ${t} deny counter name "denied" reject with icmpx type admin-prohibited`,
     // a sandbox sends only from its own address (IP_FREEBIND needs no privilege): a packet whose
     // source does not route back through the link it came in on is dropped before anything
@@ -64,9 +75,11 @@ export async function installTable(c: TableConfig): Promise<void> {
     `add rule ${t} to_host ct state established,related accept`,
     `add rule ${t} to_host ct state new add @flows { ip saddr ct count over ${c.maxFlows} } jump deny`,
     `add rule ${t} to_host meta l4proto { tcp, udp } th dport ${c.dnsPort} ct status dnat accept`,
+    ...(c.proxyPorts ? [`add rule ${t} to_host tcp dport { ${c.proxyPorts.tls}, ${c.proxyPorts.http} } ct status dnat accept`] : []),
     `add rule ${t} to_host jump deny`,
     // the forwarder answers sandboxes only
     `add rule ${t} input iifname != ${links} meta l4proto { tcp, udp } th dport ${c.dnsPort} iifname != "lo" drop`,
+    ...(c.proxyPorts ? [`add rule ${t} input iifname != ${links} tcp dport { ${c.proxyPorts.tls}, ${c.proxyPorts.http} } iifname != "lo" drop`] : []),
     // out of a sandbox
     `add rule ${t} forward iifname ${links} jump from_sandbox`,
     `add rule ${t} forward oifname ${links} ct state established,related accept`,
@@ -80,6 +93,14 @@ export async function installTable(c: TableConfig): Promise<void> {
     `add rule ${t} from_sandbox jump deny`,
     // every DNS query, to whatever server, goes to the forwarder: no resolver but ours
     `add rule ${t} prerouting iifname ${links} meta l4proto { tcp, udp } th dport 53 redirect to :${c.dnsPort}`,
+    `add rule ${t} prerouting iifname vmap @intercept`,
+    // without the proxy listening, what should go through it goes nowhere (fails closed)
+    ...(c.proxyPorts
+      ? [
+          `add rule ${t} egress_proxy tcp dport 443 redirect to :${c.proxyPorts.tls}`,
+          `add rule ${t} egress_proxy tcp dport 80 redirect to :${c.proxyPorts.http}`,
+        ]
+      : [`add rule ${t} egress_proxy tcp dport { 80, 443 } drop`]),
     `add rule ${t} postrouting ip saddr ${c.subnet} oifname != ${links} masquerade`,
   ];
   await nft(script.join('\n'));
@@ -114,6 +135,10 @@ export function addSlotScript(table: string, slot: number, link: string): string
     `add rule ${t} ${n.chain} ip daddr @${n.deny} counter name "${n.denied}" jump deny`,
     `add rule ${t} ${n.chain} accept`,
     `add element ${t} egress { "${link}" : jump ${n.chain} }`,
+    `add set ${t} ${n.proxied} { type ipv4_addr; flags timeout; size 4096; }`,
+    `add chain ${t} ${n.natChain}`,
+    `add rule ${t} ${n.natChain} ip daddr @${n.proxied} jump egress_proxy`,
+    `add element ${t} intercept { "${link}" : jump ${n.natChain} }`,
   ].join('\n');
 }
 
@@ -123,8 +148,9 @@ export function removeSlotScript(table: string, slot: number, link: string, pres
   const n = slotNames(slot);
   const lines: string[] = [];
   if (present.has(`element:${link}`)) lines.push(`delete element ${t} egress { "${link}" }`);
-  if (present.has(`chain:${n.chain}`)) lines.push(`flush chain ${t} ${n.chain}`, `delete chain ${t} ${n.chain}`);
-  for (const s of [n.allow, n.deny, n.resolved]) if (present.has(`set:${s}`)) lines.push(`delete set ${t} ${s}`);
+  if (present.has(`intercept:${link}`)) lines.push(`delete element ${t} intercept { "${link}" }`);
+  for (const ch of [n.chain, n.natChain]) if (present.has(`chain:${ch}`)) lines.push(`flush chain ${t} ${ch}`, `delete chain ${t} ${ch}`);
+  for (const s of [n.allow, n.deny, n.resolved, n.proxied]) if (present.has(`set:${s}`)) lines.push(`delete set ${t} ${s}`);
   for (const c of [n.tx, n.denied]) if (present.has(`counter:${c}`)) lines.push(`delete counter ${t} ${c}`);
   return lines.join('\n');
 }
@@ -133,7 +159,7 @@ export function removeSlotScript(table: string, slot: number, link: string, pres
 export function policyScript(table: string, slot: number, p: EgressPolicy): string {
   const t = `inet ${table}`;
   const n = slotNames(slot);
-  const lines = [`flush set ${t} ${n.allow}`, `flush set ${t} ${n.deny}`, `flush set ${t} ${n.resolved}`];
+  const lines = [`flush set ${t} ${n.allow}`, `flush set ${t} ${n.deny}`, `flush set ${t} ${n.resolved}`, `flush set ${t} ${n.proxied}`];
   if (p.allowCidrs.length) lines.push(`add element ${t} ${n.allow} { ${p.allowCidrs.join(', ')} }`);
   if (p.denyCidrs.length) lines.push(`add element ${t} ${n.deny} { ${p.denyCidrs.join(', ')} }`);
   return lines.join('\n');
@@ -144,6 +170,12 @@ export function resolvedScript(table: string, slot: number, addresses: string[],
   const t = `inet ${table}`;
   const els = addresses.map((a) => `${a} timeout ${ttlSec}s`).join(', ');
   return `add element ${t} ${slotNames(slot).resolved} { ${els} }`;
+}
+
+/** Adds addresses whose 80/443 go through the egress proxy, for ttl seconds. */
+export function proxiedScript(table: string, slot: number, addresses: string[], ttlSec: number): string {
+  const els = addresses.map((a) => `${a} timeout ${ttlSec}s`).join(', ');
+  return `add element inet ${table} ${slotNames(slot).proxied} { ${els} }`;
 }
 
 /** What of the table exists: `chain:<name>`, `set:<name>`, `counter:<name>`, `element:<link>`. */
@@ -163,6 +195,7 @@ export function tableObjects(json: unknown): { objects: Set<string>; counters: M
       counters.set(counter.name, { packets: counter.packets, bytes: counter.bytes });
     }
     if (map?.name === 'egress') for (const e of map.elem ?? []) if (Array.isArray(e) && typeof e[0] === 'string') objects.add(`element:${e[0]}`);
+    if (map?.name === 'intercept') for (const e of map.elem ?? []) if (Array.isArray(e) && typeof e[0] === 'string') objects.add(`intercept:${e[0]}`);
   }
   return { objects, counters };
 }

@@ -19,7 +19,14 @@ export interface SlotPlace {
 /** Every nft object of a slot, as tableObjects names them. */
 export function slotObjects(p: SlotPlace): string[] {
   const n = slotNames(p.slot);
-  return [`element:${p.link}`, `chain:${n.chain}`, ...[n.allow, n.deny, n.resolved].map((s) => `set:${s}`), ...[n.tx, n.denied].map((c) => `counter:${c}`)];
+  return [
+    `element:${p.link}`,
+    `intercept:${p.link}`,
+    `chain:${n.chain}`,
+    `chain:${n.natChain}`,
+    ...[n.allow, n.deny, n.resolved, n.proxied].map((s) => `set:${s}`),
+    ...[n.tx, n.denied].map((c) => `counter:${c}`),
+  ];
 }
 
 /** The link's host end and the namespace's side of it (in two `ip -batch` calls). */
@@ -58,7 +65,9 @@ export function slotProblems(p: SlotPlace, chains: Set<string> | undefined): str
   const out: string[] = [];
   if (!netnsExists(p.netns)) out.push('network namespace');
   if (!linkExists(p.link)) out.push('veth link');
-  if (chains && !chains.has(`chain:${slotNames(p.slot).chain}`)) out.push('nft chain');
+  const n = slotNames(p.slot);
+  // the nat chain too: a slot made before the egress proxy existed gets it (with its set) by repair
+  if (chains && (!chains.has(`chain:${n.chain}`) || !chains.has(`chain:${n.natChain}`))) out.push('nft chain');
   return out;
 }
 

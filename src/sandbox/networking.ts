@@ -2,9 +2,10 @@
 // it its name server and host names. The slot is in the sandbox's resource ledger before it
 // is taken (and in the network's own slot table before it is made: network.ts); teardown
 // releases it (ledger.ts).
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NetLease } from '../network/network.js';
+import { addCaToRoot, CA_FILE, trustEnv } from '../network/egress-trust.js';
 import { DEFAULT_NETWORK, egressPolicy, type NetworkSettings } from '../network/policy.js';
 import type { BindMount } from '../runtime/bundle.js';
 import { capabilitiesOf } from '../runtime/registry.js';
@@ -31,16 +32,31 @@ export async function connectNetwork(core: SandboxCore, id: string, spec: Stored
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   writeFileSync(join(dir, 'resolv.conf'), `nameserver ${lease.gateway}\noptions edns0 trust-ad\n`, { mode: 0o644 });
   writeFileSync(join(dir, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${lease.address}\t${id}\n`, { mode: 0o644 });
+  if (net.egress) {
+    writeFileSync(join(dir, 'egress-ca.crt'), net.egress.caCert, { mode: 0o644 });
+    // once, before the sandbox's first boot: later its root is its own (nothing of it is followed)
+    if (!existsSync(join(dir, 'egress-ca-added'))) {
+      addCaToRoot(join(core.sandboxDir(id), 'rootfs'), spec.layers, net.egress.caCert, core.idMapFor(core.requireRow(id).uidSlot)?.hostId);
+      writeFileSync(join(dir, 'egress-ca-added'), '');
+    }
+  }
   return lease;
+}
+
+/** The environment that points Python, Node and curl at the CA (when the egress proxy runs). */
+export function egressTrustEnv(core: SandboxCore, layers: string[]): Record<string, string> {
+  return core.deps.net?.egress ? trustEnv(layers) : {};
 }
 
 /** The bind mounts of a networked sandbox's /etc/resolv.conf and /etc/hosts. */
 export function networkBinds(core: SandboxCore, id: string, lease: NetLease | undefined): BindMount[] {
   if (!lease) return [];
   const dir = netFilesDir(core, id);
+  const ca = join(dir, 'egress-ca.crt');
   return [
     { source: join(dir, 'resolv.conf'), destination: '/etc/resolv.conf', readonly: true },
     { source: join(dir, 'hosts'), destination: '/etc/hosts', readonly: true },
+    ...(core.deps.net?.egress && existsSync(ca) ? [{ source: ca, destination: CA_FILE, readonly: true }] : []),
   ];
 }
 

@@ -17,7 +17,7 @@ import { randomId } from '../util/ids.js';
 import { readLogTail } from './console-log.js';
 import type { SandboxCore } from './core.js';
 import { ENVD_ENV, envdCommand, envdRequest, healthy, INIT_SECRET_FILE, INIT_SECRET_FILE_ENV, INIT_SECRET_HEADER } from './envd-client.js';
-import { connectNetwork, networkBinds } from './networking.js';
+import { connectNetwork, egressTrustEnv, networkBinds } from './networking.js';
 import { deadlineFor } from './states.js';
 import { teardown } from './teardown.js';
 import { BASE_ENV, normalizeLifecycle, resolveLimits, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
@@ -53,7 +53,7 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
   const now = core.now();
   const spec: StoredSpec = {
     limits,
-    env: { ...template.config.env, ...(req.env ?? {}) },
+    env: { ...template.config.env, ...egressTrustEnv(core, template.layers), ...(req.env ?? {}) },
     metadata: req.metadata ?? {},
     layers: template.layers,
     command: req.command ?? ['/bin/sh', '-c', 'exec sleep 2147483647'],

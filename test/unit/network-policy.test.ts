@@ -93,7 +93,7 @@ describe('network settings and the egress policy', () => {
     bad(() => networkSettings({ httpsPorts: [49983] }), /envd/);
     bad(() => networkSettings({ httpsPorts: [0] }), /httpsPorts/);
     bad(() => networkSettings({ egressProxy: { address: 'p:1' } }), /egressProxy/);
-    bad(() => networkSettings({ rules: { 'a.test': [] } }), /rules/);
+    bad(() => networkSettings({ rules: { '*': [] } }), /network\.rules: a bare '\*'/);
     bad(() => networkSettings({ maskRequestHost: 'a b' }), /maskRequestHost/);
     bad(() => networkSettings({ allowInternetAccess: 'no' }), /allow_internet_access/);
   });
@@ -106,6 +106,7 @@ describe('network settings and the egress policy', () => {
         'flush set inet cubebox_x a3',
         'flush set inet cubebox_x d3',
         'flush set inet cubebox_x r3',
+        'flush set inet cubebox_x p3',
         'add element inet cubebox_x a3 { 1.2.3.0/24 }',
         'add element inet cubebox_x d3 { 0.0.0.0/0 }',
       ].join('\n'),

@@ -155,6 +155,7 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
       allowPublicTraffic: info.network.allowPublicTraffic,
       maskRequestHost: info.network.maskRequestHost,
       httpsPorts: info.network.httpsPorts,
+      rules: info.network.rules,
     },
     lifecycle: { onTimeout: info.lifecycle.onTimeout, autoResume: info.lifecycle.autoResume },
   });

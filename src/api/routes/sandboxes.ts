@@ -4,6 +4,7 @@ import { RUNTIME_METADATA_KEY, type Lifecycle, type SandboxInfo } from '../../sa
 import { invalid, notFound } from '../../util/errors.js';
 import { DEFAULT_TIMEOUT_SEC, e2bState, schemaError, one, owns, timeoutOf, type Query, type Req, type RouteContext, type RouteTypes } from './context.js';
 import { networkSettings, type NetworkInput } from '../../network/policy.js';
+import { checkRuleSecrets } from '../../network/egress-secrets.js';
 import { createBody, invalidPath } from './schemas.js';
 
 /** The network options of a create or update body (an object, or nothing). */
@@ -38,6 +39,9 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     const autoPause = b.autoPause === true;
     const autoResume = typeof b.autoResume === 'object' && b.autoResume !== null && (b.autoResume as { enabled?: unknown }).enabled === true;
     const lifecycle: Lifecycle = { onTimeout: autoPause ? 'pause' : 'kill', autoResume, keepMemory: b.autoPauseMemory !== false };
+    if (b.iam !== undefined && b.iam !== null) throw invalid('iam (workload identity tokens) is not supported by this service');
+    const network = networkSettings({ allowInternetAccess: b.allow_internet_access ?? undefined, ...networkInput(b.network) });
+    await checkRuleSecrets(ctx.node.secrets, caller.team, network.rules);
     const info = await observe('create', () =>
       sandboxes.create({
         template: template.id,
@@ -47,7 +51,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
         lifecycle,
         secure: b.secure !== false,
         team: caller.team,
-        network: networkSettings({ allowInternetAccess: b.allow_internet_access ?? undefined, ...networkInput(b.network) }),
+        network,
         extra: { mcp: b.mcp ?? undefined },
         volumeMounts: (b.volumeMounts as { name: string; path: string }[] | null | undefined) ?? undefined, // createBody: checked
         runtime: metadata[RUNTIME_METADATA_KEY],
@@ -135,6 +139,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     if (typeof b !== 'object' || b === null || Array.isArray(b)) throw invalid('the body must be a JSON object (NetworkUpdate)');
     const u = b as Record<string, unknown>;
     const settings = networkSettings({ ...networkInput(u), allowInternetAccess: u.allow_internet_access ?? undefined }, info.network);
+    await checkRuleSecrets(ctx.node.secrets, info.team ?? '', settings.rules);
     await sandboxes.updateNetwork(id, settings);
     return reply.code(204).send();
   });
