@@ -119,7 +119,12 @@ export class ServiceMetrics {
         const c = manager.network()?.egress?.counts;
         this.reset();
         if (c)
-          for (const [outcome, n] of Object.entries({ injected: c.injected, passed_through: c.passedThrough, refused_name: c.refusedName, refused_other: c.refusedOther }))
+          for (const [outcome, n] of Object.entries({
+            injected: c.injected,
+            passed_through: c.passedThrough,
+            refused_name: c.refusedName,
+            refused_other: c.refusedOther,
+          }))
             this.inc({ outcome }, n);
       },
     });

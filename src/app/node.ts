@@ -103,7 +103,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
   const egress =
     dns && net && config.network
       ? await startEgressProxy({
-          ...{ net, dns, sandbox: (id: string) => manager.get(id), secrets: { rows: manager.store.secrets, sealingKey: () => sealingKey } },
+          ...{ net, dns, sandbox: (id: string) => manager.get(id), secrets: { rows: shared.secrets, sealingKey: () => sealingKey } },
           ...{ dataDir: manager.paths.dataDir, instanceId: manager.paths.instanceId, upstreamCa: config.network.egressCa, log: logger },
         })
       : undefined;

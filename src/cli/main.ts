@@ -337,7 +337,9 @@ program
     ),
   )
   .option('--no-network', 'sandboxes get loopback only (env CUBEBOX_NETWORK=off)')
-  .addOption(new Option('--egress-ca <file>', "CA certificates (PEM) the egress proxy verifies destinations with instead of the host's (env CUBEBOX_EGRESS_CA)"))
+  .addOption(
+    new Option('--egress-ca <file>', "CA certificates (PEM) the egress proxy verifies destinations with instead of the host's (env CUBEBOX_EGRESS_CA)"),
+  )
   .addOption(new Option('--tls-cert <file>', 'serve both planes over HTTPS with this certificate chain (PEM; env CUBEBOX_TLS_CERT)'))
   .addOption(new Option('--tls-key <file>', 'the private key of --tls-cert (PEM; env CUBEBOX_TLS_KEY)'))
   .addOption(new Option('--max-connections <n>', 'open connections per listener (env CUBEBOX_MAX_CONNECTIONS, default 8192)'))

@@ -1,12 +1,12 @@
 // The one place the egress side reads a team's secrets: whether a name exists (create and
 // update refuse a placeholder naming none), and its value (the proxy, per request, on the host).
 import { unseal } from '../secrets/cipher.js';
-import type { SecretRepo } from '../store/secrets.js';
+import type { SharedSecretRepo } from '../store/shared.js';
 import { invalid } from '../util/errors.js';
 import { secretNames, type EgressRules } from './egress-rules.js';
 
 export interface SecretSource {
-  rows: SecretRepo;
+  rows: Pick<SharedSecretRepo, 'find'>;
   sealingKey(): Buffer;
 }
 
