@@ -1,7 +1,8 @@
 // What an admin sees of the host (GET /admin/host): CPUs, memory, the data directory's disk,
 // network slots, pids, the warm pool and create gate, the runtimes and the doctor's findings.
 // The findings are `cubebox doctor`'s own probe (runtime/probe.ts), run at most once per
-// PROBE_TTL_MS: it starts a container per runtime, too much for every request.
+// PROBE_TTL_MS: it starts a container per runtime, too much for every request, and no request
+// waits for it (the first answers say it is in progress).
 import { readFileSync, statfsSync } from 'node:fs';
 import { availableParallelism, freemem, loadavg, totalmem } from 'node:os';
 import { probeHost, type Check, type HostReport, type RuntimeProbe } from '../runtime/probe.js';
@@ -29,7 +30,7 @@ export interface HostStatus {
   defaultRuntime: string;
   runtimes: RuntimeProbe[];
   /** The doctor's checks and isolation warnings (ok: false first), and when they were probed. */
-  doctor: { probedAt: string; ready: boolean; checks: Check[]; isolation: Check[] } | { error: string };
+  doctor: { probedAt: string; ready: boolean; checks: Check[]; isolation: Check[] } | { probing: true } | { error: string };
 }
 
 function readNumber(file: string, fallback: number): number {
@@ -63,28 +64,26 @@ const failedFirst = (a: Check, b: Check) => Number(a.ok) - Number(b.ok);
 
 /** The host status of a manager, with the doctor's probe cached. */
 export function hostStatus(manager: SandboxManager): () => Promise<HostStatus> {
-  let probe: { at: number; report: Promise<HostReport> } | undefined;
-  const doctor = () => {
-    if (!probe || Date.now() - probe.at > PROBE_TTL_MS) {
-      const nestedTemplates = manager.templates
-        .list()
-        .filter((t) => t.config.nestedContainers === true)
-        .map((t) => t.name);
-      const at = Date.now();
-      probe = { at, report: probeHost({ runtimes: runtimeNames(), nestedTemplates }) };
-      probe.report.catch(() => (probe?.at === at ? (probe = undefined) : undefined)); // a failed probe is retried next time
-    }
-    return probe;
+  // the last probe that finished, and the one running
+  let last: { at: number; report?: HostReport; error?: string } | undefined;
+  let running: Promise<void> | undefined;
+  const probe = () => {
+    if (running || (last && Date.now() - last.at < PROBE_TTL_MS)) return;
+    const nestedTemplates = manager.templates
+      .list()
+      .filter((t) => t.config.nestedContainers === true)
+      .map((t) => t.name);
+    const at = Date.now();
+    running = probeHost({ runtimes: runtimeNames(), nestedTemplates })
+      .then(
+        (report) => void (last = { at, report }),
+        (err: unknown) => void (last = { at, error: errorMessage(err) }),
+      )
+      .finally(() => (running = undefined));
   };
   return async () => {
-    const p = doctor();
-    let report: HostReport | undefined;
-    let error: string | undefined;
-    try {
-      report = await p.report;
-    } catch (err) {
-      error = errorMessage(err);
-    }
+    probe();
+    const report = last?.report;
     const fs = statfsSync(manager.paths.dataDir);
     const slots = manager.deps.net?.plan?.slots;
     const net = manager.store.netSlots;
@@ -110,12 +109,14 @@ export function hostStatus(manager: SandboxManager): () => Promise<HostStatus> {
       runtimes: report?.runtimes ?? [],
       doctor: report
         ? {
-            probedAt: new Date(p.at).toISOString(),
+            probedAt: new Date(last!.at).toISOString(),
             ready: report.ready,
             checks: [...report.checks].sort(failedFirst),
             isolation: [...report.isolation].sort(failedFirst),
           }
-        : { error: error ?? 'not probed' },
+        : last?.error !== undefined
+          ? { error: last.error }
+          : { probing: true as const },
     };
   };
 }

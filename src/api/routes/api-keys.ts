@@ -5,7 +5,7 @@
 // E2B deletes them; revoking the key of the request itself is allowed (its next use is a 401).
 // Only the response schemas' fields go out: never a key's hash.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { invalid, notFound } from '../../util/errors.js';
+import { notFound } from '../../util/errors.js';
 import type { ApiKeyInfo } from '../keys.js';
 import type { Caller } from '../tenancy.js';
 import { one, type Query, type RouteContext } from './context.js';
@@ -44,10 +44,9 @@ const name = { type: 'string', maxLength: 200 } as const;
 const newKeyBody = {
   type: 'object',
   required: ['name'],
-  additionalProperties: false,
   properties: { name, teamID: { type: 'string', description: "admin keys only: the team of the new key (default: the caller's)" } },
 } as const;
-const updateKeyBody = { type: 'object', required: ['name'], additionalProperties: false, properties: { name } } as const;
+const updateKeyBody = { type: 'object', required: ['name'], properties: { name } } as const;
 const params = { type: 'object', properties: { apiKeyID: { type: 'string' } } } as const;
 const listQuery = { type: 'object', properties: { teamID: { type: 'string', description: "admin keys only: one team's keys" } } } as const;
 
@@ -92,39 +91,26 @@ export function registerApiKeyRoutes(app: FastifyInstance, ctx: RouteContext): v
     return k;
   };
 
-  app.get<{ Querystring: Query }>(
-    '/api-keys',
-    { schema: { querystring: listQuery, response: { 200: { type: 'array', items: teamApiKey } } } },
-    async (req) => {
-      const caller = callerOf(req);
-      const filter = one(req.query.teamID);
-      // a team key's list is its own team's; an admin's is every team's unless it names one
-      const team = caller.admin && !filter ? undefined : teamOf(caller, filter);
-      const keys = (await store().list()).filter((k) => manages(caller, k) && (team === undefined || k.team === team));
-      return keys.map(keyBody);
-    },
-  );
+  app.get<{ Querystring: Query }>('/api-keys', { schema: { querystring: listQuery, response: { 200: { type: 'array', items: teamApiKey } } } }, async (req) => {
+    const caller = callerOf(req);
+    const filter = one(req.query.teamID);
+    // a team key's list is its own team's; an admin's is every team's unless it names one
+    const team = caller.admin && !filter ? undefined : teamOf(caller, filter);
+    const keys = (await store().list()).filter((k) => manages(caller, k) && (team === undefined || k.team === team));
+    return keys.map(keyBody);
+  });
 
-  app.post<{ Body: { name: string; teamID?: string } }>(
-    '/api-keys',
-    { schema: { body: newKeyBody, response: { 201: createdKey } } },
-    async (req, reply) => {
-      const caller = callerOf(req);
-      if (req.body.teamID !== undefined && !caller.admin) throw invalid('teamID is for admin keys: a key makes keys of its own team');
-      const team = teamOf(caller, req.body.teamID);
-      const made = await store().create(req.body.name, { team, admin: false });
-      return reply.code(201).send({ ...keyBody(made.info), key: made.key });
-    },
-  );
+  app.post<{ Body: { name: string; teamID?: string } }>('/api-keys', { schema: { body: newKeyBody, response: { 201: createdKey } } }, async (req, reply) => {
+    const caller = callerOf(req);
+    const team = teamOf(caller, req.body.teamID);
+    const made = await store().create(req.body.name, { team, admin: false });
+    return reply.code(201).send({ ...keyBody(made.info), key: made.key });
+  });
 
-  app.patch<KeyReq>(
-    '/api-keys/:apiKeyID',
-    { schema: { params, body: updateKeyBody, response: { 200: teamApiKey } } },
-    async (req) => {
-      const k = await keyOf(req);
-      return keyBody(await store().rename(k.id, req.body.name));
-    },
-  );
+  app.patch<KeyReq>('/api-keys/:apiKeyID', { schema: { params, body: updateKeyBody, response: { 200: teamApiKey } } }, async (req) => {
+    const k = await keyOf(req);
+    return keyBody(await store().rename(k.id, req.body.name));
+  });
 
   app.delete<KeyReq>('/api-keys/:apiKeyID', { schema: { params } }, async (req, reply) => {
     const k = await keyOf(req);

@@ -16,10 +16,13 @@ interface TeamReq {
   Body: unknown;
 }
 
-/** PATCH /teams/{teamID}/quota: a limit as a non-negative integer, or null for the default (as `cubebox teams set-quota`). */
+/**
+ * PATCH /teams/{teamID}/quota: a limit as a non-negative integer, or null for the default (as
+ * `cubebox teams set-quota`). For the document: the route checks the body itself (quotaChange),
+ * unknown limits included, which a schema would silently drop.
+ */
 const quotaBody = {
   type: 'object',
-  additionalProperties: false,
   properties: Object.fromEntries(QUOTA_KEYS.map((k) => [k, { type: ['integer', 'null'], minimum: 0 }])),
 } as const;
 
@@ -89,18 +92,14 @@ export function registerTeamRoutes(app: FastifyInstance, ctx: RouteContext): voi
   });
 
   /** An admin key sets (or with null resets) some of a team's limits; the body's checks are those of `cubebox teams set-quota`. */
-  app.patch<TeamReq>(
-    '/teams/:teamID/quota',
-    { schema: { body: quotaBody }, attachValidation: true },
-    async (req) => {
-      if (!callerOf(req).admin) throw new HttpError(403, 'only an admin key changes quotas');
-      const team = teamOf(req);
-      const admin = ctx.node.admin;
-      if (!admin) throw notFound('this server does not change quotas: use `cubebox teams set-quota`');
-      const quota = await admin.setQuota(team, quotaChange(req.body));
-      return { quota, usage: tenancy.usage(team) };
-    },
-  );
+  app.patch<TeamReq>('/teams/:teamID/quota', { schema: { body: quotaBody }, attachValidation: true }, async (req) => {
+    if (!callerOf(req).admin) throw new HttpError(403, 'only an admin key changes quotas');
+    const team = teamOf(req);
+    const admin = ctx.node.admin;
+    if (!admin) throw notFound('this server does not change quotas: use `cubebox teams set-quota`');
+    const quota = await admin.setQuota(team, quotaChange(req.body));
+    return { quota, usage: tenancy.usage(team) };
+  });
 
   app.get<TeamReq>('/teams/:teamID/metrics/max', async (req) => {
     const team = teamOf(req);
