@@ -94,7 +94,7 @@ function Checks({ title, checks }: { title: string; checks: Check[] }) {
         {checks.map((c) => (
           <tr key={c.name}>
             <th scope="row">{c.name}</th>
-            <td>{c.ok ? 'ok' : c.essential ? 'FAIL' : 'warning'}</td>
+            <td class="status">{c.ok ? 'ok' : c.essential ? 'FAIL' : 'warning'}</td>
             <td>{c.detail}</td>
           </tr>
         ))}
@@ -103,19 +103,22 @@ function Checks({ title, checks }: { title: string; checks: Check[] }) {
   );
 }
 
-/** GET /admin/host, polled: data null for a key that is not an admin's. */
+/** GET /admin/host, polled (every second while the doctor's first probe runs): data null for a key that is not an admin's. */
 export function useHost() {
+  const [probing, setProbing] = useState(false);
   return usePoll(
     async () => {
       try {
-        return await api<HostStatus>('/admin/host');
+        const h = await api<HostStatus>('/admin/host');
+        setProbing('probing' in h.doctor);
+        return h;
       } catch (e) {
         if (e instanceof ApiError && e.status === 403) return null; // a team key: no host view
         throw e;
       }
     },
     [],
-    10_000,
+    probing ? 1000 : 10_000,
   );
 }
 
@@ -153,7 +156,7 @@ export function HostView({ h }: { h: ReturnType<typeof useHost> }) {
             {s.runtimes.map((r) => (
               <tr key={r.name}>
                 <th scope="row">{r.name}</th>
-                <td>{!r.installed ? 'missing' : r.works ? 'works' : 'broken'}</td>
+                <td class="status">{!r.installed ? 'missing' : r.works ? 'works' : 'broken'}</td>
                 <td>
                   {r.version ?? ''} {r.detail}
                 </td>
