@@ -3,6 +3,8 @@
 import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
 import { CubeboxError, diskFull, errorMessage, HTTP_STATUS } from '../util/errors.js';
 import { routeContext, sendError, type ControlPlaneOptions } from './routes/context.js';
+import { registerAdminRoutes } from './routes/admin.js';
+import { registerApiKeyRoutes } from './routes/api-keys.js';
 import { registerLifecycleRoutes } from './routes/lifecycle.js';
 import { registerMetricsLogsRoutes } from './routes/metrics-logs.js';
 import { registerSandboxRoutes } from './routes/sandboxes.js';
@@ -76,6 +78,8 @@ export function registerControlPlane(app: FastifyInstance, opts: ControlPlaneOpt
   registerMetricsLogsRoutes(app, ctx);
   registerSnapshotRoutes(app, ctx);
   registerTeamRoutes(app, ctx);
+  registerApiKeyRoutes(app, ctx);
+  registerAdminRoutes(app, ctx);
   registerVolumeRoutes(app, ctx);
   registerSecretRoutes(app, ctx);
   registerTemplateRoutes(app, ctx);

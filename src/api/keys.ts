@@ -64,7 +64,7 @@ export class ApiKeys {
    * the default team). `admin` keys manage every team's objects.
    */
   async create(name = '', opts: { team?: string; admin?: boolean } = {}): Promise<{ key: string; info: ApiKeyInfo }> {
-    if (typeof name !== 'string' || name.length > 200) throw invalid('the key name must be a string of at most 200 characters');
+    checkName(name);
     const key = 'e2b_' + randomBytes(20).toString('hex');
     // the key and the team it may make, in one transaction of the store
     const made = await this.store.keys.create(opts.team ?? DEFAULT_TEAM_ID, newTeam, {
@@ -95,6 +95,21 @@ export class ApiKeys {
   /** Every key, revoked ones included, oldest first. */
   async list(): Promise<ApiKeyInfo[]> {
     return (await this.store.keys.list()).map(toInfo);
+  }
+
+  /** A key by its id. */
+  async get(id: string): Promise<ApiKeyInfo | undefined> {
+    const r = await this.store.keys.get(id);
+    return r && toInfo(r);
+  }
+
+  /** Gives a key (by id) another name. */
+  async rename(id: string, name: string): Promise<ApiKeyInfo> {
+    checkName(name);
+    const row = await this.store.keys.get(id);
+    if (!row) throw notFound(`no API key '${id}'`);
+    await this.store.keys.rename(id, name);
+    return toInfo({ ...row, name });
   }
 
   /**
@@ -158,6 +173,10 @@ export class ApiKeys {
     }
     return toInfo(row);
   }
+}
+
+function checkName(name: unknown): void {
+  if (typeof name !== 'string' || name.length > 200) throw invalid('the key name must be a string of at most 200 characters');
 }
 
 /** A new team of that name; refuses a name that is not one. */

@@ -6,7 +6,9 @@ import type { MetricsSampler } from '../sandbox/metrics.js';
 import type { Volumes } from '../volume/volumes.js';
 import type { ApiKeys } from './keys.js';
 import type { NodeApi, SecretsApi } from './node-api.js';
-import type { Tenancy } from './tenancy.js';
+import { hostStatus } from './host-status.js';
+import { setTeamQuota, type Tenancy } from './tenancy.js';
+import type { SharedStore } from '../store/shared.js';
 
 export interface LocalNodeParts {
   keys: ApiKeys;
@@ -15,6 +17,8 @@ export interface LocalNodeParts {
   volumes: Volumes;
   secrets: SecretsApi;
   builds?: TemplateBuilds;
+  /** The shared store of teams and keys: quota changes (absent: quotas are read-only here). */
+  shared?: SharedStore;
 }
 
 export function localNode(manager: SandboxManager, parts: LocalNodeParts): NodeApi {
@@ -45,6 +49,11 @@ export function localNode(manager: SandboxManager, parts: LocalNodeParts): NodeA
         const info = await keys.verify(key);
         return info && { keyId: info.id, keyPrefix: info.prefix, team: info.team, admin: info.admin };
       },
+    },
+    apiKeys: keys,
+    admin: parts.shared && {
+      setQuota: (team, change) => setTeamQuota(parts.shared!, team, change),
+      host: hostStatus(manager),
     },
     metrics: parts.metrics,
     log: manager.log,

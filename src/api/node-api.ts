@@ -13,7 +13,9 @@ import type { CubeboxError } from '../util/errors.js';
 import type { GuardedSocket } from '../util/safe-socket.js';
 import type { VolumeFs } from '../volume/content.js';
 import type { VolumeRow } from '../volume/volumes.js';
-import type { Caller, Tenancy } from './tenancy.js';
+import type { HostStatus } from './host-status.js';
+import type { ApiKeys } from './keys.js';
+import type { Caller, Quota, Tenancy } from './tenancy.js';
 
 /** A node's sandboxes: their lifecycle and what the data plane needs to reach one. */
 export interface SandboxesApi {
@@ -75,6 +77,16 @@ export interface KeysApi {
   authenticate(key: string | undefined): Promise<Caller | undefined>;
 }
 
+/** The shared store's API keys, for the key routes (by id; a new key is returned once). */
+export type KeyStoreApi = Pick<ApiKeys, 'list' | 'get' | 'create' | 'rename' | 'revoke'>;
+
+/** What only an admin key reaches: quota changes and the host's status. */
+export interface AdminApi {
+  /** Sets (a number) or resets (null) some limits of a team; returns the effective quota. */
+  setQuota(team: string, change: Partial<Record<keyof Quota, number | null>>): Promise<Quota>;
+  host(): Promise<HostStatus>;
+}
+
 /** Resource samples of sandboxes and teams. */
 export type MetricsApi = Pick<MetricsSampler, 'latest' | 'range' | 'teamRange'>;
 
@@ -92,6 +104,10 @@ export interface NodeApi {
   keys: KeysApi;
   metrics: MetricsApi;
   log: ErrorLog;
+  /** API key management (absent: keys are managed elsewhere). */
+  apiKeys?: KeyStoreApi;
+  /** Quota changes and host status (absent: not served by this node). */
+  admin?: AdminApi;
   /** E2B's template builds (absent: the node does not build). */
   builds?: TemplateBuilds;
 }

@@ -197,6 +197,7 @@ export async function serveNode(manager: SandboxManager, opts: NodeServeOptions)
     volumes: new Volumes(manager.store, manager.paths, manager.log, opts.volumeSizeMB),
     secrets: { rows: shared.secrets, sealingKey: opts.sealingKey },
     builds,
+    shared,
   });
   const proxy = dataPlaneProxy(dataPlaneResolver(node, log), opts.domain, log);
   const prom = new ServiceMetrics(manager, proxy);

@@ -93,7 +93,7 @@ function App() {
   ) : hash === '#/storage' ? (
     <StorageView />
   ) : hash === '#/teams' ? (
-    <TeamsView />
+    <TeamsView ask={setConfirm} />
   ) : (
     <SandboxesView ask={setConfirm} />
   );

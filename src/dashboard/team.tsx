@@ -1,9 +1,12 @@
-// The team (or, for an admin key, every team): concurrent sandboxes and start rate over the last
-// 24 h from the team metrics API, and the host's warm pool and create gate from /metrics.
+// The team (or, for an admin key, every team): usage against its quota (an admin edits it),
+// concurrent sandboxes and start rate over the last 24 h from the team metrics API, its API
+// keys; the host: an admin's from GET /admin/host, a team key's from the public /metrics.
 import uPlot from 'uplot';
 import { useEffect, useRef } from 'preact/hooks';
 import { api, type Team } from './api.js';
-import { ErrorLine, usePoll } from './ui.js';
+import { HostView, QuotaForm, useHost } from './admin.js';
+import { ApiKeys } from './keys.js';
+import { ErrorLine, usePoll, type ConfirmRequest } from './ui.js';
 
 interface TeamMetric {
   timestampUnix: number;
@@ -54,23 +57,26 @@ const QUOTA_NAMES: Record<string, string> = {
   volumeMB: 'Volume size, MiB',
 };
 
-function Quota({ team }: { team: string }) {
+function Quota({ team, admin }: { team: string; admin: boolean }) {
   const q = usePoll(() => api<{ quota: Record<string, number>; usage: Record<string, number> }>(`/teams/${encodeURIComponent(team)}/quota`), [team], 10_000);
   if (!q.data) return <ErrorLine error={q.error} />;
   const { quota, usage } = q.data;
   return (
-    <table class="quota">
-      <caption>Usage against the quota (set on the host with cubebox teams set-quota)</caption>
-      <tbody>
-        {Object.entries(quota).map(([k, limit]) => (
-          <tr key={k}>
-            <th scope="row">{QUOTA_NAMES[k] ?? k}</th>
-            <td>{k in usage ? `${usage[k]} of ${limit}` : `limit ${limit}`}</td>
-            <td>{k in usage ? <meter min={0} max={limit || 1} value={usage[k]} high={limit * 0.8} aria-label={`${QUOTA_NAMES[k] ?? k} used`} /> : null}</td>
-          </tr>
-        ))}
-      </tbody>
-    </table>
+    <>
+      <table class="quota">
+        <caption>Usage against the quota{admin ? '' : ' (an admin key changes it)'}</caption>
+        <tbody>
+          {Object.entries(quota).map(([k, limit]) => (
+            <tr key={k}>
+              <th scope="row">{QUOTA_NAMES[k] ?? k}</th>
+              <td>{k in usage ? `${usage[k]} of ${limit}` : `limit ${limit}`}</td>
+              <td>{k in usage ? <meter min={0} max={limit || 1} value={usage[k]} high={limit * 0.8} aria-label={`${QUOTA_NAMES[k] ?? k} used`} /> : null}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {admin ? <QuotaForm team={team} quota={quota} names={QUOTA_NAMES} onSaved={q.refresh} /> : null}
+    </>
   );
 }
 
@@ -85,6 +91,7 @@ function gauges(text: string): [string, string][] {
   return out;
 }
 
+/** The host's pool and create gate as the public /metrics tells them (for a team key). */
 function Host() {
   const h = usePoll(
     async () => {
@@ -115,8 +122,10 @@ function Host() {
   );
 }
 
-export function TeamsView() {
+export function TeamsView({ ask }: { ask: (r: ConfirmRequest) => void }) {
   const teams = usePoll(() => api<Team[]>('/teams'), [], 30_000);
+  const host = useHost();
+  const admin = !!host.data;
   const many = (teams.data?.length ?? 0) > 1;
   return (
     <div>
@@ -128,12 +137,12 @@ export function TeamsView() {
             {t.name} <span class="mono muted">{t.teamID}</span>
           </h2>
           {t.apiKey ? <p>Signed in with the key {t.apiKey}</p> : null}
-          <Quota team={t.teamID} />
+          <Quota team={t.teamID} admin={admin} />
           <UsageChart team={t.teamID} />
+          <ApiKeys team={t.teamID} ask={ask} />
         </section>
       ))}
-      <p class="muted">API keys are made and revoked on the host: cubebox keys create / cubebox keys revoke.</p>
-      <Host />
+      {host.data === null ? <Host /> : <HostView h={host} />}
     </div>
   );
 }

@@ -24,6 +24,7 @@ export interface KeyRepo {
   list(): ApiKeyRow[];
   /** Sets revokedAt unless the key is revoked already. */
   revoke(id: string, at: number): void;
+  rename(id: string, name: string): void;
   /** Best effort: writes lastUsedAt unless another process holds the write lock (never waits for it). */
   touch(id: string, at: number): void;
   /** Whether the team has at least one API key that is not revoked. */
@@ -87,6 +88,10 @@ export class SqliteKeyRepo implements KeyRepo {
 
   revoke(id: string, at: number): void {
     this.db.prepare('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL').run(at, id);
+  }
+
+  rename(id: string, name: string): void {
+    this.db.prepare('UPDATE api_keys SET name = ? WHERE id = ?').run(name, id);
   }
 
   touch(id: string, at: number): void {

@@ -40,6 +40,7 @@ export function sqliteSharedStore(store: Store): SharedStore {
     get: async (id) => store.keys.get(id),
     list: async () => store.keys.list(),
     revoke: async (id, at) => store.keys.revoke(id, at),
+    rename: async (id, name) => store.keys.rename(id, name),
     touch: async (id, at) => store.keys.touch(id, at),
     teamHasLiveKey: async (team) => store.keys.teamHasLiveKey(team),
   };

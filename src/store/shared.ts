@@ -42,6 +42,7 @@ export interface SharedKeyRepo {
   list(): Promise<ApiKeyRow[]>;
   /** Sets revokedAt unless the key is revoked already. */
   revoke(id: string, at: number): Promise<void>;
+  rename(id: string, name: string): Promise<void>;
   /** Best effort: writes lastUsedAt, never waiting behind another writer and never failing. */
   touch(id: string, at: number): Promise<void>;
   /** Whether the team has at least one API key that is not revoked. */

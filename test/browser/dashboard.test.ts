@@ -129,8 +129,93 @@ describe('the web dashboard in a browser', { timeout: 300_000 }, () => {
       .getByRole('region', { name: 'Team dashboard-other' })
       .getByRole('row', { name: /^Sandboxes .* 1 of 20/ })
       .waitFor();
-    await page.getByText('cubebox_creates_waiting').waitFor();
+    const host = page.getByRole('region', { name: 'Host' });
+    await host.getByText('Create gate').waitFor();
+    await host.getByText('Network slots').waitFor();
+    await host.getByRole('table', { name: /^Runtimes/ }).waitFor();
     await browser.shot(page, 'admin');
+    await host.getByRole('table', { name: "Doctor's checks" }).scrollIntoViewIfNeeded();
+    await browser.shot(page, 'admin-host');
+    clean(watch);
+    await page.close();
+  });
+
+  it("an admin edits a team's quota in the page, and the API agrees", async () => {
+    const r = await cli(dataDir, ['keys', 'create', '--name', 'admin-quota', '--admin']);
+    assert.equal(r.code, 0, r.stderr);
+    const adminKey = r.stdout.trim().split('\n').pop()!.trim();
+    const other = ((await (await fetch(`${svc.url}/teams`, { headers: { 'X-API-Key': otherKey } })).json()) as { teamID: string }[])[0]!.teamID;
+    const quotaOf = async (k: string) =>
+      ((await (await fetch(`${svc.url}/teams/${other}/quota`, { headers: { 'X-API-Key': k } })).json()) as { quota: Record<string, number> }).quota;
+    const { page, watch } = await browser.page();
+    await logIn(page, svc.url, adminKey);
+    await page.getByRole('link', { name: 'Team & host' }).click();
+    const form = page.getByRole('form', { name: `Quota of team ${other}` });
+    await form.getByLabel('Sandboxes (running or paused with memory)').fill('7');
+    await form.getByLabel('Volumes').fill('3');
+    await form.getByRole('button', { name: 'Save quota' }).click();
+    await form.getByText('Quota saved.').waitFor();
+    const q = await quotaOf(otherKey);
+    assert.equal(q.sandboxes, 7, "the team's own key reads the new limit");
+    assert.equal(q.volumes, 3);
+    await page
+      .getByRole('region', { name: 'Team dashboard-other' })
+      .getByRole('row', { name: /^Sandboxes .* 1 of 7/ })
+      .waitFor();
+    await browser.shot(page, 'admin-quota');
+    // an empty field is the default again; a team key gets no form at all
+    await form.getByLabel('Volumes').fill('');
+    await form.getByRole('button', { name: 'Save quota' }).click();
+    await until('the default is back', async () => (await quotaOf(adminKey)).volumes === 10);
+    clean(watch);
+    await page.close();
+
+    const team = await browser.page();
+    await logIn(team.page, svc.url, otherKey);
+    await team.page.getByRole('link', { name: 'Team & host' }).click();
+    await team.page.getByRole('row', { name: /^Sandboxes .* of 7/ }).waitFor();
+    assert.equal(await team.page.getByRole('form', { name: /^Quota of team/ }).count(), 0, 'no quota form for a team key');
+    await team.page.getByText('cubebox_creates_waiting').waitFor(); // the public /metrics view instead
+    assert.equal(await team.page.getByText('Network slots').count(), 0, 'nor the admin host view');
+    clean(team.watch);
+    await team.page.close();
+  });
+
+  it('a key made in the page is shown once and works from the SDK; revoked in the page, it is refused', async () => {
+    await browser.context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: svc.url });
+    const { page, watch } = await browser.page();
+    await logIn(page, svc.url, key);
+    await page.getByRole('link', { name: 'Team & host' }).click();
+    await page.getByLabel('Name of a new key').fill('from-the-page');
+    await page.getByRole('button', { name: 'Create key' }).click();
+    const value = page.getByLabel('New API key value');
+    await value.waitFor();
+    const made = await value.inputValue();
+    assert.match(made, /^e2b_[0-9a-f]{40}$/);
+    await page.getByRole('button', { name: 'Copy', exact: true }).click();
+    await page.getByText('Copied.').waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), made);
+    await browser.shot(page, 'key-created');
+    await page.getByRole('button', { name: 'Done' }).click();
+    await value.waitFor({ state: 'detached' });
+    assert.ok(!(await textOf(page)).includes(made.slice(12)), 'the key is shown once only');
+    const row = page.getByRole('row').filter({ hasText: 'from-the-page' });
+    await row.getByText(made.slice(0, 12), { exact: false }).waitFor();
+
+    const listed = await e2b.Sandbox.list({ apiKey: made }).nextItems();
+    assert.ok(
+      listed.some((s) => s.sandboxId === mine[0]!.sandboxId),
+      "the new key sees the team's sandboxes",
+    );
+
+    await page.getByRole('button', { name: 'Revoke key from-the-page' }).click();
+    const dialog = page.getByRole('dialog');
+    await dialog.getByText('Revoke the key from-the-page?').waitFor();
+    await browser.shot(page, 'key-revoke-confirmation');
+    await dialog.getByRole('button', { name: 'Revoke' }).click();
+    await row.waitFor({ state: 'detached' });
+    await assert.rejects(e2b.Sandbox.list({ apiKey: made }).nextItems(), /401|Unauthorized|invalid api key|authenticat/i);
+    assert.equal((await fetch(`${svc.url}/teams`, { headers: { 'X-API-Key': made } })).status, 401);
     clean(watch);
     await page.close();
   });

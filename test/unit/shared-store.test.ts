@@ -126,6 +126,17 @@ for (const backend of [sqliteBackend(), postgresBackend()]) {
       await assert.rejects(keys.revoke('key_nope'), isKind('not_found'));
     });
 
+    it('renames a key, seen through the other store; an unknown key or a long name is refused', async () => {
+      const keys = new ApiKeys(a);
+      const made = await keys.create('before', { team: 'renamed' });
+      assert.equal((await keys.rename(made.info.id, 'after')).name, 'after');
+      assert.equal((await new ApiKeys(b).get(made.info.id))?.name, 'after');
+      assert.equal((await keys.verify(made.key))?.name, 'after', 'the key still works');
+      await assert.rejects(keys.rename('key_nope', 'x'), isKind('not_found'));
+      await assert.rejects(keys.rename(made.info.id, 'x'.repeat(201)), isKind('invalid_argument'));
+      assert.equal((await keys.get(made.info.id))?.name, 'after');
+    });
+
     it('changes a quota under the team lock, resets a limit to its default, and refuses bad changes', async () => {
       const keys = new ApiKeys(a);
       await keys.ensureTeam('beta');

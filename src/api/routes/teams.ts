@@ -3,6 +3,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { TeamSample } from '../../sandbox/metrics.js';
 import { invalid, notFound } from '../../util/errors.js';
+import { HttpError, QUOTA_KEYS, type Quota } from '../tenancy.js';
 import { one, type Query, type RouteContext } from './context.js';
 
 /** E2B's default window for team metrics when no start is given. */
@@ -12,6 +13,31 @@ const MAX_METRICS = { concurrent_sandboxes: 'concurrentSandboxes', sandbox_start
 interface TeamReq {
   Params: { teamID: string };
   Querystring: Query;
+  Body: unknown;
+}
+
+/**
+ * PATCH /teams/{teamID}/quota: a limit as a non-negative integer, or null for the default (as
+ * `cubebox teams set-quota`). For the document: the route checks the body itself (quotaChange),
+ * unknown limits included, which a schema would silently drop.
+ */
+const quotaBody = {
+  type: 'object',
+  properties: Object.fromEntries(QUOTA_KEYS.map((k) => [k, { type: ['integer', 'null'], minimum: 0 }])),
+} as const;
+
+/** The limits a PATCH body changes, checked with the words of the CLI's checks. */
+function quotaChange(body: unknown): Partial<Record<keyof Quota, number | null>> {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('request body must be a JSON object of limits');
+  const change: Partial<Record<keyof Quota, number | null>> = {};
+  for (const [k, v] of Object.entries(body as Record<string, unknown>)) {
+    if (!(QUOTA_KEYS as string[]).includes(k)) throw invalid(`unknown quota '${k}' (${QUOTA_KEYS.join(', ')})`);
+    if (v !== null && (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || !Number.isSafeInteger(v)))
+      throw invalid(`quota ${k} must be a non-negative integer or null (the default), got ${JSON.stringify(v)}`);
+    change[k as keyof Quota] = v as number | null;
+  }
+  if (!Object.keys(change).length) throw invalid(`name at least one limit: ${QUOTA_KEYS.join(', ')}`);
+  return change;
 }
 
 export function registerTeamRoutes(app: FastifyInstance, ctx: RouteContext): void {
@@ -59,10 +85,20 @@ export function registerTeamRoutes(app: FastifyInstance, ctx: RouteContext): voi
       .map((m) => ({ ...stamp(m.ts), concurrentSandboxes: m.concurrentSandboxes, sandboxStartRate: m.sandboxStartRate }));
   });
 
-  /** The team's quota and what its sandboxes and layers hold against it (read-only: quotas are set on the host). */
+  /** The team's quota and what its sandboxes and layers hold against it. */
   app.get<TeamReq>('/teams/:teamID/quota', async (req) => {
     const team = teamOf(req);
     return { quota: tenancy.quota(team), usage: tenancy.usage(team) };
+  });
+
+  /** An admin key sets (or with null resets) some of a team's limits; the body's checks are those of `cubebox teams set-quota`. */
+  app.patch<TeamReq>('/teams/:teamID/quota', { schema: { body: quotaBody }, attachValidation: true }, async (req) => {
+    if (!callerOf(req).admin) throw new HttpError(403, 'only an admin key changes quotas');
+    const team = teamOf(req);
+    const admin = ctx.node.admin;
+    if (!admin) throw notFound('this server does not change quotas: use `cubebox teams set-quota`');
+    const quota = await admin.setQuota(team, quotaChange(req.body));
+    return { quota, usage: tenancy.usage(team) };
   });
 
   app.get<TeamReq>('/teams/:teamID/metrics/max', async (req) => {

@@ -142,6 +142,10 @@ export class PgKeyRepo implements SharedKeyRepo {
     await rows(this.pool, 'UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL', [at, id]);
   }
 
+  async rename(id: string, name: string): Promise<void> {
+    await rows(this.pool, 'UPDATE api_keys SET name = $1 WHERE id = $2', [name, id]);
+  }
+
   async touch(id: string, at: number): Promise<void> {
     // not awaited: a request never waits for the bookkeeping, nor fails with it
     this.pool.query('UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)', [at, id]).catch(() => {});
