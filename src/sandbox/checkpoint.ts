@@ -22,7 +22,7 @@ import type { StoredSpec } from './types.js';
 
 /** Where a sandbox's checkpoint image lives: in its directory on the host, beside its disk image. */
 export const checkpointDir = (core: SandboxCore, id: string) => join(core.sandboxDir(id), 'checkpoint');
-const IMAGE_FILE = 'checkpoint.img';
+export const IMAGE_FILE = 'checkpoint.img';
 
 /** Whether a sandbox's runtime can pause it to disk. */
 export function canCheckpoint(core: SandboxCore, id: string): boolean {

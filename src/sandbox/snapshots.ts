@@ -4,13 +4,15 @@ import type { Template, TemplateConfig } from '../template/store.js';
 import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 import type { SandboxCore } from './core.js';
+import { keepsMemory, withMemory } from './memory-snapshot.js';
 import { assertOperation } from './states.js';
 import { ID_BLOCK, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
 
 /**
- * Snapshots and fork: a sandbox's writable layer committed as a template (filesystem only:
- * CRIU is unusable here, see `cubebox doctor`), and the collection of the ephemeral
- * templates that fork makes.
+ * Snapshots and fork: a sandbox's writable layer committed as a template, and the collection of
+ * the ephemeral templates that fork makes. Under a runtime that checkpoints by itself (gVisor)
+ * the snapshot keeps the sandbox's memory and processes too (memory-snapshot.ts); under the
+ * others it is filesystem only (CRIU is unusable here, see `cubebox doctor`).
  */
 
 export interface SnapshotOpts {
@@ -47,6 +49,19 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
     const earlier = earlierCopy(core, id);
     // before the freeze: whatever changes after it has a later ctime (see copyLayerUnshifted)
     const takenAt = Date.now();
+    const idMap = core.idMapFor(row.uidSlot);
+    const commit = (config: Partial<TemplateConfig>) =>
+      templates.addOnTop(
+        name,
+        parent,
+        (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK, earlier),
+        { snapshotOf: id, takenAt, ephemeral: opts.ephemeral, ...opts.config, ...config },
+      );
+    if (keepsMemory(core, id, row.state, spec)) {
+      const made = await withMemory(core, id, spec, commit);
+      await admitLayer(core, made, opts.heldByCaller ? 1 : 0);
+      return made;
+    }
     const frozeIt = row.state === 'running';
     if (frozeIt) {
       core.setState(id, 'pausing');
@@ -54,18 +69,7 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
     }
     let made: Template;
     try {
-      const idMap = core.idMapFor(row.uidSlot);
-      made = await templates.addOnTop(
-        name,
-        parent,
-        (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK, earlier),
-        {
-          snapshotOf: id,
-          takenAt,
-          ephemeral: opts.ephemeral,
-          ...opts.config,
-        },
-      );
+      made = await commit({});
     } finally {
       if (frozeIt) {
         await core.runtimeOf(id).resume(core.containerId(id));

@@ -1,0 +1,105 @@
+// Memory snapshots of gVisor sandboxes (runsc) through the published SDK: a snapshot keeps the
+// sandbox's processes and memory, and every sandbox created from it continues them with an
+// identity of its own (envd token, network address); deleting the snapshot removes its image.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { openPaths } from '../../src/config.js';
+import { assertNoSandboxLeaks, destroyInstance } from '../helpers/instance.js';
+import { sdkService, type E2B, type Service } from '../helpers/service.js';
+
+let e2b: E2B;
+let svc: Service;
+let dataDir: string;
+type Sbx = Awaited<ReturnType<E2B['Sandbox']['create']>>;
+
+/** A server whose answer (a random value and its PID) exists only in its memory. */
+const SERVER = `
+import http.server, os
+value = os.urandom(8).hex()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{value} {os.getpid()}".encode()
+        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8000), H).serve_forever()
+`;
+
+/** What the server answers inside the sandbox. */
+const served = async (sbx: Sbx) => (await sbx.commands.run('curl -sS --max-time 3 http://127.0.0.1:8000/')).stdout;
+
+/** The sandbox's own address: the source of a datagram towards its gateway. */
+async function address(sbx: Sbx): Promise<string> {
+  const py = `import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((open("/etc/resolv.conf").read().split()[1], 9)); print(s.getsockname()[0])`;
+  return (await sbx.commands.run(`python3 -c '${py}'`)).stdout.trim();
+}
+
+const tokenOf = (sbx: Sbx) => (sbx as unknown as { envdAccessToken?: string }).envdAccessToken;
+
+/** A GET to the service's proxy with these headers (a sandbox's port, by its Host). */
+function get(path: string, headers: Record<string, string>): Promise<{ status: number; body: string }> {
+  const u = new URL(svc.url);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: u.hostname, port: u.port, path, headers }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('memory snapshots of gVisor sandboxes', { timeout: 300_000, skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
+  before(async () => {
+    ({ svc, dataDir, e2b } = await sdkService({ CUBEBOX_RUNTIME: 'runsc', CUBEBOX_POOL: '' }));
+  });
+  after(async () => {
+    await svc.stop();
+    await destroyInstance(undefined, dataDir);
+  });
+
+  it('sandboxes created in parallel from a snapshot continue its processes and memory, each with its own token and address; deleting the snapshot removes its image', async () => {
+    const src = await e2b.Sandbox.create('base');
+    await src.files.write('/tmp/server.py', SERVER);
+    await src.commands.run('python3 /tmp/server.py', { background: true });
+    await src.commands.run('for i in $(seq 100); do curl -s http://127.0.0.1:8000/ >/dev/null && exit 0; sleep 0.1; done; exit 1');
+    const before = await served(src);
+    assert.match(before, /^[0-9a-f]{16} \d+$/);
+
+    const snap = await src.createSnapshot();
+    const image = join(dataDir, 'checkpoints', snap.snapshotId);
+    assert.ok(existsSync(join(image, 'checkpoint.img')), 'the checkpoint image is kept with the snapshot');
+    assert.equal(await served(src), before, 'the source goes on where it was');
+
+    const forks = await Promise.all([1, 2, 3].map(() => e2b.Sandbox.create(snap.snapshotId)));
+    const everyone = [src, ...forks];
+    try {
+      for (const f of forks) {
+        assert.equal(await served(f), before, 'the same server process, its value still in memory');
+        const viaProxy = await get('/', { Host: f.getHost(8000) });
+        assert.equal(viaProxy.body, before, 'its port is reached at its own address through the proxy');
+      }
+      const addresses = await Promise.all(everyone.map(address));
+      assert.equal(new Set(addresses).size, everyone.length, `each has its own address: ${addresses.join(' ')}`);
+      const tokens = everyone.map(tokenOf);
+      assert.ok(tokens.every((t) => typeof t === 'string' && t.length > 0));
+      assert.equal(new Set(tokens).size, everyone.length, 'each has its own envd token');
+      const stale = await get('/envs', { Host: forks[0]!.getHost(49983), 'X-Access-Token': tokenOf(src)! });
+      assert.equal(stale.status, 401, "a fork's envd refuses the source's token");
+      const hostnames = await Promise.all(everyone.map(async (s) => (await s.commands.run('hostname')).stdout.trim()));
+      assert.deepEqual(
+        hostnames,
+        everyone.map((s) => s.sandboxId),
+        'each is named after itself',
+      );
+    } finally {
+      for (const s of everyone) await s.kill();
+    }
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), true);
+    assert.equal(existsSync(image), false, "the snapshot's image is removed with it");
+    for (const s of everyone) assertNoSandboxLeaks(openPaths(dataDir, false), s.sandboxId);
+  });
+});
