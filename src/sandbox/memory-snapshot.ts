@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { checkpointImageDir, type Template, type TemplateConfig } from '../template/store.js';
 import { CubeboxError, errorMessage } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
+import { SANDBOX_SUPPORT } from '../runtime/support.js';
 import { canCheckpoint, checkpointDir, checkpointSandbox, IMAGE_FILE, restoreSandbox } from './checkpoint.js';
 import type { SandboxCore } from './core.js';
 import { settleFromHost } from './settle.js';
@@ -100,5 +101,21 @@ export async function restoreFromSnapshot(core: SandboxCore, id: string, templat
   const cid = core.containerId(id);
   const pid = await rt.restore!(cid, join(core.sandboxDir(id), 'bundle'), image, core.consoleLogPath(id));
   await rt.signal!(cid, 'CONT'); // tini passes it to envd
+  await rename(core, id);
   return pid;
+}
+
+/**
+ * Gives a restored sandbox its own host name: its kernel restored the snapshotted sandbox's.
+ * The sandbox's root cannot (no CAP_SYS_ADMIN), so the host runs envd's helper with it.
+ */
+async function rename(core: SandboxCore, id: string): Promise<void> {
+  const p = core.runtimeOf(id).exec(core.containerId(id), [`${SANDBOX_SUPPORT}/envd/envd-exec`, '--hostname', id], {
+    caps: ['CAP_SYS_ADMIN'],
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  p.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-500)));
+  const code = await new Promise<number>((r) => p.on('close', (c) => r(c ?? 1)));
+  if (code !== 0) throw new Error(`setting its host name failed (exit ${code}): ${err.trim()}`);
 }
