@@ -51,12 +51,13 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
     const takenAt = Date.now();
     const idMap = core.idMapFor(row.uidSlot);
     const commit = (config: Partial<TemplateConfig>) =>
-      templates.addOnTop(
-        name,
-        parent,
-        (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK, earlier),
-        { snapshotOf: id, takenAt, ephemeral: opts.ephemeral, ...opts.config, ...config },
-      );
+      templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK, earlier), {
+        snapshotOf: id,
+        takenAt,
+        ephemeral: opts.ephemeral,
+        ...opts.config,
+        ...config,
+      });
     if (keepsMemory(core, id, row.state, spec)) {
       const made = await withMemory(core, id, spec, commit);
       await admitLayer(core, made, opts.heldByCaller ? 1 : 0);
@@ -107,12 +108,11 @@ export async function fork(
   const out: Array<{ info?: SandboxInfo; error?: CubeboxError }> = [];
   try {
     const snap = await snapshot(core, id, { name, ephemeral: true, heldByCaller: true, config: req.team ? { team: req.team } : {} }); // the team's, like its sandboxes: it counts in its disk
-    for (let i = 0; i < count; i++) {
-      try {
-        out.push({ info: await create({ ...req, template: snap.id }) });
-      } catch (err) {
-        out.push({ error: err instanceof CubeboxError ? err : new CubeboxError('internal', errorMessage(err)) });
-      }
+    // at once: the create gate bounds how many are provisioned together, a memory snapshot's image is shared read-only
+    const made = await Promise.allSettled(Array.from({ length: count }, () => create({ ...req, template: snap.id })));
+    for (const r of made) {
+      if (r.status === 'fulfilled') out.push({ info: r.value });
+      else out.push({ error: r.reason instanceof CubeboxError ? r.reason : new CubeboxError('internal', errorMessage(r.reason)) });
     }
   } finally {
     release();

@@ -113,6 +113,13 @@ export class TemplateStore {
       rmSync(join(this.paths.layersDir, e), { recursive: true, force: true });
       swept.push(e);
     }
+    // and checkpoint images no memory snapshot owns (an interrupted snapshot's)
+    const images = checkpointImageDir(this.paths, '');
+    for (const e of existsSync(images) ? readdirSync(images) : []) {
+      if (!e.startsWith('.tmp-') && this.find(e)?.config.checkpoint) continue;
+      rmSync(join(images, e), { recursive: true, force: true });
+      swept.push(`checkpoints/${e}`);
+    }
     return swept;
   }
 

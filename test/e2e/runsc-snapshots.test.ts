@@ -2,7 +2,7 @@
 // sandbox's processes and memory, and every sandbox created from it continues them with an
 // identity of its own (envd token, network address); deleting the snapshot removes its image.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -13,6 +13,7 @@ import { sdkService, type E2B, type Service } from '../helpers/service.js';
 let e2b: E2B;
 let svc: Service;
 let dataDir: string;
+let key: string;
 type Sbx = Awaited<ReturnType<E2B['Sandbox']['create']>>;
 
 /** A server whose answer (a random value and its PID) exists only in its memory. */
@@ -26,6 +27,19 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.ThreadingHTTPServer(("0.0.0.0", 8000), H).serve_forever()
 `;
+
+/** Starts SERVER in a sandbox and waits until it answers. */
+async function startServer(sbx: Sbx): Promise<void> {
+  await sbx.files.write('/tmp/server.py', SERVER);
+  await sbx.commands.run('python3 /tmp/server.py', { background: true });
+  await sbx.commands.run('for i in $(seq 100); do curl -s http://127.0.0.1:8000/ >/dev/null && exit 0; sleep 0.1; done; exit 1');
+}
+
+/** The kind the service gives a snapshot in its listing. */
+async function kindOf(snapshotId: string): Promise<string> {
+  const listed = JSON.parse((await get('/snapshots', { 'X-API-Key': key })).body) as Array<{ snapshotID: string; kind: string }>;
+  return listed.find((s) => s.snapshotID === snapshotId)!.kind;
+}
 
 /** What the server answers inside the sandbox. */
 const served = async (sbx: Sbx) => (await sbx.commands.run('curl -sS --max-time 3 http://127.0.0.1:8000/')).stdout;
@@ -54,7 +68,7 @@ function get(path: string, headers: Record<string, string>): Promise<{ status: n
 
 describe('memory snapshots of gVisor sandboxes', { timeout: 300_000, skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
   before(async () => {
-    ({ svc, dataDir, e2b } = await sdkService({ CUBEBOX_RUNTIME: 'runsc', CUBEBOX_POOL: '' }));
+    ({ svc, dataDir, e2b, key } = await sdkService({ CUBEBOX_RUNTIME: 'runsc', CUBEBOX_POOL: '' }));
   });
   after(async () => {
     await svc.stop();
@@ -63,9 +77,7 @@ describe('memory snapshots of gVisor sandboxes', { timeout: 300_000, skip: !exis
 
   it('sandboxes created in parallel from a snapshot continue its processes and memory, each with its own token and address; deleting the snapshot removes its image', async () => {
     const src = await e2b.Sandbox.create('base');
-    await src.files.write('/tmp/server.py', SERVER);
-    await src.commands.run('python3 /tmp/server.py', { background: true });
-    await src.commands.run('for i in $(seq 100); do curl -s http://127.0.0.1:8000/ >/dev/null && exit 0; sleep 0.1; done; exit 1');
+    await startServer(src);
     const before = await served(src);
     assert.match(before, /^[0-9a-f]{16} \d+$/);
 
@@ -73,6 +85,7 @@ describe('memory snapshots of gVisor sandboxes', { timeout: 300_000, skip: !exis
     const image = join(dataDir, 'checkpoints', snap.snapshotId);
     assert.ok(existsSync(join(image, 'checkpoint.img')), 'the checkpoint image is kept with the snapshot');
     assert.equal(await served(src), before, 'the source goes on where it was');
+    assert.equal(await kindOf(snap.snapshotId), 'memory');
 
     const forks = await Promise.all([1, 2, 3].map(() => e2b.Sandbox.create(snap.snapshotId)));
     const everyone = [src, ...forks];
@@ -96,10 +109,48 @@ describe('memory snapshots of gVisor sandboxes', { timeout: 300_000, skip: !exis
         'each is named after itself',
       );
     } finally {
-      for (const s of everyone) await s.kill();
+      await Promise.all(everyone.map((s) => s.kill()));
     }
     assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), true);
     assert.equal(existsSync(image), false, "the snapshot's image is removed with it");
     for (const s of everyone) assertNoSandboxLeaks(openPaths(dataDir, false), s.sandboxId);
+  });
+
+  it('fork continues the processes in each new sandbox, and its image goes with its last sandbox', async () => {
+    const src = await e2b.Sandbox.create('base');
+    await startServer(src);
+    const before = await served(src);
+    const forks = (await e2b.Sandbox.fork(src.sandboxId, { count: 2 })).map((f) => {
+      assert.ok(!(f instanceof Error), String(f));
+      return f as Sbx;
+    });
+    try {
+      for (const f of forks) assert.equal(await served(f), before);
+      assert.notEqual(await address(forks[0]!), await address(forks[1]!));
+    } finally {
+      await Promise.all([src, ...forks].map((s) => s.kill()));
+    }
+    // the fork's snapshot is ephemeral: collected by the reconciler once no sandbox uses it
+    const images = () => (existsSync(join(dataDir, 'checkpoints')) ? readdirSync(join(dataDir, 'checkpoints')) : []);
+    for (let i = 0; i < 150 && images().length; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(images(), [], "the fork's image is removed");
+    for (const s of [src, ...forks]) assertNoSandboxLeaks(openPaths(dataDir, false), s.sandboxId);
+  });
+
+  it("a crun sandbox's snapshot beside them keeps its files only, and says so", async () => {
+    const src = await e2b.Sandbox.create('base', { metadata: { 'cubebox.runtime': 'crun' } });
+    await startServer(src);
+    await src.files.write('/home/user/kept.txt', 'kept');
+    const snap = await src.createSnapshot();
+    assert.equal(await kindOf(snap.snapshotId), 'filesystem');
+    assert.equal(existsSync(join(dataDir, 'checkpoints', snap.snapshotId)), false);
+    const child = await e2b.Sandbox.create(snap.snapshotId);
+    try {
+      assert.equal(await child.files.read('/home/user/kept.txt'), 'kept');
+      assert.equal((await child.commands.run('curl -s --max-time 2 http://127.0.0.1:8000/ || echo none')).stdout.trim(), 'none', 'its processes are not');
+    } finally {
+      await Promise.all([child.kill(), src.kill()]);
+    }
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), true);
   });
 });
