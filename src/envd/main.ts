@@ -107,9 +107,9 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  // after a restore from a checkpoint (see SUSPEND_SOCKET_PATH): listen on the socket again
-  // A restore may start a new sandbox from another's checkpoint (a fork): the host then leaves a
-  // new secret in the file for it, taken before listening; without one the secret stays.
+  // After a restore from a checkpoint (see SUSPEND_SOCKET_PATH): listen on the socket again. A
+  // restore may start a new sandbox from another's checkpoint (a memory snapshot): the host then
+  // leaves a new secret in the file for it, taken before listening; without one the secret stays.
   process.on('SIGCONT', () => {
     if (envd.suspended() && secretFile) {
       try {
