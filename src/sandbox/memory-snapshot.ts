@@ -4,7 +4,7 @@ import { checkpointImageDir, type Template, type TemplateConfig } from '../templ
 import { CubeboxError, errorMessage } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 import { SANDBOX_SUPPORT } from '../runtime/support.js';
-import { canCheckpoint, checkpointDir, checkpointSandbox, IMAGE_FILE, restoreSandbox } from './checkpoint.js';
+import { canCheckpoint, checkpointDir, IMAGE_FILE, restoreSandbox, tryCheckpoint } from './checkpoint.js';
 import type { SandboxCore } from './core.js';
 import { settleFromHost } from './settle.js';
 import type { StoredSpec } from './types.js';
@@ -32,23 +32,29 @@ export function keepsMemory(core: SandboxCore, id: string, state: string, spec: 
 /**
  * Takes a memory snapshot: commit() makes the template from the sandbox's writable layer (called
  * with no process running, with the settings that mark it a memory snapshot); the checkpoint
- * image is kept with it. A running sandbox is restored afterwards whatever happened. Under the
- * sandbox's lock.
+ * image is kept with it. A running sandbox is restored afterwards whatever happened. Undefined,
+ * the sandbox running as before, where the runtime could not save it (see tryCheckpoint): the
+ * caller then takes its files only. Under the sandbox's lock.
  */
 export async function withMemory(
   core: SandboxCore,
   id: string,
   spec: StoredSpec,
   commit: (config: Partial<TemplateConfig>) => Promise<Template>,
-): Promise<Template> {
+): Promise<Template | undefined> {
   const wasRunning = core.requireRow(id).state === 'running';
   if (wasRunning) {
     core.setState(id, 'pausing');
+    let saved: boolean;
     try {
-      await checkpointSandbox(core, id, spec);
+      saved = await tryCheckpoint(core, id, spec);
     } catch (err) {
       await settleFromHost(core, id, `snapshot: ${errorMessage(err)}`);
       throw new CubeboxError('internal', `snapshotting sandbox '${id}' failed: ${errorMessage(err)}`);
+    }
+    if (!saved) {
+      core.setState(id, 'running');
+      return undefined;
     }
   }
   const paths = core.deps.paths;

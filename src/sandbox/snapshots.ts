@@ -60,8 +60,11 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
       });
     if (keepsMemory(core, id, row.state, spec)) {
       const made = await withMemory(core, id, spec, commit);
-      await admitLayer(core, made, opts.heldByCaller ? 1 : 0);
-      return made;
+      if (made) {
+        await admitLayer(core, made, opts.heldByCaller ? 1 : 0);
+        return made;
+      }
+      // the runtime could not save its memory (its network state): its files only, as the kind says
     }
     const frozeIt = row.state === 'running';
     if (frozeIt) {
