@@ -21,11 +21,12 @@ import type { StoredSpec } from './types.js';
  */
 
 /**
- * Whether a snapshot of this sandbox keeps its memory: its runtime checkpoints by itself, it has
- * no volume (a volume's files are not in the snapshot), and it runs or is paused to disk.
+ * Whether a snapshot of this sandbox keeps its memory: its runtime checkpoints by itself, it runs
+ * envd (its sandboxes are made with one), it has no volume (a volume's files are not in the
+ * snapshot), and it runs or is paused to disk.
  */
 export function keepsMemory(core: SandboxCore, id: string, state: string, spec: StoredSpec): boolean {
-  if (!canCheckpoint(core, id) || spec.volumeMounts?.length) return false;
+  if (!canCheckpoint(core, id) || !spec.agent || spec.volumeMounts?.length) return false;
   return state === 'running' || (state === 'paused' && spec.checkpointed === true);
 }
 
