@@ -9,7 +9,7 @@ import { BenchService, type BenchNode, type PoolConfig } from './harness.js';
 import { emptyCleanup, emptyPart, formatPart, machineInfo, rowsToPart, type BenchDocument, type PartReport } from './report.js';
 import { throughputBench } from './throughput-bench.js';
 
-export const PARTS = ['runtime', 'network', 'service', 'burst', 'throughput', 'density'] as const;
+export const PARTS = ['runtime', 'runtimes', 'network', 'service', 'burst', 'throughput', 'density'] as const;
 export type PartName = (typeof PARTS)[number];
 
 export interface BenchRunOptions {
@@ -31,6 +31,7 @@ export interface BenchRunOptions {
 
 const TITLES: Record<PartName, string> = {
   runtime: 'sandbox lifecycle through the manager (medians)',
+  runtimes: 'the runtimes side by side through `cubebox serve` with the e2b SDK (medians; ratios to the first)',
   network: 'sandbox networking (medians)',
   service: 'through `cubebox serve` with the e2b SDK (medians)',
   burst: 'bursts of creates through the service with the e2b SDK',
@@ -41,7 +42,8 @@ const TITLES: Record<PartName, string> = {
 /** Runs the bench; resolves false when a part failed (the others still ran). */
 export async function runBench(o: BenchRunOptions): Promise<boolean> {
   const progress = (s: string) => process.stderr.write(`\r${s.slice(0, 78).padEnd(78)}`);
-  const parts = PARTS.filter((p) => !o.only || o.only === p);
+  // the runtimes side by side only when asked for (--runtimes)
+  const parts = PARTS.filter((p) => (!o.only || o.only === p) && (p !== 'runtimes' || !!o.runtimes?.length));
   const t0 = Date.now();
   const doc: BenchDocument = {
     version: 1,
@@ -119,6 +121,10 @@ async function runPart(name: PartName, o: BenchRunOptions, service: () => Promis
         rows.push(...(runtimes.length > 1 ? got.map((r) => ({ ...r, name: `${runtime}: ${r.name}` })) : got));
       }
       return rowsToPart('runtime', rows);
+    }
+    case 'runtimes': {
+      const { runtimesBench } = await import('./runtimes-bench.js');
+      return runtimesBench(o.node, o.runtimes!, o.iterations, progress);
     }
     case 'network': {
       const { networkBench } = await import('./network-bench.js');

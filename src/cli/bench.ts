@@ -14,15 +14,17 @@ export function registerBenchCommand(program: Command, num: (name: string) => (v
     .command('bench')
     .description('measure cubebox against bare baselines taken in the same run (runtime, service, network, bursts, throughput, density)')
     .option('-n, --iterations <n>', 'iterations of the sequential measurements', num('--iterations'), 20)
-    .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'service', 'network', 'burst', 'throughput', 'density']))
+    .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'runtimes', 'service', 'network', 'burst', 'throughput', 'density']))
     .option('--burst <n>', 'concurrent creates in a burst', num('--burst'), 50)
     .option('--sandboxes <m>', 'idle sandboxes for the density part', num('--sandboxes'), 100)
     .option('--clients <c>', 'concurrent SDK clients for the throughput part', num('--clients'), 100)
     .option('--client-sandboxes <s>', 'sandboxes the throughput clients share', num('--client-sandboxes'), 20)
     .option('--seconds <t>', 'seconds the throughput loops run', num('--seconds'), 20)
     .option('--json', 'print one JSON document on stdout (progress stays on stderr)')
-    .option('--runtimes <names>', 'runtimes the runtime part measures side by side, comma separated (default: the configured one)', (v: string) =>
-      v.split(',').map((n) => parseRuntimeName(n.trim())),
+    .option(
+      '--runtimes <names>',
+      'runtimes measured side by side, comma separated: the runtime part, and the runtimes part (service figures, only with this option)',
+      (v: string) => v.split(',').map((n) => parseRuntimeName(n.trim())),
     )
     .action(async (opts: BenchOpts) => {
       for (const k of ['iterations', 'burst', 'sandboxes', 'clients', 'clientSandboxes', 'seconds'] as const) {

@@ -15,6 +15,10 @@
  * usage: envd-exec --xattr
  *   serves file metadata (the user.e2b.* extended attributes, E2B's place for it) on stdin and
  *   stdout with the caller's own credentials: Node has no xattr calls. See xattr_serve below.
+ *
+ * usage: envd-exec --hostname <name>
+ *   sets the sandbox's host name (a sandbox restored from another's checkpoint keeps the old
+ *   one in its kernel's memory): Node has no sethostname.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -206,6 +210,10 @@ static int xattr_serve(void) {
 
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--xattr") == 0) return xattr_serve();
+  if (argc == 3 && strcmp(argv[1], "--hostname") == 0) {
+    if (sethostname(argv[2], strlen(argv[2])) != 0) fail("sethostname", argv[2], 125);
+    return 0;
+  }
   int argi = 1;
   int tty = 0;
   if (argi < argc && strcmp(argv[argi], "-t") == 0) {

@@ -107,8 +107,17 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  // after a restore from a checkpoint (see SUSPEND_SOCKET_PATH): listen on the socket again
+  // After a restore from a checkpoint (see SUSPEND_SOCKET_PATH): listen on the socket again. A
+  // restore may start a new sandbox from another's checkpoint (a memory snapshot): the host then
+  // leaves a new secret in the file for it, taken before listening; without one the secret stays.
   process.on('SIGCONT', () => {
+    if (envd.suspended() && secretFile) {
+      try {
+        opts.initSecret = takeInitSecret(secretFile);
+      } catch {
+        /* no new secret: the same sandbox restored */
+      }
+    }
     envd.resumeSocket().catch((e: Error) => process.stderr.write(`envd: cannot listen on its socket again: ${e.message}\n`));
   });
   process.on('SIGPIPE', () => {});

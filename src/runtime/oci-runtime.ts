@@ -22,6 +22,8 @@ export interface ExecOptions {
   stdio?: StdioOptions;
   /** Start the process and return at once (the runtime exits; the process stays). */
   detach?: boolean;
+  /** Capabilities the process gets beyond the sandbox's own (host-made processes only). */
+  caps?: string[];
 }
 
 /**
@@ -232,6 +234,7 @@ export class OciRuntime implements SandboxRuntime {
     if (opts.cwd) flags.push('--cwd', opts.cwd);
     for (const [k, v] of Object.entries(opts.env ?? {})) flags.push('--env', `${k}=${v}`);
     if (opts.user) flags.push('--user', `${opts.user.uid}:${opts.user.gid}`);
+    for (const c of opts.caps ?? []) flags.push('--cap', c);
     // exec'd commands are preferred OOM victims over envd (see the bundle's oomScoreAdj)
     const [file, argv] = this.command(['exec', ...flags, containerId, ...args], { oomScoreAdj: USER_OOM_SCORE_ADJ, long: true });
     // one that cannot be started closes with a negative code (callers need no 'error' listener)

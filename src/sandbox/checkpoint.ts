@@ -1,7 +1,9 @@
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { capabilitiesOf } from '../runtime/registry.js';
+import { hasConntrack } from '../network/host.js';
 import { errorMessage } from '../util/errors.js';
+import { run } from '../util/exec.js';
 import type { SandboxCore } from './core.js';
 import { envdRequest, INIT_SECRET_HEADER, SUSPEND_SOCKET_PATH } from './envd-client.js';
 import { connectNetwork } from './networking.js';
@@ -22,7 +24,7 @@ import type { StoredSpec } from './types.js';
 
 /** Where a sandbox's checkpoint image lives: in its directory on the host, beside its disk image. */
 export const checkpointDir = (core: SandboxCore, id: string) => join(core.sandboxDir(id), 'checkpoint');
-const IMAGE_FILE = 'checkpoint.img';
+export const IMAGE_FILE = 'checkpoint.img';
 
 /** Whether a sandbox's runtime can pause it to disk. */
 export function canCheckpoint(core: SandboxCore, id: string): boolean {
@@ -43,13 +45,61 @@ export async function checkpointSandbox(core: SandboxCore, id: string, spec: Sto
   try {
     await rt.checkpoint!(cid, image);
   } catch (err) {
-    throw new Error(`checkpoint: ${errorMessage(err)}`);
+    // gVisor's refusals dump the whole object it could not save before saying why
+    const why = errorMessage(err).replace(/encoding error at object [\s\S]*?: (save rejected)/, 'encoding error: $1');
+    throw new Error(`checkpoint: ${why.length > 1000 ? `${why.slice(0, 500)} ... ${why.slice(-300)}` : why}`);
   }
   // The runtime stopped the container. envd's old socket file goes (envd binds it afresh after
   // the restore); the stopped container's state and empty cgroup stay until the resume or a
   // delete: the runtime's delete waits for the checkpointed sandbox process to be reaped, which
   // can take seconds, and is quick by then.
   clearSharedDir(join(core.sandboxDir(id), 'disk', 'run'));
+}
+
+/**
+ * Saves a running sandbox to disk as checkpointSandbox does; where the runtime refused and left
+ * it running, returns false with the sandbox as it was (envd listening again). gVisor refuses a
+ * TCP connection on the sandbox's link: an open one, or one closed less than a minute ago (in
+ * TIME_WAIT). Any other failure throws. Under the sandbox's lock.
+ */
+export async function tryCheckpoint(core: SandboxCore, id: string, spec: StoredSpec): Promise<boolean> {
+  const open = await linkConnections(core, id);
+  if (open > 0) {
+    core.log.info({ sandbox: id, connections: open }, 'TCP connections on the sandbox link, which gVisor cannot save: not saved to disk');
+    return false;
+  }
+  try {
+    await checkpointSandbox(core, id, spec);
+    return true;
+  } catch (err) {
+    const rt = core.runtimeOf(id);
+    const cid = core.containerId(id);
+    if ((await rt.state(cid).catch(() => null))?.status !== 'running') throw err;
+    await rt.signal?.(cid, 'CONT');
+    if (spec.agent) await waitForAgent(core, id);
+    core.updateSpec(id, { checkpointed: false });
+    rmSync(checkpointDir(core, id), { recursive: true, force: true });
+    core.log.warn({ sandbox: id, err: errorMessage(err) }, 'the runtime could not save the sandbox to disk; it runs on');
+    return false;
+  }
+}
+
+/**
+ * The TCP connections through a sandbox's link the host tracks, but those ended by a reset.
+ * gVisor cannot save one: open, or in TIME_WAIT for a minute after it closed; its checkpoint then
+ * fails and takes the sandbox down with it, so none may be there. The host's tracking is the
+ * cautious side (it keeps a closed connection for two minutes), and cannot be told by the sandbox.
+ */
+async function linkConnections(core: SandboxCore, id: string): Promise<number> {
+  const address = core.deps.net?.lease(id)?.address;
+  if (!address || !hasConntrack()) return 0;
+  let n = 0;
+  for (const dir of ['-s', '-d']) {
+    const r = await run('conntrack', ['-L', '-p', 'tcp', dir, address], { timeoutMs: 5000 });
+    // "tcp 6 <ttl> <state> src=..."
+    for (const line of r.stdout.split('\n')) if (/^tcp\s+\d+\s+\d+\s+(?!CLOSE\s)[A-Z_]+\s/.test(line)) n++;
+  }
+  return n;
 }
 
 /** Starts a checkpointed sandbox again from its image; returns its PID. Under the sandbox's lock. */

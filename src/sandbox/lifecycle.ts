@@ -5,7 +5,7 @@ import type { NetworkSettings } from '../network/policy.js';
 import { applyPolicy } from './networking.js';
 import { bootAgain } from './provision.js';
 import { assertOperation } from './states.js';
-import { canCheckpoint, checkpointSandbox, restoreSandbox } from './checkpoint.js';
+import { canCheckpoint, restoreSandbox, tryCheckpoint } from './checkpoint.js';
 import { settleFromHost } from './settle.js';
 import { stopContainer } from './teardown.js';
 import { BASE_ENV, type SandboxInfo, type StoredSpec } from './types.js';
@@ -52,11 +52,11 @@ export async function pauseLocked(core: SandboxCore, id: string, memory: boolean
   core.setState(id, 'pausing');
   core.events.emit('interrupt', id, 'paused');
   try {
-    if (toDisk) {
-      await checkpointSandbox(core, id, spec); // to disk: the sandbox holds no RAM while paused
-    } else if (memory) {
+    // to disk, the sandbox holds no RAM while paused; where the runtime cannot save it, it is frozen
+    const onDisk = toDisk && (await tryCheckpoint(core, id, spec));
+    if (memory && !onDisk) {
       await core.runtimeOf(id).pause(core.containerId(id));
-    } else {
+    } else if (!memory) {
       // recorded first: from here on, an interruption settles to a filesystem-only pause
       core.updateSpec(id, { coldPaused: true });
       await stopContainer(core, id);

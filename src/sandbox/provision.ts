@@ -17,6 +17,7 @@ import { randomId } from '../util/ids.js';
 import { readLogTail } from './console-log.js';
 import type { SandboxCore } from './core.js';
 import { ENVD_ENV, envdCommand, envdRequest, healthy, INIT_SECRET_FILE, INIT_SECRET_FILE_ENV, INIT_SECRET_HEADER } from './envd-client.js';
+import { restoreFromSnapshot } from './memory-snapshot.js';
 import { connectNetwork, egressTrustEnv, networkBinds } from './networking.js';
 import { deadlineFor } from './states.js';
 import { teardown } from './teardown.js';
@@ -75,7 +76,10 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
     network: req.network,
     trafficAccessToken: req.network?.allowPublicTraffic === false ? randomBytes(24).toString('base64url') : null,
     volumeMounts: resolveVolumeMounts(core.store, req.team ?? null, req.volumeMounts, template.layers),
+    // a memory snapshot's sandbox continues its processes (one with a command of its own boots)
+    fromCheckpoint: template.config.checkpoint && req.command === undefined && req.agent !== false ? template.id : undefined,
   };
+  if (spec.fromCheckpoint && spec.volumeMounts?.length) throw invalid('a sandbox from a memory snapshot cannot mount volumes');
   if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0))
     throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
   const runtime = runtimeFor(core, template, req.runtime);
@@ -188,11 +192,13 @@ export async function provision(core: SandboxCore, id: string, spec: StoredSpec)
   store.recordResource(id, 'container', cid);
   faultPoint('create:before-run');
   // a zero exit of a detached run means the container's first process is running
-  const pid = await core.runtimeOf(id).run(cid, bundleDir, core.consoleLogPath(id));
+  const pid = spec.fromCheckpoint
+    ? await restoreFromSnapshot(core, id, spec.fromCheckpoint)
+    : await core.runtimeOf(id).run(cid, bundleDir, core.consoleLogPath(id));
   core.applyInstanceLimits();
   faultPoint('create:after-run');
   if (spec.agent) await waitForAgent(core, id);
-  await startTemplateCommand(core, id, spec);
+  if (!spec.fromCheckpoint) await startTemplateCommand(core, id, spec); // restored: it runs already
   return pid;
 }
 

@@ -4,13 +4,15 @@ import type { Template, TemplateConfig } from '../template/store.js';
 import { CubeboxError, errorMessage, invalid } from '../util/errors.js';
 import { randomId } from '../util/ids.js';
 import type { SandboxCore } from './core.js';
+import { keepsMemory, withMemory } from './memory-snapshot.js';
 import { assertOperation } from './states.js';
 import { ID_BLOCK, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
 
 /**
- * Snapshots and fork: a sandbox's writable layer committed as a template (filesystem only:
- * CRIU is unusable here, see `cubebox doctor`), and the collection of the ephemeral
- * templates that fork makes.
+ * Snapshots and fork: a sandbox's writable layer committed as a template, and the collection of
+ * the ephemeral templates that fork makes. Under a runtime that checkpoints by itself (gVisor)
+ * the snapshot keeps the sandbox's memory and processes too (memory-snapshot.ts); under the
+ * others it is filesystem only (CRIU is unusable here, see `cubebox doctor`).
  */
 
 export interface SnapshotOpts {
@@ -47,6 +49,23 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
     const earlier = earlierCopy(core, id);
     // before the freeze: whatever changes after it has a later ctime (see copyLayerUnshifted)
     const takenAt = Date.now();
+    const idMap = core.idMapFor(row.uidSlot);
+    const commit = (config: Partial<TemplateConfig>) =>
+      templates.addOnTop(name, parent, (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK, earlier), {
+        snapshotOf: id,
+        takenAt,
+        ephemeral: opts.ephemeral,
+        ...opts.config,
+        ...config,
+      });
+    if (keepsMemory(core, id, row.state, spec)) {
+      const made = await withMemory(core, id, spec, commit);
+      if (made) {
+        await admitLayer(core, made, opts.heldByCaller ? 1 : 0);
+        return made;
+      }
+      // the runtime could not save its memory (its network state): its files only, as the kind says
+    }
     const frozeIt = row.state === 'running';
     if (frozeIt) {
       core.setState(id, 'pausing');
@@ -54,18 +73,7 @@ export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts
     }
     let made: Template;
     try {
-      const idMap = core.idMapFor(row.uidSlot);
-      made = await templates.addOnTop(
-        name,
-        parent,
-        (dir) => copyLayerUnshifted(join(core.sandboxDir(id), 'disk', 'upper'), dir, idMap?.hostId ?? 0, ID_BLOCK, earlier),
-        {
-          snapshotOf: id,
-          takenAt,
-          ephemeral: opts.ephemeral,
-          ...opts.config,
-        },
-      );
+      made = await commit({});
     } finally {
       if (frozeIt) {
         await core.runtimeOf(id).resume(core.containerId(id));
@@ -103,12 +111,11 @@ export async function fork(
   const out: Array<{ info?: SandboxInfo; error?: CubeboxError }> = [];
   try {
     const snap = await snapshot(core, id, { name, ephemeral: true, heldByCaller: true, config: req.team ? { team: req.team } : {} }); // the team's, like its sandboxes: it counts in its disk
-    for (let i = 0; i < count; i++) {
-      try {
-        out.push({ info: await create({ ...req, template: snap.id }) });
-      } catch (err) {
-        out.push({ error: err instanceof CubeboxError ? err : new CubeboxError('internal', errorMessage(err)) });
-      }
+    // at once: the create gate bounds how many are provisioned together, a memory snapshot's image is shared read-only
+    const made = await Promise.allSettled(Array.from({ length: count }, () => create({ ...req, template: snap.id })));
+    for (const r of made) {
+      if (r.status === 'fulfilled') out.push({ info: r.value });
+      else out.push({ error: r.reason instanceof CubeboxError ? r.reason : new CubeboxError('internal', errorMessage(r.reason)) });
     }
   } finally {
     release();

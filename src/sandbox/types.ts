@@ -154,6 +154,8 @@ export interface StoredSpec {
    * while paused; resume restores it from the image (checkpoint.ts).
    */
   checkpointed?: boolean;
+  /** Made from a memory snapshot (that template's id): its first start restores the snapshot's image. */
+  fromCheckpoint?: string;
   /** When the sandbox was last paused (ms epoch); the reaper deletes it a paused lifetime later. */
   pausedAt?: number;
   extra: Record<string, unknown>;

@@ -41,6 +41,11 @@ export interface TemplateConfig {
    * default; `cubebox doctor` lists the templates that turn it on.
    */
   nestedContainers?: boolean;
+  /**
+   * A memory snapshot: a checkpoint image of the sandbox's processes and memory is kept with it
+   * (checkpointImageDir) and its sandboxes restore from it; unset: files only.
+   */
+  checkpoint?: boolean;
   /** The runtime its sandboxes need (e.g. gVisor for untrusted code); unset: the node's default or the create's choice. */
   runtime?: string;
   /** The owning team (snapshots made through the API); unset: public (built-in and host-made templates). */
@@ -62,8 +67,11 @@ export const RESERVED_TAGS = ['latest', 'default'];
  */
 export const PUBLIC_TEMPLATE_NAMES = ['base', 'code-interpreter-v1', 'busybox', 'desktop'];
 
+/** Where a memory snapshot's checkpoint image is kept: removed with the template. */
+export const checkpointImageDir = (paths: Pick<Paths, 'dataDir'>, templateId: string) => join(paths.dataDir, 'checkpoints', templateId);
+
 /** Settings a derived template does not take from its parent: what made the parent, and the names it answers to. */
-const NOT_INHERITED = ['parent', 'cacheKey', 'buildStep', 'snapshotOf', 'takenAt', 'ephemeral', 'aliases', 'tags', 'tagsAt', 'public'] as const;
+const NOT_INHERITED = ['parent', 'cacheKey', 'buildStep', 'snapshotOf', 'takenAt', 'ephemeral', 'aliases', 'tags', 'tagsAt', 'public', 'checkpoint'] as const;
 
 function inheritedConfig(parent: TemplateConfig): Partial<TemplateConfig> {
   const out: Partial<TemplateConfig> = { ...parent };
@@ -104,6 +112,13 @@ export class TemplateStore {
       if (!e.startsWith('.tmp-')) continue;
       rmSync(join(this.paths.layersDir, e), { recursive: true, force: true });
       swept.push(e);
+    }
+    // and checkpoint images no memory snapshot owns (an interrupted snapshot's)
+    const images = checkpointImageDir(this.paths, '');
+    for (const e of existsSync(images) ? readdirSync(images) : []) {
+      if (!e.startsWith('.tmp-') && this.find(e)?.config.checkpoint) continue;
+      rmSync(join(images, e), { recursive: true, force: true });
+      swept.push(`checkpoints/${e}`);
     }
     return swept;
   }
@@ -301,6 +316,7 @@ export class TemplateStore {
     this.generation++;
     const stillUsed = new Set(this.list().flatMap((o) => o.layers));
     for (const l of t.layers) if (!stillUsed.has(l)) rmSync(l, { recursive: true, force: true });
+    if (t.config.checkpoint) rmSync(checkpointImageDir(this.paths, t.id), { recursive: true, force: true });
   }
 
   /** A template with exactly a parent's layers and its own settings (a recipe's result). */

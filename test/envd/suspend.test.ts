@@ -2,7 +2,7 @@
 // host) and listening again on SIGCONT after the restore; only the host, with the boot's secret,
 // may ask.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -54,4 +54,31 @@ describe('envd suspends its socket for a checkpoint', () => {
     assert.equal(await socketGet(envd.socket, '/health'), 204);
     assert.doesNotMatch(envd.stderr(), /cannot listen/);
   });
+
+  test('restored as a new sandbox, it takes the new /init secret the host left before SIGCONT; a SIGCONT without suspension takes none', async () => {
+    const next = 'next-secret-0123456789abcdef';
+    const init = (secret: string) => initWith(envd.socket, secret);
+    writeFileSync(join(secretDir, 'secret'), 'unasked-secret-0123456789ab', { mode: 0o600 });
+    process.kill(envd.pid, 'SIGCONT'); // not suspended: the file is not read
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(await init(SECRET), 204);
+    assert.equal(await suspend(envd.socket, { [INIT_SECRET_HEADER]: SECRET }), 204);
+    writeFileSync(join(secretDir, 'secret'), next, { mode: 0o600 });
+    process.kill(envd.pid, 'SIGCONT');
+    assert.ok(await eventually(async () => (await socketGet(envd.socket, '/health')) === 204));
+    assert.equal(await init(SECRET), 401, 'the old secret is refused');
+    assert.equal(await init(next), 204);
+    assert.equal(existsSync(join(secretDir, 'secret')), false, 'the file is taken');
+  });
 });
+
+function initWith(socketPath: string, secret: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path: '/init', method: 'POST', headers: { [INIT_SECRET_HEADER]: secret, 'content-type': 'application/json' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end('{}');
+  });
+}

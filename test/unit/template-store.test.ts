@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { openPaths, type Paths } from '../../src/config.js';
 import { Store } from '../../src/store/store.js';
-import { TemplateStore, type Template } from '../../src/template/store.js';
+import { checkpointImageDir, TemplateStore, type Template } from '../../src/template/store.js';
 import { rig } from './fakes.js';
 
 let dir: string;
@@ -95,6 +95,21 @@ describe('adding templates', () => {
     const kept = layerDirs().filter((n) => !n.startsWith('.tmp-'));
     assert.deepEqual(t.sweepTemporaries().sort(), ['.tmp-file', '.tmp-interrupted']);
     assert.deepEqual(layerDirs(), kept);
+  });
+
+  it("keeps a memory snapshot's checkpoint image until the snapshot goes; sweeps images no snapshot owns", async () => {
+    const snap = await onTop('memsnap', root, { checkpoint: true });
+    const image = checkpointImageDir(paths, snap.id);
+    mkdirSync(image, { recursive: true });
+    writeFileSync(join(image, 'checkpoint.img'), 'x');
+    for (const orphan of ['.tmp-interrupted', 'nosuchtemplate', root.id]) mkdirSync(checkpointImageDir(paths, orphan));
+    assert.deepEqual(t.sweepTemporaries().sort(), ['checkpoints/.tmp-interrupted', 'checkpoints/nosuchtemplate', `checkpoints/${root.id}`].sort());
+    assert.ok(existsSync(join(image, 'checkpoint.img')));
+    const derived = t.addDerived('derived', snap, {});
+    assert.equal(derived.config.checkpoint, undefined, 'a template derived from it has no image of its own');
+    t.remove(derived.id);
+    t.remove(snap.id);
+    assert.equal(existsSync(image), false);
   });
 });
 

@@ -1,10 +1,17 @@
 // Snapshots (templates made from a sandbox through the API) and fork; a snapshot is deleted as a
 // template (DELETE /templates/{id}, routes/templates.ts).
 import type { FastifyInstance } from 'fastify';
+import type { Template } from '../../template/store.js';
 import { CubeboxError, HTTP_STATUS, invalid } from '../../util/errors.js';
 import { HttpError } from '../tenancy.js';
 import { checked, DEFAULT_TIMEOUT_SEC, one, timeoutOf, type Req, type RouteContext } from './context.js';
 import { forkBody, snapshotBody } from './schemas.js';
+
+/**
+ * cubebox's own field beside E2B's: "memory" when the snapshot keeps the sandbox's processes and
+ * memory (its runtime checkpoints: gVisor), "filesystem" when it keeps its files only.
+ */
+const kindOf = (t: Template) => (t.config.checkpoint ? 'memory' : 'filesystem');
 
 export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { sandboxes, templates, tenancy, observe, callerOf, idOf, usable, isSnapshot, sandboxBody } = ctx;
@@ -19,7 +26,7 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     const release = team ? tenancy.reserveSnapshot(team, templates.list().filter((t) => isSnapshot(t) && t.config.team === team).length) : () => {};
     try {
       const t = await observe('snapshot', () => sandboxes.snapshot(id, { name, config: team ? { team } : {} }));
-      return reply.code(201).send({ snapshotID: t.id, names: [t.name] });
+      return reply.code(201).send({ snapshotID: t.id, names: [t.name], kind: kindOf(t) });
     } finally {
       release();
     }
@@ -43,7 +50,13 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     }
     const page = snaps.slice(0, limit);
     if (snaps.length > limit) reply.header('X-Next-Token', Buffer.from(page[page.length - 1]!.id).toString('base64url'));
-    return page.map((t) => ({ snapshotID: t.id, names: [t.name], sandboxID: t.config.snapshotOf, createdAt: new Date(t.createdAt).toISOString() }));
+    return page.map((t) => ({
+      snapshotID: t.id,
+      names: [t.name],
+      sandboxID: t.config.snapshotOf,
+      createdAt: new Date(t.createdAt).toISOString(),
+      kind: kindOf(t),
+    }));
   });
   app.post('/sandboxes/:id/fork', { schema: { body: forkBody }, attachValidation: true }, async (req: Req, reply) => {
     // the body first, as E2B does: a bad count is a 400 whether or not the sandbox exists

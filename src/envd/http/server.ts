@@ -19,6 +19,8 @@ export interface Envd {
   addresses: string[];
   /** Closes the unix socket and its connections (before a checkpoint: see SUSPEND_SOCKET_PATH). */
   suspendSocket(): void;
+  /** Whether suspendSocket() let go of the socket and it is not listened on again yet. */
+  suspended(): boolean;
   /** Listens on the unix socket again after suspendSocket() (after a restore); a no-op otherwise. */
   resumeSocket(): Promise<void>;
   close(): Promise<void>;
@@ -291,6 +293,7 @@ export async function startEnvd(opts: EnvdOptions): Promise<Envd> {
     services,
     addresses,
     suspendSocket,
+    suspended: () => suspended !== undefined,
     async resumeSocket() {
       if (!suspended || !opts.socketPath) return;
       clearInterval(suspended);
