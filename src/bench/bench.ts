@@ -9,7 +9,7 @@ import { BenchService, type BenchNode, type PoolConfig } from './harness.js';
 import { emptyCleanup, emptyPart, formatPart, machineInfo, rowsToPart, type BenchDocument, type PartReport } from './report.js';
 import { throughputBench } from './throughput-bench.js';
 
-export const PARTS = ['runtime', 'runtimes', 'network', 'service', 'burst', 'throughput', 'density'] as const;
+export const PARTS = ['runtime', 'runtimes', 'network', 'service', 'burst', 'throughput', 'density', 'profile'] as const;
 export type PartName = (typeof PARTS)[number];
 
 export interface BenchRunOptions {
@@ -37,13 +37,14 @@ const TITLES: Record<PartName, string> = {
   burst: 'bursts of creates through the service with the e2b SDK',
   throughput: "commands.run('true') through the service with the e2b SDK",
   density: 'idle sandboxes on one host',
+  profile: 'where the CPU of a cold create goes (through the manager, no pool)',
 };
 
 /** Runs the bench; resolves false when a part failed (the others still ran). */
 export async function runBench(o: BenchRunOptions): Promise<boolean> {
   const progress = (s: string) => process.stderr.write(`\r${s.slice(0, 78).padEnd(78)}`);
-  // the runtimes side by side only when asked for (--runtimes)
-  const parts = PARTS.filter((p) => (!o.only || o.only === p) && (p !== 'runtimes' || !!o.runtimes?.length));
+  // the runtimes side by side only when asked for (--runtimes), the CPU profile only with --profile (or --only)
+  const parts = PARTS.filter((p) => (!o.only || o.only === p) && (p !== 'runtimes' || !!o.runtimes?.length) && (p !== 'profile' || o.only === p));
   const t0 = Date.now();
   const doc: BenchDocument = {
     version: 1,
@@ -144,6 +145,10 @@ async function runPart(name: PartName, o: BenchRunOptions, service: () => Promis
         { clients: o.clients, sandboxes: Math.min(o.clientSandboxes, o.clients), seconds: o.seconds, iterations: o.iterations },
         progress,
       );
+    case 'profile': {
+      const { profileBench } = await import('./profile-bench.js');
+      return profileBench(o.node, o.iterations, progress);
+    }
     case 'density':
       return densityBench(await service(), { sandboxes: o.sandboxes, iterations: o.iterations }, progress);
   }

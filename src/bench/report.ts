@@ -33,6 +33,8 @@ export interface PartReport {
   /** Anything else the part found (what the pool was, where a run stopped). */
   facts: Record<string, string | number | boolean | null>;
   notes: string[];
+  /** A part's structured breakdown, for --json only (the text report shows it in its notes). */
+  detail?: unknown;
 }
 
 export function emptyPart(): PartReport {

@@ -7,14 +7,17 @@ import { parseRuntimeName } from '../runtime/registry.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { CubeboxError } from '../util/errors.js';
 
-type BenchOpts = Omit<BenchRunOptions, 'defaultPool' | 'node'>;
+type BenchOpts = Omit<BenchRunOptions, 'defaultPool' | 'node'> & { profile?: boolean };
 
 export function registerBenchCommand(program: Command, num: (name: string) => (v: string) => number): void {
   program
     .command('bench')
     .description('measure cubebox against bare baselines taken in the same run (runtime, service, network, bursts, throughput, density)')
     .option('-n, --iterations <n>', 'iterations of the sequential measurements', num('--iterations'), 20)
-    .addOption(new Option('--only <part>', 'run only one part').choices(['runtime', 'runtimes', 'service', 'network', 'burst', 'throughput', 'density']))
+    .addOption(
+      new Option('--only <part>', 'run only one part').choices(['runtime', 'runtimes', 'service', 'network', 'burst', 'throughput', 'density', 'profile']),
+    )
+    .option('--profile', "only where a cold create's CPU goes: the service's JS by phase, each kind of process it spawns, the sandbox's own (-n creates)")
     .option('--burst <n>', 'concurrent creates in a burst', num('--burst'), 50)
     .option('--sandboxes <m>', 'idle sandboxes for the density part', num('--sandboxes'), 100)
     .option('--clients <c>', 'concurrent SDK clients for the throughput part', num('--clients'), 100)
@@ -30,6 +33,10 @@ export function registerBenchCommand(program: Command, num: (name: string) => (v
       for (const k of ['iterations', 'burst', 'sandboxes', 'clients', 'clientSandboxes', 'seconds'] as const) {
         if (!Number.isInteger(opts[k]) || opts[k] < 1)
           throw new CubeboxError('invalid_argument', `--${k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} must be a positive integer`);
+      }
+      if (opts.profile) {
+        if (opts.only && opts.only !== 'profile') throw new CubeboxError('invalid_argument', '--profile runs only the profile part: leave out --only');
+        opts.only = 'profile';
       }
       const { runBench } = await import('../bench/bench.js');
       const { serveConfig } = await import('../app/config.js');

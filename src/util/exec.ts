@@ -12,8 +12,10 @@ import { Readable, Writable } from 'node:stream';
 export const spawnChild = ((file: string, args?: readonly string[] | SpawnOptions, options?: SpawnOptions): ChildProcess => {
   const argv = Array.isArray(args) ? (args as readonly string[]) : [];
   const opts = (Array.isArray(args) ? options : (args as SpawnOptions | undefined)) ?? {};
+  const spawned = spawnObserver?.(file, argv);
   const child = spawn(file, argv, opts);
   child.on('error', () => undefined);
+  spawned?.(child);
   if (child.pid === undefined) {
     const { stdio } = opts;
     const piped = (i: number) => stdio === undefined || stdio === 'pipe' || (Array.isArray(stdio) && stdio[i] === 'pipe');
@@ -23,6 +25,19 @@ export const spawnChild = ((file: string, args?: readonly string[] | SpawnOption
   }
   return child;
 }) as typeof spawn;
+
+/** Told of a spawn before it starts; what it returns is told of the child right after. */
+export type SpawnObserver = (file: string, args: readonly string[]) => ((child: ChildProcess) => void) | undefined;
+let spawnObserver: SpawnObserver | undefined;
+
+/**
+ * Sees every child spawnChild starts, before and after the spawn (undefined: none, the default).
+ * For measurements only (`cubebox bench --profile` counts and times the host's processes);
+ * an observer must not change what the child does.
+ */
+export function observeSpawns(fn: SpawnObserver | undefined): void {
+  spawnObserver = fn;
+}
 
 export interface RunResult {
   code: number;

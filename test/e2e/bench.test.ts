@@ -124,4 +124,22 @@ describe('cubebox bench --json', { timeout: 30 * 60_000 }, () => {
     assert.equal(p.counts.fit, 3);
     assert.equal(p.facts.sandboxesLeft, 0);
   });
+
+  it("profile: a create's CPU split into the service's JS, its processes by kind and the sandbox's own, next to bare run -d", async () => {
+    const doc = await runPart('profile', ['-n', '1'], {
+      'profile.create-cpu': { baseline: true },
+      'profile.service-js': { baseline: false },
+      'profile.processes': { baseline: false },
+      'profile.sandbox': { baseline: false },
+    });
+    const p = doc.parts.profile!;
+    assert.equal(p.counts.creates, 1);
+    const d = p.detail as { processes: Array<{ kind: string; count: number }>; phases: Array<{ name: string }> };
+    assert.ok(
+      d.processes.some((k) => / run( |$)/.test(k.kind) && k.count === 1),
+      `one runtime run per create: ${JSON.stringify(d.processes)}`,
+    );
+    assert.ok(['network', 'runtime run', 'envd ready + /init'].every((n) => d.phases.some((ph) => ph.name === n)));
+    assert.ok(p.figures.find((f) => f.id === 'profile.sandbox')!.value > 0, "envd's start is counted");
+  });
 });
