@@ -45,6 +45,14 @@ export const DEFAULT_MAX_PER_SANDBOX = 256;
 const PEEK_TIMEOUT_MS = 10_000;
 const IDLE_TIMEOUT_MS = 300_000;
 /** Hop-by-hop headers: never passed on (RFC 9110 7.6.1), plus what the proxy sets itself. */
+/**
+ * Stream buffers of a terminated connection's bodies (Node's default is 16 KiB): with the default,
+ * every TLS record fills the buffer, so the upstream read stops and starts again for each 16 KiB,
+ * which costs most of the proxy's time on a large body. Bounded per connection all the same.
+ */
+const BODY_BUFFER = 256 * 1024;
+/** As stream options (Node takes them on sockets and requests; its types do not list them). */
+const BUFFERS = { highWaterMark: BODY_BUFFER };
 const HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
 
 interface Terminated {
@@ -71,7 +79,7 @@ export class EgressProxy {
   private readonly names = new Map<string, { addresses: string[]; until: number }>();
   /** Parses the requests of ended-TLS connections (it never listens). */
   private readonly inner = createHttpServer(
-    { requestTimeout: 0, headersTimeout: 30_000 },
+    { requestTimeout: 0, headersTimeout: 30_000, highWaterMark: BODY_BUFFER },
     (req, res) => void this.forward(req, res).catch(() => res.destroy()),
   );
 
@@ -171,7 +179,7 @@ export class EgressProxy {
     const context = await this.deps.ca.contextFor(name);
     sock.unshift(head);
     sock.setTimeout(0); // the TLS socket reads the connection from now on: its own activity keeps it
-    const tls = new TLSSocket(sock, { isServer: true, secureContext: context, ALPNProtocols: ['http/1.1'] });
+    const tls = new TLSSocket(sock, { isServer: true, secureContext: context, ALPNProtocols: ['http/1.1'], ...BUFFERS });
     tls.setNoDelay(true);
     tls.setTimeout(IDLE_TIMEOUT_MS, () => tls.destroy());
     tls.on('error', () => tls.destroy());
@@ -213,7 +221,7 @@ export class EgressProxy {
             x.destroy();
             this.agents.delete(id);
           }
-      a = new Agent({ keepAlive: true, maxSockets: 16, timeout: 30_000, ca: this.deps.upstreamCa });
+      a = new Agent({ keepAlive: true, maxSockets: 16, timeout: 30_000, ca: this.deps.upstreamCa, ...BUFFERS });
       this.agents.set(sandboxId, a);
     }
     return a;
@@ -273,6 +281,7 @@ export class EgressProxy {
       method: req.method,
       path: req.url,
       headers,
+      ...BUFFERS,
       ...(upgrade ? { ca: this.deps.upstreamCa, agent: false } : { agent: this.agentOf(t.sandboxId) }),
     });
   }
