@@ -2,6 +2,7 @@ import { get, type IncomingMessage } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { RunningServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
+import { egressBench } from './egress-bench.js';
 import type { BenchNode } from './harness.js';
 import { median, timed, type BenchRow } from './report.js';
 
@@ -26,7 +27,7 @@ async function run(m: SandboxManager, id: string, script: string): Promise<void>
  * Networking's cost: an agent-less create with a network slot against one without (two
  * managers in the same run), and a sandbox port through the data-plane proxy against a
  * direct connection from the host to the same server (throughput of a large file, latency
- * of a small one).
+ * of a small one); and HTTPS through the egress proxy against the same GET direct (egress-bench.ts).
  */
 export async function networkBench(
   node: BenchNode,
@@ -71,13 +72,18 @@ export async function networkBench(
       smallDirect.push(await timed(() => download(`http://${address}:8000/small`)));
       smallProxied.push(await timed(() => download(`${server!.url}/small`, via)));
     }
+    const egress = await egressBench(iterations, log);
     return {
       rows: [
         { name: 'create, no envd, with network', medianMs: median(on), baselineName: 'the same without network', baselineMs: median(off) },
         { name: 'GET 64 MiB through the proxy', medianMs: median(proxied), baselineName: 'direct to the sandbox address', baselineMs: median(direct) },
         { name: 'GET small through the proxy', medianMs: median(smallProxied), baselineName: 'direct to the sandbox address', baselineMs: median(smallDirect) },
+        ...egress.rows,
       ],
-      notes: [`port throughput: ${mbps(median(proxied))} MiB/s through the proxy, ${mbps(median(direct))} MiB/s direct (64 MiB, busybox httpd in the sandbox)`],
+      notes: [
+        `port throughput: ${mbps(median(proxied))} MiB/s through the proxy, ${mbps(median(direct))} MiB/s direct (64 MiB, busybox httpd in the sandbox)`,
+        ...egress.notes,
+      ],
     };
   } finally {
     await server?.close();

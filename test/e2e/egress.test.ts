@@ -160,21 +160,42 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
     // direct calls trust a bundle of the same size as the proxied ones (the system bundle, which
     // holds the instance CA, plus the test CA): loading a bundle is most of a small request's time
     await sh(sbx, 'cat "$SSL_CERT_FILE" /tmp/test-ca.pem > /tmp/direct-bundle.pem');
-    const get = async (url: string, extra = '') =>
-      Number((await sh(sbx, `curl -sS ${extra} --max-time 120 -o /dev/null -w "%{time_total}" ${url}`)).split(' ')[0]);
-    const proxied = await get(`https://api.test/big?n=${64 << 20}`);
-    const direct = await get(`https://plain.test/big?n=${64 << 20}`, '--cacert /tmp/direct-bundle.pem');
-    const small = async (url: string, extra = '') => {
-      const t: number[] = [];
-      for (let i = 0; i < 10; i++) t.push(await get(url, extra));
-      return t.sort((a, b) => a - b)[5]!;
-    };
-    const smallProxied = await small('https://api.test/s');
-    const smallDirect = await small('https://plain.test/s', '--cacert /tmp/direct-bundle.pem');
+    // curl's phases: name lookup, TCP connect, TLS handshake done, first byte, total (seconds)
+    const phases = async (url: string, extra = '') =>
+      (
+        await sh(
+          sbx,
+          `curl -sS ${extra} --max-time 120 -o /dev/null -w "%{time_namelookup} %{time_connect} %{time_appconnect} %{time_starttransfer} %{time_total}" ${url}`,
+        )
+      )
+        .split(' ')
+        .slice(0, 5)
+        .map(Number);
+    const get = async (url: string, extra = '') => (await phases(url, extra))[4]!;
+    const median = (t: number[]) => [...t].sort((a, b) => a - b)[t.length >> 1]!;
+    const direct = '--cacert /tmp/direct-bundle.pem';
+    // warm both paths (the proxy issues its certificate for the name on first use)
+    await get('https://api.test/warm');
+    await get('https://plain.test/warm', direct);
+    const big: number[][] = [[], []];
+    for (let i = 0; i < 3; i++) {
+      big[0]!.push(await get(`https://api.test/big?n=${64 << 20}`));
+      big[1]!.push(await get(`https://plain.test/big?n=${64 << 20}`, direct));
+    }
+    const small: number[][][] = [[], []];
+    for (let i = 0; i < 11; i++) {
+      small[0]!.push(await phases('https://api.test/s'));
+      small[1]!.push(await phases('https://plain.test/s', direct));
+    }
+    const [bigProxied, bigDirect] = big.map(median) as [number, number];
     const mibs = (s: number) => (64 / s).toFixed(0);
+    const ms = (runs: number[][], i: number) => (median(runs.map((r) => r[i]! - (i ? r[i - 1]! : 0))) * 1000).toFixed(1);
+    const parts = (runs: number[][]) => `lookup ${ms(runs, 0)}, connect ${ms(runs, 1)}, tls ${ms(runs, 2)}, first byte ${ms(runs, 3)}, rest ${ms(runs, 4)}`;
+    const [sp, sd] = small.map((runs) => median(runs.map((r) => r[4]!))) as [number, number];
     console.log(
-      `egress proxy: 64 MiB GET ${mibs(proxied)} MiB/s proxied vs ${mibs(direct)} MiB/s direct (${(direct / proxied).toFixed(2)}x); ` +
-        `small request median ${(smallProxied * 1000).toFixed(1)} ms proxied vs ${(smallDirect * 1000).toFixed(1)} ms direct`,
+      `egress proxy: 64 MiB GET median ${mibs(bigProxied)} MiB/s proxied vs ${mibs(bigDirect)} MiB/s direct (${(bigDirect / bigProxied).toFixed(2)}x direct; ` +
+        `runs ${big.map((b) => b.map(mibs).join('/')).join(' vs ')}); small request median ${(sp * 1000).toFixed(1)} ms proxied vs ${(sd * 1000).toFixed(1)} ms direct ` +
+        `(${(sp / sd).toFixed(2)}x); proxied ms: ${parts(small[0]!)}; direct ms: ${parts(small[1]!)}`,
     );
   });
 
