@@ -110,6 +110,10 @@ interface Message {
   channel?: string;
 }
 
+/** How long a silent request may go without any answer before it is sent again, and how often. */
+const LOST_REQUEST_MS = 5_000;
+const LOST_REQUEST_RESENDS = 3;
+
 /** One kernel, driven over its channels WebSocket. */
 export class JupyterKernel implements Kernel {
   private ws: WebSocket | undefined;
@@ -172,11 +176,13 @@ export class JupyterKernel implements Kernel {
       let replied = false;
       let errored = false;
       let counted = false;
+      let seen = false; // any message of this request: the kernel has it
       const finish = () => {
         this.listeners.delete(msgId);
         resolve();
       };
       this.listeners.set(msgId, (m) => {
+        seen = true;
         if (!m) {
           emit(errorEvent('UnexpectedEndOfExecution', 'the connection to the kernel was lost before the execution finished'));
           return finish();
@@ -233,11 +239,24 @@ export class JupyterKernel implements Kernel {
         channel: 'shell',
         buffers: [],
       };
-      ws.send(JSON.stringify(msg), (err) => {
-        if (!err) return;
-        emit(errorEvent('WebSocketError', 'Failed to send execution request'));
-        finish();
-      });
+      const send = () =>
+        ws.send(JSON.stringify(msg), (err) => {
+          if (!err) return;
+          emit(errorEvent('WebSocketError', 'Failed to send execution request'));
+          finish();
+        });
+      send();
+      // Jupyter can drop a request sent just after a kernel restart, even once the kernel answered
+      // kernel_info (its channels are re-made after the restart): a silent set-up run that nothing
+      // answered is sent again (it is idempotent; a user's code never is, so it is not resent).
+      if (opts.silent) {
+        let resends = 0;
+        const timer = setInterval(() => {
+          if (seen || resends >= LOST_REQUEST_RESENDS || !this.listeners.has(msgId)) return clearInterval(timer);
+          resends++;
+          send();
+        }, LOST_REQUEST_MS);
+      }
     });
   }
 

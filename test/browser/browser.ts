@@ -2,9 +2,10 @@
 // under the test's output directory, and a close that checks the browser's processes and profile
 // are gone. Pages record what must never happen: dialogs, uncaught errors, CSP refusals.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { PROJECT_ROOT } from '../../src/config.js';
 
 export const CHROMIUM = '/usr/bin/chromium';
 // without the background-networking flags Chromium tries to reach Google's services
@@ -67,7 +68,10 @@ export interface TestBrowser {
 }
 
 export async function startBrowser(name: string): Promise<TestBrowser> {
-  const outDir = mkdtempSync(`/var/tmp/cubebox-test-browser-${name}-`);
+  // screenshots are the run's output: in the checkout (git-ignored), replaced by the next run
+  const outDir = join(PROJECT_ROOT, 'test-output', 'browser', name);
+  rmSync(outDir, { recursive: true, force: true });
+  mkdirSync(outDir, { recursive: true });
   const profile = join(outDir, 'profile');
   const known = new Set(chromiumChildren());
   const context = await chromium.launchPersistentContext(profile, {

@@ -182,7 +182,7 @@ describe('code interpreter in a real sandbox', { timeout: 1_800_000 }, () => {
     assert.equal(stdout(await run('echo "$SANDBOX_VAR/$RUN_VAR"', { language: 'bash', env_vars: { RUN_VAR: 'b' } })), 'from the sandbox/b\n');
   });
 
-  it('a kernel that dies is started again by Jupyter, and the context is set up again', async () => {
+  it('a kernel that dies is started again by Jupyter, and the context is set up again', { timeout: 180_000 }, async () => {
     const ctx = JSON.parse((await call('POST', '/contexts', { cwd: '/tmp' })).text) as { id: string };
     assert.equal(error(await run('import os; os.kill(os.getpid(), 9)', { context_id: ctx.id }))?.name, 'ContextRestarting');
     const after = main(await run('import os, pandas as pd\nos.chdir(os.getcwd())\npd.DataFrame({"cwd": [os.getcwd()]})', { context_id: ctx.id }));
