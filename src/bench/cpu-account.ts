@@ -8,6 +8,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { basename } from 'node:path';
+import { isRuntimeName } from '../runtime/registry.js';
 import { observeSpawns } from '../util/exec.js';
 import { observeFaultPoints } from '../util/fault.js';
 
@@ -82,7 +83,7 @@ export function kindOf(file: string, args: readonly string[]): string {
     const verb = args.slice(i + 1).find((a) => RUNTIME_VERBS.has(a)) ?? '?';
     return `${i >= 0 ? basename(args[i]!) : '?'} ${verb} (via ${name})`;
   }
-  if (['crun', 'runc', 'runsc'].includes(name)) return `${name} ${args.find((a) => RUNTIME_VERBS.has(a)) ?? '?'}`;
+  if (isRuntimeName(name)) return `${name} ${args.find((a) => RUNTIME_VERBS.has(a)) ?? '?'}`;
   if (name === 'ip') {
     for (let i = 0; i < args.length; i++) {
       if (args[i] === '-n' || args[i] === '-netns') i++;
