@@ -5,7 +5,8 @@
 // waits for it (the first answers say it is in progress).
 import { readFileSync, statfsSync } from 'node:fs';
 import { availableParallelism, freemem, loadavg, totalmem } from 'node:os';
-import { probeHost, type Check, type HostReport, type RuntimeProbe } from '../runtime/probe.js';
+import type { HostStatus } from '../protocol/host-status.js';
+import { probeHost, type Check, type HostReport } from '../runtime/probe.js';
 import { runtimeNames } from '../runtime/registry.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { errorMessage } from '../util/errors.js';
@@ -13,25 +14,7 @@ import { errorMessage } from '../util/errors.js';
 const PROBE_TTL_MS = 5 * 60_000;
 const MIB = 1024 * 1024;
 
-export interface HostStatus {
-  cpus: { count: number; load1: number; load5: number; load15: number };
-  memory: { totalMB: number; availableMB: number };
-  /** The filesystem of the data directory. */
-  disk: { path: string; totalMB: number; freeMB: number };
-  /** Network slots (a namespace and address each): null when sandboxes have loopback only. */
-  networkSlots: { total: number; used: number; free: number } | null;
-  /** Host-wide pid_max and tasks now; what the sandboxes here may hold together. */
-  pids: { max: number; tasks: number; sandboxes: number };
-  pool: Array<{ template: string; min: number; max: number; target: number; ready: number }>;
-  gate: { concurrency: number; inFlight: number; queued: number; maxQueue: number };
-  creates: { pool: number; new: number; refused: number };
-  sandboxes: Record<string, number>;
-  /** The runtime new sandboxes get, and every runtime as the doctor found it. */
-  defaultRuntime: string;
-  runtimes: RuntimeProbe[];
-  /** The doctor's checks and isolation warnings (ok: false first), and when they were probed. */
-  doctor: { probedAt: string; ready: boolean; checks: Check[]; isolation: Check[] } | { probing: true } | { error: string };
-}
+export type { HostStatus };
 
 function readNumber(file: string, fallback: number): number {
   try {

@@ -2,30 +2,9 @@
 // and the host (GET /admin/host): capacity, slots, pids, warm pool, create gate, runtimes and
 // the doctor's findings.
 import { useState } from 'preact/hooks';
+import type { Check, HostStatus } from '../protocol/host-status.js';
 import { api, ApiError, message } from './api.js';
 import { ErrorLine, usePoll } from './ui.js';
-
-interface Check {
-  name: string;
-  ok: boolean;
-  essential: boolean;
-  detail: string;
-}
-
-interface HostStatus {
-  cpus: { count: number; load1: number; load5: number; load15: number };
-  memory: { totalMB: number; availableMB: number };
-  disk: { path: string; totalMB: number; freeMB: number };
-  networkSlots: { total: number; used: number; free: number } | null;
-  pids: { max: number; tasks: number; sandboxes: number };
-  pool: Array<{ template: string; min: number; max: number; target: number; ready: number }>;
-  gate: { concurrency: number; inFlight: number; queued: number; maxQueue: number };
-  creates: { pool: number; new: number; refused: number };
-  sandboxes: Record<string, number>;
-  defaultRuntime: string;
-  runtimes: Array<{ name: string; installed: boolean; works: boolean; version?: string; detail: string }>;
-  doctor: { probedAt: string; ready: boolean; checks: Check[]; isolation: Check[] } | { probing: true } | { error: string };
-}
 
 /** The quota form of a team: every limit, with an empty field meaning the default. */
 export function QuotaForm({

@@ -117,7 +117,14 @@ const LOST_REQUEST_RESENDS = 3;
 /** One kernel, driven over its channels WebSocket. */
 export class JupyterKernel implements Kernel {
   private ws: WebSocket | undefined;
-  private readonly session = randomUUID();
+  /**
+   * The session of the current channels socket: a new one for every socket. Jupyter Server keeps a
+   * closed socket's session and its ZMQ streams for a reconnect with the same session and then
+   * buffers that session's replies instead of sending them, when the old socket's close is handled
+   * after the new socket opened (which a reconnect right after a kernel restart does): the runs on
+   * the new socket then never got an answer.
+   */
+  private session = randomUUID();
   /** Set when Jupyter restarted the kernel on its own: its state (cwd, env, helpers) is gone. */
   restarted = false;
   /** Listeners of running executions, by their request's msg_id. */
@@ -131,6 +138,7 @@ export class JupyterKernel implements Kernel {
 
   async connect(): Promise<WebSocket> {
     if (this.ws?.readyState === WebSocket.OPEN) return this.ws;
+    this.session = randomUUID();
     const ws = new WebSocket(`ws://127.0.0.1:${PORT}/api/kernels/${this.id}/channels?session_id=${this.session}`, { maxPayload: 0 });
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
@@ -247,16 +255,24 @@ export class JupyterKernel implements Kernel {
         });
       send();
       // Jupyter can drop a request sent just after a kernel restart, even once the kernel answered
-      // kernel_info (its channels are re-made after the restart): a silent set-up run that nothing
-      // answered is sent again (it is idempotent; a user's code never is, so it is not resent).
-      if (opts.silent) {
-        let resends = 0;
-        const timer = setInterval(() => {
-          if (seen || resends >= LOST_REQUEST_RESENDS || !this.listeners.has(msgId)) return clearInterval(timer);
+      // kernel_info: a silent set-up run that nothing answered is sent again (it is idempotent; a
+      // user's code never is, so it is not resent). A request that nothing ever answered while the
+      // kernel sits idle was lost: it ends with an error instead of waiting for ever.
+      let resends = 0;
+      const watchdog = setInterval(() => {
+        if (seen || !this.listeners.has(msgId)) return clearInterval(watchdog);
+        if (opts.silent && resends < LOST_REQUEST_RESENDS) {
           resends++;
-          send();
-        }, LOST_REQUEST_MS);
-      }
+          return send();
+        }
+        void this.state().then((state) => {
+          if (seen || !this.listeners.has(msgId) || state !== 'idle') return;
+          clearInterval(watchdog);
+          emit(errorEvent('ExecutionLost', 'the kernel never received the request (it is idle); run it again'));
+          finish();
+        });
+      }, LOST_REQUEST_MS);
+      watchdog.unref();
     });
   }
 
@@ -290,6 +306,12 @@ export class JupyterKernel implements Kernel {
       }
     }
     throw new Error(`kernel ${this.id} did not answer in ${timeoutMs / 1000} s`);
+  }
+
+  /** The kernel's execution state as Jupyter Server last saw it ('idle', 'busy', ...); '' if it cannot say. */
+  private async state(): Promise<string> {
+    const k = (await this.server.request('GET', `/api/kernels/${this.id}`).catch(() => undefined)) as { execution_state?: unknown } | undefined;
+    return typeof k?.execution_state === 'string' ? k.execution_state : '';
   }
 
   async interrupt(): Promise<void> {

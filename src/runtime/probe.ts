@@ -7,13 +7,9 @@ import { detectCgroupMode, v1Hierarchies, type CgroupMode } from './cgroups.js';
 import { DEFAULT_RUNTIME, isRuntimeName, runtimeDefinition, runtimeNames, runtimesWith, type RuntimeName } from './registry.js';
 import { guardSandboxDir, mountRootfs, rootfsLayout, unmountRootfs } from './rootfs.js';
 import { DEFAULT_PROFILE } from './seccomp.js';
+import type { Check } from '../protocol/host-status.js';
 
-export interface Check {
-  name: string;
-  ok: boolean;
-  essential: boolean;
-  detail: string;
-}
+export type { Check };
 
 export interface RuntimeProbe {
   name: RuntimeName;

@@ -3,12 +3,11 @@
 // identity of its own (envd token, network address); deleting the snapshot removes its image.
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
 import { assertNoSandboxLeaks, destroyInstance } from '../helpers/instance.js';
-import { sdkService, type E2B, type Service } from '../helpers/service.js';
+import { getFrom, sdkService, type E2B, type Service } from '../helpers/service.js';
 
 let e2b: E2B;
 let svc: Service;
@@ -52,19 +51,7 @@ async function address(sbx: Sbx): Promise<string> {
 
 const tokenOf = (sbx: Sbx) => (sbx as unknown as { envdAccessToken?: string }).envdAccessToken;
 
-/** A GET to the service's proxy with these headers (a sandbox's port, by its Host). */
-function get(path: string, headers: Record<string, string>): Promise<{ status: number; body: string }> {
-  const u = new URL(svc.url);
-  return new Promise((resolve, reject) => {
-    const req = request({ host: u.hostname, port: u.port, path, headers }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const get = (path: string, headers: Record<string, string>) => getFrom(svc, path, headers);
 
 describe('memory snapshots of gVisor sandboxes', { timeout: 300_000, skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
   before(async () => {

@@ -5,13 +5,12 @@
 // nothing. The whole e2e suite runs under runsc with CUBEBOX_RUNTIME=runsc.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { request } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
 import { assertNoSandboxLeaks, destroyInstance } from '../helpers/instance.js';
 import { HOST_SIDE, OTHER, startFakeInternet, UPSTREAM, type FakeInternet } from '../helpers/fake-internet.js';
-import { sdkService, type E2B, type Service } from '../helpers/service.js';
+import { getFrom, sdkService, type E2B, type Service } from '../helpers/service.js';
 
 let e2b: E2B;
 let svc: Service;
@@ -34,18 +33,7 @@ async function sh(sbx: Sbx, cmd: string): Promise<string> {
 const reached = (out: string) => /hello from/.test(out) && / rc=0$/.test(out);
 const fetchIn = (sbx: Sbx, url: string) => sh(sbx, `curl -sS --max-time 3 ${url} 2>&1`);
 
-function get(path: string, headers: Record<string, string>): Promise<{ status: number; body: string }> {
-  const u = new URL(svc.url);
-  return new Promise((resolve, reject) => {
-    const req = request({ host: u.hostname, port: u.port, path, headers }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const get = (path: string, headers: Record<string, string>) => getFrom(svc, path, headers);
 
 describe('E2B behaviours in gVisor sandboxes', { timeout: 600_000, skip: !existsSync('/usr/bin/runsc') && 'runsc is not installed' }, () => {
   before(async () => {

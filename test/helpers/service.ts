@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { request } from 'node:http';
 import { capabilitiesOf, parseRuntimeName } from '../../src/runtime/registry.js';
 import { cli, CLI, waitExit } from './instance.js';
 
@@ -95,4 +96,18 @@ export async function sdkService(env: NodeJS.ProcessEnv = {}): Promise<{ svc: Se
   delete process.env.E2B_DEBUG;
   const e2b = (await import('e2b')) as unknown as E2B;
   return { svc, dataDir, key, e2b };
+}
+
+/** A GET to a service with these headers (a sandbox's port through the proxy goes by its Host); the body as text. */
+export function getFrom(svc: Service, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  const u = new URL(svc.url);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: u.hostname, port: u.port, path, headers }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
