@@ -162,8 +162,7 @@ export class Contexts {
       if (state.cancelled) return;
       const silent = () => undefined;
       if (ctx.kernel instanceof JupyterKernel && ctx.kernel.restarted) {
-        ctx.kernel.restarted = false;
-        await ctx.kernel.waitReady();
+        await ctx.kernel.recover();
         await this.setUp(ctx.language, ctx.cwd, ctx.kernel);
         ctx.globals = undefined;
       }

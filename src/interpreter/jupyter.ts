@@ -97,7 +97,7 @@ export class JupyterServer {
   /** A new kernel of the given kernelspec name. */
   async startKernel(name: string): Promise<JupyterKernel> {
     const k = (await this.request('POST', '/api/kernels', { name })) as { id: string };
-    const kernel = new JupyterKernel(this, k.id, name === 'ir');
+    const kernel = new JupyterKernel(this, k.id, name);
     await kernel.connect();
     return kernel;
   }
@@ -127,19 +127,31 @@ export class JupyterKernel implements Kernel {
   private session = randomUUID();
   /** Set when Jupyter restarted the kernel on its own: its state (cwd, env, helpers) is gone. */
   restarted = false;
+  /**
+   * Set when Jupyter gave the kernel up (it died again and again right after each restart) and
+   * dropped it: the context gets a new kernel on its next run.
+   */
+  private dead = false;
+  /** The Jupyter kernel behind the context now: the one it started with until one is given up. */
+  private kernelId: string;
+  private readonly valuesAsDisplay: boolean;
   /** Listeners of running executions, by their request's msg_id. */
   private readonly listeners = new Map<string, (m: Message | null) => void>();
 
   constructor(
     private readonly server: JupyterServer,
     readonly id: string,
-    private readonly valuesAsDisplay = false,
-  ) {}
+    private readonly kernelName: string,
+  ) {
+    this.kernelId = id;
+    // IRkernel shows a cell's values as display data
+    this.valuesAsDisplay = kernelName === 'ir';
+  }
 
   async connect(): Promise<WebSocket> {
     if (this.ws?.readyState === WebSocket.OPEN) return this.ws;
     this.session = randomUUID();
-    const ws = new WebSocket(`ws://127.0.0.1:${PORT}/api/kernels/${this.id}/channels?session_id=${this.session}`, { maxPayload: 0 });
+    const ws = new WebSocket(`ws://127.0.0.1:${PORT}/api/kernels/${this.kernelId}/channels?session_id=${this.session}`, { maxPayload: 0 });
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
       ws.once('error', reject);
@@ -158,6 +170,7 @@ export class JupyterKernel implements Kernel {
       else if (m.header?.msg_type === 'status' && ['restarting', 'dead'].includes(String(m.content?.execution_state))) {
         // the kernel died (Jupyter restarts it): running executions end, the context is set up again
         this.restarted = true;
+        if (m.content.execution_state === 'dead') this.dead = true;
         for (const l of [...this.listeners.values()]) l(m);
       }
     });
@@ -282,8 +295,7 @@ export class JupyterKernel implements Kernel {
    */
   async waitReady(timeoutMs = 30_000): Promise<void> {
     // a channels socket from before a restart no longer reaches the kernel: a new one does
-    this.ws?.close();
-    this.ws = undefined;
+    await this.closeSocket();
     const until = Date.now() + timeoutMs;
     while (Date.now() < until) {
       const ws = await this.connect().catch(() => undefined);
@@ -305,29 +317,64 @@ export class JupyterKernel implements Kernel {
         await new Promise((r) => setTimeout(r, 500));
       }
     }
-    throw new Error(`kernel ${this.id} did not answer in ${timeoutMs / 1000} s`);
+    throw new Error(`kernel ${this.kernelId} did not answer in ${timeoutMs / 1000} s`);
+  }
+
+  /**
+   * Closes the channels socket and waits until it is closed (2 s at most): Jupyter Server keeps a
+   * closed session's messages until another session connects, so the next socket opens only after.
+   */
+  private async closeSocket(): Promise<void> {
+    const ws = this.ws;
+    this.ws = undefined;
+    if (!ws || ws.readyState === WebSocket.CLOSED) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        ws.terminate();
+        resolve();
+      }, 2000);
+      ws.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      ws.close();
+    });
   }
 
   /** The kernel's execution state as Jupyter Server last saw it ('idle', 'busy', ...); '' if it cannot say. */
   private async state(): Promise<string> {
-    const k = (await this.server.request('GET', `/api/kernels/${this.id}`).catch(() => undefined)) as { execution_state?: unknown } | undefined;
+    const k = (await this.server.request('GET', `/api/kernels/${this.kernelId}`).catch(() => undefined)) as { execution_state?: unknown } | undefined;
     return typeof k?.execution_state === 'string' ? k.execution_state : '';
   }
 
+  /**
+   * Makes the kernel usable again after Jupyter restarted it on its own: waits for the restarted
+   * kernel, or starts a new one when Jupyter gave it up.
+   */
+  async recover(): Promise<void> {
+    this.restarted = false;
+    if (this.dead) {
+      await this.closeSocket();
+      const k = (await this.server.request('POST', '/api/kernels', { name: this.kernelName })) as { id: string };
+      this.kernelId = k.id;
+      this.dead = false;
+    }
+    await this.waitReady();
+  }
+
   async interrupt(): Promise<void> {
-    await this.server.request('POST', `/api/kernels/${this.id}/interrupt`);
+    await this.server.request('POST', `/api/kernels/${this.kernelId}/interrupt`);
   }
 
   async restart(): Promise<void> {
-    this.ws?.close();
-    this.ws = undefined;
-    await this.server.request('POST', `/api/kernels/${this.id}/restart`);
+    await this.closeSocket();
+    await this.server.request('POST', `/api/kernels/${this.kernelId}/restart`);
     await this.waitReady();
   }
 
   async shutdown(): Promise<void> {
-    this.ws?.close();
-    this.ws = undefined;
-    await this.server.request('DELETE', `/api/kernels/${this.id}`);
+    await this.closeSocket();
+    if (this.dead) return; // Jupyter dropped it already
+    await this.server.request('DELETE', `/api/kernels/${this.kernelId}`);
   }
 }

@@ -11,7 +11,7 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import { accessAllowed, ContextRefused, Contexts, DEFAULT_CWD, type Context } from './contexts.js';
 import { JupyterServer } from './jupyter.js';
-import type { OutEvent } from './kernel.js';
+import { errorEvent, type OutEvent } from './kernel.js';
 import { normalizeLanguage } from './languages.js';
 import { encodeEvent } from './results.js';
 
@@ -150,7 +150,12 @@ async function execute(req: IncomingMessage, res: ServerResponse): Promise<void>
     if (state.running) ctx.kernel.interrupt().catch((err: unknown) => log(`interrupting ${ctx.id} failed: ${String(err)}`));
   });
   try {
-    await contexts.run(ctx, code, envVars as Record<string, string>, token, write, state);
+    try {
+      await contexts.run(ctx, code, envVars as Record<string, string>, token, write, state);
+    } catch (err) {
+      // the kernel could not be reached or set up again: said as the run's error, the stream ends properly
+      write(errorEvent('ContextUnavailable', `the context's kernel is not available: ${err instanceof Error ? err.message : String(err)}`));
+    }
     write({ type: 'end_of_execution' });
   } finally {
     clearInterval(keepalive);

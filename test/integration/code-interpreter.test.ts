@@ -189,6 +189,19 @@ describe('code interpreter in a real sandbox', { timeout: 1_800_000 }, () => {
     assert.deepEqual(after?.data, { cwd: ['/tmp'] }); // the helpers and the cwd are back
   });
 
+  it('a kernel that dies again and again is given up by Jupyter and replaced: the context keeps its id, cwd and helpers', { timeout: 300_000 }, async () => {
+    const ctx = JSON.parse((await call('POST', '/contexts', { cwd: '/tmp' })).text) as { id: string };
+    // Jupyter restarts a kernel 5 times in a row when it dies within 10 s of starting, then drops it
+    for (let i = 0; i < 7; i++) {
+      assert.equal(error(await run('import os; os.kill(os.getpid(), 9)', { context_id: ctx.id }))?.name, 'ContextRestarting', `death ${i + 1}`);
+      const after = main(await run('import os, pandas as pd\npd.DataFrame({"cwd": [os.getcwd()]})', { context_id: ctx.id }));
+      assert.deepEqual(after?.data, { cwd: ['/tmp'] }, `after death ${i + 1}`);
+    }
+    const listed = JSON.parse((await call('GET', '/contexts')).text) as { id: string }[];
+    assert.ok(listed.some((c) => c.id === ctx.id));
+    assert.equal((await call('DELETE', `/contexts/${ctx.id}`)).status, 200);
+  });
+
   it('a client that gives up interrupts the kernel, and the context stays usable', async () => {
     const started = Date.now();
     const r = await inSandbox(['curl', '-sS', '-N', '-m', '3', 'http://127.0.0.1:49999/execute', '--data-binary', '{"code":"import time\\ntime.sleep(300)"}']);
