@@ -58,12 +58,13 @@ export async function checkpointSandbox(core: SandboxCore, id: string, spec: Sto
 
 /**
  * Saves a running sandbox to disk as checkpointSandbox does; where the runtime refused and left
- * it running, returns false with the sandbox as it was (envd listening again). gVisor refuses a
- * TCP connection on the sandbox's link: an open one, or one closed less than a minute ago (in
- * TIME_WAIT). Any other failure throws. Under the sandbox's lock.
+ * it running, returns false with the sandbox as it was (envd listening again). A runtime whose
+ * checkpoint cannot save TCP connections (gVisor) is not asked while the sandbox's link has one:
+ * open, or closed less than a minute ago (in TIME_WAIT). Any other failure throws. Under the
+ * sandbox's lock.
  */
 export async function tryCheckpoint(core: SandboxCore, id: string, spec: StoredSpec): Promise<boolean> {
-  const open = await linkConnections(core, id);
+  const open = capabilitiesOf(core.runtimeOf(id).name).checkpointsTcp ? 0 : await linkConnections(core, id);
   if (open > 0) {
     core.log.info({ sandbox: id, connections: open }, 'TCP connections on the sandbox link, which gVisor cannot save: not saved to disk');
     return false;

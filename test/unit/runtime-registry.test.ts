@@ -96,6 +96,11 @@ describe('the runtime registry', () => {
       runtimeNames().filter((n) => capabilitiesOf(n).rootXattrs),
       ['crun', 'runc'],
     );
+    // gVisor's checkpoint cannot save a TCP connection: its sandboxes are saved only with none
+    assert.deepEqual(
+      runtimeNames().filter((n) => !capabilitiesOf(n).checkpointsTcp),
+      ['runsc'],
+    );
     assert.equal(runtimeDefinition('runsc').isolationNote !== undefined, true);
   });
 

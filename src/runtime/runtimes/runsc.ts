@@ -16,6 +16,7 @@ export const runsc: RuntimeDefinition = {
     // binds over files in its own /proc work (a boot id per boot); meminfo needs none, its kernel knows the sandbox's memory
     procMounts: 'any',
     ownKernel: true,
+    checkpointsTcp: false,
   },
   // host-uds=create: envd's socket in the shared directory must be reachable from the host (a
   // stale one there makes envd's listen fail: a pause without memory clears the directory);

@@ -25,6 +25,12 @@ export interface RuntimeCapabilities {
    * and syscall filter: no cgroup namespace or mount and no seccomp filter from cubebox.
    */
   ownKernel: boolean;
+  /**
+   * Its checkpoint saves TCP connections through the sandbox's link. gVisor's does not: it fails on
+   * one that is open or in TIME_WAIT and takes the sandbox down with it, so such a sandbox is saved
+   * only when the host tracks none.
+   */
+  checkpointsTcp: boolean;
 }
 
 /** One runtime: its binary, its capabilities, and what differs in how it is called and probed. */
