@@ -12,7 +12,7 @@ export const crun: RuntimeDefinition = {
     envdTransport: 'unix',
     procMounts: 'any',
     ownKernel: false,
-    checkpointsTcp: true,
+    checkpointsTcp: false,
   },
   globalArgs: [],
   probeArgs: [],

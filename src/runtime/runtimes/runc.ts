@@ -14,7 +14,7 @@ export const runc: RuntimeDefinition = {
     // runc refuses every mount inside /proc but a few fixed files (meminfo is one, boot_id is not)
     procMounts: 'lxcfs',
     ownKernel: false,
-    checkpointsTcp: true,
+    checkpointsTcp: false,
   },
   globalArgs: [],
   probeArgs: [],

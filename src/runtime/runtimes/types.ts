@@ -26,9 +26,10 @@ export interface RuntimeCapabilities {
    */
   ownKernel: boolean;
   /**
-   * Its checkpoint saves TCP connections through the sandbox's link. gVisor's does not: it fails on
-   * one that is open or in TIME_WAIT and takes the sandbox down with it, so such a sandbox is saved
-   * only when the host tracks none.
+   * Its checkpoint saves TCP connections through the sandbox's link. Neither gVisor's nor CRIU's as
+   * called here (no --tcp-established) does: gVisor's fails on one that is open or in TIME_WAIT and
+   * takes the sandbox down with it, so a sandbox is saved only when the host tracks none. A VM
+   * snapshot would.
    */
   checkpointsTcp: boolean;
 }
