@@ -151,14 +151,29 @@ async function waitUntil(done: () => boolean, ms: number): Promise<void> {
   for (let delay = 10; !done() && Date.now() < until; delay = Math.min(delay * 2, 200)) await new Promise((r) => setTimeout(r, delay));
 }
 
+/** Whether the loop device (`/dev/loopN`) is still bound to a file at or under dir. */
+function boundUnder(device: string, dir: string): boolean {
+  try {
+    const backing = readFileSync(`/sys/block/${device.replace(/^\/dev\//, '')}/loop/backing_file`, 'utf8').trim();
+    return backing === dir || backing.startsWith(dir + '/');
+  } catch {
+    return false; // not bound (or no such device)
+  }
+}
+
 /**
  * The kernel frees an auto-clearing loop device asynchronously after the unmount: wait for
- * that, and detach explicitly what is still bound to a file of this sandbox.
+ * that, and detach explicitly what is still bound to a file of this sandbox. `devices`: the
+ * loop devices its disks were mounted from (read from the mount table before the unmount);
+ * then only those are polled, and every device is read once at the end, instead of every
+ * device on the host at each poll (which grows with the number of sandboxes).
  */
-export async function releaseLoopDevices(dir: string): Promise<void> {
+export async function releaseLoopDevices(dir: string, devices?: string[]): Promise<void> {
   // A lazily unmounted disk lets its loop device go once the filesystem is torn down, which
   // writes its dirty pages back first: seconds on a loaded host after a sandbox wrote a lot.
-  await waitUntil(() => loopDevicesUnder(dir).length === 0, 10_000);
+  const known = devices?.filter((d) => /^\/dev\/loop\d+$/.test(d));
+  if (known?.length) await waitUntil(() => !known.some((d) => boundUnder(d, dir)), 10_000);
+  else await waitUntil(() => loopDevicesUnder(dir).length === 0, 10_000);
   for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!], { timeoutMs: HELPER_TIMEOUT_MS }).catch(() => undefined);
   await waitUntil(() => loopDevicesUnder(dir).length === 0, 5_000);
   const left = loopDevicesUnder(dir);
