@@ -138,6 +138,33 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
     part.counts['files.ops'] = files.ops;
     part.counts['files.errors'] = files.errors;
     if (files.firstError) part.notes.push(`first file error under load: ${files.firstError}`);
+
+    // 8. both at once (as test/e2e/load does): a quarter of the clients loop file round trips,
+    // the others commands.run, for T s; each kind timed apart
+    log(`${o.clients} clients, commands.run and file round trips mixed, for ${o.seconds} s`);
+    const isFiles = (c: number) => c % 4 === 1;
+    const mixed = { files: [] as number[], runs: [] as number[] };
+    const mix = await loop(o.clients, o.seconds, async (c) => {
+      const t = now();
+      if (isFiles(c)) {
+        await fileRoundTrip(clients[c]!, c);
+        mixed.files.push(now() - t);
+      } else {
+        await clients[c]!.commands.run('true');
+        mixed.runs.push(now() - t);
+      }
+    });
+    const fileClients = Array.from({ length: o.clients }, (_, c) => c).filter(isFiles).length;
+    const mixLabel = `files.write + files.read, ${fileClients} of ${o.clients} clients (the rest commands.run)`;
+    const mixBase = `commands.run('true') in the same load`;
+    part.figures.push(
+      figure('throughput.mixed.files.p50', mixLabel, 'p50', percentile(mixed.files, 50), 'ms', { name: `${mixBase} p50`, value: percentile(mixed.runs, 50) }),
+      figure('throughput.mixed.files.p99', mixLabel, 'p99', percentile(mixed.files, 99), 'ms', { name: `${mixBase} p99`, value: percentile(mixed.runs, 99) }),
+    );
+    part.counts['mixed.files'] = mixed.files.length;
+    part.counts['mixed.runs'] = mixed.runs.length;
+    part.counts['mixed.errors'] = mix.errors;
+    if (mix.firstError) part.notes.push(`first error in the mixed load: ${mix.firstError}`);
     return part;
   } finally {
     login.close();

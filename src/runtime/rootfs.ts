@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { HELPER_BIN } from '../config.js';
+import { Coalescer } from '../util/batch.js';
 import { runOk } from '../util/exec.js';
 import { mountPoints } from './mountinfo.js';
 import { mountSupportView } from './support.js';
@@ -136,11 +137,17 @@ export function guardSandboxDir(dir: string, idMap?: { hostId: number }): void {
   chmodSync(dir, idMap ? 0o710 : 0o700);
 }
 
+/**
+ * Sandboxes torn down at the same time share one helper process for their unmounts: each
+ * sandbox's list keeps its own order (deepest first, its disk last) within the batch.
+ */
+const unmounts = new Coalescer<string[]>((lists) => runOk(HELPER_BIN, ['umount', ...lists.flat()], { timeoutMs: HELPER_TIMEOUT_MS }).then(() => undefined));
+
 /** Unmounts the merged root and the layer views; whatever is not mounted is skipped. */
 export async function unmountRootfs(paths: string[]): Promise<void> {
   const mounted = new Set(mountPoints());
   const todo = paths.filter((p) => mounted.has(p));
-  if (todo.length) await runOk(HELPER_BIN, ['umount', ...todo], { timeoutMs: HELPER_TIMEOUT_MS });
+  if (todo.length) await unmounts.run(todo);
   const left = todo.filter((p) => new Set(mountPoints()).has(p));
   if (left.length) throw new Error(`still mounted: ${left.join(', ')}`);
 }
