@@ -139,14 +139,14 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
     part.counts['files.errors'] = files.errors;
     if (files.firstError) part.notes.push(`first file error under load: ${files.firstError}`);
 
-    // 8. both at once (as test/e2e/load does): a quarter of the clients loop file round trips,
-    // the others commands.run, for T s; each kind timed apart
+    // 8. both at once, as test/e2e/load does: each client runs three commands.run, then a file
+    // round trip, and again, for T s; each kind timed apart
     log(`${o.clients} clients, commands.run and file round trips mixed, for ${o.seconds} s`);
-    const isFiles = (c: number) => c % 4 === 1;
     const mixed = { files: [] as number[], runs: [] as number[] };
+    const turns = new Array<number>(o.clients).fill(0);
     const mix = await loop(o.clients, o.seconds, async (c) => {
       const t = now();
-      if (isFiles(c)) {
+      if (turns[c]!++ % 4 === 3) {
         await fileRoundTrip(clients[c]!, c);
         mixed.files.push(now() - t);
       } else {
@@ -154,8 +154,7 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
         mixed.runs.push(now() - t);
       }
     });
-    const fileClients = Array.from({ length: o.clients }, (_, c) => c).filter(isFiles).length;
-    const mixLabel = `files.write + files.read, ${fileClients} of ${o.clients} clients (the rest commands.run)`;
+    const mixLabel = `files.write + files.read, ${o.clients} clients each 1 in 4 (else commands.run)`;
     const mixBase = `commands.run('true') in the same load`;
     part.figures.push(
       figure('throughput.mixed.files.p50', mixLabel, 'p50', percentile(mixed.files, 50), 'ms', { name: `${mixBase} p50`, value: percentile(mixed.runs, 50) }),
