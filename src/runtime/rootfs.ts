@@ -181,8 +181,12 @@ export async function releaseLoopDevices(dir: string, devices?: string[]): Promi
   const known = devices?.filter((d) => /^\/dev\/loop\d+$/.test(d));
   if (known?.length) await waitUntil(() => !known.some((d) => boundUnder(d, dir)), 10_000);
   else await waitUntil(() => loopDevicesUnder(dir).length === 0, 10_000);
-  for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!], { timeoutMs: HELPER_TIMEOUT_MS }).catch(() => undefined);
-  await waitUntil(() => loopDevicesUnder(dir).length === 0, 5_000);
-  const left = loopDevicesUnder(dir);
+  // one read of every device when all went (the usual case); else detach what stays, and wait
+  let left = loopDevicesUnder(dir);
+  if (left.length) {
+    for (const l of left) await runOk('losetup', ['-d', l.split(' ')[0]!], { timeoutMs: HELPER_TIMEOUT_MS }).catch(() => undefined);
+    await waitUntil(() => loopDevicesUnder(dir).length === 0, 5_000);
+    left = loopDevicesUnder(dir);
+  }
   if (left.length) throw new Error(`loop devices remain: ${left.join(', ')}`);
 }
