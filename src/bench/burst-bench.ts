@@ -3,7 +3,7 @@
 // `<runtime> run -d` of a tiny busybox bundle in the same run; and single creates (cold and
 // pooled) next to a single bare run.
 import { type BenchService, type CreateOutcome, type PoolConfig, type SdkSandbox } from './harness.js';
-import { emptyPart, figure, median, now, percentile, timed, type PartReport } from './report.js';
+import { emptyPart, figure, mapLimit, median, now, percentile, timed, type PartReport } from './report.js';
 
 export interface BurstOptions {
   /** Creates in a burst. */
@@ -121,8 +121,24 @@ export async function burstBench(svc: BenchService, o: BurstOptions, log: (s: st
     figure('burst.killPooled.total', `Sandbox.kill() x${n} at once, after the pooled burst`, 'total', sized.killMs, 'ms', bareDelete),
   );
 
-  // 4. one at a time: cold (no pool) and from the pool, next to a single bare run
+  // 4. N sandboxes killed at once with no pool to refill: the deletes alone against N bare deletes at once
   await svc.noPool();
+  log(`${n} sandboxes for a delete burst`);
+  const quiet = await mapLimit(Array.from({ length: n }), 4, () => svc.create());
+  const quietMade = quiet.map((o) => o.sandbox).filter((s): s is SdkSandbox => !!s);
+  log(`Sandbox.kill() x${quietMade.length} at once, no pool`);
+  const ops0 = await svc.serverOps();
+  const stopSampling = svc.sampleDeleteGate();
+  const quietKillMs = await svc.kill(quietMade, n);
+  const deleteGate = stopSampling();
+  const ops1 = await svc.serverOps();
+  const deletes = (ops1.delete?.count ?? 0) - (ops0.delete?.count ?? 0);
+  part.figures.push(figure('burst.killQuiet.total', `Sandbox.kill() x${quietMade.length} at once, no pool refilling`, 'total', quietKillMs, 'ms', bareDelete));
+  part.facts['killQuiet.serviceDeleteMeanMs'] = deletes ? Math.round((((ops1.delete?.sum ?? 0) - (ops0.delete?.sum ?? 0)) / deletes) * 1000) : NaN;
+  for (const [k, v] of Object.entries(deleteGate)) part.facts[`killQuiet.${k}`] = v;
+  part.counts['killQuiet.createErrors'] = quiet.filter((o) => o.error).length;
+
+  // 5. one at a time: cold (no pool) and from the pool, next to a single bare run
   const bareOne: number[] = [];
   const cold: number[] = [];
   const coldErrors: string[] = [];

@@ -239,6 +239,21 @@ export class BenchService {
     };
   }
 
+  /** Samples the delete gate (teardowns in progress, waiting) until the returned stop() is called. */
+  sampleDeleteGate(everyMs = 50): () => { maxDeletesInProgress: number; maxDeletesWaiting: number } {
+    let inFlight = 0;
+    let waiting = 0;
+    const gate = this.manager.deleteGate;
+    const timer = setInterval(() => {
+      inFlight = Math.max(inFlight, gate.inFlight);
+      waiting = Math.max(waiting, gate.queued);
+    }, everyMs);
+    return () => {
+      clearInterval(timer);
+      return { maxDeletesInProgress: inFlight, maxDeletesWaiting: waiting };
+    };
+  }
+
   /** Kills sandboxes through the SDK, a few at a time; returns the wall time in ms. */
   async kill(sandboxes: SdkSandbox[], concurrency = 16): Promise<number> {
     const t0 = now();

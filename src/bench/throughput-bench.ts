@@ -1,9 +1,11 @@
 // Commands through the service: commands.run('true') with the published SDK at c=1 and under
 // C concurrent clients over S sandboxes for T seconds, next to local spawns of the shell the
-// sandbox runs, at the same concurrency for the same time, in the same run.
+// sandbox runs, at the same concurrency for the same time, in the same run. Then a file round
+// trip (files.write and files.read of a small file, as the sandbox's default user) at c=1 and
+// under the same C clients, next to commands.run at the same concurrency.
 import type { BenchService, SdkSandbox } from './harness.js';
 import { LocalLogin } from './host.js';
-import { emptyPart, figure, mapLimit, now, percentile, type PartReport } from './report.js';
+import { emptyPart, figure, mapLimit, now, percentile, timed, type PartReport } from './report.js';
 
 export interface ThroughputOptions {
   clients: number;
@@ -20,6 +22,14 @@ export async function sandboxShell(sbx: SdkSandbox): Promise<string[]> {
   const argv = Buffer.from(r.stdout.trim(), 'base64').toString('utf8').split('\0');
   const c = argv.indexOf('-c');
   return c > 0 ? argv.slice(0, c + 1) : argv;
+}
+
+/** A small file written and read back by one client (a path of its own, in the user's home). */
+async function fileRoundTrip(sbx: SdkSandbox, client: number): Promise<void> {
+  const path = `bench-files-${client}.txt`;
+  const text = `client ${client} ${'x'.repeat(1000)}`;
+  await sbx.files.write(path, text);
+  if ((await sbx.files.read(path)) !== text) throw new Error(`${path} read back other content`);
 }
 
 /** Loops op from `clients` concurrent loops for `seconds`; counts, latencies and errors. */
@@ -66,6 +76,7 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
     const flags = shell.slice(1); // ['-l', '-c']
     const other = flags.includes('-l') ? ['-c'] : ['-l', '-c'];
     const runs: number[] = [];
+    const files1: number[] = [];
     const local: number[] = [];
     const localOther: number[] = [];
     await first.commands.run('true');
@@ -75,6 +86,7 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
       runs.push(now() - t);
       local.push(await login.run(flags));
       localOther.push(await login.run(other));
+      files1.push(await timed(() => fileRoundTrip(first, 0)));
     }
     // the host's shell with the sandbox user's dotfiles (see LocalLogin)
     const localName = (f: string[]) => `local bash ${f.join(' ')} true`;
@@ -86,6 +98,10 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
       figure('throughput.run1.other.p50', "commands.run('true') c=1", 'p50', percentile(runs, 50), 'ms', {
         name: `${localName(other)} p50`,
         value: percentile(localOther, 50),
+      }),
+      figure('throughput.files1.p50', 'files.write + files.read c=1', 'p50', percentile(files1, 50), 'ms', {
+        name: "commands.run('true') c=1 p50",
+        value: percentile(runs, 50),
       }),
     );
 
@@ -109,6 +125,45 @@ export async function throughputBench(svc: BenchService, o: ThroughputOptions, l
     part.counts['local.errors'] = base.errors;
     if (sdk.firstError) part.notes.push(`first command error under load: ${sdk.firstError}`);
     part.facts.secondsMeasured = Math.round(sdk.elapsedS * 100) / 100;
+
+    // 7. the same clients, each a file round trip on a file of its own, for T s
+    log(`${o.clients} clients x files.write + files.read for ${o.seconds} s`);
+    const files = await loop(o.clients, o.seconds, (c) => fileRoundTrip(clients[c]!, c));
+    const filesLabel = `files.write + files.read, ${o.clients} clients / ${made.length} sandboxes`;
+    part.figures.push(
+      figure('throughput.files.p50', filesLabel, 'p50', percentile(files.ms, 50), 'ms', { name: `${label} p50`, value: percentile(sdk.ms, 50) }),
+      figure('throughput.files.p99', filesLabel, 'p99', percentile(files.ms, 99), 'ms', { name: `${label} p99`, value: percentile(sdk.ms, 99) }),
+      figure('throughput.files.rate', filesLabel, 'rate', files.perS, 'ops/s', { name: label, value: sdk.perS }),
+    );
+    part.counts['files.ops'] = files.ops;
+    part.counts['files.errors'] = files.errors;
+    if (files.firstError) part.notes.push(`first file error under load: ${files.firstError}`);
+
+    // 8. both at once, as test/e2e/load does: each client runs three commands.run, then a file
+    // round trip, and again, for T s; each kind timed apart
+    log(`${o.clients} clients, commands.run and file round trips mixed, for ${o.seconds} s`);
+    const mixed = { files: [] as number[], runs: [] as number[] };
+    const turns = new Array<number>(o.clients).fill(0);
+    const mix = await loop(o.clients, o.seconds, async (c) => {
+      const t = now();
+      if (turns[c]!++ % 4 === 3) {
+        await fileRoundTrip(clients[c]!, c);
+        mixed.files.push(now() - t);
+      } else {
+        await clients[c]!.commands.run('true');
+        mixed.runs.push(now() - t);
+      }
+    });
+    const mixLabel = `files.write + files.read, ${o.clients} clients each 1 in 4 (else commands.run)`;
+    const mixBase = `commands.run('true') in the same load`;
+    part.figures.push(
+      figure('throughput.mixed.files.p50', mixLabel, 'p50', percentile(mixed.files, 50), 'ms', { name: `${mixBase} p50`, value: percentile(mixed.runs, 50) }),
+      figure('throughput.mixed.files.p99', mixLabel, 'p99', percentile(mixed.files, 99), 'ms', { name: `${mixBase} p99`, value: percentile(mixed.runs, 99) }),
+    );
+    part.counts['mixed.files'] = mixed.files.length;
+    part.counts['mixed.runs'] = mixed.runs.length;
+    part.counts['mixed.errors'] = mix.errors;
+    if (mix.firstError) part.notes.push(`first error in the mixed load: ${mix.firstError}`);
     return part;
   } finally {
     login.close();

@@ -12,7 +12,8 @@ import type { EgressCounts } from './egress-proxy.js';
 import type { NetSlotRepo, NetSlotState } from '../store/store.js';
 import { CubeboxError } from '../util/errors.js';
 import { installTable, policyScript, proxiedScript, removeTable, slotNames, tableObjects } from './rules.js';
-import { addressLink, makeSlot, removeSlot, removeStrays, repairSlot, slotProblems, type SlotPlace } from './slot-host.js';
+import { addressLink, makeSlot, removeSlots, removeStrays, repairSlot, slotProblems, type SlotPlace } from './slot-host.js';
+import { Coalescer } from '../util/batch.js';
 
 export { blockFile } from './block.js';
 
@@ -66,6 +67,8 @@ export class SandboxNetwork {
   private proxyPorts: { tls: number; http: number } | undefined;
   /** The blocked networks the table has now (refreshed when the host's networks change). */
   private blockedNow = '';
+  /** Slots being removed at the same time share one `ip` and one `nft` process (see Coalescer). */
+  private readonly remover = new Coalescer<SlotPlace>((ps) => removeSlots(ps, () => this.objects()));
   /** The egress proxy's CA certificate (PEM), which sandboxes trust, and its counts; undefined without the proxy. */
   egress: { caCert: string; counts: EgressCounts } | undefined;
 
@@ -298,7 +301,7 @@ export class SandboxNetwork {
       this.slots.setState(slot, 'releasing');
       this.resolved.forget(slot);
       this.proxied.forget(slot);
-      await removeSlot(this.place(slot), () => this.objects());
+      await this.remover.run(this.place(slot));
       await flushConntrack(this.plan.sandboxAddress(slot));
       this.slots.remove(slot);
     } finally {

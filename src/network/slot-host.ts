@@ -2,7 +2,7 @@
 // slot, `eth0` inside), its /31 and default route, and its nft chain and sets. Made, removed
 // and repaired here; the ledger that says which slots exist is network.ts's.
 import { isOpenPolicy, type EgressPolicy } from './policy.js';
-import { attachNetns, deleteLink, deleteNetns, ipBatch, linkExists, listLinks, listNetns, netnsExists, netnsPath, nft } from './host.js';
+import { attachNetns, deleteLink, deleteNetns, ipBatch, linkExists, listLinks, listNetns, netnsExists, netnsPath, nft, runWithInput } from './host.js';
 import { addSlotScript, policyScript, removeSlotScript, slotNames } from './rules.js';
 import { readlinkSync } from 'node:fs';
 
@@ -49,12 +49,24 @@ export async function makeSlot(p: SlotPlace): Promise<void> {
   await nft(addSlotScript(p.table, p.slot, p.link));
 }
 
-/** Removes what exists of a slot; `objects` lists the table when some of it may be missing. */
-export async function removeSlot(p: SlotPlace, objects: () => Promise<Set<string>>): Promise<void> {
-  await deleteNetns(p.netns);
-  await deleteLink(p.link);
+/**
+ * Removes what exists of one slot or several: their links (the host's end takes the
+ * namespace's with it at once, where a namespace's own removal lets the kernel drop its links
+ * later) and namespaces in one `ip` process, then their nft objects in one transaction.
+ * `objects` lists the table when some of a single slot's objects may be missing (a crash
+ * while making or releasing); with several slots, a failed transaction throws (run each alone).
+ */
+export async function removeSlots(ps: SlotPlace[], objects: () => Promise<Set<string>>): Promise<void> {
+  const lines = ps.flatMap((p) => [...(linkExists(p.link) ? [`link del ${p.link}`] : []), ...(netnsExists(p.netns) ? [`netns del ${p.netns}`] : [])]);
+  // -force: on through lines that fail (a link that went with its namespace meanwhile); what is left is checked below
+  if (lines.length) await runWithInput('ip', ['-force', '-batch', '-'], lines.join('\n') + '\n').catch(() => undefined);
+  const left = ps.flatMap((p) => [...(linkExists(p.link) ? [`link ${p.link}`] : []), ...(netnsExists(p.netns) ? [`netns ${p.netns}`] : [])]);
+  if (left.length) throw new Error(`could not remove ${left.join(', ')}`);
   // every object at once; if some are missing (a crash while making or releasing), only those that exist
-  await nft(removeSlotScript(p.table, p.slot, p.link, new Set(slotObjects(p)))).catch(async () => {
+  const all = ps.map((p) => removeSlotScript(p.table, p.slot, p.link, new Set(slotObjects(p)))).join('\n');
+  await nft(all).catch(async (err: unknown) => {
+    if (ps.length > 1) throw err;
+    const p = ps[0]!;
     const script = removeSlotScript(p.table, p.slot, p.link, await objects());
     if (script) await nft(script);
   });

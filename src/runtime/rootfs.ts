@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { HELPER_BIN } from '../config.js';
+import { Coalescer } from '../util/batch.js';
 import { runOk } from '../util/exec.js';
 import { mountPoints } from './mountinfo.js';
 import { mountSupportView } from './support.js';
@@ -136,11 +137,17 @@ export function guardSandboxDir(dir: string, idMap?: { hostId: number }): void {
   chmodSync(dir, idMap ? 0o710 : 0o700);
 }
 
+/**
+ * Sandboxes torn down at the same time share one helper process for their unmounts: each
+ * sandbox's list keeps its own order (deepest first, its disk last) within the batch.
+ */
+const unmounts = new Coalescer<string[]>((lists) => runOk(HELPER_BIN, ['umount', ...lists.flat()], { timeoutMs: HELPER_TIMEOUT_MS }).then(() => undefined));
+
 /** Unmounts the merged root and the layer views; whatever is not mounted is skipped. */
 export async function unmountRootfs(paths: string[]): Promise<void> {
   const mounted = new Set(mountPoints());
   const todo = paths.filter((p) => mounted.has(p));
-  if (todo.length) await runOk(HELPER_BIN, ['umount', ...todo], { timeoutMs: HELPER_TIMEOUT_MS });
+  if (todo.length) await unmounts.run(todo);
   const left = todo.filter((p) => new Set(mountPoints()).has(p));
   if (left.length) throw new Error(`still mounted: ${left.join(', ')}`);
 }
@@ -151,16 +158,35 @@ async function waitUntil(done: () => boolean, ms: number): Promise<void> {
   for (let delay = 10; !done() && Date.now() < until; delay = Math.min(delay * 2, 200)) await new Promise((r) => setTimeout(r, delay));
 }
 
+/** Whether the loop device (`/dev/loopN`) is still bound to a file at or under dir. */
+function boundUnder(device: string, dir: string): boolean {
+  try {
+    const backing = readFileSync(`/sys/block/${device.replace(/^\/dev\//, '')}/loop/backing_file`, 'utf8').trim();
+    return backing === dir || backing.startsWith(dir + '/');
+  } catch {
+    return false; // not bound (or no such device)
+  }
+}
+
 /**
  * The kernel frees an auto-clearing loop device asynchronously after the unmount: wait for
- * that, and detach explicitly what is still bound to a file of this sandbox.
+ * that, and detach explicitly what is still bound to a file of this sandbox. `devices`: the
+ * loop devices its disks were mounted from (read from the mount table before the unmount);
+ * then only those are polled, and every device is read once at the end, instead of every
+ * device on the host at each poll (which grows with the number of sandboxes).
  */
-export async function releaseLoopDevices(dir: string): Promise<void> {
+export async function releaseLoopDevices(dir: string, devices?: string[]): Promise<void> {
   // A lazily unmounted disk lets its loop device go once the filesystem is torn down, which
   // writes its dirty pages back first: seconds on a loaded host after a sandbox wrote a lot.
-  await waitUntil(() => loopDevicesUnder(dir).length === 0, 10_000);
-  for (const l of loopDevicesUnder(dir)) await runOk('losetup', ['-d', l.split(' ')[0]!], { timeoutMs: HELPER_TIMEOUT_MS }).catch(() => undefined);
-  await waitUntil(() => loopDevicesUnder(dir).length === 0, 5_000);
-  const left = loopDevicesUnder(dir);
+  const known = devices?.filter((d) => /^\/dev\/loop\d+$/.test(d));
+  if (known?.length) await waitUntil(() => !known.some((d) => boundUnder(d, dir)), 10_000);
+  else await waitUntil(() => loopDevicesUnder(dir).length === 0, 10_000);
+  // one read of every device when all went (the usual case); else detach what stays, and wait
+  let left = loopDevicesUnder(dir);
+  if (left.length) {
+    for (const l of left) await runOk('losetup', ['-d', l.split(' ')[0]!], { timeoutMs: HELPER_TIMEOUT_MS }).catch(() => undefined);
+    await waitUntil(() => loopDevicesUnder(dir).length === 0, 5_000);
+    left = loopDevicesUnder(dir);
+  }
   if (left.length) throw new Error(`loop devices remain: ${left.join(', ')}`);
 }

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { naming } from '../config.js';
 import { DEFAULT_NETWORK } from '../network/policy.js';
@@ -8,6 +9,7 @@ import { notFound } from '../util/errors.js';
 import type { GuardedSocket } from '../util/safe-socket.js';
 import { KeyedMutex } from '../util/lock.js';
 import type { CgroupHandle, LedgerKind, ManagerDeps } from './deps.js';
+import { DeleteGate } from './delete-gate.js';
 import { LEDGER } from './ledger.js';
 import { assertTransition, deadlineFor, type SandboxState } from './states.js';
 import { ID_BLOCK, openIdRegion, type IdRegion } from './id-region.js';
@@ -16,6 +18,9 @@ import type { Admission, SandboxInfo, StoredSpec } from './types.js';
 /** A paused sandbox is kept this long by default (E2B keeps paused sandboxes for 30 days). */
 export const DEFAULT_PAUSED_LIFETIME_MS = 30 * 24 * 3600 * 1000;
 
+/** Teardowns at once by default: enough to share batched steps, few enough to finish early. */
+export const DEFAULT_DELETE_CONCURRENCY = Math.min(16, Math.max(4, 4 * availableParallelism()));
+
 /**
  * What every lifecycle file shares: the injected dependencies, the per-sandbox locks, the
  * events, and the small helpers on names, rows and state. The verbs (provision.ts,
@@ -23,6 +28,8 @@ export const DEFAULT_PAUSED_LIFETIME_MS = 30 * 24 * 3600 * 1000;
  */
 export class SandboxCore {
   readonly locks = new KeyedMutex();
+  /** How many teardowns run at once, in arrival order (delete-gate.ts). */
+  readonly deleteGate: DeleteGate;
   /**
    * 'interrupt' (sandboxId, reason: 'paused' | 'killed'): the sandbox stops serving (pause,
    *   delete); open streams must be cut, telling the client why.
@@ -44,7 +51,11 @@ export class SandboxCore {
   /** The kinds of host resource a sandbox holds, in acquisition order (ledger.ts). */
   readonly ledger: readonly LedgerKind[];
 
-  constructor(readonly deps: ManagerDeps) {
+  constructor(
+    readonly deps: ManagerDeps,
+    deleteConcurrency = DEFAULT_DELETE_CONCURRENCY,
+  ) {
+    this.deleteGate = new DeleteGate(deleteConcurrency);
     this.ledger = deps.ledger ?? LEDGER;
     this.idRegion = openIdRegion(deps.paths.dataDir, deps.paths.instanceId, deps.store.listSandboxes().length > 0);
   }

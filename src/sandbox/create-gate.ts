@@ -10,6 +10,8 @@ export interface CreateGateOptions {
   maxQueue: number;
   /** A request whose estimated wait is longer is refused (429) at once rather than left to time out. */
   maxWaitMs: number;
+  /** While this holds (teardowns run or wait), refills get no turn: they go on at wake(). */
+  refillsYield?: () => boolean;
   now?: () => number;
 }
 
@@ -22,7 +24,8 @@ interface Waiter {
  *
  * Provisioning is CPU-bound (envd's start dominates it), so starting every create of a burst
  * at once makes each as slow as the whole burst; a bound lets the first ones finish early
- * and keeps the host responsive. Requests go before pool refills. Past the queue's bound,
+ * and keeps the host responsive. Requests go before pool refills, and so do deletes: while
+ * `refillsYield` says teardowns are under way, a refill waits. Past the queue's bound,
  * or when the wait would be longer than maxWaitMs, a request is refused at once with a
  * Retry-After estimated from recent provisioning times: a client backs off instead of
  * piling up timeouts.
@@ -93,9 +96,22 @@ export class CreateGate {
     }
   }
 
+  /** Whether a waiting refill may take a free turn now. */
+  private refillMayGo(): boolean {
+    return this.requests.length === 0 && !this.opts.refillsYield?.();
+  }
+
+  /** Gives free turns to waiting refills (called when what they yield to is over). */
+  wake(): void {
+    while (this.running < this.opts.concurrency && this.refills.length && this.refillMayGo()) {
+      this.running++;
+      this.refills.shift()!.grant();
+    }
+  }
+
   private acquire(priority: GatePriority): Promise<void> {
-    // a refill takes a free turn only when no request waits for it
-    if (this.running < this.opts.concurrency && (priority === 'request' || this.requests.length === 0)) {
+    // a refill takes a free turn only when no request waits for it and no teardown is under way
+    if (this.running < this.opts.concurrency && (priority === 'request' || this.refillMayGo())) {
       this.running++;
       return Promise.resolve();
     }
@@ -103,7 +119,7 @@ export class CreateGate {
   }
 
   private release(): void {
-    const next = this.requests.shift() ?? this.refills.shift();
+    const next = this.requests.shift() ?? (this.refillMayGo() ? this.refills.shift() : undefined);
     if (next) next.grant();
     else this.running--;
   }

@@ -61,7 +61,8 @@ export interface HostOps {
   mountRootfs(layout: RootfsLayout, layers: string[], idMap?: { hostId: number; size: number }): Promise<void>;
   /** Unmounts in the order given; throws if any remains mounted. */
   unmount(mountPoints: string[]): Promise<void>;
-  releaseLoopDevices(dir: string): Promise<void>;
+  /** Waits until no loop device is bound to a file under dir (detaching what stays); `devices`: the ones its disks used, if known. */
+  releaseLoopDevices(dir: string, devices?: string[]): Promise<void>;
   /** Mount points at or below dir, deepest first. */
   mountsUnder(dir: string): string[];
   mountTable(): HostMount[];

@@ -47,13 +47,19 @@ const mount: LedgerKind = {
   async release(ctx, id, recorded) {
     const { host } = ctx.deps;
     const d = ctx.sandboxDir(id);
-    const mounts = new Set([...host.mountsUnder(d), ...recorded]);
-    // anything carrying this sandbox's mount name, wherever it is mounted
+    // one read of the mount table: what is mounted under the directory, anything carrying
+    // this sandbox's mount name wherever it is mounted, and the loop devices of its disks
     const source = naming.mountSource(inst(ctx), id);
-    for (const m of host.mountTable()) if (m.source === source) mounts.add(m.mountPoint);
+    const mounts = new Set(recorded);
+    const loops = new Set<string>();
+    for (const m of host.mountTable()) {
+      if (m.source !== source && m.mountPoint !== d && !m.mountPoint.startsWith(d + '/')) continue;
+      mounts.add(m.mountPoint);
+      if (m.source.startsWith('/dev/loop')) loops.add(m.source);
+    }
     const isDisk = (p: string) => p === join(d, 'disk');
     await host.unmount([...mounts].sort((a, b) => Number(isDisk(a)) - Number(isDisk(b)) || b.length - a.length));
-    await host.releaseLoopDevices(d);
+    await host.releaseLoopDevices(d, [...loops]);
   },
   async holders(ctx) {
     const prefix = prefixOf(inst(ctx));

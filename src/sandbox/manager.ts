@@ -62,6 +62,10 @@ export class SandboxManager {
   readonly createCounts = { pool: 0, new: 0, refused: 0 };
   /** How many sandboxes are provisioned at once, and who waits (creates, then pool refills). */
   readonly gate: CreateGate;
+  /** How many sandboxes are torn down at once, in arrival order (refills wait while it is busy). */
+  get deleteGate(): SandboxCore['deleteGate'] {
+    return this.core.deleteGate;
+  }
   private readonly reconciler: Reconciler;
   private readonly stoppers: Array<() => void> = [];
 
@@ -70,9 +74,17 @@ export class SandboxManager {
     readonly deps: ManagerDeps,
     limits: CreateLimits = {},
   ) {
-    this.core = new SandboxCore(deps);
+    this.core = new SandboxCore(deps, limits.deleteConcurrency);
     const concurrency = limits.concurrency ?? DEFAULT_CREATE_CONCURRENCY;
-    this.gate = new CreateGate({ concurrency, maxQueue: limits.queue ?? 256, maxWaitMs: limits.maxWaitMs ?? 30_000 });
+    const deletes = this.core.deleteGate;
+    // pool refills yield to deletes as to creates: they wait while teardowns run or wait
+    this.gate = new CreateGate({
+      concurrency,
+      maxQueue: limits.queue ?? 256,
+      maxWaitMs: limits.maxWaitMs ?? 30_000,
+      refillsYield: () => deletes.busy,
+    });
+    deletes.onIdle(() => this.gate.wake());
     this.paths = deps.paths;
     this.store = deps.store;
     this.templates = deps.templates;

@@ -36,12 +36,13 @@ export async function deleteSandbox(core: SandboxCore, id: string): Promise<void
  * (ledger.ts) released in the reverse of their acquisition order, each kind's ledger rows
  * removed once it is released. Call under the sandbox's lock. If a kind cannot be released
  * (processes that cannot be killed) the sandbox stays recorded, with the rest of its ledger,
- * for a retry.
+ * for a retry. The release waits for a turn of the delete gate (a bound, first come first
+ * served); the sandbox is already deleting and cut off from its clients while it waits.
  */
 export async function teardown(core: SandboxCore, id: string): Promise<void> {
   if (core.store.getSandbox(id)) core.setState(id, 'deleting');
   core.events.emit('interrupt', id, 'killed'); // the proxy cuts the sandbox's open streams
-  await releaseResources(core, id, core.ledger);
+  await core.deleteGate.run(() => releaseResources(core, id, core.ledger));
   core.store.deleteSandbox(id); // the row and the rest of its ledger, in one transaction
   core.events.emit('deleted', id);
   core.log.info({ sandbox: id }, 'sandbox deleted');
