@@ -14,7 +14,8 @@ import { ClientRequest, createServer as createHttpServer, type IncomingMessage, 
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, TLSSocket, type ConnectionOptions } from 'node:tls';
 import type { Logger } from 'pino';
-import { hostOf, MAX_PEEK, sniOf, type Peek } from './client-hello.js';
+import { createSecureServer, Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import { hostOf, MAX_PEEK, offersH2, sniOf, type Peek } from './client-hello.js';
 import type { EgressCa } from './egress-ca.js';
 import { resolvePlaceholders, ruleHeaders, rulesFor } from './egress-rules.js';
 import { parseCidr, contains, parseIp } from './cidr.js';
@@ -93,9 +94,27 @@ export class EgressProxy {
     { requestTimeout: 0, headersTimeout: 30_000, ...SANDBOX_SIDE },
     (req, res) => void this.forward(req, res).catch(() => res.destroy()),
   );
+  /**
+   * Ends the TLS of connections whose client offers HTTP/2 (it never listens): the sandbox's side
+   * speaks h2, the destination's stays HTTP/1.1. Its certificate is the name's (SNI, checked before).
+   */
+  private readonly h2 = createSecureServer(
+    {
+      allowHTTP1: false,
+      SNICallback: (name, cb) =>
+        void this.deps.ca.contextFor(name).then(
+          (c) => cb(null, c),
+          (e: Error) => cb(e, undefined),
+        ),
+      settings: { initialWindowSize: SANDBOX_SIDE.highWaterMark },
+    },
+    (req, res) => void this.forward(req, res).catch(() => res.destroy()),
+  );
 
   constructor(private readonly deps: EgressProxyDeps) {
     this.inner.on('clientError', (_e, s) => s.destroy());
+    this.h2.on('session', (s) => s.setTimeout(IDLE_TIMEOUT_MS, () => s.destroy()));
+    this.h2.on('tlsClientError', (_e, s) => s.destroy());
     this.inner.on('upgrade', (req: IncomingMessage, sock: Socket, head: Buffer) => void this.upgrade(req, sock, head).catch(() => sock.destroy()));
   }
 
@@ -120,6 +139,7 @@ export class EgressProxy {
     this.sockets.clear();
     await Promise.all([this.tls, this.http, this.tunnel].map((srv) => new Promise<void>((r) => (srv ? srv.close(() => r()) : r()))));
     this.inner.close();
+    this.h2.close();
   }
 
   /** Connections open now (for tests and the leak check). */
@@ -204,6 +224,7 @@ export class EgressProxy {
     const context = await this.deps.ca.contextFor(name);
     sock.unshift(head);
     sock.setTimeout(0); // the TLS socket reads the connection from now on: its own activity keeps it
+    if (offersH2(head)) return void this.h2.emit('connection', sock);
     const tls = new TLSSocket(sock, { isServer: true, secureContext: context, ALPNProtocols: ['http/1.1'], ...SANDBOX_SIDE });
     tls.setNoDelay(true);
     tls.setTimeout(IDLE_TIMEOUT_MS, () => tls.destroy());
@@ -326,16 +347,17 @@ export class EgressProxy {
    * checked, hop-by-hop headers dropped, the rules' headers set (secrets resolved now); or the
    * status and text to answer instead.
    */
-  private async upstream(req: IncomingMessage, upgrade: boolean): Promise<ClientRequest | { status: number; text: string }> {
-    const t = this.terminated.get(req.socket);
+  private async upstream(req: IncomingMessage | Http2ServerRequest, upgrade: boolean): Promise<ClientRequest | { status: number; text: string }> {
+    const t = await this.terminatedOf(req);
     const who = t && this.deps.lookup(t.source);
     if (!t || !who) return { status: 502, text: 'the sandbox is gone' };
-    const host = (req.headers.host ?? '').toLowerCase().replace(/:\d+$/, '').replace(/\.$/, '');
+    const authority = req instanceof Http2ServerRequest ? req.authority : req.headers.host;
+    const host = (authority ?? '').toLowerCase().replace(/:\d+$/, '').replace(/\.$/, '');
     if (host !== t.name) return { status: 421, text: 'the Host of this request is not the name the connection was made for' };
     const headers: Record<string, string | string[]> = {};
     for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
       const k = req.rawHeaders[i]!.toLowerCase();
-      if (HOP.has(k)) continue;
+      if (HOP.has(k) || k.startsWith(':')) continue; // (and HTTP/2's pseudo-headers)
       const prev = headers[k];
       headers[k] = prev === undefined ? req.rawHeaders[i + 1]! : [...(Array.isArray(prev) ? prev : [prev]), req.rawHeaders[i + 1]!];
     }
@@ -345,7 +367,7 @@ export class EgressProxy {
       if (value === undefined) return { status: 502, text: `a secret the egress rules of ${t.name} name is missing` };
       headers[k] = value;
     }
-    headers.host = req.headers.host!;
+    headers.host = authority!;
     if (upgrade) Object.assign(headers, { connection: 'Upgrade', upgrade: req.headers.upgrade ?? '' });
     this.counts.injected++;
     return httpsRequest({
@@ -362,12 +384,26 @@ export class EgressProxy {
     });
   }
 
+  /** Where an ended-TLS connection was going: recorded at its start (HTTP/1.1), or read again from its TLS socket (HTTP/2). */
+  private async terminatedOf(req: IncomingMessage | Http2ServerRequest): Promise<Terminated | undefined> {
+    if (!(req instanceof Http2ServerRequest)) return this.terminated.get(req.socket);
+    const tls = req.stream.session?.socket as TLSSocket | undefined;
+    const source = (tls?.remoteAddress ?? '').replace(/^::ffff:/, '');
+    const name = typeof tls?.servername === 'string' ? tls.servername : '';
+    const who = this.deps.lookup(source);
+    // the name was checked when the connection came (route); checked again under the policy of now
+    if (!who || !name || !nameAllowed(egressPolicy(who.settings), name)) return undefined;
+    const address = await this.addressOf(name, who.settings);
+    return address ? { source, sandboxId: who.sandboxId, name, address } : undefined;
+  }
+
   /** One request: sent on, streamed both ways. */
-  private async forward(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async forward(req: IncomingMessage | Http2ServerRequest, res: ServerResponse | Http2ServerResponse): Promise<void> {
     const up = await this.upstream(req, false);
     if (!(up instanceof ClientRequest)) return this.answer(res, up.status, up.text);
     up.on('response', (r) => {
-      res.writeHead(r.statusCode ?? 502, r.statusMessage, endToEnd(r.rawHeaders));
+      if (res instanceof Http2ServerResponse) res.writeHead(r.statusCode ?? 502, endToEnd(r.rawHeaders) as never);
+      else res.writeHead(r.statusCode ?? 502, r.statusMessage, endToEnd(r.rawHeaders));
       r.pipe(res);
       r.on('error', () => res.destroy());
     });
@@ -407,8 +443,8 @@ export class EgressProxy {
     up.end();
   }
 
-  private answer(res: ServerResponse, status: number, text: string): void {
-    res.writeHead(status, { 'content-type': 'text/plain', connection: 'close' });
+  private answer(res: ServerResponse | Http2ServerResponse, status: number, text: string): void {
+    res.writeHead(status, { 'content-type': 'text/plain', ...(res instanceof Http2ServerResponse ? {} : { connection: 'close' }) });
     res.end(`${text}\n`);
   }
 }

@@ -1,6 +1,6 @@
 // Egress rules through the published SDK against a real `cubebox serve`: a secret's value is
 // added on the host to a sandbox's HTTPS requests for a domain with rules (curl, Python, Node),
-// rules change live, an exact domain beats a wildcard, a domain without rules keeps the
+// HTTP/2 too, rules change live, an exact domain beats a wildcard, a domain without rules keeps the
 // sandbox's own TLS, and bad rules are a 400 naming the field. A sandbox with egressProxy sends
 // its TCP through the fake internet's SOCKS5 proxy, which checks the credentials. Measures (never asserts) the
 // proxy's throughput and latency against a direct connection.
@@ -99,6 +99,17 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
     const out = await sh(sbx, 'timeout 20 python3 /tmp/ws.py 2>&1');
     assert.match(out, /^HTTP\/1\.1 101 Switching Protocols hello-through\s+rc=0$/, out);
     assert.equal(seenFor('/ws')?.headers.authorization, `Bearer ${SECRET}`);
+  });
+
+  it('HTTP/2 from the sandbox on a name with rules: ended in h2, the secret added, the :authority checked', async () => {
+    const sbx = await newSandbox({ network: { rules: { 'api.test': [bearer] } } });
+    const v = (extra: string, path: string) =>
+      `curl -sS --http2 --max-time 10 -o /dev/null -w '%{http_version} %{http_code} ' ${extra} https://api.test${path} 2>&1`;
+    const out = await sh(sbx, `${v('', '/h2get')}; head -c 300000 /dev/zero | ${v('--data-binary @-', '/h2post')}; ${v("-H 'Host: shared.test'", '/h2wrong')}`);
+    assert.match(out, /^2 200 2 200 2 421\s+rc=0$/, out);
+    assert.equal(seenFor('/h2get')?.headers.authorization, `Bearer ${SECRET}`);
+    assert.equal(seenFor('/h2post')?.headers.authorization, `Bearer ${SECRET}`);
+    assert.equal(seenFor('/h2wrong'), undefined);
   });
 
   it('a domain without rules is not intercepted: the server gets the sandbox own TLS', async () => {
