@@ -57,6 +57,7 @@ export interface EgressCounts {
 export const DEFAULT_MAX_PER_SANDBOX = 256;
 const PEEK_TIMEOUT_MS = 10_000;
 const IDLE_TIMEOUT_MS = 300_000;
+const MAX_H2_STREAMS = 100;
 /**
  * Stream buffers of the sandbox side of a terminated connection (Node's default is 16 KiB). With
  * the default, each 16 KiB TLS record of a body fills the buffer, so the upstream read stops and
@@ -106,7 +107,8 @@ export class EgressProxy {
           (c) => cb(null, c),
           (e: Error) => cb(e, undefined),
         ),
-      settings: { initialWindowSize: SANDBOX_SIDE.highWaterMark },
+      // streams at once per connection: each may wait for one of the sandbox's upstream connections
+      settings: { initialWindowSize: SANDBOX_SIDE.highWaterMark, maxConcurrentStreams: MAX_H2_STREAMS },
     },
     (req, res) => void this.forward(req, res).catch(() => res.destroy()),
   );
