@@ -1,7 +1,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { buildRecipe, type BuildResult, type Recipe } from '../builder/recipe.js';
 import type { NetCounters } from '../network/network.js';
-import { egressPolicy, type EgressPolicy, type NetworkSettings } from '../network/policy.js';
+import { egressPolicy, shownSettings, type EgressPolicy, type NetworkSettings } from '../network/policy.js';
 import type { CreateRequest, ReconcileReport, SandboxInfo, SandboxManager } from '../sandbox/manager.js';
 import { importFromRegistry, type Credentials, type RegistrySettings } from '../template/image-source.js';
 import type { Template, TemplateConfig } from '../template/store.js';
@@ -151,7 +151,7 @@ export class LocalApi implements ManagerApi {
       gateway: lease?.gateway,
       netns: lease?.netns,
       hostLink: lease?.hostLink,
-      settings: info.network,
+      settings: shownSettings(info.network),
       policy: egressPolicy(info.network),
       counters: await net?.counters(id),
     };

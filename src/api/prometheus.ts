@@ -112,7 +112,7 @@ export class ServiceMetrics {
     });
     new Counter({
       name: 'cubebox_egress_proxy_connections_total',
-      help: "Sandbox connections through the egress proxy, by outcome (injected: requests given a rule's headers; refused_name: SNI/Host not allowed)",
+      help: "Sandbox connections through the egress proxy, by outcome (injected: requests given a rule's headers; refused_name: SNI/Host not allowed; tunnelled: sent through an upstream proxy, tunnel_failed: that proxy refused or was not reached)",
       labelNames: ['outcome'],
       registers: [this.registry],
       collect() {
@@ -124,6 +124,8 @@ export class ServiceMetrics {
             passed_through: c.passedThrough,
             refused_name: c.refusedName,
             refused_other: c.refusedOther,
+            tunnelled: c.tunnelled,
+            tunnel_failed: c.tunnelFailed,
           }))
             this.inc({ outcome }, n);
       },

@@ -19,6 +19,9 @@ export function formatNetworkReport(r: NetworkReport): string {
     ([d, rs]) => `${d}: ${rs.flatMap((x) => Object.entries(x.transform?.headers ?? {}).map(([k, v]) => `${k}=${v}`)).join(', ') || '-'}`,
   );
   if (rules.length) lines.push(`rules        ${rules.join('; ')} (HTTPS headers set by the egress proxy; placeholders shown, never values)`);
+  const up = r.settings.egressProxy;
+  if (up)
+    lines.push(`upstream     SOCKS5 ${up.address}${up.username !== undefined ? ` as ${up.username}` : ''} (all outbound TCP; credentials added on the host)`);
   if (r.counters)
     lines.push(`counters     egress ${r.counters.egressPackets} packets / ${r.counters.egressBytes} bytes, denied ${r.counters.deniedPackets} packets`);
   return lines.join('\n');

@@ -11,7 +11,7 @@ import { ResolvedSets } from './resolved.js';
 import type { EgressCounts } from './egress-proxy.js';
 import type { NetSlotRepo, NetSlotState } from '../store/store.js';
 import { CubeboxError } from '../util/errors.js';
-import { installTable, policyScript, proxiedScript, removeTable, slotNames, tableObjects } from './rules.js';
+import { installTable, policyScript, proxiedScript, removeTable, slotNames, tableObjects, type ProxyPorts } from './rules.js';
 import { addressLink, makeSlot, removeSlots, removeStrays, repairSlot, slotProblems, type SlotPlace } from './slot-host.js';
 import { Coalescer } from '../util/batch.js';
 
@@ -64,7 +64,7 @@ export class SandboxNetwork {
   private readonly busy = new Set<number>();
   private readonly resolved: ResolvedSets;
   private readonly proxied: ResolvedSets;
-  private proxyPorts: { tls: number; http: number } | undefined;
+  private proxyPorts: ProxyPorts | undefined;
   /** The blocked networks the table has now (refreshed when the host's networks change). */
   private blockedNow = '';
   /** Slots being removed at the same time share one `ip` and one `nft` process (see Coalescer). */
@@ -149,8 +149,8 @@ export class SandboxNetwork {
     this.blockedNow = [...blocked].sort().join(',');
   }
 
-  /** Points 80/443 of proxied addresses at the egress proxy's ports (the base chains are rebuilt at once). */
-  async setProxyPorts(ports: { tls: number; http: number }): Promise<void> {
+  /** Points 80/443 of proxied addresses (and tunnelled TCP) at the egress proxy's ports (the base chains are rebuilt at once). */
+  async setProxyPorts(ports: ProxyPorts): Promise<void> {
     this.proxyPorts = ports;
     await this.install();
   }

@@ -1,7 +1,7 @@
 // E2B's network options (create's `allow_internet_access` and `network`, PUT .../network) as
 // one validated settings object, and the egress policy the host enforces for it. Pure.
 import { invalid } from '../util/errors.js';
-import { formatCidr, parseCidr } from './cidr.js';
+import { contains, formatCidr, NEVER_REACHABLE, parseCidr, parseIp } from './cidr.js';
 import { parseRules, type EgressRules } from './egress-rules.js';
 
 /** What a sandbox was given, as GET /sandboxes/{id} reports it back. */
@@ -14,6 +14,16 @@ export interface NetworkSettings {
   httpsPorts: number[];
   /** Per-domain header transforms (placeholders kept as given), applied by the egress proxy. */
   rules?: EgressRules;
+  /** The upstream SOCKS5 proxy all of the sandbox's outbound TCP goes through (its password is never shown). */
+  egressProxy?: UpstreamProxy;
+}
+
+/** E2B's SandboxEgressProxyConfig: a SOCKS5 proxy, with RFC 1929 credentials or none. */
+export interface UpstreamProxy {
+  /** `host:port`: an IPv4 address or a DNS name (resolved at each dial). */
+  address: string;
+  username?: string;
+  password?: string;
 }
 
 /** The egress policy of one sandbox, as nftables and the DNS forwarder apply it. */
@@ -32,6 +42,8 @@ export interface EgressPolicy {
   restricted: boolean;
   /** Domains with rules (exact, and wildcards as '*.example.com'): their HTTPS goes through the egress proxy. */
   ruleDomains: string[];
+  /** Outbound TCP that the policy lets out goes to the egress proxy, which sends it through the upstream proxy. */
+  tunnel: boolean;
 }
 
 export const DEFAULT_NETWORK: NetworkSettings = { allowInternetAccess: true, allowOut: [], denyOut: [], allowPublicTraffic: true, httpsPorts: [] };
@@ -67,8 +79,7 @@ function cidrOrIp(entry: string, what: string): string {
 
 /** Validates create's or an update's options into settings (an update replaces the egress fields, keeps the ingress ones). */
 export function networkSettings(input: NetworkInput, base: NetworkSettings = DEFAULT_NETWORK): NetworkSettings {
-  if (input.egressProxy !== undefined && input.egressProxy !== null)
-    throw invalid('network.egressProxy (an upstream SOCKS5 proxy) is not supported by this service: outbound traffic leaves the host directly');
+  const egressProxy = upstreamProxy(input.egressProxy);
   const rules = parseRules(input.rules);
   if (input.allowInternetAccess !== undefined && typeof input.allowInternetAccess !== 'boolean') throw invalid('allow_internet_access must be a boolean');
   const allowOut = list(input.allowOut, 'allowOut').map((e) => (parseCidr(e) || e.includes(':') ? cidrOrIp(e, 'allowOut') : domain(e)));
@@ -81,6 +92,8 @@ export function networkSettings(input: NetworkInput, base: NetworkSettings = DEF
   };
   if (rules) out.rules = rules;
   else delete out.rules;
+  if (egressProxy) out.egressProxy = egressProxy;
+  else delete out.egressProxy;
   if (input.allowPublicTraffic !== undefined) {
     if (typeof input.allowPublicTraffic !== 'boolean') throw invalid('network.allowPublicTraffic must be a boolean');
     out.allowPublicTraffic = input.allowPublicTraffic;
@@ -99,6 +112,53 @@ export function networkSettings(input: NetworkInput, base: NetworkSettings = DEF
     out.httpsPorts = [...new Set(p as number[])];
   }
   return out;
+}
+
+/** The upstream proxy's `host:port`, split (for a valid address: see upstreamProxy). */
+export function proxyHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(':');
+  return { host: address.slice(0, i), port: Number(address.slice(i + 1)) };
+}
+
+function upstreamProxy(v: unknown): UpstreamProxy | undefined {
+  if (v === undefined || v === null) return undefined;
+  const what = 'network.egressProxy';
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`${what} must be an object ({ address, username?, password? })`);
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!['address', 'username', 'password'].includes(k)) throw invalid(`${what}.${k} is not a field of egressProxy`);
+  if (typeof o.address !== 'string') throw invalid(`${what}.address must be a string 'host:port'`);
+  const address = o.address.trim().toLowerCase();
+  const { host, port } = proxyHostPort(address);
+  if (address.startsWith('[') || host.includes(':')) throw invalid(`${what}.address: IPv6 is not supported (sandboxes have IPv4 egress only)`);
+  if (!host || (parseIp(host) === undefined && (host.length > 253 || host.startsWith('*') || !DOMAIN.test(host))))
+    throw invalid(`${what}.address must be 'host:port' with an IPv4 address or a DNS name as host`);
+  if (!/^\d{1,5}$/.test(address.slice(host.length + 1)) || port < 1 || port > 65535) throw invalid(`${what}.address: the port must be 1-65535`);
+  const ip = parseIp(host);
+  // the rest (private networks, the host's own) is checked at each dial, against what the host blocks
+  if (ip !== undefined && NEVER_REACHABLE.some((c) => contains(parseCidr(c)!, ip)))
+    throw invalid(`${what}.address: ${host} is a loopback, link-local or reserved address`);
+  const out: UpstreamProxy = { address };
+  // RFC 1929: a username of 1-255 bytes, a password of 0-255 (only with a username)
+  const bytes = (k: 'username' | 'password', min: number) => {
+    const x = o[k];
+    if (x === undefined || x === null) return undefined;
+    if (typeof x !== 'string' || Buffer.byteLength(x) < min || Buffer.byteLength(x) > 255)
+      throw invalid(`${what}.${k} must be a string of ${min} to 255 bytes`);
+    return x;
+  };
+  const username = bytes('username', 1);
+  const password = bytes('password', 0);
+  if (password !== undefined && username === undefined) throw invalid(`${what}.password is only valid together with ${what}.username`);
+  if (username !== undefined) out.username = username;
+  if (password !== undefined) out.password = password;
+  return out;
+}
+
+/** The settings as they may be shown (API responses, the CLI): the upstream proxy's password left out. */
+export function shownSettings(s: NetworkSettings): NetworkSettings {
+  if (!s.egressProxy) return s;
+  const { address, username } = s.egressProxy;
+  return { ...s, egressProxy: username === undefined ? { address } : { address, username } };
 }
 
 function domain(entry: string): string {
@@ -120,7 +180,15 @@ export function egressPolicy(s: NetworkSettings): EgressPolicy {
   }
   const denyCidrs = [...s.denyOut];
   if (!s.allowInternetAccess && !denyCidrs.includes('0.0.0.0/0')) denyCidrs.push('0.0.0.0/0');
-  return { allowCidrs, denyCidrs, domains, wildcards, restricted: denyCidrs.includes('0.0.0.0/0'), ruleDomains: Object.keys(s.rules ?? {}) };
+  return {
+    allowCidrs,
+    denyCidrs,
+    domains,
+    wildcards,
+    restricted: denyCidrs.includes('0.0.0.0/0'),
+    ruleDomains: Object.keys(s.rules ?? {}),
+    tunnel: s.egressProxy !== undefined,
+  };
 }
 
 /** Whether a name may be resolved for a sandbox under this policy. */
@@ -145,5 +213,5 @@ export function nameHasRules(p: EgressPolicy, name: string): boolean {
 
 /** The default policy: nothing allowed or denied beyond what is always blocked (a new slot's). */
 export function isOpenPolicy(p: EgressPolicy): boolean {
-  return !p.allowCidrs.length && !p.denyCidrs.length && !p.domains.length && !p.wildcards.length && !p.ruleDomains.length;
+  return !p.allowCidrs.length && !p.denyCidrs.length && !p.domains.length && !p.wildcards.length && !p.ruleDomains.length && !p.tunnel;
 }

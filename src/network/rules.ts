@@ -10,8 +10,17 @@
 //   before routing:       TCP 80/443 to an address the forwarder resolved for a name with rules or
 //                         a name allowOut grants (set p<N>) goes to the egress proxy on the host
 //                         (egress-proxy.ts), which checks the name (SNI / Host) and applies the rules.
+//                         With an upstream proxy (egressProxy), the rest of the TCP the slot's
+//                         policy lets out goes to the proxy's tunnel port (the same order of checks
+//                         as the slot's chain: what it would deny is left to the forward chain).
 import { nft } from './host.js';
 import type { EgressPolicy } from './policy.js';
+
+export interface ProxyPorts {
+  tls: number;
+  http: number;
+  tunnel: number;
+}
 
 export interface TableConfig {
   table: string;
@@ -24,8 +33,8 @@ export interface TableConfig {
   blocked: string[];
   /** Connections one sandbox may have tracked at once (new ones past it are refused). */
   maxFlows: number;
-  /** The egress proxy's ports (TLS for 443, HTTP for 80); undefined: such connections are dropped. */
-  proxyPorts?: { tls: number; http: number };
+  /** The egress proxy's ports (TLS for 443, HTTP for 80, the tunnel to upstream proxies); undefined: such connections are dropped. */
+  proxyPorts?: ProxyPorts;
 }
 
 /**
@@ -63,8 +72,10 @@ export async function installTable(c: TableConfig): Promise<void> {
     `add chain ${t} prerouting { type nat hook prerouting priority dstnat - 5; policy accept; }`,
     `add chain ${t} antispoof { type filter hook prerouting priority raw; policy accept; }`,
     `add chain ${t} postrouting { type nat hook postrouting priority srcnat - 5; policy accept; }`,
-    ...['from_sandbox', 'to_host', 'deny', 'egress_proxy'].map((ch) => `add chain ${t} ${ch}`),
-    ...['input', 'forward', 'from_sandbox', 'to_host', 'deny', 'prerouting', 'postrouting', 'antispoof', 'egress_proxy'].map((ch) => `flush chain ${t} ${ch}`),
+    ...['from_sandbox', 'to_host', 'deny', 'egress_proxy', 'tunnel'].map((ch) => `add chain ${t} ${ch}`),
+    ...['input', 'forward', 'from_sandbox', 'to_host', 'deny', 'prerouting', 'postrouting', 'antispoof', 'egress_proxy', 'tunnel'].map(
+      (ch) => `flush chain ${t} ${ch}`,
+    ),
     `add rule ${t} deny counter name "denied" reject with icmpx type admin-prohibited`,
     // a sandbox sends only from its own address (IP_FREEBIND needs no privilege): a packet whose
     // source does not route back through the link it came in on is dropped before anything
@@ -75,11 +86,11 @@ export async function installTable(c: TableConfig): Promise<void> {
     `add rule ${t} to_host ct state established,related accept`,
     `add rule ${t} to_host ct state new add @flows { ip saddr ct count over ${c.maxFlows} } jump deny`,
     `add rule ${t} to_host meta l4proto { tcp, udp } th dport ${c.dnsPort} ct status dnat accept`,
-    ...(c.proxyPorts ? [`add rule ${t} to_host tcp dport { ${c.proxyPorts.tls}, ${c.proxyPorts.http} } ct status dnat accept`] : []),
+    ...(c.proxyPorts ? [`add rule ${t} to_host tcp dport { ${proxyPortList(c.proxyPorts)} } ct status dnat accept`] : []),
     `add rule ${t} to_host jump deny`,
     // the forwarder answers sandboxes only
     `add rule ${t} input iifname != ${links} meta l4proto { tcp, udp } th dport ${c.dnsPort} iifname != "lo" drop`,
-    ...(c.proxyPorts ? [`add rule ${t} input iifname != ${links} tcp dport { ${c.proxyPorts.tls}, ${c.proxyPorts.http} } iifname != "lo" drop`] : []),
+    ...(c.proxyPorts ? [`add rule ${t} input iifname != ${links} tcp dport { ${proxyPortList(c.proxyPorts)} } iifname != "lo" drop`] : []),
     // out of a sandbox
     `add rule ${t} forward iifname ${links} jump from_sandbox`,
     `add rule ${t} forward oifname ${links} ct state established,related accept`,
@@ -101,10 +112,13 @@ export async function installTable(c: TableConfig): Promise<void> {
           `add rule ${t} egress_proxy tcp dport 80 redirect to :${c.proxyPorts.http}`,
         ]
       : [`add rule ${t} egress_proxy tcp dport { 80, 443 } drop`]),
+    c.proxyPorts ? `add rule ${t} tunnel meta l4proto tcp redirect to :${c.proxyPorts.tunnel}` : `add rule ${t} tunnel meta l4proto tcp drop`,
     `add rule ${t} postrouting ip saddr ${c.subnet} oifname != ${links} masquerade`,
   ];
   await nft(script.join('\n'));
 }
+
+const proxyPortList = (p: ProxyPorts) => [p.tls, p.http, p.tunnel].join(', ');
 
 /** Removes the instance's whole table (every slot's chain and sets with it). */
 export async function removeTable(table: string): Promise<void> {
@@ -155,13 +169,24 @@ export function removeSlotScript(table: string, slot: number, link: string, pres
   return lines.join('\n');
 }
 
-/** Replaces a slot's allowed and denied sets (one transaction: the policy changes at once). */
+/** Replaces a slot's allowed and denied sets and its nat chain (one transaction: the policy changes at once). */
 export function policyScript(table: string, slot: number, p: EgressPolicy): string {
   const t = `inet ${table}`;
   const n = slotNames(slot);
   const lines = [`flush set ${t} ${n.allow}`, `flush set ${t} ${n.deny}`, `flush set ${t} ${n.resolved}`, `flush set ${t} ${n.proxied}`];
   if (p.allowCidrs.length) lines.push(`add element ${t} ${n.allow} { ${p.allowCidrs.join(', ')} }`);
   if (p.denyCidrs.length) lines.push(`add element ${t} ${n.deny} { ${p.denyCidrs.join(', ')} }`);
+  lines.push(`flush chain ${t} ${n.natChain}`, `add rule ${t} ${n.natChain} ip daddr @${n.proxied} jump egress_proxy`);
+  // through the upstream proxy: what the slot's chain would let out (a return leaves the
+  // connection to the forward chain, which refuses it)
+  if (p.tunnel)
+    lines.push(
+      `add rule ${t} ${n.natChain} ip daddr @blocked return`,
+      `add rule ${t} ${n.natChain} ip daddr @${n.allow} jump tunnel`,
+      `add rule ${t} ${n.natChain} ip daddr @${n.resolved} jump tunnel`,
+      `add rule ${t} ${n.natChain} ip daddr @${n.deny} return`,
+      `add rule ${t} ${n.natChain} jump tunnel`,
+    );
   return lines.join('\n');
 }
 

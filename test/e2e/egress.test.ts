@@ -1,13 +1,14 @@
 // Egress rules through the published SDK against a real `cubebox serve`: a secret's value is
 // added on the host to a sandbox's HTTPS requests for a domain with rules (curl, Python, Node),
-// rules change live, an exact domain beats a wildcard, a domain without rules keeps the
-// sandbox's own TLS, and bad rules are a 400 naming the field. Measures (never asserts) the
+// HTTP/2 too, rules change live, an exact domain beats a wildcard, a domain without rules keeps the
+// sandbox's own TLS, and bad rules are a 400 naming the field. A sandbox with egressProxy sends
+// its TCP through the fake internet's SOCKS5 proxy, which checks the credentials. Measures (never asserts) the
 // proxy's throughput and latency against a direct connection.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { destroyInstance, assertNoSandboxLeaks } from '../helpers/instance.js';
 import { openPaths } from '../../src/config.js';
-import { API_ADDR, NET, startFakeHttps, type FakeHttps, type Seen } from '../helpers/fake-https.js';
+import { API_ADDR, NET, OTHER_ADDR, startFakeHttps, type FakeHttps, type Seen } from '../helpers/fake-https.js';
 import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
 
 let e2b: E2B;
@@ -100,6 +101,17 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
     assert.equal(seenFor('/ws')?.headers.authorization, `Bearer ${SECRET}`);
   });
 
+  it('HTTP/2 from the sandbox on a name with rules: ended in h2, the secret added, the :authority checked', async () => {
+    const sbx = await newSandbox({ network: { rules: { 'api.test': [bearer] } } });
+    const v = (extra: string, path: string) =>
+      `curl -sS --http2 --max-time 10 -o /dev/null -w '%{http_version} %{http_code} ' ${extra} https://api.test${path} 2>&1`;
+    const out = await sh(sbx, `${v('', '/h2get')}; head -c 300000 /dev/zero | ${v('--data-binary @-', '/h2post')}; ${v("-H 'Host: shared.test'", '/h2wrong')}`);
+    assert.match(out, /^2 200 2 200 2 421\s+rc=0$/, out);
+    assert.equal(seenFor('/h2get')?.headers.authorization, `Bearer ${SECRET}`);
+    assert.equal(seenFor('/h2post')?.headers.authorization, `Bearer ${SECRET}`);
+    assert.equal(seenFor('/h2wrong'), undefined);
+  });
+
   it('a domain without rules is not intercepted: the server gets the sandbox own TLS', async () => {
     const sbx = await newSandbox({ network: { rules: { 'api.test': [bearer] } } });
     await sbx.files.write('/tmp/test-ca.pem', inet.caPem);
@@ -131,6 +143,48 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
     assert.deepEqual(Object.keys((await sbx.getInfo()).network?.rules ?? {}).sort(), ['*.wild.test', 'a.wild.test', 'api.test']);
   });
 
+  it('egressProxy: the sandbox TCP goes through the upstream SOCKS5 proxy with its credentials, and fails closed', async () => {
+    const sbx = await newSandbox({ network: { egressProxy: inet.socks } });
+    const info = await sbx.getInfo();
+    assert.deepEqual(info.network?.egressProxy, { address: inet.socks.address, username: inet.socks.username }, 'getInfo shows no password');
+    await sbx.files.write('/tmp/test-ca.pem', inet.caPem);
+    const n0 = inet.socksSeen.length;
+    // the sandbox's own TLS (no rules) and plain TCP on another port, both through the proxy
+    assert.match(await sh(sbx, 'curl -sS --max-time 10 --cacert /tmp/test-ca.pem https://plain.test/socks-tls 2>&1'), / rc=0$/);
+    assert.match(await sh(sbx, 'curl -sS --max-time 10 http://plain.test:8080/socks-8080 2>&1'), / rc=0$/);
+    const through = inet.socksSeen.slice(n0);
+    assert.deepEqual(through.map((x) => x.dst).sort(), [`${OTHER_ADDR}:443`, `${OTHER_ADDR}:8080`], JSON.stringify(through));
+    assert.ok(
+      through.every((x) => x.ok && x.user === inet.socks.username),
+      'the proxy got the credentials',
+    );
+    assert.equal(seenFor('/socks-tls')?.sni, 'plain.test');
+    // wrong credentials, then an unreachable proxy: the connection fails, nothing goes direct
+    await sbx.updateNetwork({ egressProxy: { ...inet.socks, password: 'wrong' } });
+    assert.doesNotMatch(await sh(sbx, 'curl -sS --max-time 10 http://plain.test:8080/socks-wrong 2>&1'), / rc=0$/);
+    assert.deepEqual(inet.socksSeen.at(-1), { ok: false, why: 'credentials', user: inet.socks.username });
+    await sbx.updateNetwork({ egressProxy: { address: `${OTHER_ADDR}:1081` } });
+    assert.doesNotMatch(await sh(sbx, 'curl -sS --max-time 10 http://plain.test:8080/socks-down 2>&1'), / rc=0$/);
+    assert.equal(seenFor('/socks-wrong') ?? seenFor('/socks-down'), undefined, 'no direct fallback');
+    // an update without it: direct again
+    await sbx.updateNetwork({});
+    const n1 = inet.socksSeen.length;
+    assert.match(await sh(sbx, 'curl -sS --max-time 10 http://plain.test:8080/direct-again 2>&1'), / rc=0$/);
+    assert.equal(inet.socksSeen.length, n1);
+    assert.equal((await sbx.getInfo()).network?.egressProxy, undefined);
+  });
+
+  it('egressProxy with rules: the proxy adds the secret and reaches the destination through the upstream proxy', async () => {
+    const sbx = await newSandbox({ network: { rules: { 'api.test': [bearer] }, egressProxy: inet.socks } });
+    const n0 = inet.socksSeen.length;
+    assert.match(await sh(sbx, 'curl -sS --max-time 10 https://api.test/socks-rules 2>&1'), / rc=0$/);
+    assert.equal(seenFor('/socks-rules')?.headers.authorization, `Bearer ${SECRET}`);
+    assert.deepEqual(
+      inet.socksSeen.slice(n0).map((x) => [x.ok, x.dst]),
+      [[true, `${API_ADDR}:443`]],
+    );
+  });
+
   it('refuses bad rules with a 400 naming the field', async () => {
     const bad = async (network: object, re: RegExp) => {
       const r = await fetch(`${svc.url}/sandboxes`, {
@@ -148,7 +202,9 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
     await bad({ rules: { 'a.test': [{ transform: { headers: { X: 'a\r\nB: c' } } }] } }, /headers\['X'\] holds a control character/);
     await bad({ rules: { 'a.test': [{ transform: { headers: { X: '${e2b.secrets.nope}' } } }] } }, /\$\{e2b\.secrets\.nope\} names no secret/);
     await bad({ rules: Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`h${i}.test`, [bearer]])) }, /network\.rules has 1000 domains/);
-    await bad({ egressProxy: { address: 'p.test:1080' } }, /network\.egressProxy/);
+    await bad({ egressProxy: { address: 'p.test' } }, /network\.egressProxy\.address: the port/);
+    await bad({ egressProxy: { address: '127.0.0.1:1080' } }, /network\.egressProxy\.address: .*loopback/);
+    await bad({ egressProxy: { address: 'p.test:1080', password: 'x' } }, /network\.egressProxy\.password/);
     const sbx = await newSandbox();
     await assert.rejects(sbx.updateNetwork({ rules: { 'a.test': [{ transform: { headers: { X: '${e2b.secrets.gone}' } } }] } }), /e2b\.secrets\.gone/);
     assert.equal((await sbx.getInfo()).network?.rules, undefined, 'a refused update changes nothing');

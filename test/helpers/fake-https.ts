@@ -1,15 +1,19 @@
 // A small HTTPS "internet" for the egress proxy's tests, in a network namespace the test makes:
 // a test CA (made here with openssl), HTTPS and HTTP servers on two addresses that echo what
-// they saw (the SNI, the headers), and a DNS server for their names. No traffic leaves the host.
+// they saw (the SNI, the headers; HTTP also on port 8080), a DNS server for their names, and a
+// SOCKS5 proxy with credentials (an upstream proxy for egressProxy). No traffic leaves the host.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { socks5Server, type SocksSeen } from './socks5-server.js';
 
 export const NET = '198.51.100';
 export const HOST_SIDE = `${NET}.1`;
 /** api.test and shared.test share this address; plain.test and *.wild.test are on the other. */
 export const API_ADDR = `${NET}.10`;
 export const OTHER_ADDR = `${NET}.20`;
+/** Where the SOCKS5 proxy listens. */
+export const SOCKS_ADDRESS = `${OTHER_ADDR}:1080`;
 export const NAMES: Record<string, string> = {
   'api.test': API_ADDR,
   'shared.test': API_ADDR,
@@ -50,7 +54,10 @@ function upgrade(req, sock) {
 for (const addr of ['${API_ADDR}', '${OTHER_ADDR}']) {
   https.createServer({ key, cert }, handle).on('upgrade', upgrade).listen(443, addr);
   http.createServer(handle).listen(80, addr);
+  http.createServer(handle).listen(8080, addr);
 }
+${socks5Server.toString()}
+socks5Server(require('node:net'), process.argv[4], process.argv[5], (s) => process.stdout.write('socks ' + JSON.stringify(s) + '\\n')).listen(1080, '${OTHER_ADDR}');
 function name(buf) { const l = []; let o = 12; while (buf[o]) { l.push(buf.toString('latin1', o + 1, o + 1 + buf[o])); o += buf[o] + 1; } return [l.join('.').toLowerCase(), o + 5]; }
 const dns = dgram.createSocket('udp4');
 dns.on('message', (m, r) => {
@@ -85,6 +92,9 @@ export interface FakeHttps {
   caFile: string;
   /** Every request the servers saw. */
   seen: Seen[];
+  /** The SOCKS5 proxy's address and credentials (egressProxy), and every attempt it saw. */
+  socks: { address: string; username: string; password: string };
+  socksSeen: SocksSeen[];
   close(): Promise<void>;
 }
 
@@ -119,6 +129,8 @@ export async function startFakeHttps(): Promise<FakeHttps> {
     rmSync(dir, { recursive: true, force: true });
   };
   const seen: Seen[] = [];
+  const socksSeen: SocksSeen[] = [];
+  const socks = { address: SOCKS_ADDRESS, username: `user-${tag}`, password: `socks-${Math.random().toString(36).slice(2)}-pass` };
   try {
     makeCa(dir);
     writeFileSync(join(dir, 'server.cjs'), SERVER);
@@ -132,9 +144,13 @@ export async function startFakeHttps(): Promise<FakeHttps> {
     ip(['-n', netns, 'link', 'set', 'eth0', 'up']);
     ip(['-n', netns, 'route', 'add', 'default', 'via', HOST_SIDE]);
     // nsenter joins only the network namespace (no private copy of the host's mounts)
-    const c = spawn('nsenter', [`--net=/run/netns/${netns}`, process.execPath, join(dir, 'server.cjs'), join(dir, 'srv.key'), join(dir, 'srv.crt')], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
+    const c = spawn(
+      'nsenter',
+      [`--net=/run/netns/${netns}`, process.execPath, join(dir, 'server.cjs'), join(dir, 'srv.key'), join(dir, 'srv.crt'), socks.username, socks.password],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
     child = c;
     await new Promise<void>((resolve, reject) => {
       let buf = '';
@@ -146,6 +162,7 @@ export async function startFakeHttps(): Promise<FakeHttps> {
           buf = buf.slice(nl + 1);
           if (line === 'ready') resolve();
           else if (line.startsWith('seen ')) seen.push(JSON.parse(line.slice(5)) as Seen);
+          else if (line.startsWith('socks ')) socksSeen.push(JSON.parse(line.slice(6)) as SocksSeen);
         }
       });
       c.once('exit', (code) => reject(new Error(`the fake HTTPS server exited (${code})`)));
@@ -161,6 +178,8 @@ export async function startFakeHttps(): Promise<FakeHttps> {
     caPem: readFileSync(join(dir, 'ca.crt'), 'utf8'),
     caFile: join(dir, 'ca.crt'),
     seen,
+    socks,
+    socksSeen,
     async close() {
       if (child!.exitCode === null && child!.signalCode === null) {
         const exited = new Promise((r) => child!.once('exit', r));

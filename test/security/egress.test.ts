@@ -1,7 +1,8 @@
 // The egress proxy under a hostile sandbox: a secret added to its requests on the host is
 // nowhere the sandbox can read it (env, files, /proc) nor in any API response or the service's
 // log; a name allowOut does not grant, on an address an allowed name shares, is refused by its
-// SNI / Host and counted; the CA's key stays on the host; nothing is left after a stop.
+// SNI / Host and counted; the CA's key stays on the host; an upstream proxy's credentials are
+// as invisible and its address cannot open the host's networks; nothing is left after a stop.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -37,8 +38,11 @@ async function api(path: string): Promise<string> {
   return text;
 }
 
-async function refusedNames(): Promise<number> {
-  const m = /cubebox_egress_proxy_connections_total\{outcome="refused_name"\} (\d+)/.exec(await api('/metrics'));
+/** A value as a file for `grep -f`: it reaches grep reversed, through a pipe, never in any argv the search itself reads. */
+const patOf = (v: string) => `<(echo ${[...v].reverse().join('')} | rev)`;
+
+async function proxyCount(outcome: string): Promise<number> {
+  const m = new RegExp(`cubebox_egress_proxy_connections_total\\{outcome="${outcome}"\\} (\\d+)`).exec(await api('/metrics'));
   return Number(m?.[1] ?? 0);
 }
 
@@ -70,8 +74,6 @@ describe('the egress proxy against a hostile sandbox', { timeout: 600_000 }, () 
     assert.equal(inet.seen.find((s) => s.url.endsWith('&leak'))?.headers.authorization, `Bearer ${SECRET}`, 'the server got it');
     // a long-lived process in the sandbox, so its /proc is there to read
     await sbx.commands.run('sleep 600', { background: true });
-    // the pattern reaches grep reversed, through a pipe: never in any argv the search itself reads
-    const patOf = (v: string) => `<(echo ${[...v].reverse().join('')} | rev)`;
     const pat = patOf(SECRET);
     // the search finds what is there (a canary of the same shape)
     await sbx.files.write('/tmp/canary', 'canary-1234567-value');
@@ -103,11 +105,49 @@ describe('the egress proxy against a hostile sandbox', { timeout: 600_000 }, () 
     assert.match(await sh(sbx, `grep -rlsF '${keyLine}' /etc /tmp /root /usr/local /opt | head -1`), /^\s*rc=\d+$/);
   });
 
+  it("an upstream proxy's credentials are in no env, file, /proc entry, API response or log line; it cannot point into the host's networks", async () => {
+    const sbx = await e2b.Sandbox.create('base', { network: { egressProxy: inet.socks } });
+    created.push(sbx.sandboxId);
+    const n0 = inet.socksSeen.length;
+    assert.match(await sh(sbx, 'curl -sS --max-time 10 -o /dev/null http://plain.test:8080/through-socks'), /(^|\s)rc=0$/);
+    assert.ok(
+      inet.socksSeen.slice(n0).some((x) => x.ok && x.user === inet.socks.username),
+      'the proxy was used, with the credentials',
+    );
+    await sbx.commands.run('sleep 600', { background: true });
+    const pat = patOf(inet.socks.password);
+    const grep = await sh(
+      sbx,
+      `env | grep -c -F -f ${pat}; grep -rlsF -f ${pat} /etc /tmp /root /home /var /run /opt /usr/local /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | head`,
+    );
+    assert.match(grep, /^0\s+rc=\d+$/, `found in the sandbox: ${grep}`);
+    const info = JSON.parse(await api(`/sandboxes/${sbx.sandboxId}`)) as { network: { egressProxy: unknown } };
+    assert.deepEqual(info.network.egressProxy, { address: inet.socks.address, username: inet.socks.username });
+    await sbx.getInfo();
+    await api('/sandboxes');
+    await api('/v2/sandboxes');
+    const net = await cli(dataDir, ['sandbox', 'net', sbx.sandboxId]);
+    assert.match(net.stdout, /upstream +SOCKS5 198\.51\.100\.20:1080 as /, net.stdout + net.stderr);
+    bodies.push(net.stdout, net.stderr, (await cli(dataDir, ['sandbox', 'net', sbx.sandboxId, '--json'])).stdout);
+    for (const b of bodies) assert.ok(!b.includes(inet.socks.password), "an API response carries the proxy's password");
+    assert.ok(!log.includes(inet.socks.password), "the service's log carries the proxy's password");
+    // a proxy on a private network the host blocks is never dialled: the connection fails, counted
+    const failed = await proxyCount('tunnel_failed');
+    await sbx.updateNetwork({ egressProxy: { address: '10.255.255.1:1080' } });
+    assert.doesNotMatch(await sh(sbx, 'curl -sS --max-time 10 http://plain.test:8080/private-proxy 2>&1'), /(^|\s)rc=0$/);
+    assert.equal(await proxyCount('tunnel_failed'), failed + 1);
+    assert.equal(
+      inet.seen.find((x) => x.url === '/private-proxy'),
+      undefined,
+      'nothing went direct',
+    );
+  });
+
   it('a name allowOut does not grant, on an allowed name address, is refused by its SNI and Host, and counted', async () => {
     const sbx = await e2b.Sandbox.create('base', { network: { allowOut: ['api.test'], denyOut: ['0.0.0.0/0'] } });
     created.push(sbx.sandboxId);
     await sbx.files.write('/tmp/test-ca.pem', inet.caPem);
-    const before = await refusedNames();
+    const before = await proxyCount('refused_name');
     // the allowed name, over HTTPS (the sandbox's own TLS: the test CA) and HTTP
     assert.match(await sh(sbx, 'curl -sS --max-time 10 --cacert /tmp/test-ca.pem https://api.test/ok 2>&1'), /"sni":"api.test".* rc=0$/);
     assert.match(await sh(sbx, 'curl -sS --max-time 10 http://api.test/ok80 2>&1'), /"host":"api.test".* rc=0$/);
@@ -117,7 +157,7 @@ describe('the egress proxy against a hostile sandbox', { timeout: 600_000 }, () 
     const plain = await sh(sbx, `curl -sS --max-time 10 -H 'Host: shared.test' http://${API_ADDR}/sneak80 2>&1`);
     assert.doesNotMatch(plain, / rc=0$/, plain);
     assert.equal(inet.seen.filter((s) => s.url.startsWith('/sneak')).length, 0, 'the server never saw them');
-    assert.ok((await refusedNames()) >= before + 2, 'refusals are counted');
+    assert.ok((await proxyCount('refused_name')) >= before + 2, 'refusals are counted');
   });
 
   it('one sandbox holding more connections than its cap cannot starve the proxy for another', async () => {
@@ -159,8 +199,9 @@ describe('the egress proxy against a hostile sandbox', { timeout: 600_000 }, () 
   it('leaves no listener, nft object or file of the proxy after the service stops', async () => {
     const inst = openPaths(dataDir, false).instanceId;
     const chain = execFileSync('nft', ['list', 'chain', 'inet', `cubebox_${inst}`, 'egress_proxy'], { encoding: 'utf8' });
-    const ports = [...chain.matchAll(/redirect to :(\d+)/g)].map((m) => m[1]!);
-    assert.equal(ports.length, 2, chain);
+    const tunnel = execFileSync('nft', ['list', 'chain', 'inet', `cubebox_${inst}`, 'tunnel'], { encoding: 'utf8' });
+    const ports = [...`${chain}${tunnel}`.matchAll(/redirect to :(\d+)/g)].map((m) => m[1]!);
+    assert.equal(ports.length, 3, chain + tunnel);
     const ids = created.splice(0);
     for (const id of ids) await e2b.Sandbox.kill(id);
     for (const id of ids) assertNoSandboxLeaks(openPaths(dataDir, false), id);

@@ -2,10 +2,10 @@ import assert from 'node:assert/strict';
 import { createServer, type AddressInfo } from 'node:net';
 import { connect } from 'node:tls';
 import { describe, it } from 'node:test';
-import { hostOf, MAX_PEEK, sniOf } from '../../src/network/client-hello.js';
+import { hostOf, MAX_PEEK, offersH2, sniOf } from '../../src/network/client-hello.js';
 
 /** The first bytes a real TLS client sends for a server name. */
-async function clientHello(servername: string | undefined): Promise<Buffer> {
+async function clientHello(servername: string | undefined, ALPNProtocols?: string[]): Promise<Buffer> {
   return new Promise((resolve) => {
     const srv = createServer((s) => {
       s.once('data', (d: Buffer) => {
@@ -15,7 +15,7 @@ async function clientHello(servername: string | undefined): Promise<Buffer> {
       });
     });
     srv.listen(0, '127.0.0.1', () => {
-      const c = connect({ host: '127.0.0.1', port: (srv.address() as AddressInfo).port, servername, rejectUnauthorized: false });
+      const c = connect({ host: '127.0.0.1', port: (srv.address() as AddressInfo).port, servername, ALPNProtocols, rejectUnauthorized: false });
       c.on('error', () => undefined);
     });
   });
@@ -27,6 +27,14 @@ describe('what the egress proxy reads of a connection', () => {
     assert.equal(sniOf(hello), 'api.example.test');
     assert.equal(sniOf(hello.subarray(0, 20)), undefined, 'more bytes needed');
     assert.equal(sniOf(await clientHello(undefined)), '', 'no SNI: an empty name (refused by the proxy)');
+  });
+
+  it('tells whether a ClientHello offers HTTP/2 (ALPN h2)', async () => {
+    assert.equal(offersH2(await clientHello('a.test', ['h2', 'http/1.1'])), true);
+    assert.equal(offersH2(await clientHello('a.test', ['http/1.1'])), false);
+    assert.equal(offersH2(await clientHello('a.test', ['h2c', 'xh2'])), false);
+    assert.equal(offersH2(await clientHello('a.test')), false);
+    assert.equal(sniOf(await clientHello('a.test', ['h2'])), 'a.test');
   });
 
   it('refuses what is not a ClientHello, and cut or oversized ones, without throwing', async () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { AddressPlan, contains, overlaps, parseCidr, parseIp } from '../../src/network/cidr.js';
 import { answerAddresses, emptyAnswer, parseQuery, RCODE_REFUSED } from '../../src/network/dns-wire.js';
-import { DEFAULT_NETWORK, egressPolicy, nameAllowed, nameGrantsAddresses, networkSettings } from '../../src/network/policy.js';
+import { DEFAULT_NETWORK, egressPolicy, nameAllowed, nameGrantsAddresses, networkSettings, shownSettings } from '../../src/network/policy.js';
 import { policyScript } from '../../src/network/rules.js';
 import { CubeboxError } from '../../src/util/errors.js';
 
@@ -92,10 +92,43 @@ describe('network settings and the egress policy', () => {
     bad(() => networkSettings({ allowOut: Array.from({ length: 257 }, (_, i) => `h${i}.test`) }), /at most 256/);
     bad(() => networkSettings({ httpsPorts: [49983] }), /envd/);
     bad(() => networkSettings({ httpsPorts: [0] }), /httpsPorts/);
-    bad(() => networkSettings({ egressProxy: { address: 'p:1' } }), /egressProxy/);
+    bad(() => networkSettings({ egressProxy: { address: 'p.test' } }), /egressProxy\.address: the port/);
+    bad(() => networkSettings({ egressProxy: { address: 'p.test:70000' } }), /egressProxy\.address: the port/);
+    bad(() => networkSettings({ egressProxy: { address: '[::1]:1080' } }), /egressProxy\.address: IPv6/);
+    bad(() => networkSettings({ egressProxy: { address: 'bad_name!:1080' } }), /egressProxy\.address must be/);
+    bad(() => networkSettings({ egressProxy: { address: '169.254.169.254:1080' } }), /egressProxy\.address: .*reserved/);
+    bad(() => networkSettings({ egressProxy: { address: '127.0.0.1:1080' } }), /egressProxy\.address: .*loopback/);
+    bad(() => networkSettings({ egressProxy: { address: 'p.test:1080', password: 'x' } }), /egressProxy\.password is only valid together/);
+    bad(() => networkSettings({ egressProxy: { address: 'p.test:1080', username: 'u'.repeat(256) } }), /egressProxy\.username .*255 bytes/);
+    bad(() => networkSettings({ egressProxy: { address: 'p.test:1080', username: '' } }), /egressProxy\.username/);
+    bad(() => networkSettings({ egressProxy: { address: 'p.test:1080', token: 'x' } }), /egressProxy\.token is not a field/);
+    bad(() => networkSettings({ egressProxy: 'p.test:1080' }), /egressProxy must be an object/);
     bad(() => networkSettings({ rules: { '*': [] } }), /network\.rules: a bare '\*'/);
     bad(() => networkSettings({ maskRequestHost: 'a b' }), /maskRequestHost/);
     bad(() => networkSettings({ allowInternetAccess: 'no' }), /allow_internet_access/);
+  });
+
+  it('takes an upstream SOCKS5 proxy, shows it without its password, and an update without it clears it', () => {
+    const s = networkSettings({ egressProxy: { address: 'Proxy.Example.test:1080', username: 'u', password: 'p' } });
+    assert.deepEqual(s.egressProxy, { address: 'proxy.example.test:1080', username: 'u', password: 'p' });
+    assert.deepEqual(shownSettings(s).egressProxy, { address: 'proxy.example.test:1080', username: 'u' });
+    assert.deepEqual(networkSettings({ egressProxy: { address: '198.51.100.7:1080' } }).egressProxy, { address: '198.51.100.7:1080' });
+    assert.equal(egressPolicy(s).tunnel, true);
+    assert.equal(networkSettings({ allowOut: ['1.1.1.1'] }, s).egressProxy, undefined);
+    assert.equal(egressPolicy(networkSettings({}, s)).tunnel, false);
+  });
+
+  it('sends the TCP a tunnelled slot lets out to the tunnel, in the order of the slot chain', () => {
+    const script = policyScript('cubebox_x', 3, egressPolicy(networkSettings({ denyOut: ['9.9.9.9'], egressProxy: { address: 'p.test:1080' } })));
+    assert.deepEqual(script.split('\n').slice(-7), [
+      'flush chain inet cubebox_x i3',
+      'add rule inet cubebox_x i3 ip daddr @p3 jump egress_proxy',
+      'add rule inet cubebox_x i3 ip daddr @blocked return',
+      'add rule inet cubebox_x i3 ip daddr @a3 jump tunnel',
+      'add rule inet cubebox_x i3 ip daddr @r3 jump tunnel',
+      'add rule inet cubebox_x i3 ip daddr @d3 return',
+      'add rule inet cubebox_x i3 jump tunnel',
+    ]);
   });
 
   it('writes a policy as one nft transaction over the slot sets', () => {
@@ -109,6 +142,8 @@ describe('network settings and the egress policy', () => {
         'flush set inet cubebox_x p3',
         'add element inet cubebox_x a3 { 1.2.3.0/24 }',
         'add element inet cubebox_x d3 { 0.0.0.0/0 }',
+        'flush chain inet cubebox_x i3',
+        'add rule inet cubebox_x i3 ip daddr @p3 jump egress_proxy',
       ].join('\n'),
     );
   });

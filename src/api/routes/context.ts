@@ -5,6 +5,7 @@ import type { SandboxInfo } from '../../sandbox/types.js';
 import { cubeboxStateShown, e2bStateOf } from '../../sandbox/states.js';
 import type { Template } from '../../template/store.js';
 import { sandboxIdOf } from '../../protocol/ids.js';
+import { shownSettings } from '../../network/policy.js';
 import { notFound } from '../../util/errors.js';
 import type { NodeApi } from '../node-api.js';
 import { HttpError, type Caller } from '../tenancy.js';
@@ -156,6 +157,7 @@ export function routeContext(opts: ControlPlaneOptions, callers: WeakMap<Fastify
       maskRequestHost: info.network.maskRequestHost,
       httpsPorts: info.network.httpsPorts,
       rules: info.network.rules,
+      egressProxy: shownSettings(info.network).egressProxy,
     },
     lifecycle: { onTimeout: info.lifecycle.onTimeout, autoResume: info.lifecycle.autoResume },
   });
