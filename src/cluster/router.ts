@@ -62,8 +62,8 @@ class HttpFailure extends Error {
 export class ClusterRouter {
   private readonly routes = new Map<string, string>();
   private readonly nodes = new Map<string, { node: NodeRecord; at: number }>();
-  /** Creates sent to a node since its last heartbeat: placement counts them as taken. */
-  private readonly pending = new Map<string, number[]>();
+  /** Creates this replica sent to a node that its last heartbeat did not count: placement counts them as taken. */
+  private readonly pending = new Map<string, { inFlight: number; done: number[] }>();
   private readonly agents = new Map<string, http.Agent>();
 
   constructor(private readonly opts: RouterOptions) {}
@@ -127,7 +127,7 @@ export class ClusterRouter {
     const path = (req.url ?? '/').split('?')[0]!;
     const method = req.method ?? 'GET';
     if (path === '/health') return sendJson(res, 200, JSON.stringify({ status: 'ok' }));
-    if (method === 'POST' && path === '/sandboxes') return this.create(req, res);
+    if (method === 'POST' && (path === '/sandboxes' || path === '/v2/sandboxes')) return this.create(req, res);
     if (method === 'GET' && (path === '/sandboxes' || path === '/v2/sandboxes' || path === '/sandboxes/metrics')) return this.fanOut(req, res);
     const m = /^(?:\/v2)?\/sandboxes\/([^/]+)(\/.*)?$/.exec(path);
     if (m) {
@@ -160,16 +160,24 @@ export class ClusterRouter {
         'no node can take this sandbox now (none is live with a free slot and the runtime asked for); try again shortly',
         NO_NODE_RETRY_SEC,
       );
-    this.pending.set(node.id, [...(this.pending.get(node.id) ?? []), Date.now()]);
-    await this.forward(node, req, res, body, true);
+    const mine = this.pending.get(node.id) ?? { inFlight: 0, done: [] };
+    this.pending.set(node.id, mine);
+    mine.inFlight++;
+    try {
+      await this.forward(node, req, res, body, true);
+    } finally {
+      mine.inFlight--;
+      mine.done.push(Date.now()); // in the node's list from now: counted until a heartbeat after this
+    }
   }
 
-  /** Creates sent to a node after its last heartbeat. */
+  /** Creates sent to a node that its last heartbeat could not count: still in flight, or done after it listed its sandboxes. */
   private pendingFor(id: string, live: NodeRecord[]): number {
+    const mine = this.pending.get(id);
+    if (!mine) return 0;
     const beat = live.find((n) => n.id === id)?.heartbeatAt ?? 0;
-    const since = (this.pending.get(id) ?? []).filter((t) => t >= beat);
-    this.pending.set(id, since);
-    return since.length;
+    mine.done = mine.done.filter((t) => t >= beat);
+    return mine.inFlight + mine.done.length;
   }
 
   /** Every live node's answer to a list, merged (arrays joined, objects combined). */
