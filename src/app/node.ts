@@ -5,7 +5,7 @@
 // sandboxes running. Everything else is handed what it needs from here.
 import { readFileSync } from 'node:fs';
 import { join as joinCluster, type Membership } from '../cluster/member.js';
-import { ClusterRegistry } from '../cluster/registry.js';
+import { ClusterRegistry } from '../store/pg/nodes.js';
 import { admitted } from '../cluster/secret.js';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';

@@ -2,7 +2,7 @@
 // the shared PostgreSQL store and the router over it (cluster/router.ts), on one listener.
 import { readFileSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
-import { ClusterRegistry } from '../cluster/registry.js';
+import { ClusterRegistry } from '../store/pg/nodes.js';
 import { startRouter } from '../cluster/router.js';
 import { redactUrl } from '../store/shared.js';
 import type { ServeConfig } from './config.js';

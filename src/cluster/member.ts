@@ -9,7 +9,7 @@ import { memAvailableMB, slotsOf } from '../api/host-status.js';
 import { runtimeNames } from '../runtime/registry.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { describe } from '../store/pg/pool.js';
-import type { ClusterRegistry, NodeRecord } from './registry.js';
+import type { ClusterRegistry, NodeRecord } from '../store/pg/nodes.js';
 
 export const HEARTBEAT_MS = 2000;
 

@@ -2,7 +2,7 @@
 // free slot; among those, one with a ready pooled sandbox of the template first, then one that
 // has the template, then the least loaded (sandboxes per CPU, counting the creates this replica
 // sent it since its last heartbeat, which that heartbeat could not count yet).
-import type { NodeRecord } from './registry.js';
+import type { NodeRecord } from '../store/pg/nodes.js';
 
 export interface PlacementRequest {
   /** The template reference as the create names it (name, name:tag, alias or id). */

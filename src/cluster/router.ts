@@ -21,7 +21,7 @@ import { RUNTIME_METADATA_KEY } from '../sandbox/types.js';
 import { describe } from '../store/pg/pool.js';
 import { HEARTBEAT_MS } from './member.js';
 import { place } from './placement.js';
-import type { ClusterRegistry, NodeRecord } from './registry.js';
+import type { ClusterRegistry, NodeRecord } from '../store/pg/nodes.js';
 import { CLUSTER_SECRET_HEADER } from './secret.js';
 
 /** A node whose last heartbeat is older than this takes no creates (three missed beats and some). */

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { serveConfig } from '../../src/app/serve.js';
 import { place } from '../../src/cluster/placement.js';
-import type { NodeRecord } from '../../src/cluster/registry.js';
+import type { NodeRecord } from '../../src/store/pg/nodes.js';
 import { admitted, CLUSTER_SECRET_HEADER } from '../../src/cluster/secret.js';
 import { endToEnd } from '../../src/proxy/filter.js';
 

@@ -46,7 +46,7 @@ const MIGRATIONS: Migration[] = [
     `);
     await c.query('INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, Date.now()]);
   },
-  // a cluster's nodes as their heartbeats describe them, and which node holds each sandbox (cluster/registry.ts)
+  // a cluster's nodes as their heartbeats describe them, and which node holds each sandbox (store/pg/nodes.ts)
   async (c) => {
     await c.query(`
       CREATE TABLE nodes (

@@ -1,9 +1,10 @@
-// A cluster's members as PostgreSQL knows them: each node's last heartbeat (its address,
-// runtimes, capacity, cached templates and ready pooled sandboxes) and which node holds each
-// sandbox. Nodes write their own rows; API replicas read them to place creates and route.
+// A cluster's members in PostgreSQL: each node's last heartbeat (its address, runtimes, capacity,
+// cached templates and ready pooled sandboxes) and which node holds each sandbox. Nodes write
+// their own rows (cluster/member.ts); API replicas read them to place creates and route
+// (cluster/router.ts).
 import type pg from 'pg';
-import { migrate } from '../store/pg/migrations.js';
-import { openPool, rows, transaction, type PoolLog } from '../store/pg/pool.js';
+import { migrate } from './migrations.js';
+import { openPool, rows, transaction, type PoolLog } from './pool.js';
 
 /** What a node says of itself at each heartbeat. */
 export interface NodeRecord {
