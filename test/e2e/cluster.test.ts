@@ -210,6 +210,50 @@ EOF`);
     }
   });
 
+  it('measures the extra hop: envd requests and creates through a replica and straight to the node (printed, not asserted)', async () => {
+    const sbx = created[0]!;
+    const holder = JSON.parse((await rest(0, `/sandboxes/${sbx.sandboxId}`)).text) as { clientID: string };
+    const node = nodes.find((n) => n.id === holder.clientID)!.svc;
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    // the node itself, as a replica reaches it: the secret in a header (the SDK's envd calls cannot add one, so envd's /health by hand)
+    const envd = { node: [] as number[], replica: [] as number[] };
+    for (let i = 0; i < 41; i++) {
+      for (const [name, url, extra] of [
+        ['node', node.url, { [CLUSTER_SECRET_HEADER]: secret }],
+        ['replica', replicas[1]!.url, {}],
+      ] as const) {
+        const t0 = performance.now();
+        const r = await fetch(`${url}/health`, { headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '49983', ...extra } });
+        await r.arrayBuffer();
+        assert.ok(r.ok, `${name}: ${r.status}`);
+        envd[name].push(performance.now() - t0);
+      }
+    }
+    const commands: number[] = [];
+    for (let i = 0; i < 11; i++) {
+      const t0 = performance.now();
+      await sbx.commands.run('true');
+      commands.push(performance.now() - t0);
+    }
+    const creates = { node: [] as number[], replica: [] as number[] };
+    for (let i = 0; i < 3; i++) {
+      for (const [name, opts] of [
+        ['node', { apiUrl: node.url, sandboxUrl: node.url, headers: { [CLUSTER_SECRET_HEADER]: secret } }],
+        ['replica', through(0)],
+      ] as const) {
+        const t0 = performance.now();
+        const s = await e2b.Sandbox.create('base', opts);
+        creates[name].push(performance.now() - t0);
+        assert.equal(await s.kill(), true); // each through the way it was made
+      }
+    }
+    const line = (what: string, xs: { node: number[]; replica: number[] }) =>
+      `# ${what} p50: node ${median(xs.node).toFixed(2)} ms, through a replica ${median(xs.replica).toFixed(2)} ms (x${(median(xs.replica) / median(xs.node)).toFixed(2)})`;
+    console.log(line('envd GET /health', envd));
+    console.log(line('Sandbox.create', creates));
+    console.log(`# commands.run('true') through a replica p50: ${median(commands).toFixed(1)} ms`);
+  });
+
   it('kills through the other replica, after which neither finds the sandbox', async () => {
     for (const [i, sbx] of created.entries()) {
       assert.equal((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`, { method: 'DELETE' })).status, 204);
