@@ -352,5 +352,9 @@ function clusterOf(flags: ServeFlags, env: Env): Pick<ServeConfig, 'role' | 'clu
   if (secret.length < 32) throw invalid(`the cluster secret in ${file} is too short: at least 32 characters (e.g. openssl rand -hex 32)`);
   const nodeUrl = flags.nodeUrl ?? (env.CUBEBOX_NODE_URL || undefined);
   if (nodeUrl !== undefined && !/^https?:\/\/[^/?#]+\/?$/.test(nodeUrl)) throw invalid(`bad --node-url '${nodeUrl}': http(s)://host:port`);
+  // a wildcard listen address is no address to reach the node at
+  const host = flags.host ?? env.CUBEBOX_HOST ?? '127.0.0.1';
+  if (role === 'node' && nodeUrl === undefined && (host === '0.0.0.0' || host === '::'))
+    throw invalid(`--role node listening on ${host} needs --node-url (CUBEBOX_NODE_URL): the address API replicas reach it at`);
   return { role, cluster: { secret, nodeUrl: nodeUrl?.replace(/\/$/, '') } };
 }

@@ -183,6 +183,7 @@ export class ClusterRouter {
   /** Every live node's answer to a list, merged (arrays joined, objects combined). */
   private async fanOut(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const live = await this.opts.registry.live(LIVE_MS);
+    if (!live.length) throw new HttpFailure(503, 'no node of the cluster is live; try again shortly', NO_NODE_RETRY_SEC);
     const answers = await Promise.all(live.map((n) => this.fetchFrom(n, req)));
     const failed = answers.find((a) => a.status !== 200);
     if (failed) return sendJson(res, failed.status, failed.body.toString('utf8'));
@@ -199,10 +200,8 @@ export class ClusterRouter {
         501,
         'a signed upload URL without the sandbox in its host is not routed through an API replica yet; use the sandbox host (<port>-<id>.<domain>)',
       );
-    for (const n of live) {
-      const a = await this.fetchFrom(n, req);
-      if (a.status !== 401) return void (res.writeHead(a.status, a.headers), res.end(a.body));
-    }
+    // a HEAD finds the node whose sandbox signed it (the others answer 401); the GET then streams from it
+    for (const n of live) if ((await this.fetchFrom(n, req, 'HEAD')).status !== 401) return this.forward(n, req, res);
     sendJson(res, 401, JSON.stringify({ code: 401, message: 'invalid signature: it matches no running sandbox' }));
   }
 
@@ -257,7 +256,7 @@ export class ClusterRouter {
     return a;
   }
 
-  private upstream(node: NodeRecord, req: IncomingMessage, body?: Buffer): http.ClientRequest {
+  private upstream(node: NodeRecord, req: IncomingMessage, body?: Buffer, method = req.method): http.ClientRequest {
     const url = new URL(node.address);
     const raw = endToEnd(req.rawHeaders);
     const headers: string[] = [];
@@ -269,7 +268,7 @@ export class ClusterRouter {
       agent: this.agent(node),
       host: url.hostname,
       port: Number(url.port || 80),
-      method: req.method,
+      method,
       path: req.url,
       headers,
       setHost: false,
@@ -277,13 +276,13 @@ export class ClusterRouter {
   }
 
   /** A whole answer of a node to the same request (lists, signed URLs). */
-  private fetchFrom(node: NodeRecord, req: IncomingMessage): Promise<{ status: number; headers: http.OutgoingHttpHeaders; body: Buffer }> {
+  private fetchFrom(node: NodeRecord, req: IncomingMessage, method = req.method): Promise<{ status: number; body: Buffer }> {
     return new Promise((resolve, reject) => {
-      const up = this.upstream(node, req, Buffer.alloc(0));
+      const up = this.upstream(node, req, Buffer.alloc(0), method);
       up.on('response', (r) => {
         const chunks: Buffer[] = [];
         r.on('data', (c: Buffer) => chunks.push(c));
-        r.on('end', () => resolve({ status: r.statusCode ?? 502, headers: filteredHeaders(r), body: Buffer.concat(chunks) }));
+        r.on('end', () => resolve({ status: r.statusCode ?? 502, body: Buffer.concat(chunks) }));
         r.on('error', reject);
       });
       up.on('error', reject);
@@ -345,14 +344,6 @@ export class ClusterRouter {
   close(): void {
     for (const a of this.agents.values()) a.destroy();
   }
-}
-
-/** The end-to-end headers of an answer as an object. */
-function filteredHeaders(r: IncomingMessage): http.OutgoingHttpHeaders {
-  const raw = endToEnd(r.rawHeaders);
-  const out: http.OutgoingHttpHeaders = {};
-  for (let i = 0; i < raw.length; i += 2) out[raw[i]!] = raw[i + 1]!;
-  return out;
 }
 
 /** The ids of the sandboxes a create's or fork's answer names. */

@@ -134,6 +134,12 @@ describe('a cluster: two nodes behind two API replicas', { timeout: 1_200_000 },
       assert.equal(streamed, 'line1\nline2\nline3\n');
       await other.files.write('/tmp/through.txt', `written via replica ${(i + 1) % 2}`);
       assert.equal(await made.files.read('/tmp/through.txt'), `written via replica ${(i + 1) % 2}`);
+      // a signed download URL without the sandbox in it: the replica finds the node whose sandbox signed it
+      const signed = new URL(await made.downloadUrl('/tmp/through.txt', { useSignatureExpiration: 60 }));
+      const got = await fetch(`${replicas[(i + 1) % 2]!.url}${signed.pathname}${signed.search}`);
+      assert.equal(await got.text(), `written via replica ${(i + 1) % 2}`);
+      const forged = await fetch(`${replicas[i % 2]!.url}${signed.pathname}${signed.search.replace('signature=v1_', 'signature=v1_x')}`);
+      assert.equal(forged.status, 401);
     }
   });
 

@@ -44,6 +44,7 @@ describe('cluster roles', () => {
     writeFileSync(short, 'abc');
     assert.throws(() => serveConfig({ dataDir: '/tmp/d', role: 'node', database: DB, clusterSecretFile: short }, {}), /too short/);
     assert.throws(() => serveConfig({ dataDir: '/tmp/d', role: 'leader' }, {}), /bad --role 'leader'/);
+    assert.throws(() => serveConfig({ dataDir: '/tmp/d', role: 'node', database: DB, clusterSecretFile: secretFile, host: '0.0.0.0' }, {}), /needs --node-url/);
     assert.throws(
       () => serveConfig({ dataDir: '/tmp/d', role: 'node', database: DB, clusterSecretFile: secretFile, nodeUrl: 'ftp://x' }, {}),
       /bad --node-url/,
