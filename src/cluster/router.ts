@@ -112,15 +112,18 @@ export class ClusterRouter {
     const raw = req.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() !== CLUSTER_SECRET_HEADER) lines.push(`${raw[i]}: ${raw[i + 1]}`);
     lines.push(`${CLUSTER_SECRET_HEADER}: ${this.opts.secret}`);
+    let connected = false;
     up.on('connect', () => {
+      connected = true;
       up.write(lines.join('\r\n') + '\r\n\r\n');
       if (head.length) up.write(head);
       up.pipe(socket);
       socket.pipe(up);
     });
-    up.on('error', () => (up.readyState === 'opening' ? rawResponse(socket, 502, notFoundBody(target.sandboxId)) : socket.destroy()));
+    // the node cannot be reached: the client gets the data plane's answer; a tunnel that breaks later just ends
+    up.on('error', () => (connected ? socket.destroy() : rawResponse(socket, 502, notFoundBody(target.sandboxId))));
     socket.on('close', () => up.destroy());
-    up.on('close', () => socket.destroy());
+    up.on('close', () => connected && socket.destroy());
   }
 
   private async control(req: IncomingMessage, res: ServerResponse): Promise<void> {

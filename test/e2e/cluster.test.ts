@@ -265,8 +265,24 @@ EOF`);
       assert.equal((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`, { method: 'DELETE' })).status, 204);
       for (const r of [0, 1]) assert.equal((await rest(r, `/sandboxes/${sbx.sandboxId}`)).status, 404);
     }
+    const gone = created[0]!.sandboxId;
     created.length = 0;
     for (const i of [0, 1]) assert.deepEqual(JSON.parse((await rest(i, '/sandboxes')).text), []);
+    // the data plane of a killed sandbox, plain and WebSocket, answers as a node alone does
+    const plain = await fetch(`${replicas[1]!.url}/health`, { headers: { 'E2b-Sandbox-Id': gone } });
+    assert.equal(plain.status, 502);
+    const upgrade = await new Promise<string>((resolve, reject) => {
+      const s = connect(replicas[0]!.port, '127.0.0.1', () =>
+        s.write(
+          `GET / HTTP/1.1\r\nHost: 8001-${gone}.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+        ),
+      );
+      let buf = '';
+      s.on('data', (d: Buffer) => (buf += d.toString()));
+      s.on('close', () => resolve(buf));
+      s.on('error', reject);
+    });
+    assert.match(upgrade, /^HTTP\/1.1 502/);
     const c = new pg.Client({ connectionString: db!.url });
     await c.connect();
     try {
