@@ -74,7 +74,7 @@ export class ClusterRouter {
       const target = classify(req);
       if (target?.kind === 'sandbox') return await this.toSandbox(target.sandboxId, req, res, 'data');
       if (target?.kind === 'signed') return await this.signed(req, res);
-      if (target?.kind === 'preflight') return await this.forward(await this.anyNode(), req, res);
+      if (target?.kind === 'preflight') return void (await this.forward(await this.anyNode(), req, res));
       await this.control(req, res);
     } catch (err) {
       if (err instanceof HttpFailure) {
@@ -137,7 +137,7 @@ export class ClusterRouter {
       const id = sandboxIdOf(decodeURIComponent(m[1]!)) ?? m[1]!;
       return this.toSandbox(id, req, res, 'control', m[2] === '/fork' && method === 'POST');
     }
-    return this.forward(await this.anyNode(), req, res);
+    await this.forward(await this.anyNode(), req, res);
   }
 
   /** A create: placed on a node, forwarded there, and its sandbox's node recorded before the answer goes out. */
@@ -152,25 +152,28 @@ export class ClusterRouter {
     const runtime = ask?.metadata?.[RUNTIME_METADATA_KEY];
     const live = await this.opts.registry.live(LIVE_MS);
     for (const n of live) this.nodes.set(n.id, { node: n, at: Date.now() });
-    const node = place(
-      live,
-      { template: typeof ask?.templateID === 'string' ? ask.templateID : 'base', runtime: typeof runtime === 'string' ? runtime : undefined },
-      (id) => this.pendingFor(id, live),
-    );
-    if (!node)
-      throw new HttpFailure(
-        503,
-        'no node can take this sandbox now (none is live with a free slot and the runtime asked for); try again shortly',
-        NO_NODE_RETRY_SEC,
-      );
-    const mine = this.pending.get(node.id) ?? { inFlight: 0, done: [] };
-    this.pending.set(node.id, mine);
-    mine.inFlight++;
-    try {
-      await this.forward(node, req, res, body, true);
-    } finally {
-      mine.inFlight--;
-      mine.done.push(Date.now()); // in the node's list from now: counted until a heartbeat after this
+    const wanted = { template: typeof ask?.templateID === 'string' ? ask.templateID : 'base', runtime: typeof runtime === 'string' ? runtime : undefined };
+    // a node that refuses the connection (gone since its last heartbeat) got nothing: the next one is tried
+    for (let candidates = live; ;) {
+      const node = place(candidates, wanted, (id) => this.pendingFor(id, live));
+      if (!node)
+        throw new HttpFailure(
+          503,
+          'no node can take this sandbox now (none is live with a free slot and the runtime asked for); try again shortly',
+          NO_NODE_RETRY_SEC,
+        );
+      const mine = this.pending.get(node.id) ?? { inFlight: 0, done: [] };
+      this.pending.set(node.id, mine);
+      mine.inFlight++;
+      let outcome: 'refused' | undefined;
+      try {
+        outcome = await this.forward(node, req, res, body, true, true);
+      } finally {
+        mine.inFlight--;
+        mine.done.push(Date.now()); // in the node's list from now: counted until a heartbeat after this
+      }
+      if (outcome !== 'refused') return;
+      candidates = candidates.filter((n) => n.id !== node.id);
     }
   }
 
@@ -204,7 +207,7 @@ export class ClusterRouter {
         'a signed upload URL without the sandbox in its host is not routed through an API replica yet; use the sandbox host (<port>-<id>.<domain>)',
       );
     // a HEAD finds the node whose sandbox signed it (the others answer 401); the GET then streams from it
-    for (const n of live) if ((await this.fetchFrom(n, req, 'HEAD')).status !== 401) return this.forward(n, req, res);
+    for (const n of live) if ((await this.fetchFrom(n, req, 'HEAD')).status !== 401) return void (await this.forward(n, req, res));
     sendJson(res, 401, JSON.stringify({ code: 401, message: 'invalid signature: it matches no running sandbox' }));
   }
 
@@ -296,14 +299,22 @@ export class ClusterRouter {
   /**
    * The request relayed to a node unbuffered both ways (a body given is sent instead of the
    * request's). `records`: the answer is read whole and the sandboxes it names are recorded as
-   * the node's before it is passed on.
+   * the node's before it is passed on. `retryRefused`: a refused connection answers nothing and
+   * resolves 'refused' (the body was buffered: the caller may send it elsewhere).
    */
-  private forward(node: NodeRecord, req: IncomingMessage, res: ServerResponse, body?: Buffer, records = false): Promise<void> {
+  private forward(
+    node: NodeRecord,
+    req: IncomingMessage,
+    res: ServerResponse,
+    body?: Buffer,
+    records = false,
+    retryRefused = false,
+  ): Promise<'refused' | undefined> {
     return new Promise((resolve) => {
       const up = this.upstream(node, req, body);
       res.once('close', () => {
         if (!res.writableFinished) up.destroy(); // the client went away: so does the request to the node
-        resolve();
+        resolve(undefined);
       });
       up.on('response', (upRes) => {
         const status = upRes.statusCode ?? 502;
@@ -337,6 +348,7 @@ export class ClusterRouter {
         if (res.headersSent) return void res.destroy();
         this.opts.log.warn({ node: node.id, code: err.code }, 'node unreachable');
         this.nodes.delete(node.id);
+        if (retryRefused && err.code === 'ECONNREFUSED') return resolve('refused'); // nothing reached it: the caller may go elsewhere
         sendJson(res, 502, JSON.stringify({ code: 502, message: `node ${node.id} holding this did not answer` }));
       });
       if (body) up.end(body);

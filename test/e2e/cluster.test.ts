@@ -301,4 +301,15 @@ EOF`);
     assert.equal(r.status, 503, await r.text());
     assert.ok(Number(r.headers.get('retry-after')) > 0);
   });
+  it('sends a create elsewhere when the node placement picked is gone (killed, its heartbeat still fresh)', async () => {
+    await nodes[1]!.svc.crash();
+    const survivor = nodes[0]!.id;
+    for (let i = 0; i < 3; i++) {
+      const sbx = await e2b.Sandbox.create('base', through(i % 2));
+      created.push(sbx);
+      assert.equal((JSON.parse((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`)).text) as { clientID: string }).clientID, survivor);
+      assert.equal((await sbx.commands.run('echo alive')).stdout, 'alive\n');
+    }
+    for (const sbx of created.splice(0)) assert.equal(await sbx.kill(), true);
+  });
 });
