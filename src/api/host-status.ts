@@ -24,7 +24,8 @@ function readNumber(file: string, fallback: number): number {
   }
 }
 
-function memAvailableMB(): number {
+/** MiB of memory the host can still give (MemAvailable). */
+export function memAvailableMB(): number {
   try {
     const m = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
     if (m) return Math.floor(Number(m[1]) / 1024);
@@ -68,9 +69,7 @@ export function hostStatus(manager: SandboxManager): () => Promise<HostStatus> {
     probe();
     const report = last?.report;
     const fs = statfsSync(manager.paths.dataDir);
-    const slots = manager.deps.net?.plan?.slots;
-    const net = manager.store.netSlots;
-    const used = slots === undefined ? 0 : net.count('used') + net.count('making') + net.count('releasing');
+    const networkSlots = slotsOf(manager);
     const states: Record<string, number> = {};
     let pidsOfSandboxes = 0;
     for (const s of manager.list()) {
@@ -82,7 +81,7 @@ export function hostStatus(manager: SandboxManager): () => Promise<HostStatus> {
       cpus: { count: availableParallelism(), load1: load1!, load5: load5!, load15: load15! },
       memory: { totalMB: Math.floor(totalmem() / MIB), availableMB: memAvailableMB() },
       disk: { path: manager.paths.dataDir, totalMB: Math.floor((fs.blocks * fs.bsize) / MIB), freeMB: Math.floor((fs.bavail * fs.bsize) / MIB) },
-      networkSlots: slots === undefined ? null : { total: slots, used, free: Math.max(0, slots - used) },
+      networkSlots,
       pids: { max: readNumber('/proc/sys/kernel/pid_max', 0), tasks: tasksNow(), sandboxes: pidsOfSandboxes },
       pool: manager.poolStatus(),
       gate: { concurrency: manager.gate.opts.concurrency, inFlight: manager.gate.inFlight, queued: manager.gate.queued, maxQueue: manager.gate.opts.maxQueue },
@@ -102,4 +101,13 @@ export function hostStatus(manager: SandboxManager): () => Promise<HostStatus> {
           : { probing: true as const },
     };
   };
+}
+
+/** The network slots (a namespace and address each) in use and free; null: sandboxes have loopback only. */
+export function slotsOf(manager: SandboxManager): HostStatus['networkSlots'] {
+  const slots = manager.deps.net?.plan?.slots;
+  if (slots === undefined) return null;
+  const net = manager.store.netSlots;
+  const used = net.count('used') + net.count('making') + net.count('releasing');
+  return { total: slots, used, free: Math.max(0, slots - used) };
 }

@@ -6,7 +6,10 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import Fastify from 'fastify';
 import type { Logger } from 'pino';
+import type { Duplex } from 'node:stream';
+import { REFUSED_BODY } from '../cluster/secret.js';
 import type { DataPlaneProxy } from '../proxy/proxy.js';
+import { rawResponse, sendJson } from '../proxy/replies.js';
 import { CONTROL_PLANE_AJV, registerControlPlane, type ControlPlaneOptions } from './control-plane.js';
 import { ConnectionGuard, type ConnectionLimits } from './connection-guard.js';
 import { serveDashboard } from './routes/dashboard.js';
@@ -27,6 +30,8 @@ export interface ServerOptions {
   tls?: { cert: Buffer; key: Buffer };
   /** Bounds on each listener's connections (default DEFAULT_CONNECTION_LIMITS). */
   connections?: ConnectionLimits;
+  /** A cluster node's: a request it refuses (401) before anything else sees it (cluster/secret.ts). */
+  gate?: (req: http.IncomingMessage) => boolean;
 }
 
 export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = { maxConnections: 8192, maxPerAddress: 1024, headerTimeoutMs: 10_000 };
@@ -48,10 +53,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const limits = opts.connections ?? DEFAULT_CONNECTION_LIMITS;
   // each listener bounds its connections; no request timeout: uploads and command streams may legitimately last long
   const guards: ConnectionGuard[] = [];
-  const listener = (handler: http.RequestListener): http.Server => {
+  const { gate } = opts;
+  const listener = (inner: http.RequestListener): http.Server => {
     const guard = new ConnectionGuard(limits, log);
     const options = guard.serverOptions();
+    const handler: http.RequestListener = gate ? (req, res) => (gate(req) ? inner(req, res) : sendJson(res, 401, REFUSED_BODY)) : inner;
     const server = opts.tls ? https.createServer({ ...options, cert: opts.tls.cert, key: opts.tls.key }, handler) : http.createServer(options, handler);
+    // an upgrade the gate refuses ends here; the 'upgrade' listeners below see only admitted ones
+    if (gate) server.prependListener('upgrade', (req: http.IncomingMessage, socket: Duplex) => void (!gate(req) && rawResponse(socket, 401, REFUSED_BODY)));
     guard.attach(server);
     guards.push(guard);
     return server;
@@ -78,6 +87,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const port = (app.server.address() as AddressInfo).port;
   if (!domainRef.value) domainRef.value = `localhost:${port}`;
   app.server.on('upgrade', (req, socket, head) => {
+    if (socket.destroyed || socket.writableEnded) return; // refused by the gate
     if (proxy.matches(req)) proxy.handleUpgrade(req, socket, head);
     else socket.destroy();
   });
@@ -96,7 +106,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       );
     };
     dataServer = listener(dataHandler);
-    dataServer.on('upgrade', (req, socket, head) => (proxy.matches(req) ? proxy.handleUpgrade(req, socket, head) : socket.destroy()));
+    dataServer.on('upgrade', (req, socket, head) => {
+      if (socket.destroyed || socket.writableEnded) return; // refused by the gate
+      if (proxy.matches(req)) proxy.handleUpgrade(req, socket, head);
+      else socket.destroy();
+    });
     await new Promise<void>((resolve, reject) => {
       dataServer!.once('error', reject);
       dataServer!.listen(opts.dataPort, opts.host, () => resolve());

@@ -152,6 +152,12 @@ export interface ServeFlags extends RegistryFlags {
   shutdownTimeout?: string;
   /** The shared store of teams, keys and secrets: a postgres:// URL (default: the data directory's SQLite file). */
   database?: string;
+  /** What this process is in a cluster: api, node or all (default all: one process, today's service). */
+  role?: string;
+  /** The file holding the secret nodes and API replicas authenticate to each other with. */
+  clusterSecretFile?: string;
+  /** How API replicas reach this node (default http://<host>:<port>). */
+  nodeUrl?: string;
 }
 
 export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
@@ -178,7 +184,13 @@ export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
   shutdownTimeoutMs: number;
   /** A postgres:// URL of the shared store (teams, keys, secrets); undefined: the data directory's SQLite file. */
   database: string | undefined;
+  /** all: one process with everything (the default); api and node: the two halves of a cluster (cluster.ts). */
+  role: Role;
+  /** api and node: the cluster's shared secret and this node's address as replicas reach it. */
+  cluster: { secret: string; nodeUrl: string | undefined } | undefined;
 }
+
+export type Role = 'api' | 'node' | 'all';
 
 export const DEFAULT_FD_RESERVE = 4096;
 export const DEFAULT_SHUTDOWN_TIMEOUT_SEC = 20;
@@ -228,6 +240,7 @@ export function serveConfig(flags: ServeFlags, env: Env = process.env): ServeCon
       fdReserve: optionalCount(flags.fdReserve ?? env.CUBEBOX_FD_RESERVE, 'fd reserve', 64, 1_000_000) ?? DEFAULT_FD_RESERVE,
     },
     database: databaseOf(flags, env),
+    ...clusterOf(flags, env),
     shutdownTimeoutMs:
       1000 * (optionalCount(flags.shutdownTimeout ?? env.CUBEBOX_SHUTDOWN_TIMEOUT, 'shutdown timeout', 1, 3600) ?? DEFAULT_SHUTDOWN_TIMEOUT_SEC),
   };
@@ -316,4 +329,32 @@ export function databaseOf(flags: { database?: string }, env: Env = process.env)
   const url = flags.database ?? (env.CUBEBOX_DATABASE || undefined);
   if (url !== undefined && !isPostgresUrl(url)) throw invalid('--database (CUBEBOX_DATABASE) takes a postgres:// or postgresql:// URL');
   return url;
+}
+
+/**
+ * The role (--role, CUBEBOX_ROLE; default all) and, for api and node, what a cluster needs: the
+ * shared PostgreSQL store, and the secret its members authenticate to each other with
+ * (--cluster-secret-file, CUBEBOX_CLUSTER_SECRET_FILE: at least 32 characters, read once).
+ */
+function clusterOf(flags: ServeFlags, env: Env): Pick<ServeConfig, 'role' | 'cluster'> {
+  const role = flags.role ?? (env.CUBEBOX_ROLE || 'all');
+  if (role !== 'api' && role !== 'node' && role !== 'all') throw invalid(`bad --role '${role}': api, node or all`);
+  if (role === 'all') return { role, cluster: undefined };
+  if (!databaseOf(flags, env)) throw invalid(`--role ${role} needs the cluster's PostgreSQL database (--database postgres://... or CUBEBOX_DATABASE)`);
+  const file = flags.clusterSecretFile ?? (env.CUBEBOX_CLUSTER_SECRET_FILE || undefined);
+  if (!file) throw invalid(`--role ${role} needs the cluster secret (--cluster-secret-file or CUBEBOX_CLUSTER_SECRET_FILE)`);
+  let secret: string;
+  try {
+    secret = readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw invalid(`cannot read the cluster secret file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (secret.length < 32) throw invalid(`the cluster secret in ${file} is too short: at least 32 characters (e.g. openssl rand -hex 32)`);
+  const nodeUrl = flags.nodeUrl ?? (env.CUBEBOX_NODE_URL || undefined);
+  if (nodeUrl !== undefined && !/^https?:\/\/[^/?#]+\/?$/.test(nodeUrl)) throw invalid(`bad --node-url '${nodeUrl}': http(s)://host:port`);
+  // a wildcard listen address is no address to reach the node at
+  const host = flags.host ?? env.CUBEBOX_HOST ?? '127.0.0.1';
+  if (role === 'node' && nodeUrl === undefined && (host === '0.0.0.0' || host === '::'))
+    throw invalid(`--role node listening on ${host} needs --node-url (CUBEBOX_NODE_URL): the address API replicas reach it at`);
+  return { role, cluster: { secret, nodeUrl: nodeUrl?.replace(/\/$/, '') } };
 }

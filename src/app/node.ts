@@ -4,6 +4,9 @@
 // the data plane, the listeners and the warm pool, in that order; and the shutdown that leaves
 // sandboxes running. Everything else is handed what it needs from here.
 import { readFileSync } from 'node:fs';
+import { join as joinCluster, type Membership } from '../cluster/member.js';
+import { ClusterRegistry } from '../store/pg/nodes.js';
+import { admitted } from '../cluster/secret.js';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { ControlServer } from '../api/control-socket.js';
@@ -120,14 +123,14 @@ export async function startService(config: ServeConfig): Promise<RunningService>
     sealingKey: () => sealingKey,
     registry: config.registry,
     buildReadyTimeoutMs: config.buildReadyTimeoutMs,
+    // a cluster node answers its API replicas only (cluster/secret.ts)
+    gate: config.cluster && ((req) => admitted(req, config.cluster!.secret)),
   });
   manager.setPool(config.pool);
-  logger.info(
-    { url: server.url, dataUrl: server.dataUrl, dataDir: config.dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name },
-    'cubebox serve ready',
-  );
+  let membership: Membership | undefined;
+  let registry: ClusterRegistry | undefined;
   const m = manager;
-  return {
+  const service: RunningService = {
     manager: m,
     server,
     log: logger,
@@ -148,14 +151,31 @@ export async function startService(config: ServeConfig): Promise<RunningService>
         if ((await Promise.race([done, late])) === 'late') logger.warn(`closing ${what} did not finish in ${ms} ms; going on without it`);
         clearTimeout(timer);
       };
+      await step('the cluster membership', () => membership?.leave());
       await step('the API listeners', () => server.close());
       await step('the DNS forwarder', () => dns?.close());
       await step('the egress proxy', () => egress?.close());
       await step('the control socket', () => control.close(true));
       await step('the shared store', () => shared.close());
+      await step('the cluster registry', () => registry?.close());
       await step('the manager', () => m.close());
     },
   };
+  if (config.role === 'node' && config.cluster && config.database) {
+    // registered last: a node takes creates only once it serves them
+    try {
+      registry = await ClusterRegistry.open(config.database, logger);
+      membership = await joinCluster(manager, registry, { address: config.cluster.nodeUrl ?? server.url, binaries: config.runtimeBinaries, log: logger });
+    } catch (err) {
+      await service.close();
+      throw err;
+    }
+  }
+  logger.info(
+    { url: server.url, dataUrl: server.dataUrl, dataDir: config.dataDir, instance: manager.paths.instanceId, runtime: manager.runtime.name, role: config.role },
+    'cubebox serve ready',
+  );
+  return service;
 }
 
 export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | 'proxy'> {

@@ -1,6 +1,8 @@
-// `cubebox serve`: the configuration (config.ts), the node (node.ts), and the signals that stop it.
+// `cubebox serve`: the configuration (config.ts), the node (node.ts) or an API replica
+// (replica.ts, --role api), and the signals that stop it.
 import { serveConfig, type ServeFlags } from './config.js';
 import { startService } from './node.js';
+import { startReplica } from './replica.js';
 
 export { DEFAULT_FD_RESERVE, DEFAULT_POOL, DEFAULT_SHUTDOWN_TIMEOUT_SEC, parsePool, serveConfig, type ServeConfig, type ServeFlags } from './config.js';
 export { startService, type RunningService } from './node.js';
@@ -8,7 +10,7 @@ export { startService, type RunningService } from './node.js';
 /** `cubebox serve`: starts the service and exits 0 after a graceful stop on SIGTERM or SIGINT. */
 export async function serve(flags: ServeFlags): Promise<void> {
   const config = serveConfig(flags);
-  const service = await startService(config);
+  const service = config.role === 'api' ? await startReplica(config) : await startService(config);
   const stop = async (signal: string) => {
     service.log.info({ signal }, 'shutting down; sandboxes keep running');
     // a last resort past every step's bound: the process ends whatever still runs

@@ -1,6 +1,7 @@
 // What never passes the data plane as a client sent it: hop-by-hop headers, the host's init
 // secret, and envd's /init.
 import { INIT_SECRET_HEADER } from '../envd/host-contract.js';
+import { CLUSTER_SECRET_HEADER } from '../cluster/secret.js';
 
 /** Hop-by-hop headers (RFC 9110 7.6.1), plus Expect: this listener already answered it. */
 export const HOP_BY_HOP = new Set([
@@ -17,6 +18,8 @@ export const HOP_BY_HOP = new Set([
   'expect',
   // not hop-by-hop, but never a client's to send: only the host authenticates to envd with it
   INIT_SECRET_HEADER,
+  // nor the cluster's: only API replicas authenticate to nodes with it (cluster/secret.ts)
+  CLUSTER_SECRET_HEADER,
 ]);
 
 /** rawHeaders minus hop-by-hop ones and those the Connection header names. */

@@ -11,6 +11,7 @@ import pg from 'pg';
 import { ApiKeys } from '../../src/api/keys.js';
 import { DEFAULT_QUOTA, parseQuota, setTeamQuota, Tenancy } from '../../src/api/tenancy.js';
 import { PG_SCHEMA_VERSION } from '../../src/store/pg/migrations.js';
+import { ClusterRegistry, type NodeRecord } from '../../src/store/pg/nodes.js';
 import { openPgSharedStore } from '../../src/store/pg/store.js';
 import { redactUrl, type SecretRow, type SharedStore } from '../../src/store/shared.js';
 import { sqliteSharedStore } from '../../src/store/shared-sqlite.js';
@@ -270,5 +271,44 @@ describe('the shared store on PostgreSQL: migrations, an unreachable server, and
     assert.equal(redactUrl('postgresql://cube:p@ss@db/x?sslmode=require'), 'postgresql://cube:***@db/x?sslmode=require');
     assert.equal(redactUrl('postgresql:///x?host=/run&password=hunter2'), 'postgresql:///x?host=/run&password=***');
     assert.equal(redactUrl('postgres://db/x'), 'postgres://db/x');
+  });
+});
+
+describe("a cluster's nodes and sandbox routes in PostgreSQL", () => {
+  let server: TestPostgres;
+  let registry: ClusterRegistry;
+  before(async () => {
+    server = await startPostgres();
+    registry = await ClusterRegistry.open(server.url);
+  });
+  after(async () => {
+    await registry.close();
+    await server.stop();
+  });
+
+  const node = (id: string, heartbeatAt: number): NodeRecord => ({
+    ...{ id, address: `http://127.0.0.1:1${id.length}`, runtimes: ['crun'], cpus: 2, memoryMB: 512, freeSlots: 4, sandboxes: 0 },
+    ...{ templates: ['base'], pooled: [], startedAt: 1, heartbeatAt },
+  });
+
+  it('keeps each node as its last heartbeat says, and which node holds each sandbox', async () => {
+    const t = Date.now();
+    await registry.heartbeat(node('a', t), ['s1', 's2']);
+    await registry.heartbeat({ ...node('b', t - 60_000) }, []);
+    assert.deepEqual(
+      (await registry.live(10_000)).map((n) => n.id),
+      ['a'],
+      'a node whose heartbeat is old takes nothing',
+    );
+    assert.equal(await registry.nodeOf('s1'), 'a');
+    // a create recorded after the node listed its sandboxes survives that heartbeat; a sandbox gone from the list does not
+    await registry.place('s3', 'a');
+    await registry.heartbeat(node('a', t + 1), ['s1']);
+    assert.deepEqual([await registry.nodeOf('s1'), await registry.nodeOf('s2'), await registry.nodeOf('s3')], ['a', undefined, 'a']);
+    await registry.forget('s3');
+    assert.equal(await registry.nodeOf('s3'), undefined);
+    await registry.leave('a');
+    assert.equal(await registry.node('a'), undefined);
+    assert.equal(await registry.nodeOf('s1'), 'a', 'a node that leaves keeps its sandboxes routed (they keep running)');
   });
 });

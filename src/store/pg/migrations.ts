@@ -46,6 +46,30 @@ const MIGRATIONS: Migration[] = [
     `);
     await c.query('INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, Date.now()]);
   },
+  // a cluster's nodes as their heartbeats describe them, and which node holds each sandbox (store/pg/nodes.ts)
+  async (c) => {
+    await c.query(`
+      CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        runtimes TEXT[] NOT NULL,
+        cpus INTEGER NOT NULL,
+        memory_mb INTEGER NOT NULL,
+        free_slots INTEGER NOT NULL,
+        sandboxes INTEGER NOT NULL,
+        templates TEXT[] NOT NULL,
+        pooled TEXT[] NOT NULL,
+        started_at BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL
+      );
+      CREATE TABLE sandbox_nodes (
+        sandbox_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        placed_at BIGINT NOT NULL
+      );
+      CREATE INDEX sandbox_nodes_node ON sandbox_nodes (node_id);
+    `);
+  },
 ];
 
 /** The version this code writes. */

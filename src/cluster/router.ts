@@ -1,0 +1,424 @@
+// An API replica (`serve --role api`): it holds no sandbox. A create goes to the node placement
+// picks (placement.ts) and the sandbox's node is recorded in the shared store; every later call
+// on that sandbox, control plane or data plane (envd HTTP and Connect streams, user ports,
+// WebSocket), is forwarded to its node with the cluster secret. Lists fan out to every live
+// node. Everything else (keys, teams, secrets, templates, volumes) goes to one live node, which
+// answers it from the shared store or its own. Nodes authenticate the caller (API key, envd
+// token) as they do alone: a replica only adds the hop.
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { ConnectionGuard, type ConnectionLimits } from '../api/connection-guard.js';
+import { DEFAULT_CONNECTION_LIMITS } from '../api/server.js';
+import { sandboxIdOf } from '../protocol/ids.js';
+import { endToEnd } from '../proxy/filter.js';
+import { notFoundBody, rawResponse, sendJson } from '../proxy/replies.js';
+import { classify } from '../proxy/routing.js';
+import { RUNTIME_METADATA_KEY } from '../sandbox/types.js';
+import { describe } from '../store/pg/pool.js';
+import { HEARTBEAT_MS } from './member.js';
+import { place } from './placement.js';
+import type { ClusterRegistry, NodeRecord } from '../store/pg/nodes.js';
+import { CLUSTER_SECRET_HEADER } from './secret.js';
+
+/** A node whose last heartbeat is older than this takes no creates (three missed beats and some). */
+export const LIVE_MS = 3 * HEARTBEAT_MS + 4000;
+/** When a client may try a create again that no node could take. */
+const NO_NODE_RETRY_SEC = 5;
+/** The largest create or fork body read to place it (the control plane's own bound). */
+const MAX_BODY = 8 * 1024 * 1024;
+/** Sandbox -> node entries kept in memory (a sandbox never moves; the oldest go first). */
+const ROUTE_CACHE = 100_000;
+
+export interface RouterOptions {
+  registry: ClusterRegistry;
+  secret: string;
+  host: string;
+  port: number;
+  log: Logger;
+  tls?: { cert: Buffer; key: Buffer };
+  connections?: ConnectionLimits;
+}
+
+export interface RunningRouter {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+class HttpFailure extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly retryAfterSec?: number,
+  ) {
+    super(message);
+  }
+}
+
+export class ClusterRouter {
+  private readonly routes = new Map<string, string>();
+  private readonly nodes = new Map<string, { node: NodeRecord; at: number }>();
+  /** Creates this replica sent to a node that its last heartbeat did not count: placement counts them as taken. */
+  private readonly pending = new Map<string, { inFlight: number; done: number[] }>();
+  private readonly agents = new Map<string, http.Agent>();
+
+  constructor(private readonly opts: RouterOptions) {}
+
+  /** One request: the data plane when it names a sandbox, else the control plane. */
+  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      const target = classify(req);
+      if (target?.kind === 'sandbox') return await this.toSandbox(target.sandboxId, req, res, 'data');
+      if (target?.kind === 'signed') return await this.signed(req, res);
+      if (target?.kind === 'preflight') return void (await this.forward(await this.anyNode(), req, res));
+      await this.control(req, res);
+    } catch (err) {
+      if (err instanceof HttpFailure) {
+        sendJson(
+          res,
+          err.status,
+          JSON.stringify({ code: err.status, message: err.message }),
+          err.retryAfterSec ? { 'Retry-After': String(err.retryAfterSec) } : {},
+        );
+        return;
+      }
+      // the shared store unreachable, and the like: a replica has nothing else to answer from
+      this.opts.log.warn({ err: describe(err), url: req.url?.split('?')[0] }, 'cannot route the request');
+      sendJson(res, 503, JSON.stringify({ code: 503, message: 'the cluster cannot be reached now; try again shortly' }), {
+        'Retry-After': String(NO_NODE_RETRY_SEC),
+      });
+    }
+  }
+
+  /** A WebSocket (or other upgrade) to a sandbox: a tunnel to its node, whose data plane checks the handshake. */
+  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on('error', () => {});
+    const target = classify(req);
+    if (target?.kind !== 'sandbox') return void socket.destroy();
+    let node: NodeRecord | undefined;
+    try {
+      node = await this.nodeOfSandbox(target.sandboxId);
+    } catch {
+      node = undefined;
+    }
+    if (!node) return rawResponse(socket, 502, notFoundBody(target.sandboxId));
+    const url = new URL(node.address);
+    const up = net.connect(Number(url.port || 80), url.hostname);
+    const lines = [`${req.method} ${req.url} HTTP/1.1`];
+    const raw = req.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() !== CLUSTER_SECRET_HEADER) lines.push(`${raw[i]}: ${raw[i + 1]}`);
+    lines.push(`${CLUSTER_SECRET_HEADER}: ${this.opts.secret}`);
+    let connected = false;
+    up.on('connect', () => {
+      connected = true;
+      up.write(lines.join('\r\n') + '\r\n\r\n');
+      if (head.length) up.write(head);
+      up.pipe(socket);
+      socket.pipe(up);
+    });
+    // the node cannot be reached: the client gets the data plane's answer; a tunnel that breaks later just ends
+    up.on('error', () => (connected ? socket.destroy() : rawResponse(socket, 502, notFoundBody(target.sandboxId))));
+    socket.on('close', () => up.destroy());
+    up.on('close', () => connected && socket.destroy());
+  }
+
+  private async control(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const method = req.method ?? 'GET';
+    if (path === '/health') return sendJson(res, 200, JSON.stringify({ status: 'ok' }));
+    if (method === 'POST' && (path === '/sandboxes' || path === '/v2/sandboxes')) return this.create(req, res);
+    if (method === 'GET' && (path === '/sandboxes' || path === '/v2/sandboxes' || path === '/sandboxes/metrics')) return this.fanOut(req, res);
+    const m = /^(?:\/v2)?\/sandboxes\/([^/]+)(\/.*)?$/.exec(path);
+    if (m) {
+      const id = sandboxIdOf(decodeURIComponent(m[1]!)) ?? m[1]!;
+      return this.toSandbox(id, req, res, 'control', m[2] === '/fork' && method === 'POST');
+    }
+    await this.forward(await this.anyNode(), req, res);
+  }
+
+  /** A create: placed on a node, forwarded there, and its sandbox's node recorded before the answer goes out. */
+  private async create(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readBody(req);
+    let ask: { templateID?: unknown; metadata?: Record<string, unknown> } = {};
+    try {
+      ask = JSON.parse(body.toString('utf8')) as typeof ask;
+    } catch {
+      // the node words the refusal of a malformed body
+    }
+    const runtime = ask?.metadata?.[RUNTIME_METADATA_KEY];
+    const live = await this.opts.registry.live(LIVE_MS);
+    for (const n of live) this.nodes.set(n.id, { node: n, at: Date.now() });
+    const wanted = { template: typeof ask?.templateID === 'string' ? ask.templateID : 'base', runtime: typeof runtime === 'string' ? runtime : undefined };
+    // a node that refuses the connection (gone since its last heartbeat) got nothing: the next one is tried
+    for (let candidates = live; ;) {
+      const node = place(candidates, wanted, (id) => this.pendingFor(id, live));
+      if (!node)
+        throw new HttpFailure(
+          503,
+          'no node can take this sandbox now (none is live with a free slot and the runtime asked for); try again shortly',
+          NO_NODE_RETRY_SEC,
+        );
+      const mine = this.pending.get(node.id) ?? { inFlight: 0, done: [] };
+      this.pending.set(node.id, mine);
+      mine.inFlight++;
+      let outcome: 'refused' | undefined;
+      try {
+        outcome = await this.forward(node, req, res, body, true, true);
+      } finally {
+        mine.inFlight--;
+        mine.done.push(Date.now()); // in the node's list from now: counted until a heartbeat after this
+      }
+      if (outcome !== 'refused') return;
+      candidates = candidates.filter((n) => n.id !== node.id);
+    }
+  }
+
+  /** Creates sent to a node that its last heartbeat could not count: still in flight, or done after it listed its sandboxes. */
+  private pendingFor(id: string, live: NodeRecord[]): number {
+    const mine = this.pending.get(id);
+    if (!mine) return 0;
+    const beat = live.find((n) => n.id === id)?.heartbeatAt ?? 0;
+    mine.done = mine.done.filter((t) => t >= beat);
+    return mine.inFlight + mine.done.length;
+  }
+
+  /** Every live node's answer to a list, merged (arrays joined, objects combined). */
+  private async fanOut(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const live = await this.opts.registry.live(LIVE_MS);
+    if (!live.length) throw new HttpFailure(503, 'no node of the cluster is live; try again shortly', NO_NODE_RETRY_SEC);
+    const answers = await Promise.all(live.map((n) => this.fetchFrom(n, req)));
+    const failed = answers.find((a) => a.status !== 200);
+    if (failed) return sendJson(res, failed.status, failed.body.toString('utf8'));
+    const parts = answers.map((a) => JSON.parse(a.body.toString('utf8')) as unknown);
+    const merged = parts.every(Array.isArray) ? parts.flat() : Object.assign({}, ...parts);
+    sendJson(res, 200, JSON.stringify(merged));
+  }
+
+  /** A header-less signed /files URL: its sandbox is known only to the node holding it, so each node is asked in turn. */
+  private async signed(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const live = await this.opts.registry.live(LIVE_MS);
+    if (req.method !== 'GET' && req.method !== 'HEAD')
+      throw new HttpFailure(
+        501,
+        'a signed upload URL without the sandbox in its host is not routed through an API replica yet; use the sandbox host (<port>-<id>.<domain>)',
+      );
+    // a HEAD finds the node whose sandbox signed it (the others answer 401); the GET then streams from it
+    for (const n of live) if ((await this.fetchFrom(n, req, 'HEAD')).status !== 401) return void (await this.forward(n, req, res));
+    sendJson(res, 401, JSON.stringify({ code: 401, message: 'invalid signature: it matches no running sandbox' }));
+  }
+
+  private async toSandbox(id: string, req: IncomingMessage, res: ServerResponse, plane: 'control' | 'data', records = false): Promise<void> {
+    const node = await this.nodeOfSandbox(id);
+    if (!node) {
+      if (plane === 'data') return sendJson(res, 502, notFoundBody(id));
+      throw new HttpFailure(404, `sandbox '${id}' not found`);
+    }
+    const deleted = plane === 'control' && req.method === 'DELETE' && /^(?:\/v2)?\/sandboxes\/[^/]+$/.test((req.url ?? '').split('?')[0]!);
+    await this.forward(node, req, res, records ? await readBody(req) : undefined, records);
+    if (deleted && (res.statusCode === 204 || res.statusCode === 404)) {
+      this.routes.delete(id);
+      await this.opts.registry.forget(id).catch(() => {}); // the node's next heartbeat drops it anyway
+    }
+  }
+
+  /** The node holding a sandbox: this replica's memory, else the shared store. */
+  private async nodeOfSandbox(id: string): Promise<NodeRecord | undefined> {
+    let nodeId = this.routes.get(id);
+    if (!nodeId) {
+      nodeId = await this.opts.registry.nodeOf(id);
+      if (!nodeId) return undefined;
+      this.remember(id, nodeId);
+    }
+    return this.node(nodeId);
+  }
+
+  private remember(sandboxId: string, nodeId: string): void {
+    if (this.routes.size >= ROUTE_CACHE) this.routes.delete(this.routes.keys().next().value as string);
+    this.routes.set(sandboxId, nodeId);
+  }
+
+  private async node(id: string): Promise<NodeRecord | undefined> {
+    const known = this.nodes.get(id);
+    if (known && Date.now() - known.at < HEARTBEAT_MS) return known.node;
+    const node = (await this.opts.registry.node(id)) ?? known?.node;
+    if (node) this.nodes.set(id, { node, at: Date.now() });
+    return node;
+  }
+
+  /** A live node for what any node answers alike (the one with the lowest id: the same for every replica). */
+  private async anyNode(): Promise<NodeRecord> {
+    const [node] = await this.opts.registry.live(LIVE_MS);
+    if (!node) throw new HttpFailure(503, 'no node of the cluster is live; try again shortly', NO_NODE_RETRY_SEC);
+    return node;
+  }
+
+  private agent(node: NodeRecord): http.Agent {
+    let a = this.agents.get(node.address);
+    if (!a) this.agents.set(node.address, (a = new http.Agent({ keepAlive: true })));
+    return a;
+  }
+
+  private upstream(node: NodeRecord, req: IncomingMessage, body?: Buffer, method = req.method): http.ClientRequest {
+    const url = new URL(node.address);
+    const raw = endToEnd(req.rawHeaders);
+    const headers: string[] = [];
+    for (let i = 0; i < raw.length; i += 2) if (!body || raw[i]!.toLowerCase() !== 'content-length') headers.push(raw[i]!, raw[i + 1]!);
+    if (body) headers.push('Content-Length', String(body.length));
+    else if (/\bchunked\b/i.test(String(req.headers['transfer-encoding'] ?? ''))) headers.push('Transfer-Encoding', 'chunked');
+    headers.push(CLUSTER_SECRET_HEADER, this.opts.secret);
+    return http.request({
+      agent: this.agent(node),
+      host: url.hostname,
+      port: Number(url.port || 80),
+      method,
+      path: req.url,
+      headers,
+      setHost: false,
+    });
+  }
+
+  /** A whole answer of a node to the same request (lists, signed URLs). */
+  private fetchFrom(node: NodeRecord, req: IncomingMessage, method = req.method): Promise<{ status: number; body: Buffer }> {
+    return new Promise((resolve, reject) => {
+      const up = this.upstream(node, req, Buffer.alloc(0), method);
+      up.on('response', (r) => {
+        const chunks: Buffer[] = [];
+        r.on('data', (c: Buffer) => chunks.push(c));
+        r.on('end', () => resolve({ status: r.statusCode ?? 502, body: Buffer.concat(chunks) }));
+        r.on('error', reject);
+      });
+      up.on('error', reject);
+      up.end();
+    });
+  }
+
+  /**
+   * The request relayed to a node unbuffered both ways (a body given is sent instead of the
+   * request's). `records`: the answer is read whole and the sandboxes it names are recorded as
+   * the node's before it is passed on. `retryRefused`: a refused connection answers nothing and
+   * resolves 'refused' (the body was buffered: the caller may send it elsewhere).
+   */
+  private forward(
+    node: NodeRecord,
+    req: IncomingMessage,
+    res: ServerResponse,
+    body?: Buffer,
+    records = false,
+    retryRefused = false,
+  ): Promise<'refused' | undefined> {
+    return new Promise((resolve) => {
+      const up = this.upstream(node, req, body);
+      res.once('close', () => {
+        if (!res.writableFinished) up.destroy(); // the client went away: so does the request to the node
+        resolve(undefined);
+      });
+      up.on('response', (upRes) => {
+        const status = upRes.statusCode ?? 502;
+        if (records) {
+          const chunks: Buffer[] = [];
+          upRes.on('data', (c: Buffer) => chunks.push(c));
+          upRes.on('end', () => {
+            const text = Buffer.concat(chunks);
+            const ids = status < 300 ? sandboxIdsIn(text) : [];
+            for (const id of ids) this.remember(id, node.id);
+            Promise.all(ids.map((id) => this.opts.registry.place(id, node.id)))
+              .catch((err: unknown) =>
+                this.opts.log.warn({ err: describe(err), node: node.id }, 'cannot record where a sandbox is; the node reports it at its next heartbeat'),
+              )
+              .finally(() => {
+                res.writeHead(status, upRes.statusMessage, endToEnd(upRes.rawHeaders));
+                res.end(text);
+              });
+          });
+          upRes.on('error', () => res.destroy());
+          return;
+        }
+        res.writeHead(status, upRes.statusMessage, endToEnd(upRes.rawHeaders));
+        if (upRes.headers['content-length'] === undefined && req.method !== 'HEAD' && status !== 204 && status !== 304) res.flushHeaders();
+        upRes.pipe(res);
+        // the node went away mid-answer: the client sees a broken stream, not a clean end
+        upRes.on('close', () => !upRes.complete && res.destroy());
+        upRes.on('error', () => res.destroy());
+      });
+      up.on('error', (err: NodeJS.ErrnoException) => {
+        if (res.headersSent) return void res.destroy();
+        this.opts.log.warn({ node: node.id, code: err.code }, 'node unreachable');
+        this.nodes.delete(node.id);
+        if (retryRefused && err.code === 'ECONNREFUSED') return resolve('refused'); // nothing reached it: the caller may go elsewhere
+        sendJson(res, 502, JSON.stringify({ code: 502, message: `node ${node.id} holding this did not answer` }));
+      });
+      if (body) up.end(body);
+      else req.pipe(up);
+    });
+  }
+
+  close(): void {
+    for (const a of this.agents.values()) a.destroy();
+  }
+}
+
+/** The ids of the sandboxes a create's or fork's answer names. */
+function sandboxIdsIn(body: Buffer): string[] {
+  const ids: string[] = [];
+  const walk = (v: unknown) => {
+    if (Array.isArray(v)) v.forEach(walk);
+    else if (v && typeof v === 'object') {
+      const o = v as Record<string, unknown>;
+      if (typeof o.sandboxID === 'string') ids.push(o.sandboxID);
+      Object.values(o).forEach(walk);
+    }
+  };
+  try {
+    walk(JSON.parse(body.toString('utf8')));
+  } catch {
+    // not JSON: names none
+  }
+  return ids;
+}
+
+/** A request body read whole, bounded. */
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        req.destroy();
+        reject(new HttpFailure(413, `the request body is larger than ${MAX_BODY} bytes`));
+      } else chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+/** Starts an API replica's listener. */
+export async function startRouter(opts: RouterOptions): Promise<RunningRouter> {
+  const router = new ClusterRouter(opts);
+  const guard = new ConnectionGuard(opts.connections ?? DEFAULT_CONNECTION_LIMITS, opts.log);
+  const handler = (req: IncomingMessage, res: ServerResponse) => void router.handle(req, res);
+  const server = opts.tls ? https.createServer({ ...guard.serverOptions(), ...opts.tls }, handler) : http.createServer(guard.serverOptions(), handler);
+  guard.attach(server);
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void router.handleUpgrade(req, socket, head));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
+  return {
+    url: `${opts.tls ? 'https' : 'http'}://${host}:${port}`,
+    port,
+    async close() {
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      guard.destroyAll();
+      router.close();
+      await closed;
+    },
+  };
+}

@@ -1,0 +1,315 @@
+// A cluster on this one machine: a real PostgreSQL, two nodes (`serve --role node`, each its own
+// data directory and subnet) and two API replicas (`serve --role api`), driven with the published
+// SDK through both replicas: creates spread over the nodes, clientID names the node holding the
+// sandbox, commands (Connect streams), files, a user port and a WebSocket through either replica,
+// kill through the other one; the cluster secret never reaches a sandbox (that a node refuses
+// whatever lacks it is test/security/cluster-secret.test.ts). At the end nothing is left: no sandbox on any node, no
+// netns, nft table or mount (destroyInstance asserts it), no PostgreSQL.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
+import { openPaths } from '../../src/config.js';
+import { CLUSTER_SECRET_HEADER } from '../../src/cluster/secret.js';
+import { cli, destroyInstance, newDataDir } from '../helpers/instance.js';
+import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { startService, type E2B, type Service } from '../helpers/service.js';
+
+type Sandbox = InstanceType<E2B['Sandbox']>;
+
+describe('a cluster: two nodes behind two API replicas', { timeout: 1_200_000 }, () => {
+  let db: TestPostgres | undefined;
+  const secret = randomBytes(32).toString('hex');
+  const secretDir = mkdtempSync(join(tmpdir(), 'cubebox-cluster-'));
+  const secretFile = join(secretDir, 'secret');
+  writeFileSync(secretFile, secret, { mode: 0o600 });
+  const nodes: Array<{ svc: Service; dataDir: string; id: string }> = [];
+  const replicas: Service[] = [];
+  const replicaDirs: string[] = [];
+  let key: string;
+  let e2b: E2B;
+  const created: Sandbox[] = [];
+
+  before(async () => {
+    db = await startPostgres();
+    const cluster = ['--database', db.url, '--cluster-secret-file', secretFile];
+    // each node its own address range: both run on this host
+    const third = Math.floor(Math.random() * 120);
+    for (const [i, subnet] of [
+      `10.${211 + Math.floor(Math.random() * 20)}.${2 * third}.0/24`,
+      `10.${211 + Math.floor(Math.random() * 20)}.${2 * third + 1}.0/24`,
+    ].entries()) {
+      const dataDir = newDataDir();
+      const svc = await startService(dataDir, { env: { CUBEBOX_POOL: '', CUBEBOX_SUBNET: subnet }, args: ['--role', 'node', ...cluster] });
+      nodes.push({ svc, dataDir, id: openPaths(dataDir, false).instanceId });
+      assert.ok(nodes[i]);
+    }
+    for (let i = 0; i < 2; i++) {
+      const dir = newDataDir(); // an API replica has no data directory: this one stays empty
+      replicaDirs.push(dir);
+      replicas.push(await startService(dir, { args: ['--role', 'api', ...cluster] }));
+    }
+    const r = await cli(nodes[0]!.dataDir, ['keys', 'create', '--name', 'cluster', '--team', 'clusterteam'], { CUBEBOX_DATABASE: db.url });
+    assert.equal(r.code, 0, r.stderr);
+    key = r.stdout.trim().split('\n').pop()!.trim();
+    process.env.E2B_API_KEY = key;
+    process.env.E2B_API_URL = replicas[0]!.url;
+    process.env.E2B_SANDBOX_URL = replicas[0]!.url;
+    delete process.env.E2B_DEBUG;
+    e2b = (await import('e2b')) as unknown as E2B;
+  });
+
+  after(async () => {
+    for (const s of created) await s.kill().catch(() => undefined);
+    for (const r of replicas) await r.stop();
+    for (const n of nodes) await n.svc.stop();
+    for (const n of nodes) await destroyInstance(undefined, n.dataDir); // asserts no sandbox, netns, nft table or mount is left
+    for (const d of replicaDirs) rmSync(d, { recursive: true, force: true });
+    await db?.stop();
+    rmSync(secretDir, { recursive: true, force: true });
+  });
+
+  const through = (i: number) => ({ apiUrl: replicas[i]!.url, sandboxUrl: replicas[i]!.url });
+  const rest = async (i: number, path: string, init: { method?: string; headers?: Record<string, string> } = {}) => {
+    const r = await fetch(`${replicas[i]!.url}${path}`, { method: init.method ?? 'GET', headers: { 'X-API-KEY': key, ...init.headers } });
+    return { status: r.status, text: await r.text(), retryAfter: r.headers.get('retry-after') };
+  };
+
+  it('registers both nodes with their capacity in PostgreSQL', async () => {
+    const c = new pg.Client({ connectionString: db!.url });
+    await c.connect();
+    try {
+      const rows = (
+        await c.query<{ id: string; address: string; runtimes: string[]; cpus: number; free_slots: number; templates: string[] }>(
+          'SELECT * FROM nodes ORDER BY id',
+        )
+      ).rows;
+      assert.deepEqual(
+        rows.map((r) => r.id),
+        nodes.map((n) => n.id).sort(),
+      );
+      for (const r of rows) {
+        assert.equal(r.address, nodes.find((n) => n.id === r.id)!.svc.url);
+        assert.ok(r.runtimes.length > 0 && r.cpus > 0 && r.free_slots > 0, JSON.stringify(r));
+        assert.ok(r.templates.includes('base'), JSON.stringify(r.templates));
+      }
+    } finally {
+      await c.end();
+    }
+  });
+
+  it('spreads creates over both nodes; clientID names the node; either replica serves any sandbox; kill through the other', async () => {
+    for (let i = 0; i < 4; i++) created.push(await e2b.Sandbox.create('base', through(i % 2)));
+    const holders = new Map<string, string>();
+    for (const [i, sbx] of created.entries()) {
+      const detail = await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`);
+      assert.equal(detail.status, 200, detail.text);
+      const clientID = (JSON.parse(detail.text) as { clientID: string }).clientID;
+      assert.ok(
+        nodes.some((n) => n.id === clientID),
+        `clientID ${clientID} is a node`,
+      );
+      holders.set(sbx.sandboxId, clientID);
+    }
+    assert.equal(new Set(holders.values()).size, 2, `creates spread over both nodes: ${JSON.stringify([...holders])}`);
+    // the list through either replica has all of them, each with its node
+    for (const i of [0, 1]) {
+      const list = JSON.parse((await rest(i, '/sandboxes')).text) as Array<{ sandboxID: string; clientID: string }>;
+      assert.deepEqual(new Map(list.map((s) => [s.sandboxID, s.clientID])), holders);
+    }
+
+    for (const [i, made] of created.entries()) {
+      const other = await e2b.Sandbox.connect(made.sandboxId, through((i + 1) % 2));
+      for (const sbx of [made, other]) {
+        assert.equal((await sbx.commands.run(`echo ${sbx === made ? 'one' : 'two'}`)).stdout, `${sbx === made ? 'one' : 'two'}\n`);
+      }
+      // a streamed command (Connect server stream) through one replica, files through the other
+      let streamed = '';
+      const cmd = await made.commands.run('for i in 1 2 3; do echo line$i; sleep 0.1; done', { onStdout: (d) => void (streamed += d) });
+      assert.equal(cmd.exitCode, 0);
+      assert.equal(streamed, 'line1\nline2\nline3\n');
+      await other.files.write('/tmp/through.txt', `written via replica ${(i + 1) % 2}`);
+      assert.equal(await made.files.read('/tmp/through.txt'), `written via replica ${(i + 1) % 2}`);
+      // a signed download URL without the sandbox in it: the replica finds the node whose sandbox signed it
+      const signed = new URL(await made.downloadUrl('/tmp/through.txt', { useSignatureExpiration: 60 }));
+      const got = await fetch(`${replicas[(i + 1) % 2]!.url}${signed.pathname}${signed.search}`);
+      assert.equal(await got.text(), `written via replica ${(i + 1) % 2}`);
+      const forged = await fetch(`${replicas[i % 2]!.url}${signed.pathname}${signed.search.replace('signature=v1_', 'signature=v1_x')}`);
+      assert.equal(forged.status, 401);
+    }
+  });
+
+  it('serves a user port and a WebSocket through either replica; the cluster secret never reaches the sandbox', async () => {
+    const sbx = created[0]!;
+    await sbx.commands.run(`cat > /tmp/headers.py <<'EOF'
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = str(self.headers).encode()
+        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+    def log_message(self, *a): pass
+HTTPServer(('0.0.0.0', 8000), H).serve_forever()
+EOF
+cat > /tmp/ws.py <<'EOF'
+import socket, hashlib, base64, threading
+def serve(c):
+    data = b''
+    while b'\\r\\n\\r\\n' not in data: data += c.recv(1024)
+    key = [l.split(b': ')[1] for l in data.split(b'\\r\\n') if l.lower().startswith(b'sec-websocket-key')][0].strip()
+    acc = base64.b64encode(hashlib.sha1(key + b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest())
+    c.sendall(b'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: ' + acc + b'\\r\\n\\r\\n')
+    while True:
+        h = c.recv(2)
+        if len(h) < 2: return
+        n = h[1] & 127; mask = c.recv(4); payload = bytes(b ^ mask[i % 4] for i, b in enumerate(c.recv(n)))
+        c.sendall(bytes([0x81, len(payload)]) + payload)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8001)); s.listen()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,)).start()
+EOF`);
+    await sbx.commands.run('python3 /tmp/headers.py >/dev/null 2>&1', { background: true });
+    await sbx.commands.run('python3 /tmp/ws.py >/dev/null 2>&1', { background: true });
+    await sbx.commands.run(
+      'for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/8000) 2>/dev/null && (echo > /dev/tcp/127.0.0.1/8001) 2>/dev/null && exit 0; sleep 0.1; done; exit 1',
+    );
+    for (const i of [0, 1]) {
+      const host = `8000-${sbx.sandboxId}.localhost`;
+      // a client that sends the header itself gets it replaced, and the node drops it before the sandbox
+      const r = await fetch(`${replicas[i]!.url}/`, {
+        headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '8000', [CLUSTER_SECRET_HEADER]: 'guess' },
+      });
+      const seen = await r.text();
+      assert.equal(r.status, 200, seen);
+      assert.ok(!seen.toLowerCase().includes(CLUSTER_SECRET_HEADER) && !seen.includes(secret), seen);
+      const echoed = await new Promise<string>((resolve, reject) => {
+        const s = connect(replicas[i]!.port, '127.0.0.1', () =>
+          s.write(
+            `GET / HTTP/1.1\r\nHost: ${host.replace('8000-', '8001-')}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+          ),
+        );
+        let buf = Buffer.alloc(0);
+        let upgraded = false;
+        s.on('data', (d: Buffer) => {
+          buf = Buffer.concat([buf, d]);
+          if (!upgraded) {
+            const end = buf.indexOf('\r\n\r\n');
+            if (end < 0) return;
+            assert.match(buf.subarray(0, end).toString(), /^HTTP\/1.1 101/);
+            upgraded = true;
+            buf = buf.subarray(end + 4);
+            const payload = Buffer.from(`ping via replica ${i}`);
+            const mask = Buffer.from([1, 2, 3, 4]);
+            s.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((b, j) => b ^ mask[j % 4]!))]));
+          }
+          if (upgraded && buf.length >= 2 && buf.length >= 2 + buf[1]!) {
+            resolve(buf.subarray(2, 2 + buf[1]!).toString());
+            s.destroy();
+          }
+        });
+        s.on('error', reject);
+      });
+      assert.equal(echoed, `ping via replica ${i}`);
+    }
+  });
+
+  it('measures the extra hop: envd requests and creates through a replica and straight to the node (printed, not asserted)', async () => {
+    const sbx = created[0]!;
+    const holder = JSON.parse((await rest(0, `/sandboxes/${sbx.sandboxId}`)).text) as { clientID: string };
+    const node = nodes.find((n) => n.id === holder.clientID)!.svc;
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    // the node itself, as a replica reaches it: the secret in a header (the SDK's envd calls cannot add one, so envd's /health by hand)
+    const envd = { node: [] as number[], replica: [] as number[] };
+    for (let i = 0; i < 41; i++) {
+      for (const [name, url, extra] of [
+        ['node', node.url, { [CLUSTER_SECRET_HEADER]: secret }],
+        ['replica', replicas[1]!.url, {}],
+      ] as const) {
+        const t0 = performance.now();
+        const r = await fetch(`${url}/health`, { headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '49983', ...extra } });
+        await r.arrayBuffer();
+        assert.ok(r.ok, `${name}: ${r.status}`);
+        envd[name].push(performance.now() - t0);
+      }
+    }
+    const commands: number[] = [];
+    for (let i = 0; i < 11; i++) {
+      const t0 = performance.now();
+      await sbx.commands.run('true');
+      commands.push(performance.now() - t0);
+    }
+    const creates = { node: [] as number[], replica: [] as number[] };
+    for (let i = 0; i < 3; i++) {
+      for (const [name, opts] of [
+        ['node', { apiUrl: node.url, sandboxUrl: node.url, headers: { [CLUSTER_SECRET_HEADER]: secret } }],
+        ['replica', through(0)],
+      ] as const) {
+        const t0 = performance.now();
+        const s = await e2b.Sandbox.create('base', opts);
+        creates[name].push(performance.now() - t0);
+        assert.equal(await s.kill(), true); // each through the way it was made
+      }
+    }
+    const line = (what: string, xs: { node: number[]; replica: number[] }) =>
+      `# ${what} p50: node ${median(xs.node).toFixed(2)} ms, through a replica ${median(xs.replica).toFixed(2)} ms (x${(median(xs.replica) / median(xs.node)).toFixed(2)})`;
+    console.log(line('envd GET /health', envd));
+    console.log(line('Sandbox.create', creates));
+    console.log(`# commands.run('true') through a replica p50: ${median(commands).toFixed(1)} ms`);
+  });
+
+  it('kills through the other replica, after which neither finds the sandbox', async () => {
+    for (const [i, sbx] of created.entries()) {
+      assert.equal((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`, { method: 'DELETE' })).status, 204);
+      for (const r of [0, 1]) assert.equal((await rest(r, `/sandboxes/${sbx.sandboxId}`)).status, 404);
+    }
+    const gone = created[0]!.sandboxId;
+    created.length = 0;
+    for (const i of [0, 1]) assert.deepEqual(JSON.parse((await rest(i, '/sandboxes')).text), []);
+    // the data plane of a killed sandbox, plain and WebSocket, answers as a node alone does
+    const plain = await fetch(`${replicas[1]!.url}/health`, { headers: { 'E2b-Sandbox-Id': gone } });
+    assert.equal(plain.status, 502);
+    const upgrade = await new Promise<string>((resolve, reject) => {
+      const s = connect(replicas[0]!.port, '127.0.0.1', () =>
+        s.write(
+          `GET / HTTP/1.1\r\nHost: 8001-${gone}.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+        ),
+      );
+      let buf = '';
+      s.on('data', (d: Buffer) => (buf += d.toString()));
+      s.on('close', () => resolve(buf));
+      s.on('error', reject);
+    });
+    assert.match(upgrade, /^HTTP\/1.1 502/);
+    const c = new pg.Client({ connectionString: db!.url });
+    await c.connect();
+    try {
+      assert.deepEqual((await c.query('SELECT * FROM sandbox_nodes')).rows, [], 'no sandbox is mapped to a node any more');
+    } finally {
+      await c.end();
+    }
+  });
+
+  it('answers 503 with a Retry-After when no node can take a create', async () => {
+    const r = await fetch(`${replicas[0]!.url}/sandboxes`, {
+      method: 'POST',
+      headers: { 'X-API-KEY': key, 'content-type': 'application/json' },
+      body: JSON.stringify({ templateID: 'base', metadata: { 'cubebox.runtime': 'no-such-runtime' } }),
+    });
+    assert.equal(r.status, 503, await r.text());
+    assert.ok(Number(r.headers.get('retry-after')) > 0);
+  });
+  it('sends a create elsewhere when the node placement picked is gone (killed, its heartbeat still fresh)', async () => {
+    await nodes[1]!.svc.crash();
+    const survivor = nodes[0]!.id;
+    for (let i = 0; i < 3; i++) {
+      const sbx = await e2b.Sandbox.create('base', through(i % 2));
+      created.push(sbx);
+      assert.equal((JSON.parse((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`)).text) as { clientID: string }).clientID, survivor);
+      assert.equal((await sbx.commands.run('echo alive')).stdout, 'alive\n');
+    }
+    for (const sbx of created.splice(0)) assert.equal(await sbx.kill(), true);
+  });
+});
