@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 PKGS=(crun runc runsc tini iproute2 nftables conntrack openssl debootstrap busybox-static golang-github-containers-common
       util-linux e2fsprogs procps psmisc curl ca-certificates build-essential python3 xz-utils zstd
       criu skopeo umoci docker-registry apache2-utils postgresql chromium fonts-dejavu-core)
+# kubectl renders the Kubernetes base (kubectl kustomize) in the tests: Debian's, unless one is installed
+command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if ((${#missing[@]})); then
