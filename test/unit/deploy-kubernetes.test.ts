@@ -80,7 +80,7 @@ describe('the Kubernetes base', () => {
     assert.equal(mounts.find((m) => m.mountPath === '/var/lib/cubebox')?.mountPropagation, 'Bidirectional');
     assert.ok(mounts.some((m) => m.mountPath === env.CUBEBOX_CLUSTER_SECRET_FILE.replace(/\/cluster-secret$/, '')));
     assert.ok(
-      mounts.some((m) => m.mountPath === '/var/lib/cubebox/secret.key' && m.subPath === 'secret.key'),
+      mounts.some((m) => m.mountPath === '/var/lib/cubebox/secrets.key' && m.subPath === 'secrets.key'),
       'the sealing key, shared',
     );
     for (const probe of [c.readinessProbe, c.livenessProbe])
