@@ -158,6 +158,8 @@ export interface ServeFlags extends RegistryFlags {
   clusterSecretFile?: string;
   /** How API replicas reach this node (default http://<host>:<port>). */
   nodeUrl?: string;
+  /** Seconds without a heartbeat after which an API replica reports a node's sandboxes lost. */
+  nodeLease?: string;
 }
 
 export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
@@ -186,8 +188,11 @@ export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
   database: string | undefined;
   /** all: one process with everything (the default); api and node: the two halves of a cluster (cluster.ts). */
   role: Role;
-  /** api and node: the cluster's shared secret and this node's address as replicas reach it. */
-  cluster: { secret: string; nodeUrl: string | undefined } | undefined;
+  /**
+   * api and node: the cluster's shared secret, this node's address as replicas reach it, and how
+   * long a node may go unheard before a replica reports its sandboxes lost.
+   */
+  cluster: { secret: string; nodeUrl: string | undefined; leaseMs: number } | undefined;
 }
 
 export type Role = 'api' | 'node' | 'all';
@@ -356,5 +361,8 @@ function clusterOf(flags: ServeFlags, env: Env): Pick<ServeConfig, 'role' | 'clu
   const host = flags.host ?? env.CUBEBOX_HOST ?? '127.0.0.1';
   if (role === 'node' && nodeUrl === undefined && (host === '0.0.0.0' || host === '::'))
     throw invalid(`--role node listening on ${host} needs --node-url (CUBEBOX_NODE_URL): the address API replicas reach it at`);
-  return { role, cluster: { secret, nodeUrl: nodeUrl?.replace(/\/$/, '') } };
+  const lease = flags.nodeLease ?? (env.CUBEBOX_NODE_LEASE || '30');
+  // shorter than a live node's heartbeat age would call a node that still takes creates lost
+  if (!/^\d+$/.test(lease) || Number(lease) < 10 || Number(lease) > 86_400) throw invalid(`bad --node-lease '${lease}': whole seconds, 10 to 86400`);
+  return { role, cluster: { secret, nodeUrl: nodeUrl?.replace(/\/$/, ''), leaseMs: Number(lease) * 1000 } };
 }

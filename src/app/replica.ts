@@ -21,6 +21,7 @@ export async function startReplica(config: ServeConfig): Promise<RunningReplica>
   const router = await startRouter({
     registry,
     secret: config.cluster.secret,
+    leaseMs: config.cluster.leaseMs,
     host: config.host,
     port: config.port,
     log,

@@ -352,6 +352,12 @@ program
   .addOption(new Option('--database <url>', 'teams, API keys and secrets in PostgreSQL (postgres://...; env CUBEBOX_DATABASE; default: the data directory)'))
   .addOption(new Option('--role <role>', 'all (one process, the default), api (routes to nodes, no sandboxes) or node (runs sandboxes) (env CUBEBOX_ROLE)'))
   .addOption(new Option('--cluster-secret-file <file>', 'the secret API replicas and nodes authenticate to each other with (env CUBEBOX_CLUSTER_SECRET_FILE)'))
+  .addOption(
+    new Option(
+      '--node-lease <seconds>',
+      "an API replica: seconds without a heartbeat before a node's sandboxes are reported lost (env CUBEBOX_NODE_LEASE, default 30)",
+    ),
+  )
   .addOption(new Option('--node-url <url>', 'a node: how API replicas reach it (env CUBEBOX_NODE_URL, default http://<host>:<port>)'))
   .addOption(new Option('--registry-ca <file>', 'PEM bundle trusted for image registries besides the system CAs (env CUBEBOX_REGISTRY_CA)'))
   .addOption(new Option('--insecure-registry <host:port...>', 'registries pulled from over plain HTTP or unverified TLS (env CUBEBOX_INSECURE_REGISTRY)'))

@@ -63,9 +63,16 @@ export async function join(
   opts: { address: string; binaries: Record<string, string>; log: Logger },
 ): Promise<Membership> {
   const startedAt = Date.now();
-  const beat = () => {
+  const beat = async () => {
     const { node, sandboxIds } = nodeRecord(manager, opts.address, startedAt, opts.binaries);
-    return registry.heartbeat(node, sandboxIds);
+    const buried = await registry.heartbeat(node, sandboxIds);
+    // deleted through a replica while this node was lost: deleted here now, as any delete
+    for (const id of buried) {
+      opts.log.info({ sandbox: id }, 'deleting a sandbox deleted while this node was not heard from');
+      await manager
+        .delete(id)
+        .catch((err: unknown) => opts.log.warn({ sandbox: id, err: describe(err) }, 'deleting it failed; tried again at the next heartbeat'));
+    }
   };
   await beat();
   let lastWarn = 0;

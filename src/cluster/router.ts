@@ -36,6 +36,8 @@ const ROUTE_CACHE = 100_000;
 export interface RouterOptions {
   registry: ClusterRegistry;
   secret: string;
+  /** A node unheard for longer has its sandboxes reported lost (not found), and deletes of them are kept for it. */
+  leaseMs: number;
   host: string;
   port: number;
   log: Logger;
@@ -218,6 +220,26 @@ export class ClusterRouter {
       throw new HttpFailure(404, `sandbox '${id}' not found`);
     }
     const deleted = plane === 'control' && req.method === 'DELETE' && /^(?:\/v2)?\/sandboxes\/[^/]+$/.test((req.url ?? '').split('?')[0]!);
+    const unheardMs = Date.now() - node.heartbeatAt;
+    if (unheardMs > this.opts.leaseMs) {
+      // its node is lost: the sandbox is gone for clients; a delete is kept for the node's return
+      if (deleted) {
+        await this.opts.registry.bury(id, node.id);
+        this.routes.delete(id);
+        res.writeHead(204).end();
+        return;
+      }
+      if (plane === 'data') return sendJson(res, 502, notFoundBody(id));
+      return sendJson(
+        res,
+        404,
+        JSON.stringify({
+          code: 404,
+          message: `sandbox '${id}' is lost: its node ${node.id} has not been heard from for ${Math.round(unheardMs / 1000)} s`,
+          cubeboxState: 'lost',
+        }),
+      );
+    }
     await this.forward(node, req, res, records ? await readBody(req) : undefined, records);
     if (deleted && (res.statusCode === 204 || res.statusCode === 404)) {
       this.routes.delete(id);

@@ -27,7 +27,7 @@ describe('a cluster: two nodes behind two API replicas', { timeout: 1_200_000 },
   const secretDir = mkdtempSync(join(tmpdir(), 'cubebox-cluster-'));
   const secretFile = join(secretDir, 'secret');
   writeFileSync(secretFile, secret, { mode: 0o600 });
-  const nodes: Array<{ svc: Service; dataDir: string; id: string }> = [];
+  const nodes: Array<{ svc: Service; dataDir: string; id: string; restart: () => Promise<void> }> = [];
   const replicas: Service[] = [];
   const replicaDirs: string[] = [];
   let key: string;
@@ -44,14 +44,16 @@ describe('a cluster: two nodes behind two API replicas', { timeout: 1_200_000 },
       `10.${211 + Math.floor(Math.random() * 20)}.${2 * third + 1}.0/24`,
     ].entries()) {
       const dataDir = newDataDir();
-      const svc = await startService(dataDir, { env: { CUBEBOX_POOL: '', CUBEBOX_SUBNET: subnet }, args: ['--role', 'node', ...cluster] });
-      nodes.push({ svc, dataDir, id: openPaths(dataDir, false).instanceId });
+      const start = () => startService(dataDir, { env: { CUBEBOX_POOL: '', CUBEBOX_SUBNET: subnet }, args: ['--role', 'node', ...cluster] });
+      const node = { svc: await start(), dataDir, id: openPaths(dataDir, false).instanceId, restart: async () => void (node.svc = await start()) };
+      nodes.push(node);
       assert.ok(nodes[i]);
     }
     for (let i = 0; i < 2; i++) {
       const dir = newDataDir(); // an API replica has no data directory: this one stays empty
       replicaDirs.push(dir);
-      replicas.push(await startService(dir, { args: ['--role', 'api', ...cluster] }));
+      // the shortest node lease: a node unheard for 10 s has its sandboxes reported lost
+      replicas.push(await startService(dir, { env: { CUBEBOX_NODE_LEASE: '10' }, args: ['--role', 'api', ...cluster] }));
     }
     const r = await cli(nodes[0]!.dataDir, ['keys', 'create', '--name', 'cluster', '--team', 'clusterteam'], { CUBEBOX_DATABASE: db.url });
     assert.equal(r.code, 0, r.stderr);
@@ -310,6 +312,56 @@ EOF`);
       assert.equal((JSON.parse((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`)).text) as { clientID: string }).clientID, survivor);
       assert.equal((await sbx.commands.run('echo alive')).stdout, 'alive\n');
     }
+    for (const sbx of created.splice(0)) assert.equal(await sbx.kill(), true);
+  });
+
+  it("reports a silent node's sandboxes lost after the lease; a kill meanwhile is carried out when the node is back, which reports the rest again", async () => {
+    await nodes[1]!.restart(); // killed by the test before
+    const onIt: Sandbox[] = [];
+    for (let i = 0; i < 8 && onIt.length < 2; i++) {
+      const sbx = await e2b.Sandbox.create('base', through(i % 2));
+      const holder = (JSON.parse((await rest(0, `/sandboxes/${sbx.sandboxId}`)).text) as { clientID: string }).clientID;
+      (holder === nodes[1]!.id ? onIt : created).push(sbx);
+    }
+    assert.equal(onIt.length, 2, 'two sandboxes on the second node');
+    const [killed, kept] = onIt as [Sandbox, Sandbox];
+    await nodes[1]!.svc.crash(); // its sandboxes keep running; the node is silent (502 until the lease ends)
+    let lost = await rest(0, `/sandboxes/${kept.sandboxId}`);
+    for (let i = 0; i < 60 && lost.status !== 404; i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      lost = await rest(0, `/sandboxes/${kept.sandboxId}`);
+    }
+    assert.equal(lost.status, 404, lost.text);
+    assert.match(lost.text, /is lost: its node \w+ has not been heard from/);
+    assert.equal((JSON.parse(lost.text) as { cubeboxState: string }).cubeboxState, 'lost');
+    assert.equal((await rest(1, `/sandboxes/${killed.sandboxId}`, { method: 'DELETE' })).status, 204, 'a kill of a lost sandbox is taken');
+    assert.equal((await rest(1, `/sandboxes/${killed.sandboxId}`)).status, 404);
+
+    await nodes[1]!.restart();
+    // back: the kept one is reported again and works; the killed one is deleted on the node
+    let back = await rest(1, `/sandboxes/${kept.sandboxId}`);
+    for (let i = 0; i < 60 && back.status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      back = await rest(1, `/sandboxes/${kept.sandboxId}`);
+    }
+    assert.equal(back.status, 200, back.text);
+    assert.equal((await kept.commands.run('echo back')).stdout, 'back\n');
+    const c = new pg.Client({ connectionString: db!.url });
+    await c.connect();
+    try {
+      let left = 1;
+      for (let i = 0; i < 60 && left; i++) {
+        left = (await c.query('SELECT 1 FROM sandbox_tombstones WHERE sandbox_id = $1', [killed.sandboxId])).rowCount ?? 0;
+        if (left) await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.equal(left, 0, 'the tombstone goes once the node deleted the sandbox');
+    } finally {
+      await c.end();
+    }
+    const onNode = (JSON.parse((await rest(0, '/sandboxes')).text) as Array<{ sandboxID: string }>).map((s) => s.sandboxID);
+    assert.ok(!onNode.includes(killed.sandboxId) && onNode.includes(kept.sandboxId));
+    assert.equal((await rest(0, `/sandboxes/${killed.sandboxId}`)).status, 404);
+    assert.equal(await kept.kill(), true);
     for (const sbx of created.splice(0)) assert.equal(await sbx.kill(), true);
   });
 });

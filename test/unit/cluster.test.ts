@@ -27,8 +27,15 @@ describe('cluster roles', () => {
   });
   it('reads the role, the secret file and the node URL', () => {
     const c = serveConfig({ dataDir: '/tmp/d', role: 'node', database: DB, nodeUrl: 'http://10.0.0.5:3000/' }, { CUBEBOX_CLUSTER_SECRET_FILE: secretFile });
-    assert.deepEqual([c.role, c.cluster], ['node', { secret: SECRET, nodeUrl: 'http://10.0.0.5:3000' }]);
+    assert.deepEqual([c.role, c.cluster], ['node', { secret: SECRET, nodeUrl: 'http://10.0.0.5:3000', leaseMs: 30_000 }]);
     assert.equal(serveConfig({ dataDir: '/tmp/d', clusterSecretFile: secretFile }, { CUBEBOX_ROLE: 'api', CUBEBOX_DATABASE: DB }).role, 'api');
+  });
+  it("reads the node lease: whole seconds, at least a live node's heartbeat age", () => {
+    const api = (nodeLease: string | undefined, env = {}) =>
+      serveConfig({ dataDir: '/tmp/d', role: 'api', database: DB, clusterSecretFile: secretFile, nodeLease }, env);
+    assert.equal(api('45').cluster?.leaseMs, 45_000);
+    assert.equal(api(undefined, { CUBEBOX_NODE_LEASE: '12' }).cluster?.leaseMs, 12_000);
+    for (const bad of ['5', '1.5', '-1', 'soon', '100000']) assert.throws(() => api(bad), /bad --node-lease/);
   });
   it('refuses a role without its database or secret, a short secret and a bad role', () => {
     assert.throws(

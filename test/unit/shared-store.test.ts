@@ -311,4 +311,19 @@ describe("a cluster's nodes and sandbox routes in PostgreSQL", () => {
     assert.equal(await registry.node('a'), undefined);
     assert.equal(await registry.nodeOf('s1'), 'a', 'a node that leaves keeps its sandboxes routed (they keep running)');
   });
+
+  it("keeps a delete made while a node was lost for the node's return, which then no longer routes it", async () => {
+    const t = Date.now();
+    await registry.heartbeat(node('c', t), ['s4', 's5']);
+    await registry.bury('s4', 'c');
+    assert.equal(await registry.nodeOf('s4'), undefined, 'a buried sandbox is found through no replica');
+    // the node is heard from again, still holding it: told to delete it, and it is not routed again
+    assert.deepEqual(await registry.heartbeat(node('c', t + 1), ['s4', 's5']), ['s4']);
+    assert.equal(await registry.nodeOf('s4'), undefined);
+    assert.equal(await registry.nodeOf('s5'), 'c');
+    // once deleted there, the tombstone goes; an id used again later is routed as any
+    assert.deepEqual(await registry.heartbeat(node('c', t + 2), ['s5']), []);
+    assert.deepEqual(await registry.heartbeat(node('c', t + 3), ['s4', 's5']), []);
+    assert.equal(await registry.nodeOf('s4'), 'c');
+  });
 });

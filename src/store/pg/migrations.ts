@@ -70,6 +70,17 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX sandbox_nodes_node ON sandbox_nodes (node_id);
     `);
   },
+  // sandboxes deleted while their node was lost: the node deletes them when it is heard from again
+  async (c) => {
+    await c.query(`
+      CREATE TABLE sandbox_tombstones (
+        sandbox_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        deleted_at BIGINT NOT NULL
+      );
+      CREATE INDEX sandbox_tombstones_node ON sandbox_tombstones (node_id);
+    `);
+  },
 ];
 
 /** The version this code writes. */

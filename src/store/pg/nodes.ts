@@ -57,9 +57,10 @@ export class ClusterRegistry {
 
   /**
    * A node's heartbeat (node.heartbeatAt: when sandboxIds was listed): its row, and the sandbox mapping brought in line with what it holds
-   * (its sandboxes recorded, rows of sandboxes it no longer holds removed), in one transaction.
+   * (its sandboxes recorded, rows of sandboxes it no longer holds removed), in one transaction. Resolves to the sandboxes it holds
+   * that were deleted while it was lost: the node deletes them (their tombstones go once it no longer lists them).
    */
-  heartbeat(node: NodeRecord, sandboxIds: string[]): Promise<void> {
+  heartbeat(node: NodeRecord, sandboxIds: string[]): Promise<string[]> {
     return transaction(this.pool, async (c) => {
       await rows(
         c,
@@ -83,12 +84,33 @@ export class ClusterRegistry {
       );
       // a row placed after the node listed its sandboxes is a create the list did not see yet: kept
       await rows(c, 'DELETE FROM sandbox_nodes WHERE node_id = $1 AND NOT (sandbox_id = ANY($2)) AND placed_at < $3', [node.id, sandboxIds, node.heartbeatAt]);
-      if (sandboxIds.length)
+      await rows(c, 'DELETE FROM sandbox_tombstones WHERE node_id = $1 AND NOT (sandbox_id = ANY($2))', [node.id, sandboxIds]);
+      const buried = (
+        await rows<{ sandbox_id: string }>(c, 'SELECT sandbox_id FROM sandbox_tombstones WHERE node_id = $1 AND sandbox_id = ANY($2)', [node.id, sandboxIds])
+      ).map((r) => r.sandbox_id);
+      const held = sandboxIds.filter((id) => !buried.includes(id));
+      if (held.length)
         await rows(
           c,
           'INSERT INTO sandbox_nodes (sandbox_id, node_id, placed_at) SELECT unnest($1::text[]), $2, $3 ON CONFLICT (sandbox_id) DO UPDATE SET node_id = $2',
-          [sandboxIds, node.id, node.heartbeatAt],
+          [held, node.id, node.heartbeatAt],
         );
+      return buried;
+    });
+  }
+
+  /**
+   * A sandbox deleted while its node is lost: no longer found through any replica, and deleted by
+   * its node when that is heard from again (see heartbeat).
+   */
+  async bury(sandboxId: string, nodeId: string): Promise<void> {
+    await transaction(this.pool, async (c) => {
+      await rows(c, 'DELETE FROM sandbox_nodes WHERE sandbox_id = $1', [sandboxId]);
+      await rows(c, 'INSERT INTO sandbox_tombstones (sandbox_id, node_id, deleted_at) VALUES ($1, $2, $3) ON CONFLICT (sandbox_id) DO NOTHING', [
+        sandboxId,
+        nodeId,
+        Date.now(),
+      ]);
     });
   }
 
