@@ -17,6 +17,7 @@ import { openPaths } from '../../src/config.js';
 import { CLUSTER_SECRET_HEADER } from '../../src/cluster/secret.js';
 import { cli, destroyInstance, newDataDir } from '../helpers/instance.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { startWsEcho } from '../helpers/sandbox-servers.js';
 import { startService, type E2B, type Service } from '../helpers/service.js';
 
 type Sandbox = InstanceType<E2B['Sandbox']>;
@@ -155,26 +156,9 @@ class H(BaseHTTPRequestHandler):
         self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
     def log_message(self, *a): pass
 HTTPServer(('0.0.0.0', 8000), H).serve_forever()
-EOF
-cat > /tmp/ws.py <<'EOF'
-import socket, hashlib, base64, threading
-def serve(c):
-    data = b''
-    while b'\\r\\n\\r\\n' not in data: data += c.recv(1024)
-    key = [l.split(b': ')[1] for l in data.split(b'\\r\\n') if l.lower().startswith(b'sec-websocket-key')][0].strip()
-    acc = base64.b64encode(hashlib.sha1(key + b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest())
-    c.sendall(b'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: ' + acc + b'\\r\\n\\r\\n')
-    while True:
-        h = c.recv(2)
-        if len(h) < 2: return
-        n = h[1] & 127; mask = c.recv(4); payload = bytes(b ^ mask[i % 4] for i, b in enumerate(c.recv(n)))
-        c.sendall(bytes([0x81, len(payload)]) + payload)
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8001)); s.listen()
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,)).start()
 EOF`);
+    await startWsEcho(sbx, 8001);
     await sbx.commands.run('python3 /tmp/headers.py >/dev/null 2>&1', { background: true });
-    await sbx.commands.run('python3 /tmp/ws.py >/dev/null 2>&1', { background: true });
     await sbx.commands.run(
       'for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/8000) 2>/dev/null && (echo > /dev/tcp/127.0.0.1/8001) 2>/dev/null && exit 0; sleep 0.1; done; exit 1',
     );
