@@ -7,9 +7,15 @@
 // protocol. This is one async read, no process, no new native code; its cost is a scan of the
 // host's table (one text line per tracked connection), and the entry cannot be forged from a
 // sandbox (it is the kernel's record of the connection the proxy accepted).
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 
 export const CONNTRACK_FILE = '/proc/net/nf_conntrack';
+/**
+ * How much of the table one lookup reads at most: sandboxes grow the host's table (each up to its
+ * flow cap), so a lookup stops at the entry it wants and never reads past this.
+ */
+export const MAX_TABLE_BYTES = 64 << 20;
+const CHUNK = 1 << 20;
 
 export interface Endpoint {
   address: string;
@@ -34,7 +40,27 @@ export function findOriginalDst(table: string, local: Endpoint, remote: Endpoint
   return undefined;
 }
 
-/** The original destination of an accepted, redirected connection (undefined when the kernel has no such entry). */
-export async function originalDst(local: Endpoint, remote: Endpoint): Promise<Endpoint | undefined> {
-  return findOriginalDst(await readFile(CONNTRACK_FILE, 'latin1'), local, remote);
+/**
+ * The original destination of an accepted, redirected connection (undefined when the kernel has
+ * no such entry, or not within the first MAX_TABLE_BYTES): read a chunk at a time, whole lines only.
+ */
+export async function originalDst(local: Endpoint, remote: Endpoint, file = CONNTRACK_FILE, max = MAX_TABLE_BYTES): Promise<Endpoint | undefined> {
+  const fh = await open(file, 'r');
+  try {
+    const buf = Buffer.alloc(CHUNK);
+    let carry = '';
+    for (let read = 0; read < max;) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(CHUNK, max - read), null);
+      if (bytesRead === 0) return findOriginalDst(carry, local, remote);
+      read += bytesRead;
+      const text = carry + buf.toString('latin1', 0, bytesRead);
+      const cut = text.lastIndexOf('\n') + 1;
+      const found = findOriginalDst(text.slice(0, cut), local, remote);
+      if (found) return found;
+      carry = text.slice(cut);
+    }
+    return undefined;
+  } finally {
+    await fh.close();
+  }
 }

@@ -2,9 +2,12 @@
 // connection's original destination in conntrack's table, and the SOCKS5 client against a real
 // SOCKS5 server (the tests' own, on loopback) that checks credentials.
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { findOriginalDst } from '../../src/network/conntrack.js';
+import { findOriginalDst, originalDst } from '../../src/network/conntrack.js';
 import { socks5Connect } from '../../src/network/socks5.js';
 import { socks5Server, type SocksSeen } from '../helpers/socks5-server.js';
 
@@ -28,6 +31,24 @@ describe('conntrack: the original destination of a redirected connection', () =>
     assert.equal(findOriginalDst(`ipv4     2 udp      17 30 src=10.11.0.3 dst=9.9.9.9 sport=45678 dport=53 ${reply} mark=0`, local, remote), undefined);
     assert.equal(findOriginalDst(line(reply, 'src=10.11.0.3 dst=10.11.0.2 sport=45678 dport=38123'), local, remote), undefined);
     assert.equal(findOriginalDst('', local, remote), undefined);
+  });
+
+  it('reads a large table a chunk at a time (an entry across a chunk boundary is found) and never past its bound', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cubebox-conntrack-'));
+    try {
+      const other = line('src=10.11.0.5 dst=1.1.1.1 sport=1 dport=443', 'src=1.1.1.1 dst=10.0.0.1 sport=443 dport=1');
+      const wanted = line('src=10.11.0.3 dst=198.51.100.20 sport=45678 dport=8080', 'src=10.11.0.2 dst=10.11.0.3 sport=38123 dport=45678');
+      // the wanted entry straddles the first 1 MiB chunk
+      const filler = `${other}\n`.repeat(Math.floor((1 << 20) / (other.length + 1)));
+      assert.ok(filler.length < 1 << 20 && (1 << 20) - filler.length < wanted.length, 'the wanted entry crosses the 1 MiB mark');
+      const file = join(dir, 'nf_conntrack');
+      writeFileSync(file, `${filler}${wanted}\n${other}\n`);
+      assert.deepEqual(await originalDst(local, remote, file), { address: '198.51.100.20', port: 8080 });
+      // with a bound that ends before it, the lookup gives up
+      assert.equal(await originalDst(local, remote, file, 1 << 20), undefined);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
