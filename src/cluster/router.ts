@@ -30,6 +30,8 @@ export const LIVE_MS = 3 * HEARTBEAT_MS + 4000;
 const NO_NODE_RETRY_SEC = 5;
 /** The largest create or fork body read to place it (the control plane's own bound). */
 const MAX_BODY = 8 * 1024 * 1024;
+/** A node's whole answer read by a replica (lists, a create's answer): more is cut as a failed answer. */
+const MAX_NODE_ANSWER = 64 << 20;
 /** Sandbox -> node entries kept in memory (a sandbox never moves; the oldest go first). */
 const ROUTE_CACHE = 100_000;
 
@@ -309,7 +311,11 @@ export class ClusterRouter {
       const up = this.upstream(node, req, Buffer.alloc(0), method);
       up.on('response', (r) => {
         const chunks: Buffer[] = [];
-        r.on('data', (c: Buffer) => chunks.push(c));
+        let size = 0;
+        r.on('data', (c: Buffer) => {
+          if ((size += c.length) > MAX_NODE_ANSWER) return r.destroy(new Error(`node ${node.id} answered more than ${MAX_NODE_ANSWER} bytes`));
+          chunks.push(c);
+        });
         r.on('end', () => resolve({ status: r.statusCode ?? 502, body: Buffer.concat(chunks) }));
         r.on('error', reject);
       });
@@ -342,7 +348,11 @@ export class ClusterRouter {
         const status = upRes.statusCode ?? 502;
         if (records) {
           const chunks: Buffer[] = [];
-          upRes.on('data', (c: Buffer) => chunks.push(c));
+          let size = 0;
+          upRes.on('data', (c: Buffer) => {
+            if ((size += c.length) > MAX_NODE_ANSWER) return upRes.destroy(new Error(`node ${node.id} answered more than ${MAX_NODE_ANSWER} bytes`));
+            chunks.push(c);
+          });
           upRes.on('end', () => {
             const text = Buffer.concat(chunks);
             const ids = status < 300 ? sandboxIdsIn(text) : [];
