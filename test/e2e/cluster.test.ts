@@ -17,7 +17,7 @@ import { openPaths } from '../../src/config.js';
 import { CLUSTER_SECRET_HEADER } from '../../src/cluster/secret.js';
 import { cli, destroyInstance, newDataDir } from '../helpers/instance.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
-import { startWsEcho } from '../helpers/sandbox-servers.js';
+import { startWsEcho, wsEchoThrough } from '../helpers/sandbox-servers.js';
 import { startService, type E2B, type Service } from '../helpers/service.js';
 
 type Sandbox = InstanceType<E2B['Sandbox']>;
@@ -171,33 +171,7 @@ EOF`);
       const seen = await r.text();
       assert.equal(r.status, 200, seen);
       assert.ok(!seen.toLowerCase().includes(CLUSTER_SECRET_HEADER) && !seen.includes(secret), seen);
-      const echoed = await new Promise<string>((resolve, reject) => {
-        const s = connect(replicas[i]!.port, '127.0.0.1', () =>
-          s.write(
-            `GET / HTTP/1.1\r\nHost: ${host.replace('8000-', '8001-')}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-          ),
-        );
-        let buf = Buffer.alloc(0);
-        let upgraded = false;
-        s.on('data', (d: Buffer) => {
-          buf = Buffer.concat([buf, d]);
-          if (!upgraded) {
-            const end = buf.indexOf('\r\n\r\n');
-            if (end < 0) return;
-            assert.match(buf.subarray(0, end).toString(), /^HTTP\/1.1 101/);
-            upgraded = true;
-            buf = buf.subarray(end + 4);
-            const payload = Buffer.from(`ping via replica ${i}`);
-            const mask = Buffer.from([1, 2, 3, 4]);
-            s.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((b, j) => b ^ mask[j % 4]!))]));
-          }
-          if (upgraded && buf.length >= 2 && buf.length >= 2 + buf[1]!) {
-            resolve(buf.subarray(2, 2 + buf[1]!).toString());
-            s.destroy();
-          }
-        });
-        s.on('error', reject);
-      });
+      const echoed = await wsEchoThrough(replicas[i]!.port, host.replace('8000-', '8001-'), `ping via replica ${i}`);
       assert.equal(echoed, `ping via replica ${i}`);
     }
   });

@@ -3,13 +3,13 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { createServer, connect, type Server } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
 import { assertNoSandboxLeaks, destroyInstance, newDataDir } from '../helpers/instance.js';
 import { HOST_SIDE, OTHER, startFakeInternet, UPSTREAM, type FakeInternet } from '../helpers/fake-internet.js';
-import { startWsEcho } from '../helpers/sandbox-servers.js';
+import { startWsEcho, wsEchoThrough } from '../helpers/sandbox-servers.js';
 import { createKey, sdkService, startService, type E2B, type Service } from '../helpers/service.js';
 
 let e2b: E2B;
@@ -169,33 +169,7 @@ EOF`,
     assert.deepEqual(JSON.parse(closed.body), { sandboxId: sbx.sandboxId, message: 'The sandbox is running but port is not open', port: 8999, code: 502 });
 
     // WebSocket: handshake and an echo through the proxy
-    const echoed = await new Promise<string>((resolve, reject) => {
-      const s = connect(svc.port, '127.0.0.1', () => {
-        s.write(
-          `GET / HTTP/1.1\r\nHost: ${sbx.getHost(8001)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-        );
-      });
-      let buf = Buffer.alloc(0);
-      let upgraded = false;
-      s.on('data', (d: Buffer) => {
-        buf = Buffer.concat([buf, d]);
-        if (!upgraded) {
-          const end = buf.indexOf('\r\n\r\n');
-          if (end < 0) return;
-          assert.match(buf.subarray(0, end).toString(), /^HTTP\/1.1 101/);
-          upgraded = true;
-          buf = buf.subarray(end + 4);
-          const payload = Buffer.from('ping through the proxy');
-          const mask = Buffer.from([1, 2, 3, 4]);
-          s.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!))]));
-        }
-        if (upgraded && buf.length >= 2 && buf.length >= 2 + buf[1]!) {
-          resolve(buf.subarray(2, 2 + buf[1]!).toString());
-          s.destroy();
-        }
-      });
-      s.on('error', reject);
-    });
+    const echoed = await wsEchoThrough(svc.port, sbx.getHost(8001), 'ping through the proxy');
     assert.equal(echoed, 'ping through the proxy');
   });
 

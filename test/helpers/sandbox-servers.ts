@@ -1,5 +1,6 @@
 // Small servers the end-to-end suites start inside a sandbox (its python3), to reach through the
 // data plane.
+import { connect } from 'node:net';
 import type { E2B } from './service.js';
 
 type Sandbox = InstanceType<E2B['Sandbox']>;
@@ -26,4 +27,42 @@ while True:
 export async function startWsEcho(sbx: Sandbox, port: number): Promise<void> {
   await sbx.files.write('/tmp/ws.py', WS_ECHO.replace('PORT', String(port)));
   await sbx.commands.run('python3 /tmp/ws.py >/dev/null 2>&1', { background: true });
+}
+
+/**
+ * One text frame through a WebSocket to `host` (a sandbox's port by its Host) at a listener on
+ * loopback: the handshake must answer 101; resolves to the text of the first frame echoed back.
+ */
+export function wsEchoThrough(port: number, host: string, text: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const s = connect(port, '127.0.0.1', () =>
+      s.write(
+        `GET / HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+      ),
+    );
+    let buf = Buffer.alloc(0);
+    let upgraded = false;
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (!upgraded) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.subarray(0, end).toString();
+        if (!/^HTTP\/1.1 101/.test(head)) {
+          s.destroy();
+          return reject(new Error(`no WebSocket upgrade: ${head.split('\r\n')[0]}`));
+        }
+        upgraded = true;
+        buf = buf.subarray(end + 4);
+        const payload = Buffer.from(text);
+        const mask = Buffer.from([1, 2, 3, 4]);
+        s.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!))]));
+      }
+      if (buf.length >= 2 && buf.length >= 2 + buf[1]!) {
+        resolve(buf.subarray(2, 2 + buf[1]!).toString());
+        s.destroy();
+      }
+    });
+    s.on('error', reject);
+  });
 }
