@@ -60,12 +60,13 @@ export interface Membership {
 export async function join(
   manager: SandboxManager,
   registry: ClusterRegistry,
-  opts: { address: string; binaries: Record<string, string>; log: Logger },
+  opts: { address: string; binaries: Record<string, string>; log: Logger; publish?: () => Promise<void> | undefined },
 ): Promise<Membership> {
   const startedAt = Date.now();
   const beat = async () => {
     const { node, sandboxIds } = nodeRecord(manager, opts.address, startedAt, opts.binaries);
     const buried = await registry.heartbeat(node, sandboxIds);
+    await opts.publish?.(); // what each team's sandboxes hold here (cluster/team-usage.ts)
     // deleted through a replica while this node was lost: deleted here now, as any delete
     for (const id of buried) {
       opts.log.info({ sandbox: id }, 'deleting a sandbox deleted while this node was not heard from');

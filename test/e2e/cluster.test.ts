@@ -252,6 +252,39 @@ EOF`);
     }
   });
 
+  it("holds a team's quota across both nodes: creates racing through both replicas pass it by none", async () => {
+    const env = { CUBEBOX_DATABASE: db!.url };
+    const made = await cli(nodes[0]!.dataDir, ['keys', 'create', '--name', 'capped', '--team', 'cappedteam'], env);
+    assert.equal(made.code, 0, made.stderr);
+    const cappedKey = made.stdout.trim().split('\n').pop()!.trim();
+    const set = await cli(nodes[0]!.dataDir, ['teams', 'set-quota', 'cappedteam', '--sandboxes', '2'], env);
+    assert.equal(set.code, 0, set.stderr);
+    const post = (i: number) =>
+      fetch(`${replicas[i % 2]!.url}/sandboxes`, {
+        method: 'POST',
+        headers: { 'X-API-KEY': cappedKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ templateID: 'base', timeout: 120 }),
+      }).then(async (r) => ({ status: r.status, body: JSON.parse(await r.text()) as { sandboxID?: string; clientID?: string; message?: string } }));
+    const answers = await Promise.all([...Array(6).keys()].map(post));
+    const ok = answers.filter((a) => a.status === 201);
+    try {
+      assert.equal(ok.length, 2, JSON.stringify(answers.map((a) => [a.status, a.body.message ?? a.body.clientID])));
+      for (const a of answers.filter((x) => x.status !== 201)) {
+        assert.equal(a.status, 429, JSON.stringify(a.body));
+        assert.match(a.body.message ?? '', /\(sandboxes\)/);
+      }
+      // the creates went to both nodes: a node refused for what the other holds
+      const asked = new Set((await Promise.all(ok.map((a) => rest(0, `/sandboxes/${a.body.sandboxID}`)))).map((r) => JSON.parse(r.text).clientID as string));
+      console.log(`quota across nodes: 2 admitted of 6 (on ${[...asked].join(', ')}); refusals: ${answers.filter((a) => a.status === 429).length}`);
+      assert.ok(
+        answers.some((a) => /across the cluster's nodes/.test(a.body.message ?? '')),
+        'a refusal counted the other node',
+      );
+    } finally {
+      for (const a of ok) await fetch(`${replicas[0]!.url}/sandboxes/${a.body.sandboxID}`, { method: 'DELETE', headers: { 'X-API-KEY': cappedKey } });
+    }
+  });
+
   it('answers 503 with a Retry-After when no node can take a create', async () => {
     const r = await fetch(`${replicas[0]!.url}/sandboxes`, {
       method: 'POST',

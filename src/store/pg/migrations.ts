@@ -81,6 +81,23 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX sandbox_tombstones_node ON sandbox_tombstones (node_id);
     `);
   },
+  // what each node's sandboxes hold against their team's quotas (cluster/team-usage.ts): summed under the team's lock
+  async (c) => {
+    await c.query(`
+      CREATE TABLE team_usage (
+        node_id TEXT NOT NULL,
+        team TEXT NOT NULL,
+        sandboxes INTEGER NOT NULL,
+        vcpus DOUBLE PRECISION NOT NULL,
+        memory_mb DOUBLE PRECISION NOT NULL,
+        disk_mb DOUBLE PRECISION NOT NULL,
+        paused INTEGER NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (team, node_id)
+      );
+      CREATE INDEX team_usage_node ON team_usage (node_id);
+    `);
+  },
 ];
 
 /** The version this code writes. */

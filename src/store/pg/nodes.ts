@@ -26,6 +26,18 @@ export interface NodeRecord {
   heartbeatAt: number;
 }
 
+/** What a team's sandboxes hold on one node (the quota kinds a sandbox uses: see api/tenancy.ts). */
+export interface TeamUsage {
+  sandboxes: number;
+  vcpus: number;
+  memoryMB: number;
+  diskMB: number;
+  pausedSandboxes: number;
+}
+
+/** The advisory lock class of a team's quota admission across nodes (the second key is the team id's hash). */
+const TEAM_USAGE_LOCK = 0x637571; // 'cuq'
+
 const toNode = (r: Record<string, unknown>): NodeRecord => ({
   id: r.id as string,
   address: r.address as string,
@@ -146,6 +158,57 @@ export class ClusterRegistry {
 
   async forget(sandboxId: string): Promise<void> {
     await rows(this.pool, 'DELETE FROM sandbox_nodes WHERE sandbox_id = $1', [sandboxId]);
+  }
+
+  /**
+   * A quota admission across nodes, under the team's lock: `decide` gets what the team's
+   * sandboxes hold on the other nodes heard from within maxAgeMs and returns what they hold on
+   * this node with the operation counted (or throws to refuse it); that is written in the same
+   * transaction, so the next admission of the team on any node counts it.
+   */
+  admitTeam(nodeId: string, team: string, maxAgeMs: number, decide: (others: TeamUsage) => TeamUsage): Promise<void> {
+    return transaction(this.pool, async (c) => {
+      await rows(c, 'SELECT pg_advisory_xact_lock($1, hashtext($2))', [TEAM_USAGE_LOCK, team]);
+      const [o] = await rows(
+        c,
+        `SELECT COALESCE(SUM(sandboxes), 0) AS sandboxes, COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mb), 0) AS memory_mb,
+           COALESCE(SUM(disk_mb), 0) AS disk_mb, COALESCE(SUM(paused), 0) AS paused
+         FROM team_usage WHERE team = $1 AND node_id <> $2 AND updated_at >= $3`,
+        [team, nodeId, Date.now() - maxAgeMs],
+      );
+      const mine = decide({
+        sandboxes: Number(o?.sandboxes ?? 0),
+        vcpus: Number(o?.vcpus ?? 0),
+        memoryMB: Number(o?.memory_mb ?? 0),
+        diskMB: Number(o?.disk_mb ?? 0),
+        pausedSandboxes: Number(o?.paused ?? 0),
+      });
+      await rows(
+        c,
+        `INSERT INTO team_usage (node_id, team, sandboxes, vcpus, memory_mb, disk_mb, paused, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (team, node_id) DO UPDATE SET sandboxes = $3, vcpus = $4, memory_mb = $5, disk_mb = $6, paused = $7, updated_at = $8`,
+        [nodeId, team, mine.sandboxes, mine.vcpus, mine.memoryMB, mine.diskMB, mine.pausedSandboxes, Date.now()],
+      );
+    });
+  }
+
+  /** What each team's sandboxes hold on this node now: its rows replaced (teams not named hold nothing here). One transaction. */
+  publishUsage(nodeId: string, usage: Map<string, TeamUsage>): Promise<void> {
+    const teams = [...usage.keys()];
+    const col = (k: keyof TeamUsage) => teams.map((t) => usage.get(t)![k]);
+    return transaction(this.pool, async (c) => {
+      await rows(c, 'DELETE FROM team_usage WHERE node_id = $1 AND NOT (team = ANY($2))', [nodeId, teams]);
+      if (!teams.length) return;
+      await rows(
+        c,
+        `INSERT INTO team_usage (node_id, team, sandboxes, vcpus, memory_mb, disk_mb, paused, updated_at)
+         SELECT $1, t.team, t.sandboxes, t.vcpus, t.memory_mb, t.disk_mb, t.paused, $8
+         FROM unnest($2::text[], $3::int[], $4::float8[], $5::float8[], $6::float8[], $7::int[]) AS t (team, sandboxes, vcpus, memory_mb, disk_mb, paused)
+         ON CONFLICT (team, node_id) DO UPDATE SET sandboxes = excluded.sandboxes, vcpus = excluded.vcpus, memory_mb = excluded.memory_mb,
+           disk_mb = excluded.disk_mb, paused = excluded.paused, updated_at = excluded.updated_at`,
+        [nodeId, teams, col('sandboxes'), col('vcpus'), col('memoryMB'), col('diskMB'), col('pausedSandboxes'), Date.now()],
+      );
+    });
   }
 
   close(): Promise<void> {
