@@ -326,4 +326,24 @@ describe("a cluster's nodes and sandbox routes in PostgreSQL", () => {
     assert.deepEqual(await registry.heartbeat(node('c', t + 3), ['s4', 's5']), []);
     assert.equal(await registry.nodeOf('s4'), 'c');
   });
+
+  it("keeps which node holds each volume: recorded at its create, brought in line by the node's heartbeats, found by team and name", async () => {
+    const t = Date.now();
+    await registry.placeVolume({ id: 'vol_a', team: 'team1', name: 'data' }, 'd');
+    assert.equal(await registry.nodeOfVolume('vol_a'), 'd');
+    // a heartbeat listed before the create does not drop it; the node's own list then adds the others it holds
+    await registry.heartbeat(node('d', t - 1000), [], [{ id: 'vol_b', team: 'team2', name: 'data' }]);
+    assert.equal(await registry.nodeOfVolume('vol_a'), 'd');
+    await registry.heartbeat(node('e', t), [], [{ id: 'vol_c', team: 'team1', name: 'logs' }]);
+    assert.deepEqual([...(await registry.nodesOfVolumes('team1', ['data', 'logs', 'none']))].sort(), [
+      ['data', 'd'],
+      ['logs', 'e'],
+    ]);
+    assert.deepEqual([...(await registry.nodesOfVolumes('team2', ['data', 'logs']))], [['data', 'd']], "another team's names are its own");
+    // a later heartbeat without it: deleted on the node, routed no more
+    await registry.heartbeat(node('d', Date.now() + 1), [], [{ id: 'vol_b', team: 'team2', name: 'data' }]);
+    assert.equal(await registry.nodeOfVolume('vol_a'), undefined);
+    await registry.forgetVolume('vol_b');
+    assert.equal(await registry.nodeOfVolume('vol_b'), undefined);
+  });
 });

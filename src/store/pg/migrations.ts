@@ -81,7 +81,8 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX sandbox_tombstones_node ON sandbox_tombstones (node_id);
     `);
   },
-  // what each node's sandboxes hold against their team's quotas (cluster/team-usage.ts): summed under the team's lock
+  // what each node's sandboxes hold against their team's quotas (cluster/team-usage.ts), summed under the team's
+  // lock; and which node holds each volume (a sandbox that mounts it is placed there)
   async (c) => {
     await c.query(`
       CREATE TABLE team_usage (
@@ -96,6 +97,15 @@ const MIGRATIONS: Migration[] = [
         PRIMARY KEY (team, node_id)
       );
       CREATE INDEX team_usage_node ON team_usage (node_id);
+      CREATE TABLE volume_nodes (
+        volume_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        team TEXT,
+        name TEXT NOT NULL,
+        placed_at BIGINT NOT NULL
+      );
+      CREATE INDEX volume_nodes_node ON volume_nodes (node_id);
+      CREATE INDEX volume_nodes_name ON volume_nodes (team, name);
     `);
   },
 ];

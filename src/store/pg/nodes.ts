@@ -26,6 +26,13 @@ export interface NodeRecord {
   heartbeatAt: number;
 }
 
+/** A volume a node holds (volumes are node-local: a sandbox mounting it is placed on its node). */
+export interface NodeVolume {
+  id: string;
+  team: string | null;
+  name: string;
+}
+
 /** What a team's sandboxes hold on one node (the quota kinds a sandbox uses: see api/tenancy.ts). */
 export interface TeamUsage {
   sandboxes: number;
@@ -72,7 +79,7 @@ export class ClusterRegistry {
    * (its sandboxes recorded, rows of sandboxes it no longer holds removed), in one transaction. Resolves to the sandboxes it holds
    * that were deleted while it was lost: the node deletes them (their tombstones go once it no longer lists them).
    */
-  heartbeat(node: NodeRecord, sandboxIds: string[]): Promise<string[]> {
+  heartbeat(node: NodeRecord, sandboxIds: string[], volumes: NodeVolume[] = []): Promise<string[]> {
     return transaction(this.pool, async (c) => {
       await rows(
         c,
@@ -100,6 +107,17 @@ export class ClusterRegistry {
       const buried = (
         await rows<{ sandbox_id: string }>(c, 'SELECT sandbox_id FROM sandbox_tombstones WHERE node_id = $1 AND sandbox_id = ANY($2)', [node.id, sandboxIds])
       ).map((r) => r.sandbox_id);
+      // its volumes, as its sandboxes (a row placed after the list is a volume made since)
+      const volumeIds = volumes.map((v) => v.id);
+      await rows(c, 'DELETE FROM volume_nodes WHERE node_id = $1 AND NOT (volume_id = ANY($2)) AND placed_at < $3', [node.id, volumeIds, node.heartbeatAt]);
+      if (volumes.length)
+        await rows(
+          c,
+          `INSERT INTO volume_nodes (volume_id, node_id, team, name, placed_at) SELECT v.id, $1, v.team, v.name, $5
+           FROM unnest($2::text[], $3::text[], $4::text[]) AS v (id, team, name)
+           ON CONFLICT (volume_id) DO UPDATE SET node_id = $1, team = excluded.team, name = excluded.name`,
+          [node.id, volumeIds, volumes.map((v) => v.team), volumes.map((v) => v.name), node.heartbeatAt],
+        );
       const held = sandboxIds.filter((id) => !buried.includes(id));
       if (held.length)
         await rows(
@@ -158,6 +176,40 @@ export class ClusterRegistry {
 
   async forget(sandboxId: string): Promise<void> {
     await rows(this.pool, 'DELETE FROM sandbox_nodes WHERE sandbox_id = $1', [sandboxId]);
+  }
+
+  /** Records where a new volume is (at its create, before the node's next heartbeat). */
+  async placeVolume(v: NodeVolume, nodeId: string): Promise<void> {
+    await rows(
+      this.pool,
+      `INSERT INTO volume_nodes (volume_id, node_id, team, name, placed_at) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (volume_id) DO UPDATE SET node_id = $2, team = $3, name = $4`,
+      [v.id, nodeId, v.team, v.name, Date.now()],
+    );
+  }
+
+  async nodeOfVolume(volumeId: string): Promise<string | undefined> {
+    const [r] = await rows<{ node_id: string }>(this.pool, 'SELECT node_id FROM volume_nodes WHERE volume_id = $1', [volumeId]);
+    return r?.node_id;
+  }
+
+  /** The nodes holding a team's volumes of these names (name -> node id; a name not found is left out). */
+  async nodesOfVolumes(team: string, names: string[]): Promise<Map<string, string>> {
+    const found = await rows<{ name: string; node_id: string }>(this.pool, 'SELECT name, node_id FROM volume_nodes WHERE team = $1 AND name = ANY($2)', [
+      team,
+      names,
+    ]);
+    return new Map(found.map((r) => [r.name, r.node_id]));
+  }
+
+  async forgetVolume(volumeId: string): Promise<void> {
+    await rows(this.pool, 'DELETE FROM volume_nodes WHERE volume_id = $1', [volumeId]);
+  }
+
+  /** The team of a live API key, by the key's hash (for placement only: the node still authenticates the request). */
+  async teamOfKey(hash: string): Promise<string | undefined> {
+    const [r] = await rows<{ team_id: string }>(this.pool, 'SELECT team_id FROM api_keys WHERE hash = $1 AND revoked_at IS NULL', [hash]);
+    return r?.team_id;
   }
 
   /**
