@@ -19,7 +19,7 @@ import { API_KEY_RE, hashApiKey } from '../api/keys.js';
 import { sandboxIdOf } from '../protocol/ids.js';
 import { endToEnd } from '../proxy/filter.js';
 import { notFoundBody, rawResponse, sendJson } from '../proxy/replies.js';
-import { classify } from '../proxy/routing.js';
+import { classify, SIGNED_PROBE_HEADER } from '../proxy/routing.js';
 import { RUNTIME_METADATA_KEY } from '../sandbox/types.js';
 import { describe } from '../store/pg/pool.js';
 import { HEARTBEAT_MS } from './member.js';
@@ -283,16 +283,16 @@ export class ClusterRouter {
     sendJson(res, 200, JSON.stringify(merged));
   }
 
-  /** A header-less signed /files URL: its sandbox is known only to the node holding it, so each node is asked in turn. */
+  /**
+   * A header-less signed /files URL: its sandbox is known only to the node holding it, so each
+   * node is asked in turn with a HEAD (the others answer 401): the same URL for a download, a
+   * probe (SIGNED_PROBE_HEADER) for an upload. The request then streams to that node.
+   */
   private async signed(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const live = await this.opts.registry.live(LIVE_MS);
-    if (req.method !== 'GET' && req.method !== 'HEAD')
-      throw new HttpFailure(
-        501,
-        'a signed upload URL without the sandbox in its host is not routed through an API replica yet; use the sandbox host (<port>-<id>.<domain>)',
-      );
-    // a HEAD finds the node whose sandbox signed it (the others answer 401); the GET then streams from it
-    for (const n of live) if ((await this.fetchFrom(n, req, 'HEAD')).status !== 401) return void (await this.forward(n, req, res));
+    const probe = req.method === 'POST' ? { [SIGNED_PROBE_HEADER]: 'write' } : undefined;
+    for (const n of live) if ((await this.fetchFrom(n, req, 'HEAD', probe)).status !== 401) return void (await this.forward(n, req, res));
+    req.resume(); // an upload's body is not wanted
     sendJson(res, 401, JSON.stringify({ code: 401, message: 'invalid signature: it matches no running sandbox' }));
   }
 
@@ -367,13 +367,18 @@ export class ClusterRouter {
     return a;
   }
 
-  private upstream(node: NodeRecord, req: IncomingMessage, body?: Buffer, method = req.method): http.ClientRequest {
+  private upstream(node: NodeRecord, req: IncomingMessage, body?: Buffer, method = req.method, extra?: Record<string, string>): http.ClientRequest {
     const url = new URL(node.address);
     const raw = endToEnd(req.rawHeaders);
     const headers: string[] = [];
-    for (let i = 0; i < raw.length; i += 2) if (!body || raw[i]!.toLowerCase() !== 'content-length') headers.push(raw[i]!, raw[i + 1]!);
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i]!.toLowerCase();
+      if (name === SIGNED_PROBE_HEADER || (body && name === 'content-length')) continue; // the probe is the replica's own, never a client's
+      headers.push(raw[i]!, raw[i + 1]!);
+    }
     if (body) headers.push('Content-Length', String(body.length));
     else if (/\bchunked\b/i.test(String(req.headers['transfer-encoding'] ?? ''))) headers.push('Transfer-Encoding', 'chunked');
+    for (const [k, v] of Object.entries(extra ?? {})) headers.push(k, v);
     headers.push(CLUSTER_SECRET_HEADER, this.opts.secret);
     return http.request({
       agent: this.agent(node),
@@ -387,9 +392,9 @@ export class ClusterRouter {
   }
 
   /** A whole answer of a node to the same request (lists, signed URLs). */
-  private fetchFrom(node: NodeRecord, req: IncomingMessage, method = req.method): Promise<{ status: number; body: Buffer }> {
+  private fetchFrom(node: NodeRecord, req: IncomingMessage, method = req.method, extra?: Record<string, string>): Promise<{ status: number; body: Buffer }> {
     return new Promise((resolve, reject) => {
-      const up = this.upstream(node, req, Buffer.alloc(0), method);
+      const up = this.upstream(node, req, Buffer.alloc(0), method, extra);
       up.on('response', (r) => {
         const chunks: Buffer[] = [];
         let size = 0;

@@ -143,6 +143,21 @@ describe('a cluster: two nodes behind two API replicas', { timeout: 1_200_000 },
       assert.equal(await got.text(), `written via replica ${(i + 1) % 2}`);
       const forged = await fetch(`${replicas[i % 2]!.url}${signed.pathname}${signed.search.replace('signature=v1_', 'signature=v1_x')}`);
       assert.equal(forged.status, 401);
+      // a signed upload URL the same way: the replica probes the nodes, then streams the body to the one that signed it
+      const up = new URL(await made.uploadUrl('/tmp/up.txt', { useSignatureExpiration: 60 }));
+      const form = () => {
+        const f = new FormData();
+        f.append('file', new Blob([`uploaded via replica ${i % 2}`]), 'up.txt');
+        return f;
+      };
+      const put = await fetch(`${replicas[i % 2]!.url}${up.pathname}${up.search}`, { method: 'POST', body: form() });
+      assert.equal(put.status, 200, await put.text());
+      assert.equal(await other.files.read('/tmp/up.txt'), `uploaded via replica ${i % 2}`);
+      const badUp = await fetch(`${replicas[i % 2]!.url}${up.pathname}${up.search.replace('signature=v1_', 'signature=v1_x')}`, {
+        method: 'POST',
+        body: form(),
+      });
+      assert.equal(badUp.status, 401);
     }
   });
 
