@@ -138,8 +138,8 @@ export class ClusterRouter {
     const method = req.method ?? 'GET';
     if (path === '/health') return sendJson(res, 200, JSON.stringify({ status: 'ok' }));
     if (method === 'POST' && (path === '/sandboxes' || path === '/v2/sandboxes')) return this.create(req, res);
-    if (method === 'GET' && (path === '/sandboxes' || path === '/v2/sandboxes' || path === '/sandboxes/metrics' || path === '/volumes'))
-      return this.fanOut(req, res);
+    if (method === 'GET' && path === '/v2/sandboxes') return this.fanOutPaged(req, res);
+    if (method === 'GET' && (path === '/sandboxes' || path === '/sandboxes/metrics' || path === '/volumes')) return this.fanOut(req, res);
     if (method === 'POST' && path === '/volumes') return this.createVolume(req, res);
     const v = /^\/(?:volumes|volumecontent)\/([^/]+)(?:\/.*)?$/.exec(path);
     if (v) return this.toVolume(decoded(v[1]!), req, res);
@@ -284,6 +284,37 @@ export class ClusterRouter {
   }
 
   /**
+   * A page of `GET /v2/sandboxes` across nodes. A node's page token is a cursor (the last
+   * sandbox's start time and id) that means the same on every node, so each node is asked for
+   * the same page, the answers are merged in the same order, the first `limit` kept, and the next
+   * token is the cursor of the last one kept when any node has more.
+   */
+  private async fanOutPaged(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const live = await this.opts.registry.live(LIVE_MS);
+    if (!live.length) throw new HttpFailure(503, 'no node of the cluster is live; try again shortly', NO_NODE_RETRY_SEC);
+    const answers = await Promise.all(live.map((n) => this.fetchFrom(n, req)));
+    const failed = answers.find((a) => a.status !== 200);
+    if (failed) return sendJson(res, failed.status, failed.body.toString('utf8'));
+    const q = new URL(req.url ?? '/', 'http://replica').searchParams;
+    const limit = Number(q.get('limit') ?? 100); // the nodes checked it
+    const desc = (q.get('order') ?? 'desc').toLowerCase() !== 'asc';
+    type Listed = { sandboxID: string; startedAt: string };
+    const key = (s: Listed) => [Date.parse(s.startedAt), s.sandboxID] as const;
+    const merged = answers.flatMap((a) => JSON.parse(a.body.toString('utf8')) as Listed[]);
+    merged.sort((a, b) => {
+      const [ta, ia] = key(a);
+      const [tb, ib] = key(b);
+      const c = ta - tb || (ia < ib ? -1 : ia > ib ? 1 : 0);
+      return desc ? -c : c;
+    });
+    const page = merged.slice(0, limit);
+    const more = merged.length > limit || answers.some((a) => a.headers['x-next-token']);
+    const headers: Record<string, string> = {};
+    if (more && page.length) headers['X-Next-Token'] = Buffer.from(JSON.stringify(key(page[page.length - 1]!))).toString('base64url');
+    sendJson(res, 200, JSON.stringify(page), headers);
+  }
+
+  /**
    * A header-less signed /files URL: its sandbox is known only to the node holding it, so each
    * node is asked in turn with a HEAD (the others answer 401): the same URL for a download, a
    * probe (SIGNED_PROBE_HEADER) for an upload. The request then streams to that node.
@@ -392,7 +423,12 @@ export class ClusterRouter {
   }
 
   /** A whole answer of a node to the same request (lists, signed URLs). */
-  private fetchFrom(node: NodeRecord, req: IncomingMessage, method = req.method, extra?: Record<string, string>): Promise<{ status: number; body: Buffer }> {
+  private fetchFrom(
+    node: NodeRecord,
+    req: IncomingMessage,
+    method = req.method,
+    extra?: Record<string, string>,
+  ): Promise<{ status: number; body: Buffer; headers: http.IncomingHttpHeaders }> {
     return new Promise((resolve, reject) => {
       const up = this.upstream(node, req, Buffer.alloc(0), method, extra);
       up.on('response', (r) => {
@@ -402,7 +438,7 @@ export class ClusterRouter {
           if ((size += c.length) > MAX_NODE_ANSWER) return r.destroy(new Error(`node ${node.id} answered more than ${MAX_NODE_ANSWER} bytes`));
           chunks.push(c);
         });
-        r.on('end', () => resolve({ status: r.statusCode ?? 502, body: Buffer.concat(chunks) }));
+        r.on('end', () => resolve({ status: r.statusCode ?? 502, body: Buffer.concat(chunks), headers: r.headers }));
         r.on('error', reject);
       });
       up.on('error', reject);

@@ -124,6 +124,11 @@ describe('a cluster: two nodes behind two API replicas', { timeout: 1_200_000 },
       const list = JSON.parse((await rest(i, '/sandboxes')).text) as Array<{ sandboxID: string; clientID: string }>;
       assert.deepEqual(new Map(list.map((s) => [s.sandboxID, s.clientID])), holders);
     }
+    // paged (v2) one at a time across both nodes: each sandbox once, newest first
+    const pager = e2b.Sandbox.list({ limit: 1, ...through(1) });
+    const paged: string[] = [];
+    while (pager.hasNext) paged.push(...(await pager.nextItems()).map((s) => s.sandboxId));
+    assert.deepEqual(paged, created.map((s) => s.sandboxId).reverse());
 
     for (const [i, made] of created.entries()) {
       const other = await e2b.Sandbox.connect(made.sandboxId, through((i + 1) % 2));
