@@ -240,6 +240,22 @@ EOF`);
     console.log(`# commands.run('true') through a replica p50: ${median(commands).toFixed(1)} ms`);
   });
 
+  it('runs a terminal through one replica and pauses and resumes through the other, keeping its files and processes', async () => {
+    const sbx = created[1]!;
+    let out = '';
+    const pty = await sbx.pty.create({ cols: 91, rows: 27, onData: (d) => void (out += new TextDecoder().decode(d)) });
+    await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('tput cols; echo pty-$((6*7)); exit\n'));
+    await pty.wait().catch(() => undefined);
+    assert.match(out, /\b91\b/);
+    assert.match(out, /pty-42/);
+    await sbx.commands.run('echo kept > /tmp/kept; sleep 3600 >/dev/null 2>&1 &');
+    const other = await e2b.Sandbox.connect(sbx.sandboxId, through(1));
+    assert.equal(await other.pause(), true);
+    assert.equal(JSON.parse((await rest(0, `/sandboxes/${sbx.sandboxId}`)).text).state, 'paused');
+    const back = await e2b.Sandbox.connect(sbx.sandboxId, through(0)); // resumes it
+    assert.equal((await back.commands.run('cat /tmp/kept; pgrep -x sleep >/dev/null && echo running')).stdout, 'kept\nrunning\n');
+  });
+
   it('kills through the other replica, after which neither finds the sandbox', async () => {
     for (const [i, sbx] of created.entries()) {
       assert.equal((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`, { method: 'DELETE' })).status, 204);
