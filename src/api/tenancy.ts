@@ -148,6 +148,9 @@ export class Tenancy {
   /** Snapshots being taken per team (counted against the quota before they exist). */
   private readonly pendingSnapshots = new Map<string, number>();
 
+  /** In a cluster: what the team's sandboxes hold on the other nodes (cluster/team-usage.ts). */
+  elsewhere?: (team: string) => Promise<Usage>;
+
   /** The teams' own template layers on disk; without templates (the CLI) layers are not counted. */
   private readonly layers: TeamLayers | undefined;
 
@@ -195,6 +198,14 @@ export class Tenancy {
       const h = holds(r.state, JSON.parse(r.spec) as Costs);
       for (const k of USAGE_KEYS) u[k] += h[k];
     }
+    return u;
+  }
+
+  /** What the team holds: here, and in a cluster on the other nodes too (as their last figures say). */
+  async usageEverywhere(team: string): Promise<Usage> {
+    const u = this.usage(team);
+    const other = await this.elsewhere?.(team);
+    if (other) for (const k of USAGE_KEYS) u[k] += other[k];
     return u;
   }
 

@@ -219,7 +219,10 @@ export async function serveNode(manager: SandboxManager, opts: NodeServeOptions)
   const tenancy = new Tenancy(manager.store, manager.templates, log, shared.directory);
   tenancy.attach(manager); // quota admission of creates, resumes, pauses and new layers
   const quota = opts.cluster && new ClusterQuota(opts.cluster.registry, tenancy, manager.paths.instanceId, opts.cluster.leaseMs, log);
-  if (quota) manager.admitAcross = (a) => quota.admit(a);
+  if (quota) {
+    manager.admitAcross = (a) => quota.admit(a);
+    tenancy.elsewhere = (team) => quota.elsewhere(team);
+  }
   const metrics = new MetricsSampler(manager);
   metrics.start();
   // template builds; a base image that is not a cubebox template comes from a registry (image-source.ts)

@@ -73,6 +73,11 @@ export class ClusterQuota {
     };
   }
 
+  /** What the team's sandboxes hold on the other nodes, as their last figures say. */
+  elsewhere(team: string): Promise<Usage> {
+    return this.registry.teamUsageElsewhere(this.nodeId, team, this.maxAgeMs);
+  }
+
   /** What every team holds on this node now (with reservations), written as its rows: at each heartbeat. */
   async publish(): Promise<void> {
     await this.inTurn(() => {

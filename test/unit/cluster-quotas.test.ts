@@ -44,6 +44,7 @@ describe("a team's quotas across two nodes", () => {
     tenancy.attach(r.m);
     const quota = new ClusterQuota(registry, tenancy, id, 30_000);
     r.m.admitAcross = (x) => quota.admit(x);
+    tenancy.elsewhere = (t) => quota.elsewhere(t);
     return { r, tenancy, quota, shared };
   };
 
@@ -87,6 +88,8 @@ describe("a team's quotas across two nodes", () => {
       'a node refused for what the other holds',
     );
     assert.equal(a.r.m.list().length + b.r.m.list().length, 3);
+    // the quota route's usage counts both nodes, on either
+    for (const n of [a, b]) assert.equal((await n.tenancy.usageEverywhere(team)).sandboxes, 3);
 
     // a place freed on one node: the other sees it once the holder has published (its next heartbeat)
     const holder = a.r.m.list().length ? a : b;

@@ -45,6 +45,18 @@ export interface TeamUsage {
 /** The advisory lock class of a team's quota admission across nodes (the second key is the team id's hash). */
 const TEAM_USAGE_LOCK = 0x637571; // 'cuq'
 
+/** The sum of team_usage rows, as usageOf reads it. */
+const USAGE_SUM = `SELECT COALESCE(SUM(sandboxes), 0) AS sandboxes, COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mb), 0) AS memory_mb,
+  COALESCE(SUM(disk_mb), 0) AS disk_mb, COALESCE(SUM(paused), 0) AS paused`;
+
+const usageOf = (o: Record<string, unknown> | undefined): TeamUsage => ({
+  sandboxes: Number(o?.sandboxes ?? 0),
+  vcpus: Number(o?.vcpus ?? 0),
+  memoryMB: Number(o?.memory_mb ?? 0),
+  diskMB: Number(o?.disk_mb ?? 0),
+  pausedSandboxes: Number(o?.paused ?? 0),
+});
+
 const toNode = (r: Record<string, unknown>): NodeRecord => ({
   id: r.id as string,
   address: r.address as string,
@@ -221,20 +233,8 @@ export class ClusterRegistry {
   admitTeam(nodeId: string, team: string, maxAgeMs: number, decide: (others: TeamUsage) => TeamUsage): Promise<void> {
     return transaction(this.pool, async (c) => {
       await rows(c, 'SELECT pg_advisory_xact_lock($1, hashtext($2))', [TEAM_USAGE_LOCK, team]);
-      const [o] = await rows(
-        c,
-        `SELECT COALESCE(SUM(sandboxes), 0) AS sandboxes, COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mb), 0) AS memory_mb,
-           COALESCE(SUM(disk_mb), 0) AS disk_mb, COALESCE(SUM(paused), 0) AS paused
-         FROM team_usage WHERE team = $1 AND node_id <> $2 AND updated_at >= $3`,
-        [team, nodeId, Date.now() - maxAgeMs],
-      );
-      const mine = decide({
-        sandboxes: Number(o?.sandboxes ?? 0),
-        vcpus: Number(o?.vcpus ?? 0),
-        memoryMB: Number(o?.memory_mb ?? 0),
-        diskMB: Number(o?.disk_mb ?? 0),
-        pausedSandboxes: Number(o?.paused ?? 0),
-      });
+      const [o] = await rows(c, `${USAGE_SUM} FROM team_usage WHERE team = $1 AND node_id <> $2 AND updated_at >= $3`, [team, nodeId, Date.now() - maxAgeMs]);
+      const mine = decide(usageOf(o));
       await rows(
         c,
         `INSERT INTO team_usage (node_id, team, sandboxes, vcpus, memory_mb, disk_mb, paused, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -242,6 +242,16 @@ export class ClusterRegistry {
         [nodeId, team, mine.sandboxes, mine.vcpus, mine.memoryMB, mine.diskMB, mine.pausedSandboxes, Date.now()],
       );
     });
+  }
+
+  /** What a team's sandboxes hold on the nodes other than nodeId heard from within maxAgeMs. */
+  async teamUsageElsewhere(nodeId: string, team: string, maxAgeMs: number): Promise<TeamUsage> {
+    const [o] = await rows(this.pool, `${USAGE_SUM} FROM team_usage WHERE team = $1 AND node_id <> $2 AND updated_at >= $3`, [
+      team,
+      nodeId,
+      Date.now() - maxAgeMs,
+    ]);
+    return usageOf(o);
   }
 
   /** What each team's sandboxes hold on this node now: its rows replaced (teams not named hold nothing here). One transaction. */
