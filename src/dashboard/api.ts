@@ -74,7 +74,15 @@ export interface SandboxDetail extends ListedSandbox {
   trafficAccessToken?: string;
   domain?: string;
   allowInternetAccess?: boolean;
-  network?: { allowOut?: string[]; denyOut?: string[]; allowPublicTraffic?: boolean };
+  network?: {
+    allowOut?: string[];
+    denyOut?: string[];
+    allowPublicTraffic?: boolean;
+    /** Per-domain header transforms, as given (secrets as ${e2b.secrets.<name>} placeholders, never their values). */
+    rules?: Record<string, Array<{ transform?: { headers?: Record<string, string> } }>>;
+    /** The upstream SOCKS5 proxy (the API never shows its password). */
+    egressProxy?: { address: string; username?: string };
+  };
   lifecycle?: { onTimeout?: string; autoResume?: boolean };
 }
 

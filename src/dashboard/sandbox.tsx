@@ -56,6 +56,33 @@ function Network({ d }: { d: SandboxDetail }) {
         <dd>{(d.network?.denyOut ?? []).join(', ') || '—'}</dd>
         <dt>Public traffic</dt>
         <dd>{d.network?.allowPublicTraffic === false ? 'needs the traffic token' : 'allowed'}</dd>
+        <dt>Egress rules</dt>
+        <dd>
+          {Object.keys(d.network?.rules ?? {}).length ? (
+            <ul class="rules">
+              {Object.entries(d.network!.rules!).map(([domain, rules]) => (
+                <li key={domain}>
+                  <span class="mono">{domain}</span>:{' '}
+                  {rules
+                    .flatMap((r) => Object.entries(r.transform?.headers ?? {}))
+                    .map(([name, value]) => (
+                      <span key={name} class="mono">
+                        {name}: {value}{' '}
+                      </span>
+                    ))}
+                </li>
+              ))}
+            </ul>
+          ) : (
+            '—'
+          )}
+        </dd>
+        <dt>Upstream proxy</dt>
+        <dd class="mono">
+          {d.network?.egressProxy
+            ? `SOCKS5 ${d.network.egressProxy.address}${d.network.egressProxy.username ? ` as ${d.network.egressProxy.username}` : ''}`
+            : '—'}
+        </dd>
       </dl>
       <p class="row">
         <label>

@@ -220,6 +220,28 @@ describe('the web dashboard in a browser', { timeout: 300_000 }, () => {
     await page.close();
   });
 
+  it("shows a sandbox's egress rules (placeholders as given) and its upstream proxy, never the proxy's password", async () => {
+    const password = `dash-pw-${Date.now()}`;
+    const sbx = await newSandbox({
+      network: {
+        rules: { 'api.example': [{ transform: { headers: { 'X-Team': 'dashboard' } } }] },
+        egressProxy: { address: '198.51.100.20:1080', username: 'dashuser', password },
+      },
+    } as Parameters<E2B['Sandbox']['create']>[1]);
+    const { page, watch } = await browser.page();
+    await logIn(page, svc.url, key);
+    await page.getByRole('link', { name: sbx.sandboxId }).click();
+    await page.getByRole('tab', { name: 'Network & ports' }).click();
+    await page.getByText('SOCKS5 198.51.100.20:1080 as dashuser').waitFor();
+    await page.getByText('X-Team: dashboard').waitFor();
+    assert.ok((await page.content()).includes('api.example'));
+    assert.ok(!(await page.content()).includes(password), "the page holds the proxy's password");
+    await browser.shot(page, 'sandbox-network');
+    clean(watch);
+    await page.close();
+    await sbx.kill();
+  });
+
   it('a terminal in the page runs what is typed in it', async () => {
     const { page, watch } = await browser.page();
     await logIn(page, svc.url, key);
