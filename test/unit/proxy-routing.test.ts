@@ -5,7 +5,7 @@ import { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { fileSignature } from '../../src/protocol/signature.js';
-import { classify, ENVD_PORT, matchSignature, normalizeSandboxId, parseSandboxHost } from '../../src/proxy/routing.js';
+import { classify, ENVD_PORT, matchSignature, normalizeSandboxId, parseSandboxHost, SIGNED_PROBE_HEADER } from '../../src/proxy/routing.js';
 
 const ID = 'abcdefghij0123456789';
 
@@ -109,6 +109,19 @@ describe('what a request is routed to', () => {
     assert.equal(write?.kind === 'signed' && write.op, 'write');
     assert.equal(classify(request({}, url, 'DELETE')), undefined);
     assert.equal(classify(request({}, url, 'PUT')), undefined);
+    // an API replica's probe for an upload URL: a HEAD that asks about the write signature, answered without relaying
+    const probe = classify(request({ [SIGNED_PROBE_HEADER]: 'write' }, url, 'HEAD'));
+    assert.deepEqual(probe?.kind === 'signed' && [probe.op, probe.probe], ['write', true]);
+    for (const [method, value] of [
+      ['GET', 'write'],
+      ['POST', 'write'],
+      ['HEAD', 'read'],
+    ])
+      assert.notEqual(
+        (classify(request({ [SIGNED_PROBE_HEADER]: value! }, url, method)) as { probe?: boolean } | undefined)?.probe,
+        true,
+        `${method} ${value}`,
+      );
   });
 
   it('is not data-plane traffic: /files without a signature, other paths with one, or a signature-like parameter', () => {
