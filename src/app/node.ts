@@ -12,7 +12,10 @@ import pino, { type Logger } from 'pino';
 import { ControlServer } from '../api/control-socket.js';
 import { dataPlaneProxy, dataPlaneResolver } from '../api/data-plane.js';
 import { ApiKeys } from '../api/keys.js';
-import { localNode } from '../api/local-node.js';
+import { localNode, type ClusterTemplates } from '../api/local-node.js';
+import { TemplateSharing } from '../cluster/templates.js';
+import { PgSharedTemplates } from '../store/pg/templates.js';
+import { RegistryRepo } from '../template/oci/distribution.js';
 import { LocalApi } from '../api/manager-api.js';
 import { ServiceMetrics } from '../api/prometheus.js';
 import { startServer, type RunningServer, type ServerOptions } from '../api/server.js';
@@ -110,7 +113,16 @@ export async function startService(config: ServeConfig): Promise<RunningService>
           ...{ dataDir: manager.paths.dataDir, instanceId: manager.paths.instanceId, upstreamCa: config.network.egressCa, log: logger },
         })
       : undefined;
+  // a node of a cluster with a template registry: teams' templates are shared with every node (cluster/templates.ts)
+  let sharing: TemplateSharing | undefined;
+  if (config.role === 'node' && config.cluster?.templateRegistry && config.database) {
+    const registry = new RegistryRepo(config.cluster.templateRegistry);
+    sharing = new TemplateSharing(manager, registry, await PgSharedTemplates.open(config.database, logger), logger);
+    sharing.start();
+    logger.info({ registry: registry.shown }, "teams' templates are shared through the registry");
+  }
   const server = await serveNode(manager, {
+    cluster: sharing,
     shared,
     host: config.host,
     port: config.port,
@@ -152,6 +164,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
         clearTimeout(timer);
       };
       await step('the cluster membership', () => membership?.leave());
+      await step('the template sharing', () => sharing?.stop());
       await step('the API listeners', () => server.close());
       await step('the DNS forwarder', () => dns?.close());
       await step('the egress proxy', () => egress?.close());
@@ -189,6 +202,8 @@ export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | '
   buildReadyTimeoutMs?: number;
   /** Teams, keys and secrets (default: the manager's own SQLite store). */
   shared?: SharedStore;
+  /** A cluster's templates (default: this node's only). */
+  cluster?: ClusterTemplates;
 }
 
 /**
@@ -218,6 +233,7 @@ export async function serveNode(manager: SandboxManager, opts: NodeServeOptions)
     secrets: { rows: shared.secrets, sealingKey: opts.sealingKey },
     builds,
     shared,
+    cluster: opts.cluster,
   });
   const proxy = dataPlaneProxy(dataPlaneResolver(node, log), opts.domain, log);
   const prom = new ServiceMetrics(manager, proxy);

@@ -53,9 +53,17 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     if (!t || !listable(t) || !templateVisible(caller, t)) throw notFound(`template '${ref}' not found`);
     return t;
   };
+  /** visibleTemplate, or in a cluster a team's template only other nodes have (no layers here). */
+  const visibleAnywhere = async (req: FastifyRequest, ref: string): Promise<Template> => {
+    const caller = callerOf(req);
+    const here = templates.find(ref, caller.team);
+    const t = here ?? (await templates.findShared?.(ref, caller.team));
+    if (!t || !listable(t) || !templateVisible(caller, t)) throw notFound(`template '${ref}' not found`);
+    return t;
+  };
   /** visibleTemplate, and the key may change it: its team's own, or any with an admin key. */
-  const ownTemplate = (req: FastifyRequest, ref: string, what: string): Template => {
-    const t = visibleTemplate(req, ref);
+  const ownTemplate = (req: FastifyRequest, ref: string, what: string, found?: Template): Template => {
+    const t = found ?? visibleTemplate(req, ref);
     const caller = callerOf(req);
     if (!caller.admin && t.config.team !== caller.team) {
       throw new HttpError(403, `template '${t.name}' is public (made on the host): only an admin key or the cubebox CLI can ${what} it`);
@@ -154,13 +162,13 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
   app.get<TemplateReq>('/templates/aliases/:alias', async (req) => {
     const alias = req.params.alias;
     const caller: Caller = callerOf(req);
-    const t = templates.find(alias, caller.team);
+    const t = templates.find(alias, caller.team) ?? (await templates.findShared?.(alias, caller.team));
     if (!t || !listable(t) || !names(t).includes(alias) || !templateVisible(caller, t)) throw notFound(`template '${alias}' not found`);
     return { templateID: t.id, public: isPublic(t) };
   });
 
   app.delete<TemplateReq>('/templates/:templateID', async (req, reply) => {
-    const t = ownTemplate(req, req.params.templateID, 'delete');
+    const t = ownTemplate(req, req.params.templateID, 'delete', await visibleAnywhere(req, req.params.templateID));
     await templates.remove(t.id);
     return reply.code(204).send();
   });
