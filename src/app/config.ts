@@ -374,6 +374,11 @@ function clusterOf(flags: ServeFlags, env: Env): Pick<ServeConfig, 'role' | 'clu
   if (!/^\d+$/.test(lease) || Number(lease) < 10 || Number(lease) > 86_400) throw invalid(`bad --node-lease '${lease}': whole seconds, 10 to 86400`);
   return {
     role,
-    cluster: { secret, nodeUrl: nodeUrl?.replace(/\/$/, ''), leaseMs: Number(lease) * 1000, templateRegistry: role === 'node' ? templateRegistry : undefined },
+    cluster: {
+      secret,
+      nodeUrl: nodeUrl?.replace(/\/$/, ''),
+      leaseMs: Number(lease) * 1000,
+      ...(role === 'node' && templateRegistry ? { templateRegistry } : {}),
+    },
   };
 }
