@@ -28,6 +28,7 @@ export interface LocalNodeParts {
 export interface ClusterTemplates {
   fetch(ref: string, team: string | undefined): Promise<void>;
   find(ref: string, team: string | undefined): Promise<Template | undefined>;
+  list(team: string): Promise<Template[]>;
   unpublish(id: string): Promise<void>;
 }
 
@@ -44,6 +45,7 @@ export function localNode(manager: SandboxManager, parts: LocalNodeParts): NodeA
         await cluster?.fetch(ref, team);
       },
       findShared: cluster && ((ref, team) => cluster.find(ref, team)),
+      listShared: cluster && ((team) => cluster.list(team)),
       addTag: (ref, tag) => templates.addTag(ref, tag),
       removeTag: (ref, tag) => templates.removeTag(ref, tag),
       async remove(ref) {

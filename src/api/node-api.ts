@@ -49,6 +49,8 @@ export interface TemplatesApi {
   ensure(ref: string, team?: string): Promise<void>;
   /** A template only the cluster has (no layers here): what the routes show and delete; undefined alone. */
   findShared?(ref: string, team?: string): Promise<Template | undefined>;
+  /** The cluster's templates a team sees (its own, and other teams' made public), wherever they were made. */
+  listShared?(team: string): Promise<Template[]>;
   addTag(ref: string, tag: string): Template;
   removeTag(ref: string, tag: string): Template;
   /** Deletes a template (here, if this node has it, and from the cluster), giving its pooled sandboxes back first. */

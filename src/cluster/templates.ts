@@ -11,7 +11,7 @@ import { notFound } from '../util/errors.js';
 import type { PgSharedTemplates, SharedTemplateRecord } from '../store/pg/templates.js';
 import type { RegistryRepo } from '../template/oci/distribution.js';
 import { publishTemplate, pullTemplate, sharedConfig } from '../template/share.js';
-import { findInNamespace, sharable, type Template, type TemplateConfig } from '../template/store.js';
+import { DEFAULT_TEMPLATE_CONFIG, findInNamespace, sharable, type Template, type TemplateConfig } from '../template/store.js';
 
 /** How often a node publishes what is left to publish and drops copies deleted elsewhere. */
 export const TEMPLATE_SYNC_MS = 5000;
@@ -21,6 +21,15 @@ interface Resolvable {
   name: string;
   config: Partial<TemplateConfig>;
 }
+
+/** A row as the routes see a template (its layers are on other nodes). */
+const asTemplate = (rec: SharedTemplateRecord): Template => ({
+  id: rec.id,
+  name: rec.name,
+  layers: [],
+  config: { ...DEFAULT_TEMPLATE_CONFIG, ...(JSON.parse(rec.config) as Partial<TemplateConfig>), team: rec.team },
+  createdAt: rec.createdAt,
+});
 
 export class TemplateSharing {
   private readonly pulls = new Map<string, Promise<void>>();
@@ -183,8 +192,12 @@ export class TemplateSharing {
   /** A team's template only the cluster has (not this node), as the routes see templates (no layers here). */
   async find(ref: string, team: string | undefined): Promise<Template | undefined> {
     const rec = await this.resolve(ref, team);
-    if (!rec) return undefined;
-    return { id: rec.id, name: rec.name, layers: [], config: JSON.parse(rec.config) as TemplateConfig, createdAt: rec.createdAt };
+    return rec && asTemplate(rec);
+  }
+
+  /** The cluster's templates a team sees: its own and other teams' made public. */
+  async list(team: string): Promise<Template[]> {
+    return (await this.table.visibleTo(team)).map(asTemplate);
   }
 
   /**

@@ -139,6 +139,13 @@ describe('templates across the nodes of a cluster', { timeout: 1_200_000 }, () =
     assert.equal(layerDigests.length, 2, 'busybox and the build layer');
     await until('the builder to list it', () => cachedOn(0, 'shared-tpl'));
     assert.equal(await cachedOn(1, 'shared-tpl'), false, 'the other node has not got it');
+    // ... but lists it and answers for it
+    const listed = await toNode(1, 'GET', '/templates');
+    assert.ok(
+      (JSON.parse(listed.text) as { templateID: string }[]).some((t) => t.templateID === templateId),
+      listed.text,
+    );
+    assert.equal((await toNode(1, 'GET', '/templates/shared-tpl')).status, 200);
   });
 
   it('creates on the other node pull it once (two at once), and the sandbox sees the built files', async () => {
@@ -203,6 +210,7 @@ describe('templates across the nodes of a cluster', { timeout: 1_200_000 }, () =
     assert.equal((await viaReplica('POST', '/sandboxes', { templateID: 'shared-tpl' })).status, 404);
     // the other node drops its copy at its next sync; its pulled layers go from its disk
     await until('both nodes to drop it', async () => !(await cachedOn(0, 'shared-tpl')) && !(await cachedOn(1, 'shared-tpl')));
+    for (const i of [0, 1]) assert.equal((await toNode(i, 'GET', '/templates/shared-tpl')).status, 404);
     const layers = join(nodes[1]!.dataDir, 'layers');
     for (const d of layerDigests) assert.equal(existsSync(join(layers, `sha256-${d.slice(7)}`)), false, `pulled layer ${d} removed`);
     assert.deepEqual(

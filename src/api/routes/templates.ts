@@ -96,8 +96,11 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     const teamID = one(req.query.teamID);
     if (teamID !== undefined && teamID !== '' && !caller.admin && teamID !== caller.team) throw notFound(`team '${teamID}' not found`);
     const inTeam = (t: Template) => !teamID || isPublic(t) || t.config.team === teamID;
-    return templates
-      .list()
+    const here = templates.list();
+    const ids = new Set(here.map((t) => t.id));
+    // in a cluster: the team's templates (and public-flagged ones) made on other nodes too
+    const elsewhere = ((await templates.listShared?.(caller.team)) ?? []).filter((t) => !ids.has(t.id));
+    return [...here, ...elsewhere]
       .filter((t) => listable(t) && !isSnapshot(t) && templateVisible(caller, t) && inTeam(t))
       .sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
       .map(templateBody);
@@ -106,7 +109,7 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
   app.get<TemplateReq>('/v2/templates', listTemplates);
 
   app.get<TemplateReq>('/templates/:templateID', async (req) => {
-    const t = visibleTemplate(req, req.params.templateID);
+    const t = await visibleAnywhere(req, req.params.templateID);
     const { buildID, cpuCount, memoryMB, diskSizeMB, envdVersion, buildStatus, createdAt, ...rest } = templateBody(t);
     const { buildCount: _c, ...summary } = rest;
     const caller = callerOf(req);
