@@ -164,8 +164,8 @@ export async function startService(config: ServeConfig): Promise<RunningService>
         clearTimeout(timer);
       };
       await step('the cluster membership', () => membership?.leave());
-      await step('the template sharing', () => sharing?.stop());
       await step('the API listeners', () => server.close());
+      await step('the template sharing', () => sharing?.stop());
       await step('the DNS forwarder', () => dns?.close());
       await step('the egress proxy', () => egress?.close());
       await step('the control socket', () => control.close(true));

@@ -14,7 +14,7 @@ import { importLayer, type BlobSource } from './oci-import-layer.js';
 import { checkDigest, MANIFEST_TYPE, MAX_MANIFEST, sha256, type RegistryRepo } from './oci/distribution.js';
 import { exportLayer } from './oci/layer-export.js';
 import { hostArch, isObj } from './oci/resolve.js';
-import type { Template, TemplateConfig } from './store.js';
+import { LAYER_DIGESTS, type Template, type TemplateConfig } from './store.js';
 
 export const CONFIG_TYPE = 'application/vnd.oci.image.config.v1+json';
 export const LAYER_TYPE = 'application/vnd.oci.image.layer.v1.tar';
@@ -149,7 +149,7 @@ export interface PublishResult {
 
 /** Pushes a template (its layers, config and manifest, tagged with its id) to the registry. */
 export async function publishTemplate(registry: RegistryRepo, t: Template, opts: { layersDir: string; dataDir: string }): Promise<PublishResult> {
-  const cache = new DigestCache(join(opts.dataDir, 'layer-digests'));
+  const cache = new DigestCache(join(opts.dataDir, LAYER_DIGESTS));
   const layers: Descriptor[] = [];
   let uploaded = 0;
   for (const dir of [...t.layers].reverse()) {

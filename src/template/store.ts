@@ -73,6 +73,9 @@ export const RESERVED_TAGS = ['latest', 'default'];
  */
 export const PUBLIC_TEMPLATE_NAMES = ['base', 'code-interpreter-v1', 'busybox', 'desktop'];
 
+/** Beside the layers: the digest each published layer had as a blob (template/share.ts). */
+export const LAYER_DIGESTS = 'layer-digests';
+
 /** Where a memory snapshot's checkpoint image is kept: removed with the template. */
 export const checkpointImageDir = (paths: Pick<Paths, 'dataDir'>, templateId: string) => join(paths.dataDir, 'checkpoints', templateId);
 
@@ -379,7 +382,11 @@ export class TemplateStore {
     this.store.deleteTemplate(t.id);
     this.generation++;
     const stillUsed = new Set(this.list().flatMap((o) => o.layers));
-    for (const l of t.layers) if (!stillUsed.has(l)) rmSync(l, { recursive: true, force: true });
+    for (const l of t.layers) {
+      if (stillUsed.has(l)) continue;
+      rmSync(l, { recursive: true, force: true });
+      rmSync(join(this.paths.dataDir, LAYER_DIGESTS, basename(l)), { force: true }); // its digest, if it was published
+    }
     if (t.config.checkpoint) rmSync(checkpointImageDir(this.paths, t.id), { recursive: true, force: true });
   }
 
