@@ -101,8 +101,12 @@ export async function exportLayer(dir: string, out: string, signal?: AbortSignal
     },
   });
   const file = createWriteStream(out, { flags: 'wx', mode: 0o600 });
+  const reader = new ByteReader(tar.stdout as AsyncIterable<Buffer>);
   try {
-    await pipeline(Readable.from(toOciLayer(parseTar(new ByteReader(tar.stdout as AsyncIterable<Buffer>)))), tap, file);
+    await pipeline(Readable.from(toOciLayer(parseTar(reader))), tap, file);
+    // what follows the end-of-archive blocks (tar's record padding) is read too: until its
+    // output ends, tar's 'close' never comes
+    await reader.drain();
   } catch (err) {
     tar.kill('SIGKILL');
     await exit.catch(() => {});
