@@ -182,6 +182,20 @@ describe('templates across the nodes of a cluster', { timeout: 1_200_000 }, () =
     await until('the other node to list it', () => cachedOn(1, 'shared-tpl'));
   });
 
+  let snapshotId: string;
+  it("a team's snapshot taken on the other node is published too: the builder lists it", async () => {
+    const snap = await viaReplica('POST', `/sandboxes/${sandboxes[0]!.id}/snapshots`, {});
+    assert.equal(snap.status, 201, snap.text);
+    snapshotId = (JSON.parse(snap.text) as { snapshotID: string }).snapshotID;
+    const rows = await query<{ id: string; node_id: string }>('SELECT id, node_id FROM shared_templates WHERE id = $1', [snapshotId]);
+    assert.deepEqual(rows, [{ id: snapshotId, node_id: nodes[1]!.id }]);
+    const listed = await toNode(0, 'GET', '/snapshots');
+    assert.ok(
+      (JSON.parse(listed.text) as { snapshotID: string }[]).some((s) => s.snapshotID === snapshotId),
+      listed.text,
+    );
+  });
+
   it('another team does not resolve it on a node that lacks it', async () => {
     const r = await cli(nodes[0]!.dataDir, ['keys', 'create', '--name', 'other', '--team', 'otherteam'], { CUBEBOX_DATABASE: db!.url });
     assert.equal(r.code, 0, r.stderr);
@@ -198,6 +212,8 @@ describe('templates across the nodes of a cluster', { timeout: 1_200_000 }, () =
 
   it('a delete through the replica removes it from the cluster: neither node resolves it, nothing is left', async () => {
     for (const s of sandboxes.splice(0)) assert.equal((await toNode(s.node, 'DELETE', `/sandboxes/${s.id}`)).status, 204);
+    // the snapshot, deleted through the node that does not have it (the one template routes go to)
+    assert.equal((await viaReplica('DELETE', `/templates/${snapshotId}`)).status, 204);
     const del = await viaReplica('DELETE', `/templates/shared-tpl`);
     assert.equal(del.status, 204, del.text);
     assert.equal((await query('SELECT * FROM shared_templates')).length, 0);
@@ -209,7 +225,10 @@ describe('templates across the nodes of a cluster', { timeout: 1_200_000 }, () =
     }
     assert.equal((await viaReplica('POST', '/sandboxes', { templateID: 'shared-tpl' })).status, 404);
     // the other node drops its copy at its next sync; its pulled layers go from its disk
-    await until('both nodes to drop it', async () => !(await cachedOn(0, 'shared-tpl')) && !(await cachedOn(1, 'shared-tpl')));
+    await until(
+      'both nodes to drop it and the snapshot',
+      async () => !(await cachedOn(0, 'shared-tpl')) && !(await cachedOn(1, 'shared-tpl')) && !(await cachedOn(1, snapshotId)),
+    );
     for (const i of [0, 1]) assert.equal((await toNode(i, 'GET', '/templates/shared-tpl')).status, 404);
     const layers = join(nodes[1]!.dataDir, 'layers');
     for (const d of layerDigests) assert.equal(existsSync(join(layers, `sha256-${d.slice(7)}`)), false, `pulled layer ${d} removed`);
