@@ -9,6 +9,7 @@ import type { NodeApi, SecretsApi } from './node-api.js';
 import { hostStatus } from './host-status.js';
 import { setTeamQuota, type Tenancy } from './tenancy.js';
 import type { SharedStore } from '../store/shared.js';
+import { sharable, type Template } from '../template/store.js';
 
 export interface LocalNodeParts {
   keys: ApiKeys;
@@ -19,20 +20,40 @@ export interface LocalNodeParts {
   builds?: TemplateBuilds;
   /** The shared store of teams and keys: quota changes (absent: quotas are read-only here). */
   shared?: SharedStore;
+  /** A cluster's templates (absent: this node's only). */
+  cluster?: ClusterTemplates;
+}
+
+/** What the node API needs of a cluster's templates (cluster/templates.ts). */
+export interface ClusterTemplates {
+  fetch(ref: string, team: string | undefined): Promise<void>;
+  find(ref: string, team: string | undefined): Promise<Template | undefined>;
+  list(team: string): Promise<Template[]>;
+  unpublish(id: string): Promise<void>;
 }
 
 export function localNode(manager: SandboxManager, parts: LocalNodeParts): NodeApi {
   const { templates } = manager;
-  const { volumes, keys } = parts;
+  const { volumes, keys, cluster } = parts;
   return {
     sandboxes: manager,
     templates: {
       find: (ref, team) => templates.find(ref, team),
       list: () => templates.list(),
-      ensure: (ref) => templates.ensure(ref),
+      async ensure(ref, team) {
+        await templates.ensure(ref);
+        await cluster?.fetch(ref, team);
+      },
+      findShared: cluster && ((ref, team) => cluster.find(ref, team)),
+      listShared: cluster && ((team) => cluster.list(team)),
       addTag: (ref, tag) => templates.addTag(ref, tag),
       removeTag: (ref, tag) => templates.removeTag(ref, tag),
-      remove: (ref) => manager.removeTemplate(ref),
+      async remove(ref) {
+        const t = templates.find(ref);
+        if (t) await manager.removeTemplate(t.id);
+        // the cluster's row goes once nothing here holds it: other nodes drop their copies when unused
+        if (cluster && (!t || t.config.shared || sharable(t))) await cluster.unpublish(t?.id ?? ref);
+      },
     },
     volumes: {
       sizeMB: volumes.sizeMB,

@@ -42,11 +42,18 @@ export interface TemplatesApi {
   /** By id, name or name:tag; a team's own name first, then the public one. */
   find(ref: string, team?: string): Template | undefined;
   list(): Template[];
-  /** Builds a template that is built on first use (code-interpreter-v1); nothing for others. */
-  ensure(ref: string): Promise<void>;
+  /**
+   * Builds a template that is built on first use (code-interpreter-v1); in a cluster with a
+   * template registry, pulls a team's template that only other nodes have. Nothing for others.
+   */
+  ensure(ref: string, team?: string): Promise<void>;
+  /** A template only the cluster has (no layers here): what the routes show and delete; undefined alone. */
+  findShared?(ref: string, team?: string): Promise<Template | undefined>;
+  /** The cluster's templates a team sees (its own, and other teams' made public), wherever they were made. */
+  listShared?(team: string): Promise<Template[]>;
   addTag(ref: string, tag: string): Template;
   removeTag(ref: string, tag: string): Template;
-  /** Deletes a template, giving its pooled sandboxes back first. */
+  /** Deletes a template (here, if this node has it, and from the cluster), giving its pooled sandboxes back first. */
   remove(ref: string): Promise<void>;
 }
 

@@ -9,6 +9,7 @@ import { DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR, parsePausedLifetime } from '../con
 import { parseRuntimeName, runtimeNames, type RuntimeName } from '../runtime/registry.js';
 import type { PoolBounds } from '../sandbox/pool-sizer.js';
 import type { RegistrySettings } from '../template/oci/registry.js';
+import { RegistryRepo } from '../template/oci/distribution.js';
 import type { CreateLimits, ManagerOptions } from '../sandbox/types.js';
 import { isPostgresUrl } from '../store/shared.js';
 import { CubeboxError, invalid } from '../util/errors.js';
@@ -160,6 +161,8 @@ export interface ServeFlags extends RegistryFlags {
   nodeUrl?: string;
   /** Seconds without a heartbeat after which an API replica reports a node's sandboxes lost. */
   nodeLease?: string;
+  /** A node: the OCI registry (http(s)://host[:port][/prefix]) the cluster's nodes share teams' templates through. */
+  registry?: string;
 }
 
 export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
@@ -192,7 +195,7 @@ export interface ServeConfig extends Omit<HostConfig, 'network' | 'logLevel'> {
    * api and node: the cluster's shared secret, this node's address as replicas reach it, and how
    * long a node may go unheard before a replica reports its sandboxes lost.
    */
-  cluster: { secret: string; nodeUrl: string | undefined; leaseMs: number } | undefined;
+  cluster: { secret: string; nodeUrl: string | undefined; leaseMs: number; templateRegistry?: string } | undefined;
 }
 
 export type Role = 'api' | 'node' | 'all';
@@ -344,7 +347,12 @@ export function databaseOf(flags: { database?: string }, env: Env = process.env)
 function clusterOf(flags: ServeFlags, env: Env): Pick<ServeConfig, 'role' | 'cluster'> {
   const role = flags.role ?? (env.CUBEBOX_ROLE || 'all');
   if (role !== 'api' && role !== 'node' && role !== 'all') throw invalid(`bad --role '${role}': api, node or all`);
-  if (role === 'all') return { role, cluster: undefined };
+  const templateRegistry = flags.registry ?? (env.CUBEBOX_REGISTRY || undefined);
+  if (role === 'all') {
+    if (flags.registry) throw invalid('--registry is for the nodes of a cluster (--role node)');
+    return { role, cluster: undefined };
+  }
+  if (role === 'node' && templateRegistry) new RegistryRepo(templateRegistry); // a bad URL refuses the start
   if (!databaseOf(flags, env)) throw invalid(`--role ${role} needs the cluster's PostgreSQL database (--database postgres://... or CUBEBOX_DATABASE)`);
   const file = flags.clusterSecretFile ?? (env.CUBEBOX_CLUSTER_SECRET_FILE || undefined);
   if (!file) throw invalid(`--role ${role} needs the cluster secret (--cluster-secret-file or CUBEBOX_CLUSTER_SECRET_FILE)`);
@@ -364,5 +372,13 @@ function clusterOf(flags: ServeFlags, env: Env): Pick<ServeConfig, 'role' | 'clu
   const lease = flags.nodeLease ?? (env.CUBEBOX_NODE_LEASE || '30');
   // shorter than a live node's heartbeat age would call a node that still takes creates lost
   if (!/^\d+$/.test(lease) || Number(lease) < 10 || Number(lease) > 86_400) throw invalid(`bad --node-lease '${lease}': whole seconds, 10 to 86400`);
-  return { role, cluster: { secret, nodeUrl: nodeUrl?.replace(/\/$/, ''), leaseMs: Number(lease) * 1000 } };
+  return {
+    role,
+    cluster: {
+      secret,
+      nodeUrl: nodeUrl?.replace(/\/$/, ''),
+      leaseMs: Number(lease) * 1000,
+      ...(role === 'node' && templateRegistry ? { templateRegistry } : {}),
+    },
+  };
 }

@@ -13,7 +13,10 @@ import pino, { type Logger } from 'pino';
 import { ControlServer } from '../api/control-socket.js';
 import { dataPlaneProxy, dataPlaneResolver } from '../api/data-plane.js';
 import { ApiKeys } from '../api/keys.js';
-import { localNode } from '../api/local-node.js';
+import { localNode, type ClusterTemplates } from '../api/local-node.js';
+import { TemplateSharing } from '../cluster/templates.js';
+import { PgSharedTemplates } from '../store/pg/templates.js';
+import { RegistryRepo } from '../template/oci/distribution.js';
 import { LocalApi } from '../api/manager-api.js';
 import { ServiceMetrics } from '../api/prometheus.js';
 import { startServer, type RunningServer, type ServerOptions } from '../api/server.js';
@@ -111,17 +114,26 @@ export async function startService(config: ServeConfig): Promise<RunningService>
           ...{ dataDir: manager.paths.dataDir, instanceId: manager.paths.instanceId, upstreamCa: config.network.egressCa, log: logger },
         })
       : undefined;
+  // a node of a cluster with a template registry: teams' templates are shared with every node (cluster/templates.ts)
+  let sharing: TemplateSharing | undefined;
+  if (config.role === 'node' && config.cluster?.templateRegistry && config.database) {
+    const registry = new RegistryRepo(config.cluster.templateRegistry);
+    sharing = new TemplateSharing(manager, registry, await PgSharedTemplates.open(config.database, logger), logger);
+    sharing.start();
+    logger.info({ registry: registry.shown }, "teams' templates are shared through the registry");
+  }
   // a node's quota admissions count the team's sandboxes on every node (cluster/team-usage.ts)
   const clusterDb =
     config.role === 'node' && config.cluster && config.database
       ? await ClusterRegistry.open(config.database, logger).catch(async (err: unknown) => {
-          await Promise.allSettled([dns?.close(), egress?.close(), control.close(true), shared.close()]);
+          await Promise.allSettled([sharing?.stop(), dns?.close(), egress?.close(), control.close(true), shared.close()]);
           await manager.close();
           throw err;
         })
       : undefined;
   const server = await serveNode(manager, {
     cluster: clusterDb && config.cluster && { registry: clusterDb, leaseMs: config.cluster.leaseMs },
+    templates: sharing,
     shared,
     host: config.host,
     port: config.port,
@@ -164,6 +176,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
       };
       await step('the cluster membership', () => membership?.leave());
       await step('the API listeners', () => server.close());
+      await step('the template sharing', () => sharing?.stop());
       await step('the DNS forwarder', () => dns?.close());
       await step('the egress proxy', () => egress?.close());
       await step('the control socket', () => control.close(true));
@@ -206,6 +219,8 @@ export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | '
   shared?: SharedStore;
   /** A cluster node: quotas are admitted counting every node's sandboxes. */
   cluster?: { registry: ClusterRegistry; leaseMs: number };
+  /** A cluster's templates (default: this node's only). */
+  templates?: ClusterTemplates;
 }
 
 /**
@@ -240,6 +255,7 @@ export async function serveNode(manager: SandboxManager, opts: NodeServeOptions)
     secrets: { rows: shared.secrets, sealingKey: opts.sealingKey },
     builds,
     shared,
+    cluster: opts.templates,
   });
   const proxy = dataPlaneProxy(dataPlaneResolver(node, log), opts.domain, log);
   const prom = new ServiceMetrics(manager, proxy);

@@ -231,6 +231,14 @@ export class TemplateBuilds {
         : this.manager.templates.addDerived(row.name, r.top, config, row.templateId);
       for (const tag of cfg.tags ?? []) this.manager.templates.addTag(t.id, tag);
       log('info', `[finalize] template '${row.name}' built in ${((Date.now() - started) / 1000).toFixed(1)} s`, 'finalize');
+      if (this.manager.templates.publisher) {
+        // in a cluster: ready once every node can use it (a failure leaves it on this node, published again later)
+        const t0 = Date.now();
+        await this.manager.templates.share(this.manager.templates.get(t.id)).then(
+          () => log('info', `[finalize] published to the cluster's template registry in ${((Date.now() - t0) / 1000).toFixed(1)} s`, 'finalize'),
+          (err: unknown) => log('warn', `[finalize] not published to the cluster's template registry yet: ${errorMessage(err)}`, 'finalize'),
+        );
+      }
       this.repo.setStatus(row.id, 'ready', { finishedAt: Date.now() });
     } catch (err) {
       removeLayers(this.manager, made, log);

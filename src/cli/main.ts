@@ -359,6 +359,12 @@ program
     ),
   )
   .addOption(new Option('--node-url <url>', 'a node: how API replicas reach it (env CUBEBOX_NODE_URL, default http://<host>:<port>)'))
+  .addOption(
+    new Option(
+      '--registry <url>',
+      "a node: the OCI registry the cluster shares teams' templates through, http(s)://[user:pw@]host[:port][/prefix] (plain http: loopback or a private network only; env CUBEBOX_REGISTRY)",
+    ),
+  )
   .addOption(new Option('--registry-ca <file>', 'PEM bundle trusted for image registries besides the system CAs (env CUBEBOX_REGISTRY_CA)'))
   .addOption(new Option('--insecure-registry <host:port...>', 'registries pulled from over plain HTTP or unverified TLS (env CUBEBOX_INSECURE_REGISTRY)'))
   .action(async (opts: Omit<ServeFlags, 'dataDir'>, cmd: Command) => {

@@ -39,6 +39,13 @@ function earlierCopy(core: SandboxCore, id: string): EarlierCopy | undefined {
 
 /** Commits a sandbox's writable layer as a new template on top of its template, taken while frozen. */
 export async function snapshot(core: SandboxCore, id: string, opts: SnapshotOpts = {}): Promise<Template> {
+  const made = await snapshotLocked(core, id, opts);
+  // a team's files-only snapshot goes to the cluster's registry, if there is one (a failure is logged and tried again later)
+  await core.deps.templates.share(made).catch(() => {});
+  return made;
+}
+
+function snapshotLocked(core: SandboxCore, id: string, opts: SnapshotOpts): Promise<Template> {
   return core.locks.run(id, async () => {
     const row = core.requireRow(id);
     assertOperation('snapshot', id, row.state);

@@ -51,6 +51,12 @@ export interface TemplateConfig {
   /** The owning team (snapshots made through the API); unset: public (built-in and host-made templates). */
   team?: string;
   public?: boolean; // a team's template other teams may start sandboxes of, by its id (E2B's public flag)
+  /**
+   * In a cluster with a template registry: the manifest this template was published as (or
+   * pulled from, `pulled`). Node-local; a template with it that the cluster no longer lists was
+   * deleted elsewhere, and goes here too.
+   */
+  shared?: { manifest: string; pulled?: boolean };
 }
 
 function shellQuote(arg: string): string {
@@ -67,16 +73,67 @@ export const RESERVED_TAGS = ['latest', 'default'];
  */
 export const PUBLIC_TEMPLATE_NAMES = ['base', 'code-interpreter-v1', 'busybox', 'desktop'];
 
+/** Beside the layers: the digest each published layer had as a blob (template/share.ts). */
+export const LAYER_DIGESTS = 'layer-digests';
+
 /** Where a memory snapshot's checkpoint image is kept: removed with the template. */
 export const checkpointImageDir = (paths: Pick<Paths, 'dataDir'>, templateId: string) => join(paths.dataDir, 'checkpoints', templateId);
 
+/**
+ * A name, alias or `name:tag` among templates, in one namespace (team undefined: the public
+ * one): a name first, then an alias, then a tag of a name or alias (the tags `latest` and
+ * `default` name the template itself). The cluster's shared table resolves with it too.
+ */
+export function findInNamespace<T extends { name: string; config: Pick<TemplateConfig, 'team' | 'aliases' | 'tags'> }>(
+  candidates: T[],
+  ref: string,
+  team: string | undefined,
+): T | undefined {
+  const all = candidates.filter((t) => t.config.team === team);
+  const byName = all.find((t) => t.name === ref);
+  if (byName) return byName;
+  const byAlias = all.find((t) => t.config.aliases?.includes(ref));
+  if (byAlias) return byAlias;
+  const colon = ref.lastIndexOf(':');
+  if (colon > 0) {
+    const [name, tag] = [ref.slice(0, colon), ref.slice(colon + 1)];
+    const base = all.find((t) => t.name === name) ?? all.find((t) => t.config.aliases?.includes(name));
+    if (!base) return undefined;
+    return RESERVED_TAGS.includes(tag) || base.config.tags?.includes(tag) ? base : undefined;
+  }
+  return undefined;
+}
+
 /** Settings a derived template does not take from its parent: what made the parent, and the names it answers to. */
-const NOT_INHERITED = ['parent', 'cacheKey', 'buildStep', 'snapshotOf', 'takenAt', 'ephemeral', 'aliases', 'tags', 'tagsAt', 'public', 'checkpoint'] as const;
+const NOT_INHERITED = [
+  'parent',
+  'cacheKey',
+  'buildStep',
+  'snapshotOf',
+  'takenAt',
+  'ephemeral',
+  'aliases',
+  'tags',
+  'tagsAt',
+  'public',
+  'checkpoint',
+  'shared',
+] as const;
 
 function inheritedConfig(parent: TemplateConfig): Partial<TemplateConfig> {
   const out: Partial<TemplateConfig> = { ...parent };
   for (const k of NOT_INHERITED) delete out[k];
   return out;
+}
+
+/**
+ * The templates a cluster shares through its registry: a team's builds and files-only
+ * snapshots. Not build steps or fork snapshots (internal), not memory snapshots (their
+ * checkpoint image is the node's), not the host's own templates (each node has its own).
+ */
+export function sharable(t: { config: Partial<TemplateConfig> }): boolean {
+  const c = t.config;
+  return c.team !== undefined && !c.ephemeral && !c.buildStep && !c.checkpoint;
 }
 
 export const DEFAULT_TEMPLATE_CONFIG: TemplateConfig = { user: 'root', env: {}, cpuCount: 2, memoryMB: 512, diskSizeMB: 1024 };
@@ -153,19 +210,7 @@ export class TemplateStore {
   /** A name, alias or `name:tag` in one namespace (undefined: the public one). */
   private findIn(ref: string, team: string | undefined): Template | undefined {
     const named = this.store.templatesNamed(ref).map((r) => this.toTemplate(r));
-    const byName = named.find((t) => t.config.team === team);
-    if (byName) return byName;
-    const all = this.list().filter((t) => t.config.team === team);
-    const byAlias = all.find((t) => t.config.aliases?.includes(ref));
-    if (byAlias) return byAlias;
-    const colon = ref.lastIndexOf(':');
-    if (colon > 0) {
-      const [name, tag] = [ref.slice(0, colon), ref.slice(colon + 1)];
-      const base = all.find((t) => t.name === name) ?? all.find((t) => t.config.aliases?.includes(name));
-      if (!base) return undefined;
-      return RESERVED_TAGS.includes(tag) || base.config.tags?.includes(tag) ? base : undefined;
-    }
-    return undefined;
+    return findInNamespace(named, ref, team) ?? findInNamespace(this.list(), ref, team);
   }
 
   /**
@@ -208,7 +253,29 @@ export class TemplateStore {
     const row = this.store.getTemplate(t.id)!;
     const config = { ...(JSON.parse(row.config) as Partial<TemplateConfig>), ...change };
     this.store.updateTemplateConfig(t.id, JSON.stringify(config));
-    return this.get(t.id);
+    const now = this.get(t.id);
+    if (now.config.shared && !('shared' in change)) this.configChanged?.(now);
+    return now;
+  }
+
+  // ---- a cluster's template registry (set by the composition root; cluster/templates.ts)
+
+  /** Publishes a team's template to the cluster; its failures are its own to log. */
+  publisher?: (t: Template) => Promise<void>;
+  /** Told when a published or pulled template's names or settings change here. */
+  configChanged?: (t: Template) => void;
+
+  /** Publishes t to the cluster when it is a template the cluster shares (see sharable). */
+  async share(t: Template): Promise<void> {
+    if (this.publisher && sharable(t)) await this.publisher(t);
+  }
+
+  /** A template pulled from the cluster's registry: its row as published, over the pulled layers. */
+  insertPulled(row: { id: string; name: string; config: Partial<TemplateConfig>; createdAt: number }, layerIds: string[], manifest: string): Template {
+    const config = { ...row.config, shared: { manifest, pulled: true } };
+    const r: TemplateRow = { id: row.id, name: row.name, layers: layerIds, config: JSON.stringify(config), createdAt: row.createdAt };
+    this.insert(r);
+    return this.toTemplate(r);
   }
 
   list(): Template[] {
@@ -315,7 +382,11 @@ export class TemplateStore {
     this.store.deleteTemplate(t.id);
     this.generation++;
     const stillUsed = new Set(this.list().flatMap((o) => o.layers));
-    for (const l of t.layers) if (!stillUsed.has(l)) rmSync(l, { recursive: true, force: true });
+    for (const l of t.layers) {
+      if (stillUsed.has(l)) continue;
+      rmSync(l, { recursive: true, force: true });
+      rmSync(join(this.paths.dataDir, LAYER_DIGESTS, basename(l)), { force: true }); // its digest, if it was published
+    }
     if (t.config.checkpoint) rmSync(checkpointImageDir(this.paths, t.id), { recursive: true, force: true });
   }
 

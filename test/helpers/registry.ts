@@ -23,6 +23,8 @@ export interface TestRegistry {
   push(layout: string, tag: string, repo: string): Promise<string>;
   /** The registry's access log so far: one `METHOD path status` per request. */
   requests(): string[];
+  /** Where the registry keeps its blobs and manifests. */
+  storage: string;
   stop(): Promise<void>;
 }
 
@@ -105,7 +107,11 @@ function ping(port: number, ca: Buffer): Promise<number | undefined> {
   });
 }
 
-export async function startRegistry(): Promise<TestRegistry> {
+/**
+ * plainHttp: no TLS and no authentication (as a cluster's private template registry may run),
+ * the registry's storage under `<dataDir>`; else TLS and basic auth.
+ */
+export async function startRegistry(opts: { plainHttp?: boolean } = {}): Promise<TestRegistry> {
   const dir = mkdtempSync('/var/tmp/cubebox-registry-test-');
   let child: ChildProcess | undefined;
   const stop = async () => {
@@ -119,11 +125,11 @@ export async function startRegistry(): Promise<TestRegistry> {
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    await makeCertificates(dir);
+    if (!opts.plainHttp) await makeCertificates(dir);
     const username = 'cubebox-test';
     const password = `pw-${Math.random().toString(36).slice(2)}`;
     // bcrypt at the lowest cost: the registry checks it on every request
-    writeFileSync(join(dir, 'htpasswd'), await runOk('htpasswd', ['-niBC', '4', username], `${password}\n`));
+    if (!opts.plainHttp) writeFileSync(join(dir, 'htpasswd'), await runOk('htpasswd', ['-niBC', '4', username], `${password}\n`));
     const port = await freePort();
     writeFileSync(
       join(dir, 'config.yml'),
@@ -131,8 +137,12 @@ export async function startRegistry(): Promise<TestRegistry> {
         'version: 0.1',
         'log: {level: info, formatter: text, accesslog: {disabled: false}}',
         `storage: {filesystem: {rootdirectory: ${join(dir, 'data')}}}`,
-        `http: {addr: "127.0.0.1:${port}", secret: test-only, tls: {certificate: ${join(dir, 'server.crt')}, key: ${join(dir, 'server.key')}}}`,
-        `auth: {htpasswd: {realm: cubebox-test, path: ${join(dir, 'htpasswd')}}}`,
+        ...(opts.plainHttp
+          ? [`http: {addr: "127.0.0.1:${port}", secret: test-only}`]
+          : [
+              `http: {addr: "127.0.0.1:${port}", secret: test-only, tls: {certificate: ${join(dir, 'server.crt')}, key: ${join(dir, 'server.key')}}}`,
+              `auth: {htpasswd: {realm: cubebox-test, path: ${join(dir, 'htpasswd')}}}`,
+            ]),
         '',
       ].join('\n'),
     );
@@ -151,10 +161,18 @@ export async function startRegistry(): Promise<TestRegistry> {
     };
     child.stdout!.on('data', collect);
     child.stderr!.on('data', collect);
-    const ca = readFileSync(join(dir, 'ca.crt'));
+    const ca = opts.plainHttp ? Buffer.alloc(0) : readFileSync(join(dir, 'ca.crt'));
     for (let i = 0; ; i++) {
       if (child.exitCode !== null) throw new Error(`docker-registry exited with ${child.exitCode}`);
-      if ((await ping(port, ca)) === 401) break;
+      if (
+        opts.plainHttp
+          ? (await fetch(`http://127.0.0.1:${port}/v2/`).then(
+              (r) => r.status,
+              () => 0,
+            )) === 200
+          : (await ping(port, ca)) === 401
+      )
+        break;
       if (i > 200) throw new Error('docker-registry did not start');
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -164,7 +182,7 @@ export async function startRegistry(): Promise<TestRegistry> {
     writeFileSync(authFile, JSON.stringify({ auths: { [host]: { auth: Buffer.from(`${username}:${password}`).toString('base64') } } }), { mode: 0o600 });
     const certs = join(dir, 'certs');
     mkdirSync(certs);
-    writeFileSync(join(certs, 'ca.crt'), ca);
+    if (!opts.plainHttp) writeFileSync(join(certs, 'ca.crt'), ca);
     chmodSync(dir, 0o700);
     return {
       host,
@@ -188,6 +206,7 @@ export async function startRegistry(): Promise<TestRegistry> {
         return readFileSync(digestFile, 'utf8').trim();
       },
       requests: () => [...log],
+      storage: join(dir, 'data'),
       stop,
     };
   } catch (err) {

@@ -30,7 +30,7 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     if (bad && (badField === '' || badField === 'templateID')) throw bad;
     const b = req.body as Record<string, unknown>;
     const templateRef = (b.templateID ?? 'base') as string;
-    await templates.ensure(templateRef); // a template built on first use (code-interpreter-v1)
+    await templates.ensure(templateRef, caller.team); // built on first use (code-interpreter-v1), or pulled from the cluster
     const template = templates.find(templateRef, caller.team); // the team's own name first, then the public one
     if (!template || !templateVisible(caller, template)) throw notFound(`template '${templateRef}' not found`);
     if (bad && badField === 'metadata') throw bad;

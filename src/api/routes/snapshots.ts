@@ -38,8 +38,11 @@ export function registerSnapshotRoutes(app: FastifyInstance, ctx: RouteContext):
     const name = one(q.name);
     const limit = Number(one(q.limit) ?? 100);
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw invalid('limit must be an integer between 1 and 100');
-    let snaps = templates
-      .list()
+    const here = templates.list();
+    const ids = new Set(here.map((t) => t.id));
+    // in a cluster: the team's files-only snapshots taken on other nodes too
+    const elsewhere = ((await templates.listShared?.(caller.team)) ?? []).filter((t) => !ids.has(t.id));
+    let snaps = [...here, ...elsewhere]
       .filter((t) => isSnapshot(t) && (caller.admin || t.config.team === caller.team))
       .filter((t) => (!sandboxId || t.config.snapshotOf === sandboxId) && (!name || t.name === name))
       .sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? -1 : 1));

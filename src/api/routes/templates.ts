@@ -53,9 +53,17 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     if (!t || !listable(t) || !templateVisible(caller, t)) throw notFound(`template '${ref}' not found`);
     return t;
   };
+  /** visibleTemplate, or in a cluster a team's template only other nodes have (no layers here). */
+  const visibleAnywhere = async (req: FastifyRequest, ref: string): Promise<Template> => {
+    const caller = callerOf(req);
+    const here = templates.find(ref, caller.team);
+    const t = here ?? (await templates.findShared?.(ref, caller.team));
+    if (!t || !listable(t) || !templateVisible(caller, t)) throw notFound(`template '${ref}' not found`);
+    return t;
+  };
   /** visibleTemplate, and the key may change it: its team's own, or any with an admin key. */
-  const ownTemplate = (req: FastifyRequest, ref: string, what: string): Template => {
-    const t = visibleTemplate(req, ref);
+  const ownTemplate = (req: FastifyRequest, ref: string, what: string, found?: Template): Template => {
+    const t = found ?? visibleTemplate(req, ref);
     const caller = callerOf(req);
     if (!caller.admin && t.config.team !== caller.team) {
       throw new HttpError(403, `template '${t.name}' is public (made on the host): only an admin key or the cubebox CLI can ${what} it`);
@@ -88,8 +96,11 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
     const teamID = one(req.query.teamID);
     if (teamID !== undefined && teamID !== '' && !caller.admin && teamID !== caller.team) throw notFound(`team '${teamID}' not found`);
     const inTeam = (t: Template) => !teamID || isPublic(t) || t.config.team === teamID;
-    return templates
-      .list()
+    const here = templates.list();
+    const ids = new Set(here.map((t) => t.id));
+    // in a cluster: the team's templates (and public-flagged ones) made on other nodes too
+    const elsewhere = ((await templates.listShared?.(caller.team)) ?? []).filter((t) => !ids.has(t.id));
+    return [...here, ...elsewhere]
       .filter((t) => listable(t) && !isSnapshot(t) && templateVisible(caller, t) && inTeam(t))
       .sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1))
       .map(templateBody);
@@ -98,7 +109,7 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
   app.get<TemplateReq>('/v2/templates', listTemplates);
 
   app.get<TemplateReq>('/templates/:templateID', async (req) => {
-    const t = visibleTemplate(req, req.params.templateID);
+    const t = await visibleAnywhere(req, req.params.templateID);
     const { buildID, cpuCount, memoryMB, diskSizeMB, envdVersion, buildStatus, createdAt, ...rest } = templateBody(t);
     const { buildCount: _c, ...summary } = rest;
     const caller = callerOf(req);
@@ -154,13 +165,13 @@ export function registerTemplateRoutes(app: FastifyInstance, ctx: RouteContext):
   app.get<TemplateReq>('/templates/aliases/:alias', async (req) => {
     const alias = req.params.alias;
     const caller: Caller = callerOf(req);
-    const t = templates.find(alias, caller.team);
+    const t = templates.find(alias, caller.team) ?? (await templates.findShared?.(alias, caller.team));
     if (!t || !listable(t) || !names(t).includes(alias) || !templateVisible(caller, t)) throw notFound(`template '${alias}' not found`);
     return { templateID: t.id, public: isPublic(t) };
   });
 
   app.delete<TemplateReq>('/templates/:templateID', async (req, reply) => {
-    const t = ownTemplate(req, req.params.templateID, 'delete');
+    const t = ownTemplate(req, req.params.templateID, 'delete', await visibleAnywhere(req, req.params.templateID));
     await templates.remove(t.id);
     return reply.code(204).send();
   });

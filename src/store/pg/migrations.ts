@@ -108,6 +108,26 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX volume_nodes_name ON volume_nodes (team, name);
     `);
   },
+  // teams' templates published to the cluster's template registry: any node resolves them (store/pg/templates.ts)
+  async (c) => {
+    await c.query(`
+      CREATE TABLE shared_templates (
+        id TEXT PRIMARY KEY,
+        team TEXT NOT NULL,
+        name TEXT NOT NULL,
+        aliases TEXT[] NOT NULL,
+        public BOOLEAN NOT NULL,
+        config TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        node_id TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        published_at BIGINT NOT NULL,
+        UNIQUE (team, name)
+      );
+      CREATE INDEX shared_templates_aliases ON shared_templates USING GIN (aliases);
+    `);
+  },
 ];
 
 /** The version this code writes. */
