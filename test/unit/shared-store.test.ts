@@ -11,7 +11,8 @@ import pg from 'pg';
 import { ApiKeys } from '../../src/api/keys.js';
 import { DEFAULT_QUOTA, parseQuota, setTeamQuota, Tenancy } from '../../src/api/tenancy.js';
 import { PG_SCHEMA_VERSION } from '../../src/store/pg/migrations.js';
-import { ClusterRegistry, type NodeRecord } from '../../src/store/pg/nodes.js';
+import { ClusterRegistry, heartbeatCounts, type NodeRecord } from '../../src/store/pg/nodes.js';
+import { dbStatements } from '../../src/store/pg/pool.js';
 import { openPgSharedStore } from '../../src/store/pg/store.js';
 import { redactUrl, type SecretRow, type SharedStore } from '../../src/store/shared.js';
 import { sqliteSharedStore } from '../../src/store/shared-sqlite.js';
@@ -325,5 +326,26 @@ describe("a cluster's nodes and sandbox routes in PostgreSQL", () => {
     assert.deepEqual(await registry.heartbeat(node('c', t + 2), ['s5']), []);
     assert.deepEqual(await registry.heartbeat(node('c', t + 3), ['s4', 's5']), []);
     assert.equal(await registry.nodeOf('s4'), 'c');
+  });
+
+  it('counts the statements it sends (a heartbeat is one transaction of seven) and the heartbeats written and failed', async () => {
+    const sent = () => dbStatements.get('cluster') ?? 0;
+    const { written, failed } = heartbeatCounts;
+    let at = sent();
+    await registry.heartbeat(node('d', Date.now()), ['s6']);
+    assert.equal(sent() - at, 7, 'BEGIN, the node row, two deletes, the tombstones read, the routes, COMMIT');
+    at = sent();
+    await registry.nodeOf('s6');
+    assert.equal(sent() - at, 1);
+    assert.equal(heartbeatCounts.written, written + 1);
+    await server.halt();
+    try {
+      await assert.rejects(registry.heartbeat(node('d', Date.now()), ['s6']), (err: unknown) => err instanceof CubeboxError && err.kind === 'unavailable');
+      assert.equal(heartbeatCounts.failed, failed + 1);
+    } finally {
+      await server.start();
+    }
+    await registry.heartbeat(node('d', Date.now()), []);
+    assert.equal(heartbeatCounts.written, written + 2, 'heartbeats are written again once the server is back');
   });
 });

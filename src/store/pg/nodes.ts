@@ -40,12 +40,15 @@ const toNode = (r: Record<string, unknown>): NodeRecord => ({
   heartbeatAt: Number(r.heartbeat_at),
 });
 
+/** This process's heartbeats (a node's), for its metrics. */
+export const heartbeatCounts = { written: 0, failed: 0 };
+
 export class ClusterRegistry {
   private constructor(private readonly pool: pg.Pool) {}
 
   /** Opens its own small pool on the database (migrated, as the shared store migrates it). */
   static async open(url: string, log?: PoolLog): Promise<ClusterRegistry> {
-    const pool = openPool(url, log);
+    const pool = openPool(url, log, 'cluster');
     try {
       await migrate(pool);
     } catch (err) {
@@ -60,7 +63,18 @@ export class ClusterRegistry {
    * (its sandboxes recorded, rows of sandboxes it no longer holds removed), in one transaction. Resolves to the sandboxes it holds
    * that were deleted while it was lost: the node deletes them (their tombstones go once it no longer lists them).
    */
-  heartbeat(node: NodeRecord, sandboxIds: string[]): Promise<string[]> {
+  async heartbeat(node: NodeRecord, sandboxIds: string[]): Promise<string[]> {
+    try {
+      const buried = await this.beat(node, sandboxIds);
+      heartbeatCounts.written++;
+      return buried;
+    } catch (err) {
+      heartbeatCounts.failed++;
+      throw err;
+    }
+  }
+
+  private beat(node: NodeRecord, sandboxIds: string[]): Promise<string[]> {
     return transaction(this.pool, async (c) => {
       await rows(
         c,
