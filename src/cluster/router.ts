@@ -73,12 +73,13 @@ export class ClusterRouter {
   private readonly pending = new Map<string, { inFlight: number; done: number[] }>();
   private readonly agents = new Map<string, http.Agent>();
   /**
-   * Whether the registry answered this replica's last read, when it last did, and when it came
-   * back after it did not: while it is away no node can heartbeat, so that time does not count
-   * towards any node's lease.
+   * Whether the registry answered this replica's last read, when it last did, and its last
+   * outage (from its last answer before to its first after): while it is away no node can
+   * heartbeat, so that time does not count towards any node's lease.
    */
-  private registry = { reachable: true, okAt: Date.now(), backAt: 0 };
+  private registry = { reachable: true, okAt: Date.now(), wentAt: 0, backAt: 0 };
   private readonly watch: NodeJS.Timeout;
+  private refreshing = false;
   private lastWarn = 0;
 
   constructor(private readonly opts: RouterOptions) {
@@ -90,36 +91,46 @@ export class ClusterRouter {
 
   /** Reads every node's record (one statement) and notes whether the registry answered. */
   private async refresh(): Promise<void> {
+    if (this.refreshing) return; // a database that hangs is not piled onto
+    this.refreshing = true;
     try {
       const all = await this.read(() => this.opts.registry.live(Number.MAX_SAFE_INTEGER));
       const at = Date.now();
       for (const n of all) this.nodes.set(n.id, { node: n, at });
     } catch {
       // noted by read(); the records read before stand
+    } finally {
+      this.refreshing = false;
     }
   }
 
   /** A registry read, noting whether the registry could be reached. */
   private async read<T>(fn: () => Promise<T>): Promise<T> {
+    const r = this.registry;
     try {
       const out = await fn();
-      if (!this.registry.reachable) this.registry.backAt = Date.now();
-      this.registry = { ...this.registry, reachable: true, okAt: Date.now() };
+      if (!r.reachable) r.backAt = Date.now();
+      r.reachable = true;
+      r.okAt = Date.now();
       return out;
     } catch (err) {
-      if (unavailable(err)) this.registry.reachable = false;
+      if (unavailable(err) && r.reachable) {
+        r.reachable = false;
+        r.wentAt = r.okAt;
+      }
       throw err;
     }
   }
 
   /**
    * How long a node has not been heard from, as far as this replica can tell: while the registry
-   * is away, as of its last answer; after it is back, counted from its return (every node had
-   * to wait for it to heartbeat again).
+   * is away, as of its last answer; the registry's last outage does not count.
    */
   private unheardMs(node: NodeRecord): number {
-    const asOf = this.registry.reachable ? Date.now() : this.registry.okAt;
-    return asOf - Math.max(node.heartbeatAt, this.registry.backAt);
+    const { reachable, okAt, wentAt, backAt } = this.registry;
+    const asOf = reachable ? Date.now() : okAt;
+    const away = Math.max(0, Math.min(asOf, backAt) - Math.max(node.heartbeatAt, wentAt));
+    return asOf - node.heartbeatAt - away;
   }
 
   /** One request: the data plane when it names a sandbox, else the control plane. */
