@@ -8,11 +8,12 @@
 // /proc, the database's CPU per create. Everything started is stopped and removed at the end,
 // and what was left is reported as the part's error.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import pg from 'pg';
 import { CLUSTER_SECRET_HEADER } from '../cluster/secret.js';
 import { emptyPart, figure, mapLimit, median, now, sleep, timed, type PartReport } from './report.js';
 
@@ -37,6 +38,8 @@ interface Counters {
   heartbeats: number;
   /** The database server's CPU, ms. */
   pgCpuMs: number;
+  /** Rows inserted, updated and deleted in all tables (the server's statistics, flushed by each backend at least every second it works). */
+  rowsWritten: number;
   at: number;
 }
 
@@ -49,12 +52,14 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
   if (!existsSync(SCRIPT)) throw new Error(`the cluster part needs the source checkout's ${SCRIPT}`);
   const report = emptyPart();
   const work = mkdtempSync('/var/tmp/cubebox-bench-cluster-');
+  chmodSync(work, 0o755); // the database server runs as the postgres user, under it
   const dir = join(work, 'cluster'); // the script makes it and refuses one that exists
   const base = await freePortBase();
   const env = { ...process.env, CUBEBOX_CLUSTER_DIR: dir, CUBEBOX_CLUSTER_PORT: String(base), CUBEBOX_POOL: '' };
   const single = { dataDir: join(work, 'single'), child: undefined as ChildProcess | undefined };
   const made: Array<{ sbx: SdkSandbox }> = [];
   let clusterUp = false;
+  let db: pg.Client | undefined;
   const leaks: string[] = [];
   try {
     log('starting PostgreSQL, 3 nodes and 2 API replicas (scripts/cluster-local.sh up)');
@@ -65,15 +70,23 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     if (apis.length !== REPLICAS || !key) throw new Error(`cluster-local.sh up printed no replicas or key:\n${up.stdout}`);
     const secret = readFileSync(join(dir, 'cluster.secret'), 'utf8').trim();
     const nodeUrls = Array.from({ length: NODES }, (_, i) => `http://127.0.0.1:${base + i + 1}`);
+    db = new pg.Client({ connectionString: `postgresql://postgres@/cubebox?host=${join(dir, 'pg')}` });
+    await db.connect();
 
     log('starting a single cubebox serve (--role all) beside it');
     single.child = await serveAlone(single.dataDir);
     const singleUrl = await readyUrl(single.child);
-    const singleKey = (await run(process.execPath, [CLI, '--data-dir', single.dataDir, 'keys', 'create', '--name', 'bench'])).stdout
+    const singleKey = (await run(process.execPath, [CLI, '--data-dir', single.dataDir, 'keys', 'create', '--name', 'bench', '--team', 'bench'])).stdout
       .trim()
       .split('\n')
       .pop()!
       .trim();
+    // the bursts measure the hosts, not a team's default limits: both teams get room for them
+    const room = ['--sandboxes', '100000', '--vcpus', '100000', '--memory-mb', '100000000', '--disk-mb', '100000000'];
+    await run(process.execPath, [CLI, '--data-dir', single.dataDir, 'teams', 'set-quota', 'bench', ...room]);
+    await run(process.execPath, [CLI, '--data-dir', join(dir, 'node1'), 'teams', 'set-quota', 'local', ...room], {
+      env: { ...process.env, CUBEBOX_DATABASE: `postgresql://postgres@/cubebox?host=${join(dir, 'pg')}` },
+    });
 
     delete process.env.E2B_DEBUG;
     const { Sandbox } = await import('e2b');
@@ -101,7 +114,8 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
         for (const [pool, n] of await metric(url, h, 'cubebox_db_statements_total', 'pool')) statements[`n${i + 1}.${pool}`] = n;
         heartbeats += (await metric(url, h, 'cubebox_cluster_heartbeats_total', 'outcome')).get('written') ?? 0;
       }
-      return { statements, heartbeats, pgCpuMs: pgCpuMs(join(dir, 'pg', 'data')), at: now() };
+      const [w] = (await db!.query<{ n: string }>('SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) AS n FROM pg_stat_user_tables')).rows;
+      return { statements, heartbeats, pgCpuMs: pgCpuMs(join(dir, 'pg', 'data')), rowsWritten: Number(w?.n ?? 0), at: now() };
     };
     const delta = (a: Counters, b: Counters, which: (k: string) => boolean) =>
       Object.keys(b.statements)
@@ -129,6 +143,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     const viaReplica: SdkSandbox[] = [];
     let statementsInCreates = 0;
     let createWindows = 0;
+    const c0 = await counters();
     for (let i = 0; i < o.iterations; i++) {
       let s: SdkSandbox | undefined;
       creates.single.push(await timed(async () => (s = await create(via.single))));
@@ -140,6 +155,17 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
       createWindows++;
       log(`create ${i + 1}/${o.iterations}`);
     }
+    // idle again, holding the sandboxes just made: what a heartbeat costs a node that holds some
+    log(`idle window with ${viaReplica.length} sandboxes held`);
+    const h0 = await counters();
+    await sleep(IDLE_MS);
+    const h1 = await counters();
+    const heldBeats = Math.max(1, h1.heartbeats - h0.heartbeats);
+    const heldPerNode = viaReplica.length / NODES;
+    // rows written (the server's statistics lag up to a second: the idle window after the creates takes it in), idle rows subtracted
+    const idleRowsPerS = (i1.rowsWritten - i0.rowsWritten) / idleS;
+    const rows = (a: Counters, b: Counters) => b.rowsWritten - a.rowsWritten - idleRowsPerS * ((b.at - a.at) / 1000);
+    const rowsPerCreate = rows(c0, h1) / o.iterations;
     const k0 = await counters();
     for (const s of viaReplica.splice(0)) await kill(s);
     const k1 = await counters();
@@ -150,6 +176,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     const other = await create(via.replica(0));
     await one.commands.run('true');
     await other.commands.run('true');
+    const rowsPerKill = (rows(k0, await counters()) - rowsPerCreate) / o.iterations; // the kills, then the one create just above
     for (let i = 0; i < o.iterations * 5; i++) {
       runs.single.push(await timed(() => one.commands.run('true')));
       runs.replica.push(await timed(() => other.commands.run('true')));
@@ -188,27 +215,29 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
         name: 'the single node (--role all)',
         value: p50(runs.single),
       }),
-      figure(
-        'cluster.burst.rate',
-        `creates/s, ${o.burst} at once over 3 nodes through 2 replicas (creates and their kills)`,
-        'rate',
-        clusterBurst.rate,
-        'ops/s',
-        {
-          name: 'the same burst on the single node',
-          value: singleBurst.rate,
-        },
-      ),
+      figure('cluster.burst.rate', `creates/s, ${o.burst} at once over 3 nodes through 2 replicas`, 'rate', clusterBurst.rate, 'ops/s', {
+        name: 'the same burst on the single node',
+        value: singleBurst.rate,
+      }),
     );
-    const burstDbCpuMs = b1.pgCpuMs - b0.pgCpuMs;
+    // the database's CPU for the burst's creates and kills: what it used meanwhile less its idle rate (heartbeats, refreshes)
+    const idleDbCpuPerS = (i1.pgCpuMs - i0.pgCpuMs) / idleS;
+    const burstDbCpuMs = Math.max(0, b1.pgCpuMs - b0.pgCpuMs - idleDbCpuPerS * ((b1.at - b0.at) / 1000));
     const round = (x: number) => Math.round(x * 100) / 100;
     report.counts = {
       statementsPerCreate: round(statementsInCreates / createWindows),
       statementsPerKill: round(perKill),
       statementsPerHeartbeat: round(perHeartbeat),
+      statementsPerHeartbeatHolding: round(delta(h0, h1, isHeartbeat) / heldBeats),
+      rowsWrittenPerHeartbeatIdle: round((i1.rowsWritten - i0.rowsWritten) / Math.max(1, beats)),
+      rowsWrittenPerHeartbeatHolding: round((h1.rowsWritten - h0.rowsWritten) / heldBeats),
+      sandboxesHeldPerNode: round(heldPerNode),
+      rowsWrittenPerCreate: round(rowsPerCreate),
+      rowsWrittenPerKill: round(rowsPerKill),
       idleStatementsPerSecondPerReplica: round(replicaIdlePerS / REPLICAS),
       idleStatementsPerSecondPerNode: round((nodeStoreIdlePerS + delta(i0, i1, isHeartbeat) / idleS) / NODES),
       databaseCpuMsPerBurstCreate: round(burstDbCpuMs / Math.max(1, o.burst)),
+      databaseIdleCpuMsPerSecond: round(idleDbCpuPerS),
       burstStatementsPerCreate: round((delta(b0, b1, (k) => isReplica(k) || isNodeStore(k)) - idlePerS(b0, b1)) / Math.max(1, o.burst)),
       burstFailedCluster: clusterBurst.failed,
       burstFailedSingle: singleBurst.failed,
@@ -216,10 +245,11 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     report.facts = { nodes: NODES, replicas: REPLICAS, pool: 'off on both (cold creates)', database: 'PostgreSQL on a unix socket, fsync on' };
     report.notes.push(
       `statements per create / kill: the replica's and the node's (the API key, the team's quota and rows, placement, the route), idle traffic subtracted; per heartbeat: a node's heartbeat transaction`,
-      `the database's CPU in the burst: ${round(burstDbCpuMs)} ms for ${o.burst} creates and their kills (one core sustains about ${Math.round(1000 / Math.max(0.01, burstDbCpuMs / o.burst))} such creates/s)`,
+      `the database's CPU in the burst, idle rate subtracted: ${round(burstDbCpuMs)} ms for ${o.burst} creates and their kills (one core of it would sustain about ${Math.round(1000 / Math.max(0.01, burstDbCpuMs / o.burst))} such creates/s; its 10 ms CPU clock makes a small burst's figure coarse)`,
     );
   } finally {
     log('cleaning up');
+    await db?.end().catch(() => undefined);
     for (const { sbx } of made.splice(0)) await sbx.kill().catch(() => undefined);
     if (single.child) leaks.push(...(await stopAlone(single.child, single.dataDir)));
     if (clusterUp) {

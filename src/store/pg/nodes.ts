@@ -103,10 +103,11 @@ export class ClusterRegistry {
         await rows<{ sandbox_id: string }>(c, 'SELECT sandbox_id FROM sandbox_tombstones WHERE node_id = $1 AND sandbox_id = ANY($2)', [node.id, sandboxIds])
       ).map((r) => r.sandbox_id);
       const held = sandboxIds.filter((id) => !buried.includes(id));
+      // rows already right are not written again: a heartbeat writes only what changed (and its node row)
       if (held.length)
         await rows(
           c,
-          'INSERT INTO sandbox_nodes (sandbox_id, node_id, placed_at) SELECT unnest($1::text[]), $2, $3 ON CONFLICT (sandbox_id) DO UPDATE SET node_id = $2',
+          'INSERT INTO sandbox_nodes (sandbox_id, node_id, placed_at) SELECT unnest($1::text[]), $2, $3 ON CONFLICT (sandbox_id) DO UPDATE SET node_id = $2 WHERE sandbox_nodes.node_id <> $2',
           [held, node.id, node.heartbeatAt],
         );
       return buried;
