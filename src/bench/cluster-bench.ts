@@ -13,8 +13,8 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import pg from 'pg';
 import { CLUSTER_SECRET_HEADER } from '../cluster/secret.js';
+import { openRowCounter, type RowCounter } from '../store/pg/metrics.js';
 import { emptyPart, figure, mapLimit, median, now, sleep, timed, type PartReport } from './report.js';
 
 const run = promisify(execFile);
@@ -34,8 +34,10 @@ type ConnectOpts = { apiKey: string; apiUrl: string; sandboxUrl: string };
 interface Counters {
   /** Statements per process, by pool (replicas r1.., nodes n1..). */
   statements: Record<string, number>;
-  /** Heartbeats the nodes wrote, together. */
+  /** Heartbeats the nodes wrote, together, the statements those sent, and the heartbeats that failed. */
   heartbeats: number;
+  heartbeatStatements: number;
+  heartbeatsFailed: number;
   /** The database server's CPU, ms. */
   pgCpuMs: number;
   /** Rows inserted, updated and deleted in all tables (the server's statistics, flushed by each backend at least every second it works). */
@@ -59,7 +61,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
   const single = { dataDir: join(work, 'single'), child: undefined as ChildProcess | undefined };
   const made: Array<{ sbx: SdkSandbox }> = [];
   let clusterUp = false;
-  let db: pg.Client | undefined;
+  let db: RowCounter | undefined;
   const leaks: string[] = [];
   try {
     log('starting PostgreSQL, 3 nodes and 2 API replicas (scripts/cluster-local.sh up)');
@@ -70,8 +72,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     if (apis.length !== REPLICAS || !key) throw new Error(`cluster-local.sh up printed no replicas or key:\n${up.stdout}`);
     const secret = readFileSync(join(dir, 'cluster.secret'), 'utf8').trim();
     const nodeUrls = Array.from({ length: NODES }, (_, i) => `http://127.0.0.1:${base + i + 1}`);
-    db = new pg.Client({ connectionString: `postgresql://postgres@/cubebox?host=${join(dir, 'pg')}` });
-    await db.connect();
+    db = await openRowCounter(`postgresql://postgres@/cubebox?host=${join(dir, 'pg')}`);
 
     log('starting a single cubebox serve (--role all) beside it');
     single.child = await serveAlone(single.dataDir);
@@ -106,16 +107,21 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     };
     const counters = async (): Promise<Counters> => {
       const statements: Record<string, number> = {};
-      let heartbeats = 0;
-      for (const [i, url] of apis.entries())
-        for (const [pool, n] of await metric(url, {}, 'cubebox_db_statements_total', 'pool')) statements[`r${i + 1}.${pool}`] = n;
-      for (const [i, url] of nodeUrls.entries()) {
-        const h = { [CLUSTER_SECRET_HEADER]: secret };
-        for (const [pool, n] of await metric(url, h, 'cubebox_db_statements_total', 'pool')) statements[`n${i + 1}.${pool}`] = n;
-        heartbeats += (await metric(url, h, 'cubebox_cluster_heartbeats_total', 'outcome')).get('written') ?? 0;
+      let [heartbeats, heartbeatStatements, heartbeatsFailed] = [0, 0, 0];
+      for (const [i, url] of apis.entries()) {
+        const text = await scrape(url, {});
+        for (const [pool, n] of samples(text, 'cubebox_db_statements_total', 'pool')) statements[`r${i + 1}.${pool}`] = n;
       }
-      const [w] = (await db!.query<{ n: string }>('SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) AS n FROM pg_stat_user_tables')).rows;
-      return { statements, heartbeats, pgCpuMs: pgCpuMs(join(dir, 'pg', 'data')), rowsWritten: Number(w?.n ?? 0), at: now() };
+      for (const [i, url] of nodeUrls.entries()) {
+        const text = await scrape(url, { [CLUSTER_SECRET_HEADER]: secret });
+        for (const [pool, n] of samples(text, 'cubebox_db_statements_total', 'pool')) statements[`n${i + 1}.${pool}`] = n;
+        const beats = samples(text, 'cubebox_cluster_heartbeats_total', 'outcome');
+        heartbeats += beats.get('written') ?? 0;
+        heartbeatsFailed += beats.get('failed') ?? 0;
+        heartbeatStatements += Number(/^cubebox_cluster_heartbeat_statements_total (\S+)$/m.exec(text)?.[1] ?? NaN);
+      }
+      const rowsWritten = await db!.rowsWritten();
+      return { statements, heartbeats, heartbeatStatements, heartbeatsFailed, pgCpuMs: pgCpuMs(join(dir, 'pg', 'data')), rowsWritten, at: now() };
     };
     const delta = (a: Counters, b: Counters, which: (k: string) => boolean) =>
       Object.keys(b.statements)
@@ -133,7 +139,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     const i1 = await counters();
     const idleS = (i1.at - i0.at) / 1000;
     const beats = i1.heartbeats - i0.heartbeats;
-    const perHeartbeat = delta(i0, i1, isHeartbeat) / Math.max(1, beats);
+    const perHeartbeat = (i1.heartbeatStatements - i0.heartbeatStatements) / Math.max(1, beats); // counted by each heartbeat itself: exact
     const replicaIdlePerS = delta(i0, i1, isReplica) / idleS;
     const nodeStoreIdlePerS = delta(i0, i1, isNodeStore) / idleS;
     const idlePerS = (a: Counters, b: Counters) => ((b.at - a.at) / 1000) * (replicaIdlePerS + nodeStoreIdlePerS);
@@ -228,7 +234,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
       statementsPerCreate: round(statementsInCreates / createWindows),
       statementsPerKill: round(perKill),
       statementsPerHeartbeat: round(perHeartbeat),
-      statementsPerHeartbeatHolding: round(delta(h0, h1, isHeartbeat) / heldBeats),
+      statementsPerHeartbeatHolding: round((h1.heartbeatStatements - h0.heartbeatStatements) / heldBeats),
       rowsWrittenPerHeartbeatIdle: round((i1.rowsWritten - i0.rowsWritten) / Math.max(1, beats)),
       rowsWrittenPerHeartbeatHolding: round((h1.rowsWritten - h0.rowsWritten) / heldBeats),
       sandboxesHeldPerNode: round(heldPerNode),
@@ -241,6 +247,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
       burstStatementsPerCreate: round((delta(b0, b1, (k) => isReplica(k) || isNodeStore(k)) - idlePerS(b0, b1)) / Math.max(1, o.burst)),
       burstFailedCluster: clusterBurst.failed,
       burstFailedSingle: singleBurst.failed,
+      heartbeatsFailed: b1.heartbeatsFailed - i0.heartbeatsFailed,
     };
     report.facts = { nodes: NODES, replicas: REPLICAS, pool: 'off on both (cold creates)', database: 'PostgreSQL on a unix socket, fsync on' };
     report.notes.push(
@@ -249,7 +256,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     );
   } finally {
     log('cleaning up');
-    await db?.end().catch(() => undefined);
+    await db?.close().catch(() => undefined);
     for (const { sbx } of made.splice(0)) await sbx.kill().catch(() => undefined);
     if (single.child) leaks.push(...(await stopAlone(single.child, single.dataDir)));
     if (clusterUp) {
@@ -344,9 +351,13 @@ async function stopAlone(child: ChildProcess, dataDir: string): Promise<string[]
   return left;
 }
 
-/** One metric's samples by one label, from a process's /metrics. */
-async function metric(url: string, headers: Record<string, string>, name: string, label: string): Promise<Map<string, number>> {
-  const text = await (await fetch(`${url}/metrics`, { headers })).text();
+/** A process's /metrics. */
+async function scrape(url: string, headers: Record<string, string>): Promise<string> {
+  return (await fetch(`${url}/metrics`, { headers })).text();
+}
+
+/** One metric's samples by one label. */
+function samples(text: string, name: string, label: string): Map<string, number> {
   const out = new Map<string, number>();
   const re = new RegExp(`^${name}\\{(?:[^}]*,)?${label}="([^"]*)"[^}]*\\} (\\S+)$`, 'gm');
   for (const m of text.matchAll(re)) out.set(m[1]!, Number(m[2]));

@@ -135,6 +135,7 @@ describe('cubebox bench --json', { timeout: 30 * 60_000 }, () => {
     assert.ok(c.statementsPerCreate! > 0 && c.statementsPerKill! > 0, JSON.stringify(c));
     // a heartbeat is one transaction: BEGIN, the node's row, two deletes, the tombstones, (the routes,) COMMIT
     assert.equal(c.statementsPerHeartbeat, 6);
+    assert.equal(c.heartbeatsFailed, 0);
     assert.ok(c.statementsPerHeartbeatHolding! > 6 && c.statementsPerHeartbeatHolding! <= 7, 'seven with sandboxes to record (a node with none: six)');
     assert.equal(c.burstFailedCluster, 0);
     assert.equal(c.burstFailedSingle, 0);

@@ -330,10 +330,11 @@ describe("a cluster's nodes and sandbox routes in PostgreSQL", () => {
 
   it('counts the statements it sends (a heartbeat is one transaction of seven) and the heartbeats written and failed', async () => {
     const sent = () => dbStatements.get('cluster') ?? 0;
-    const { written, failed } = heartbeatCounts;
+    const { written, failed, statements } = heartbeatCounts;
     let at = sent();
     await registry.heartbeat(node('d', Date.now()), ['s6']);
     assert.equal(sent() - at, 7, 'BEGIN, the node row, two deletes, the tombstones read, the routes, COMMIT');
+    assert.equal(heartbeatCounts.statements, statements + 7, 'a heartbeat counts its own statements');
     at = sent();
     await registry.nodeOf('s6');
     assert.equal(sent() - at, 1);

@@ -4,7 +4,7 @@
 // (cluster/router.ts).
 import type pg from 'pg';
 import { migrate } from './migrations.js';
-import { openPool, rows, transaction, type PoolLog } from './pool.js';
+import { dbStatements, openPool, rows, transaction, type PoolLog } from './pool.js';
 
 /** What a node says of itself at each heartbeat. */
 export interface NodeRecord {
@@ -40,8 +40,8 @@ const toNode = (r: Record<string, unknown>): NodeRecord => ({
   heartbeatAt: Number(r.heartbeat_at),
 });
 
-/** This process's heartbeats (a node's), for its metrics. */
-export const heartbeatCounts = { written: 0, failed: 0 };
+/** This process's heartbeats (a node's), for its metrics; `statements`: those the written ones sent. */
+export const heartbeatCounts = { written: 0, failed: 0, statements: 0 };
 
 export class ClusterRegistry {
   private constructor(private readonly pool: pg.Pool) {}
@@ -64,9 +64,11 @@ export class ClusterRegistry {
    * that were deleted while it was lost: the node deletes them (their tombstones go once it no longer lists them).
    */
   async heartbeat(node: NodeRecord, sandboxIds: string[]): Promise<string[]> {
+    const sent = dbStatements.get('cluster') ?? 0; // a node's cluster pool sends nothing but its heartbeats, one at a time
     try {
       const buried = await this.beat(node, sandboxIds);
       heartbeatCounts.written++;
+      heartbeatCounts.statements += (dbStatements.get('cluster') ?? 0) - sent;
       return buried;
     } catch (err) {
       heartbeatCounts.failed++;
