@@ -70,7 +70,10 @@ export interface SecretsApi {
 }
 
 /** Teams, their quotas and whether one is blocked (no live key). */
-export type TeamsApi = Pick<Tenancy, 'fresh' | 'blocked' | 'checkMetadata' | 'reserveSnapshot' | 'admitVolume' | 'quota' | 'usage' | 'team' | 'teams'>;
+export type TeamsApi = Pick<
+  Tenancy,
+  'fresh' | 'blocked' | 'checkMetadata' | 'reserveSnapshot' | 'admitVolume' | 'quota' | 'usage' | 'usageEverywhere' | 'team' | 'teams'
+>;
 
 export interface KeysApi {
   /** The caller behind an X-API-KEY value (its team, whether it is an admin key); undefined: not a live key. */

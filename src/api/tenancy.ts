@@ -87,8 +87,8 @@ export interface Usage {
   diskMB: number;
   pausedSandboxes: number;
 }
-const USAGE_KEYS = ['sandboxes', 'vcpus', 'memoryMB', 'diskMB', 'pausedSandboxes'] as const;
-const NOTHING: Usage = { sandboxes: 0, vcpus: 0, memoryMB: 0, diskMB: 0, pausedSandboxes: 0 };
+export const USAGE_KEYS = ['sandboxes', 'vcpus', 'memoryMB', 'diskMB', 'pausedSandboxes'] as const;
+export const NOTHING: Usage = { sandboxes: 0, vcpus: 0, memoryMB: 0, diskMB: 0, pausedSandboxes: 0 };
 
 interface Costs {
   limits?: { cpuCount?: number; memoryMB?: number };
@@ -148,6 +148,9 @@ export class Tenancy {
   /** Snapshots being taken per team (counted against the quota before they exist). */
   private readonly pendingSnapshots = new Map<string, number>();
 
+  /** In a cluster: what the team's sandboxes hold on the other nodes (cluster/team-usage.ts). */
+  elsewhere?: (team: string) => Promise<Usage>;
+
   /** The teams' own template layers on disk; without templates (the CLI) layers are not counted. */
   private readonly layers: TeamLayers | undefined;
 
@@ -198,6 +201,14 @@ export class Tenancy {
     return u;
   }
 
+  /** What the team holds: here, and in a cluster on the other nodes too (as their last figures say). */
+  async usageEverywhere(team: string): Promise<Usage> {
+    const u = this.usage(team);
+    const other = await this.elsewhere?.(team);
+    if (other) for (const k of USAGE_KEYS) u[k] += other[k];
+    return u;
+  }
+
   /**
    * The manager's admission hook: throws a 429 naming the limit a create, resume or pause
    * would pass. An operation is held only to what it adds: resuming a sandbox paused with its
@@ -206,6 +217,20 @@ export class Tenancy {
    */
   admit(a: Admission): void {
     if (!a.team) return; // host-made and pooled sandboxes
+    const { team, adds, q, name } = this.admission({ ...a, team: a.team });
+    const u = this.usage(team, a.sandboxId);
+    for (const k of USAGE_KEYS) {
+      if (adds[k] > 0 && u[k] + adds[k] > q[k])
+        throw quotaExceeded(`quota exceeded: ${QUOTA_NAMES[k]} of team '${name}' would be ${u[k] + adds[k]}, its limit (${k}) is ${q[k]}`);
+    }
+  }
+
+  /**
+   * What an operation adds to its team's usage (each limit it may pass: what the sandbox holds
+   * after it, where that is more than before), with the checks that need no usage (a blocked
+   * team, metadata) done. The sandbox's own holding before the operation is left out of `adds`.
+   */
+  admission(a: Admission & { team: string }): { team: string; adds: Usage; q: Quota; name: string } {
     if (a.op !== 'pause' && this.blocked(a.team)) throw new HttpError(403, `team '${this.teamName(a.team)}' has no live API key: its sandboxes are blocked`);
     const q = this.quota(a.team);
     const name = this.teamName(a.team);
@@ -222,11 +247,25 @@ export class Tenancy {
       a.op === 'pause'
         ? holds('paused', { ...spec, coldPaused: a.memory === false, checkpointed: a.memory !== false && a.toDisk === true })
         : holds('running', spec);
-    const u = this.usage(a.team, a.sandboxId);
-    for (const k of USAGE_KEYS) {
-      if (after[k] > before[k] && u[k] + after[k] > q[k])
-        throw quotaExceeded(`quota exceeded: ${QUOTA_NAMES[k]} of team '${name}' would be ${u[k] + after[k]}, its limit (${k}) is ${q[k]}`);
+    const adds = { ...NOTHING };
+    for (const k of USAGE_KEYS) adds[k] = after[k] > before[k] ? after[k] : 0;
+    return { team: a.team, adds, q, name };
+  }
+
+  /**
+   * Teams with sandboxes on this node, each with what its sandboxes hold here (leaving out
+   * `except`), template layers not included: what cluster/team-usage.ts counts across nodes.
+   */
+  usageByTeam(except?: string): Map<string, Usage> {
+    const out = new Map<string, Usage>();
+    for (const r of this.store.sandboxes.list()) {
+      if (!r.team || r.id === except || !COUNTED.includes(r.state)) continue;
+      const u = out.get(r.team) ?? { ...NOTHING };
+      const h = holds(r.state, JSON.parse(r.spec) as Costs);
+      for (const k of USAGE_KEYS) u[k] += h[k];
+      out.set(r.team, u);
     }
+    return out;
   }
 
   /**

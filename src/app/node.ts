@@ -5,6 +5,7 @@
 // sandboxes running. Everything else is handed what it needs from here.
 import { readFileSync } from 'node:fs';
 import { join as joinCluster, type Membership } from '../cluster/member.js';
+import { ClusterQuota } from '../cluster/team-usage.js';
 import { ClusterRegistry } from '../store/pg/nodes.js';
 import { admitted } from '../cluster/secret.js';
 import { join } from 'node:path';
@@ -110,7 +111,17 @@ export async function startService(config: ServeConfig): Promise<RunningService>
           ...{ dataDir: manager.paths.dataDir, instanceId: manager.paths.instanceId, upstreamCa: config.network.egressCa, log: logger },
         })
       : undefined;
+  // a node's quota admissions count the team's sandboxes on every node (cluster/team-usage.ts)
+  const clusterDb =
+    config.role === 'node' && config.cluster && config.database
+      ? await ClusterRegistry.open(config.database, logger).catch(async (err: unknown) => {
+          await Promise.allSettled([dns?.close(), egress?.close(), control.close(true), shared.close()]);
+          await manager.close();
+          throw err;
+        })
+      : undefined;
   const server = await serveNode(manager, {
+    cluster: clusterDb && config.cluster && { registry: clusterDb, leaseMs: config.cluster.leaseMs },
     shared,
     host: config.host,
     port: config.port,
@@ -128,7 +139,7 @@ export async function startService(config: ServeConfig): Promise<RunningService>
   });
   manager.setPool(config.pool);
   let membership: Membership | undefined;
-  let registry: ClusterRegistry | undefined;
+  const registry = clusterDb;
   const m = manager;
   const service: RunningService = {
     manager: m,
@@ -164,8 +175,12 @@ export async function startService(config: ServeConfig): Promise<RunningService>
   if (config.role === 'node' && config.cluster && config.database) {
     // registered last: a node takes creates only once it serves them
     try {
-      registry = await ClusterRegistry.open(config.database, logger);
-      membership = await joinCluster(manager, registry, { address: config.cluster.nodeUrl ?? server.url, binaries: config.runtimeBinaries, log: logger });
+      membership = await joinCluster(manager, registry!, {
+        address: config.cluster.nodeUrl ?? server.url,
+        binaries: config.runtimeBinaries,
+        log: logger,
+        publish: () => server.quota?.publish(),
+      });
     } catch (err) {
       await service.close();
       throw err;
@@ -189,6 +204,8 @@ export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | '
   buildReadyTimeoutMs?: number;
   /** Teams, keys and secrets (default: the manager's own SQLite store). */
   shared?: SharedStore;
+  /** A cluster node: quotas are admitted counting every node's sandboxes. */
+  cluster?: { registry: ClusterRegistry; leaseMs: number };
 }
 
 /**
@@ -196,11 +213,16 @@ export interface NodeServeOptions extends Omit<ServerOptions, 'controlPlane' | '
  * volumes, secrets over the manager's store), the data plane over it, and the listeners.
  * Closing stops them; the manager stays open.
  */
-export async function serveNode(manager: SandboxManager, opts: NodeServeOptions): Promise<RunningServer> {
+export async function serveNode(manager: SandboxManager, opts: NodeServeOptions): Promise<RunningServer & { quota?: ClusterQuota }> {
   const { log } = opts;
   const shared = opts.shared ?? sqliteSharedStore(manager.store);
   const tenancy = new Tenancy(manager.store, manager.templates, log, shared.directory);
   tenancy.attach(manager); // quota admission of creates, resumes, pauses and new layers
+  const quota = opts.cluster && new ClusterQuota(opts.cluster.registry, tenancy, manager.paths.instanceId, opts.cluster.leaseMs, log);
+  if (quota) {
+    manager.admitAcross = (a) => quota.admit(a);
+    tenancy.elsewhere = (team) => quota.elsewhere(team);
+  }
   const metrics = new MetricsSampler(manager);
   metrics.start();
   // template builds; a base image that is not a cubebox template comes from a registry (image-source.ts)
@@ -241,7 +263,9 @@ export async function serveNode(manager: SandboxManager, opts: NodeServeOptions)
   manager.events.on('deleted', onDeleted);
   return {
     ...server,
+    quota,
     async close() {
+      manager.admitAcross = undefined;
       manager.events.off('interrupt', onInterrupt);
       manager.events.off('deleted', onDeleted);
       await builds.close();

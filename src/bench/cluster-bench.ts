@@ -128,8 +128,9 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
         .filter(which)
         .reduce((s, k) => s + b.statements[k]! - (a.statements[k] ?? 0), 0);
     const isReplica = (k: string) => k.startsWith('r');
-    const isNodeStore = (k: string) => k.startsWith('n') && k.endsWith('.store');
-    const isHeartbeat = (k: string) => k.startsWith('n') && k.endsWith('.cluster');
+    const isNode = (k: string) => k.startsWith('n');
+    /** What the replicas and nodes sent between two readings, the nodes' heartbeats left out (counted by each heartbeat). */
+    const work = (a: Counters, b: Counters) => delta(a, b, (k) => isReplica(k) || isNode(k)) - (b.heartbeatStatements - a.heartbeatStatements);
 
     // idle: heartbeats (a node's cluster pool sends nothing else) and the replicas' route refreshes
     await sleep(2000);
@@ -141,8 +142,8 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     const beats = i1.heartbeats - i0.heartbeats;
     const perHeartbeat = (i1.heartbeatStatements - i0.heartbeatStatements) / Math.max(1, beats); // counted by each heartbeat itself: exact
     const replicaIdlePerS = delta(i0, i1, isReplica) / idleS;
-    const nodeStoreIdlePerS = delta(i0, i1, isNodeStore) / idleS;
-    const idlePerS = (a: Counters, b: Counters) => ((b.at - a.at) / 1000) * (replicaIdlePerS + nodeStoreIdlePerS);
+    const nodeOtherIdlePerS = (delta(i0, i1, isNode) - (i1.heartbeatStatements - i0.heartbeatStatements)) / idleS;
+    const idlePerS = (a: Counters, b: Counters) => ((b.at - a.at) / 1000) * (replicaIdlePerS + nodeOtherIdlePerS);
 
     // one at a time, the single node and a replica in turn (drift on a shared host hits both alike)
     const creates = { single: [] as number[], replica: [] as number[] };
@@ -157,7 +158,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
       const a = await counters();
       creates.replica.push(await timed(async () => viaReplica.push(await create(via.replica(i)))));
       const b = await counters();
-      statementsInCreates += delta(a, b, (k) => isReplica(k) || isNodeStore(k)) - idlePerS(a, b);
+      statementsInCreates += work(a, b) - idlePerS(a, b);
       createWindows++;
       log(`create ${i + 1}/${o.iterations}`);
     }
@@ -175,7 +176,7 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
     const k0 = await counters();
     for (const s of viaReplica.splice(0)) await kill(s);
     const k1 = await counters();
-    const perKill = (delta(k0, k1, (k) => isReplica(k) || isNodeStore(k)) - idlePerS(k0, k1)) / o.iterations;
+    const perKill = (work(k0, k1) - idlePerS(k0, k1)) / o.iterations;
 
     const runs = { single: [] as number[], replica: [] as number[] };
     const one = await create(via.single);
@@ -235,23 +236,25 @@ export async function clusterBench(o: ClusterBenchOptions, log: (s: string) => v
       statementsPerKill: round(perKill),
       statementsPerHeartbeat: round(perHeartbeat),
       statementsPerHeartbeatHolding: round((h1.heartbeatStatements - h0.heartbeatStatements) / heldBeats),
+      // with what else a node sends at each heartbeat (its teams' usage, for quotas across nodes)
+      nodeStatementsPerHeartbeatHolding: round(delta(h0, h1, isNode) / heldBeats),
       rowsWrittenPerHeartbeatIdle: round((i1.rowsWritten - i0.rowsWritten) / Math.max(1, beats)),
       rowsWrittenPerHeartbeatHolding: round((h1.rowsWritten - h0.rowsWritten) / heldBeats),
       sandboxesHeldPerNode: round(heldPerNode),
       rowsWrittenPerCreate: round(rowsPerCreate),
       rowsWrittenPerKill: round(rowsPerKill),
       idleStatementsPerSecondPerReplica: round(replicaIdlePerS / REPLICAS),
-      idleStatementsPerSecondPerNode: round((nodeStoreIdlePerS + delta(i0, i1, isHeartbeat) / idleS) / NODES),
+      idleStatementsPerSecondPerNode: round(delta(i0, i1, isNode) / idleS / NODES),
       databaseCpuMsPerBurstCreate: round(burstDbCpuMs / Math.max(1, o.burst)),
       databaseIdleCpuMsPerSecond: round(idleDbCpuPerS),
-      burstStatementsPerCreate: round((delta(b0, b1, (k) => isReplica(k) || isNodeStore(k)) - idlePerS(b0, b1)) / Math.max(1, o.burst)),
+      burstStatementsPerCreate: round((work(b0, b1) - idlePerS(b0, b1)) / Math.max(1, o.burst)),
       burstFailedCluster: clusterBurst.failed,
       burstFailedSingle: singleBurst.failed,
       heartbeatsFailed: b1.heartbeatsFailed - i0.heartbeatsFailed,
     };
     report.facts = { nodes: NODES, replicas: REPLICAS, pool: 'off on both (cold creates)', database: 'PostgreSQL on a unix socket, fsync on' };
     report.notes.push(
-      `statements per create / kill: the replica's and the node's (the API key, the team's quota and rows, placement, the route), idle traffic subtracted; per heartbeat: a node's heartbeat transaction`,
+      `statements per create / kill: the replica's and the node's (the key, the team's quota across nodes, placement, the route), heartbeats and idle traffic subtracted; per heartbeat: counted by each heartbeat transaction`,
       `the database's CPU in the burst, idle rate subtracted: ${round(burstDbCpuMs)} ms for ${o.burst} creates and their kills (one core of it would sustain about ${Math.round(1000 / Math.max(0.01, burstDbCpuMs / o.burst))} such creates/s; its 10 ms CPU clock makes a small burst's figure coarse)`,
     );
   } finally {

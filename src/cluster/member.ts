@@ -1,6 +1,6 @@
 // A node's membership of a cluster: it says who it is, where replicas reach it and what it can
 // take (runtimes, CPUs, memory, free slots, sandboxes, templates, ready pooled sandboxes) at
-// start and every HEARTBEAT_MS after, and which sandboxes it holds. A heartbeat that fails
+// start and every HEARTBEAT_MS after, and which sandboxes and volumes it holds. A heartbeat that fails
 // (the database away) is logged and the next one tries again: the node's sandboxes keep running.
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -9,7 +9,7 @@ import { memAvailableMB, slotsOf } from '../api/host-status.js';
 import { runtimeNames } from '../runtime/registry.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { describe } from '../store/pg/pool.js';
-import type { ClusterRegistry, NodeRecord } from '../store/pg/nodes.js';
+import type { ClusterRegistry, NodeRecord, NodeVolume } from '../store/pg/nodes.js';
 
 export const HEARTBEAT_MS = 2000;
 
@@ -19,7 +19,7 @@ export function nodeRecord(
   address: string,
   startedAt: number,
   binaries: Record<string, string>,
-): { node: NodeRecord; sandboxIds: string[] } {
+): { node: NodeRecord; sandboxIds: string[]; volumes: NodeVolume[] } {
   const at = Date.now();
   const sandboxes = manager.list();
   const slots = slotsOf(manager);
@@ -48,6 +48,10 @@ export function nodeRecord(
       heartbeatAt: at,
     },
     sandboxIds: sandboxes.map((s) => s.id),
+    volumes: manager.store.volumes
+      .list()
+      .filter((v) => v.state !== 'deleting')
+      .map((v) => ({ id: v.id, team: v.team, name: v.name })),
   };
 }
 
@@ -60,12 +64,13 @@ export interface Membership {
 export async function join(
   manager: SandboxManager,
   registry: ClusterRegistry,
-  opts: { address: string; binaries: Record<string, string>; log: Logger },
+  opts: { address: string; binaries: Record<string, string>; log: Logger; publish?: () => Promise<void> | undefined },
 ): Promise<Membership> {
   const startedAt = Date.now();
   const beat = async () => {
-    const { node, sandboxIds } = nodeRecord(manager, opts.address, startedAt, opts.binaries);
-    const buried = await registry.heartbeat(node, sandboxIds);
+    const { node, sandboxIds, volumes } = nodeRecord(manager, opts.address, startedAt, opts.binaries);
+    const buried = await registry.heartbeat(node, sandboxIds, volumes);
+    await opts.publish?.(); // what each team's sandboxes hold here (cluster/team-usage.ts)
     // deleted through a replica while this node was lost: deleted here now, as any delete
     for (const id of buried) {
       opts.log.info({ sandbox: id }, 'deleting a sandbox deleted while this node was not heard from');

@@ -2,8 +2,10 @@
 // picks (placement.ts) and the sandbox's node is recorded in the shared store; every later call
 // on that sandbox, control plane or data plane (envd HTTP and Connect streams, user ports,
 // WebSocket), is forwarded to its node with the cluster secret. Lists fan out to every live
-// node. Everything else (keys, teams, secrets, templates, volumes) goes to one live node, which
-// answers it from the shared store or its own. Nodes authenticate the caller (API key, envd
+// node. Volumes are node-local: each is recorded as its node's at its create, calls on it go
+// there, and a create that mounts volumes is placed on their node. Everything else (keys,
+// teams, secrets, templates) goes to one live node, which answers it from the shared store or
+// its own. Nodes authenticate the caller (API key, envd
 // token) as they do alone: a replica only adds the hop.
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
@@ -14,10 +16,11 @@ import type { Logger } from 'pino';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { ConnectionGuard, type ConnectionLimits } from '../api/connection-guard.js';
 import { DEFAULT_CONNECTION_LIMITS } from '../api/server.js';
+import { API_KEY_RE, hashApiKey } from '../api/keys.js';
 import { sandboxIdOf } from '../protocol/ids.js';
 import { endToEnd } from '../proxy/filter.js';
 import { notFoundBody, rawResponse, sendJson } from '../proxy/replies.js';
-import { classify } from '../proxy/routing.js';
+import { classify, SIGNED_PROBE_HEADER } from '../proxy/routing.js';
 import { RUNTIME_METADATA_KEY } from '../sandbox/types.js';
 import { registerDatabaseMetrics } from '../store/pg/metrics.js';
 import { describe } from '../store/pg/pool.js';
@@ -199,10 +202,14 @@ export class ClusterRouter {
     const method = req.method ?? 'GET';
     if (path === '/health') return sendJson(res, 200, JSON.stringify({ status: 'ok' }));
     if (method === 'POST' && (path === '/sandboxes' || path === '/v2/sandboxes')) return this.create(req, res);
-    if (method === 'GET' && (path === '/sandboxes' || path === '/v2/sandboxes' || path === '/sandboxes/metrics')) return this.fanOut(req, res);
+    if (method === 'GET' && path === '/v2/sandboxes') return this.fanOutPaged(req, res);
+    if (method === 'GET' && (path === '/sandboxes' || path === '/sandboxes/metrics' || path === '/volumes')) return this.fanOut(req, res);
+    if (method === 'POST' && path === '/volumes') return this.createVolume(req, res);
+    const v = /^\/(?:volumes|volumecontent)\/([^/]+)(?:\/.*)?$/.exec(path);
+    if (v) return this.toVolume(decoded(v[1]!), req, res);
     const m = /^(?:\/v2)?\/sandboxes\/([^/]+)(\/.*)?$/.exec(path);
     if (m) {
-      const id = sandboxIdOf(decodeURIComponent(m[1]!)) ?? m[1]!;
+      const id = sandboxIdOf(decoded(m[1]!)) ?? m[1]!;
       return this.toSandbox(id, req, res, 'control', m[2] === '/fork' && method === 'POST');
     }
     await this.forward(await this.anyNode(), req, res);
@@ -211,7 +218,7 @@ export class ClusterRouter {
   /** A create: placed on a node, forwarded there, and its sandbox's node recorded before the answer goes out. */
   private async create(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readBody(req);
-    let ask: { templateID?: unknown; metadata?: Record<string, unknown> } = {};
+    let ask: { templateID?: unknown; metadata?: Record<string, unknown>; volumeMounts?: unknown } = {};
     try {
       ask = JSON.parse(body.toString('utf8')) as typeof ask;
     } catch {
@@ -222,7 +229,7 @@ export class ClusterRouter {
     for (const n of live) this.nodes.set(n.id, { node: n, at: Date.now() });
     const wanted = { template: typeof ask?.templateID === 'string' ? ask.templateID : 'base', runtime: typeof runtime === 'string' ? runtime : undefined };
     // a node that refuses the connection (gone since its last heartbeat) got nothing: the next one is tried
-    for (let candidates = live; ;) {
+    for (let candidates = await this.holdingVolumes(req, ask.volumeMounts, live); ;) {
       const node = place(candidates, wanted, (id) => this.pendingFor(id, live));
       if (!node)
         throw new HttpFailure(
@@ -235,7 +242,7 @@ export class ClusterRouter {
       mine.inFlight++;
       let outcome: 'refused' | undefined;
       try {
-        outcome = await this.forward(node, req, res, body, true, true);
+        outcome = await this.forward(node, req, res, body, this.sandboxesOf(node), true);
       } finally {
         mine.inFlight--;
         mine.done.push(Date.now()); // in the node's list from now: counted until a heartbeat after this
@@ -245,6 +252,31 @@ export class ClusterRouter {
     }
   }
 
+  /**
+   * The nodes a create may go to given the volumes it mounts: volumes are node-local, so the one
+   * node holding them (all of them: volumes of two nodes cannot be mounted together). Volumes
+   * the cluster does not know leave every node: the node words the refusal.
+   */
+  private async holdingVolumes(req: IncomingMessage, mounts: unknown, live: NodeRecord[]): Promise<NodeRecord[]> {
+    if (!Array.isArray(mounts) || !mounts.length) return live;
+    const names = mounts.flatMap((m) => (m && typeof (m as { name?: unknown }).name === 'string' ? [(m as { name: string }).name] : []));
+    const team = await this.teamOf(req);
+    if (!team || !names.length) return live;
+    const holders = await this.opts.registry.nodesOfVolumes(team, names);
+    const nodeIds = new Set(holders.values());
+    if (nodeIds.size > 1)
+      throw new HttpFailure(
+        400,
+        `volumes are kept on the node that made them, and these are on different nodes: ${[...holders].map(([n, id]) => `'${n}' on ${id}`).join(', ')}; ` +
+          'a sandbox mounts volumes of one node only',
+      );
+    const [holder] = nodeIds;
+    if (holder === undefined) return live;
+    const node = live.find((n) => n.id === holder);
+    if (!node) throw new HttpFailure(503, `the volumes this sandbox mounts are on node ${holder}, which is not live now; try again shortly`, NO_NODE_RETRY_SEC);
+    return [node];
+  }
+
   /** Creates sent to a node that its last heartbeat could not count: still in flight, or done after it listed its sandboxes. */
   private pendingFor(id: string, live: NodeRecord[]): number {
     const mine = this.pending.get(id);
@@ -252,6 +284,55 @@ export class ClusterRouter {
     const beat = live.find((n) => n.id === id)?.heartbeatAt ?? 0;
     mine.done = mine.done.filter((t) => t >= beat);
     return mine.inFlight + mine.done.length;
+  }
+
+  /** Records the sandboxes a create's or fork's answer names as the node's, here and in the shared store. */
+  private sandboxesOf(node: NodeRecord): (status: number, answer: Buffer) => Promise<void> {
+    return async (status, answer) => {
+      const ids = status < 300 ? sandboxIdsIn(answer) : [];
+      for (const id of ids) this.remember(id, node.id);
+      await Promise.all(ids.map((id) => this.opts.registry.place(id, node.id)));
+    };
+  }
+
+  /**
+   * A new volume: made on the node that holds the team's volume of that name if there is one
+   * (which answers the conflict), else on the same node as anything else; recorded as that
+   * node's before the answer goes out, so a sandbox mounting it is placed there.
+   */
+  private async createVolume(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readBody(req);
+    const team = await this.teamOf(req);
+    const name = jsonField(body, 'name');
+    const holder = team && typeof name === 'string' ? (await this.opts.registry.nodesOfVolumes(team, [name])).get(name) : undefined;
+    const node = holder ? await this.liveNode(holder, `volume '${name}'`) : await this.anyNode();
+    await this.forward(node, req, res, body, async (status, answer) => {
+      const id = jsonField(answer, 'volumeID');
+      if (status === 201 && typeof id === 'string' && typeof name === 'string') await this.opts.registry.placeVolume({ id, team: team ?? null, name }, node.id);
+    });
+  }
+
+  /** A call on a volume (its record, its content): to the node holding it. */
+  private async toVolume(id: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const holder = await this.opts.registry.nodeOfVolume(id);
+    if (!holder) throw new HttpFailure(404, `volume '${id}' not found`);
+    const node = await this.liveNode(holder, `volume '${id}'`);
+    await this.forward(node, req, res);
+    if (req.method === 'DELETE' && res.statusCode === 204) await this.opts.registry.forgetVolume(id).catch(() => {}); // its node's next heartbeat drops it anyway
+  }
+
+  /** The team of the caller's API key (placement only: the node authenticates the request). */
+  private async teamOf(req: IncomingMessage): Promise<string | undefined> {
+    const key = req.headers['x-api-key'];
+    return typeof key === 'string' && API_KEY_RE.test(key) ? this.opts.registry.teamOfKey(hashApiKey(key)) : undefined;
+  }
+
+  /** A node by id that must be live for the request (it holds what the request names). */
+  private async liveNode(id: string, what: string): Promise<NodeRecord> {
+    const node = await this.node(id);
+    if (!node || Date.now() - node.heartbeatAt > LIVE_MS)
+      throw new HttpFailure(503, `${what} is on node ${id}, which is not live now; try again shortly`, NO_NODE_RETRY_SEC);
+    return node;
   }
 
   /** Every live node's answer to a list, merged (arrays joined, objects combined). */
@@ -266,16 +347,47 @@ export class ClusterRouter {
     sendJson(res, 200, JSON.stringify(merged));
   }
 
-  /** A header-less signed /files URL: its sandbox is known only to the node holding it, so each node is asked in turn. */
+  /**
+   * A page of `GET /v2/sandboxes` across nodes. A node's page token is a cursor (the last
+   * sandbox's start time and id) that means the same on every node, so each node is asked for
+   * the same page, the answers are merged in the same order, the first `limit` kept, and the next
+   * token is the cursor of the last one kept when any node has more.
+   */
+  private async fanOutPaged(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const live = await this.opts.registry.live(LIVE_MS);
+    if (!live.length) throw new HttpFailure(503, 'no node of the cluster is live; try again shortly', NO_NODE_RETRY_SEC);
+    const answers = await Promise.all(live.map((n) => this.fetchFrom(n, req)));
+    const failed = answers.find((a) => a.status !== 200);
+    if (failed) return sendJson(res, failed.status, failed.body.toString('utf8'));
+    const q = new URL(req.url ?? '/', 'http://replica').searchParams;
+    const limit = Number(q.get('limit') ?? 100); // the nodes checked it
+    const desc = (q.get('order') ?? 'desc').toLowerCase() !== 'asc';
+    type Listed = { sandboxID: string; startedAt: string };
+    const key = (s: Listed) => [Date.parse(s.startedAt), s.sandboxID] as const;
+    const merged = answers.flatMap((a) => JSON.parse(a.body.toString('utf8')) as Listed[]);
+    merged.sort((a, b) => {
+      const [ta, ia] = key(a);
+      const [tb, ib] = key(b);
+      const c = ta - tb || (ia < ib ? -1 : ia > ib ? 1 : 0);
+      return desc ? -c : c;
+    });
+    const page = merged.slice(0, limit);
+    const more = merged.length > limit || answers.some((a) => a.headers['x-next-token']);
+    const headers: Record<string, string> = {};
+    if (more && page.length) headers['X-Next-Token'] = Buffer.from(JSON.stringify(key(page[page.length - 1]!))).toString('base64url');
+    sendJson(res, 200, JSON.stringify(page), headers);
+  }
+
+  /**
+   * A header-less signed /files URL: its sandbox is known only to the node holding it, so each
+   * node is asked in turn with a HEAD (the others answer 401): the same URL for a download, a
+   * probe (SIGNED_PROBE_HEADER) for an upload. The request then streams to that node.
+   */
   private async signed(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const live = await this.opts.registry.live(LIVE_MS);
-    if (req.method !== 'GET' && req.method !== 'HEAD')
-      throw new HttpFailure(
-        501,
-        'a signed upload URL without the sandbox in its host is not routed through an API replica yet; use the sandbox host (<port>-<id>.<domain>)',
-      );
-    // a HEAD finds the node whose sandbox signed it (the others answer 401); the GET then streams from it
-    for (const n of live) if ((await this.fetchFrom(n, req, 'HEAD')).status !== 401) return void (await this.forward(n, req, res));
+    const probe = req.method === 'POST' ? { [SIGNED_PROBE_HEADER]: 'write' } : undefined;
+    for (const n of live) if ((await this.fetchFrom(n, req, 'HEAD', probe)).status !== 401) return void (await this.forward(n, req, res));
+    req.resume(); // an upload's body is not wanted
     sendJson(res, 401, JSON.stringify({ code: 401, message: 'invalid signature: it matches no running sandbox' }));
   }
 
@@ -306,7 +418,7 @@ export class ClusterRouter {
         }),
       );
     }
-    await this.forward(node, req, res, records ? await readBody(req) : undefined, records);
+    await this.forward(node, req, res, records ? await readBody(req) : undefined, records ? this.sandboxesOf(node) : undefined);
     if (deleted && (res.statusCode === 204 || res.statusCode === 404)) {
       this.routes.delete(id);
       await this.opts.registry.forget(id).catch(() => {}); // the node's next heartbeat drops it anyway
@@ -357,13 +469,18 @@ export class ClusterRouter {
     return a;
   }
 
-  private upstream(node: NodeRecord, req: IncomingMessage, body?: Buffer, method = req.method): http.ClientRequest {
+  private upstream(node: NodeRecord, req: IncomingMessage, body?: Buffer, method = req.method, extra?: Record<string, string>): http.ClientRequest {
     const url = new URL(node.address);
     const raw = endToEnd(req.rawHeaders);
     const headers: string[] = [];
-    for (let i = 0; i < raw.length; i += 2) if (!body || raw[i]!.toLowerCase() !== 'content-length') headers.push(raw[i]!, raw[i + 1]!);
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i]!.toLowerCase();
+      if (name === SIGNED_PROBE_HEADER || (body && name === 'content-length')) continue; // the probe is the replica's own, never a client's
+      headers.push(raw[i]!, raw[i + 1]!);
+    }
     if (body) headers.push('Content-Length', String(body.length));
     else if (/\bchunked\b/i.test(String(req.headers['transfer-encoding'] ?? ''))) headers.push('Transfer-Encoding', 'chunked');
+    for (const [k, v] of Object.entries(extra ?? {})) headers.push(k, v);
     headers.push(CLUSTER_SECRET_HEADER, this.opts.secret);
     return http.request({
       agent: this.agent(node),
@@ -377,9 +494,14 @@ export class ClusterRouter {
   }
 
   /** A whole answer of a node to the same request (lists, signed URLs). */
-  private fetchFrom(node: NodeRecord, req: IncomingMessage, method = req.method): Promise<{ status: number; body: Buffer }> {
+  private fetchFrom(
+    node: NodeRecord,
+    req: IncomingMessage,
+    method = req.method,
+    extra?: Record<string, string>,
+  ): Promise<{ status: number; body: Buffer; headers: http.IncomingHttpHeaders }> {
     return new Promise((resolve, reject) => {
-      const up = this.upstream(node, req, Buffer.alloc(0), method);
+      const up = this.upstream(node, req, Buffer.alloc(0), method, extra);
       up.on('response', (r) => {
         const chunks: Buffer[] = [];
         let size = 0;
@@ -387,7 +509,7 @@ export class ClusterRouter {
           if ((size += c.length) > MAX_NODE_ANSWER) return r.destroy(new Error(`node ${node.id} answered more than ${MAX_NODE_ANSWER} bytes`));
           chunks.push(c);
         });
-        r.on('end', () => resolve({ status: r.statusCode ?? 502, body: Buffer.concat(chunks) }));
+        r.on('end', () => resolve({ status: r.statusCode ?? 502, body: Buffer.concat(chunks), headers: r.headers }));
         r.on('error', reject);
       });
       up.on('error', reject);
@@ -397,8 +519,8 @@ export class ClusterRouter {
 
   /**
    * The request relayed to a node unbuffered both ways (a body given is sent instead of the
-   * request's). `records`: the answer is read whole and the sandboxes it names are recorded as
-   * the node's before it is passed on. `retryRefused`: a refused connection answers nothing and
+   * request's). `record`: the answer is read whole and given to it (to record what it made as
+   * the node's) before it is passed on. `retryRefused`: a refused connection answers nothing and
    * resolves 'refused' (the body was buffered: the caller may send it elsewhere).
    */
   private forward(
@@ -406,7 +528,7 @@ export class ClusterRouter {
     req: IncomingMessage,
     res: ServerResponse,
     body?: Buffer,
-    records = false,
+    record?: (status: number, answer: Buffer) => Promise<void>,
     retryRefused = false,
   ): Promise<'refused' | undefined> {
     return new Promise((resolve) => {
@@ -417,7 +539,7 @@ export class ClusterRouter {
       });
       up.on('response', (upRes) => {
         const status = upRes.statusCode ?? 502;
-        if (records) {
+        if (record) {
           const chunks: Buffer[] = [];
           let size = 0;
           upRes.on('data', (c: Buffer) => {
@@ -426,11 +548,9 @@ export class ClusterRouter {
           });
           upRes.on('end', () => {
             const text = Buffer.concat(chunks);
-            const ids = status < 300 ? sandboxIdsIn(text) : [];
-            for (const id of ids) this.remember(id, node.id);
-            Promise.all(ids.map((id) => this.opts.registry.place(id, node.id)))
+            record(status, text)
               .catch((err: unknown) =>
-                this.opts.log.warn({ err: describe(err), node: node.id }, 'cannot record where a sandbox is; the node reports it at its next heartbeat'),
+                this.opts.log.warn({ err: describe(err), node: node.id }, 'cannot record what the node made; it reports it at its next heartbeat'),
               )
               .finally(() => {
                 res.writeHead(status, upRes.statusMessage, endToEnd(upRes.rawHeaders));
@@ -485,6 +605,25 @@ function sandboxIdsIn(body: Buffer): string[] {
     // not JSON: names none
   }
   return ids;
+}
+
+/** A path segment decoded; one that is not valid percent-encoding stays as it is (and names nothing). */
+function decoded(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
+/** A top-level field of a JSON body (undefined when it is not JSON or has none). */
+function jsonField(body: Buffer, field: string): unknown {
+  try {
+    const v = JSON.parse(body.toString('utf8')) as unknown;
+    return v && typeof v === 'object' ? (v as Record<string, unknown>)[field] : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A request body read whole, bounded. */

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { DnsForwarder } from './dns.js';
 import { EgressCa } from './egress-ca.js';
 import { EgressProxy } from './egress-proxy.js';
-import { secretValue, type SecretSource } from './egress-secrets.js';
+import { openedSettings, secretValue, type SecretSource } from './egress-secrets.js';
 import type { SandboxNetwork } from './network.js';
 import type { NetworkSettings } from './policy.js';
 
@@ -31,7 +31,8 @@ export async function startEgressProxy(o: EgressStart): Promise<EgressProxy> {
       if (!sandboxId) return undefined;
       try {
         const s = o.sandbox(sandboxId);
-        return { sandboxId, team: s.team ?? '', settings: s.network };
+        // the upstream proxy's password is opened here, per connection: it is stored sealed
+        return { sandboxId, team: s.team ?? '', settings: openedSettings(o.secrets, s.team ?? '', s.network) };
       } catch {
         return undefined;
       }

@@ -23,7 +23,10 @@ export interface UpstreamProxy {
   /** `host:port`: an IPv4 address or a DNS name (resolved at each dial). */
   address: string;
   username?: string;
+  /** As given, before it is stored: the API seals it (network/egress-secrets.ts) and only the egress proxy opens it. */
   password?: string;
+  /** The password as stored, sealed with the instance's secrets key for the team and this proxy. */
+  sealedPassword?: string;
 }
 
 /** The egress policy of one sandbox, as nftables and the DNS forwarder apply it. */

@@ -35,6 +35,7 @@ async function resolve(ctx: ProxyContext, target: Target, res: ServerResponse): 
       sendJson(res, 401, JSON.stringify({ code: 401, message: 'invalid signature: it matches no running sandbox' }));
       return undefined;
     }
+    if (target.probe) return void res.writeHead(204).end();
     return { sandboxId, port: ctx.envdPort, rawPort: String(ctx.envdPort) };
   }
   return target;

@@ -9,7 +9,7 @@ export type Target =
   /** Routed by E2b-Sandbox-Id or by Host. `port` is NaN when the port header is not a number. */
   | { kind: 'sandbox'; sandboxId: string; port: number; rawPort: string; via: 'header' | 'host' }
   /** A header-less `/files` request carrying a signature: the sandbox is found by its token. */
-  | { kind: 'signed'; url: URL; op: FileOp }
+  | { kind: 'signed'; url: URL; op: FileOp; probe?: boolean }
   /** A CORS preflight for a data-plane request (browsers send no custom headers in it). */
   | { kind: 'preflight' };
 
@@ -47,6 +47,9 @@ export function classify(req: IncomingMessage, envdPort = ENVD_PORT): Target | u
   if (byHost) return { kind: 'sandbox', ...byHost, rawPort: String(byHost.port), via: 'host' };
   const url = req.url ?? '';
   if (url.startsWith('/files?') && /[?&]signature=/.test(url)) {
+    // an API replica asking which node's sandbox signed an upload URL, before it sends the body there
+    if (req.method === 'HEAD' && header(req, SIGNED_PROBE_HEADER) === 'write')
+      return { kind: 'signed', url: new URL(url, 'http://data-plane'), op: 'write', probe: true };
     const op = fileOpOf(req.method ?? 'GET');
     if (op) return { kind: 'signed', url: new URL(url, 'http://data-plane'), op };
   }
@@ -55,6 +58,12 @@ export function classify(req: IncomingMessage, envdPort = ENVD_PORT): Target | u
   }
   return undefined;
 }
+
+/**
+ * A HEAD of a signed /files URL with this header set to `write` asks whether a sandbox here
+ * signed it for an upload: 204 or 401, nothing relayed (it tells no more than the upload would).
+ */
+export const SIGNED_PROBE_HEADER = 'x-cubebox-signed-probe';
 
 /**
  * The candidate whose token makes the URL's signature valid. The expiration is part of what is

@@ -13,6 +13,8 @@ import { runOk } from '../util/exec.js';
  * with while a new one is prepared.
  */
 export const SANDBOX_SUPPORT = '/.cubebox';
+/** The command that runs the Node the sandbox's agent runs on, inside the sandbox (its own loader and libraries: any base image). */
+export const SANDBOX_NODE = `${SANDBOX_SUPPORT}/lib/ld.so --library-path ${SANDBOX_SUPPORT}/lib ${SANDBOX_SUPPORT}/bin/node`;
 export const ENVD_DIR = join(PROJECT_ROOT, 'dist', 'envd');
 const INTERPRETER_DIR = join(PROJECT_ROOT, 'dist', 'interpreter');
 const TINI = '/usr/bin/tini-static';

@@ -38,6 +38,12 @@ export class SandboxCore {
   readonly events = new EventEmitter();
   /** Quota admission for creates, resumes and pauses (see Admission); unset: everything is admitted. */
   admit?: (a: Admission) => void;
+  /**
+   * A cluster's admission, before `admit`: checks the team's usage on every node and reserves
+   * what the operation adds until the returned release (called once the sandbox's row counts
+   * it here, or the operation failed). Unset: one node, whose `admit` sees everything.
+   */
+  admitAcross?: (a: Admission) => Promise<() => void>;
   /** Disk admission once a team's new template layer exists (snapshot, fork): throwing refuses it. */
   admitLayer?: (team: string) => Promise<void>;
   /** How long a paused sandbox is kept before the reaper deletes it, ms. */

@@ -8,7 +8,7 @@ import { assertOperation } from './states.js';
 import { canCheckpoint, restoreSandbox, tryCheckpoint } from './checkpoint.js';
 import { settleFromHost } from './settle.js';
 import { stopContainer } from './teardown.js';
-import { BASE_ENV, type SandboxInfo, type StoredSpec } from './types.js';
+import { BASE_ENV, type Admission, type SandboxInfo, type StoredSpec } from './types.js';
 
 /**
  * The operations on a living sandbox: exec, pause (with or without memory), resume, connect
@@ -48,8 +48,24 @@ export async function pauseLocked(core: SandboxCore, id: string, memory: boolean
   assertOperation('pause', id, row.state);
   const spec = JSON.parse(row.spec) as StoredSpec;
   const toDisk = memory && canCheckpoint(core, id);
-  core.admit?.({ op: 'pause', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata, memory, toDisk });
-  core.setState(id, 'pausing');
+  const admission: Admission = {
+    op: 'pause',
+    team: row.team ?? null,
+    sandboxId: id,
+    limits: spec.limits,
+    diskMB: spec.diskMB,
+    metadata: spec.metadata,
+    memory,
+    toDisk,
+  };
+  const release = await core.admitAcross?.(admission);
+  try {
+    assertOperation('pause', id, core.requireRow(id).state);
+    core.admit?.(admission);
+    core.setState(id, 'pausing');
+  } finally {
+    release?.();
+  }
   core.events.emit('interrupt', id, 'paused');
   try {
     // to disk, the sandbox holds no RAM while paused; where the runtime cannot save it, it is frozen
@@ -75,8 +91,15 @@ export async function resumeLocked(core: SandboxCore, id: string, timeoutSec?: n
   const row = core.requireRow(id);
   assertOperation('resume', id, row.state);
   const spec = JSON.parse(row.spec) as StoredSpec;
-  core.admit?.({ op: 'resume', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata });
-  core.setState(id, 'resuming');
+  const admission: Admission = { op: 'resume', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata };
+  const release = await core.admitAcross?.(admission);
+  try {
+    assertOperation('resume', id, core.requireRow(id).state);
+    core.admit?.(admission);
+    core.setState(id, 'resuming');
+  } finally {
+    release?.();
+  }
   try {
     if (spec.coldPaused) {
       const pid = await bootAgain(core, id, spec);

@@ -108,6 +108,11 @@ export class SandboxManager {
     this.core.admit = fn;
   }
   /** Disk admission of a team's new template layer (snapshot, fork); unset: every layer stays. */
+  /** The cluster-wide quota admission (see SandboxCore.admitAcross). */
+  set admitAcross(fn: ((a: Admission) => Promise<() => void>) | undefined) {
+    this.core.admitAcross = fn;
+  }
+
   get admitLayer(): ((team: string) => Promise<void>) | undefined {
     return this.core.admitLayer;
   }

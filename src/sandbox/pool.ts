@@ -8,7 +8,7 @@ import { applyPolicy } from './networking.js';
 import { personalize, provision, recordNew, rollbackOnFailure } from './provision.js';
 import { allows } from './states.js';
 import { deleteSandbox, teardown } from './teardown.js';
-import { normalizeLifecycle, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
+import { normalizeLifecycle, type Admission, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
 import type { CreateGate } from './create-gate.js';
 import { PoolSizer, type PoolBounds } from './pool-sizer.js';
 
@@ -122,8 +122,16 @@ export class WarmPool {
         network: req.network,
         trafficAccessToken: req.network?.allowPublicTraffic === false ? randomBytes(24).toString('base64url') : null,
       };
-      core.admit?.({ op: 'create', team: req.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata });
-      core.setState(id, 'creating', { team: req.team ?? null, spec: JSON.stringify(spec) });
+      const admission: Admission = { op: 'create', team: req.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata };
+      const release = await core.admitAcross?.(admission);
+      try {
+        const still = core.store.getSandbox(id); // a delete may have taken it while the cluster was asked
+        if (!still || !allows('claim', still.state)) return undefined;
+        core.admit?.(admission);
+        core.setState(id, 'creating', { team: req.team ?? null, spec: JSON.stringify(spec) });
+      } finally {
+        release?.();
+      }
       try {
         // a pooled sandbox was made with the default policy: a request's own one replaces it
         if (req.network && !isOpenPolicy(egressPolicy(req.network))) await applyPolicy(core, id, req.network);
@@ -247,7 +255,7 @@ export class WarmPool {
 async function prepare(core: SandboxCore, template: Template): Promise<void> {
   const id = randomId(20);
   await core.locks.run(id, async () => {
-    const spec = recordNew(core, id, template, { template: template.id });
+    const spec = await recordNew(core, id, template, { template: template.id });
     await rollbackOnFailure(core, id, template.name, async () => {
       const pid = await provision(core, id, spec);
       core.setState(id, 'pooled', { pid });

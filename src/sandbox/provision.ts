@@ -21,7 +21,7 @@ import { restoreFromSnapshot } from './memory-snapshot.js';
 import { connectNetwork, egressTrustEnv, networkBinds } from './networking.js';
 import { deadlineFor } from './states.js';
 import { teardown } from './teardown.js';
-import { BASE_ENV, normalizeLifecycle, resolveLimits, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
+import { BASE_ENV, normalizeLifecycle, resolveLimits, type Admission, type CreateRequest, type SandboxInfo, type StoredSpec } from './types.js';
 
 /**
  * Provisioning: a new sandbox's row, then every host resource (each recorded in the ledger
@@ -33,7 +33,7 @@ import { BASE_ENV, normalizeLifecycle, resolveLimits, type CreateRequest, type S
 export async function createSandbox(core: SandboxCore, template: Template, req: CreateRequest): Promise<SandboxInfo> {
   const id = randomId(20);
   return core.locks.run(id, async () => {
-    const spec = recordNew(core, id, template, req);
+    const spec = await recordNew(core, id, template, req);
     await rollbackOnFailure(core, id, template.name, async () => {
       const pid = await provision(core, id, spec);
       if (spec.agent) await personalize(core, id, spec);
@@ -49,7 +49,7 @@ export async function createSandbox(core: SandboxCore, template: Template, req: 
 }
 
 /** Writes a new sandbox's row (state creating) after admission; returns its spec. Under id's lock. */
-export function recordNew(core: SandboxCore, id: string, template: Template, req: CreateRequest): StoredSpec {
+export async function recordNew(core: SandboxCore, id: string, template: Template, req: CreateRequest): Promise<StoredSpec> {
   const limits = resolveLimits(template, req.limits, req);
   const now = core.now();
   const spec: StoredSpec = {
@@ -83,12 +83,33 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
   if (req.timeoutSec !== undefined && !(Number.isFinite(req.timeoutSec) && req.timeoutSec >= 0))
     throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
   const runtime = runtimeFor(core, template, req.runtime);
+  const admission: Admission = { op: 'create', team: req.team ?? null, sandboxId: id, limits, diskMB: spec.diskMB, metadata: spec.metadata };
+  const release = await core.admitAcross?.(admission);
+  try {
+    insertCreating(core, id, template.id, req, runtime, spec, now, admission);
+  } finally {
+    release?.();
+  }
+  return spec;
+}
+
+/** The sandbox's row, written in the same step as its quota admission and id slot. */
+function insertCreating(
+  core: SandboxCore,
+  id: string,
+  templateId: string,
+  req: CreateRequest,
+  runtime: SandboxRuntime,
+  spec: StoredSpec,
+  now: number,
+  admission: Admission,
+): void {
   core.store.transaction(() => {
-    core.admit?.({ op: 'create', team: req.team ?? null, sandboxId: id, limits, diskMB: spec.diskMB, metadata: spec.metadata });
+    core.admit?.(admission);
     const slot = runtime.userNamespaces ? allocateIdSlot(core) : null;
     core.store.insertSandbox({
       id,
-      templateId: template.id,
+      templateId,
       team: req.team ?? null,
       state: 'creating',
       stateDeadline: deadlineFor('creating', now),
@@ -104,7 +125,6 @@ export function recordNew(core: SandboxCore, id: string, template: Template, req
       nextAttemptAt: null,
     });
   });
-  return spec;
 }
 
 /**

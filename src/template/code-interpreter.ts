@@ -21,6 +21,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { SANDBOX_NODE } from '../runtime/support.js';
 import { removeTree } from '../runtime/remove-tree.js';
 import { CubeboxError, errorMessage } from '../util/errors.js';
 import { NO_SPACE, removeStaleTemps, TAR_FLAGS, tempName, writeRootfsCache } from './debian/cache.js';
@@ -55,7 +56,7 @@ export const CODE_INTERPRETER_PACKAGES: readonly string[] = [
 /** Bumped whenever the build below changes in a way the package list does not show. */
 const RECIPE_VERSION = 1;
 
-const NODE = '/.cubebox/lib/ld.so --library-path /.cubebox/lib /.cubebox/bin/node';
+const NODE = SANDBOX_NODE;
 
 /** The template's settings: the server (which starts Jupyter) and its readiness check. */
 export const CODE_INTERPRETER_CONFIG = {

@@ -133,10 +133,10 @@ describe('cubebox bench --json', { timeout: 30 * 60_000 }, () => {
     });
     const c = doc.parts.cluster!.counts;
     assert.ok(c.statementsPerCreate! > 0 && c.statementsPerKill! > 0, JSON.stringify(c));
-    // a heartbeat is one transaction: BEGIN, the node's row, two deletes, the tombstones, (the routes,) COMMIT
-    assert.equal(c.statementsPerHeartbeat, 6);
+    // a heartbeat is one transaction: BEGIN, the node's row, two deletes, the tombstones, the volumes, (the routes,) COMMIT
+    assert.equal(c.statementsPerHeartbeat, 7);
     assert.equal(c.heartbeatsFailed, 0);
-    assert.ok(c.statementsPerHeartbeatHolding! > 6 && c.statementsPerHeartbeatHolding! <= 7, 'seven with sandboxes to record (a node with none: six)');
+    assert.ok(c.statementsPerHeartbeatHolding! > 7 && c.statementsPerHeartbeatHolding! <= 8, 'eight with sandboxes to record (a node with none: seven)');
     assert.equal(c.burstFailedCluster, 0);
     assert.equal(c.burstFailedSingle, 0);
     assert.ok(!existsSync('/var/tmp/cubebox-cluster-local'), 'the default local cluster was not touched');

@@ -124,6 +124,11 @@ describe('a cluster: two nodes behind two API replicas', { timeout: 1_200_000 },
       const list = JSON.parse((await rest(i, '/sandboxes')).text) as Array<{ sandboxID: string; clientID: string }>;
       assert.deepEqual(new Map(list.map((s) => [s.sandboxID, s.clientID])), holders);
     }
+    // paged (v2) one at a time across both nodes: each sandbox once, newest first
+    const pager = e2b.Sandbox.list({ limit: 1, ...through(1) });
+    const paged: string[] = [];
+    while (pager.hasNext) paged.push(...(await pager.nextItems()).map((s) => s.sandboxId));
+    assert.deepEqual(paged, created.map((s) => s.sandboxId).reverse());
 
     for (const [i, made] of created.entries()) {
       const other = await e2b.Sandbox.connect(made.sandboxId, through((i + 1) % 2));
@@ -143,6 +148,21 @@ describe('a cluster: two nodes behind two API replicas', { timeout: 1_200_000 },
       assert.equal(await got.text(), `written via replica ${(i + 1) % 2}`);
       const forged = await fetch(`${replicas[i % 2]!.url}${signed.pathname}${signed.search.replace('signature=v1_', 'signature=v1_x')}`);
       assert.equal(forged.status, 401);
+      // a signed upload URL the same way: the replica probes the nodes, then streams the body to the one that signed it
+      const up = new URL(await made.uploadUrl('/tmp/up.txt', { useSignatureExpiration: 60 }));
+      const form = () => {
+        const f = new FormData();
+        f.append('file', new Blob([`uploaded via replica ${i % 2}`]), 'up.txt');
+        return f;
+      };
+      const put = await fetch(`${replicas[i % 2]!.url}${up.pathname}${up.search}`, { method: 'POST', body: form() });
+      assert.equal(put.status, 200, await put.text());
+      assert.equal(await other.files.read('/tmp/up.txt'), `uploaded via replica ${i % 2}`);
+      const badUp = await fetch(`${replicas[i % 2]!.url}${up.pathname}${up.search.replace('signature=v1_', 'signature=v1_x')}`, {
+        method: 'POST',
+        body: form(),
+      });
+      assert.equal(badUp.status, 401);
     }
   });
 
@@ -218,6 +238,22 @@ EOF`);
     console.log(line('envd GET /health', envd));
     console.log(line('Sandbox.create', creates));
     console.log(`# commands.run('true') through a replica p50: ${median(commands).toFixed(1)} ms`);
+  });
+
+  it('runs a terminal through one replica and pauses and resumes through the other, keeping its files and processes', async () => {
+    const sbx = created[1]!;
+    let out = '';
+    const pty = await sbx.pty.create({ cols: 91, rows: 27, onData: (d) => void (out += new TextDecoder().decode(d)) });
+    await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('tput cols; echo pty-$((6*7)); exit\n'));
+    await pty.wait().catch(() => undefined);
+    assert.match(out, /\b91\b/);
+    assert.match(out, /pty-42/);
+    await sbx.commands.run('echo kept > /tmp/kept; sleep 3600 >/dev/null 2>&1 &');
+    const other = await e2b.Sandbox.connect(sbx.sandboxId, through(1));
+    assert.equal(await other.pause(), true);
+    assert.equal(JSON.parse((await rest(0, `/sandboxes/${sbx.sandboxId}`)).text).state, 'paused');
+    const back = await e2b.Sandbox.connect(sbx.sandboxId, through(0)); // resumes it
+    assert.equal((await back.commands.run('cat /tmp/kept; pgrep -x sleep >/dev/null && echo running')).stdout, 'kept\nrunning\n');
   });
 
   it('keeps running sandboxes served through the replicas while PostgreSQL is down (creates 503), and converges when it is back', async () => {
@@ -362,6 +398,75 @@ EOF`);
       assert.deepEqual((await c.query('SELECT * FROM sandbox_nodes')).rows, [], 'no sandbox is mapped to a node any more');
     } finally {
       await c.end();
+    }
+  });
+
+  it("holds a team's quota across both nodes: creates racing through both replicas pass it by none", async () => {
+    const env = { CUBEBOX_DATABASE: db!.url };
+    const made = await cli(nodes[0]!.dataDir, ['keys', 'create', '--name', 'capped', '--team', 'cappedteam'], env);
+    assert.equal(made.code, 0, made.stderr);
+    const cappedKey = made.stdout.trim().split('\n').pop()!.trim();
+    const set = await cli(nodes[0]!.dataDir, ['teams', 'set-quota', 'cappedteam', '--sandboxes', '2'], env);
+    assert.equal(set.code, 0, set.stderr);
+    const post = (i: number) =>
+      fetch(`${replicas[i % 2]!.url}/sandboxes`, {
+        method: 'POST',
+        headers: { 'X-API-KEY': cappedKey, 'content-type': 'application/json' },
+        body: JSON.stringify({ templateID: 'base', timeout: 120 }),
+      }).then(async (r) => ({ status: r.status, body: JSON.parse(await r.text()) as { sandboxID?: string; clientID?: string; message?: string } }));
+    const answers = await Promise.all([...Array(6).keys()].map(post));
+    const ok = answers.filter((a) => a.status === 201);
+    try {
+      assert.equal(ok.length, 2, JSON.stringify(answers.map((a) => [a.status, a.body.message ?? a.body.clientID])));
+      for (const a of answers.filter((x) => x.status !== 201)) {
+        assert.equal(a.status, 429, JSON.stringify(a.body));
+        assert.match(a.body.message ?? '', /\(sandboxes\)/);
+      }
+      console.log(
+        `quota across nodes: 2 admitted of 6 (on ${ok.map((a) => a.body.clientID).join(', ')}); refusals: ${answers.filter((a) => a.status === 429).length}`,
+      );
+      assert.ok(
+        answers.some((a) => /across the cluster's nodes/.test(a.body.message ?? '')),
+        'a refusal counted the other node',
+      );
+    } finally {
+      for (const a of ok) await fetch(`${replicas[0]!.url}/sandboxes/${a.body.sandboxID}`, { method: 'DELETE', headers: { 'X-API-KEY': cappedKey } });
+    }
+  });
+
+  it("places the sandboxes that mount a volume on the volume's node; the volume API works through either replica", async () => {
+    process.env.E2B_VOLUME_API_URL = replicas[1]!.url;
+    const vol = await e2b.Volume.create('clustervol');
+    const sandboxes: Sandbox[] = [];
+    const c = new pg.Client({ connectionString: db!.url });
+    await c.connect();
+    try {
+      const [row] = (await c.query<{ node_id: string; name: string }>('SELECT node_id, name FROM volume_nodes WHERE volume_id = $1', [vol.volumeId])).rows;
+      assert.equal(row?.name, 'clustervol', 'the replica recorded where the volume is');
+      for (let i = 0; i < 3; i++) {
+        const s = await e2b.Sandbox.create('base', { ...through(i % 2), volumeMounts: { '/mnt/v': 'clustervol' } });
+        sandboxes.push(s);
+        assert.equal(JSON.parse((await rest(0, `/sandboxes/${s.sandboxId}`)).text).clientID, row!.node_id, 'placed on the volume node');
+      }
+      await sandboxes[0]!.commands.run('echo across > /mnt/v/note');
+      assert.equal((await sandboxes[2]!.commands.run('cat /mnt/v/note')).stdout, 'across\n');
+      assert.equal(await vol.readFile('/note'), 'across\n');
+      assert.ok(
+        (await e2b.Volume.list({ ...through(1) })).some((v) => v.volumeId === vol.volumeId),
+        'listed through the other replica',
+      );
+    } finally {
+      for (const s of sandboxes) await s.kill();
+      await e2b.Volume.destroy(vol.volumeId, { ...through(1) });
+      delete process.env.E2B_VOLUME_API_URL;
+      try {
+        // a heartbeat that listed it just before may put it back: the next one drops it
+        const until = Date.now() + 10_000;
+        while ((await c.query('SELECT * FROM volume_nodes')).rows.length && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+        assert.deepEqual((await c.query('SELECT * FROM volume_nodes')).rows, [], 'a destroyed volume is routed no more');
+      } finally {
+        await c.end();
+      }
     }
   });
 

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { destroyInstance, assertNoSandboxLeaks } from '../helpers/instance.js';
 import { openPaths } from '../../src/config.js';
+import { SANDBOX_NODE } from '../../src/runtime/support.js';
 import { API_ADDR, NET, OTHER_ADDR, startFakeHttps, type FakeHttps, type Seen } from '../helpers/fake-https.js';
 import { sdkService, startService, type E2B, type Service } from '../helpers/service.js';
 
@@ -67,11 +68,10 @@ describe('egress rules and the egress proxy', { timeout: 600_000 }, () => {
     const py = await sh(sbx, `python3 -c "import urllib.request;print(urllib.request.urlopen('https://api.test/python').status)" 2>&1`);
     assert.match(py, /^200\s+rc=0$/, py);
     assert.equal(seenFor('/python')?.headers.authorization, `Bearer ${SECRET}`);
-    if (/ rc=0$/.test(await sh(sbx, 'command -v node'))) {
-      const js = await sh(sbx, `node -e "fetch('https://api.test/node').then(r=>console.log(r.status))" 2>&1`);
-      assert.match(js, /^200\s+rc=0$/, js);
-      assert.equal(seenFor('/node')?.headers.authorization, `Bearer ${SECRET}`);
-    }
+    // Node's own fetch (undici), trusting the CA through NODE_EXTRA_CA_CERTS: the base template has no node, so the agent's Node
+    const js = await sh(sbx, `${SANDBOX_NODE} -e "fetch('https://api.test/node').then(r=>console.log(r.status))" 2>&1`);
+    assert.match(js, /^200\s+rc=0$/, js);
+    assert.equal(seenFor('/node')?.headers.authorization, `Bearer ${SECRET}`);
     // the sandbox still manages its trust store: regenerating it keeps the CA
     assert.match(await sh(sbx, 'sudo update-ca-certificates 2>&1 | tail -1'), /rc=0$/);
     assert.match(await sh(sbx, 'curl -sS --max-time 10 https://api.test/regenerated 2>&1'), / rc=0$/);

@@ -73,6 +73,7 @@ export function fakeNode(parts: FakeNodeParts = {}): NodeApi {
       admitVolume: unexpected('teams.admitVolume'),
       quota: unexpected('teams.quota'),
       usage: unexpected('teams.usage'),
+      usageEverywhere: unexpected('teams.usageEverywhere'),
       team: unexpected('teams.team'),
       teams: unexpected('teams.teams'),
       ...parts.teams,

@@ -5,7 +5,7 @@
 // as invisible and its address cannot open the host's networks; nothing is left after a stop.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openPaths } from '../../src/config.js';
@@ -131,6 +131,10 @@ describe('the egress proxy against a hostile sandbox', { timeout: 600_000 }, () 
     bodies.push(net.stdout, net.stderr, (await cli(dataDir, ['sandbox', 'net', sbx.sandboxId, '--json'])).stdout);
     for (const b of bodies) assert.ok(!b.includes(inet.socks.password), "an API response carries the proxy's password");
     assert.ok(!log.includes(inet.socks.password), "the service's log carries the proxy's password");
+    // on the host it is stored sealed: the store's files (and their write-ahead log) never hold it in clear
+    const db = openPaths(dataDir, false).db;
+    for (const f of [db, `${db}-wal`].filter((x) => existsSync(x)))
+      assert.ok(!readFileSync(f).includes(Buffer.from(inet.socks.password)), `${f} holds the proxy's password in clear`);
     // a proxy on a private network the host blocks is never dialled: the connection fails, counted
     const failed = await proxyCount('tunnel_failed');
     await sbx.updateNetwork({ egressProxy: { address: '10.255.255.1:1080' } });

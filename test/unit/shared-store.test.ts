@@ -328,25 +328,45 @@ describe("a cluster's nodes and sandbox routes in PostgreSQL", () => {
     assert.equal(await registry.nodeOf('s4'), 'c');
   });
 
-  it('counts the statements it sends (a heartbeat is one transaction of seven) and the heartbeats written and failed', async () => {
+  it("keeps which node holds each volume: recorded at its create, brought in line by the node's heartbeats, found by team and name", async () => {
+    const t = Date.now();
+    await registry.placeVolume({ id: 'vol_a', team: 'team1', name: 'data' }, 'd');
+    assert.equal(await registry.nodeOfVolume('vol_a'), 'd');
+    // a heartbeat listed before the create does not drop it; the node's own list then adds the others it holds
+    await registry.heartbeat(node('d', t - 1000), [], [{ id: 'vol_b', team: 'team2', name: 'data' }]);
+    assert.equal(await registry.nodeOfVolume('vol_a'), 'd');
+    await registry.heartbeat(node('e', t), [], [{ id: 'vol_c', team: 'team1', name: 'logs' }]);
+    assert.deepEqual([...(await registry.nodesOfVolumes('team1', ['data', 'logs', 'none']))].sort(), [
+      ['data', 'd'],
+      ['logs', 'e'],
+    ]);
+    assert.deepEqual([...(await registry.nodesOfVolumes('team2', ['data', 'logs']))], [['data', 'd']], "another team's names are its own");
+    // a later heartbeat without it: deleted on the node, routed no more
+    await registry.heartbeat(node('d', Date.now() + 1), [], [{ id: 'vol_b', team: 'team2', name: 'data' }]);
+    assert.equal(await registry.nodeOfVolume('vol_a'), undefined);
+    await registry.forgetVolume('vol_b');
+    assert.equal(await registry.nodeOfVolume('vol_b'), undefined);
+  });
+
+  it('counts the statements it sends (a heartbeat is one transaction of eight) and the heartbeats written and failed', async () => {
     const sent = () => dbStatements.get('cluster') ?? 0;
     const { written, failed, statements } = heartbeatCounts;
     let at = sent();
-    await registry.heartbeat(node('d', Date.now()), ['s6']);
-    assert.equal(sent() - at, 7, 'BEGIN, the node row, two deletes, the tombstones read, the routes, COMMIT');
-    assert.equal(heartbeatCounts.statements, statements + 7, 'a heartbeat counts its own statements');
+    await registry.heartbeat(node('f', Date.now()), ['s6']);
+    assert.equal(sent() - at, 8, 'BEGIN, the node row, two deletes, the tombstones read, the volumes delete, the routes, COMMIT');
+    assert.equal(heartbeatCounts.statements, statements + 8, 'a heartbeat counts its own statements');
     at = sent();
     await registry.nodeOf('s6');
     assert.equal(sent() - at, 1);
     assert.equal(heartbeatCounts.written, written + 1);
     await server.halt();
     try {
-      await assert.rejects(registry.heartbeat(node('d', Date.now()), ['s6']), (err: unknown) => err instanceof CubeboxError && err.kind === 'unavailable');
+      await assert.rejects(registry.heartbeat(node('f', Date.now()), ['s6']), (err: unknown) => err instanceof CubeboxError && err.kind === 'unavailable');
       assert.equal(heartbeatCounts.failed, failed + 1);
     } finally {
       await server.start();
     }
-    await registry.heartbeat(node('d', Date.now()), []);
+    await registry.heartbeat(node('f', Date.now()), []);
     assert.equal(heartbeatCounts.written, written + 2, 'heartbeats are written again once the server is back');
   });
 });

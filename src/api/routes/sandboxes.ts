@@ -1,10 +1,13 @@
 // Sandboxes as a collection and one by one: create, list (v1 and the paginated v2), get, delete.
+import { existsSync } from 'node:fs';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { CONNTRACK_FILE } from '../../network/conntrack.js';
+import { HttpError } from '../tenancy.js';
 import { RUNTIME_METADATA_KEY, type Lifecycle, type SandboxInfo } from '../../sandbox/types.js';
 import { invalid, notFound } from '../../util/errors.js';
 import { DEFAULT_TIMEOUT_SEC, e2bState, schemaError, one, owns, timeoutOf, type Query, type Req, type RouteContext, type RouteTypes } from './context.js';
-import { networkSettings, type NetworkInput } from '../../network/policy.js';
-import { checkRuleSecrets } from '../../network/egress-secrets.js';
+import { networkSettings, type NetworkInput, type NetworkSettings } from '../../network/policy.js';
+import { checkRuleSecrets, sealedSettings } from '../../network/egress-secrets.js';
 import { createBody, invalidPath } from './schemas.js';
 
 /** The network options of a create or update body (an object, or nothing). */
@@ -40,8 +43,9 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     const autoResume = typeof b.autoResume === 'object' && b.autoResume !== null && (b.autoResume as { enabled?: unknown }).enabled === true;
     const lifecycle: Lifecycle = { onTimeout: autoPause ? 'pause' : 'kill', autoResume, keepMemory: b.autoPauseMemory !== false };
     if (b.iam !== undefined && b.iam !== null) throw invalid('iam (workload identity tokens) is not supported by this service');
-    const network = networkSettings({ allowInternetAccess: b.allow_internet_access ?? undefined, ...networkInput(b.network) });
-    await checkRuleSecrets(ctx.node.secrets, caller.team, network.rules);
+    const asked = networkSettings({ allowInternetAccess: b.allow_internet_access ?? undefined, ...networkInput(b.network) });
+    await checkRuleSecrets(ctx.node.secrets, caller.team, asked.rules);
+    const network = sealedSettings(ctx.node.secrets, caller.team, tunnelable(asked));
     const info = await observe('create', () =>
       sandboxes.create({
         template: template.id,
@@ -140,9 +144,23 @@ export function registerSandboxRoutes(app: FastifyInstance, ctx: RouteContext): 
     const u = b as Record<string, unknown>;
     const settings = networkSettings({ ...networkInput(u), allowInternetAccess: u.allow_internet_access ?? undefined }, info.network);
     await checkRuleSecrets(ctx.node.secrets, info.team ?? '', settings.rules);
-    await sandboxes.updateNetwork(id, settings);
+    await sandboxes.updateNetwork(id, sealedSettings(ctx.node.secrets, info.team ?? '', tunnelable(settings)));
     return reply.code(204).send();
   });
+}
+
+/**
+ * Settings with an upstream proxy need the kernel's connection table to find where each of the
+ * sandbox's connections was going: refused up front (501) on a host without it, rather than
+ * every connection failing later.
+ */
+function tunnelable(s: NetworkSettings): NetworkSettings {
+  if (s.egressProxy && !existsSync(CONNTRACK_FILE))
+    throw new HttpError(
+      501,
+      `network.egressProxy needs the kernel's connection tracking table (${CONNTRACK_FILE}), which this host does not have (modprobe nf_conntrack)`,
+    );
+  return s;
 }
 
 /** The list filters: state, metadata (decoded as the SDK encodes it), template, startedAfter. */

@@ -88,7 +88,7 @@ export function registerTeamRoutes(app: FastifyInstance, ctx: RouteContext): voi
   /** The team's quota and what its sandboxes and layers hold against it. */
   app.get<TeamReq>('/teams/:teamID/quota', async (req) => {
     const team = teamOf(req);
-    return { quota: tenancy.quota(team), usage: tenancy.usage(team) };
+    return { quota: tenancy.quota(team), usage: await tenancy.usageEverywhere(team) };
   });
 
   /** An admin key sets (or with null resets) some of a team's limits; the body's checks are those of `cubebox teams set-quota`. */

@@ -81,6 +81,33 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX sandbox_tombstones_node ON sandbox_tombstones (node_id);
     `);
   },
+  // what each node's sandboxes hold against their team's quotas (cluster/team-usage.ts), summed under the team's
+  // lock; and which node holds each volume (a sandbox that mounts it is placed there)
+  async (c) => {
+    await c.query(`
+      CREATE TABLE team_usage (
+        node_id TEXT NOT NULL,
+        team TEXT NOT NULL,
+        sandboxes INTEGER NOT NULL,
+        vcpus DOUBLE PRECISION NOT NULL,
+        memory_mb DOUBLE PRECISION NOT NULL,
+        disk_mb DOUBLE PRECISION NOT NULL,
+        paused INTEGER NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (team, node_id)
+      );
+      CREATE INDEX team_usage_node ON team_usage (node_id);
+      CREATE TABLE volume_nodes (
+        volume_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        team TEXT,
+        name TEXT NOT NULL,
+        placed_at BIGINT NOT NULL
+      );
+      CREATE INDEX volume_nodes_node ON volume_nodes (node_id);
+      CREATE INDEX volume_nodes_name ON volume_nodes (team, name);
+    `);
+  },
 ];
 
 /** The version this code writes. */

@@ -18,6 +18,10 @@ export interface PoolLog {
  * database-load figures. Counted as sent (failed ones too); BEGIN and COMMIT are statements.
  */
 export const dbStatements = new Map<string, number>();
+const byClient = new WeakMap<object, number>();
+
+/** Statements sent on one client of a pool so far (a transaction's own count). */
+export const statementsOn = (client: object): number => byClient.get(client) ?? 0;
 
 export function openPool(url: string, log?: PoolLog, name = 'store'): pg.Pool {
   const pool = new pg.Pool({
@@ -35,6 +39,7 @@ export function openPool(url: string, log?: PoolLog, name = 'store'): pg.Pool {
     const query = client.query.bind(client) as (...a: unknown[]) => unknown;
     (client as { query: unknown }).query = (...a: unknown[]) => {
       dbStatements.set(name, (dbStatements.get(name) ?? 0) + 1);
+      byClient.set(client, statementsOn(client) + 1);
       return query(...a);
     };
   });
