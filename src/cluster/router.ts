@@ -392,13 +392,18 @@ export class ClusterRouter {
   }
 
   private async toSandbox(id: string, req: IncomingMessage, res: ServerResponse, plane: 'control' | 'data', records = false): Promise<void> {
-    const node = await this.nodeOfSandbox(id);
+    let node = await this.nodeOfSandbox(id);
     if (!node) {
       if (plane === 'data') return sendJson(res, 502, notFoundBody(id));
       throw new HttpFailure(404, `sandbox '${id}' not found`);
     }
     const deleted = plane === 'control' && req.method === 'DELETE' && /^(?:\/v2)?\/sandboxes\/[^/]+$/.test((req.url ?? '').split('?')[0]!);
-    const unheardMs = this.unheardMs(node);
+    let unheardMs = this.unheardMs(node);
+    if (unheardMs > this.opts.leaseMs && this.registry.reachable) {
+      // the copy may be older than the node's return: read again before calling its sandboxes lost
+      node = (await this.node(node.id, true)) ?? node;
+      unheardMs = this.unheardMs(node);
+    }
     if (unheardMs > this.opts.leaseMs) {
       // its node is lost: the sandbox is gone for clients; a delete is kept for the node's return
       if (deleted) {
@@ -441,10 +446,10 @@ export class ClusterRouter {
     this.routes.set(sandboxId, nodeId);
   }
 
-  /** A node's record: read again when older than a heartbeat; while the registry is away, the last one read. */
-  private async node(id: string): Promise<NodeRecord | undefined> {
+  /** A node's record: read again when older than a heartbeat (or `fresh`); while the registry is away, the last one read. */
+  private async node(id: string, fresh = false): Promise<NodeRecord | undefined> {
     const known = this.nodes.get(id);
-    if (known && (Date.now() - known.at < HEARTBEAT_MS || !this.registry.reachable)) return known.node;
+    if (known && ((!fresh && Date.now() - known.at < HEARTBEAT_MS) || !this.registry.reachable)) return known.node;
     let node: NodeRecord | undefined;
     try {
       node = (await this.read(() => this.opts.registry.node(id))) ?? known?.node;
