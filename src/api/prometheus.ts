@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { DataPlaneProxy } from '../proxy/proxy.js';
 import type { SandboxManager } from '../sandbox/manager.js';
+import { registerDatabaseMetrics } from '../store/pg/metrics.js';
 
 /**
  * The service's own metrics in Prometheus' text format (`GET /metrics`): sandboxes by
@@ -147,6 +148,7 @@ export class ServiceMetrics {
         );
       },
     });
+    registerDatabaseMetrics(this.registry, { heartbeats: true }); // no samples unless the store is PostgreSQL
     this.opSeconds = new Histogram({
       name: 'cubebox_operation_seconds',
       help: 'Lifecycle operation latency',

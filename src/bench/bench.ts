@@ -9,7 +9,7 @@ import { BenchService, type BenchNode, type PoolConfig } from './harness.js';
 import { emptyCleanup, emptyPart, formatPart, machineInfo, rowsToPart, type BenchDocument, type PartReport } from './report.js';
 import { throughputBench } from './throughput-bench.js';
 
-export const PARTS = ['runtime', 'runtimes', 'network', 'service', 'burst', 'throughput', 'density', 'profile'] as const;
+export const PARTS = ['runtime', 'runtimes', 'network', 'service', 'burst', 'throughput', 'density', 'profile', 'cluster'] as const;
 export type PartName = (typeof PARTS)[number];
 
 export interface BenchRunOptions {
@@ -38,13 +38,16 @@ const TITLES: Record<PartName, string> = {
   throughput: "commands.run('true') through the service with the e2b SDK",
   density: 'idle sandboxes on one host',
   profile: 'where the CPU of a cold create goes (through the manager, no pool)',
+  cluster: 'a local cluster (PostgreSQL, 3 nodes, 2 API replicas) against a single node, with the e2b SDK',
 };
 
 /** Runs the bench; resolves false when a part failed (the others still ran). */
 export async function runBench(o: BenchRunOptions): Promise<boolean> {
   const progress = (s: string) => process.stderr.write(`\r${s.slice(0, 78).padEnd(78)}`);
-  // the runtimes side by side only when asked for (--runtimes), the CPU profile only with --profile (or --only)
-  const parts = PARTS.filter((p) => (!o.only || o.only === p) && (p !== 'runtimes' || !!o.runtimes?.length) && (p !== 'profile' || o.only === p));
+  // the runtimes side by side only when asked for (--runtimes), the CPU profile and the cluster only with --profile or --cluster (or --only)
+  const parts = PARTS.filter(
+    (p) => (!o.only || o.only === p) && (p !== 'runtimes' || !!o.runtimes?.length) && ((p !== 'profile' && p !== 'cluster') || o.only === p),
+  );
   const t0 = Date.now();
   const doc: BenchDocument = {
     version: 1,
@@ -151,5 +154,9 @@ async function runPart(name: PartName, o: BenchRunOptions, service: () => Promis
     }
     case 'density':
       return densityBench(await service(), { sandboxes: o.sandboxes, iterations: o.iterations }, progress);
+    case 'cluster': {
+      const { clusterBench } = await import('./cluster-bench.js');
+      return clusterBench({ iterations: o.iterations, burst: o.burst }, progress);
+    }
   }
 }

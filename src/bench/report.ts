@@ -112,7 +112,7 @@ export function rowsToPart(part: string, rows: BenchRow[], notes: string[] = [])
 
 function fmtValue(v: number, unit: Unit): string {
   if (!Number.isFinite(v)) return 'n/a';
-  const digits = unit === 'ms' ? (v < 100 ? 1 : 0) : unit === 'ops/s' ? 0 : unit === 's' ? 2 : 1;
+  const digits = unit === 'ms' ? (v < 100 ? 1 : 0) : unit === 'ops/s' ? (v < 10 ? 2 : 0) : unit === 's' ? 2 : 1;
   return `${v.toFixed(digits)} ${unit}`;
 }
 

@@ -7,7 +7,7 @@ import { parseRuntimeName } from '../runtime/registry.js';
 import type { SandboxManager } from '../sandbox/manager.js';
 import { CubeboxError } from '../util/errors.js';
 
-type BenchOpts = Omit<BenchRunOptions, 'defaultPool' | 'node'> & { profile?: boolean };
+type BenchOpts = Omit<BenchRunOptions, 'defaultPool' | 'node'> & { profile?: boolean; cluster?: boolean };
 
 export function registerBenchCommand(program: Command, num: (name: string) => (v: string) => number): void {
   program
@@ -15,9 +15,23 @@ export function registerBenchCommand(program: Command, num: (name: string) => (v
     .description('measure cubebox against bare baselines taken in the same run (runtime, service, network, bursts, throughput, density)')
     .option('-n, --iterations <n>', 'iterations of the sequential measurements', num('--iterations'), 20)
     .addOption(
-      new Option('--only <part>', 'run only one part').choices(['runtime', 'runtimes', 'service', 'network', 'burst', 'throughput', 'density', 'profile']),
+      new Option('--only <part>', 'run only one part').choices([
+        'runtime',
+        'runtimes',
+        'service',
+        'network',
+        'burst',
+        'throughput',
+        'density',
+        'profile',
+        'cluster',
+      ]),
     )
     .option('--profile', "only where a cold create's CPU goes: the service's JS by phase, each kind of process it spawns, the sandbox's own (-n creates)")
+    .option(
+      '--cluster',
+      'only a local cluster (PostgreSQL, 3 nodes, 2 API replicas, from scripts/cluster-local.sh) against a single node: create and commands.run through a replica, a burst, the database statements per create and heartbeat',
+    )
     .option('--burst <n>', 'concurrent creates in a burst', num('--burst'), 50)
     .option('--sandboxes <m>', 'idle sandboxes for the density part', num('--sandboxes'), 100)
     .option('--clients <c>', 'concurrent SDK clients for the throughput part', num('--clients'), 100)
@@ -37,6 +51,11 @@ export function registerBenchCommand(program: Command, num: (name: string) => (v
       if (opts.profile) {
         if (opts.only && opts.only !== 'profile') throw new CubeboxError('invalid_argument', '--profile runs only the profile part: leave out --only');
         opts.only = 'profile';
+      }
+      if (opts.cluster) {
+        if (opts.only && opts.only !== 'cluster') throw new CubeboxError('invalid_argument', '--cluster runs only the cluster part: leave out --only');
+        if (opts.profile) throw new CubeboxError('invalid_argument', '--cluster and --profile are separate runs');
+        opts.only = 'cluster';
       }
       const { runBench } = await import('../bench/bench.js');
       const { serveConfig } = await import('../app/config.js');

@@ -13,6 +13,7 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import { ConnectionGuard, type ConnectionLimits } from '../api/connection-guard.js';
 import { DEFAULT_CONNECTION_LIMITS } from '../api/server.js';
 import { API_KEY_RE, hashApiKey } from '../api/keys.js';
@@ -21,11 +22,13 @@ import { endToEnd } from '../proxy/filter.js';
 import { notFoundBody, rawResponse, sendJson } from '../proxy/replies.js';
 import { classify, SIGNED_PROBE_HEADER } from '../proxy/routing.js';
 import { RUNTIME_METADATA_KEY } from '../sandbox/types.js';
+import { registerDatabaseMetrics } from '../store/pg/metrics.js';
 import { describe } from '../store/pg/pool.js';
 import { HEARTBEAT_MS } from './member.js';
 import { place } from './placement.js';
 import type { ClusterRegistry, NodeRecord } from '../store/pg/nodes.js';
 import { CLUSTER_SECRET_HEADER } from './secret.js';
+import { CubeboxError } from '../util/errors.js';
 
 /** A node whose last heartbeat is older than this takes no creates (three missed beats and some). */
 export const LIVE_MS = 3 * HEARTBEAT_MS + 4000;
@@ -72,8 +75,66 @@ export class ClusterRouter {
   /** Creates this replica sent to a node that its last heartbeat did not count: placement counts them as taken. */
   private readonly pending = new Map<string, { inFlight: number; done: number[] }>();
   private readonly agents = new Map<string, http.Agent>();
+  /**
+   * Whether the registry answered this replica's last read, when it last did, and its last
+   * outage (from its last answer before to its first after): while it is away no node can
+   * heartbeat, so that time does not count towards any node's lease.
+   */
+  private registry = { reachable: true, okAt: Date.now(), wentAt: 0, backAt: 0 };
+  private readonly watch: NodeJS.Timeout;
+  private refreshing = false;
+  private lastWarn = 0;
 
-  constructor(private readonly opts: RouterOptions) {}
+  constructor(private readonly opts: RouterOptions) {
+    // every node's record read at each heartbeat's pace: routes go on from the last copy while the
+    // registry is away, and this replica knows it was away even when no request asked meanwhile
+    this.watch = setInterval(() => void this.refresh(), HEARTBEAT_MS);
+    this.watch.unref();
+  }
+
+  /** Reads every node's record (one statement) and notes whether the registry answered. */
+  private async refresh(): Promise<void> {
+    if (this.refreshing) return; // a database that hangs is not piled onto
+    this.refreshing = true;
+    try {
+      const all = await this.read(() => this.opts.registry.live(Number.MAX_SAFE_INTEGER));
+      const at = Date.now();
+      for (const n of all) this.nodes.set(n.id, { node: n, at });
+    } catch {
+      // noted by read(); the records read before stand
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  /** A registry read, noting whether the registry could be reached. */
+  private async read<T>(fn: () => Promise<T>): Promise<T> {
+    const r = this.registry;
+    try {
+      const out = await fn();
+      if (!r.reachable) r.backAt = Date.now();
+      r.reachable = true;
+      r.okAt = Date.now();
+      return out;
+    } catch (err) {
+      if (unavailable(err) && r.reachable) {
+        r.reachable = false;
+        r.wentAt = r.okAt;
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * How long a node has not been heard from, as far as this replica can tell: while the registry
+   * is away, as of its last answer; the registry's last outage does not count.
+   */
+  private unheardMs(node: NodeRecord): number {
+    const { reachable, okAt, wentAt, backAt } = this.registry;
+    const asOf = reachable ? Date.now() : okAt;
+    const away = Math.max(0, Math.min(asOf, backAt) - Math.max(node.heartbeatAt, wentAt));
+    return asOf - node.heartbeatAt - away;
+  }
 
   /** One request: the data plane when it names a sandbox, else the control plane. */
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -93,8 +154,11 @@ export class ClusterRouter {
         );
         return;
       }
-      // the shared store unreachable, and the like: a replica has nothing else to answer from
-      this.opts.log.warn({ err: describe(err), url: req.url?.split('?')[0] }, 'cannot route the request');
+      // the shared store unreachable, and the like: a replica has nothing else to answer from (logged once in 10 s: an outage is not a log flood)
+      if (!unavailable(err) || Date.now() - this.lastWarn > 10_000) {
+        if (unavailable(err)) this.lastWarn = Date.now();
+        this.opts.log.warn({ err: describe(err), url: req.url?.split('?')[0] }, 'cannot route the request');
+      }
       sendJson(res, 503, JSON.stringify({ code: 503, message: 'the cluster cannot be reached now; try again shortly' }), {
         'Retry-After': String(NO_NODE_RETRY_SEC),
       });
@@ -328,13 +392,18 @@ export class ClusterRouter {
   }
 
   private async toSandbox(id: string, req: IncomingMessage, res: ServerResponse, plane: 'control' | 'data', records = false): Promise<void> {
-    const node = await this.nodeOfSandbox(id);
+    let node = await this.nodeOfSandbox(id);
     if (!node) {
       if (plane === 'data') return sendJson(res, 502, notFoundBody(id));
       throw new HttpFailure(404, `sandbox '${id}' not found`);
     }
     const deleted = plane === 'control' && req.method === 'DELETE' && /^(?:\/v2)?\/sandboxes\/[^/]+$/.test((req.url ?? '').split('?')[0]!);
-    const unheardMs = Date.now() - node.heartbeatAt;
+    let unheardMs = this.unheardMs(node);
+    if (unheardMs > this.opts.leaseMs && this.registry.reachable) {
+      // the copy may be older than the node's return: read again before calling its sandboxes lost
+      node = (await this.node(node.id, true)) ?? node;
+      unheardMs = this.unheardMs(node);
+    }
     if (unheardMs > this.opts.leaseMs) {
       // its node is lost: the sandbox is gone for clients; a delete is kept for the node's return
       if (deleted) {
@@ -361,11 +430,11 @@ export class ClusterRouter {
     }
   }
 
-  /** The node holding a sandbox: this replica's memory, else the shared store. */
+  /** The node holding a sandbox: this replica's memory, else the shared store (unreachable: a 503 to try again). */
   private async nodeOfSandbox(id: string): Promise<NodeRecord | undefined> {
     let nodeId = this.routes.get(id);
     if (!nodeId) {
-      nodeId = await this.opts.registry.nodeOf(id);
+      nodeId = await this.read(() => this.opts.registry.nodeOf(id));
       if (!nodeId) return undefined;
       this.remember(id, nodeId);
     }
@@ -377,10 +446,17 @@ export class ClusterRouter {
     this.routes.set(sandboxId, nodeId);
   }
 
-  private async node(id: string): Promise<NodeRecord | undefined> {
+  /** A node's record: read again when older than a heartbeat (or `fresh`); while the registry is away, the last one read. */
+  private async node(id: string, fresh = false): Promise<NodeRecord | undefined> {
     const known = this.nodes.get(id);
-    if (known && Date.now() - known.at < HEARTBEAT_MS) return known.node;
-    const node = (await this.opts.registry.node(id)) ?? known?.node;
+    if (known && ((!fresh && Date.now() - known.at < HEARTBEAT_MS) || !this.registry.reachable)) return known.node;
+    let node: NodeRecord | undefined;
+    try {
+      node = (await this.read(() => this.opts.registry.node(id))) ?? known?.node;
+    } catch (err) {
+      if (known && unavailable(err)) return known.node; // a sandbox never moves: its cached route still holds
+      throw err;
+    }
     if (node) this.nodes.set(id, { node, at: Date.now() });
     return node;
   }
@@ -509,9 +585,13 @@ export class ClusterRouter {
   }
 
   close(): void {
+    clearInterval(this.watch);
     for (const a of this.agents.values()) a.destroy();
   }
 }
+
+/** The shared store could not be reached (the pool's mapped error). */
+const unavailable = (err: unknown): boolean => err instanceof CubeboxError && err.kind === 'unavailable';
 
 /** The ids of the sandboxes a create's or fork's answer names. */
 function sandboxIdsIn(body: Buffer): string[] {
@@ -572,7 +652,15 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
 export async function startRouter(opts: RouterOptions): Promise<RunningRouter> {
   const router = new ClusterRouter(opts);
   const guard = new ConnectionGuard(opts.connections ?? DEFAULT_CONNECTION_LIMITS, opts.log);
-  const handler = (req: IncomingMessage, res: ServerResponse) => void router.handle(req, res);
+  // the replica's own metrics (the database statements it sends, its process), not a node's
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics, prefix: 'cubebox_process_' });
+  registerDatabaseMetrics(metrics, { heartbeats: false });
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    if (req.method === 'GET' && req.url === '/metrics')
+      return void metrics.metrics().then((body) => res.writeHead(200, { 'Content-Type': metrics.contentType }).end(body));
+    void router.handle(req, res);
+  };
   const server = opts.tls ? https.createServer({ ...guard.serverOptions(), ...opts.tls }, handler) : http.createServer(guard.serverOptions(), handler);
   guard.attach(server);
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void router.handleUpgrade(req, socket, head));

@@ -125,6 +125,23 @@ describe('cubebox bench --json', { timeout: 30 * 60_000 }, () => {
     assert.equal(p.facts.sandboxesLeft, 0);
   });
 
+  it('cluster (--cluster): a local cluster against a single node, statements per create and heartbeat, and nothing left of either', async () => {
+    const doc = await runPart('cluster', ['-n', '2', '--burst', '2'], {
+      'cluster.create.p50': { baseline: true },
+      'cluster.commands-run-true.p50': { baseline: true },
+      'cluster.burst.rate': { baseline: true },
+    });
+    const c = doc.parts.cluster!.counts;
+    assert.ok(c.statementsPerCreate! > 0 && c.statementsPerKill! > 0, JSON.stringify(c));
+    // a heartbeat is one transaction: BEGIN, the node's row, two deletes, the tombstones, the volumes, (the routes,) COMMIT
+    assert.equal(c.statementsPerHeartbeat, 7);
+    assert.equal(c.heartbeatsFailed, 0);
+    assert.ok(c.statementsPerHeartbeatHolding! > 7 && c.statementsPerHeartbeatHolding! <= 8, 'eight with sandboxes to record (a node with none: seven)');
+    assert.equal(c.burstFailedCluster, 0);
+    assert.equal(c.burstFailedSingle, 0);
+    assert.ok(!existsSync('/var/tmp/cubebox-cluster-local'), 'the default local cluster was not touched');
+  });
+
   it("profile: a create's CPU split into the service's JS, its processes by kind and the sandbox's own, next to bare run -d", async () => {
     const doc = await runPart('profile', ['-n', '1'], {
       'profile.create-cpu': { baseline: true },

@@ -256,6 +256,119 @@ EOF`);
     assert.equal((await back.commands.run('cat /tmp/kept; pgrep -x sleep >/dev/null && echo running')).stdout, 'kept\nrunning\n');
   });
 
+  it('keeps running sandboxes served through the replicas while PostgreSQL is down (creates 503), and converges when it is back', async () => {
+    const listed = async (i: number) =>
+      new Map((JSON.parse((await rest(i, '/sandboxes')).text) as Array<{ sandboxID: string; clientID: string }>).map((s) => [s.sandboxID, s.clientID]));
+    const before = await listed(0);
+    assert.deepEqual([...before.keys()].sort(), created.map((s) => s.sandboxId).sort());
+    const createThrough = (i: number) =>
+      fetch(`${replicas[i]!.url}/sandboxes`, {
+        method: 'POST',
+        headers: { 'X-API-KEY': key, 'content-type': 'application/json' },
+        body: JSON.stringify({ templateID: 'base' }),
+      });
+    /** Each sandbox through both replicas' data plane: a command, a file written through one and read through the other, the WebSocket. */
+    const dataPlane = async (round: string) => {
+      for (const [i, sbx] of created.entries()) {
+        assert.equal((await sbx.commands.run(`echo ${round}`)).stdout, `${round}\n`);
+        await sbx.files.write('/tmp/outage.txt', `${round} ${i}`);
+        assert.equal(await sbx.files.read('/tmp/outage.txt'), `${round} ${i}`);
+      }
+      for (const i of [0, 1]) assert.equal(await wsEchoThrough(replicas[i]!.port, `8001-${created[0]!.sandboxId}.localhost`, `${round} ${i}`), `${round} ${i}`);
+    };
+    const nodeMetric = async (n: (typeof nodes)[number], name: string) => {
+      const text = await (await fetch(`${n.svc.url}/metrics`, { headers: { [CLUSTER_SECRET_HEADER]: secret } })).text();
+      return Number(new RegExp(`^${name.replace(/[{}"]/g, '\\$&')} (\\d+)`, 'm').exec(text)?.[1] ?? NaN);
+    };
+    const failedBefore = await Promise.all(nodes.map((n) => nodeMetric(n, 'cubebox_cluster_heartbeats_total{outcome="failed"}')));
+
+    await db!.halt();
+    try {
+      for (const i of [0, 1]) {
+        const r = await createThrough(i);
+        assert.equal(r.status, 503, await r.text());
+        assert.ok(Number(r.headers.get('retry-after')) > 0, `Retry-After: ${r.headers.get('retry-after')}`);
+        const list = await rest(i, '/sandboxes');
+        assert.equal(list.status, 503, list.text);
+        assert.ok(Number(list.retryAfter) > 0);
+      }
+      await dataPlane('down');
+      // longer than the replicas' node lease (10 s): no heartbeat could be written, yet no sandbox is lost
+      await new Promise((r) => setTimeout(r, 12_000));
+      await dataPlane('still');
+      for (const i of [0, 1]) {
+        // the control plane needs the database (the nodes check the key there): a 503, not 'lost'
+        const detail = await rest(i, `/sandboxes/${created[i]!.sandboxId}`);
+        assert.equal(detail.status, 503, detail.text);
+        assert.ok(Number(detail.retryAfter) > 0);
+        assert.equal((await createThrough(i)).status, 503);
+      }
+      for (const [i, n] of nodes.entries())
+        assert.ok((await nodeMetric(n, 'cubebox_cluster_heartbeats_total{outcome="failed"}')) > failedBefore[i]!, 'heartbeats failed meanwhile');
+    } finally {
+      await db!.start();
+    }
+
+    // back: heartbeats are written again, creates go through, and both replicas list the same sandboxes with their nodes
+    const c = new pg.Client({ connectionString: db!.url });
+    await c.connect();
+    try {
+      const back = Date.now();
+      for (let i = 0; i < 60; i++) {
+        const fresh = (await c.query<{ heartbeat_at: string }>('SELECT heartbeat_at FROM nodes')).rows.filter((r) => Number(r.heartbeat_at) > back);
+        if (fresh.length === nodes.length) break;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.equal((await c.query('SELECT 1 FROM nodes WHERE heartbeat_at > $1', [back])).rowCount, nodes.length, 'every node heartbeats again');
+    } finally {
+      await c.end();
+    }
+    let made: Response | undefined;
+    for (let i = 0; i < 60 && made?.status !== 201; i++) {
+      if (made) await new Promise((r) => setTimeout(r, 500));
+      made = await createThrough(i % 2);
+    }
+    assert.equal(made!.status, 201, await made!.clone().text());
+    const fresh = (await made!.json()) as { sandboxID: string; clientID: string };
+    for (const i of [0, 1]) assert.deepEqual(await listed(i), new Map([...before, [fresh.sandboxID, fresh.clientID]]));
+    assert.equal((await rest(1, `/sandboxes/${fresh.sandboxID}`, { method: 'DELETE' })).status, 204);
+    for (const [i, sbx] of created.entries()) assert.equal((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`)).status, 200);
+    await dataPlane('back');
+  });
+
+  it('a client streaming through a replica that is killed sees its stream fail; the sandbox and its command go on, through the other replica', async () => {
+    const sbx = created[1]!; // made through replica 1
+    let seen = '';
+    const cmd = await sbx.commands.run('for i in $(seq 1 60); do echo tick$i; echo tick$i >> /tmp/ticks; sleep 0.1; done', {
+      background: true,
+      onStdout: (d) => void (seen += d),
+    });
+    for (let i = 0; i < 100 && !seen.includes('tick3'); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(seen.includes('tick3'), seen);
+    await replicas[1]!.crash();
+    await assert.rejects(cmd.wait(), 'the stream through the killed replica fails');
+
+    const other = await e2b.Sandbox.connect(sbx.sandboxId, through(0));
+    const running = await other.commands.list();
+    assert.ok(
+      running.some((p) => p.pid === cmd.pid),
+      `the command still runs: ${JSON.stringify(running)}`,
+    );
+    const again = await other.commands.connect(cmd.pid);
+    assert.equal((await again.wait()).exitCode, 0);
+    const ticks = (await other.files.read('/tmp/ticks')).trim().split('\n');
+    assert.equal(ticks.length, 60, 'the command ran to its end');
+    assert.equal(ticks.at(-1), 'tick60');
+    // the replica comes back (a new process, a new port): it routes the sandbox as before
+    replicas[1] = await startService(replicaDirs[1]!, {
+      env: { CUBEBOX_NODE_LEASE: '10' },
+      args: ['--role', 'api', '--database', db!.url, '--cluster-secret-file', secretFile],
+    });
+    const via1 = await e2b.Sandbox.connect(sbx.sandboxId, through(1));
+    assert.equal((await via1.commands.run('echo via1')).stdout, 'via1\n');
+    created[1] = via1;
+  });
+
   it('kills through the other replica, after which neither finds the sandbox', async () => {
     for (const [i, sbx] of created.entries()) {
       assert.equal((await rest((i + 1) % 2, `/sandboxes/${sbx.sandboxId}`, { method: 'DELETE' })).status, 204);

@@ -11,7 +11,8 @@ import pg from 'pg';
 import { ApiKeys } from '../../src/api/keys.js';
 import { DEFAULT_QUOTA, parseQuota, setTeamQuota, Tenancy } from '../../src/api/tenancy.js';
 import { PG_SCHEMA_VERSION } from '../../src/store/pg/migrations.js';
-import { ClusterRegistry, type NodeRecord } from '../../src/store/pg/nodes.js';
+import { ClusterRegistry, heartbeatCounts, type NodeRecord } from '../../src/store/pg/nodes.js';
+import { dbStatements } from '../../src/store/pg/pool.js';
 import { openPgSharedStore } from '../../src/store/pg/store.js';
 import { redactUrl, type SecretRow, type SharedStore } from '../../src/store/shared.js';
 import { sqliteSharedStore } from '../../src/store/shared-sqlite.js';
@@ -345,5 +346,27 @@ describe("a cluster's nodes and sandbox routes in PostgreSQL", () => {
     assert.equal(await registry.nodeOfVolume('vol_a'), undefined);
     await registry.forgetVolume('vol_b');
     assert.equal(await registry.nodeOfVolume('vol_b'), undefined);
+  });
+
+  it('counts the statements it sends (a heartbeat is one transaction of eight) and the heartbeats written and failed', async () => {
+    const sent = () => dbStatements.get('cluster') ?? 0;
+    const { written, failed, statements } = heartbeatCounts;
+    let at = sent();
+    await registry.heartbeat(node('f', Date.now()), ['s6']);
+    assert.equal(sent() - at, 8, 'BEGIN, the node row, two deletes, the tombstones read, the volumes delete, the routes, COMMIT');
+    assert.equal(heartbeatCounts.statements, statements + 8, 'a heartbeat counts its own statements');
+    at = sent();
+    await registry.nodeOf('s6');
+    assert.equal(sent() - at, 1);
+    assert.equal(heartbeatCounts.written, written + 1);
+    await server.halt();
+    try {
+      await assert.rejects(registry.heartbeat(node('f', Date.now()), ['s6']), (err: unknown) => err instanceof CubeboxError && err.kind === 'unavailable');
+      assert.equal(heartbeatCounts.failed, failed + 1);
+    } finally {
+      await server.start();
+    }
+    await registry.heartbeat(node('f', Date.now()), []);
+    assert.equal(heartbeatCounts.written, written + 2, 'heartbeats are written again once the server is back');
   });
 });

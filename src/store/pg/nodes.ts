@@ -4,7 +4,7 @@
 // (cluster/router.ts).
 import type pg from 'pg';
 import { migrate } from './migrations.js';
-import { openPool, rows, transaction, type PoolLog } from './pool.js';
+import { openPool, rows, statementsOn, transaction, type PoolLog } from './pool.js';
 
 /** What a node says of itself at each heartbeat. */
 export interface NodeRecord {
@@ -71,12 +71,15 @@ const toNode = (r: Record<string, unknown>): NodeRecord => ({
   heartbeatAt: Number(r.heartbeat_at),
 });
 
+/** This process's heartbeats (a node's), for its metrics; `statements`: those the written ones sent. */
+export const heartbeatCounts = { written: 0, failed: 0, statements: 0 };
+
 export class ClusterRegistry {
   private constructor(private readonly pool: pg.Pool) {}
 
   /** Opens its own small pool on the database (migrated, as the shared store migrates it). */
   static async open(url: string, log?: PoolLog): Promise<ClusterRegistry> {
-    const pool = openPool(url, log);
+    const pool = openPool(url, log, 'cluster');
     try {
       await migrate(pool);
     } catch (err) {
@@ -91,8 +94,23 @@ export class ClusterRegistry {
    * (its sandboxes recorded, rows of sandboxes it no longer holds removed), in one transaction. Resolves to the sandboxes it holds
    * that were deleted while it was lost: the node deletes them (their tombstones go once it no longer lists them).
    */
-  heartbeat(node: NodeRecord, sandboxIds: string[], volumes: NodeVolume[] = []): Promise<string[]> {
+  async heartbeat(node: NodeRecord, sandboxIds: string[], volumes: NodeVolume[] = []): Promise<string[]> {
+    let sent = 0;
+    try {
+      const buried = await this.beat(node, sandboxIds, volumes, (n) => (sent = n));
+      heartbeatCounts.written++;
+      heartbeatCounts.statements += sent;
+      return buried;
+    } catch (err) {
+      heartbeatCounts.failed++;
+      throw err;
+    }
+  }
+
+  /** The heartbeat's transaction; `counted` gets the statements it sent (its client's, BEGIN and COMMIT included). */
+  private beat(node: NodeRecord, sandboxIds: string[], volumes: NodeVolume[], counted: (n: number) => void): Promise<string[]> {
     return transaction(this.pool, async (c) => {
+      const first = statementsOn(c) - 1; // BEGIN was sent
       await rows(
         c,
         `INSERT INTO nodes (id, address, runtimes, cpus, memory_mb, free_slots, sandboxes, templates, pooled, started_at, heartbeat_at)
@@ -127,16 +145,19 @@ export class ClusterRegistry {
           c,
           `INSERT INTO volume_nodes (volume_id, node_id, team, name, placed_at) SELECT v.id, $1, v.team, v.name, $5
            FROM unnest($2::text[], $3::text[], $4::text[]) AS v (id, team, name)
-           ON CONFLICT (volume_id) DO UPDATE SET node_id = $1, team = excluded.team, name = excluded.name`,
+           ON CONFLICT (volume_id) DO UPDATE SET node_id = $1, team = excluded.team, name = excluded.name
+           WHERE (volume_nodes.node_id, volume_nodes.team, volume_nodes.name) IS DISTINCT FROM ($1, excluded.team, excluded.name)`,
           [node.id, volumeIds, volumes.map((v) => v.team), volumes.map((v) => v.name), node.heartbeatAt],
         );
       const held = sandboxIds.filter((id) => !buried.includes(id));
+      // rows already right are not written again: a heartbeat writes only what changed (and its node row)
       if (held.length)
         await rows(
           c,
-          'INSERT INTO sandbox_nodes (sandbox_id, node_id, placed_at) SELECT unnest($1::text[]), $2, $3 ON CONFLICT (sandbox_id) DO UPDATE SET node_id = $2',
+          'INSERT INTO sandbox_nodes (sandbox_id, node_id, placed_at) SELECT unnest($1::text[]), $2, $3 ON CONFLICT (sandbox_id) DO UPDATE SET node_id = $2 WHERE sandbox_nodes.node_id <> $2',
           [held, node.id, node.heartbeatAt],
         );
+      counted(statementsOn(c) - first + 1); // and the COMMIT to come
       return buried;
     });
   }

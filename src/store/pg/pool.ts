@@ -12,7 +12,18 @@ export interface PoolLog {
   warn(obj: object, msg: string): void;
 }
 
-export function openPool(url: string, log?: PoolLog): pg.Pool {
+/**
+ * Statements sent to the database by this process, by pool ('store': teams, keys, secrets;
+ * 'cluster': heartbeats, placement and routes), for the Prometheus metrics and the bench's
+ * database-load figures. Counted as sent (failed ones too); BEGIN and COMMIT are statements.
+ */
+export const dbStatements = new Map<string, number>();
+const byClient = new WeakMap<object, number>();
+
+/** Statements sent on one client of a pool so far (a transaction's own count). */
+export const statementsOn = (client: object): number => byClient.get(client) ?? 0;
+
+export function openPool(url: string, log?: PoolLog, name = 'store'): pg.Pool {
   const pool = new pg.Pool({
     connectionString: url,
     max: 10,
@@ -21,6 +32,16 @@ export function openPool(url: string, log?: PoolLog): pg.Pool {
     // a database that stops answering (not only one that refuses) must not hold requests forever
     query_timeout: 15_000,
     application_name: 'cubebox',
+  });
+  dbStatements.set(name, dbStatements.get(name) ?? 0);
+  // every statement goes through a client's query (the pool's own query too): counted there
+  pool.on('connect', (client) => {
+    const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+    (client as { query: unknown }).query = (...a: unknown[]) => {
+      dbStatements.set(name, (dbStatements.get(name) ?? 0) + 1);
+      byClient.set(client, statementsOn(client) + 1);
+      return query(...a);
+    };
   });
   // an idle client's connection that breaks is reported here; unhandled, it would end the process
   let lastWarn = 0;
