@@ -74,6 +74,11 @@ describe('the Kubernetes base', () => {
     assert.equal(env.CUBEBOX_ROLE, 'node');
     assert.equal(env.CUBEBOX_NODE_URL, 'http://$(HOST_IP):3000');
     assert.deepEqual(env.CUBEBOX_DATABASE, { secretKeyRef: { name: 'cubebox-cluster', key: 'database-url' } });
+    assert.deepEqual(
+      env.CUBEBOX_REGISTRY,
+      { secretKeyRef: { name: 'cubebox-cluster', key: 'registry-url', optional: true } },
+      'the template registry, optional',
+    );
     const hostPaths = (pod.volumes as Manifest[]).filter((v) => v.hostPath).map((v) => v.hostPath.path);
     for (const p of ['/var/lib/cubebox', '/var/cache/cubebox', '/run/cubebox', '/sys/fs/cgroup', '/dev']) assert.ok(hostPaths.includes(p), p);
     const mounts = c.volumeMounts as Manifest[];
