@@ -335,13 +335,24 @@ export class ClusterRouter {
     return node;
   }
 
-  /** Every live node's answer to a list, merged (arrays joined, objects combined). */
-  private async fanOut(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /** Every live node's whole answer to the request; undefined once a failed one was passed on to the client. */
+  private async everyNode(
+    req: IncomingMessage,
+    res: ServerResponse,
+  ): Promise<Array<{ status: number; body: Buffer; headers: http.IncomingHttpHeaders }> | undefined> {
     const live = await this.opts.registry.live(LIVE_MS);
     if (!live.length) throw new HttpFailure(503, 'no node of the cluster is live; try again shortly', NO_NODE_RETRY_SEC);
     const answers = await Promise.all(live.map((n) => this.fetchFrom(n, req)));
     const failed = answers.find((a) => a.status !== 200);
-    if (failed) return sendJson(res, failed.status, failed.body.toString('utf8'));
+    if (!failed) return answers;
+    sendJson(res, failed.status, failed.body.toString('utf8'));
+    return undefined;
+  }
+
+  /** Every live node's answer to a list, merged (arrays joined, objects combined). */
+  private async fanOut(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const answers = await this.everyNode(req, res);
+    if (!answers) return;
     const parts = answers.map((a) => JSON.parse(a.body.toString('utf8')) as unknown);
     const merged = parts.every(Array.isArray) ? parts.flat() : Object.assign({}, ...parts);
     sendJson(res, 200, JSON.stringify(merged));
@@ -354,11 +365,8 @@ export class ClusterRouter {
    * token is the cursor of the last one kept when any node has more.
    */
   private async fanOutPaged(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const live = await this.opts.registry.live(LIVE_MS);
-    if (!live.length) throw new HttpFailure(503, 'no node of the cluster is live; try again shortly', NO_NODE_RETRY_SEC);
-    const answers = await Promise.all(live.map((n) => this.fetchFrom(n, req)));
-    const failed = answers.find((a) => a.status !== 200);
-    if (failed) return sendJson(res, failed.status, failed.body.toString('utf8'));
+    const answers = await this.everyNode(req, res);
+    if (!answers) return;
     const q = new URL(req.url ?? '/', 'http://replica').searchParams;
     const limit = Number(q.get('limit') ?? 100); // the nodes checked it
     const desc = (q.get('order') ?? 'desc').toLowerCase() !== 'asc';

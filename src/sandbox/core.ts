@@ -44,6 +44,22 @@ export class SandboxCore {
    * it here, or the operation failed). Unset: one node, whose `admit` sees everything.
    */
   admitAcross?: (a: Admission) => Promise<() => void>;
+
+  /**
+   * An operation's quota admission and the state change it allows, as one step: the cluster's
+   * admission first (it reserves what the operation adds), then this node's, then `write` in the
+   * same tick (which may check the row again: the cluster was asked asynchronously). The
+   * reservation ends once the row counts the operation, or it failed.
+   */
+  async admitted(a: Admission, write: () => void): Promise<void> {
+    const release = await this.admitAcross?.(a);
+    try {
+      this.admit?.(a);
+      write();
+    } finally {
+      release?.();
+    }
+  }
   /** Disk admission once a team's new template layer exists (snapshot, fork): throwing refuses it. */
   admitLayer?: (team: string) => Promise<void>;
   /** How long a paused sandbox is kept before the reaper deletes it, ms. */

@@ -58,14 +58,10 @@ export async function pauseLocked(core: SandboxCore, id: string, memory: boolean
     memory,
     toDisk,
   };
-  const release = await core.admitAcross?.(admission);
-  try {
+  await core.admitted(admission, () => {
     assertOperation('pause', id, core.requireRow(id).state);
-    core.admit?.(admission);
     core.setState(id, 'pausing');
-  } finally {
-    release?.();
-  }
+  });
   core.events.emit('interrupt', id, 'paused');
   try {
     // to disk, the sandbox holds no RAM while paused; where the runtime cannot save it, it is frozen
@@ -92,14 +88,10 @@ export async function resumeLocked(core: SandboxCore, id: string, timeoutSec?: n
   assertOperation('resume', id, row.state);
   const spec = JSON.parse(row.spec) as StoredSpec;
   const admission: Admission = { op: 'resume', team: row.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata };
-  const release = await core.admitAcross?.(admission);
-  try {
+  await core.admitted(admission, () => {
     assertOperation('resume', id, core.requireRow(id).state);
-    core.admit?.(admission);
     core.setState(id, 'resuming');
-  } finally {
-    release?.();
-  }
+  });
   try {
     if (spec.coldPaused) {
       const pid = await bootAgain(core, id, spec);

@@ -123,15 +123,14 @@ export class WarmPool {
         trafficAccessToken: req.network?.allowPublicTraffic === false ? randomBytes(24).toString('base64url') : null,
       };
       const admission: Admission = { op: 'create', team: req.team ?? null, sandboxId: id, limits: spec.limits, diskMB: spec.diskMB, metadata: spec.metadata };
-      const release = await core.admitAcross?.(admission);
-      try {
+      let claimed = false;
+      await core.admitted(admission, () => {
         const still = core.store.getSandbox(id); // a delete may have taken it while the cluster was asked
-        if (!still || !allows('claim', still.state)) return undefined;
-        core.admit?.(admission);
+        if (!still || !allows('claim', still.state)) return;
         core.setState(id, 'creating', { team: req.team ?? null, spec: JSON.stringify(spec) });
-      } finally {
-        release?.();
-      }
+        claimed = true;
+      });
+      if (!claimed) return undefined;
       try {
         // a pooled sandbox was made with the default policy: a request's own one replaces it
         if (req.network && !isOpenPolicy(egressPolicy(req.network))) await applyPolicy(core, id, req.network);

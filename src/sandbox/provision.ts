@@ -84,28 +84,13 @@ export async function recordNew(core: SandboxCore, id: string, template: Templat
     throw invalid(`timeout must be a number of seconds >= 0, got ${req.timeoutSec}`);
   const runtime = runtimeFor(core, template, req.runtime);
   const admission: Admission = { op: 'create', team: req.team ?? null, sandboxId: id, limits, diskMB: spec.diskMB, metadata: spec.metadata };
-  const release = await core.admitAcross?.(admission);
-  try {
-    insertCreating(core, id, template.id, req, runtime, spec, now, admission);
-  } finally {
-    release?.();
-  }
+  await core.admitted(admission, () => insertCreating(core, id, template.id, req, runtime, spec, now));
   return spec;
 }
 
-/** The sandbox's row, written in the same step as its quota admission and id slot. */
-function insertCreating(
-  core: SandboxCore,
-  id: string,
-  templateId: string,
-  req: CreateRequest,
-  runtime: SandboxRuntime,
-  spec: StoredSpec,
-  now: number,
-  admission: Admission,
-): void {
+/** The sandbox's row (state creating) and its id slot, in one transaction; admitted by the caller. */
+function insertCreating(core: SandboxCore, id: string, templateId: string, req: CreateRequest, runtime: SandboxRuntime, spec: StoredSpec, now: number): void {
   core.store.transaction(() => {
-    core.admit?.(admission);
     const slot = runtime.userNamespaces ? allocateIdSlot(core) : null;
     core.store.insertSandbox({
       id,

@@ -41,28 +41,28 @@ export interface Digests {
   diffId: string;
 }
 
+/** A pass-through stream that takes the sha256 and the byte count of what flows through it. */
+export function digestTap(): { tap: Transform; digest: () => string; size: () => number } {
+  const h = createHash('sha256');
+  let n = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      h.update(chunk);
+      n += chunk.length;
+      cb(null, chunk);
+    },
+  });
+  return { tap, digest: () => 'sha256:' + h.digest('hex'), size: () => n };
+}
+
 /** The blob's uncompressed bytes, with both digests computed on the way. */
 export function openLayer(
   src: BlobSource,
   compression: Compression,
   signal?: AbortSignal,
 ): { reader: ByteReader; finish: () => Promise<Digests>; destroy: () => void } {
-  const hc = createHash('sha256');
-  const hu = createHash('sha256');
-  let nc = 0;
-  const tapC = new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      hc.update(chunk);
-      nc += chunk.length;
-      cb(null, chunk);
-    },
-  });
-  const tapU = new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      hu.update(chunk);
-      cb(null, chunk);
-    },
-  });
+  const { tap: tapC, digest: compressed, size: compressedSize } = digestTap();
+  const { tap: tapU, digest: diffId } = digestTap();
   const input = src.open();
   if (signal) addAbortSignal(signal, input);
   let child: ReturnType<typeof spawn> | undefined;
@@ -103,7 +103,7 @@ export function openLayer(
       if (!signal?.aborted) throw e;
     }
     if (pipeErr) throw decodeError(src, pipeErr, signal);
-    return { compressed: 'sha256:' + hc.digest('hex'), compressedSize: nc, diffId: 'sha256:' + hu.digest('hex') };
+    return { compressed: compressed(), compressedSize: compressedSize(), diffId: diffId() };
   };
   const destroy = (): void => {
     input.destroy();

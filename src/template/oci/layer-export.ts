@@ -4,11 +4,11 @@
 // re-encoded: a whiteout (0/0 character device) becomes `.wh.<name>`, an opaque directory
 // (trusted.overlay.opaque=y) gets `<dir>/.wh..wh..opq`, and no trusted.* attribute is carried
 // (the importer would refuse to restore them anyway). The sha256 and size are taken on the way.
-import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { CubeboxError } from '../../util/errors.js';
+import { digestTap } from './layer-blob.js';
 import { spawnChild as spawn } from '../../util/exec.js';
 import type { TarEntry } from './tar-format.js';
 import { ByteReader, parseTar } from './tar-read.js';
@@ -91,15 +91,7 @@ export async function exportLayer(dir: string, out: string, signal?: AbortSignal
     tar.on('close', (code) => resolve(code));
   });
   exit.catch(() => {});
-  const h = createHash('sha256');
-  let size = 0;
-  const tap = new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      h.update(chunk);
-      size += chunk.length;
-      cb(null, chunk);
-    },
-  });
+  const { tap, digest, size } = digestTap();
   const file = createWriteStream(out, { flags: 'wx', mode: 0o600 });
   const reader = new ByteReader(tar.stdout as AsyncIterable<Buffer>);
   try {
@@ -114,5 +106,5 @@ export async function exportLayer(dir: string, out: string, signal?: AbortSignal
   }
   const code = await exit;
   if (code !== 0) throw new CubeboxError('internal', `cannot read layer ${dir} with tar: ${stderr.trim().split('\n').slice(-2).join(' ') || `exit ${code}`}`);
-  return { digest: 'sha256:' + h.digest('hex'), size };
+  return { digest: digest(), size: size() };
 }
