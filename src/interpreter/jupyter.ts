@@ -16,7 +16,7 @@ export class JupyterServer {
 
   constructor(
     private readonly env: NodeJS.ProcessEnv,
-    private readonly log: (msg: string) => void,
+    readonly log: (msg: string) => void,
   ) {}
 
   /** Starts Jupyter (restarted a second after it dies) and waits until it answers. */
@@ -113,6 +113,8 @@ interface Message {
 /** How long a silent request may go without any answer before it is sent again, and how often. */
 const LOST_REQUEST_MS = 5_000;
 const LOST_REQUEST_RESENDS = 3;
+/** How long a run whose reply came waits for the kernel's idle status before it ends anyway. */
+const IDLE_AFTER_REPLY_MS = 10_000;
 
 /** One kernel, driven over its channels WebSocket. */
 export class JupyterKernel implements Kernel {
@@ -148,10 +150,12 @@ export class JupyterKernel implements Kernel {
     this.valuesAsDisplay = kernelName === 'ir';
   }
 
-  async connect(): Promise<WebSocket> {
+  /** The channels socket, opened if need be (its handshake bounded by timeoutMs). */
+  async connect(timeoutMs = 60_000): Promise<WebSocket> {
     if (this.ws?.readyState === WebSocket.OPEN) return this.ws;
     this.session = randomUUID();
-    const ws = new WebSocket(`ws://127.0.0.1:${PORT}/api/kernels/${this.kernelId}/channels?session_id=${this.session}`, { maxPayload: 0 });
+    const url = `ws://127.0.0.1:${PORT}/api/kernels/${this.kernelId}/channels?session_id=${this.session}`;
+    const ws = new WebSocket(url, { maxPayload: 0, handshakeTimeout: timeoutMs });
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
       ws.once('error', reject);
@@ -198,7 +202,9 @@ export class JupyterKernel implements Kernel {
       let errored = false;
       let counted = false;
       let seen = false; // any message of this request: the kernel has it
+      let idleWait: NodeJS.Timeout | undefined;
       const finish = () => {
+        clearTimeout(idleWait);
         this.listeners.delete(msgId);
         resolve();
       };
@@ -248,6 +254,15 @@ export class JupyterKernel implements Kernel {
             } else if (c.status === 'abort' || c.status === 'aborted') {
               emit(errorEvent('ExecutionAborted', 'Execution was aborted'));
             }
+            // the idle status follows the reply at once unless this socket's iopub went deaf: the
+            // run ends anyway, and the next one gets a new socket
+            if (!idle)
+              idleWait = setTimeout(() => {
+                if (!this.listeners.has(msgId)) return;
+                this.server.log(`kernel ${this.kernelId}: no idle status after a reply; the run ends and the next one opens a new channels socket`);
+                if (this.ws === ws) void this.closeSocket();
+                finish();
+              }, IDLE_AFTER_REPLY_MS).unref();
             break;
         }
         if (idle && replied) finish();
@@ -290,31 +305,48 @@ export class JupyterKernel implements Kernel {
   }
 
   /**
-   * Waits until the kernel answers a kernel_info_request (asked again every half second): a
-   * request sent to a kernel that is still starting after a restart can be lost.
+   * Waits until the kernel answers a kernel_info_request on both channels: its reply on shell and
+   * its busy/idle status on iopub (asked again every half second: a request sent to a kernel that
+   * is still starting after a restart can be lost). A new channels socket's iopub subscription can
+   * connect after its shell does: what the kernel publishes in between (the idle status of the
+   * next run) is lost, and that run would wait for ever. A socket whose iopub stays silent through
+   * two replies is replaced by a new one.
    */
   async waitReady(timeoutMs = 30_000): Promise<void> {
     // a channels socket from before a restart no longer reaches the kernel: a new one does
     await this.closeSocket();
     const until = Date.now() + timeoutMs;
+    let deafReplies = 0;
     while (Date.now() < until) {
-      const ws = await this.connect().catch(() => undefined);
-      if (ws) {
-        const msgId = randomUUID();
-        const answered = await new Promise<boolean>((resolve) => {
-          const timer = setTimeout(() => done(false), 500);
-          const done = (ok: boolean) => {
-            clearTimeout(timer);
-            this.listeners.delete(msgId);
-            resolve(ok);
-          };
-          this.listeners.set(msgId, (m) => m?.header.msg_type === 'kernel_info_reply' && done(true));
-          const header = { msg_id: msgId, msg_type: 'kernel_info_request', username: 'e2b', session: this.session, date: now(), version: '5.3' };
-          ws.send(JSON.stringify({ header, parent_header: {}, metadata: {}, content: {}, channel: 'shell', buffers: [] }));
-        });
-        if (answered) return;
-      } else {
+      const ws = await this.connect(Math.max(1000, until - Date.now())).catch(() => undefined);
+      if (!ws) {
         await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
+      const msgId = randomUUID();
+      const answer = await new Promise<'both' | 'shell' | 'none'>((resolve) => {
+        let replied = false;
+        let statused = false;
+        const timer = setTimeout(() => done(replied ? 'shell' : 'none'), 500);
+        const done = (a: 'both' | 'shell' | 'none') => {
+          clearTimeout(timer);
+          this.listeners.delete(msgId);
+          resolve(a);
+        };
+        this.listeners.set(msgId, (m) => {
+          if (m?.header.msg_type === 'kernel_info_reply') replied = true;
+          else if (m?.header.msg_type === 'status') statused = true;
+          if (replied && statused) done('both');
+        });
+        const header = { msg_id: msgId, msg_type: 'kernel_info_request', username: 'e2b', session: this.session, date: now(), version: '5.3' };
+        ws.send(JSON.stringify({ header, parent_header: {}, metadata: {}, content: {}, channel: 'shell', buffers: [] }));
+      });
+      if (answer === 'both') return;
+      // the kernel is up but this socket's iopub is deaf (two replies without a status): a new socket
+      if (answer === 'shell' && ++deafReplies >= 2) {
+        deafReplies = 0;
+        this.server.log(`kernel ${this.kernelId}: no iopub messages on its channels socket; opening a new one`);
+        await this.closeSocket();
       }
     }
     throw new Error(`kernel ${this.kernelId} did not answer in ${timeoutMs / 1000} s`);
