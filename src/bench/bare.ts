@@ -31,27 +31,49 @@ export class BareRuntime {
     return this.runtime.name;
   }
 
-  /** Writes a bundle of its own for a new container (the runtime writes its pid file into the bundle). */
-  prepare(): { id: string; bundle: string; log: string } {
+  /**
+   * Writes a bundle of its own for a new container (the runtime writes its pid file into the
+   * bundle). By default its process is a busybox sleep; `process` gives another one, with more
+   * mounts, and `socketDir` binds a new directory of the bundle (sockDir) there, read-write.
+   */
+  prepare(opts: { process?: { args: string[]; env?: string[] }; mounts?: object[]; socketDir?: string } = {}): {
+    id: string;
+    bundle: string;
+    log: string;
+    sockDir: string;
+  } {
     const id = `cubebox-bench-${process.pid}-${this.seq++}`;
     const bundle = join(this.dir, `bare-${id}`);
+    const sockDir = join(bundle, 'sock');
     mkdirSync(bundle);
+    const mounts = [...(opts.mounts ?? [])];
+    if (opts.socketDir) {
+      mkdirSync(sockDir);
+      mounts.push({ destination: opts.socketDir, type: 'bind', source: sockDir, options: ['rbind', 'rw'] });
+    }
     writeFileSync(
       join(bundle, 'config.json'),
       JSON.stringify({
         ociVersion: '1.0.2',
-        process: { terminal: false, user: { uid: 0, gid: 0 }, args: ['/bin/sleep', this.marker], cwd: '/', env: ['PATH=/bin:/usr/bin'] },
+        process: {
+          terminal: false,
+          user: { uid: 0, gid: 0 },
+          args: opts.process?.args ?? ['/bin/sleep', this.marker],
+          cwd: '/',
+          env: ['PATH=/bin:/usr/bin', ...(opts.process?.env ?? [])],
+        },
         root: { path: this.rootfs, readonly: true },
         // a /dev of its own, as every runtime's default config has: without it the runtime makes
         // its device links in the shared rootfs, and concurrent runs race on them (EEXIST)
         mounts: [
           { destination: '/proc', type: 'proc', source: 'proc' },
           { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+          ...mounts,
         ],
         linux: { namespaces: [{ type: 'pid' }, { type: 'mount' }, { type: 'ipc' }, { type: 'uts' }, { type: 'network' }] },
       }),
     );
-    return { id, bundle, log: join(bundle, 'log') };
+    return { id, bundle, log: join(bundle, 'log'), sockDir };
   }
 
   /** `<runtime> run -d` of a prepared bundle; the container process's pid. */

@@ -9,7 +9,7 @@ import { BenchService, type BenchNode, type PoolConfig } from './harness.js';
 import { emptyCleanup, emptyPart, formatPart, machineInfo, rowsToPart, type BenchDocument, type PartReport } from './report.js';
 import { throughputBench } from './throughput-bench.js';
 
-export const PARTS = ['runtime', 'runtimes', 'network', 'service', 'burst', 'throughput', 'density', 'profile', 'cluster'] as const;
+export const PARTS = ['runtime', 'runtimes', 'network', 'service', 'burst', 'throughput', 'density', 'floor', 'profile', 'cluster'] as const;
 export type PartName = (typeof PARTS)[number];
 
 export interface BenchRunOptions {
@@ -37,6 +37,7 @@ const TITLES: Record<PartName, string> = {
   burst: 'bursts of creates through the service with the e2b SDK',
   throughput: "commands.run('true') through the service with the e2b SDK",
   density: 'idle sandboxes on one host',
+  floor: "the sandbox agent's own cost: today's envd (Node) beside a static init and a fork server, on bare containers",
   profile: 'where the CPU of a cold create goes (through the manager, no pool)',
   cluster: 'a local cluster (PostgreSQL, 3 nodes, 2 API replicas) against a single node, with the e2b SDK',
 };
@@ -154,6 +155,10 @@ async function runPart(name: PartName, o: BenchRunOptions, service: () => Promis
     }
     case 'density':
       return densityBench(await service(), { sandboxes: o.sandboxes, iterations: o.iterations }, progress);
+    case 'floor': {
+      const { floorBench } = await import('./floor-bench.js');
+      return floorBench(await service(), o.iterations, progress);
+    }
     case 'cluster': {
       const { clusterBench } = await import('./cluster-bench.js');
       return clusterBench({ iterations: o.iterations, burst: o.burst }, progress);

@@ -15,6 +15,19 @@ export function pssKiB(pid: number): number {
   }
 }
 
+/**
+ * The anonymous part of a process's PSS in KiB (heap, stacks: what it alone adds; its binary's
+ * pages are shared by every process that maps the same file), 0 when it is gone.
+ */
+export function anonPssKiB(pid: number): number {
+  try {
+    const m = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').match(/^Pss_Anon:\s+(\d+) kB/m);
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
 /** The kernel's MemAvailable in KiB. */
 export function memAvailableKiB(): number {
   const m = readFileSync('/proc/meminfo', 'utf8').match(/^MemAvailable:\s+(\d+) kB/m);

@@ -23,6 +23,7 @@ export function registerBenchCommand(program: Command, num: (name: string) => (v
         'burst',
         'throughput',
         'density',
+        'floor',
         'profile',
         'cluster',
       ]),

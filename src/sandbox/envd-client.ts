@@ -1,10 +1,11 @@
 import http from 'node:http';
 import { SANDBOX_SUPPORT } from '../runtime/support.js';
 import { connectGuarded, type GuardedSocket } from '../util/safe-socket.js';
+import { ENVD_NODE_FLAGS } from '../envd/host-contract.js';
 
 /** How the manager reaches a sandbox's envd: its command line, and requests on its unix socket. */
 
-export { ENVD_ENV, INIT_SECRET_FILE, INIT_SECRET_FILE_ENV, INIT_SECRET_HEADER, SUSPEND_SOCKET_PATH } from '../envd/host-contract.js';
+export { ENVD_ENV, ENVD_NODE_FLAGS, INIT_SECRET_FILE, INIT_SECRET_FILE_ENV, INIT_SECRET_HEADER, SUSPEND_SOCKET_PATH } from '../envd/host-contract.js';
 
 /** envd's argv inside the sandbox, through the support tree's own loader and node. */
 export function envdCommand(socket: string): string[] {
@@ -13,7 +14,7 @@ export function envdCommand(socket: string): string[] {
     '--library-path',
     `${SANDBOX_SUPPORT}/lib`,
     `${SANDBOX_SUPPORT}/bin/node`,
-    '--max-semi-space-size=1',
+    ...ENVD_NODE_FLAGS,
     `${SANDBOX_SUPPORT}/envd/envd.cjs`,
     '--socket',
     socket,

@@ -125,6 +125,24 @@ describe('cubebox bench --json', { timeout: 30 * 60_000 }, () => {
     assert.equal(p.facts.sandboxesLeft, 0);
   });
 
+  it("floor: envd's start, CPU, memory and command latency next to a static init and a fork server, each container deleted", async () => {
+    const doc = await runPart('floor', ['-n', '2'], {
+      'floor.start.envd': { baseline: true },
+      'floor.start.init': { baseline: true },
+      'floor.cpu.envd': { baseline: true },
+      'floor.pss.envd': { baseline: true },
+      'floor.run.envd': { baseline: true },
+      'floor.runcpu.envd': { baseline: true },
+      'floor.pss.envd.used': { baseline: true },
+      'floor.pss.envd.full': { baseline: true },
+      'floor.runcpu.envd.full': { baseline: true },
+    });
+    const byId = new Map(doc.parts.floor!.figures.map((f) => [f.id, f]));
+    // both agents really ran: envd took CPU to start and holds memory; the static init holds some
+    assert.ok(byId.get('floor.cpu.envd')!.value > 0);
+    assert.ok(byId.get('floor.pss.envd')!.baseline!.value > 0 && byId.get('floor.pss.envd.used')!.baseline!.value > 0);
+  });
+
   it('cluster (--cluster): a local cluster against a single node, statements per create and heartbeat, and nothing left of either', async () => {
     const doc = await runPart('cluster', ['-n', '2', '--burst', '2'], {
       'cluster.create.p50': { baseline: true },

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Sandbox } from 'e2b';
+import { ENVD_NODE_FLAGS } from '../../src/envd/host-contract.js';
 
 export const ENVD_PORT = 49983;
 export const BASE_URL = `http://127.0.0.1:${ENVD_PORT}`;
@@ -77,11 +78,12 @@ export function socketGet(socketPath: string, path: string): Promise<number> {
 
 /**
  * `entry`: how node starts envd from its directory (a copy of dist/envd): the CommonJS bundle by
- * default (what sandboxes run), e.g. ['envd.mjs'] for the ES-module entry.
+ * default (what sandboxes run), e.g. ['envd.mjs'] for the ES-module entry. `nodeFlags`: Node's
+ * flags, by default those sandboxes run envd with.
  */
 export async function startTestEnvd(
   extraArgs: string[] = [],
-  nodeFlags: string[] = [],
+  nodeFlags: readonly string[] = ENVD_NODE_FLAGS,
   entry: string[] = ['envd.cjs'],
   env: Record<string, string> = {},
 ): Promise<TestEnvd> {

@@ -62,7 +62,7 @@ describe('envd start-up', () => {
   });
 
   test('the ES-module entry (envd.mjs) serves the same protocol', async () => {
-    const envd = await startTestEnvd([], [], ['envd.mjs']);
+    const envd = await startTestEnvd([], undefined, ['envd.mjs']);
     try {
       assert.equal(await socketGet(envd.socket, '/health'), 204);
       await firstRequestsAtOnce(envd);
@@ -72,7 +72,7 @@ describe('envd start-up', () => {
   });
 
   test("the host's tuning of envd's environment (MALLOC_ARENA_MAX) does not reach the processes it starts", async () => {
-    const envd = await startTestEnvd([], [], ['envd.cjs'], { ...ENVD_ENV });
+    const envd = await startTestEnvd([], undefined, ['envd.cjs'], { ...ENVD_ENV });
     try {
       for (const opts of [{}, { pty: true }, { user: 'user' }, { user: 'user', pty: true }]) {
         const { stdout } = await run('env; echo END', opts);

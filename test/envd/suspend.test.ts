@@ -29,7 +29,7 @@ describe('envd suspends its socket for a checkpoint', () => {
   before(async () => {
     secretDir = mkdtempSync(join(tmpdir(), 'envd-secret-'));
     writeFileSync(join(secretDir, 'secret'), SECRET, { mode: 0o600 });
-    envd = await startTestEnvd([], [], ['envd.cjs'], { [INIT_SECRET_FILE_ENV]: join(secretDir, 'secret') });
+    envd = await startTestEnvd([], undefined, ['envd.cjs'], { [INIT_SECRET_FILE_ENV]: join(secretDir, 'secret') });
   });
   after(async () => {
     await envd?.stop();

@@ -253,7 +253,7 @@ export class UserFs {
       const helper = this.helperPath;
       const script = this.workerScript;
       const groups = user.groups.length ? user.groups.join(',') : '-';
-      w = new WorkerFs(user, () => [helper, String(user.uid), String(user.gid), groups, '/', ...this.launcher, '--max-semi-space-size=1', ...script], helper);
+      w = new WorkerFs(user, () => [helper, String(user.uid), String(user.gid), groups, '/', ...this.launcher, ...script], helper);
       this.workers.set(key, w);
     }
     return w;
