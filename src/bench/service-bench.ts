@@ -4,7 +4,7 @@ import { sqliteSharedStore } from '../store/shared-sqlite.js';
 import type { RunningServer } from '../api/server.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import type { BenchNode } from './harness.js';
-import { isEnvd, LocalLogin, pssKiB } from './host.js';
+import { anonPssKiB, isEnvd, LocalLogin, pssKiB } from './host.js';
 import { median, timed, type BenchRow } from './report.js';
 
 /**
@@ -78,8 +78,12 @@ export async function serviceBench(
     // envd's idle memory: the sandbox's process running envd
     await new Promise((r) => setTimeout(r, 2000));
     const envdPids = manager.cgroup(sbx.sandboxId).pids().filter(isEnvd);
+    const sumMiB = (kib: (pid: number) => number) => (envdPids.reduce((n, p) => n + kib(p), 0) / 1024).toFixed(1);
+    // the anonymous part is what each sandbox adds; the rest is node's pages, shared by every sandbox's envd
     if (envdPids.length)
-      notes.push(`envd idle PSS inside a sandbox: ${(envdPids.reduce((n, p) => n + pssKiB(p), 0) / 1024).toFixed(1)} MiB (${envdPids.length} processes)`);
+      notes.push(
+        `envd idle inside a sandbox after ${runTrue.length + 1} commands: PSS ${sumMiB(pssKiB)} MiB, of it anonymous ${sumMiB(anonPssKiB)} MiB (${envdPids.length} processes)`,
+      );
     await sbx.kill();
 
     // envd's start-to-ready: a busybox sandbox with envd against one without
