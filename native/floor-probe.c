@@ -68,9 +68,8 @@ static void answer_http(int c) {
   write_all(c, reply, sizeof(reply) - 1);
 }
 
-static int run_init(const char *path) {
-  /* as PID 1: ignoring SIGCHLD has the kernel reap every child, orphans included */
-  signal(SIGCHLD, SIG_IGN);
+/* Accepts connections on the unix socket one at a time and hands each to serve_one. */
+static int serve(const char *path, void (*serve_one)(int)) {
   signal(SIGPIPE, SIG_IGN);
   int fd = listen_unix(path);
   if (fd < 0) {
@@ -84,7 +83,7 @@ static int run_init(const char *path) {
       perror("floor-probe: accept");
       return 1;
     }
-    answer_http(c);
+    serve_one(c);
     close(c);
   }
 }
@@ -132,28 +131,13 @@ static void serve_spawns(int c) {
   }
 }
 
-static int run_spawner(const char *path) {
-  signal(SIGPIPE, SIG_IGN);
-  int fd = listen_unix(path);
-  if (fd < 0) {
-    perror("floor-probe: listen");
-    return 1;
-  }
-  for (;;) {
-    int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
-    if (c < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      perror("floor-probe: accept");
-      return 1;
-    }
-    serve_spawns(c);
-    close(c);
-  }
-}
-
 int main(int argc, char **argv) {
-  if (argc == 3 && strcmp(argv[1], "init") == 0) return run_init(argv[2]);
-  if (argc == 3 && strcmp(argv[1], "spawner") == 0) return run_spawner(argv[2]);
+  if (argc == 3 && strcmp(argv[1], "init") == 0) {
+    /* as PID 1: ignoring SIGCHLD has the kernel reap every child, orphans included */
+    signal(SIGCHLD, SIG_IGN);
+    return serve(argv[2], answer_http);
+  }
+  if (argc == 3 && strcmp(argv[1], "spawner") == 0) return serve(argv[2], serve_spawns);
   fprintf(stderr, "usage: floor-probe init|spawner <socket>\n");
   return 2;
 }

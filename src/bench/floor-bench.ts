@@ -11,11 +11,12 @@
 // - the shared host-side envd's in-sandbox part is the static init's size: its host part is one
 //   envd for many sandboxes (not measured here).
 import http from 'node:http';
-import { existsSync, readFileSync } from 'node:fs';
-import net from 'node:net';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { PROJECT_ROOT } from '../config.js';
 import { ENVD_ENV, ENVD_NODE_FLAGS } from '../envd/host-contract.js';
+import { healthy } from '../sandbox/envd-client.js';
+import { connectGuarded, type GuardedSocket } from '../util/safe-socket.js';
 import type { BareRuntime } from './bare.js';
 import type { BenchService } from './harness.js';
 import { anonPssKiB } from './host.js';
@@ -58,30 +59,25 @@ function cpuMs(pid: number): number {
   }
 }
 
-/** GET /health on a unix socket: its status, or 0 when nothing answers. */
-function health(socketPath: string): Promise<number> {
+/** Waits until check() says the agent answers, polling every 2 ms. */
+async function untilReady(what: string, check: () => Promise<boolean>): Promise<void> {
+  const until = Date.now() + READY_TIMEOUT_MS;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error(`${what} did not answer in ${READY_TIMEOUT_MS / 1000} s`);
+    await sleep(2);
+  }
+}
+
+/** Whether a connection to the socket is accepted. */
+function accepts(socket: GuardedSocket): Promise<boolean> {
   return new Promise((resolve) => {
-    const req = http.get({ socketPath, path: '/health', timeout: 1000, agent: false }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
-    });
-    req.on('error', () => resolve(0));
-    req.on('timeout', () => req.destroy());
+    const probe = connectGuarded(socket);
+    probe.once('connect', () => (probe.destroy(), resolve(true))).once('error', () => resolve(false));
   });
 }
 
-async function untilHealthy(socketPath: string): Promise<void> {
-  const until = Date.now() + READY_TIMEOUT_MS;
-  while (Date.now() < until) {
-    const s = await health(socketPath);
-    if (s >= 200 && s < 300) return;
-    await sleep(2);
-  }
-  throw new Error(`no answer on ${socketPath} in ${READY_TIMEOUT_MS / 1000} s`);
-}
-
 /** One `/bin/true` through envd's process API (Connect, JSON), as root; resolves when the stream ends. */
-function envdRunTrue(socketPath: string): Promise<void> {
+function envdRunTrue(socket: GuardedSocket): Promise<void> {
   const msg = Buffer.from(JSON.stringify({ process: { cmd: '/bin/true', args: [] } }));
   const frame = Buffer.alloc(5 + msg.length);
   frame.writeUInt32BE(msg.length, 1);
@@ -89,10 +85,9 @@ function envdRunTrue(socketPath: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       {
-        socketPath,
+        createConnection: () => connectGuarded(socket),
         method: 'POST',
         path: '/process.Process/Start',
-        agent: false,
         timeout: 10_000,
         headers: {
           'content-type': 'application/connect+json',
@@ -116,8 +111,8 @@ function envdRunTrue(socketPath: string): Promise<void> {
 }
 
 /** A connection to the fork server: run(path) resolves to the exit status of one run. */
-async function spawnerClient(socketPath: string): Promise<{ run: (file: string) => Promise<number>; close: () => void }> {
-  const sock = net.connect(socketPath);
+async function spawnerClient(socket: GuardedSocket): Promise<{ run: (file: string) => Promise<number>; close: () => void }> {
+  const sock = connectGuarded(socket);
   await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
   let buf = '';
   const waiting: ((status: number) => void)[] = [];
@@ -139,7 +134,7 @@ async function spawnerClient(socketPath: string): Promise<{ run: (file: string) 
 interface Started {
   id: string;
   pid: number;
-  socket: string;
+  socket: GuardedSocket;
   wallMs: number;
   cpuMs: number;
   pssKiB: number;
@@ -156,21 +151,12 @@ async function start(bare: BareRuntime, support: string, v: Variant): Promise<St
     ],
     socketDir: IN.sock,
   });
-  const socket = join(c.sockDir, 'agent.sock');
+  // the container can write its socket directory: connections never follow a link there and
+  // reach only a socket on that directory's filesystem (as the host reaches a sandbox's envd)
+  const socket: GuardedSocket = { path: join(c.sockDir, 'agent.sock'), device: statSync(c.sockDir).dev };
   const t = now();
   const pid = await bare.run(c);
-  if (v === 'spawner') {
-    const until = Date.now() + READY_TIMEOUT_MS;
-    for (;;) {
-      const ok = await new Promise<boolean>((r) => {
-        const probe = net.connect(socket);
-        probe.once('connect', () => (probe.destroy(), r(true))).once('error', () => r(false));
-      });
-      if (ok) break;
-      if (Date.now() > until) throw new Error('the fork server did not listen');
-      await sleep(2);
-    }
-  } else await untilHealthy(socket);
+  await untilReady(v, () => (v === 'spawner' ? accepts(socket) : healthy(socket)));
   const wallMs = now() - t;
   return { id: c.id, pid, socket, wallMs, cpuMs: cpuMs(pid), pssKiB: anonPssKiB(pid) };
 }

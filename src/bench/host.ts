@@ -5,28 +5,24 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'nod
 import { join } from 'node:path';
 import { now } from './report.js';
 
-/** PSS in KiB of a process, from smaps_rollup; 0 when it is gone. */
-export function pssKiB(pid: number): number {
+/** A field of a process's smaps_rollup in KiB; 0 when the process is gone. */
+function smapsKiB(pid: number, field: string): number {
   try {
-    const m = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').match(/^Pss:\s+(\d+) kB/m);
+    const m = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').match(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm'));
     return m ? Number(m[1]) : 0;
   } catch {
     return 0;
   }
 }
 
+/** PSS in KiB of a process; 0 when it is gone. */
+export const pssKiB = (pid: number): number => smapsKiB(pid, 'Pss');
+
 /**
  * The anonymous part of a process's PSS in KiB (heap, stacks: what it alone adds; its binary's
  * pages are shared by every process that maps the same file), 0 when it is gone.
  */
-export function anonPssKiB(pid: number): number {
-  try {
-    const m = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8').match(/^Pss_Anon:\s+(\d+) kB/m);
-    return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
-}
+export const anonPssKiB = (pid: number): number => smapsKiB(pid, 'Pss_Anon');
 
 /** The kernel's MemAvailable in KiB. */
 export function memAvailableKiB(): number {
